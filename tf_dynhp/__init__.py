@@ -1,0 +1,1 @@
+"""tf_dynhp: Dynamic Hard Pruning (DynHP) for Keras 3."""

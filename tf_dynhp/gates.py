@@ -1,0 +1,107 @@
+"""Hard-concrete gate math (Louizos, Welling, Kingma 2018; DynHP paper Eq. 2-5).
+
+Pure functions written with `keras.ops`, so they accept NumPy arrays and tensors
+alike. Each is checked against a plain NumPy reference in `tests/test_gates.py`.
+
+Notation follows the paper and the reference L0 code: `log_alpha` is the gate
+logit (phi in the paper), `temperature` the concrete temperature (beta),
+`limit_l < 0` and `limit_r > 1` the stretch interval (gamma, zeta in Louizos et al.).
+"""
+
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+__all__ = [
+    "EPSILON",
+    "LOG_ALPHA_MIN",
+    "LOG_ALPHA_MAX",
+    "log_alpha_init_mean",
+    "prob_open",
+    "sample_gates",
+    "deterministic_gates",
+]
+
+#: Uniform noise is drawn from U(EPSILON, 1 - EPSILON), and P(z > 0) is clipped
+#: to [EPSILON, 1 - EPSILON], as in the reference implementation.
+EPSILON = 1e-6
+#: Range the gate logits are clipped to after every update (reference code:
+#: log(1e-2) .. log(1e2)).
+LOG_ALPHA_MIN = math.log(1e-2)
+LOG_ALPHA_MAX = math.log(1e2)
+
+
+def log_alpha_init_mean(droprate_init: float) -> float:
+    """Mean of the initial gate logits for a drop rate: `log(1 - d) - log(d)`.
+
+    Args:
+        droprate_init: initial probability that a gate is closed, in (0, 1).
+
+    Returns:
+        The mean of the normal initializer of `log_alpha` (std 1e-2 in the layers).
+
+    Raises:
+        ValueError: if `droprate_init` is not in (0, 1).
+    """
+    if not 0.0 < droprate_init < 1.0:
+        raise ValueError(
+            "Invalid value received for argument `droprate_init`. Expected a float "
+            f"in (0, 1). Received: droprate_init={droprate_init!r}"
+        )
+    return math.log(1.0 - droprate_init) - math.log(droprate_init)
+
+
+def prob_open(log_alpha, temperature: float = 2.0 / 3.0, limit_l: float = -0.1, limit_r: float = 1.1):
+    """P(z > 0) = 1 - Q_s(0 | phi), paper Eq. 4.
+
+    Q_s is the CDF of the stretched concrete variable: at 0 it equals
+    `sigmoid(temperature * log(-limit_l / limit_r) - log_alpha)`. The result is
+    clipped to [EPSILON, 1 - EPSILON] like the reference code. This is the
+    per-gate term of the expected-L0 penalty of Eq. 5.
+
+    Args:
+        log_alpha: gate logits, any shape.
+        temperature: concrete temperature (beta).
+        limit_l: lower end of the stretch interval (< 0).
+        limit_r: upper end of the stretch interval (> 1).
+
+    Returns:
+        Probabilities of each gate being non-zero, same shape as `log_alpha`.
+    """
+    shift = temperature * math.log(-limit_l / limit_r)
+    cdf_zero = ops.sigmoid(shift - log_alpha)
+    return ops.clip(1.0 - cdf_zero, EPSILON, 1.0 - EPSILON)
+
+
+def sample_gates(u, log_alpha, temperature: float = 2.0 / 3.0, limit_l: float = -0.1, limit_r: float = 1.1):
+    """Hard-concrete gate sample z for uniform noise u (paper Sec. 3, z = min(1, max(0, s))).
+
+    `s = sigmoid((log u - log(1 - u) + log_alpha) / temperature)` is stretched to
+    `(limit_l, limit_r)` and clipped to [0, 1]. A gate is *open* when `z > 0`; those
+    indicators are what the activation rate of Eq. 6 counts.
+
+    Args:
+        u: uniform noise in (0, 1); broadcast against `log_alpha` (one row per example).
+        log_alpha: gate logits.
+        temperature, limit_l, limit_r: see `prob_open`.
+
+    Returns:
+        Gate values in [0, 1] with the broadcast shape of `u` and `log_alpha`.
+    """
+    s = ops.sigmoid((ops.log(u) - ops.log(1.0 - u) + log_alpha) / temperature)
+    return ops.clip(s * (limit_r - limit_l) + limit_l, 0.0, 1.0)
+
+
+def deterministic_gates(log_alpha, limit_l: float = -0.1, limit_r: float = 1.1):
+    """Test-time gate `clip(sigmoid(log_alpha) * (limit_r - limit_l) + limit_l, 0, 1)`.
+
+    Args:
+        log_alpha: gate logits.
+        limit_l, limit_r: see `prob_open`.
+
+    Returns:
+        Deterministic gate values in [0, 1]; exactly 0 for gates the stripped model drops.
+    """
+    return ops.clip(ops.sigmoid(log_alpha) * (limit_r - limit_l) + limit_l, 0.0, 1.0)

@@ -1,0 +1,294 @@
+"""Keras 3 layers: `L0Dense` (gated inputs, paper Sec. 3-4) and `SelectFeatures`.
+
+Both are registered under the package name ``tf_dynhp`` so that a `.keras` file
+loads back once `tf_dynhp` is imported.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from tf_dynhp import gates
+
+__all__ = ["L0Dense", "SelectFeatures", "GatedForward"]
+
+
+class GatedForward(NamedTuple):
+    """Intermediate tensors of one `L0Dense` forward pass, for the training step.
+
+    Attributes:
+        outputs: activation(pre_activation), shape (batch, units).
+        gated_inputs: inputs times their per-example gates (A in Eq. 8's variance).
+        pre_activation: gated_inputs @ kernel + bias (its gradient is D).
+        gate_open: 1.0 where a gate sample is non-zero (counted by Eq. 6), else 0.0.
+    """
+
+    outputs: Any
+    gated_inputs: Any
+    pre_activation: Any
+    gate_open: Any
+
+
+def _check_in(name: str, value: Any, low: float, high: float, *, closed_low: bool, closed_high: bool) -> None:
+    ok_low = value >= low if closed_low else value > low
+    ok_high = value <= high if closed_high else value < high
+    if not (isinstance(value, (int, float)) and ok_low and ok_high):
+        left = "[" if closed_low else "("
+        right = "]" if closed_high else ")"
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a float in "
+            f"{left}{low}, {high}{right}. Received: {name}={value!r}"
+        )
+
+
+@keras.saving.register_keras_serializable(package="tf_dynhp")
+class L0Dense(keras.layers.Layer):
+    """Dense layer whose *inputs* carry hard-concrete gates (Louizos et al. 2018).
+
+    One gate per input unit: a closed gate removes a whole row of the kernel and,
+    in the layer before, a whole unit, which is what hard pruning (paper Sec. 4.1)
+    deletes for good.
+
+    * ``training=True``: an independent gate sample per example,
+      `z = clip(sigmoid((log u - log(1-u) + log_alpha) / T) * (r - l) + l, 0, 1)`.
+    * ``training=False``: the deterministic gate
+      `clip(sigmoid(log_alpha) * (r - l) + l, 0, 1)`.
+
+    The expected-L0 penalty (paper Eq. 5, with P(z > 0) from Eq. 4) is added
+    with `add_loss` in training calls, on the scale of the reference L0 code::
+
+        (1 / N) * (sum_j P(z_j > 0) * (l0_lambda * units + 0.5 * weight_decay * ||W_j||^2)
+                   + 0.5 * weight_decay * ||b||^2)
+
+    where N is `dataset_size` (the training-set size) and `units` is the number
+    of live weights that gate j controls (its kernel row). The paper's
+    `l0_lambda=0.01` is read on this scale: per input gate the penalty weight is
+    `0.01 * units / N`, i.e. 0.05 for the 784-300 layer of the MNIST MLP
+    (300 weights, N = 60000) relative to a mean cross-entropy.
+
+    Args:
+        units: output dimension.
+        activation: Keras activation (name or callable) applied after the affine map.
+        use_bias: whether to add a bias.
+        l0_lambda: strength of the expected-L0 penalty (lambda in Eq. 5), >= 0.
+        weight_decay: L2 strength of the gated weights (reference code's prior precision).
+        droprate_init: initial probability of a closed gate; `log_alpha` starts
+            at `log(1 - d) - log(d)` with std 1e-2.
+        temperature: hard-concrete temperature (2/3 in the reference code).
+        limit_l, limit_r: stretch interval, `limit_l < 0 < 1 < limit_r`.
+        dataset_size: N of Eq. 5's scale. Required for training calls.
+        kernel_initializer, bias_initializer: as in `keras.layers.Dense`.
+        seed: seed of the gate noise (a `keras.random.SeedGenerator`).
+    """
+
+    def __init__(
+        self,
+        units: int,
+        activation: Any = None,
+        use_bias: bool = True,
+        l0_lambda: float = 0.01,
+        weight_decay: float = 0.0,
+        droprate_init: float = 0.5,
+        temperature: float = 2.0 / 3.0,
+        limit_l: float = -0.1,
+        limit_r: float = 1.1,
+        dataset_size: int | None = None,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units < 1:
+            raise ValueError(
+                "Invalid value received for argument `units`. Expected a positive "
+                f"integer. Received: units={units!r}"
+            )
+        _check_in("l0_lambda", l0_lambda, 0.0, float("inf"), closed_low=True, closed_high=False)
+        _check_in("weight_decay", weight_decay, 0.0, float("inf"), closed_low=True, closed_high=False)
+        _check_in("droprate_init", droprate_init, 0.0, 1.0, closed_low=False, closed_high=False)
+        _check_in("temperature", temperature, 0.0, float("inf"), closed_low=False, closed_high=False)
+        if not (limit_l < 0.0 and limit_r > 1.0):
+            raise ValueError(
+                "Invalid values received for arguments `limit_l`, `limit_r`. Expected "
+                f"limit_l < 0 and limit_r > 1. Received: limit_l={limit_l!r}, limit_r={limit_r!r}"
+            )
+        if dataset_size is not None and (not isinstance(dataset_size, (int, np.integer)) or dataset_size < 1):
+            raise ValueError(
+                "Invalid value received for argument `dataset_size`. Expected a positive "
+                f"integer (the training-set size N) or None. Received: dataset_size={dataset_size!r}"
+            )
+        self.units = int(units)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.l0_lambda = float(l0_lambda)
+        self.weight_decay = float(weight_decay)
+        self.droprate_init = float(droprate_init)
+        self.temperature = float(temperature)
+        self.limit_l = float(limit_l)
+        self.limit_r = float(limit_r)
+        self.dataset_size = None if dataset_size is None else int(dataset_size)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    # ----------------------------------------------------------------- weights
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        input_dim = input_shape[-1]
+        if input_dim is None:
+            raise ValueError(f"L0Dense '{self.name}': the last input dimension must be known, received shape {input_shape}")
+        self.input_dim = int(input_dim)
+        self.kernel = self.add_weight(
+            name="kernel", shape=(self.input_dim, self.units), initializer=self.kernel_initializer
+        )
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.units,), initializer=self.bias_initializer)
+            if self.use_bias
+            else None
+        )
+        self.log_alpha = self.add_weight(
+            name="log_alpha",
+            shape=(self.input_dim,),
+            initializer=keras.initializers.RandomNormal(
+                mean=gates.log_alpha_init_mean(self.droprate_init), stddev=1e-2, seed=self.seed
+            ),
+            constraint=lambda w: ops.clip(w, gates.LOG_ALPHA_MIN, gates.LOG_ALPHA_MAX),
+        )
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: self.input_dim})
+        self.built = True
+
+    # ------------------------------------------------------------------- gates
+    def prob_open(self):
+        """P(z_j > 0) for every input gate (paper Eq. 4)."""
+        return gates.prob_open(self.log_alpha, self.temperature, self.limit_l, self.limit_r)
+
+    def deterministic_gates(self):
+        """Test-time gate values, shape (input_dim,)."""
+        return gates.deterministic_gates(self.log_alpha, self.limit_l, self.limit_r)
+
+    def sample_noise(self, batch_size):
+        """Uniform noise U(eps, 1 - eps) of shape (batch_size, input_dim) from the layer's seed."""
+        return keras.random.uniform(
+            (batch_size, self.input_dim),
+            minval=gates.EPSILON,
+            maxval=1.0 - gates.EPSILON,
+            dtype=self.compute_dtype,
+            seed=self.seed_generator,
+        )
+
+    def penalty(self):
+        """Expected-L0 penalty of Eq. 5 on the reference scale (see the class docstring)."""
+        if self.dataset_size is None:
+            raise ValueError(
+                f"L0Dense '{self.name}': `dataset_size` (the training-set size N that scales "
+                "the L0 penalty of Eq. 5) is None. Pass dataset_size=len(x_train), or train "
+                "with tf_dynhp.fit, which sets it."
+            )
+        per_row = self.l0_lambda * self.units
+        if self.weight_decay:
+            per_row = per_row + 0.5 * self.weight_decay * ops.sum(ops.square(self.kernel), axis=1)
+        total = ops.sum(self.prob_open() * per_row)
+        if self.weight_decay and self.use_bias:
+            total = total + 0.5 * self.weight_decay * ops.sum(ops.square(self.bias))
+        return total / float(self.dataset_size)
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, inputs, training: bool = False, noise=None) -> GatedForward:
+        """Forward pass returning the intermediates the DynHP training step needs.
+
+        Args:
+            inputs: (batch, input_dim) tensor.
+            training: sample per-example gates (True) or use deterministic gates.
+            noise: optional uniforms (batch, input_dim) to use instead of drawing
+                them (tests inject the same noise into two models).
+
+        Returns:
+            A `GatedForward`.
+        """
+        if training:
+            if noise is None:
+                noise = self.sample_noise(ops.shape(inputs)[0])
+            z = gates.sample_gates(noise, self.log_alpha, self.temperature, self.limit_l, self.limit_r)
+        else:
+            z = ops.expand_dims(self.deterministic_gates(), 0)
+        z = ops.cast(z, inputs.dtype)
+        gated = inputs * z
+        pre = ops.matmul(gated, self.kernel)
+        if self.use_bias:
+            pre = pre + self.bias
+        out = self.activation(pre) if self.activation is not None else pre
+        return GatedForward(out, gated, pre, ops.cast(z > 0, inputs.dtype))
+
+    def call(self, inputs, training=None):
+        result = self.forward(inputs, training=bool(training))
+        if training:
+            self.add_loss(self.penalty())
+        return result.outputs
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "l0_lambda": self.l0_lambda,
+            "weight_decay": self.weight_decay,
+            "droprate_init": self.droprate_init,
+            "temperature": self.temperature,
+            "limit_l": self.limit_l,
+            "limit_r": self.limit_r,
+            "dataset_size": self.dataset_size,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "seed": self.seed,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tf_dynhp")
+class SelectFeatures(keras.layers.Layer):
+    """Keeps the listed features of the last axis (a gather; TFLite builtin GATHER).
+
+    Used by `tf_dynhp.strip` to drop input features whose first-layer gate was
+    pruned, inside the graph, so the stripped model still takes the original
+    input shape. A `Lambda` would not load in safe mode; this layer does.
+
+    Args:
+        indices: sorted, distinct, non-negative feature indices to keep.
+    """
+
+    def __init__(self, indices: Sequence[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+        if not idx or any(i < 0 for i in idx) or len(set(idx)) != len(idx) or idx != sorted(idx):
+            raise ValueError(
+                "Invalid value received for argument `indices`. Expected a non-empty "
+                f"sorted list of distinct non-negative integers. Received: indices={list(indices)[:10]}"
+            )
+        self.indices = idx
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim is not None and self.indices[-1] >= dim:
+            raise ValueError(
+                f"SelectFeatures '{self.name}': index {self.indices[-1]} is out of range for "
+                f"an input with {dim} features"
+            )
+        self.built = True
+
+    def call(self, inputs):
+        return ops.take(inputs, np.asarray(self.indices, dtype="int32"), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (len(self.indices),)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "indices": list(self.indices)}
