@@ -1,1 +1,42 @@
-"""tf_dynhp: Dynamic Hard Pruning (DynHP) for Keras 3."""
+"""tf_dynhp: Dynamic Hard Pruning (DynHP, Valerio et al.) for Keras 3.
+
+Train a Keras MLP already compressed under a fixed memory budget::
+
+    import tf_dynhp
+    result = tf_dynhp.fit(model, x, y, method="dynhp", alpha_bs=0.972,
+                          budget_kb=tf_dynhp.memory.mo_kb(model, batch_size=512))
+    result.model  # plain Keras model with smaller Dense layers
+
+Importing the package registers the `L0Dense`, `SelectFeatures` and
+`GatedModel` classes with Keras, so saved `.keras` files load back.
+"""
+
+from tf_dynhp import batching, datasets, gates, memory
+from tf_dynhp.batching import batch_increment, next_batch_size
+from tf_dynhp.chain import parse_chain
+from tf_dynhp.convert import strip, to_l0
+from tf_dynhp.layers import L0Dense, SelectFeatures
+from tf_dynhp.model import GatedModel
+from tf_dynhp.state import TrainerState
+from tf_dynhp.training import METHODS, FitResult, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FitResult",
+    "GatedModel",
+    "L0Dense",
+    "METHODS",
+    "SelectFeatures",
+    "TrainerState",
+    "batch_increment",
+    "batching",
+    "datasets",
+    "fit",
+    "gates",
+    "memory",
+    "next_batch_size",
+    "parse_chain",
+    "strip",
+    "to_l0",
+]

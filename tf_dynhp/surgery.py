@@ -203,19 +203,21 @@ def transfer_optimizer(optimizer: keras.optimizers.Optimizer, var_map: VariableM
             f"Optimizer {type(optimizer).__name__}: the rebuilt optimizer has {len(new_opt_vars)} "
             f"variables, the old one {len(old_opt_vars)}; cannot carry its state across pruning."
         )
-    pointer = 0
+    # Slots are named "<optimizer>/<variable path with '_' for '/'>_<slot>": match the
+    # longest variable path, then check the shape.
+    prefixes = sorted(((v.path.replace("/", "_") + "_", v) for v in old_vars), key=lambda p: -len(p[0]))
     for old_v, new_v in zip(old_opt_vars, new_opt_vars):
         if len(old_v.shape) == 0:
             new_v.assign(old_v.numpy())
             continue
-        ref = old_vars[pointer % len(old_vars)]
-        pointer += 1
-        if tuple(old_v.shape) != tuple(ref.shape) or id(ref) not in by_old:
+        slot_name = old_v.path.split("/", 1)[-1]
+        ref = next((v for prefix, v in prefixes if slot_name.startswith(prefix)), None)
+        if ref is None or tuple(old_v.shape) != tuple(ref.shape) or id(ref) not in by_old:
+            expected = "no model variable" if ref is None else f"the shape of its variable '{ref.path}' {tuple(ref.shape)}"
             raise ValueError(
                 f"Optimizer {type(optimizer).__name__}: slot '{old_v.path}' has shape "
-                f"{tuple(old_v.shape)}, expected the shape of its variable '{ref.path}' "
-                f"{tuple(ref.shape)}. tf_dynhp can only prune optimizers whose slots have "
-                "their variable's shape (SGD, Adam, AdamW, RMSprop, Adagrad, ...)."
+                f"{tuple(old_v.shape)}, expected {expected}. tf_dynhp can only prune optimizers "
+                "whose slots have their variable's shape (SGD, Adam, AdamW, RMSprop, Adagrad, ...)."
             )
         _, index = by_old[id(ref)]
         new_v.assign(take_axes(old_v.numpy(), index).astype(new_v.dtype))

@@ -1,0 +1,70 @@
+"""Dynamic batch size of DynHP (paper Sec. 4.2, Eq. 8-10), as pure functions.
+
+Eq. 8 grows the batch after each gradient by `floor((1 - alpha_bs) * ||S||_1 / F)`,
+with `F` the mean data loss of the mini-batch and `S` a per-parameter gradient
+variance (Balles et al. 2017, CABS). The paper is ambiguous about which variance,
+and about when the growth is applied ("at the end of each gradient computation"
+vs "the batch size can only increase epoch by epoch"). We always *accumulate*
+the increments during an epoch and apply them, capped by the budget (Eq. 9-10),
+at the epoch boundary. Three readings of `S`, selected by `batch_growth`:
+
+* ``"step_mean"`` (default): every step adds the floor with `S` the variance of the
+  mini-batch *mean* gradient, i.e. the per-example variance divided by the batch
+  size. It grows slowest and is the only reading compatible with the paper's
+  small training memory at alpha_bs >= 0.973 (measured figures in WORKSPACE.md).
+* ``"step"``: every step adds the floor with `S` the per-example variance.
+* ``"epoch"``: one increment per epoch from the epoch's mean per-example `||S||_1 / F`.
+
+The per-example variance is the unbiased `sum_i (g_i - mean g)^2 / (B - 1)` of
+the per-example gradients of every kernel and bias (not of the gate logits),
+computed exactly in the train step (see `variance.py`).
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["BATCH_GROWTH_MODES", "check_alpha_bs", "batch_increment", "next_batch_size"]
+
+BATCH_GROWTH_MODES = ("step_mean", "step", "epoch")
+
+
+def check_alpha_bs(alpha_bs: float) -> float:
+    """Validates the smoothing parameter of Eq. 8 (alpha_bs in [0, 1])."""
+    if isinstance(alpha_bs, bool) or not isinstance(alpha_bs, (int, float)) or not 0.0 <= alpha_bs <= 1.0:
+        raise ValueError(
+            "Invalid value received for argument `alpha_bs`. Expected a float in [0, 1]. "
+            f"Received: alpha_bs={alpha_bs!r}"
+        )
+    return float(alpha_bs)
+
+
+def batch_increment(variance_l1: float, loss: float, alpha_bs: float) -> int:
+    """One increment of Eq. 8: `floor((1 - alpha_bs) * ||S||_1 / F)`.
+
+    Args:
+        variance_l1: `||S||_1`, the summed gradient variance (>= 0).
+        loss: `F`, the mean data loss of the mini-batch (> 0; 0 gives no growth).
+        alpha_bs: smoothing parameter in [0, 1].
+
+    Returns:
+        The non-negative integer increment.
+    """
+    if not loss > 0.0 or not math.isfinite(variance_l1):
+        return 0
+    return max(0, int(math.floor((1.0 - alpha_bs) * max(variance_l1, 0.0) / loss)))
+
+
+def next_batch_size(batch_size: int, candidate: int, max_batch: int) -> int:
+    """Batch size of the next epoch, paper Eq. 10: `min(max_batch, candidate)`, never shrinking.
+
+    Args:
+        batch_size: the batch used in the epoch that just ended (b_i).
+        candidate: the grown candidate (b~_{i+1}, Eq. 8).
+        max_batch: the largest batch the budget allows after pruning (Eq. 9).
+
+    Returns:
+        b_{i+1}. The batch never shrinks: pruning only frees memory, so
+        `max_batch >= batch_size` whenever the current batch fit.
+    """
+    return max(int(batch_size), min(int(max_batch), int(candidate)))

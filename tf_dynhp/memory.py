@@ -1,0 +1,182 @@
+"""Memory accounting: the paper's MO (Sec. 5.1, Eq. 9-10) and a full training footprint.
+
+Units: floats are 4 bytes (the paper's 32-bit representation); a KB is 1024
+bytes; the paper's "MBytes" in Tables 2-3 are 1000 of these KB, and its
+"Training Memory" is the sum of MO over all epochs.
+
+* **MO** (paper): weights and biases of the model as it is now, plus the
+  `batch_size x input_dim` floats of the mini-batch. Gate logits are not counted
+  (the paper counts "the weight matrices of each layer ... plus a mini-batch").
+* **full** (`memory_full_kb`): what a device really holds while training: every
+  trainable variable (weights, biases, gate logits), their gradients, the
+  optimizer's variables, and the activations of one batch: the input batch and,
+  per dense layer, the per-example gates and gated inputs (L0 layers only, 2 x
+  inputs) and the pre-activation and output (2 x units).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "BYTES_PER_FLOAT",
+    "BYTES_PER_KB",
+    "KB_PER_MB",
+    "floats_to_kb",
+    "weight_count",
+    "mo_kb_from_counts",
+    "mo_kb",
+    "max_batch_for_mo",
+    "activation_floats_per_example",
+    "memory_full_kb",
+    "max_batch_for_full",
+    "training_memory_mb",
+]
+
+BYTES_PER_FLOAT = 4
+BYTES_PER_KB = 1024
+#: The paper's MBytes are 1000 KB of 1024 bytes (Table 2: the dense MLP is "1.041").
+KB_PER_MB = 1000
+
+
+def floats_to_kb(n_floats: float) -> float:
+    """KB (1024 bytes) taken by `n_floats` 32-bit floats."""
+    return float(n_floats) * BYTES_PER_FLOAT / BYTES_PER_KB
+
+
+def _dense_layers(model: Any) -> list[Any]:
+    from tf_dynhp.chain import DENSE_TYPES, parse_chain
+
+    if hasattr(model, "layers"):
+        chain = parse_chain(model)
+        return [layer for layer in chain.body if isinstance(layer, DENSE_TYPES)]
+    return list(model)
+
+
+def _input_dim(model: Any) -> int:
+    from tf_dynhp.chain import parse_chain
+
+    return parse_chain(model).input_dim
+
+
+def weight_count(model: Any) -> int:
+    """Number of weights and biases of the dense layers (gate logits excluded).
+
+    Args:
+        model: a Keras model accepted by `parse_chain`, or a list of dense layers.
+    """
+    total = 0
+    for layer in _dense_layers(model):
+        total += int(np.prod(layer.kernel.shape))
+        if getattr(layer, "bias", None) is not None:
+            total += int(np.prod(layer.bias.shape))
+    return total
+
+
+def mo_kb_from_counts(n_weights: int, batch_size: int, input_dim: int) -> float:
+    """Paper MO in KB: 4 bytes x (weights + batch_size x input_dim) / 1024."""
+    return floats_to_kb(n_weights + batch_size * input_dim)
+
+
+def mo_kb(model: Any, batch_size: int, input_dim: int | None = None) -> float:
+    """Paper MO (Sec. 5.1) of `model` trained with mini-batches of `batch_size`.
+
+    `tf_dynhp.memory.mo_kb(mlp_784_300_100_10, batch_size=512)` is 2609.4 KB, the
+    budget of the paper's fair comparison (Sec. 5.3) on MNIST.
+
+    Args:
+        model: Keras model (Dense or L0Dense chain).
+        batch_size: rows of the mini-batch.
+        input_dim: features per example; defaults to what the first dense layer
+            reads (pruned input features are not fed).
+
+    Returns:
+        MO in KB of 1024 bytes.
+    """
+    dim = _input_dim(model) if input_dim is None else int(input_dim)
+    return mo_kb_from_counts(weight_count(model), int(batch_size), dim)
+
+
+def max_batch_for_mo(budget_kb: float, n_weights: int, input_dim: int) -> int:
+    """Largest batch whose MO fits in `budget_kb` (paper Eq. 9-10 in consistent units).
+
+    Eq. 9 gives the free memory `B_i = C - N_i`; the batch of epoch i+1 may grow
+    to the largest size whose MO (model + batch) is at most C.
+
+    Returns:
+        The largest b >= 0 with `mo_kb_from_counts(n_weights, b, input_dim) <= budget_kb`.
+    """
+    free_floats = budget_kb * BYTES_PER_KB / BYTES_PER_FLOAT - n_weights
+    if free_floats < 0:
+        return 0
+    b = int(math.floor(free_floats / input_dim))
+    # Guard the floor against floating point: step down until it fits.
+    while b > 0 and mo_kb_from_counts(n_weights, b, input_dim) > budget_kb:
+        b -= 1
+    return b
+
+
+def activation_floats_per_example(layer_dims: Sequence[tuple[int, int, bool]], input_dim: int) -> int:
+    """Activation floats one example needs in training (see the module docstring).
+
+    Args:
+        layer_dims: `(inputs, units, gated)` of each dense layer in order.
+        input_dim: features of the input batch.
+    """
+    total = input_dim
+    for n_in, n_out, gated in layer_dims:
+        total += 2 * n_out + (2 * n_in if gated else 0)
+    return int(total)
+
+
+def _layer_dims(model: Any) -> list[tuple[int, int, bool]]:
+    out = []
+    for layer in _dense_layers(model):
+        n_in, n_out = (int(d) for d in layer.kernel.shape)
+        out.append((n_in, n_out, hasattr(layer, "log_alpha")))
+    return out
+
+
+def _variable_floats(variables: Sequence[Any]) -> int:
+    return int(sum(int(np.prod(v.shape)) for v in variables))
+
+
+def memory_full_kb(model: Any, batch_size: int, optimizer: Any = None, input_dim: int | None = None) -> float:
+    """Full training footprint in KB (module docstring): variables, gradients, optimizer, activations.
+
+    Args:
+        model: Keras model (Dense or L0Dense chain).
+        batch_size: rows of the mini-batch.
+        optimizer: a *built* Keras optimizer; its variables are counted as they
+            are. None counts two slots per trainable float (Adam) plus 2 scalars.
+        input_dim: features per example (defaults as in `mo_kb`).
+    """
+    dim = _input_dim(model) if input_dim is None else int(input_dim)
+    trainable = _variable_floats(model.trainable_variables)
+    if optimizer is not None and getattr(optimizer, "built", False):
+        opt = _variable_floats(optimizer.variables)
+    else:
+        opt = 2 * trainable + 2
+    fixed = 2 * trainable + opt
+    per_example = activation_floats_per_example(_layer_dims(model), dim)
+    return floats_to_kb(fixed + batch_size * per_example)
+
+
+def max_batch_for_full(budget_kb: float, model: Any, optimizer: Any = None, input_dim: int | None = None) -> int:
+    """Largest batch whose `memory_full_kb` fits in `budget_kb` (0 if none does)."""
+    fixed = memory_full_kb(model, 0, optimizer, input_dim)
+    per_example = memory_full_kb(model, 1, optimizer, input_dim) - fixed
+    if budget_kb < fixed:
+        return 0
+    b = int(math.floor((budget_kb - fixed) / per_example))
+    while b > 0 and memory_full_kb(model, b, optimizer, input_dim) > budget_kb:
+        b -= 1
+    return b
+
+
+def training_memory_mb(memory_kb_per_epoch: Sequence[float]) -> float:
+    """The paper's "Training Memory" (Tables 2-3): the sum of MO over epochs, in its MB (1000 KB)."""
+    return float(np.sum(memory_kb_per_epoch)) / KB_PER_MB

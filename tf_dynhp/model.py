@@ -1,0 +1,180 @@
+"""`GatedModel`: the Keras model tf_dynhp trains, with its own `train_step`.
+
+A functional model `Input(features) -> dense chain` (the head that flattens and
+selects input features is done by the data pipeline). Its training step samples
+per-example gates, adds the expected-L0 penalty (Eq. 5), counts open gates for
+the activation rate of Eq. 6, and, when asked, computes the exact per-example
+gradient variance `||S||_1` and the data loss `F` of Eq. 8 in the same pass.
+`keras.Model.fit` works on it too (SP training with Keras' own loop).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tf_dynhp.chain import DENSE_TYPES, ELEMENTWISE_TYPES
+from tf_dynhp.layers import L0Dense
+from tf_dynhp.variance import dense_variance_l1
+
+__all__ = ["GatedModel", "classifier_head"]
+
+
+def _activation_name(fn: Any) -> str:
+    return getattr(fn, "__name__", str(fn))
+
+
+def classifier_head(body: list[keras.layers.Layer]) -> tuple[int, bool]:
+    """Checks that the chain ends in a classifier and says how its outputs are read.
+
+    The last dense layer must have a `softmax` or linear activation, optionally
+    followed by `Activation("softmax")`/`Dropout` layers.
+
+    Returns:
+        `(num_classes, outputs_are_probabilities)`.
+
+    Raises:
+        ValueError: the last layers are not a classifier head.
+    """
+    dense = [layer for layer in body if isinstance(layer, DENSE_TYPES)]
+    last = dense[-1]
+    tail = body[body.index(last) + 1 :]
+    names = [_activation_name(last.activation)]
+    for layer in tail:
+        if isinstance(layer, keras.layers.Activation):
+            names.append(_activation_name(layer.activation))
+        elif not isinstance(layer, keras.layers.Dropout):
+            names.append(type(layer).__name__)
+    bad = [n for n in names if n not in ("softmax", "linear")]
+    if bad or names.count("softmax") > 1 or last.units < 2:
+        raise ValueError(
+            f"The last dense layer '{last.name}' must be a classifier head: units >= 2 and a "
+            "'softmax' or linear (logits) activation, optionally followed by "
+            f"Activation('softmax'). Received: units={last.units}, activations={names}"
+        )
+    return int(last.units), "softmax" in names
+
+
+@keras.saving.register_keras_serializable(package="tf_dynhp")
+class GatedModel(keras.Model):
+    """Functional dense chain with the DynHP training step (see module docstring).
+
+    Build it like a functional model, `GatedModel(inputs, outputs)`. Attributes set
+    by `tf_dynhp.fit` (not serialized): `track_variance`, `loss_fn`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.body = [
+            layer for layer in self.layers if isinstance(layer, DENSE_TYPES + ELEMENTWISE_TYPES)
+        ]
+        self.num_classes, self.outputs_are_probabilities = classifier_head(self.body)
+        self.track_variance = False
+        self.loss_fn = None
+        self._loss_tracker = keras.metrics.Mean(name="loss")
+        self._accuracy_tracker = keras.metrics.Mean(name="accuracy")
+
+    @property
+    def gated_layers(self) -> list[L0Dense]:
+        return [layer for layer in self.body if isinstance(layer, L0Dense)]
+
+    @property
+    def dense_layers(self) -> list[keras.layers.Layer]:
+        return [layer for layer in self.body if isinstance(layer, DENSE_TYPES)]
+
+    @property
+    def metrics(self):
+        return [self._loss_tracker, self._accuracy_tracker]
+
+    def forward(self, x, training: bool = True, noise: list | None = None):
+        """Forward pass through the chain, keeping what the step needs.
+
+        Args:
+            x: (batch, features) inputs.
+            training: per-example gate samples (True) or deterministic gates.
+            noise: optional uniforms per gated layer (tests inject them).
+
+        Returns:
+            `(outputs, logits, per_layer)`: logits are the last dense layer's
+            pre-activation; per_layer lists `(inputs_to_kernel, pre_activation,
+            gate_open or None)` for every dense layer.
+        """
+        h = x
+        per_layer = []
+        logits = None
+        k = 0
+        for layer in self.body:
+            if isinstance(layer, L0Dense):
+                r = layer.forward(h, training=training, noise=None if noise is None else noise[k])
+                per_layer.append((r.gated_inputs, r.pre_activation, r.gate_open))
+                h, logits = r.outputs, r.pre_activation
+                k += 1
+            elif isinstance(layer, keras.layers.Dense):
+                pre = ops.matmul(h, layer.kernel)
+                if layer.use_bias:
+                    pre = pre + layer.bias
+                per_layer.append((h, pre, None))
+                h, logits = layer.activation(pre), pre
+            else:
+                h = layer(h, training=training)
+        return h, logits, per_layer
+
+    def per_example_loss(self, y, outputs, logits):
+        if self.loss_fn is not None:
+            return self.loss_fn(y, outputs)
+        return ops.sparse_categorical_crossentropy(y, logits, from_logits=True)
+
+    def penalty(self):
+        terms = [layer.penalty() for layer in self.gated_layers]
+        return ops.sum(ops.stack(terms)) if terms else 0.0
+
+    def train_stats(self, x, y, noise: list | None = None, apply: bool = True) -> dict[str, Any]:
+        """One optimizer step; returns the batch statistics the DynHP loop accumulates.
+
+        Returns:
+            dict with `loss` (data loss + penalty), `data_loss` (F), `correct`,
+            `count`, `variance_l1` (||S||_1 of the per-example gradients, 0 when
+            `track_variance` is off) and `gate_open` (list, per gated layer, of
+            the number of examples whose gate j was open).
+        """
+        pre_tensors = []
+        with tf.GradientTape() as tape:
+            outputs, logits, per_layer = self.forward(x, training=True, noise=noise)
+            pre_tensors = [pre for _, pre, _ in per_layer]
+            per_example = self.per_example_loss(y, outputs, logits)
+            data_loss = ops.mean(per_example)
+            loss = data_loss + self.penalty()
+        variables = self.trainable_variables
+        targets = list(variables) + (pre_tensors if self.track_variance else [])
+        grads = tape.gradient(loss, targets)
+        var_grads = grads[: len(variables)]
+        if apply:
+            self.optimizer.apply_gradients(zip(var_grads, variables))
+        batch = ops.cast(ops.shape(x)[0], x.dtype)
+        variance_l1 = ops.zeros((), dtype=x.dtype)
+        if self.track_variance:
+            for (a, _, _), dense, g_pre in zip(per_layer, self.dense_layers, grads[len(variables) :]):
+                # d(mean loss)/dY = D / B, so D = B * g_pre.
+                variance_l1 = variance_l1 + dense_variance_l1(a, g_pre * batch, dense.use_bias)
+        predicted = ops.argmax(logits, axis=-1)
+        correct = ops.sum(ops.cast(ops.equal(ops.cast(predicted, "int64"), ops.cast(y, "int64")), x.dtype))
+        gate_open = [ops.sum(g, axis=0) for _, _, g in per_layer if g is not None]
+        return {
+            "loss": loss,
+            "data_loss": data_loss,
+            "correct": correct,
+            "count": batch,
+            "variance_l1": variance_l1,
+            "gate_open": gate_open,
+            "grads": var_grads,
+        }
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        stats = self.train_stats(x, y)
+        self._loss_tracker.update_state(stats["loss"])
+        self._accuracy_tracker.update_state(stats["correct"] / stats["count"], sample_weight=stats["count"])
+        return {m.name: m.result() for m in self.metrics}

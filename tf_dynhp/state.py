@@ -1,0 +1,68 @@
+"""`TrainerState`: everything of a DynHP run that is not in the Keras model.
+
+The epoch, the batch size and its grown candidate (Eq. 8-10), the surviving
+units of every layer (the paper's masks Z, Eq. 7, stored as the indices of the
+original units still alive), the kept input features, the retrace count and the
+history. It serializes to JSON so that a checkpoint restores it exactly (the
+gate-noise seed state lives in the model's variables).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TrainerState"]
+
+
+@dataclasses.dataclass
+class TrainerState:
+    """Serializable state of `tf_dynhp.fit` between epochs.
+
+    Attributes:
+        method: "dense", "sp", "hp" or "dynhp".
+        seed: the run's seed (drawn and recorded when the user gave none).
+        epoch: number of epochs completed.
+        batch_size: mini-batch size of the next epoch (b_i).
+        candidate_batch_size: the grown candidate of the last epoch boundary (b~_{i+1}).
+        alive: per dense layer, indices of its *original* inputs still alive
+            (layer 0: features of the flattened input). The mask Z of Eq. 7 is
+            `np.isin(arange(original), alive[k])`.
+        original_inputs: per dense layer, its number of inputs before any pruning.
+        retraces: how many times step/eval functions were traced so far.
+        history: per-epoch lists (see `tf_dynhp.fit`).
+    """
+
+    method: str
+    seed: int
+    epoch: int = 0
+    batch_size: int = 0
+    candidate_batch_size: int = 0
+    alive: list[list[int]] = dataclasses.field(default_factory=list)
+    original_inputs: list[int] = dataclasses.field(default_factory=list)
+    retraces: int = 0
+    history: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+
+    def masks(self) -> list[np.ndarray]:
+        """The binary masks Z (Eq. 7) of every dense layer's inputs, over the original units."""
+        return [np.isin(np.arange(n), np.asarray(a)) for n, a in zip(self.original_inputs, self.alive)]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), default=_json_default)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainerState":
+        return cls(**json.loads(text))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"Cannot serialize {type(value).__name__}")

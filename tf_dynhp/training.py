@@ -1,0 +1,651 @@
+"""`tf_dynhp.fit`: dense, SP, HP and DynHP training (paper Sec. 3-4).
+
+Data flow of one run::
+
+    user model --to_l0--> gated model --(flatten+select: data pipeline)--> GatedModel core
+    epoch:  tf.data (seeded shuffle, batch b_i) -> compiled multi-step loop of train_stats
+            -> accumulated: losses, open-gate counts (Eq. 6), Eq. 8 increments
+    boundary: evaluate; prune (Eq. 7, hp/dynhp) -> rebuild core + optimizer;
+              batch b_{i+1} = min(cap from budget (Eq. 9), candidate (Eq. 8))  (Eq. 10)
+    end:    result.model = strip(gated model)
+
+The methods:
+
+* ``"dense"``: plain training of the user's Dense model (the reference).
+* ``"sp"``: L0 soft pruning (Louizos et al. 2018), fixed batch; nothing removed.
+* ``"hp"``: hard pruning (Sec. 4.1), fixed batch.
+* ``"dynhp"``: hard pruning plus the dynamic batch size under `budget_kb` (Sec. 4.2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_dynhp import batching, memory
+from tf_dynhp.chain import parse_chain
+from tf_dynhp.convert import strip, to_l0
+from tf_dynhp.layers import L0Dense
+from tf_dynhp.model import GatedModel
+from tf_dynhp.state import TrainerState
+from tf_dynhp.surgery import build_chain_model, rebuild_body, transfer_optimizer
+
+__all__ = ["fit", "FitResult", "METHODS"]
+
+METHODS = ("dense", "sp", "hp", "dynhp")
+EVAL_BATCH = 2000
+TIMING_KEYS = ("epoch_seconds", "rebuild_seconds")
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What `fit` returns.
+
+    Attributes:
+        model: the stripped plain Keras model (smaller `Dense` layers, original input).
+        gated_model: the trained model with its `L0Dense` layers (original input),
+            e.g. to continue training; for method="dense" the trained dense model.
+        history: dict of per-epoch lists.
+        state: the `TrainerState` at the end.
+    """
+
+    model: keras.Model
+    gated_model: keras.Model
+    history: dict[str, list[Any]]
+    state: TrainerState
+
+
+# --------------------------------------------------------------------------- input checks
+def _invalid(name: str, expected: str, value: Any) -> ValueError:
+    return ValueError(f"Invalid value received for argument `{name}`. Expected {expected}. Received: {name}={value!r}")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise _invalid(name, "a positive integer", value)
+    return int(value)
+
+
+def _materialize(dataset: tf.data.Dataset, what: str) -> tuple[np.ndarray, np.ndarray]:
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) != 2:
+        raise ValueError(
+            f"`{what}` is a tf.data.Dataset whose elements are {spec}; expected (features, label) "
+            "pairs, e.g. tensorflow_datasets.load(..., as_supervised=True)."
+        )
+    xs, ys = [], []
+    for xb, yb in dataset.batch(4096).as_numpy_iterator():
+        xs.append(xb)
+        ys.append(yb)
+    if not xs:
+        raise ValueError(f"`{what}` is an empty tf.data.Dataset; expected at least one example.")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validates one split and returns (x flattened to float32 (N, features), y int32)."""
+    x_name, y_name = ("x", "y") if what == "x" else (f"{what}[0]", f"{what}[1]")
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError(f"`{x_name}` is a tf.data.Dataset of (features, label) pairs; `y` must be None, received {type(y).__name__}.")
+        x, y = _materialize(x, x_name)
+        if x.ndim == len(input_shape) + 2:  # a batched dataset: undo the batching
+            x, y = x.reshape((-1,) + x.shape[2:]), y.reshape(-1)
+    if y is None:
+        raise ValueError(f"`{y_name}` (the labels) is missing.")
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.shape[0] == 0:
+        raise ValueError(f"`{x_name}` is empty; expected at least one example.")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"`{x_name}` has {x.shape[0]} examples but `{y_name}` has {y.shape[0]} labels; they must match.")
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise ValueError(f"`{x_name}` has examples of shape {tuple(x.shape[1:])}; the model expects {tuple(input_shape)}.")
+    if not np.issubdtype(x.dtype, np.number):
+        raise TypeError(f"`{x_name}` must be numeric, received dtype {x.dtype}.")
+    x = x.reshape(x.shape[0], -1).astype(np.float32, copy=False)
+    if not np.all(np.isfinite(x)):
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ValueError(f"`{x_name}` contains NaN or infinite values (first in example {bad}).")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"`{y_name}` must be integer class ids of shape (n,), received shape {y.shape}.")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise TypeError(f"`{y_name}` must hold integer class ids, received dtype {y.dtype} with non-integer values.")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(
+            f"`{y_name}` has labels in [{int(y.min())}, {int(y.max())}]; the last layer has "
+            f"{num_classes} units, so labels must be in [0, {num_classes})."
+        )
+    return x, y.astype(np.int32)
+
+
+# --------------------------------------------------------------------------- the core model
+def _core_from(gated: keras.Model) -> tuple[GatedModel, np.ndarray | None, tuple[int, ...]]:
+    """GatedModel on flat selected features from a full-input gated (or dense) model."""
+    chain = parse_chain(gated)
+    layers, _, load = rebuild_body(chain.body, [None] * len(chain.dense_layers), convert="same")
+    core = _assemble_core(chain.input_dim, layers)
+    load()
+    return core, chain.features, chain.input_shape
+
+
+def _assemble_core(input_dim: int, layers: Sequence[keras.layers.Layer]) -> GatedModel:
+    inputs = keras.Input(shape=(int(input_dim),), name="features")
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    return GatedModel(inputs, x, name="dynhp_core")
+
+
+def _full_model(core: GatedModel, features: np.ndarray | None, input_shape: tuple[int, ...], name: str) -> keras.Model:
+    """The core's layers behind the original input: Input -> Flatten -> SelectFeatures -> layers."""
+    layers, _, load = rebuild_body(core.body, [None] * len(core.dense_layers), convert="same")
+    model = build_chain_model(input_shape, layers, features, name=name)
+    load()
+    return model
+
+
+# --------------------------------------------------------------------------- compiled epoch loop
+class _Accumulators:
+    """tf.Variables summing the batch statistics of one epoch (outside the model)."""
+
+    def __init__(self, core: GatedModel) -> None:
+        f64 = "float64"
+        self.scalars = {
+            name: tf.Variable(0.0, dtype=f64, trainable=False)
+            for name in ("loss", "data_loss", "correct", "count", "steps", "ratio", "increment", "max_batch", "width")
+        }
+        self.gate_open = [tf.Variable(tf.zeros((layer.input_dim,), f64), trainable=False) for layer in core.gated_layers]
+
+    def reset(self) -> None:
+        for v in self.scalars.values():
+            v.assign(0.0)
+        for v in self.gate_open:
+            v.assign(tf.zeros_like(v))
+
+    def read(self) -> dict[str, Any]:
+        out = {k: float(v.numpy()) for k, v in self.scalars.items()}
+        out["gate_open"] = [v.numpy() for v in self.gate_open]
+        return out
+
+
+def _make_epoch_runner(core: GatedModel, acc: _Accumulators, steps_per_execution: int, alpha_bs: float, growth: str):
+    """A tf.function running up to `steps_per_execution` steps from an iterator.
+
+    The batch dimension is dynamic, so a new batch size does not retrace; a new
+    (pruned) model does, once.
+    """
+    s = acc.scalars
+    scale = 1.0 - alpha_bs
+
+    @tf.function(reduce_retracing=True)
+    def run(iterator):
+        done = tf.constant(0)
+        for _ in tf.range(steps_per_execution):
+            optional = iterator.get_next_as_optional()
+            if not optional.has_value():
+                break
+            x, y = optional.get_value()
+            st = core.train_stats(x, y)
+            count = tf.cast(st["count"], "float64")
+            data_loss = tf.cast(st["data_loss"], "float64")
+            s["loss"].assign_add(tf.cast(st["loss"], "float64") * count)
+            s["data_loss"].assign_add(data_loss * count)
+            s["correct"].assign_add(tf.cast(st["correct"], "float64"))
+            s["count"].assign_add(count)
+            s["steps"].assign_add(1.0)
+            s["max_batch"].assign(tf.maximum(s["max_batch"], count))
+            s["width"].assign(tf.maximum(s["width"], tf.cast(tf.shape(x)[1], "float64")))
+            if core.track_variance:
+                variance = tf.cast(st["variance_l1"], "float64")
+                safe_loss = tf.maximum(data_loss, 1e-12)
+                s["ratio"].assign_add(variance / safe_loss)
+                if growth == "step_mean":
+                    s["increment"].assign_add(tf.floor(scale * variance / count / safe_loss))
+                elif growth == "step":
+                    s["increment"].assign_add(tf.floor(scale * variance / safe_loss))
+            for v, g in zip(acc.gate_open, st["gate_open"]):
+                v.assign_add(tf.cast(g, "float64"))
+            done += 1
+        return done
+
+    return run
+
+
+def _make_evaluator(core: GatedModel):
+    @tf.function(reduce_retracing=True)
+    def evaluate(x, y):
+        h, logits, _ = core.forward(x, training=False)
+        per_example = core.per_example_loss(y, h, logits)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.cast(tf.argmax(logits, -1), tf.int32), y), "float64"))
+        return tf.reduce_sum(tf.cast(per_example, "float64")), correct
+
+    return evaluate
+
+
+def _evaluate(evaluator, x: np.ndarray, y: np.ndarray, features: np.ndarray | None) -> tuple[float, float]:
+    loss, correct = 0.0, 0.0
+    for i in range(0, len(x), EVAL_BATCH):
+        xb = x[i : i + EVAL_BATCH]
+        if features is not None:
+            xb = xb[:, features]
+        lb, cb = evaluator(tf.constant(xb), tf.constant(y[i : i + EVAL_BATCH]))
+        loss += float(lb)
+        correct += float(cb)
+    return loss / len(x), 100.0 * (1.0 - correct / len(x))
+
+
+def _epoch_dataset(x_all: tf.Tensor, y_all: tf.Tensor, order: np.ndarray, batch_size: int, features: np.ndarray | None) -> tf.data.Dataset:
+    feats = None if features is None else tf.constant(np.asarray(features, dtype=np.int32))
+
+    def gather(idx):
+        xb = tf.gather(x_all, idx)
+        if feats is not None:
+            xb = tf.gather(xb, feats, axis=1)
+        return xb, tf.gather(y_all, idx)
+
+    ds = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(batch_size)
+    return ds.map(gather).prefetch(2)
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """Shuffle of epoch `epoch`, derived from (seed, epoch) only (a resumed run sees the same)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+# --------------------------------------------------------------------------- pruning
+def _prune_plan(core: GatedModel, gate_open: list[np.ndarray], count: float, gamma: float) -> tuple[list[np.ndarray | None], list[int], list[bool]]:
+    """Eq. 6-7: activation rates and the inputs that survive, per dense layer.
+
+    Returns:
+        (keep indices per dense layer (None: nothing pruned), pruned count per layer,
+        whether each layer is at its floor of one unit).
+    """
+    keep: list[np.ndarray | None] = []
+    pruned: list[int] = []
+    floors: list[bool] = []
+    g = 0
+    for layer in core.dense_layers:
+        if not isinstance(layer, L0Dense):
+            keep.append(None)
+            pruned.append(0)
+            floors.append(False)
+            continue
+        rate = gate_open[g] / max(count, 1.0)  # Eq. 6
+        g += 1
+        survive = np.flatnonzero(rate >= gamma)  # Eq. 7: Z = Z * g(a, gamma)
+        if survive.size == 0:  # never remove the last unit of a layer
+            survive = np.array([int(np.argmax(rate))])
+        floors.append(survive.size == 1)
+        pruned.append(int(rate.size - survive.size))
+        keep.append(survive if survive.size < rate.size else None)
+    return keep, pruned, floors
+
+
+def _rebuild_core(core: GatedModel, keep: list[np.ndarray | None]) -> GatedModel:
+    layers, var_map, load = rebuild_body(core.body, keep, convert="same")
+    in_dim = core.inputs[0].shape[-1] if keep[0] is None else len(keep[0])
+    new = _assemble_core(in_dim, layers)
+    load()
+    optimizer = transfer_optimizer(core.optimizer, var_map, new.trainable_variables)
+    new.compile(optimizer=optimizer, jit_compile=False)
+    new.track_variance = core.track_variance
+    new.loss_fn = core.loss_fn
+    return new
+
+
+# --------------------------------------------------------------------------- fit
+def _resolve_loss(loss: Any) -> Callable | None:
+    if loss is None or loss == "sparse_categorical_crossentropy":
+        return None
+    fn = keras.losses.get(loss)
+    if isinstance(fn, keras.losses.Loss):
+        return fn.call  # unreduced, per example
+    if callable(fn):
+        return fn
+    raise _invalid("loss", "None, a loss name or a callable returning per-example losses", loss)
+
+
+def _resolve_optimizer(optimizer: Any, learning_rate: float) -> keras.optimizers.Optimizer:
+    if isinstance(optimizer, str):
+        try:
+            opt = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}})
+        except ValueError as err:
+            raise _invalid("optimizer", "a Keras optimizer or its name ('adam', 'sgd', ...)", optimizer) from err
+        return opt
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        if optimizer.built:
+            return type(optimizer).from_config(optimizer.get_config())
+        return optimizer
+    raise _invalid("optimizer", "a Keras optimizer or its name ('adam', 'sgd', ...)", optimizer)
+
+
+def _check_callbacks(callbacks: Sequence[Any] | None, method: str) -> list[Any]:
+    callbacks = list(callbacks or [])
+    for cb in callbacks:
+        if not isinstance(cb, keras.callbacks.Callback):
+            raise TypeError(f"`callbacks` must hold keras.callbacks.Callback instances, received {type(cb).__name__}.")
+        if method in ("hp", "dynhp") and isinstance(cb, keras.callbacks.EarlyStopping) and cb.restore_best_weights:
+            raise ValueError(
+                "EarlyStopping(restore_best_weights=True) cannot restore weights across hard pruning: "
+                f"with method='{method}' the layer shapes change between epochs. Use "
+                "restore_best_weights=False (training stops at the patience limit and result.model is "
+                "the last model), or method='sp'."
+            )
+    return callbacks
+
+
+def _scalar_logs(record: dict[str, Any]) -> dict[str, float]:
+    """Per-epoch record flattened to scalars for Keras callbacks (lists become key_0, key_1, ...)."""
+    logs: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                logs[f"{key}_{i}"] = float(v)
+        elif value is not None:
+            logs[key] = float(value)
+    return logs
+
+
+def _format_line(record: dict[str, Any], epochs: int) -> str:
+    parts = [
+        f"Epoch {record['epoch']}/{epochs}",
+        f"loss {record['loss']:.4f}",
+        f"acc {record['accuracy']:.4f}",
+    ]
+    if record.get("val_error") is not None:
+        parts.append(f"val_error {record['val_error']:.2f}%")
+    parts += [
+        f"batch {record['batch_size']}",
+        "active " + "-".join(str(int(round(a))) for a in record["active_units"]),
+        f"MO {record['memory_kb']:.1f} KB",
+        f"{record['epoch_seconds']:.1f}s",
+    ]
+    return " - ".join(parts)
+
+
+def fit(
+    model: keras.Model,
+    x: Any,
+    y: Any = None,
+    *,
+    method: str = "sp",
+    epochs: int = 200,
+    batch_size: int | None = None,
+    l0_lambda: float = 0.01,
+    alpha_bs: float | None = None,
+    gamma: float = 0.5,
+    budget_kb: float | None = None,
+    budget_on: str = "paper",
+    batch_growth: str = "step_mean",
+    optimizer: Any = "adam",
+    learning_rate: float = 1e-3,
+    loss: Any = None,
+    validation_data: Any = None,
+    seed: int | None = None,
+    verbose: int = 1,
+    callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    steps_per_execution: int = 50,
+    weight_decay: float = 0.0,
+    droprate_init: float = 0.5,
+    input_droprate_init: float = 0.2,
+) -> FitResult:
+    """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
+
+    Args:
+        model: a Keras MLP (Sequential or functional chain of Flatten/Reshape,
+            Dense, Dropout, Activation; `L0Dense`/`SelectFeatures` accepted).
+            It is not modified.
+        x: inputs (NumPy array shaped like the model input) or a
+            `tf.data.Dataset` of `(features, label)` pairs (then `y` is None).
+        y: integer labels.
+        method: "dense", "sp" (L0 soft pruning), "hp" (hard pruning, Sec. 4.1) or
+            "dynhp" (hard pruning + dynamic batch, Sec. 4.2).
+        epochs: number of epochs.
+        batch_size: (initial) mini-batch size; default 16 for "dynhp" (the
+            paper's), 100 otherwise.
+        l0_lambda: lambda of Eq. 5, on the reference scale (see `L0Dense`).
+        alpha_bs: smoothing parameter of Eq. 8 in [0, 1]; required for "dynhp"
+            (the paper's best: 0.972 MNIST, 0.980 Fashion-MNIST).
+        gamma: threshold of Eq. 7 in (0, 1); gates open less often are pruned.
+        budget_kb: memory budget C of Eq. 9 in KB; required for "dynhp"; with
+            "sp"/"hp" only checked (None: unconstrained).
+        budget_on: "paper" (MO: weights + batch) or "full" (`memory_full_kb`).
+        batch_growth: reading of Eq. 8: "step_mean" (default), "step" or "epoch"
+            (see `tf_dynhp.batching`).
+        optimizer: name or Keras optimizer (default Adam, as the reference L0 code).
+        learning_rate: used when `optimizer` is a name; fixed, as in the paper.
+        loss: None for sparse categorical cross-entropy on the logits (the last
+            layer may be softmax or linear), or a loss giving per-example values.
+        validation_data: `(x_val, y_val)` or a `tf.data.Dataset`; gives
+            `val_loss`/`val_error` (misclassification %, the paper's ERR).
+        seed: makes two runs identical (sets Keras' seeds and TF op determinism).
+        verbose: 0 silent, 1 one line per epoch.
+        callbacks: Keras callbacks; they receive the current (rebuilt) model each
+            epoch and scalar logs (per-layer lists as `key_0`, `key_1`, ...).
+        steps_per_execution: train steps per compiled call.
+        weight_decay, droprate_init, input_droprate_init: `L0Dense` arguments.
+
+    Returns:
+        A `FitResult`: `.model` (stripped plain Keras model), `.history` (per-epoch
+        lists: loss, accuracy, val_loss, val_error, batch_size, candidate_batch_size,
+        active_units, pruned_units, at_floor, model_kb, memory_kb, memory_full_kb,
+        budget_kb, variance_ratio, retraces, rebuild_seconds, epoch_seconds),
+        `.gated_model`, `.state`.
+
+    Raises:
+        ValueError / TypeError: for bad arguments or data, before any training.
+    """
+    # ---------------------------------------------------------------- arguments
+    if method not in METHODS:
+        raise _invalid("method", f"one of {list(METHODS)}", method)
+    epochs = _positive_int("epochs", epochs)
+    batch_size = _positive_int("batch_size", 16 if batch_size is None and method == "dynhp" else (batch_size or 100))
+    steps_per_execution = _positive_int("steps_per_execution", steps_per_execution)
+    if isinstance(l0_lambda, bool) or not isinstance(l0_lambda, (int, float)) or not l0_lambda >= 0:
+        raise _invalid("l0_lambda", "a float >= 0", l0_lambda)
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < gamma < 1.0:
+        raise _invalid("gamma", "a float in (0, 1)", gamma)
+    if budget_on not in ("paper", "full"):
+        raise _invalid("budget_on", "'paper' or 'full'", budget_on)
+    if batch_growth not in batching.BATCH_GROWTH_MODES:
+        raise _invalid("batch_growth", f"one of {list(batching.BATCH_GROWTH_MODES)}", batch_growth)
+    if budget_kb is not None and (isinstance(budget_kb, bool) or not isinstance(budget_kb, (int, float)) or not budget_kb > 0 or not math.isfinite(budget_kb)):
+        raise _invalid("budget_kb", "a positive number of KB (1024 bytes) or None", budget_kb)
+    if method == "dynhp":
+        if alpha_bs is None:
+            raise ValueError("method='dynhp' needs `alpha_bs` (Eq. 8's smoothing, e.g. 0.972 for MNIST, 0.980 for Fashion-MNIST).")
+        if budget_kb is None:
+            raise ValueError(
+                "method='dynhp' needs `budget_kb`, the memory budget C of Eq. 9 in KB; e.g. "
+                "tf_dynhp.memory.mo_kb(model, batch_size=512) for the paper's MNIST setting."
+            )
+        alpha_bs = batching.check_alpha_bs(alpha_bs)
+    elif alpha_bs is not None:
+        alpha_bs = batching.check_alpha_bs(alpha_bs)
+    if not isinstance(verbose, (int, bool)):
+        raise _invalid("verbose", "0 or 1", verbose)
+    callbacks = _check_callbacks(callbacks, method)
+    loss_fn = _resolve_loss(loss)
+    opt = _resolve_optimizer(optimizer, learning_rate)
+
+    # ------------------------------------------------------------------- model
+    chain = parse_chain(model)  # raises on unsupported layers before anything else
+    if method == "dense" and any(isinstance(layer, L0Dense) for layer in chain.body):
+        raise ValueError("method='dense' trains plain Dense layers; this model has L0Dense layers: pass tf_dynhp.strip(model).")
+    from tf_dynhp.model import classifier_head
+
+    num_classes, _ = classifier_head(chain.body)
+
+    # -------------------------------------------------------------------- data
+    x_train, y_train = _as_arrays(x, y, chain.input_shape, num_classes, "x")
+    val = None
+    if validation_data is not None:
+        if isinstance(validation_data, tf.data.Dataset):
+            val = _as_arrays(validation_data, None, chain.input_shape, num_classes, "validation_data")
+        elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+            val = _as_arrays(validation_data[0], validation_data[1], chain.input_shape, num_classes, "validation_data")
+        else:
+            raise _invalid("validation_data", "(x_val, y_val) or a tf.data.Dataset", type(validation_data).__name__)
+    n_train = len(x_train)
+
+    # ------------------------------------------------------------- seeds, core
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**31 - 1))
+    else:
+        seed = int(seed)
+        keras.utils.set_random_seed(seed)
+        tf.config.experimental.enable_op_determinism()
+    if method == "dense":
+        gated = model
+    else:
+        gated = to_l0(
+            model, l0_lambda, weight_decay=weight_decay, droprate_init=droprate_init,
+            input_droprate_init=input_droprate_init, dataset_size=n_train, seed=seed,
+        )
+    core, features, input_shape = _core_from(gated)
+    for layer in core.gated_layers:
+        if layer.dataset_size is None:
+            layer.dataset_size = n_train
+    core.track_variance = method == "dynhp"
+    core.loss_fn = loss_fn
+    core.compile(optimizer=opt, jit_compile=False)
+    core.optimizer.build(core.trainable_variables)
+
+    state = TrainerState(
+        method=method, seed=seed, batch_size=batch_size, candidate_batch_size=batch_size,
+        alive=[list(range(layer.input_dim if hasattr(layer, "input_dim") else layer.kernel.shape[0])) for layer in core.dense_layers],
+        original_inputs=[int(layer.kernel.shape[0]) for layer in core.dense_layers],
+    )
+    if features is not None:
+        state.alive[0] = [int(i) for i in features]
+        state.original_inputs[0] = int(math.prod(input_shape))
+
+    # ------------------------------------------------------------ budget check
+    def weights_now() -> int:
+        return memory.weight_count(core.dense_layers)
+
+    def cap_now() -> int:
+        if budget_on == "paper":
+            return memory.max_batch_for_mo(budget_kb, weights_now(), int(core.inputs[0].shape[-1]))
+        return memory.max_batch_for_full(budget_kb, core, core.optimizer)
+
+    if budget_kb is not None:
+        need = (
+            memory.mo_kb_from_counts(weights_now(), batch_size, int(core.inputs[0].shape[-1]))
+            if budget_on == "paper"
+            else memory.memory_full_kb(core, batch_size, core.optimizer)
+        )
+        if need > budget_kb:
+            raise ValueError(
+                f"`budget_kb`={budget_kb} cannot hold the model plus the initial batch: they need "
+                f"{need:.1f} KB ({'MO' if budget_on == 'paper' else 'full footprint'}: model "
+                f"{memory.floats_to_kb(weights_now()):.1f} KB + batch of {batch_size}). Raise the budget or "
+                "lower batch_size."
+            )
+
+    # -------------------------------------------------------------- epoch loop
+    x_all = tf.constant(x_train)
+    y_all = tf.constant(y_train)
+    acc = _Accumulators(core)
+    runner = _make_epoch_runner(core, acc, steps_per_execution, alpha_bs or 0.0, batch_growth)
+    evaluator = _make_evaluator(core)
+    traced_before = 0
+    history: dict[str, list[Any]] = state.history
+    cb_list = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False, model=core)
+    cb_list.on_train_begin()
+    model_name = getattr(model, "name", "model")
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        cb_list.on_epoch_begin(epoch)
+        acc.reset()
+        ds = _epoch_dataset(x_all, y_all, _epoch_order(seed, epoch, n_train), state.batch_size, features)
+        iterator = iter(ds)
+        while int(runner(iterator)) == steps_per_execution:
+            pass
+        stats = acc.read()
+        count = stats["count"]
+        record: dict[str, Any] = {"epoch": epoch + 1}
+        record["loss"] = stats["loss"] / count
+        record["data_loss"] = stats["data_loss"] / count
+        record["accuracy"] = stats["correct"] / count
+        record["val_loss"], record["val_error"] = (None, None)
+        if val is not None:
+            record["val_loss"], record["val_error"] = _evaluate(evaluator, val[0], val[1], features)
+        # Memory of this epoch, measured from the variables that exist and the batches fed.
+        weights_epoch = weights_now()
+        record["memory_kb"] = memory.mo_kb_from_counts(weights_epoch, int(stats["max_batch"]), int(stats["width"]))
+        record["memory_full_kb"] = memory.memory_full_kb(core, int(stats["max_batch"]), core.optimizer, int(stats["width"]))
+        record["batch_size"] = state.batch_size
+        record["variance_ratio"] = stats["ratio"] / stats["steps"] if core.track_variance else None
+        # ---------------------------------------------------------- pruning
+        rebuild_seconds = 0.0
+        pruned = [0] * len(core.dense_layers)
+        floors = [False] * len(core.dense_layers)
+        if method in ("hp", "dynhp"):
+            keep, pruned, floors = _prune_plan(core, stats["gate_open"], count, gamma)
+            if any(k is not None for k in keep):
+                t_rebuild = time.perf_counter()
+                traced_before += _tracing_count(runner, evaluator)
+                for i, k in enumerate(keep):
+                    if k is not None:
+                        state.alive[i] = [state.alive[i][j] for j in k]
+                if keep[0] is not None:
+                    features = np.asarray(state.alive[0], dtype=np.int64)
+                core = _rebuild_core(core, keep)
+                acc = _Accumulators(core)
+                runner = _make_epoch_runner(core, acc, steps_per_execution, alpha_bs or 0.0, batch_growth)
+                evaluator = _make_evaluator(core)
+                cb_list.set_model(core)
+                rebuild_seconds = time.perf_counter() - t_rebuild
+        if method == "sp":
+            record["active_units"] = [float(np.sum(g)) / count for g in stats["gate_open"]]
+        else:
+            record["active_units"] = [len(a) for a in state.alive]
+        record["pruned_units"] = pruned
+        record["at_floor"] = floors
+        # ------------------------------------------------- batch size (Eq. 8-10)
+        if method == "dynhp":
+            if batch_growth == "epoch":
+                increment = batching.batch_increment(stats["ratio"] / max(stats["steps"], 1.0), 1.0, alpha_bs)
+            else:
+                increment = int(stats["increment"])
+            candidate = state.batch_size + increment
+            state.candidate_batch_size = candidate
+            state.batch_size = batching.next_batch_size(state.batch_size, candidate, cap_now())
+        record["candidate_batch_size"] = state.candidate_batch_size
+        record["model_kb"] = memory.floats_to_kb(weights_now())
+        record["budget_kb"] = budget_kb
+        record["retraces"] = traced_before + _tracing_count(runner, evaluator)
+        record["rebuild_seconds"] = rebuild_seconds
+        record["epoch_seconds"] = time.perf_counter() - t0
+        state.epoch = epoch + 1
+        state.retraces = record["retraces"]
+        for key, value in record.items():
+            history.setdefault(key, []).append(value)
+        if verbose:
+            print(_format_line(record, epochs), file=sys.stdout, flush=True)
+        cb_list.on_epoch_end(epoch, _scalar_logs(record))
+        if getattr(core, "stop_training", False):
+            break
+    cb_list.on_train_end()
+
+    gated_full = _full_model(core, features, input_shape, name=f"{model_name}_{method}")
+    stripped = strip(gated_full) if method != "dense" else gated_full
+    return FitResult(model=stripped, gated_model=gated_full, history=history, state=state)
+
+
+def _tracing_count(*functions: Any) -> int:
+    return int(sum(f.experimental_get_tracing_count() for f in functions))
