@@ -88,7 +88,7 @@ def _ordered_layers(model: keras.Model) -> list[keras.layers.Layer]:
     if len(inputs) != 1 or len(outputs) != 1:
         raise ValueError(
             f"Model '{model.name}' has {len(inputs)} inputs and {len(outputs)} outputs; "
-            "tf_dynhp supports single-input, single-output chains of layers."
+            f"tf_dynhp supports single-input, single-output chains. Supported layers: {SUPPORTED_LAYERS}."
         )
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     previous = None

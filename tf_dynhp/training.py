@@ -136,13 +136,13 @@ def _core_from(gated: keras.Model) -> tuple[GatedModel, np.ndarray | None, tuple
     """GatedModel on flat selected features from a full-input gated (or dense) model."""
     chain = parse_chain(gated)
     layers, _, load = rebuild_body(chain.body, [None] * len(chain.dense_layers), convert="same")
-    core = _assemble_core(chain.input_dim, layers)
+    core = _assemble_core(chain.input_dim, layers, dtype=gated.inputs[0].dtype)
     load()
     return core, chain.features, chain.input_shape
 
 
-def _assemble_core(input_dim: int, layers: Sequence[keras.layers.Layer]) -> GatedModel:
-    inputs = keras.Input(shape=(int(input_dim),), name="features")
+def _assemble_core(input_dim: int, layers: Sequence[keras.layers.Layer], dtype: Any = None) -> GatedModel:
+    inputs = keras.Input(shape=(int(input_dim),), name="features", dtype=dtype)
     x = inputs
     for layer in layers:
         x = layer(x)
@@ -152,7 +152,7 @@ def _assemble_core(input_dim: int, layers: Sequence[keras.layers.Layer]) -> Gate
 def _full_model(core: GatedModel, features: np.ndarray | None, input_shape: tuple[int, ...], name: str) -> keras.Model:
     """The core's layers behind the original input: Input -> Flatten -> SelectFeatures -> layers."""
     layers, _, load = rebuild_body(core.body, [None] * len(core.dense_layers), convert="same")
-    model = build_chain_model(input_shape, layers, features, name=name)
+    model = build_chain_model(input_shape, layers, features, name=name, dtype=core.inputs[0].dtype)
     load()
     return model
 
@@ -297,7 +297,7 @@ def _prune_plan(core: GatedModel, gate_open: list[np.ndarray], count: float, gam
 def _rebuild_core(core: GatedModel, keep: list[np.ndarray | None]) -> GatedModel:
     layers, var_map, load = rebuild_body(core.body, keep, convert="same")
     in_dim = core.inputs[0].shape[-1] if keep[0] is None else len(keep[0])
-    new = _assemble_core(in_dim, layers)
+    new = _assemble_core(in_dim, layers, dtype=core.inputs[0].dtype)
     load()
     optimizer = transfer_optimizer(core.optimizer, var_map, new.trainable_variables)
     new.compile(optimizer=optimizer, jit_compile=False)

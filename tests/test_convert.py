@@ -1,0 +1,119 @@
+"""to_l0 / strip: equivalence, real shrinking, unsupported models rejected up front."""
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import make_mlp
+from tf_dynhp import L0Dense, SelectFeatures, parse_chain, strip, to_l0
+
+
+def _close_some_gates(model, every=3, value=-8.0):
+    for k, layer in enumerate(l for l in model.layers if isinstance(l, L0Dense)):
+        la = layer.log_alpha.numpy()
+        la[k % every :: every] = value
+        layer.log_alpha.assign(la)
+
+
+def test_to_l0_copies_weights_and_converts_every_dense():
+    keras.utils.set_random_seed(0)
+    model = make_mlp()
+    gated = to_l0(model, l0_lambda=0.05, dataset_size=100, seed=3)
+    dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    l0 = [l for l in gated.layers if isinstance(l, L0Dense)]
+    assert len(l0) == len(dense) == 3
+    for d, g in zip(dense, l0):
+        np.testing.assert_array_equal(d.kernel.numpy(), g.kernel.numpy())
+        np.testing.assert_array_equal(d.bias.numpy(), g.bias.numpy())
+        assert g.l0_lambda == 0.05 and g.dataset_size == 100
+    # Reference L0 MLP: input gates start at drop rate 0.2, hidden gates at 0.5.
+    assert l0[0].droprate_init == 0.2 and l0[1].droprate_init == 0.5
+
+
+def test_to_l0_with_open_gates_matches_the_dense_model(rng):
+    model = make_mlp(dtype="float64")
+    gated = to_l0(model, dataset_size=10)
+    for layer in gated.layers:
+        if isinstance(layer, L0Dense):
+            layer.log_alpha.assign(np.full(layer.log_alpha.shape, 4.6))  # gate == 1 exactly
+    x = rng.random((5, 28, 28))
+    np.testing.assert_allclose(gated.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-12)
+
+
+def test_strip_equals_gated_inference_and_shrinks(rng, tmp_path):
+    keras.utils.set_random_seed(1)
+    gated = to_l0(make_mlp(hidden=(20, 12), dtype="float64"), dataset_size=10)
+    _close_some_gates(gated)
+    x = rng.random((16, 28, 28))
+    stripped = strip(gated)
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), gated.predict(x, verbose=0), rtol=1e-10, atol=1e-12)
+    kernels = [l.kernel.shape for l in stripped.layers if isinstance(l, keras.layers.Dense)]
+    assert kernels[0][0] < 784 and kernels[0][1] < 20 and kernels[1] == (kernels[0][1], kernels[1][1])
+    assert kernels[1][1] < 12 and kernels[2][1] == 10
+    assert any(isinstance(l, SelectFeatures) for l in stripped.layers)
+    assert not any(isinstance(l, L0Dense) for l in stripped.layers)
+    # Saves and loads back (SelectFeatures is registered), same predictions.
+    stripped.save(tmp_path / "s.keras")
+    loaded = keras.models.load_model(tmp_path / "s.keras")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), stripped.predict(x, verbose=0))
+    # And trains on: to_l0 accepts SelectFeatures.
+    again = to_l0(loaded, dataset_size=10)
+    assert parse_chain(again).input_dim == kernels[0][0]
+    open_again = [l for l in again.layers if isinstance(l, L0Dense)]
+    assert open_again[0].kernel.shape == kernels[0]
+
+
+def test_strip_float32_relative_tolerance(rng):
+    gated = to_l0(make_mlp(hidden=(64,)), dataset_size=10, seed=0)
+    _close_some_gates(gated)
+    x = rng.random((32, 28, 28)).astype("float32")
+    a = gated.predict(x, verbose=0)
+    b = strip(gated).predict(x, verbose=0)
+    assert np.max(np.abs(a - b)) <= 1e-5 * max(1.0, float(np.max(np.abs(a))))
+
+
+def test_functional_and_flat_inputs_supported(rng):
+    inputs = keras.Input((784,))
+    h = keras.layers.Dense(16, activation="relu")(inputs)
+    h = keras.layers.Dropout(0.2)(h)
+    h = keras.layers.Activation("relu")(h)
+    out = keras.layers.Dense(10)(h)
+    model = keras.Model(inputs, out)
+    chain = parse_chain(model)
+    assert chain.input_shape == (784,) and chain.features is None and len(chain.body) == 4
+    gated = to_l0(model, dataset_size=3)
+    assert sum(isinstance(l, L0Dense) for l in gated.layers) == 2
+
+
+def _two_input_model():
+    a, b = keras.Input((4,)), keras.Input((4,))
+    return keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
+
+
+def _branchy_model():
+    x = keras.Input((4,))
+    h = keras.layers.Dense(3, name="left")(x)
+    return keras.Model(x, keras.layers.Add(name="merge")([h, keras.layers.Dense(3)(x)]))
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4, name="rnn"), keras.layers.Dense(2)]), "rnn.*LSTM"),
+        (lambda: keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(2)]), "bn.*BatchNormalization"),
+        (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, name="conv"), keras.layers.Flatten(), keras.layers.Dense(2)]), "conv.*Conv2D"),
+        (_two_input_model, "2 inputs"),
+        (_branchy_model, "not supported"),
+        (lambda: keras.Sequential([keras.Input((4, 4)), keras.layers.Dense(2, name="d3")]), "d3.*Flatten"),
+        (lambda: keras.Sequential([keras.Input((4,)), keras.layers.Activation("relu")]), "no Dense"),
+    ],
+)
+def test_unsupported_models_raise_naming_the_layer(build, match):
+    with pytest.raises(ValueError, match=match) as err:
+        to_l0(build(), dataset_size=1)
+    assert "Supported layers" in str(err.value) or "Dense" in str(err.value)
+
+
+def test_not_a_model_is_a_type_error():
+    with pytest.raises(TypeError, match="keras.Model"):
+        to_l0("model")

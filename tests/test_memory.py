@@ -1,0 +1,68 @@
+"""Memory accounting: the paper's golden figures (Tables 2-3) and the full footprint."""
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import make_mlp
+from tf_dynhp import memory, to_l0
+
+
+@pytest.fixture(scope="module")
+def paper_mlp():
+    return make_mlp(hidden=(300, 100))
+
+
+def test_dense_mlp_is_1041_kb(paper_mlp):
+    # Table 2: "1.041" MB for the 784-300-100-10 MLP (MB = 1000 KB of 1024 bytes).
+    assert memory.weight_count(paper_mlp) == 266_610
+    assert memory.floats_to_kb(memory.weight_count(paper_mlp)) == pytest.approx(1041.4, rel=1e-3)
+
+
+def test_mo_of_sp_at_512_is_the_paper_budget(paper_mlp):
+    assert memory.mo_kb(paper_mlp, batch_size=512) == pytest.approx(2609.4, abs=0.05)
+
+
+@pytest.mark.parametrize("batch,expected_kb", [(512, 5.219e6), (128, 2.866e6)])
+def test_sp_training_memory_over_2000_epochs(paper_mlp, batch, expected_kb):
+    # Table 2 (MNIST, SP batch 512) and Table 3 (Fashion-MNIST, SP batch 128):
+    # training memory is the sum of MO over 2000 epochs; the paper truncates to 3 digits.
+    per_epoch = memory.mo_kb(paper_mlp, batch_size=batch)
+    total_mb = memory.training_memory_mb([per_epoch] * 2000)
+    assert total_mb * memory.KB_PER_MB == pytest.approx(expected_kb, rel=1e-3)
+
+
+def test_gate_logits_are_not_in_mo(paper_mlp):
+    gated = to_l0(paper_mlp, dataset_size=1)
+    assert memory.mo_kb(gated, 512) == memory.mo_kb(paper_mlp, 512)
+
+
+@pytest.mark.parametrize("budget", [1041.5, 1500.0, 2609.4, 5000.0])
+def test_max_batch_for_mo_is_the_largest_that_fits(budget):
+    n_w, dim = 266_610, 784
+    b = memory.max_batch_for_mo(budget, n_w, dim)
+    assert memory.mo_kb_from_counts(n_w, b, dim) <= budget
+    assert memory.mo_kb_from_counts(n_w, b + 1, dim) > budget
+    assert memory.max_batch_for_mo(2609.4, n_w, dim) == 511  # 2609.4 is rounded down from 2609.43
+    assert memory.max_batch_for_mo(1000.0, n_w, dim) == 0
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop"])
+def test_memory_full_counts_model_and_optimizer_variables(optimizer):
+    model = to_l0(make_mlp(hidden=(16, 8)), dataset_size=1)
+    opt = keras.optimizers.get(optimizer)
+    opt.build(model.trainable_variables)
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    opt_floats = sum(int(np.prod(v.shape)) for v in opt.variables)
+    acts = 784 + (2 * 784 + 2 * 16) + (2 * 16 + 2 * 8) + (2 * 8 + 2 * 10)
+    expected = memory.floats_to_kb(2 * trainable + opt_floats + 32 * acts)
+    assert memory.memory_full_kb(model, 32, opt) == pytest.approx(expected)
+    b = memory.max_batch_for_full(expected, model, opt)
+    assert b == 32
+
+
+def test_memory_full_default_assumes_adam():
+    model = make_mlp(hidden=(8,))
+    opt = keras.optimizers.Adam()
+    opt.build(model.trainable_variables)
+    assert memory.memory_full_kb(model, 4) == pytest.approx(memory.memory_full_kb(model, 4, opt))
