@@ -452,7 +452,9 @@ def fit(
     if method not in METHODS:
         raise _invalid("method", f"one of {list(METHODS)}", method)
     epochs = _positive_int("epochs", epochs)
-    batch_size = _positive_int("batch_size", 16 if batch_size is None and method == "dynhp" else (batch_size or 100))
+    if batch_size is None:
+        batch_size = 16 if method == "dynhp" else 100
+    batch_size = _positive_int("batch_size", batch_size)
     steps_per_execution = _positive_int("steps_per_execution", steps_per_execution)
     if isinstance(l0_lambda, bool) or not isinstance(l0_lambda, (int, float)) or not l0_lambda >= 0:
         raise _invalid("l0_lambda", "a float >= 0", l0_lambda)

@@ -1,0 +1,211 @@
+"""tf_dynhp.fit end to end on a small MNIST subset: methods, determinism, tf.data,
+budget property, callbacks, and bad input rejected before training."""
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_dynhp
+from conftest import make_mlp
+from tf_dynhp import L0Dense, memory
+from tf_dynhp.training import TIMING_KEYS
+
+HISTORY_KEYS = {
+    "loss", "accuracy", "val_loss", "val_error", "batch_size", "candidate_batch_size", "active_units",
+    "pruned_units", "at_floor", "model_kb", "memory_kb", "memory_full_kb", "budget_kb",
+    "variance_ratio", "retraces", "rebuild_seconds", "epoch_seconds",
+}
+
+
+PRUNE_FAST = {"l0_lambda": 0.5, "gamma": 0.9, "droprate_init": 0.2, "batch_size": 20}
+
+
+def _model(seed=0, hidden=(64, 32)):
+    keras.utils.set_random_seed(seed)
+    return make_mlp(hidden=hidden)
+
+
+def _fit(data, method="sp", epochs=2, **kw):
+    (x, y), (xt, yt) = data
+    kw.setdefault("seed", 3)
+    kw.setdefault("verbose", 0)
+    kw.setdefault("learning_rate", 3e-3)
+    if method == "dynhp":
+        kw.setdefault("alpha_bs", 0.9)
+        kw.setdefault("budget_kb", memory.mo_kb(_model(), batch_size=64))
+    return tf_dynhp.fit(_model(), x, y, method=method, epochs=epochs, validation_data=(xt, yt), **kw)
+
+
+@pytest.mark.parametrize("method", ["dense", "sp", "hp", "dynhp"])
+def test_each_method_trains_and_returns_a_plain_model(mnist_small, method):
+    kw = PRUNE_FAST if method in ("hp", "dynhp") else {}
+    result = _fit(mnist_small, method, epochs=3, **kw)
+    h = result.history
+    assert HISTORY_KEYS <= set(h)
+    assert all(len(v) == 3 for v in h.values())
+    assert h["loss"][-1] < h["loss"][0]
+    assert h["val_error"][-1] < 30.0
+    assert not any(isinstance(l, L0Dense) for l in result.model.layers)
+    (_, _), (xt, yt) = mnist_small
+    a = result.model.predict(xt[:200], verbose=0)
+    b = result.gated_model.predict(xt[:200], verbose=0)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    err = 100 * np.mean(np.argmax(a, -1) != yt[:200])
+    assert err < 35.0
+    if method in ("hp", "dynhp"):
+        # PRUNE_FAST prunes within 3 epochs: the kernels really shrink.
+        kernels = [l.kernel.shape for l in result.model.layers if isinstance(l, keras.layers.Dense)]
+        assert kernels[0][0] < 784
+        active = np.array(h["active_units"])
+        assert np.all(np.diff(active, axis=0) <= 0), "active_units must never increase under hard pruning"
+        assert h["model_kb"][-1] < memory.floats_to_kb(memory.weight_count(_model()))
+    if method == "sp":
+        assert all(isinstance(a, float) for a in h["active_units"][0])
+
+
+def _strip_timing(history):
+    return {k: v for k, v in history.items() if k not in TIMING_KEYS}
+
+
+@pytest.mark.parametrize("method", ["sp", "dynhp"])
+def test_same_seed_same_run(mnist_small, method):
+    kw = {**PRUNE_FAST, "batch_growth": "step"} if method == "dynhp" else {}
+    a = _fit(mnist_small, method, **kw)
+    b = _fit(mnist_small, method, **kw)
+    assert _strip_timing(a.history) == _strip_timing(b.history)
+    for va, vb in zip(a.gated_model.weights, b.gated_model.weights):
+        np.testing.assert_array_equal(va.numpy(), vb.numpy())
+    c = _fit(mnist_small, method, seed=4, **kw)
+    assert c.history["loss"] != a.history["loss"]
+
+
+def test_tf_data_input_equals_numpy_input(mnist_small):
+    (x, y), (xt, yt) = mnist_small
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    a = tf_dynhp.fit(_model(), ds, method="sp", epochs=1, seed=5, verbose=0, validation_data=tf.data.Dataset.from_tensor_slices((xt, yt)))
+    b = tf_dynhp.fit(_model(), x, y, method="sp", epochs=1, seed=5, verbose=0, validation_data=(xt, yt))
+    assert _strip_timing(a.history) == _strip_timing(b.history)
+
+
+def test_verbose_prints_one_line_per_epoch(mnist_small, capsys):
+    _fit(mnist_small, "sp", epochs=2, verbose=1)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("Epoch ")]
+    assert len(lines) == 2 and "val_error" in lines[0] and "MO " in lines[0] and "active" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "budget_batch,hidden,growth,budget_on",
+    [
+        (40, (32, 16), "step", "paper"),
+        (64, (48,), "step", "paper"),
+        (100, (32, 16), "epoch", "paper"),
+        (30, (16, 16, 8), "step_mean", "paper"),
+        (40, (32, 16), "step", "full"),
+    ],
+)
+def test_dynhp_never_exceeds_budget_and_batch_never_shrinks(mnist, budget_batch, hidden, growth, budget_on):
+    """Property over budgets/architectures: the memory measured each epoch (from the
+    variables that exist and the batches actually fed) stays within budget_kb."""
+    (x, y), _ = mnist
+    model = _model(hidden=hidden)
+    if budget_on == "paper":
+        budget = memory.mo_kb(model, batch_size=budget_batch)
+    else:
+        budget = memory.memory_full_kb(tf_dynhp.to_l0(model, dataset_size=1), budget_batch)
+    result = tf_dynhp.fit(
+        model, x[:1500], y[:1500], method="dynhp", epochs=4, alpha_bs=0.5, budget_kb=budget,
+        budget_on=budget_on, batch_growth=growth, seed=1, verbose=0, **{**PRUNE_FAST, "batch_size": 16},
+    )
+    h = result.history
+    measured = h["memory_kb"] if budget_on == "paper" else h["memory_full_kb"]
+    assert max(measured) <= budget
+    assert all(b1 <= b2 for b1, b2 in zip(h["batch_size"], h["batch_size"][1:]))
+    if growth == "step":
+        assert h["batch_size"][-1] >= budget_batch  # it grew to the cap (pruning frees more)
+
+
+def test_memory_history_is_measured_from_what_was_fed(mnist_small):
+    result = _fit(mnist_small, "sp", epochs=1, batch_size=64)
+    expected = memory.mo_kb(_model(), batch_size=64)
+    assert result.history["memory_kb"][0] == pytest.approx(expected)
+
+
+def test_callbacks_follow_rebuilds(mnist_small, tmp_path):
+    log = tmp_path / "log.csv"
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(self.model.dense_layers[0].kernel.shape[0])
+
+    result = _fit(
+        mnist_small, "hp", epochs=4, **PRUNE_FAST,
+        callbacks=[keras.callbacks.CSVLogger(str(log)), Spy(),
+                   keras.callbacks.EarlyStopping(monitor="val_error", mode="min", patience=0, min_delta=100.0)],
+    )
+    assert len(result.history["loss"]) == 2  # stopped by EarlyStopping on val_error
+    rows = list(csv.DictReader(open(log)))
+    assert len(rows) == 2 and "val_error" in rows[0] and "active_units_0" in rows[0]
+    # Each epoch the callback saw the current (rebuilt) model.
+    assert seen == [a[0] for a in result.history["active_units"]]
+    assert seen[-1] < 784
+
+
+def _bad(**overrides):
+    base = dict(method="sp", epochs=1)
+    base.update(overrides)
+    return base
+
+
+X = np.zeros((10, 28, 28), "float32")
+Y = np.arange(10) % 10
+
+
+@pytest.mark.parametrize(
+    "x,y,kwargs,err,match",
+    [
+        (X, Y[:9], _bad(), ValueError, "10 examples but `y` has 9"),
+        (X, Y + 5, _bad(), ValueError, "labels must be in \\[0, 10\\)"),
+        (X, Y - 1, _bad(), ValueError, "labels"),
+        (np.full_like(X, np.nan), Y, _bad(), ValueError, "NaN"),
+        (X[:0], Y[:0], _bad(), ValueError, "empty"),
+        (X, Y + 0.5, _bad(), TypeError, "integer class ids"),
+        (X[:, :27], Y, _bad(), ValueError, "shape \\(27, 28\\)"),
+        (X, Y, _bad(method="prune"), ValueError, "method"),
+        (X, Y, _bad(epochs=0), ValueError, "epochs"),
+        (X, Y, _bad(batch_size=0), ValueError, "batch_size"),
+        (X, Y, _bad(l0_lambda=-0.1), ValueError, "l0_lambda"),
+        (X, Y, _bad(gamma=1.0), ValueError, "gamma"),
+        (X, Y, _bad(method="dynhp", budget_kb=3000.0), ValueError, "alpha_bs"),
+        (X, Y, _bad(method="dynhp", alpha_bs=0.97), ValueError, "budget_kb"),
+        (X, Y, _bad(method="dynhp", alpha_bs=1.5, budget_kb=3000.0), ValueError, "alpha_bs"),
+        (X, Y, _bad(method="dynhp", alpha_bs=0.97, budget_kb=-1.0), ValueError, "budget_kb"),
+        (X, Y, _bad(method="dynhp", alpha_bs=0.97, budget_kb=1000.0), ValueError, "1000.0.*need"),
+        (X, Y, _bad(budget_on="device"), ValueError, "budget_on"),
+        (X, Y, _bad(batch_growth="fast"), ValueError, "batch_growth"),
+        (X, Y, _bad(optimizer="nadamx"), ValueError, "optimizer"),
+        (X, Y, _bad(method="hp", callbacks=[keras.callbacks.EarlyStopping(restore_best_weights=True)]), ValueError, "restore_best_weights"),
+        (X, None, _bad(), ValueError, "labels"),
+    ],
+)
+def test_bad_input_rejected_before_training(x, y, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        tf_dynhp.fit(make_mlp(hidden=(300, 100)), x, y, verbose=0, **kwargs)
+
+
+def test_not_a_classifier_head():
+    model = make_mlp(activation="relu")
+    with pytest.raises(ValueError, match="classifier head"):
+        tf_dynhp.fit(model, X, Y, epochs=1, verbose=0)
+
+
+def test_user_model_is_not_modified(mnist_small):
+    model = make_mlp()
+    before = [w.copy() for w in model.get_weights()]
+    (x, y), _ = mnist_small
+    tf_dynhp.fit(model, x[:500], y[:500], method="hp", epochs=1, verbose=0, l0_lambda=0.5)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
