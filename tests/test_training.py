@@ -209,3 +209,21 @@ def test_user_model_is_not_modified(mnist_small):
     tf_dynhp.fit(model, x[:500], y[:500], method="hp", epochs=1, verbose=0, l0_lambda=0.5)
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_batch_growth_does_not_retrace(mnist_small):
+    """A new batch size reuses the compiled step; only a rebuilt model retraces."""
+    result = _fit(mnist_small, "dynhp", epochs=3, gamma=1e-6, batch_growth="step", alpha_bs=0.5, batch_size=16)
+    h = result.history
+    assert h["batch_size"][1] > h["batch_size"][0]  # it grew
+    assert sum(h["pruned_units"][0]) == 0  # nothing pruned with gamma ~ 0
+    assert h["retraces"][0] == h["retraces"][1] == h["retraces"][2]
+
+
+def test_plot_history(mnist_small, tmp_path):
+    result = _fit(mnist_small, "hp", epochs=2, **PRUNE_FAST)
+    path = tf_dynhp.plot_history(result.history, tmp_path / "run.png", title="hp")
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    with pytest.raises(ValueError, match="batch_size"):
+        tf_dynhp.plot_history({"loss": [1.0]}, tmp_path / "x.png")

@@ -11,14 +11,15 @@ Importing the package registers the `L0Dense`, `SelectFeatures` and
 `GatedModel` classes with Keras, so saved `.keras` files load back.
 """
 
-from tf_dynhp import batching, datasets, gates, memory
+from tf_dynhp import batching, checkpoint, datasets, export, gates, memory
 from tf_dynhp.batching import batch_increment, next_batch_size
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.convert import strip, to_l0
 from tf_dynhp.layers import L0Dense, SelectFeatures
 from tf_dynhp.model import GatedModel
+from tf_dynhp.plotting import plot_history
 from tf_dynhp.state import TrainerState
-from tf_dynhp.training import METHODS, FitResult, fit
+from tf_dynhp.training import METHODS, FitResult, NonFiniteError, fit
 
 __version__ = "0.1.0"
 
@@ -27,16 +28,20 @@ __all__ = [
     "GatedModel",
     "L0Dense",
     "METHODS",
+    "NonFiniteError",
     "SelectFeatures",
     "TrainerState",
     "batch_increment",
     "batching",
+    "checkpoint",
     "datasets",
+    "export",
     "fit",
     "gates",
     "memory",
     "next_batch_size",
     "parse_chain",
+    "plot_history",
     "strip",
     "to_l0",
 ]

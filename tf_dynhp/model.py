@@ -66,8 +66,9 @@ class GatedModel(keras.Model):
     by `tf_dynhp.fit` (not serialized): `track_variance`, `loss_fn`.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any) -> None:
+        # A functional-like signature, so that Keras serializes it as a functional model.
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self.body = [
             layer for layer in self.layers if isinstance(layer, DENSE_TYPES + ELEMENTWISE_TYPES)
         ]

@@ -19,10 +19,15 @@ The methods:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
+import json
 import math
+import os
 import sys
 import time
+import warnings
 from typing import Any, Callable, Sequence
 
 import keras
@@ -30,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dynhp import batching, memory
+from tf_dynhp import checkpoint as ckpt
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.convert import strip, to_l0
 from tf_dynhp.layers import L0Dense
@@ -37,11 +43,15 @@ from tf_dynhp.model import GatedModel
 from tf_dynhp.state import TrainerState
 from tf_dynhp.surgery import build_chain_model, rebuild_body, transfer_optimizer
 
-__all__ = ["fit", "FitResult", "METHODS"]
+__all__ = ["fit", "FitResult", "METHODS", "NonFiniteError"]
 
 METHODS = ("dense", "sp", "hp", "dynhp")
 EVAL_BATCH = 2000
-TIMING_KEYS = ("epoch_seconds", "rebuild_seconds")
+TIMING_KEYS = ("epoch_seconds", "rebuild_seconds", "trace_seconds")
+#: Keys that describe the run's execution, not its result: timings and the trace
+#: counter (TensorFlow may trace once more or less across processes). A resumed
+#: or repeated run with the same seed matches an uninterrupted one on every other key.
+RUNTIME_KEYS = TIMING_KEYS + ("retraces",)
 
 
 @dataclasses.dataclass
@@ -165,7 +175,7 @@ class _Accumulators:
         f64 = "float64"
         self.scalars = {
             name: tf.Variable(0.0, dtype=f64, trainable=False)
-            for name in ("loss", "data_loss", "correct", "count", "steps", "ratio", "increment", "max_batch", "width")
+            for name in ("loss", "data_loss", "correct", "count", "steps", "ratio", "increment", "max_batch", "width", "nonfinite")
         }
         self.gate_open = [tf.Variable(tf.zeros((layer.input_dim,), f64), trainable=False) for layer in core.gated_layers]
 
@@ -199,6 +209,12 @@ def _make_epoch_runner(core: GatedModel, acc: _Accumulators, steps_per_execution
                 break
             x, y = optional.get_value()
             st = core.train_stats(x, y)
+            finite = tf.math.is_finite(st["loss"])
+            for g in st["grads"]:
+                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+            if not finite:
+                s["nonfinite"].assign(s["steps"] + 1.0)  # 1-based step of the epoch
+                break
             count = tf.cast(st["count"], "float64")
             data_loss = tf.cast(st["data_loss"], "float64")
             s["loss"].assign_add(tf.cast(st["loss"], "float64") * count)
@@ -233,6 +249,18 @@ def _make_evaluator(core: GatedModel):
         return tf.reduce_sum(tf.cast(per_example, "float64")), correct
 
     return evaluate
+
+
+def _trace_ahead(runner, evaluator, core: GatedModel) -> float:
+    """Traces the step loop and the evaluator for `core` now (not inside the first
+    epoch), so that rebuild and retrace time can be measured apart. Returns seconds."""
+    t0 = time.perf_counter()
+    dim = int(core.inputs[0].shape[-1])
+    dtype = core.inputs[0].dtype
+    probe = tf.data.Dataset.from_tensor_slices((np.zeros((1, dim), dtype), np.zeros((1,), np.int32))).batch(1)
+    runner.get_concrete_function(iter(probe))
+    evaluator.get_concrete_function(tf.TensorSpec([None, dim], dtype), tf.TensorSpec([None], tf.int32))
+    return time.perf_counter() - t0
 
 
 def _evaluate(evaluator, x: np.ndarray, y: np.ndarray, features: np.ndarray | None) -> tuple[float, float]:
@@ -401,6 +429,9 @@ def fit(
     weight_decay: float = 0.0,
     droprate_init: float = 0.5,
     input_droprate_init: float = 0.2,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    on_nonfinite: str = "raise",
 ) -> FitResult:
     """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
 
@@ -437,12 +468,21 @@ def fit(
             epoch and scalar logs (per-layer lists as `key_0`, `key_1`, ...).
         steps_per_execution: train steps per compiled call.
         weight_decay, droprate_init, input_droprate_init: `L0Dense` arguments.
+        checkpoint_dir: folder for an atomic checkpoint after every epoch (the last
+            two are kept; see `tf_dynhp.checkpoint`). Checked for writability first.
+        resume: continue from the newest valid checkpoint in `checkpoint_dir` (a
+            checkpoint of other settings, model or data is refused, naming the setting).
+        on_nonfinite: "raise" (stop with `NonFiniteError`, whose `last_good` holds the
+            model of the last good epoch) or "rollback" (restore the last good epoch,
+            halve the learning rate, go on; give up after 3 tries).
 
     Returns:
         A `FitResult`: `.model` (stripped plain Keras model), `.history` (per-epoch
         lists: loss, accuracy, val_loss, val_error, batch_size, candidate_batch_size,
         active_units, pruned_units, at_floor, model_kb, memory_kb, memory_full_kb,
-        budget_kb, variance_ratio, retraces, rebuild_seconds, epoch_seconds),
+        budget_kb, variance_ratio, retraces, rebuild_seconds (surgery and optimizer
+        transfer), trace_seconds (tracing the step for a new model; epoch 1 includes the
+        first trace), epoch_seconds),
         `.gated_model`, `.state`.
 
     Raises:
@@ -521,132 +561,294 @@ def fit(
     for layer in core.gated_layers:
         if layer.dataset_size is None:
             layer.dataset_size = n_train
-    core.track_variance = method == "dynhp"
-    core.loss_fn = loss_fn
     core.compile(optimizer=opt, jit_compile=False)
     core.optimizer.build(core.trainable_variables)
 
     state = TrainerState(
         method=method, seed=seed, batch_size=batch_size, candidate_batch_size=batch_size,
-        alive=[list(range(layer.input_dim if hasattr(layer, "input_dim") else layer.kernel.shape[0])) for layer in core.dense_layers],
+        alive=[list(range(int(layer.kernel.shape[0]))) for layer in core.dense_layers],
         original_inputs=[int(layer.kernel.shape[0]) for layer in core.dense_layers],
     )
     if features is not None:
         state.alive[0] = [int(i) for i in features]
         state.original_inputs[0] = int(math.prod(input_shape))
 
+    settings = {
+        "method": method, "batch_size": batch_size, "l0_lambda": float(l0_lambda), "alpha_bs": alpha_bs,
+        "gamma": float(gamma), "budget_kb": budget_kb, "budget_on": budget_on, "batch_growth": batch_growth,
+        "optimizer": {k: v for k, v in core.optimizer.get_config().items() if k != "name"}, "seed": seed, "loss": repr(loss),
+        "weight_decay": float(weight_decay), "droprate_init": float(droprate_init),
+        "input_droprate_init": float(input_droprate_init), "model": _model_signature(chain),
+        "data": _data_fingerprint(x_train, y_train),
+    }
+    run = _Run(core, features, input_shape, state, steps_per_execution, alpha_bs or 0.0, batch_growth, loss_fn)
+
     # ------------------------------------------------------------ budget check
-    def weights_now() -> int:
-        return memory.weight_count(core.dense_layers)
-
-    def cap_now() -> int:
-        if budget_on == "paper":
-            return memory.max_batch_for_mo(budget_kb, weights_now(), int(core.inputs[0].shape[-1]))
-        return memory.max_batch_for_full(budget_kb, core, core.optimizer)
-
     if budget_kb is not None:
         need = (
-            memory.mo_kb_from_counts(weights_now(), batch_size, int(core.inputs[0].shape[-1]))
+            memory.mo_kb_from_counts(run.weights(), batch_size, run.input_dim())
             if budget_on == "paper"
-            else memory.memory_full_kb(core, batch_size, core.optimizer)
+            else memory.memory_full_kb(run.core, batch_size, run.core.optimizer)
         )
         if need > budget_kb:
             raise ValueError(
                 f"`budget_kb`={budget_kb} cannot hold the model plus the initial batch: they need "
                 f"{need:.1f} KB ({'MO' if budget_on == 'paper' else 'full footprint'}: model "
-                f"{memory.floats_to_kb(weights_now()):.1f} KB + batch of {batch_size}). Raise the budget or "
+                f"{memory.floats_to_kb(run.weights()):.1f} KB + batch of {batch_size}). Raise the budget or "
                 "lower batch_size."
             )
+
+    # ------------------------------------------------------- checkpoint, resume
+    if on_nonfinite not in ("raise", "rollback"):
+        raise _invalid("on_nonfinite", "'raise' or 'rollback'", on_nonfinite)
+    if resume and checkpoint_dir is None:
+        raise ValueError("`resume=True` needs `checkpoint_dir`, the folder the checkpoints were written to.")
+    if checkpoint_dir is not None:
+        ckpt.probe_writable(checkpoint_dir)  # a clear error now, not after an hour
+        if resume:
+            found = ckpt.latest_checkpoint(checkpoint_dir)
+            if found is not None:
+                path, arrays, meta = found
+                _check_settings(path, meta["settings"], settings)
+                run.restore(arrays, meta)
+                if verbose:
+                    print(f"Resumed from {path} (epoch {run.state.epoch})", flush=True)
+    run.trace()
+    last_good = run.snapshot()
 
     # -------------------------------------------------------------- epoch loop
     x_all = tf.constant(x_train)
     y_all = tf.constant(y_train)
-    acc = _Accumulators(core)
-    runner = _make_epoch_runner(core, acc, steps_per_execution, alpha_bs or 0.0, batch_growth)
-    evaluator = _make_evaluator(core)
-    traced_before = 0
-    history: dict[str, list[Any]] = state.history
-    cb_list = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False, model=core)
+    cb_list = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False, model=run.core)
     cb_list.on_train_begin()
     model_name = getattr(model, "name", "model")
-    for epoch in range(epochs):
+    tries = 0
+    epoch = run.state.epoch
+    while epoch < epochs:
         t0 = time.perf_counter()
         cb_list.on_epoch_begin(epoch)
-        acc.reset()
-        ds = _epoch_dataset(x_all, y_all, _epoch_order(seed, epoch, n_train), state.batch_size, features)
-        iterator = iter(ds)
-        while int(runner(iterator)) == steps_per_execution:
+        stats = run.train_epoch(x_all, y_all, epoch)
+        if stats["nonfinite"]:
+            step = int(stats["nonfinite"])
+            message = f"Non-finite loss or gradient in epoch {epoch + 1}, step {step}"
+            if on_nonfinite == "rollback" and tries < 3:
+                tries += 1
+                run.restore(*last_good)
+                lr = run.core.optimizer.learning_rate
+                lr.assign(lr * 0.5**tries)
+                run.trace()
+                warnings.warn(f"{message}: rolled back to the end of epoch {epoch}, learning rate halved to {float(lr.numpy()):.3g} (try {tries} of 3).", RuntimeWarning, stacklevel=2)
+                continue
+            failed = _result_from(last_good, run, model_name, method)
+            raise NonFiniteError(
+                f"{message}{' after 3 rollbacks' if on_nonfinite == 'rollback' else ''}; training stopped. "
+                f"The last good model (end of epoch {failed.state.epoch}; 0 is the initial model) is in the "
+                "exception's `last_good`" + (f" and in the checkpoints of {checkpoint_dir}." if checkpoint_dir and failed.state.epoch else "."),
+                last_good=failed,
+            )
+        record = run.end_epoch(stats, epoch, val, method, gamma, budget_kb, budget_on, alpha_bs)
+        cb_list.set_model(run.core)
+        record["epoch_seconds"] = time.perf_counter() - t0
+        for key, value in record.items():
+            run.state.history.setdefault(key, []).append(value)
+        last_good = run.snapshot()
+        if checkpoint_dir is not None:
+            arrays, meta = last_good
+            ckpt.write_checkpoint(checkpoint_dir, run.state.epoch, arrays, {**meta, "settings": settings})
+        if verbose:
+            print(_format_line(record, epochs), file=sys.stdout, flush=True)
+        cb_list.on_epoch_end(epoch, _scalar_logs(record))
+        epoch += 1
+        if getattr(run.core, "stop_training", False):
+            break
+    cb_list.on_train_end()
+    return _result(run, model_name, method)
+
+
+class NonFiniteError(FloatingPointError):
+    """Training met a non-finite loss or gradient. `last_good` is the `FitResult` of the
+    last good epoch (the model as it was before the failing epoch)."""
+
+    def __init__(self, message: str, last_good: "FitResult") -> None:
+        super().__init__(message)
+        self.last_good = last_good
+
+
+def _result(run: "_Run", model_name: str, method: str) -> FitResult:
+    gated_full = _full_model(run.core, run.features, run.input_shape, name=f"{model_name}_{method}")
+    stripped = strip(gated_full) if method != "dense" else gated_full
+    return FitResult(model=stripped, gated_model=gated_full, history=run.state.history, state=run.state)
+
+
+def _result_from(snapshot: tuple[dict[str, np.ndarray], dict[str, Any]], run: "_Run", model_name: str, method: str) -> FitResult:
+    run.restore(*snapshot)
+    return _result(run, model_name, method)
+
+
+def _model_signature(chain: Any) -> dict[str, Any]:
+    return {
+        "input_shape": list(chain.input_shape),
+        "layers": [
+            [type(layer).__name__, int(getattr(layer, "units", 0)), str(getattr(getattr(layer, "activation", None), "__name__", ""))]
+            for layer in chain.body
+        ],
+    }
+
+
+def _data_fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(memoryview(np.ascontiguousarray(x)).cast("B"))
+    h.update(memoryview(np.ascontiguousarray(y)).cast("B"))
+    return f"{len(x)} examples, sha256 {h.hexdigest()[:16]}"
+
+
+def _check_settings(path: Any, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuses a checkpoint made by another model, data set or hyper-parameters."""
+    for key in sorted(set(saved) | set(current)):
+        if json.dumps(saved.get(key), sort_keys=True) != json.dumps(current.get(key), sort_keys=True, default=str):
+            raise ValueError(
+                f"Checkpoint {path} was made with {key}={saved.get(key)!r}; this run has "
+                f"{key}={current.get(key)!r}. Resume with the same settings, or use another checkpoint_dir."
+            )
+
+
+class _Run:
+    """The mutable part of a fit: current core model, its compiled functions, features, state."""
+
+    def __init__(self, core, features, input_shape, state, steps_per_execution, alpha_bs, growth, loss_fn) -> None:
+        self.input_shape = tuple(input_shape)
+        self.state = state
+        self.steps_per_execution = steps_per_execution
+        self.alpha_bs = alpha_bs
+        self.growth = growth
+        self.loss_fn = loss_fn
+        self.features = features
+        self.traced_before = 0
+        self.trace_seconds = 0.0
+        self.set_core(core)
+
+    # -- model and compiled functions
+    def set_core(self, core: GatedModel) -> None:
+        if getattr(self, "runner", None) is not None:
+            self.traced_before += _tracing_count(self.runner, self.evaluator)
+        core.track_variance = self.state.method == "dynhp"
+        core.loss_fn = self.loss_fn
+        self.core = core
+        self.acc = _Accumulators(core)
+        self.runner = _make_epoch_runner(core, self.acc, self.steps_per_execution, self.alpha_bs, self.growth)
+        self.evaluator = _make_evaluator(core)
+
+    def trace(self) -> None:
+        self.trace_seconds += _trace_ahead(self.runner, self.evaluator, self.core)
+
+    def weights(self) -> int:
+        return memory.weight_count(self.core.dense_layers)
+
+    def input_dim(self) -> int:
+        return int(self.core.inputs[0].shape[-1])
+
+    def retraces(self) -> int:
+        return self.traced_before + _tracing_count(self.runner, self.evaluator)
+
+    # -- one epoch
+    def train_epoch(self, x_all, y_all, epoch: int) -> dict[str, Any]:
+        self.acc.reset()
+        order = _epoch_order(self.state.seed, epoch, int(x_all.shape[0]))
+        iterator = iter(_epoch_dataset(x_all, y_all, order, self.state.batch_size, self.features))
+        while int(self.runner(iterator)) == self.steps_per_execution:
             pass
-        stats = acc.read()
-        count = stats["count"]
+        return self.acc.read()
+
+    def end_epoch(self, stats, epoch, val, method, gamma, budget_kb, budget_on, alpha_bs) -> dict[str, Any]:
+        """Evaluation, pruning (Eq. 6-7), rebuild, batch size (Eq. 8-10): the epoch's record."""
+        state, count = self.state, stats["count"]
         record: dict[str, Any] = {"epoch": epoch + 1}
         record["loss"] = stats["loss"] / count
         record["data_loss"] = stats["data_loss"] / count
         record["accuracy"] = stats["correct"] / count
         record["val_loss"], record["val_error"] = (None, None)
         if val is not None:
-            record["val_loss"], record["val_error"] = _evaluate(evaluator, val[0], val[1], features)
+            record["val_loss"], record["val_error"] = _evaluate(self.evaluator, val[0], val[1], self.features)
         # Memory of this epoch, measured from the variables that exist and the batches fed.
-        weights_epoch = weights_now()
-        record["memory_kb"] = memory.mo_kb_from_counts(weights_epoch, int(stats["max_batch"]), int(stats["width"]))
-        record["memory_full_kb"] = memory.memory_full_kb(core, int(stats["max_batch"]), core.optimizer, int(stats["width"]))
+        record["memory_kb"] = memory.mo_kb_from_counts(self.weights(), int(stats["max_batch"]), int(stats["width"]))
+        record["memory_full_kb"] = memory.memory_full_kb(self.core, int(stats["max_batch"]), self.core.optimizer, int(stats["width"]))
         record["batch_size"] = state.batch_size
-        record["variance_ratio"] = stats["ratio"] / stats["steps"] if core.track_variance else None
-        # ---------------------------------------------------------- pruning
+        record["variance_ratio"] = stats["ratio"] / stats["steps"] if self.core.track_variance else None
         rebuild_seconds = 0.0
-        pruned = [0] * len(core.dense_layers)
-        floors = [False] * len(core.dense_layers)
+        n_dense = len(self.core.dense_layers)
+        pruned, floors = [0] * n_dense, [False] * n_dense
         if method in ("hp", "dynhp"):
-            keep, pruned, floors = _prune_plan(core, stats["gate_open"], count, gamma)
+            keep, pruned, floors = _prune_plan(self.core, stats["gate_open"], count, gamma)
             if any(k is not None for k in keep):
                 t_rebuild = time.perf_counter()
-                traced_before += _tracing_count(runner, evaluator)
                 for i, k in enumerate(keep):
                     if k is not None:
                         state.alive[i] = [state.alive[i][j] for j in k]
                 if keep[0] is not None:
-                    features = np.asarray(state.alive[0], dtype=np.int64)
-                core = _rebuild_core(core, keep)
-                acc = _Accumulators(core)
-                runner = _make_epoch_runner(core, acc, steps_per_execution, alpha_bs or 0.0, batch_growth)
-                evaluator = _make_evaluator(core)
-                cb_list.set_model(core)
+                    self.features = np.asarray(state.alive[0], dtype=np.int64)
+                self.set_core(_rebuild_core(self.core, keep))
                 rebuild_seconds = time.perf_counter() - t_rebuild
+                self.trace()
         if method == "sp":
             record["active_units"] = [float(np.sum(g)) / count for g in stats["gate_open"]]
         else:
             record["active_units"] = [len(a) for a in state.alive]
         record["pruned_units"] = pruned
         record["at_floor"] = floors
-        # ------------------------------------------------- batch size (Eq. 8-10)
         if method == "dynhp":
-            if batch_growth == "epoch":
+            if self.growth == "epoch":
                 increment = batching.batch_increment(stats["ratio"] / max(stats["steps"], 1.0), 1.0, alpha_bs)
             else:
                 increment = int(stats["increment"])
             candidate = state.batch_size + increment
+            if budget_on == "paper":
+                cap = memory.max_batch_for_mo(budget_kb, self.weights(), self.input_dim())
+            else:
+                cap = memory.max_batch_for_full(budget_kb, self.core, self.core.optimizer)
             state.candidate_batch_size = candidate
-            state.batch_size = batching.next_batch_size(state.batch_size, candidate, cap_now())
+            state.batch_size = batching.next_batch_size(state.batch_size, candidate, cap)
         record["candidate_batch_size"] = state.candidate_batch_size
-        record["model_kb"] = memory.floats_to_kb(weights_now())
+        record["model_kb"] = memory.floats_to_kb(self.weights())
         record["budget_kb"] = budget_kb
-        record["retraces"] = traced_before + _tracing_count(runner, evaluator)
+        record["retraces"] = self.retraces()
         record["rebuild_seconds"] = rebuild_seconds
-        record["epoch_seconds"] = time.perf_counter() - t0
+        record["trace_seconds"] = self.trace_seconds
+        self.trace_seconds = 0.0
         state.epoch = epoch + 1
         state.retraces = record["retraces"]
-        for key, value in record.items():
-            history.setdefault(key, []).append(value)
-        if verbose:
-            print(_format_line(record, epochs), file=sys.stdout, flush=True)
-        cb_list.on_epoch_end(epoch, _scalar_logs(record))
-        if getattr(core, "stop_training", False):
-            break
-    cb_list.on_train_end()
+        return record
 
-    gated_full = _full_model(core, features, input_shape, name=f"{model_name}_{method}")
-    stripped = strip(gated_full) if method != "dense" else gated_full
-    return FitResult(model=stripped, gated_model=gated_full, history=history, state=state)
+    # -- snapshots (checkpoints and rollback)
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {f"model/{i:04d}": np.array(v.numpy()) for i, v in enumerate(self.core.variables)}
+        arrays.update({f"optimizer/{i:04d}": np.array(v.numpy()) for i, v in enumerate(self.core.optimizer.variables)})
+        meta = {
+            "core": keras.saving.serialize_keras_object(self.core),
+            "optimizer": keras.optimizers.serialize(self.core.optimizer),
+            "features": None if self.features is None else [int(i) for i in self.features],
+            "state": json.loads(self.state.to_json()),
+        }
+        return arrays, meta
+
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        # Keras' deserialization edits the config it is given: work on a copy.
+        core = keras.saving.deserialize_keras_object(copy.deepcopy(meta["core"]))
+        model_keys = sorted(k for k in arrays if k.startswith("model/"))
+        if len(model_keys) != len(core.variables):
+            raise ckpt.CheckpointError(f"checkpoint has {len(model_keys)} model variables, the model {len(core.variables)}")
+        for key, var in zip(model_keys, core.variables):
+            var.assign(arrays[key])
+        optimizer = keras.optimizers.deserialize(copy.deepcopy(meta["optimizer"]))
+        optimizer.build(core.trainable_variables)
+        opt_keys = sorted(k for k in arrays if k.startswith("optimizer/"))
+        for key, var in zip(opt_keys, optimizer.variables):
+            var.assign(arrays[key])
+        core.compile(optimizer=optimizer, jit_compile=False)
+        self.features = None if meta["features"] is None else np.asarray(meta["features"], dtype=np.int64)
+        self.state = TrainerState(**meta["state"])
+        self.set_core(core)
+        # Tracing the restored model is not a retrace of the run: continue its count.
+        self.traced_before = self.state.retraces - _tracing_count(self.runner, self.evaluator)
 
 
 def _tracing_count(*functions: Any) -> int:

@@ -39,7 +39,11 @@ flags.DEFINE_string("hidden", "300,100", "Hidden layer sizes of the MLP.")
 flags.DEFINE_integer("train_limit", None, "Use only the first N training images (quick runs).")
 flags.DEFINE_integer("seed", 1, "Seed (identical runs for identical seeds).")
 flags.DEFINE_integer("steps_per_execution", 50, "Train steps per compiled call.")
-flags.DEFINE_string("out_dir", None, "Run folder to write.")
+flags.DEFINE_float("droprate_init", 0.5, "Initial drop rate of hidden-unit gates.")
+flags.DEFINE_float("input_droprate_init", 0.2, "Initial drop rate of input-feature gates.")
+flags.DEFINE_string("out_dir", None, "Run folder to write (checkpoints go to <out_dir>/checkpoints after every epoch).")
+flags.DEFINE_bool("resume", False, "Continue from the newest valid checkpoint in <out_dir>/checkpoints.")
+flags.DEFINE_enum("on_nonfinite", "raise", ["raise", "rollback"], "What to do on a non-finite loss or gradient.")
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 one line per epoch.")
 
 
@@ -58,20 +62,20 @@ def main(argv):
 
     import tf_dynhp
 
+    checkpoint_dir = None
     if FLAGS.out_dir:
-        os.makedirs(FLAGS.out_dir, exist_ok=True)
-        probe = os.path.join(FLAGS.out_dir, ".write_probe")
-        with open(probe, "w") as f:  # fail now, not after training
-            f.write("ok")
-        os.remove(probe)
+        checkpoint_dir = tf_dynhp.checkpoint.probe_writable(os.path.join(FLAGS.out_dir, "checkpoints"))
     (x, y), (x_test, y_test) = tf_dynhp.datasets.load(FLAGS.dataset, FLAGS.data_dir)
     if FLAGS.train_limit:
         x, y = x[: FLAGS.train_limit], y[: FLAGS.train_limit]
     hidden = [int(h) for h in FLAGS.hidden.split(",") if h]
+    import keras
+
+    keras.utils.set_random_seed(FLAGS.seed)  # the initial weights depend on the seed too
     model = build_mlp(hidden)
     budget_kb = FLAGS.budget_kb
     if budget_kb is None and FLAGS.method == "dynhp":
-        budget_kb = round(tf_dynhp.memory.mo_kb(model, batch_size=FLAGS.budget_batch), 1)
+        budget_kb = tf_dynhp.memory.mo_kb(model, batch_size=FLAGS.budget_batch)
     config = {k: v.value for k, v in FLAGS.__flags.items() if k in _OWN_FLAGS}
     config["budget_kb"] = budget_kb
     config["train_examples"] = int(len(x))
@@ -85,6 +89,8 @@ def main(argv):
         budget_kb=budget_kb, budget_on=FLAGS.budget_on, gamma=FLAGS.gamma,
         batch_growth=FLAGS.batch_growth, validation_data=(x_test, y_test), seed=FLAGS.seed,
         steps_per_execution=FLAGS.steps_per_execution, verbose=FLAGS.verbose,
+        droprate_init=FLAGS.droprate_init, input_droprate_init=FLAGS.input_droprate_init,
+        checkpoint_dir=checkpoint_dir, resume=FLAGS.resume, on_nonfinite=FLAGS.on_nonfinite,
     )
     seconds = time.perf_counter() - t0
     probs = result.model.predict(x_test, batch_size=2000, verbose=0)
@@ -123,7 +129,7 @@ def main(argv):
 _OWN_FLAGS = (
     "dataset", "data_dir", "method", "epochs", "batch_size", "l0_lambda", "learning_rate", "alpha_bs",
     "budget_kb", "budget_batch", "budget_on", "gamma", "batch_growth", "hidden", "train_limit", "seed",
-    "steps_per_execution", "out_dir",
+    "steps_per_execution", "out_dir", "droprate_init", "input_droprate_init", "on_nonfinite",
 )
 
 if __name__ == "__main__":

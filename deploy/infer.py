@@ -1,0 +1,98 @@
+r"""Accuracy, latency and peak memory of a `.tflite` classifier on IDX files.
+
+Usage::
+
+    python infer.py --model model.tflite \
+        --images t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz [--limit N]
+
+Prints the accuracy, the latency per single example and per batch (p50/p99),
+and the peak resident memory of the process. Needs NumPy and the LiteRT
+runtime only (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+import litert_runner as lr
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help=".tflite classifier (tf_dynhp.export.to_tflite)")
+    p.add_argument("--images", required=True, help="IDX(.gz) images, uint8 (n, 28, 28)")
+    p.add_argument("--labels", required=True, help="IDX(.gz) labels (n,)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N examples")
+    p.add_argument("--batch", type=int, default=32, help="batch size of the batched latency (default 32)")
+    p.add_argument("--latency_examples", type=int, default=1000,
+                   help="single-example calls timed (default 1000, capped at the example count)")
+    p.add_argument("--threads", type=int, default=None, help="interpreter threads")
+    args = p.parse_args(argv)
+    for name in ("limit", "batch", "latency_examples", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name} must be a positive integer, received {value}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        start = time.perf_counter()
+        model = lr.Classifier(args.model, num_threads=args.threads)
+        load_s = time.perf_counter() - start
+        x, y = lr.load_images_labels(args.images, args.labels, args.limit)
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    n = x.shape[0]
+    if n == 0:
+        print("error: no examples to evaluate", file=sys.stderr)
+        return 2
+
+    # Single examples first, then batches: the interpreter re-allocates when the batch size changes.
+    single = []
+    if model.fixed_batch in (None, 1):
+        for i in range(min(args.latency_examples, n)):
+            xi = x[i : i + 1]
+            t0 = time.perf_counter()
+            model(xi)
+            single.append(time.perf_counter() - t0)
+    batch = model.fixed_batch or args.batch
+    probs = []
+    batch_times = []
+    for s in range(0, n, batch):
+        chunk = x[s : s + batch]
+        if chunk.shape[0] < batch:  # the ragged tail is predicted without timing
+            probs.append(model.predict(chunk, batch))
+            continue
+        t0 = time.perf_counter()
+        probs.append(model(chunk))
+        batch_times.append(time.perf_counter() - t0)
+    pred = np.argmax(np.concatenate(probs), axis=1)
+    accuracy = float(np.mean(pred == y))
+
+    print(f"model: {args.model} (signature '{model.signature}', input {model.input_shape}, load {load_s * 1e3:.1f} ms)")
+    print(f"examples: {n}")
+    print(f"accuracy: {accuracy:.4f}")
+    if single:
+        p50, p99 = lr.percentiles_ms(single)
+        print(f"latency single example: p50 {p50:.4f} ms, p99 {p99:.4f} ms ({len(single)} calls)")
+    if batch_times:
+        p50, p99 = lr.percentiles_ms(batch_times)
+        print(
+            f"latency batch of {batch}: p50 {p50:.4f} ms, p99 {p99:.4f} ms ({len(batch_times)} calls, "
+            f"{p50 / batch * 1e3:.2f} us per example at p50)"
+        )
+    else:
+        print(f"latency batch of {batch}: n/a (fewer than {batch} examples)")
+    print(f"peak RSS: {lr.peak_rss_mb():.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

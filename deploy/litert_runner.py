@@ -1,0 +1,363 @@
+"""Device-side helpers: LiteRT interpreter loading, IDX reading, inference and training.
+
+This folder is copied to the device as-is and runs with NumPy and the LiteRT
+runtime only (``pip install -r requirements.txt``): it must not import
+TensorFlow or tf_dynhp. The IDX reader duplicates a few lines of
+`tf_dynhp.datasets.read_idx` for that reason.
+
+Models come from `tf_dynhp.export.to_tflite` (signature ``serving_default``,
+input ``x``, output ``output``) and `tf_dynhp.export.to_trainable_tflite`
+(signatures ``train``, ``infer``, ``get_weights``, ``set_weights``,
+``get_optimizer_state``, ``set_optimizer_state``); other single-input,
+single-output classifiers work for inference too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+__all__ = [
+    "load_interpreter",
+    "check_tflite_file",
+    "read_idx",
+    "load_images_labels",
+    "Classifier",
+    "Trainer",
+    "peak_rss_mb",
+    "percentiles_ms",
+    "time_calls",
+]
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_TRAINABLE_SIGNATURES = ("train", "infer", "get_weights", "set_weights")
+
+
+def _interpreter_class():
+    """`ai_edge_litert.interpreter.Interpreter`, else `tflite_runtime.interpreter.Interpreter`."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter  # noqa: PLC0415
+        except ImportError as err:
+            raise ImportError(
+                "No LiteRT runtime found: expected `ai_edge_litert` (pip install ai-edge-litert) or "
+                "`tflite_runtime`. Received: neither could be imported."
+            ) from err
+    return Interpreter
+
+
+def check_tflite_file(path: str | os.PathLike) -> Path:
+    """Checks that `path` is a TFLite flatbuffer (identifier ``TFL3`` at bytes 4..8).
+
+    Args:
+        path: the file to check.
+
+    Returns:
+        `path` as a `Path`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a TFLite model; the message names the file and
+            the bytes found.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file (expected a .tflite file)")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise ValueError(
+            f"{path}: not a TFLite model: expected the flatbuffer identifier b'TFL3' at bytes 4..8, "
+            f"received {head[4:8]!r} ({path.stat().st_size} bytes in the file)"
+        )
+    return path
+
+
+def load_interpreter(path: str | os.PathLike, num_threads: int | None = None) -> Any:
+    """Loads a `.tflite` file into a LiteRT interpreter (tensors allocated).
+
+    Args:
+        path: the model file.
+        num_threads: interpreter threads (None: the runtime's default).
+
+    Returns:
+        The interpreter.
+
+    Raises:
+        FileNotFoundError, ValueError: see `check_tflite_file`.
+    """
+    path = check_tflite_file(path)
+    interpreter = _interpreter_class()(model_path=str(path), num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+# --------------------------------------------------------------------------- data
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Reads an IDX file (MNIST format), gzip-compressed or raw.
+
+    Args:
+        path: the file, e.g. ``t10k-images-idx3-ubyte.gz``.
+
+    Returns:
+        The array (native byte order) with the shape from the header.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: bad magic number or a size that does not match the header
+            (the message names the file).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as err:
+            raise ValueError(f"{path}: corrupt gzip data ({err})") from err
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_DTYPES:
+        raise ValueError(
+            f"{path}: not an IDX file: expected a magic number 0x0000TTNN (TT in "
+            f"{sorted(hex(c) for c in _IDX_DTYPES)}), received 0x{data[:4].hex().upper()}"
+        )
+    ndim = data[3]
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    header = 4 + 4 * ndim
+    shape = tuple(int(d) for d in np.frombuffer(data[4:header], dtype=">u4"))
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(shape) != ndim or len(data) - header != expected:
+        raise ValueError(
+            f"{path}: expected {expected} data bytes for shape {shape} ({dtype.name}), received {len(data) - header}"
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def load_images_labels(
+    images: str | os.PathLike, labels: str | os.PathLike, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads an image/label IDX pair: images as float32 in [0, 1], labels as int32.
+
+    Args:
+        images: IDX file of uint8 images (n, h, w).
+        labels: IDX file of class ids (n,).
+        limit: keep only the first `limit` examples.
+
+    Returns:
+        (x, y).
+
+    Raises:
+        ValueError: counts differ, or the files have the wrong rank (names the files).
+    """
+    x = read_idx(images)
+    y = read_idx(labels)
+    if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"Expected images (n, h, w) in {images} and labels (n,) in {labels} with the same n; "
+            f"received shapes {x.shape} and {y.shape}"
+        )
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    return (x.astype(np.float32) / scale), y.astype(np.int32)
+
+
+# --------------------------------------------------------------------------- measuring
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (`resource.getrusage`)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB on Linux
+
+
+def percentiles_ms(seconds: list[float], qs: tuple[float, ...] = (50.0, 99.0)) -> list[float]:
+    """Percentiles of durations given in seconds, in milliseconds."""
+    return [float(np.percentile(np.asarray(seconds) * 1e3, q)) for q in qs]
+
+
+def time_calls(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Durations in seconds of `repeats` calls of `fn`."""
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+# --------------------------------------------------------------------------- models
+def _single_io(runner: Any, what: str) -> tuple[str, str]:
+    inputs = list(runner.get_input_details())
+    outputs = list(runner.get_output_details())
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ValueError(f"{what}: expected one input and one output, received inputs {inputs} and outputs {outputs}")
+    return inputs[0], outputs[0]
+
+
+class Classifier:
+    """Runs a classifier `.tflite` file (inference signature) on NumPy batches.
+
+    Uses the ``serving_default`` signature, the ``infer`` signature of a trainable
+    model, or the only signature of the file.
+
+    Args:
+        path: the model file.
+        num_threads: interpreter threads.
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.interpreter = load_interpreter(path, num_threads)
+        signatures = self.interpreter.get_signature_list()
+        if not signatures:
+            raise ValueError(f"{path}: the model has no signatures; export it with tf_dynhp.export.to_tflite")
+        for key in ("serving_default", "infer"):
+            if key in signatures:
+                break
+        else:
+            if len(signatures) != 1:
+                raise ValueError(
+                    f"{path}: expected a 'serving_default' or 'infer' signature, received {sorted(signatures)}"
+                )
+            key = next(iter(signatures))
+        self.signature = key
+        self.runner = self.interpreter.get_signature_runner(key)
+        self.input_name, self.output_name = _single_io(self.runner, f"{path} signature '{key}'")
+        details = self.runner.get_input_details()[self.input_name]
+        self.input_shape = tuple(int(d) for d in details["shape_signature"][1:])
+        self.fixed_batch = int(details["shape_signature"][0]) if int(details["shape_signature"][0]) > 0 else None
+        self.input_dtype = details["dtype"]
+
+    def _check(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=self.input_dtype)
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(
+                f"{self.path}: expected inputs of shape (batch, {', '.join(map(str, self.input_shape))}), received {x.shape}"
+            )
+        return x
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Model output for one batch (the batch must fit a fixed batch size, if any)."""
+        x = self._check(x)
+        return self.runner(**{self.input_name: x})[self.output_name]
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Model output for all rows of `x`, in batches of `batch_size` (or the fixed batch)."""
+        x = self._check(x)
+        step = self.fixed_batch or batch_size
+        outs = []
+        for start in range(0, x.shape[0], step):
+            chunk = x[start : start + step]
+            if self.fixed_batch and chunk.shape[0] < step:  # pad the last batch
+                pad = np.zeros((step - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)
+                outs.append(self(np.concatenate([chunk, pad]))[: chunk.shape[0]])
+            else:
+                outs.append(self(chunk))
+        return np.concatenate(outs)
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+        """Fraction of rows whose arg-max output equals the label."""
+        return float(np.mean(np.argmax(self.predict(x, batch_size), axis=1) == np.asarray(y)))
+
+
+class Trainer:
+    """Drives a trainable `.tflite` file (from `tf_dynhp.export.to_trainable_tflite`).
+
+    Args:
+        path: the model file.
+        num_threads: interpreter threads.
+
+    Raises:
+        ValueError: the file lacks the ``train``/``infer``/``get_weights``/``set_weights``
+            signatures (e.g. an inference-only export).
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.interpreter = load_interpreter(path, num_threads)
+        signatures = self.interpreter.get_signature_list()
+        missing = [s for s in _TRAINABLE_SIGNATURES if s not in signatures]
+        if missing:
+            raise ValueError(
+                f"{path}: not a trainable model: expected signatures {list(_TRAINABLE_SIGNATURES)}, "
+                f"received {sorted(signatures)} (export it with tf_dynhp.export.to_trainable_tflite)"
+            )
+        self.signatures = signatures
+        self._runners = {key: self.interpreter.get_signature_runner(key) for key in signatures}
+        details = self._runners["train"].get_input_details()["x"]
+        self.input_shape = tuple(int(d) for d in details["shape_signature"][1:])
+        batch = int(details["shape_signature"][0])
+        self.fixed_batch = batch if batch > 0 else None
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
+        """One optimizer step; returns the batch's mean cross-entropy before the update."""
+        x = np.asarray(x, np.float32)
+        if x.shape[1:] != self.input_shape or (self.fixed_batch and x.shape[0] != self.fixed_batch):
+            batch = self.fixed_batch or "batch"
+            raise ValueError(
+                f"{self.path}: expected training inputs of shape ({batch}, {', '.join(map(str, self.input_shape))}), "
+                f"received {x.shape}"
+            )
+        return float(self._runners["train"](x=x, y=np.asarray(y, np.int32))["loss"])
+
+    def infer(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Softmax probabilities for all rows of `x`."""
+        x = np.asarray(x, np.float32)
+        step = self.fixed_batch or batch_size
+        outs = []
+        for start in range(0, x.shape[0], step):
+            chunk = x[start : start + step]
+            n = chunk.shape[0]
+            if self.fixed_batch and n < step:
+                chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], np.float32)])
+            outs.append(self._runners["infer"](x=chunk)["probabilities"][:n])
+        return np.concatenate(outs)
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Fraction of rows whose arg-max probability equals the label."""
+        return float(np.mean(np.argmax(self.infer(x), axis=1) == np.asarray(y)))
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """The current weights, ``{"kernel_0": ..., "bias_0": ..., ...}``."""
+        return {k: np.array(v) for k, v in self._runners["get_weights"]().items()}
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Overwrites the weights (all of them, shapes as `get_weights` returns)."""
+        self._set("set_weights", weights, "weight")
+
+    def get_optimizer_state(self) -> dict[str, np.ndarray]:
+        """Optimizer slots (empty if the file has no ``get_optimizer_state`` signature)."""
+        if "get_optimizer_state" not in self._runners:
+            return {}
+        return {k: np.array(v) for k, v in self._runners["get_optimizer_state"]().items()}
+
+    def set_optimizer_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Overwrites the optimizer slots."""
+        if "set_optimizer_state" in self._runners:
+            self._set("set_optimizer_state", state, "optimizer state")
+
+    def _set(self, key: str, values: Mapping[str, np.ndarray], what: str) -> None:
+        runner = self._runners[key]
+        details = runner.get_input_details()
+        missing = sorted(set(details) - set(values))
+        extra = sorted(set(values) - set(details))
+        if missing or extra:
+            raise ValueError(
+                f"{self.path}: {what} names do not match the model: expected {sorted(details)}, "
+                f"missing {missing}, unexpected {extra}"
+            )
+        feed = {}
+        for name, d in details.items():
+            value = np.asarray(values[name], dtype=d["dtype"])
+            expected = tuple(int(s) for s in d["shape"])
+            if value.shape != expected:
+                raise ValueError(f"{self.path}: {what} '{name}': expected shape {expected}, received {value.shape}")
+            feed[name] = value
+        runner(**feed)

@@ -1,0 +1,156 @@
+r"""Fine-tune a trainable `.tflite` model on the device.
+
+Usage::
+
+    python train_on_device.py --model trainable.tflite \
+        --images train-images-idx3-ubyte.gz --labels train-labels-idx1-ubyte.gz \
+        --steps 200 [--batch 32] [--weights out.npz] [--restore in.npz]
+
+The model comes from `tf_dynhp.export.to_trainable_tflite`. Prints the mean
+loss every `--log_every` steps, the accuracy before and after training (on
+`--eval_images/--eval_labels`, or on the training files if not given), and saves
+the weights and optimizer state to `--weights` (a `.npz` with the weights under
+their names, ``kernel_0``, ``bias_0``, ..., and the optimizer slots under
+``optimizer/<name>``). `--restore` loads such a file first and continues from
+it. Needs NumPy and the LiteRT runtime only (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import litert_runner as lr
+
+OPTIMIZER_PREFIX = "optimizer/"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="trainable .tflite (tf_dynhp.export.to_trainable_tflite)")
+    p.add_argument("--images", required=True, help="IDX(.gz) training images, uint8 (n, 28, 28)")
+    p.add_argument("--labels", required=True, help="IDX(.gz) training labels (n,)")
+    p.add_argument("--eval_images", default=None, help="IDX(.gz) images for the accuracy (default: --images)")
+    p.add_argument("--eval_labels", default=None, help="IDX(.gz) labels for the accuracy (default: --labels)")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size (default: the model's fixed batch size, else 32)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the example order (default 0)")
+    p.add_argument("--log_every", type=int, default=20, help="print the mean loss every N steps (default 20)")
+    p.add_argument("--weights", default=None, help="write weights + optimizer state to this .npz")
+    p.add_argument("--restore", default=None, help="start from the weights (+ optimizer state) of this .npz")
+    p.add_argument("--threads", type=int, default=None, help="interpreter threads")
+    args = p.parse_args(argv)
+    for name in ("steps", "batch", "limit", "log_every", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name} must be a positive integer, received {value}")
+    if (args.eval_images is None) != (args.eval_labels is None):
+        p.error("--eval_images and --eval_labels go together; received only one of them")
+    return args
+
+
+def load_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Weights and optimizer state from a `.npz` written by `save_npz`."""
+    with np.load(path) as data:
+        weights = {k: data[k] for k in data.files if not k.startswith(OPTIMIZER_PREFIX)}
+        state = {k[len(OPTIMIZER_PREFIX):]: data[k] for k in data.files if k.startswith(OPTIMIZER_PREFIX)}
+    return weights, state
+
+
+def save_npz(path: str, weights: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> None:
+    """Writes weights and optimizer state atomically (temporary file + os.replace)."""
+    target = Path(path)
+    arrays = dict(weights)
+    arrays.update({OPTIMIZER_PREFIX + k: v for k, v in state.items()})
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # np.savez on a file object keeps the name as given
+            np.savez(f, **arrays)
+        os.replace(tmp, target)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.weights is not None and not Path(args.weights).resolve().parent.is_dir():
+            raise FileNotFoundError(f"--weights {args.weights}: the folder {Path(args.weights).parent} does not exist")
+        trainer = lr.Trainer(args.model, num_threads=args.threads)
+        x, y = lr.load_images_labels(args.images, args.labels, args.limit)
+        if args.eval_images is not None:
+            x_eval, y_eval = lr.load_images_labels(args.eval_images, args.eval_labels)
+            eval_name = args.eval_images
+        else:
+            x_eval, y_eval, eval_name = x, y, f"{args.images} (the training files)"
+        if args.restore is not None:
+            weights, state = load_npz(args.restore)
+            trainer.set_weights(weights)
+            if state:
+                trainer.set_optimizer_state(state)
+            print(f"restored {len(weights)} weights and {len(state)} optimizer tensors from {args.restore}")
+    except (FileNotFoundError, ValueError, ImportError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    batch = args.batch or trainer.fixed_batch or 32
+    if trainer.fixed_batch and batch != trainer.fixed_batch:
+        print(f"error: {args.model} trains with a fixed batch of {trainer.fixed_batch}, received --batch {batch}",
+              file=sys.stderr)
+        return 2
+    n = x.shape[0]
+    if n < batch:
+        print(f"error: expected at least --batch={batch} training examples, received {n}", file=sys.stderr)
+        return 2
+
+    before = trainer.accuracy(x_eval, y_eval)
+    print(f"model: {args.model}; {n} training examples, batch {batch}, {args.steps} steps")
+    print(f"accuracy before: {before:.4f} on {x_eval.shape[0]} examples of {eval_name}")
+
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(n)
+    pos = 0
+    window: list[float] = []
+    losses: list[float] = []
+    step_times: list[float] = []
+    for step in range(1, args.steps + 1):
+        if pos + batch > n:  # new epoch, new order
+            order, pos = rng.permutation(n), 0
+        idx = order[pos : pos + batch]
+        pos += batch
+        t0 = time.perf_counter()
+        loss = trainer.train_step(x[idx], y[idx])
+        step_times.append(time.perf_counter() - t0)
+        if not np.isfinite(loss):
+            print(f"error: the loss became {loss} at step {step}; lower the learning rate", file=sys.stderr)
+            return 1
+        window.append(loss)
+        losses.append(loss)
+        if step % args.log_every == 0 or step == args.steps:
+            print(f"step {step:5d}  loss {np.mean(window):.4f}")
+            window = []
+
+    after = trainer.accuracy(x_eval, y_eval)
+    p50, p99 = lr.percentiles_ms(step_times)
+    print(f"accuracy after: {after:.4f} (before {before:.4f})")
+    print(f"loss first {args.log_every} steps {np.mean(losses[: args.log_every]):.4f} -> "
+          f"last {args.log_every} steps {np.mean(losses[-args.log_every:]):.4f}")
+    print(f"train step latency: p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+    if args.weights is not None:
+        save_npz(args.weights, trainer.get_weights(), trainer.get_optimizer_state())
+        print(f"saved weights and optimizer state to {args.weights}")
+    print(f"peak RSS: {lr.peak_rss_mb():.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

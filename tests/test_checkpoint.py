@@ -1,0 +1,216 @@
+"""Training that survives a power cut: atomic checksummed checkpoints, exact resume
+(in process and after a real SIGKILL), refused foreign checkpoints, non-finite guards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import tf_dynhp
+from conftest import DATA_ROOT, make_mlp
+from tf_dynhp import checkpoint as ckpt
+from tf_dynhp.training import RUNTIME_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    return make_mlp(hidden=(48, 24))
+
+
+FAST = dict(method="dynhp", alpha_bs=0.9, l0_lambda=0.5, gamma=0.9, droprate_init=0.2, batch_size=20, learning_rate=5e-3,
+            batch_growth="step", seed=7, verbose=0)
+
+
+def _budget():
+    return tf_dynhp.memory.mo_kb(_model(), batch_size=60)
+
+
+def test_write_read_roundtrip_and_keep_two(tmp_path):
+    for epoch in range(1, 5):
+        ckpt.write_checkpoint(tmp_path, epoch, {"a": np.arange(epoch)}, {"epoch": epoch})
+    files = ckpt.list_checkpoints(tmp_path)
+    assert [f.name for f in files] == ["epoch-00003.dynhp", "epoch-00004.dynhp"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+    arrays, meta = ckpt.read_checkpoint(files[-1])
+    np.testing.assert_array_equal(arrays["a"], np.arange(4))
+    assert meta == {"epoch": 4}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_corrupted_checkpoint_is_skipped_with_a_warning(tmp_path, damage):
+    ckpt.write_checkpoint(tmp_path, 1, {"a": np.zeros(10)}, {"epoch": 1})
+    newest = ckpt.write_checkpoint(tmp_path, 2, {"a": np.ones(10)}, {"epoch": 2})
+    data = newest.read_bytes()
+    if damage == "truncate":
+        newest.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        newest.write_bytes(data[:-5] + bytes([data[-5] ^ 0xFF]) + data[-4:])
+    else:
+        newest.write_bytes(b"not a checkpoint")
+    with pytest.warns(RuntimeWarning, match="epoch-00002.dynhp"):
+        path, arrays, meta = ckpt.latest_checkpoint(tmp_path)
+    assert path.name == "epoch-00001.dynhp" and meta["epoch"] == 1
+    with pytest.raises(ckpt.CheckpointError, match="epoch-00002"):
+        ckpt.read_checkpoint(newest)
+
+
+def test_unwritable_checkpoint_dir_fails_at_start(tmp_path, mnist_small):
+    (x, y), _ = mnist_small
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    t0 = time.perf_counter()
+    with pytest.raises(OSError, match="not writable"):
+        tf_dynhp.fit(_model(), x, y, epochs=50, checkpoint_dir=blocker / "ckpt", budget_kb=_budget(), **FAST)
+    assert time.perf_counter() - t0 < 30  # refused before training 50 epochs
+
+
+def _strip(history):
+    return {k: v for k, v in history.items() if k not in RUNTIME_KEYS}
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path, mnist_small):
+    (x, y), _ = mnist_small
+    full = tf_dynhp.fit(_model(), x, y, epochs=4, budget_kb=_budget(), **FAST)
+    part = tf_dynhp.fit(_model(), x, y, epochs=2, checkpoint_dir=tmp_path, budget_kb=_budget(), **FAST)
+    assert sum(sum(p) for p in part.history["pruned_units"]) > 0  # a prune happened before the stop
+    resumed = tf_dynhp.fit(_model(), x, y, epochs=4, checkpoint_dir=tmp_path, resume=True, budget_kb=_budget(), **FAST)
+    assert _strip(resumed.history) == _strip(full.history)
+    for a, b in zip(full.gated_model.weights, resumed.gated_model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("change,match", [({"gamma": 0.8}, "gamma"), ({"l0_lambda": 0.1}, "l0_lambda"), ("model", "model"), ("data", "data")])
+def test_foreign_checkpoint_is_refused(tmp_path, mnist_small, change, match):
+    (x, y), _ = mnist_small
+    tf_dynhp.fit(_model(), x[:500], y[:500], epochs=1, checkpoint_dir=tmp_path, budget_kb=_budget(), **FAST)
+    kw = dict(FAST, budget_kb=_budget())
+    model, xs, ys = _model(), x[:500], y[:500]
+    if isinstance(change, dict):
+        kw.update(change)
+    elif change == "model":
+        keras.utils.set_random_seed(0)
+        model = make_mlp(hidden=(48, 20))
+        kw["budget_kb"] = _budget()
+    else:
+        xs, ys = x[500:1000], y[500:1000]
+    with pytest.raises(ValueError, match=f"Checkpoint .*epoch-00001.dynhp was made with {match}"):
+        tf_dynhp.fit(model, xs, ys, epochs=2, checkpoint_dir=tmp_path, resume=True, **kw)
+
+
+def test_resume_needs_checkpoint_dir(mnist_small):
+    (x, y), _ = mnist_small
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        tf_dynhp.fit(_model(), x, y, epochs=1, resume=True, budget_kb=_budget(), **FAST)
+
+
+def test_absurd_lambda_cannot_prune_everything(mnist_small):
+    (x, y), _ = mnist_small
+    result = tf_dynhp.fit(_model(), x, y, epochs=3, budget_kb=_budget(), **{**FAST, "l0_lambda": 1e4})
+    sizes = result.history["active_units"][-1]
+    assert all(s >= 1 for s in sizes)
+    assert any(result.history["at_floor"][-1])
+    dense = [l for l in result.model.layers if isinstance(l, keras.layers.Dense)]
+    assert dense[-1].units == 10  # output units are never pruned
+    assert result.model.predict(x[:5], verbose=0).shape == (5, 10)
+
+
+class Corrupt(keras.callbacks.Callback):
+    """Writes NaN into the first kernel at the end of the given epochs (a hardware fault)."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.at = set(epochs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch in self.at:
+            self.at.discard(epoch)
+            kernel = self.model.dense_layers[0].kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+def test_nonfinite_raise_names_epoch_and_step_and_keeps_last_good(tmp_path, mnist_small):
+    (x, y), _ = mnist_small
+    with pytest.raises(tf_dynhp.NonFiniteError, match=r"epoch 2, step 1\b") as err:
+        tf_dynhp.fit(_model(), x, y, epochs=4, checkpoint_dir=tmp_path, callbacks=[Corrupt([0])],
+                     budget_kb=_budget(), **FAST)
+    good = err.value.last_good
+    assert good.state.epoch == 1 and len(good.history["loss"]) == 1
+    for w in good.gated_model.weights:
+        assert np.all(np.isfinite(w.numpy()))
+    path, arrays, meta = ckpt.latest_checkpoint(tmp_path)
+    assert path.name == "epoch-00001.dynhp" and all(np.all(np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f")
+
+
+def test_nonfinite_rollback_recovers(mnist_small):
+    (x, y), _ = mnist_small
+    with pytest.warns(RuntimeWarning, match="rolled back to the end of epoch 1, learning rate halved to 0.0025"):
+        result = tf_dynhp.fit(_model(), x, y, epochs=3, callbacks=[Corrupt([0])], on_nonfinite="rollback",
+                              budget_kb=_budget(), **FAST)
+    assert len(result.history["loss"]) == 3
+    assert all(np.all(np.isfinite(w.numpy())) for w in result.gated_model.weights)
+
+
+def test_nonfinite_rollback_halves_lr_then_gives_up(mnist_small):
+    (x, y), _ = mnist_small
+    with pytest.warns(RuntimeWarning, match="rolled back") as record:
+        with pytest.raises(tf_dynhp.NonFiniteError, match="after 3 rollbacks"):
+            tf_dynhp.fit(_model(), x, y, epochs=5, method="sp", learning_rate=1e20, optimizer="sgd",
+                         seed=1, verbose=0, on_nonfinite="rollback")
+    rates = [str(w.message) for w in record if "rolled back" in str(w.message)]
+    assert len(rates) == 3 and "5e+19" in rates[0] and "2.5e+19" in rates[1] and "1.25e+19" in rates[2]
+
+
+def _train_cmd(out, epochs):
+    return [
+        sys.executable, str(ROOT / "tools" / "train.py"), "--dataset=mnist", f"--data_dir={DATA_ROOT}",
+        "--method=dynhp", "--alpha_bs=0.9", "--l0_lambda=0.5", "--gamma=0.9", "--droprate_init=0.2",
+        "--batch_size=10", "--batch_growth=step_mean", "--train_limit=6000", "--hidden=48,24",
+        f"--epochs={epochs}", "--seed=11", "--budget_batch=40", f"--out_dir={out}",
+    ]
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    """SIGKILL tools/train.py in the middle of an epoch after a prune, resume, compare."""
+    if not DATA_ROOT.exists():
+        pytest.skip("datasets not found")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    epochs = 5
+    clean = subprocess.run(_train_cmd(tmp_path / "clean", epochs), env=env, capture_output=True, text=True, timeout=600)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed_dir, epochs), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seen = []
+    for line in proc.stdout:
+        if line.startswith("Epoch "):
+            seen.append(line)
+            # After epoch 2 (pruning happens at the first boundaries): kill half-way into epoch 3.
+            if len(seen) == 2:
+                seconds = float(line.rsplit(" ", 1)[-1].rstrip("s\n"))
+                time.sleep(seconds / 2)
+                proc.send_signal(signal.SIGKILL)
+                break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed_dir / "history.jsonl").exists()  # it really died before the end
+    states = [json.loads(l) for l in open(tmp_path / "clean" / "history.jsonl")]
+    assert sum(sum(r["pruned_units"]) for r in states[:2]) > 0, "no prune before the kill"
+    resumed = subprocess.run(_train_cmd(killed_dir, epochs) + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resumed from" in resumed.stdout
+    a = [json.loads(l) for l in open(tmp_path / "clean" / "history.jsonl")]
+    b = [json.loads(l) for l in open(killed_dir / "history.jsonl")]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in RUNTIME_KEYS} for r in rows]
+    assert strip(a) == strip(b)
+    ma = keras.models.load_model(tmp_path / "clean" / "gated_model.keras")
+    mb = keras.models.load_model(killed_dir / "gated_model.keras")
+    for wa, wb in zip(ma.weights, mb.weights):
+        np.testing.assert_array_equal(wa.numpy(), wb.numpy())

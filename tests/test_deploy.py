@@ -1,0 +1,276 @@
+"""Tests for deploy/: the device-side scripts run with NumPy + LiteRT only (no TensorFlow)."""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import tf_dynhp
+from tf_dynhp import export
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+DATA_ROOT = Path(os.environ.get("TF_DYNHP_DATA", REPO.parent / "shared" / "datasets"))
+MNIST_DIR = DATA_ROOT / "mnist" if (DATA_ROOT / "mnist").is_dir() else DATA_ROOT
+BLOCKED = ("tensorflow", "tf_dynhp", "keras", "absl")
+
+pytestmark = pytest.mark.skipif(
+    not (MNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
+    reason=f"MNIST IDX files not found under {DATA_ROOT} (set TF_DYNHP_DATA)",
+)
+
+
+def _load_runner():
+    spec = importlib.util.spec_from_file_location("litert_runner", DEPLOY / "litert_runner.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+lr = _load_runner()
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    """Writes an IDX file (uint8 or int32 data), gzip-compressed if `compress`."""
+    codes = {np.dtype("u1"): (0x08, ">u1"), np.dtype("int32"): (0x0C, ">i4")}
+    code, big = codes[array.dtype]
+    data = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes() + array.astype(big).tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def device(tmp_path_factory):
+    """A device folder: a copy of deploy/, models, IDX subsets, and a PYTHONPATH that blocks TensorFlow."""
+    root = tmp_path_factory.mktemp("device")
+    (x_train, y_train), (x_test, y_test) = tf_dynhp.datasets.load("mnist", DATA_ROOT, download=False)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
+        keras.Input((28, 28)), keras.layers.Flatten(),
+        keras.layers.Dense(32, activation="relu"), keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy")
+    model.fit(x_train[:2000], y_train[:2000], epochs=1, batch_size=32, verbose=0)
+    gated = tf_dynhp.to_l0(model, dataset_size=1000)
+    l0 = [layer for layer in gated.layers if isinstance(layer, tf_dynhp.L0Dense)]
+    blank = x_train[:1000].reshape(1000, -1).max(axis=0) == 0
+    l0[0].log_alpha.assign(np.where(blank, -10.0, 10.0).astype(np.float32))
+    for layer in l0[1:]:
+        n = layer.log_alpha.shape[0]
+        layer.log_alpha.assign(np.where(np.arange(n) % 8 == 0, -10.0, 10.0).astype(np.float32))
+    stripped = tf_dynhp.strip(gated)  # pruned without fine-tuning: the device has something to recover
+
+    app = root / "app"
+    shutil.copytree(DEPLOY, app, ignore=shutil.ignore_patterns("__pycache__"))
+    files = {
+        "fp32": export.to_tflite(stripped, root / "model.tflite").path,
+        "int8": export.to_tflite(stripped, root / "model_int8.tflite", "int8", x_train[:300]).path,
+        "trainable": export.to_trainable_tflite(stripped, root / "trainable.tflite", "sgd", learning_rate=0.05).path,
+    }
+    to_u8 = lambda x: np.round(x * 255).astype(np.uint8)  # noqa: E731 - exact inverse of /255
+    files["test_images"] = write_idx(root / "test-images.gz", to_u8(x_test[:1000]))
+    files["test_labels"] = write_idx(root / "test-labels.gz", y_test[:1000].astype(np.uint8))
+    files["train_images"] = write_idx(root / "train-images.gz", to_u8(x_train[2000:4000]))
+    files["train_labels"] = write_idx(root / "train-labels.gz", y_train[2000:4000].astype(np.uint8))
+
+    blocker = root / "blocker"
+    for name in BLOCKED:
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text(
+            "import os\n"
+            "with open(os.environ['IMPORT_LOG'], 'a') as f:\n"
+            "    f.write(__name__ + '\\n')\n"
+            "raise ImportError(__name__ + ' is not available on the device (blocked by tests/test_deploy.py)')\n"
+        )
+    keras_probs = stripped.predict(x_test[:1000], verbose=0)
+    return {"root": root, "app": app, "blocker": blocker, "files": files, "y_test": y_test[:1000],
+            "keras_acc": float(np.mean(np.argmax(keras_probs, 1) == y_test[:1000]))}
+
+
+def run_device(device, script: str, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
+    """Runs deploy/<script> from the copied folder with TensorFlow, keras, absl and tf_dynhp blocked."""
+    log = device["root"] / "imports.log"
+    if log.exists():
+        log.unlink()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    env.update(PYTHONPATH=str(device["blocker"]), IMPORT_LOG=str(log), PYTHONDONTWRITEBYTECODE="1")
+    result = subprocess.run(
+        [sys.executable, str(device["app"] / script), *map(str, args)],
+        capture_output=True, text=True, timeout=120, cwd=device["root"], env=env,
+    )
+    assert result.returncode == expect, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert not log.exists(), f"{script} tried to import {log.read_text().split()}"
+    return result
+
+
+def number(pattern: str, text: str) -> list[float]:
+    match = re.search(pattern, text, re.M)
+    assert match, f"{pattern!r} not in:\n{text}"
+    return [float(g) for g in match.groups()]
+
+
+# --------------------------------------------------------------------------- static checks
+def test_deploy_imports_only_numpy_and_litert():
+    allowed_third_party = {"numpy", "ai_edge_litert", "tflite_runtime", "litert_runner"}
+    seen = set()
+    for path in DEPLOY.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                seen.add(top)
+                assert top not in BLOCKED, f"{path.name} imports {name}"
+                assert top in sys.stdlib_module_names or top in allowed_third_party or top == "__future__", (path.name, name)
+    assert {"numpy", "ai_edge_litert", "argparse", "resource"} <= seen
+
+
+def test_requirements_list_the_runtime():
+    lines = [ln.split("#")[0].strip() for ln in (DEPLOY / "requirements.txt").read_text().splitlines()]
+    names = {re.split(r"[<>=!~ ]", ln)[0].lower() for ln in lines if ln}
+    assert names == {"numpy", "ai-edge-litert"}
+
+
+def test_blocker_really_blocks(device):
+    env = {**os.environ, "PYTHONPATH": str(device["blocker"]), "IMPORT_LOG": str(device["root"] / "probe.log")}
+    result = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, text=True, env=env,
+                            cwd=device["root"], timeout=60)
+    assert result.returncode != 0 and "not available on the device" in result.stderr
+
+
+# --------------------------------------------------------------------------- IDX reader
+def test_read_idx_matches_library(tmp_path):
+    labels = MNIST_DIR / "t10k-labels-idx1-ubyte.gz"
+    np.testing.assert_array_equal(lr.read_idx(labels), tf_dynhp.datasets.read_idx(labels))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    ints = rng.integers(-1000, 1000, (4, 3)).astype(np.int32)
+    for compress in (True, False):
+        np.testing.assert_array_equal(lr.read_idx(write_idx(tmp_path / f"i{compress}", images, compress)), images)
+        got = lr.read_idx(write_idx(tmp_path / f"n{compress}", ints, compress))
+        assert got.dtype == np.int32 and np.array_equal(got, ints)
+    x, y = lr.load_images_labels(tmp_path / "iTrue", write_idx(tmp_path / "l", np.arange(5, dtype=np.uint8)))
+    assert x.dtype == np.float32 and x.max() <= 1.0 and np.allclose(x * 255, images) and y.dtype == np.int32
+
+
+def test_read_idx_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad-magic.gz"
+    bad.write_bytes(gzip.compress(b"\x01\x02\x08\x01" + b"\0" * 8))
+    with pytest.raises(ValueError, match=r"bad-magic.gz: not an IDX file.*0x01020801"):
+        lr.read_idx(bad)
+    short = tmp_path / "short"
+    short.write_bytes(bytes([0, 0, 8, 1]) + np.asarray([10], ">u4").tobytes() + b"\0" * 7)
+    with pytest.raises(ValueError, match=r"short: expected 10 data bytes.*received 7"):
+        lr.read_idx(short)
+    with pytest.raises(ValueError, match="same n"):
+        lr.load_images_labels(write_idx(tmp_path / "im", np.zeros((3, 2, 2), np.uint8)),
+                              write_idx(tmp_path / "lb", np.zeros(4, np.uint8)))
+
+
+# --------------------------------------------------------------------------- interpreter loading
+def test_garbage_tflite_is_rejected_with_the_file_name(device, tmp_path):
+    bad = tmp_path / "garbage.tflite"
+    bad.write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(ValueError, match=r"garbage.tflite: not a TFLite model.*TFL3"):
+        lr.load_interpreter(bad)
+    with pytest.raises(FileNotFoundError, match="missing.tflite"):
+        lr.load_interpreter(tmp_path / "missing.tflite")
+    files = device["files"]
+    for script, args in (
+        ("infer.py", ["--images", files["test_images"], "--labels", files["test_labels"]]),
+        ("train_on_device.py", ["--images", files["train_images"], "--labels", files["train_labels"], "--steps", "2"]),
+    ):
+        result = run_device(device, script, "--model", bad, *args, expect=2)
+        errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and str(bad) in errors[0] and "TFL3" in errors[0], result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_trainer_rejects_inference_model(device):
+    with pytest.raises(ValueError, match=r"not a trainable model.*\['train', 'infer', 'get_weights', 'set_weights'\]"):
+        lr.Trainer(device["files"]["fp32"])
+
+
+# --------------------------------------------------------------------------- infer.py
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_infer_end_to_end_without_tensorflow(device, variant):
+    files = device["files"]
+    result = run_device(device, "infer.py", "--model", files[variant], "--images", files["test_images"],
+                        "--labels", files["test_labels"], "--limit", "800", "--batch", "32")
+    out = result.stdout
+    assert number(r"^examples: (\d+)$", out) == [800.0]
+    (accuracy,) = number(r"^accuracy: ([\d.]+)$", out)
+    classifier = lr.Classifier(files[variant])
+    x, y = lr.load_images_labels(files["test_images"], files["test_labels"], 800)
+    assert accuracy == pytest.approx(classifier.accuracy(x, y), abs=1e-4)
+    keras_acc_800 = device["keras_acc"]  # on 1000 examples; the 800 are a subset
+    assert abs(accuracy - keras_acc_800) < 0.05 and accuracy > 0.3
+    p50, p99 = number(r"^latency single example: p50 ([\d.]+) ms, p99 ([\d.]+) ms \((\d+) calls\)", out)[:2]
+    assert 0 < p50 <= p99
+    b50, b99, calls = number(r"^latency batch of 32: p50 ([\d.]+) ms, p99 ([\d.]+) ms \((\d+) calls", out)[:3]
+    assert 0 < b50 <= b99 and calls == 25
+    (rss,) = number(r"^peak RSS: ([\d.]+) MiB$", out)
+    assert 10 < rss < 4096
+
+
+def test_infer_fp32_matches_keras_accuracy(device):
+    classifier = lr.Classifier(device["files"]["fp32"])
+    x, y = lr.load_images_labels(device["files"]["test_images"], device["files"]["test_labels"])
+    assert classifier.accuracy(x, y, batch_size=100) == pytest.approx(device["keras_acc"], abs=1e-9)
+
+
+# --------------------------------------------------------------------------- train_on_device.py
+def test_train_on_device_end_to_end_and_restore(device):
+    files, root = device["files"], device["root"]
+    weights = root / "weights.npz"
+    common = ["--model", files["trainable"], "--images", files["train_images"], "--labels", files["train_labels"],
+              "--eval_images", files["test_images"], "--eval_labels", files["test_labels"], "--batch", "32"]
+    first = run_device(device, "train_on_device.py", *common, "--steps", "60", "--log_every", "10",
+                       "--weights", weights).stdout
+    losses = [float(v) for v in re.findall(r"^step\s+\d+\s+loss ([\d.]+)$", first, re.M)]
+    assert len(losses) == 6
+    assert np.mean(losses[-2:]) < losses[0] - 0.05, losses
+    (before,) = number(r"^accuracy before: ([\d.]+)", first)
+    (after,) = number(r"^accuracy after: ([\d.]+)", first)
+    assert after > before + 0.02, (before, after)
+    assert number(r"^peak RSS: ([\d.]+) MiB$", first)[0] > 10
+
+    with np.load(weights) as data:
+        saved = {k: data[k] for k in data.files}
+    assert {"kernel_0", "bias_0", "kernel_2", "bias_2", "optimizer/momentum_kernel_0"} <= set(saved)
+    fresh = lr.Trainer(files["trainable"])
+    assert saved["kernel_0"].shape == fresh.get_weights()["kernel_0"].shape
+    assert not np.array_equal(saved["kernel_0"], fresh.get_weights()["kernel_0"])
+    assert np.any(saved["optimizer/momentum_kernel_0"] != 0)
+
+    second = run_device(device, "train_on_device.py", *common, "--steps", "5", "--restore", weights).stdout
+    assert re.search(r"^restored 6 weights and 6 optimizer tensors from", second, re.M), second
+    assert number(r"^accuracy before: ([\d.]+)", second) == [after]  # continues from the saved weights
+
+
+def test_restore_with_wrong_shapes_is_rejected(device, tmp_path):
+    files = device["files"]
+    weights = lr.Trainer(files["trainable"]).get_weights()
+    weights["kernel_1"] = weights["kernel_1"][:, :3]
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **weights)
+    result = run_device(device, "train_on_device.py", "--model", files["trainable"], "--images", files["train_images"],
+                        "--labels", files["train_labels"], "--steps", "1", "--restore", bad, expect=2)
+    assert re.search(r"error: .*kernel_1': expected shape \(\d+, \d+\), received \(\d+, 3\)", result.stderr), result.stderr
