@@ -12,10 +12,8 @@ and `gated_model.keras` (with its L0Dense layers, to continue training).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 
 from absl import app, flags
 
@@ -47,89 +45,19 @@ flags.DEFINE_enum("on_nonfinite", "raise", ["raise", "rollback"], "What to do on
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 one line per epoch.")
 
 
-def build_mlp(hidden: list[int], num_classes: int = 10):
-    import keras
-
-    layers = [keras.Input((28, 28)), keras.layers.Flatten()]
-    layers += [keras.layers.Dense(units, activation="relu") for units in hidden]
-    layers.append(keras.layers.Dense(num_classes, activation="softmax"))
-    return keras.Sequential(layers, name="mlp_" + "_".join(str(h) for h in hidden))
-
-
 def main(argv):
     del argv
-    import numpy as np
+    from tf_dynhp import runs
 
-    import tf_dynhp
-
-    checkpoint_dir = None
-    if FLAGS.out_dir:
-        checkpoint_dir = tf_dynhp.checkpoint.probe_writable(os.path.join(FLAGS.out_dir, "checkpoints"))
-    (x, y), (x_test, y_test) = tf_dynhp.datasets.load(FLAGS.dataset, FLAGS.data_dir)
-    if FLAGS.train_limit:
-        x, y = x[: FLAGS.train_limit], y[: FLAGS.train_limit]
-    hidden = [int(h) for h in FLAGS.hidden.split(",") if h]
-    import keras
-
-    keras.utils.set_random_seed(FLAGS.seed)  # the initial weights depend on the seed too
-    model = build_mlp(hidden)
-    budget_kb = FLAGS.budget_kb
-    if budget_kb is None and FLAGS.method == "dynhp":
-        budget_kb = tf_dynhp.memory.mo_kb(model, batch_size=FLAGS.budget_batch)
-    config = {k: v.value for k, v in FLAGS.__flags.items() if k in _OWN_FLAGS}
-    config["budget_kb"] = budget_kb
-    config["train_examples"] = int(len(x))
-    if FLAGS.out_dir:
-        with open(os.path.join(FLAGS.out_dir, "config.json"), "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-    t0 = time.perf_counter()
-    result = tf_dynhp.fit(
-        model, x, y, method=FLAGS.method, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-        l0_lambda=FLAGS.l0_lambda, learning_rate=FLAGS.learning_rate, alpha_bs=FLAGS.alpha_bs,
-        budget_kb=budget_kb, budget_on=FLAGS.budget_on, gamma=FLAGS.gamma,
-        batch_growth=FLAGS.batch_growth, validation_data=(x_test, y_test), seed=FLAGS.seed,
-        steps_per_execution=FLAGS.steps_per_execution, verbose=FLAGS.verbose,
-        droprate_init=FLAGS.droprate_init, input_droprate_init=FLAGS.input_droprate_init,
-        checkpoint_dir=checkpoint_dir, resume=FLAGS.resume, on_nonfinite=FLAGS.on_nonfinite,
-    )
-    seconds = time.perf_counter() - t0
-    probs = result.model.predict(x_test, batch_size=2000, verbose=0)
-    test_error = 100.0 * float(np.mean(np.argmax(probs, -1) != y_test))
-    dense_kb = tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(model))
-    model_kb = tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(result.model))
-    metrics = {
-        "test_error": test_error,
-        "model_kb": model_kb,
-        "dense_model_kb": dense_kb,
-        "model_fraction": model_kb / dense_kb,
-        "layer_sizes": [int(n) for n in result.history["active_units"][-1]] if FLAGS.method != "sp" else None,
-        "training_memory_mb": tf_dynhp.memory.training_memory_mb(result.history["memory_kb"]),
-        "mean_memory_kb": float(np.mean(result.history["memory_kb"])),
-        "max_memory_kb": float(np.max(result.history["memory_kb"])),
-        "budget_kb": budget_kb,
-        "batch_sizes": result.history["batch_size"],
-        "epochs_run": len(result.history["loss"]),
-        "train_seconds": seconds,
-    }
-    print(
-        f"test_error {test_error:.2f}% - model {model_kb:.1f} KB ({100 * model_kb / dense_kb:.1f}% of dense) - "
-        f"mean MO {metrics['mean_memory_kb']:.1f} KB (max {metrics['max_memory_kb']:.1f}) - "
-        f"final batch {result.history['batch_size'][-1]} - {seconds:.0f}s"
-    )
-    if FLAGS.out_dir:
-        with open(os.path.join(FLAGS.out_dir, "history.jsonl"), "w") as f:
-            for i in range(len(result.history["loss"])):
-                f.write(json.dumps({k: v[i] for k, v in result.history.items()}) + "\n")
-        with open(os.path.join(FLAGS.out_dir, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=2)
-        result.model.save(os.path.join(FLAGS.out_dir, "model.keras"))
-        result.gated_model.save(os.path.join(FLAGS.out_dir, "gated_model.keras"))
+    config = runs.RunConfig(**{name: FLAGS[name].value for name in _CONFIG_FLAGS})
+    config.hidden = [int(h) for h in FLAGS.hidden.split(",") if h]
+    runs.run(config, FLAGS.out_dir, data_dir=FLAGS.data_dir, resume=FLAGS.resume, verbose=FLAGS.verbose)
 
 
-_OWN_FLAGS = (
-    "dataset", "data_dir", "method", "epochs", "batch_size", "l0_lambda", "learning_rate", "alpha_bs",
-    "budget_kb", "budget_batch", "budget_on", "gamma", "batch_growth", "hidden", "train_limit", "seed",
-    "steps_per_execution", "out_dir", "droprate_init", "input_droprate_init", "on_nonfinite",
+_CONFIG_FLAGS = (
+    "dataset", "method", "epochs", "batch_size", "l0_lambda", "learning_rate", "alpha_bs", "budget_kb",
+    "budget_batch", "budget_on", "gamma", "batch_growth", "train_limit", "seed", "steps_per_execution",
+    "droprate_init", "input_droprate_init", "on_nonfinite",
 )
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+"""A training run with its folder: the one routine behind `tools/train.py` and
+`tools/reproduce.py` (Model Garden style: the scripts hold the flags, this takes
+plain arguments).
+
+A run folder holds `config.json` (the resolved configuration), `checkpoints/`
+(one atomic checkpoint per epoch, see `tf_dynhp.checkpoint`), and once finished
+`history.jsonl` (one JSON object per epoch), `metrics.json` (final test error,
+sizes, training memory), `model.keras` (stripped) and `gated_model.keras`. A run
+with `metrics.json` is finished; an unfinished one resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["RunConfig", "build_mlp", "run", "is_finished", "read_history"]
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything that defines a run (the flags of tools/train.py)."""
+
+    dataset: str = "mnist"
+    method: str = "dynhp"
+    epochs: int = 20
+    batch_size: int | None = None
+    l0_lambda: float = 0.01
+    learning_rate: float = 1e-3
+    alpha_bs: float | None = None
+    budget_kb: float | None = None
+    budget_batch: int = 512
+    budget_on: str = "paper"
+    gamma: float = 0.5
+    batch_growth: str = "step_mean"
+    hidden: Sequence[int] = (300, 100)
+    train_limit: int | None = None
+    test_limit: int | None = None
+    seed: int = 1
+    steps_per_execution: int = 50
+    droprate_init: float = 0.5
+    input_droprate_init: float = 0.2
+    on_nonfinite: str = "raise"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+def build_mlp(hidden: Sequence[int], input_shape: tuple[int, ...] = (28, 28), num_classes: int = 10):
+    """The paper's MLP family: Flatten -> Dense(relu) x len(hidden) -> Dense(softmax)."""
+    import keras
+
+    layers = [keras.Input(input_shape), keras.layers.Flatten()]
+    layers += [keras.layers.Dense(int(units), activation="relu") for units in hidden]
+    layers.append(keras.layers.Dense(num_classes, activation="softmax"))
+    return keras.Sequential(layers, name="mlp_" + "_".join(str(h) for h in hidden))
+
+
+def is_finished(out_dir: str | os.PathLike) -> bool:
+    """True when the run folder holds its final `metrics.json`."""
+    return os.path.exists(os.path.join(out_dir, "metrics.json"))
+
+
+def read_history(out_dir: str | os.PathLike) -> dict[str, list[Any]]:
+    """`history.jsonl` of a finished run as a dict of per-epoch lists."""
+    rows = [json.loads(line) for line in open(os.path.join(out_dir, "history.jsonl"))]
+    return {k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}
+
+
+def _write_atomic(path: str, text: str) -> None:
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run(
+    config: RunConfig,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    data_dir: str | None = None,
+    data: Any = None,
+    resume: bool = False,
+    verbose: int = 1,
+) -> dict[str, Any]:
+    """Trains one model as `config` says and writes its run folder.
+
+    Args:
+        config: the run's settings.
+        out_dir: run folder (None: nothing written, no checkpoints).
+        data_dir: where the dataset is (see `tf_dynhp.datasets.load`).
+        data: already loaded `((x, y), (x_test, y_test))` (a sweep loads it once).
+        resume: continue from the newest valid checkpoint of `out_dir`.
+        verbose: 1 prints one line per epoch and a summary.
+
+    Returns:
+        The metrics written to `metrics.json`.
+    """
+    import keras
+
+    import tf_dynhp
+
+    checkpoint_dir = None
+    if out_dir is not None:
+        out_dir = os.fspath(out_dir)
+        checkpoint_dir = tf_dynhp.checkpoint.probe_writable(os.path.join(out_dir, "checkpoints"))
+    (x, y), (x_test, y_test) = data if data is not None else tf_dynhp.datasets.load(config.dataset, data_dir)
+    if config.train_limit:
+        x, y = x[: config.train_limit], y[: config.train_limit]
+    if config.test_limit:
+        x_test, y_test = x_test[: config.test_limit], y_test[: config.test_limit]
+    keras.utils.set_random_seed(config.seed)  # the initial weights depend on the seed too
+    model = build_mlp(config.hidden)
+    budget_kb = config.budget_kb
+    if budget_kb is None and config.method == "dynhp":
+        budget_kb = tf_dynhp.memory.mo_kb(model, batch_size=config.budget_batch)
+    resolved = {**config.to_dict(), "budget_kb": budget_kb, "train_examples": int(len(x))}
+    if out_dir is not None:
+        _write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
+    t0 = time.perf_counter()
+    result = tf_dynhp.fit(
+        model, x, y, method=config.method, epochs=config.epochs, batch_size=config.batch_size,
+        l0_lambda=config.l0_lambda, learning_rate=config.learning_rate, alpha_bs=config.alpha_bs,
+        budget_kb=budget_kb, budget_on=config.budget_on, gamma=config.gamma,
+        batch_growth=config.batch_growth, validation_data=(x_test, y_test), seed=config.seed,
+        steps_per_execution=config.steps_per_execution, verbose=verbose,
+        droprate_init=config.droprate_init, input_droprate_init=config.input_droprate_init,
+        checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
+    )
+    seconds = time.perf_counter() - t0
+    h = result.history
+    probs = result.model.predict(x_test, batch_size=2000, verbose=0)
+    test_error = 100.0 * float(np.mean(np.argmax(probs, -1) != y_test))
+    dense_kb = tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(model))
+    model_kb = tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(result.model))
+    metrics = {
+        "test_error": test_error,
+        "model_kb": model_kb,
+        "dense_model_kb": dense_kb,
+        "model_fraction": model_kb / dense_kb,
+        "layer_sizes": [int(n) for n in h["active_units"][-1]] if config.method != "sp" else None,
+        "training_memory_mb": tf_dynhp.memory.training_memory_mb(h["memory_kb"]),
+        "mean_memory_kb": float(np.mean(h["memory_kb"])),
+        "max_memory_kb": float(np.max(h["memory_kb"])),
+        "budget_kb": budget_kb,
+        "batch_sizes": h["batch_size"],
+        "epochs_run": len(h["loss"]),
+        "train_seconds": seconds,
+        "total_epoch_seconds": float(np.sum(h["epoch_seconds"])),
+    }
+    if verbose:
+        print(
+            f"test_error {test_error:.2f}% - model {model_kb:.1f} KB ({100 * model_kb / dense_kb:.1f}% of dense) - "
+            f"mean MO {metrics['mean_memory_kb']:.1f} KB (max {metrics['max_memory_kb']:.1f}) - "
+            f"final batch {h['batch_size'][-1]} - {seconds:.0f}s",
+            flush=True,
+        )
+    if out_dir is not None:
+        lines = [json.dumps({k: v[i] for k, v in h.items()}) for i in range(len(h["loss"]))]
+        _write_atomic(os.path.join(out_dir, "history.jsonl"), "\n".join(lines) + "\n")
+        result.model.save(os.path.join(out_dir, "model.keras"))
+        result.gated_model.save(os.path.join(out_dir, "gated_model.keras"))
+        _write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2))  # last: marks it finished
+    return metrics
