@@ -27,11 +27,11 @@ def _brute_force_variance(core, x, y, noise):
     return total
 
 
-@pytest.mark.parametrize("method_model", ["gated", "dense"])
-def test_variance_matches_brute_force(method_model, rng):
+@pytest.mark.parametrize("method_model,weight_decay", [("gated", 0.0), ("gated", 0.5), ("dense", 0.0)])
+def test_variance_matches_brute_force(method_model, weight_decay, rng):
     keras.utils.set_random_seed(0)
     model = make_mlp(input_shape=(12,), hidden=(7, 5), classes=4, dtype="float64")
-    core, _, _ = _core_from(to_l0(model, dataset_size=50) if method_model == "gated" else model)
+    core, _, _ = _core_from(to_l0(model, dataset_size=50, weight_decay=weight_decay) if method_model == "gated" else model)
     core.compile(optimizer=keras.optimizers.SGD(0.0))
     core.track_variance = True
     x = rng.normal(size=(9, 12))
@@ -53,5 +53,8 @@ def test_dense_variance_l1_numpy_reference(rng):
     d = rng.normal(size=(6, 2))
     per_example = np.einsum("bi,bj->bij", a, d)
     expected = np.var(per_example, axis=0, ddof=1).sum() + np.var(d, axis=0, ddof=1).sum()
-    assert float(dense_variance_l1(a, d)) == pytest.approx(expected, rel=1e-10)
-    assert float(dense_variance_l1(a[:1], d[:1])) == 0.0
+    got = dense_variance_l1(a, d, per_example.mean(axis=0), d.mean(axis=0))
+    assert float(got) == pytest.approx(expected, rel=1e-10)
+    no_bias = dense_variance_l1(a, d, per_example.mean(axis=0))
+    assert float(no_bias) == pytest.approx(np.var(per_example, axis=0, ddof=1).sum(), rel=1e-10)
+    assert float(dense_variance_l1(a[:1], d[:1], per_example[0], d[0])) == 0.0

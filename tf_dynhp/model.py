@@ -132,6 +132,19 @@ class GatedModel(keras.Model):
         terms = [layer.penalty() for layer in self.gated_layers]
         return ops.sum(ops.stack(terms)) if terms else 0.0
 
+    @staticmethod
+    def _data_gradients(dense, grad_of):
+        """Kernel and bias gradients of the mean *data* loss: the total gradient minus
+        the L0 penalty's weight-decay share (Eq. 5), which is zero when weight_decay=0."""
+        g_kernel = grad_of[id(dense.kernel)]
+        g_bias = grad_of[id(dense.bias)] if dense.use_bias else None
+        if isinstance(dense, L0Dense) and dense.weight_decay:
+            scale = dense.weight_decay / float(dense.dataset_size)
+            g_kernel = g_kernel - scale * ops.expand_dims(dense.prob_open(), 1) * dense.kernel
+            if g_bias is not None:
+                g_bias = g_bias - scale * dense.bias
+        return g_kernel, g_bias
+
     def train_stats(self, x, y, noise: list | None = None, apply: bool = True) -> dict[str, Any]:
         """One optimizer step; returns the batch statistics the DynHP loop accumulates.
 
@@ -157,9 +170,12 @@ class GatedModel(keras.Model):
         batch = ops.cast(ops.shape(x)[0], x.dtype)
         variance_l1 = ops.zeros((), dtype=x.dtype)
         if self.track_variance:
+            grad_of = {id(v): g for v, g in zip(variables, var_grads)}
             for (a, _, _), dense, g_pre in zip(per_layer, self.dense_layers, grads[len(variables) :]):
-                # d(mean loss)/dY = D / B, so D = B * g_pre.
-                variance_l1 = variance_l1 + dense_variance_l1(a, g_pre * batch, dense.use_bias)
+                # d(mean loss)/dY = D / B, so D = B * g_pre; the mean gradients are the
+                # step's own kernel/bias gradients without the penalty's share.
+                g_kernel, g_bias = self._data_gradients(dense, grad_of)
+                variance_l1 = variance_l1 + dense_variance_l1(a, g_pre * batch, g_kernel, g_bias)
         predicted = ops.argmax(logits, axis=-1)
         correct = ops.sum(ops.cast(ops.equal(ops.cast(predicted, "int64"), ops.cast(y, "int64")), x.dtype))
         gate_open = [ops.sum(g, axis=0) for _, _, g in per_layer if g is not None]
