@@ -1,0 +1,97 @@
+"""The edge table of issue 5, in one go: export a DynHP model and the dense model in
+every quantization with `tools/export.py`, then measure each file on the "device" with
+`deploy/infer.py` (NumPy + LiteRT only, its own process, so its peak RSS is the
+deploy process's).
+
+    python tools/edge_table.py --dynhp_model=runs/i4_dynhp_step_mean/model.keras \
+        --dense_model=runs/mnist_dense10/model.keras --out_dir=runs/edge
+
+Prints a Markdown table: model, quantization, file KB, parameters, accuracy through
+LiteRT, p50/p99 latency for one example and a batch of 32, peak RSS of the deploy
+process; writes it to `<out_dir>/edge_table.md`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dynhp_model", None, "Stripped DynHP model (.keras).")
+flags.DEFINE_string("dense_model", None, "Dense reference model (.keras).")
+flags.DEFINE_string("out_dir", "runs/edge", "Folder for the .tflite files and the table.")
+flags.DEFINE_string("dataset", "mnist", "mnist or fashion_mnist.")
+flags.DEFINE_string("data_dir", None, "Dataset folder (default: TF_DYNHP_DATA, then the usual places).")
+flags.DEFINE_integer("limit", None, "Evaluate on the first N test images only.")
+VARIANTS = ("none", "float16", "dynamic", "int8")
+PATTERNS = {
+    "accuracy": r"accuracy: ([0-9.]+)",
+    "p50": r"single example: p50 ([0-9.]+) ms",
+    "p99": r"single example: p50 [0-9.]+ ms, p99 ([0-9.]+) ms",
+    "batch_p50": r"batch of \d+: p50 ([0-9.]+) ms",
+    "rss": r"peak RSS: ([0-9.]+) MiB",
+}
+
+
+def _run(cmd: list[str]) -> str:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def _field(pattern: str, text: str) -> str:
+    m = re.search(pattern, text)
+    return m.group(1) if m else "n/a"
+
+
+def main(argv):
+    del argv
+    sys.path.insert(0, str(ROOT))
+    from tf_dynhp import datasets
+
+    out = Path(FLAGS.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    folder = datasets.find_dataset_dir(FLAGS.dataset, FLAGS.data_dir)
+    images = next(p for p in Path(folder).glob("t10k-images-idx3-ubyte*"))
+    labels = next(p for p in Path(folder).glob("t10k-labels-idx1-ubyte*"))
+    rows = []
+    for name, model in (("DynHP", FLAGS.dynhp_model), ("dense", FLAGS.dense_model)):
+        if not model:
+            continue
+        stem = out / f"{name.lower()}.tflite"
+        _run([sys.executable, str(ROOT / "tools" / "export.py"), f"--model={model}", f"--out={stem}",
+              "--quantization=all", f"--dataset={FLAGS.dataset}"] + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else []))
+        import keras  # noqa: PLC0415
+
+        import tf_dynhp  # noqa: F401,PLC0415
+
+        params = keras.models.load_model(model, compile=False).count_params()
+        for q in VARIANTS:
+            path = out / f"{name.lower()}_{q}.tflite"
+            text = _run([sys.executable, str(ROOT / "deploy" / "infer.py"), "--model", str(path), "--images", str(images),
+                         "--labels", str(labels)] + (["--limit", str(FLAGS.limit)] if FLAGS.limit else []))
+            f = {key: _field(pattern, text) for key, pattern in PATTERNS.items()}
+            rows.append(
+                f"| {name} | {q} | {path.stat().st_size / 1024:.1f} | {params:,} | {f['accuracy']} | {f['p50']} "
+                f"| {f['p99']} | {f['batch_p50']} | {f['rss']} |"
+            )
+            print(rows[-1], flush=True)
+    table = "\n".join(
+        ["| model | quantization | file KB | parameters | accuracy (LiteRT) | p50 1 example ms | p99 1 example ms "
+         "| p50 batch of 32 ms | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"] + rows
+    )
+    (out / "edge_table.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["dynhp_model"])
+    app.run(main)
