@@ -28,7 +28,8 @@ def _row(folder: str) -> str | None:
     sizes = "-".join(str(s) for s in m["layer_sizes"]) if m.get("layer_sizes") else "n/a"
     batches = m["batch_sizes"]
     return (
-        f"| {os.path.basename(folder.rstrip('/'))} | {c['method']} | {c.get('batch_growth', '')} | {c.get('alpha_bs') or ''} "
+        f"| {os.path.basename(folder.rstrip('/'))} | {c['method']} | {c.get('batch_growth', '') if c['method'] == 'dynhp' else ''} "
+        f"| {c.get('alpha_bs') or ''} "
         f"| {c['l0_lambda']} | {m['epochs_run']} | {m['test_error']:.2f} | {m['model_kb']:.1f} "
         f"({100 * m['model_kb'] / FLAGS.dense_kb:.1f}%) | {sizes} | {batches[0]}→{batches[-1]} "
         f"| {m['mean_memory_kb']:.1f} ({100 * m['mean_memory_kb'] / FLAGS.sp_mo_kb:.1f}%) | {m['max_memory_kb']:.1f} "
