@@ -18,7 +18,7 @@ setup(
         "tools": ["absl-py>=1.0", "matplotlib>=3.7"],
         "deploy": ["numpy>=1.26", "ai-edge-litert>=1.0"],
         "ray": ["ray>=2.9"],
-        "test": ["pytest>=7", "hypothesis>=6", "absl-py>=1.0", "matplotlib>=3.7", "ai-edge-litert>=1.0"],
+        "test": ["pytest>=7", "hypothesis>=6", "absl-py>=1.0", "matplotlib>=3.7", "ai-edge-litert>=1.0", "ray>=2.9"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -1,0 +1,353 @@
+"""tools/reproduce.py (grid, sweep, skip and resume, Ray), tools/report.py and tools/benchmark.py.
+
+The tools run as subprocesses (their absl flags never meet another tool's in this
+process). One quick sweep of two runs (SP and DynHP on 2000 MNIST images, two
+epochs, two jobs) is shared by the tests that read run folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DATA_ROOT
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = REPO / "tools"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SWEEP_ARGS = ["--quick", "--datasets=mnist", "--methods=sp,dynhp", "--alphas=0.972", "--jobs=2"]
+SP_NAME = "mnist-sp-bs512-lam0.01-e2-n2000x1000-seed1"
+DYNHP_NAME = "mnist-dynhp-a0.972-step_mean-lam0.01-e2-n2000x1000-seed1"
+RUNTIME_KEYS = ("epoch_seconds", "rebuild_seconds", "trace_seconds", "retraces")  # tf_dynhp.training.RUNTIME_KEYS
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_DYNHP_DATA": str(DATA_ROOT), "PYTHONPATH": str(REPO)}
+    env.update(extra)
+    return env
+
+
+def _run(tool: str, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TOOLS / tool), *args], capture_output=True, text=True, cwd=REPO,
+                          env=_env(**env), timeout=timeout)
+
+
+def _ok(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 0, f"exit code {done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def _metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def _history(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def data_available():
+    if not (DATA_ROOT / "mnist").is_dir():
+        pytest.skip(f"MNIST not found under {DATA_ROOT} (set TF_DYNHP_DATA)")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_available) -> tuple[Path, str]:
+    """A finished quick sweep: SP (batch 512) and DynHP (alpha 0.972) side by side."""
+    out = tmp_path_factory.mktemp("sweep")
+    stdout = _ok(_run("reproduce.py", *SWEEP_ARGS, f"--out={out}"))
+    return out, stdout
+
+
+# --------------------------------------------------------------------------- grid
+GRID_SCRIPT = r"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("reproduce", sys.argv[1])
+rp = importlib.util.module_from_spec(spec)
+sys.modules["reproduce"] = rp  # dataclasses look their module up
+spec.loader.exec_module(rp)
+def dump(runs):
+    return [{"name": r.name, "row": r.row, **r.config.to_dict()} for r in runs]
+out = {
+    "paper": dump(rp.build_grid()),
+    "seeds": dump(rp.build_grid(seeds=3, seeds_rows=["sp", "dynhp_best"])),
+    "full": dump(rp.build_grid(grid="full")),
+    "override": dump(rp.build_grid(["mnist"], "full", alphas=[0.9, 0.95], sp_batch_sizes=[32], hp_batch_sizes=[],
+                                   l0_lambdas=[0.1], batch_growth=["epoch"], epochs=7, train_limit=100)),
+    "budgets": {d: rp.budget_kb(d) for d in ("mnist", "fashion_mnist")},
+    "errors": [],
+}
+for kwargs in ({"datasets": ["cifar"]}, {"batch_growth": ["fast"]}, {"methods": ["dense"]}, {"seeds_rows": ["hp_best"]},
+               {"alphas": [0.97, 0.97]}):
+    try:
+        rp.build_grid(**kwargs)
+    except ValueError as err:
+        out["errors"].append(str(err))
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def grids() -> dict:
+    done = subprocess.run([sys.executable, "-c", GRID_SCRIPT, str(TOOLS / "reproduce.py")], capture_output=True, text=True,
+                          cwd=REPO, env=_env(), timeout=120)
+    return json.loads(_ok(done).strip().splitlines()[-1])
+
+
+def test_paper_rows_are_the_rows_of_tables_2_and_3(grids):
+    rows = {(r["dataset"], r["method"], r["batch_size"], r["alpha_bs"]) for r in grids["paper"]}
+    assert rows == {
+        ("mnist", "sp", 512, None), ("mnist", "hp", 100, None),
+        ("mnist", "dynhp", 16, 0.971), ("mnist", "dynhp", 16, 0.972), ("mnist", "dynhp", 16, 0.975),
+        ("fashion_mnist", "sp", 128, None), ("fashion_mnist", "hp", 128, None),
+        ("fashion_mnist", "dynhp", 16, 0.98), ("fashion_mnist", "dynhp", 16, 0.988), ("fashion_mnist", "dynhp", 16, 0.989),
+    }
+    assert len(grids["paper"]) == 10
+    for r in grids["paper"]:
+        assert (r["l0_lambda"], r["gamma"], r["batch_growth"], r["epochs"], r["seed"]) == (0.01, 0.5, "step_mean", 200, 1)
+        assert r["train_limit"] is None and r["test_limit"] is None
+        if r["method"] == "dynhp":
+            expected = {"mnist": 2609.4, "fashion_mnist": 1433.4}[r["dataset"]]
+            assert r["budget_kb"] == pytest.approx(expected, abs=0.05)
+        else:
+            assert r["budget_kb"] is None
+    assert grids["budgets"]["mnist"] == pytest.approx(2609.4, abs=0.05)
+    assert grids["budgets"]["fashion_mnist"] == pytest.approx(1433.4, abs=0.05)
+    best = [r for r in grids["paper"] if r["row"] == "dynhp_best"]
+    assert {(r["dataset"], r["alpha_bs"]) for r in best} == {("mnist", 0.972), ("fashion_mnist", 0.98)}
+    assert "mnist-dynhp-a0.972-step_mean-lam0.01-e200-seed1" in {r["name"] for r in grids["paper"]}
+
+
+def test_seeds_apply_to_the_named_rows_only(grids):
+    seeds: dict[tuple, list[int]] = {}
+    for r in grids["seeds"]:
+        seeds.setdefault((r["dataset"], r["method"], r["batch_size"], r["alpha_bs"]), []).append(r["seed"])
+    assert seeds[("mnist", "sp", 512, None)] == [1, 2, 3]
+    assert seeds[("mnist", "dynhp", 16, 0.972)] == [1, 2, 3]
+    assert seeds[("fashion_mnist", "dynhp", 16, 0.98)] == [1, 2, 3]
+    assert seeds[("mnist", "hp", 100, None)] == [1]
+    assert seeds[("mnist", "dynhp", 16, 0.971)] == [1]
+    assert len(grids["seeds"]) == 18
+    assert len({r["name"] for r in grids["seeds"]}) == 18
+
+
+def test_full_grid_covers_every_axis(grids):
+    full = grids["full"]
+    # per lambda (3): SP and HP at 7 batches; DynHP at 5 (MNIST) / 11 (Fashion-MNIST) alphas x 3 batch growths
+    assert len(full) == 3 * (7 + 7 + 5 * 3) + 3 * (7 + 7 + 11 * 3)
+    fashion_alphas = sorted({r["alpha_bs"] for r in full if r["dataset"] == "fashion_mnist" and r["method"] == "dynhp"})
+    assert fashion_alphas == pytest.approx([0.979 + 0.001 * i for i in range(11)])
+    assert sorted({r["batch_size"] for r in full if r["method"] == "hp"}) == [16, 32, 64, 100, 128, 256, 512]
+    assert {r["l0_lambda"] for r in full} == {0.01, 0.03, 0.1}
+    assert {r["batch_growth"] for r in full if r["method"] == "dynhp"} == {"step_mean", "step", "epoch"}
+
+
+def test_overrides_replace_their_axis(grids):
+    rows = grids["override"]
+    assert sorted((r["method"], r["batch_size"], r["alpha_bs"]) for r in rows) == [
+        ("dynhp", 16, 0.9), ("dynhp", 16, 0.95), ("sp", 32, None)]
+    assert {(r["l0_lambda"], r["epochs"], r["train_limit"]) for r in rows} == {(0.1, 7, 100)}
+    assert {r["batch_growth"] for r in rows if r["method"] == "dynhp"} == {"epoch"}
+    assert "mnist-sp-bs32-lam0.1-e7-n100xall-seed1" in {r["name"] for r in rows}
+
+
+def test_bad_grid_arguments_are_refused(grids):
+    errors = grids["errors"]
+    assert len(errors) == 5
+    assert "datasets" in errors[0] and "cifar" in errors[0]
+    assert "batch_growth" in errors[1] and "fast" in errors[1]
+    assert "methods" in errors[2] and "dense" in errors[2]
+    assert "seeds_rows" in errors[3]
+    assert "duplicate" in errors[4]
+
+
+def test_dry_run_plans_and_writes_the_manifest(tmp_path):
+    stdout = _ok(_run("reproduce.py", "--dry_run", "--datasets=fashion_mnist", "--sp_batch_sizes=16,32", "--hp_batch_sizes=",
+                      "--alphas=0.985", "--l0_lambdas=0.03", "--seeds=2", "--seeds_rows=sp", f"--out={tmp_path}"))
+    assert "5 runs planned" in stdout and "0 finished (skipped), 5 to run" in stdout
+    assert stdout.count("not run yet") == 5
+    manifest = json.loads((tmp_path / "sweep.json").read_text())["runs"]
+    assert sorted(manifest) == sorted([
+        "fashion_mnist-sp-bs16-lam0.03-e200-seed1", "fashion_mnist-sp-bs16-lam0.03-e200-seed2",
+        "fashion_mnist-sp-bs32-lam0.03-e200-seed1", "fashion_mnist-sp-bs32-lam0.03-e200-seed2",
+        "fashion_mnist-dynhp-a0.985-step_mean-lam0.03-e200-seed1",
+    ])
+    dyn = manifest["fashion_mnist-dynhp-a0.985-step_mean-lam0.03-e200-seed1"]
+    assert dyn["config"]["budget_kb"] == pytest.approx(1433.4, abs=0.05)
+    assert dyn["command"].startswith("python tools/reproduce.py --dry_run --datasets=fashion_mnist")
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep.json"]  # nothing trained
+
+
+def test_ray_backend_without_ray_says_how_to_install(tmp_path):
+    fake = tmp_path / "noray"
+    fake.mkdir()
+    (fake / "ray.py").write_text("raise ImportError('No module named ray (test stand-in)')\n")
+    done = _run("reproduce.py", "--backend=ray", "--quick", f"--out={tmp_path / 'out'}", PYTHONPATH=f"{fake}{os.pathsep}{REPO}")
+    assert done.returncode == 2
+    assert "pip install 'tf_dynhp[ray]'" in done.stderr
+
+
+# --------------------------------------------------------------------------- the sweep
+def test_quick_sweep_runs_two_jobs_into_run_folders(sweep):
+    out, stdout = sweep
+    assert "2 runs planned" in stdout and "0 finished (skipped), 2 to run; backend local, 2 at a time" in stdout
+    assert "done in" in stdout and "2 finished, 0 failed" in stdout
+    for name, method in ((SP_NAME, "sp"), (DYNHP_NAME, "dynhp")):
+        folder = out / name
+        for f in ("config.json", "history.jsonl", "metrics.json", "model.keras", "train.log"):
+            assert (folder / f).is_file(), f"{name} lacks {f}"
+        config = json.loads((folder / "config.json").read_text())
+        assert (config["method"], config["epochs"], config["train_limit"], config["test_limit"]) == (method, 2, 2000, 1000)
+        m = _metrics(folder)
+        assert 0.0 < m["test_error"] < 90.0 and m["epochs_run"] == 2
+        assert len(_history(folder)) == 2
+        log = (folder / "train.log").read_text()
+        assert "Epoch 2/2" in log
+        assert "threads: intra_op=1 inter_op=1 OMP=1" in log  # jobs > 1: one thread per worker
+    assert _metrics(out / DYNHP_NAME)["budget_kb"] == pytest.approx(2609.4, abs=0.05)
+    assert _metrics(out / SP_NAME)["mean_memory_kb"] == pytest.approx(2609.4, abs=0.05)  # MO of SP at 512
+
+
+def test_finished_runs_are_skipped_and_unfinished_ones_resume(sweep):
+    out, _ = sweep
+    sp_metrics = (out / SP_NAME / "metrics.json")
+    sp_before = (sp_metrics.stat().st_mtime_ns, sp_metrics.read_text())
+    dyn = out / DYNHP_NAME
+    history_before = _history(dyn)
+    metrics_before = _metrics(dyn)
+    # Make the DynHP run unfinished after epoch 1: no metrics.json, no epoch-2 checkpoint.
+    (dyn / "metrics.json").unlink()
+    (dyn / "checkpoints" / "epoch-00002.dynhp").unlink()
+    assert (dyn / "checkpoints" / "epoch-00001.dynhp").exists()
+    log_size = (dyn / "train.log").stat().st_size
+
+    stdout = _ok(_run("reproduce.py", *SWEEP_ARGS, f"--out={out}"))
+    assert "1 finished (skipped), 1 to run" in stdout
+    assert (sp_metrics.stat().st_mtime_ns, sp_metrics.read_text()) == sp_before  # not trained again
+    new_log = (dyn / "train.log").read_text()[log_size:]
+    assert f"Resumed from {dyn / 'checkpoints' / 'epoch-00001.dynhp'} (epoch 1)" in new_log
+    assert "Epoch 2/2" in new_log and "Epoch 1/2" not in new_log  # resumed, not restarted
+    # Exact resume: same results as the uninterrupted run (timings and trace counts aside).
+    assert _metrics(dyn)["test_error"] == metrics_before["test_error"]
+    history_after = _history(dyn)
+    assert len(history_after) == 2
+    for before, after in zip(history_before, history_after, strict=True):
+        assert {k: v for k, v in before.items() if k not in RUNTIME_KEYS} == {k: v for k, v in after.items() if k not in RUNTIME_KEYS}
+
+    # Everything finished now: nothing to do.
+    stdout = _ok(_run("reproduce.py", *SWEEP_ARGS, f"--out={out}"))
+    assert "2 finished (skipped), 0 to run" in stdout
+
+
+def test_ray_backend_runs_the_same_workers(tmp_path, data_available):
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pytest.skip("ray is not installed (pip install 'tf_dynhp[ray]')")
+    done = _run("reproduce.py", "--backend=ray", "--jobs=2", "--quick", "--datasets=mnist", "--methods=hp,dynhp", "--alphas=0.975",
+                "--epochs=1", "--train_limit=500", "--test_limit=200", f"--out={tmp_path}", timeout=240)
+    if done.returncode == 3 and "Ray could not start" in done.stderr:
+        pytest.skip(f"Ray cannot start in this sandbox: {done.stderr.strip().splitlines()[-1]}")
+    stdout = _ok(done)
+    assert "backend ray, 2 at a time" in stdout and "2 finished, 0 failed" in stdout
+    for name in ("mnist-hp-bs100-lam0.01-e1-n500x200-seed1", "mnist-dynhp-a0.975-step_mean-lam0.01-e1-n500x200-seed1"):
+        assert (tmp_path / name / "metrics.json").is_file()
+        assert _metrics(tmp_path / name)["epochs_run"] == 1
+        assert "threads: intra_op=1 inter_op=1 OMP=1" in (tmp_path / name / "train.log").read_text()
+
+
+# --------------------------------------------------------------------------- report
+@pytest.fixture(scope="module")
+def report_input(sweep, tmp_path_factory) -> Path:
+    """A copy of the sweep plus one planned-but-not-run and one unfinished DynHP run."""
+    out, _ = sweep
+    runs = tmp_path_factory.mktemp("report") / "runs"
+    shutil.copytree(out, runs)
+    manifest = json.loads((runs / "sweep.json").read_text())
+    template = manifest["runs"][DYNHP_NAME]
+    for alpha, name in ((0.975, "mnist-dynhp-a0.975-step_mean-lam0.01-e2-n2000x1000-seed1"),
+                        (0.971, "mnist-dynhp-a0.971-step_mean-lam0.01-e2-n2000x1000-seed1")):
+        manifest["runs"][name] = {**template, "config": {**template["config"], "alpha_bs": alpha}}
+    (runs / "sweep.json").write_text(json.dumps(manifest))
+    unfinished = runs / "mnist-dynhp-a0.971-step_mean-lam0.01-e2-n2000x1000-seed1"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    (unfinished / "config.json").write_text(json.dumps({**template["config"], "alpha_bs": 0.971}))
+    shutil.copy(out / DYNHP_NAME / "checkpoints" / "epoch-00001.dynhp", unfinished / "checkpoints" / "epoch-00001.dynhp")
+    return runs
+
+
+def test_report_writes_tables_and_figures(report_input, tmp_path):
+    results, figures = tmp_path / "RESULTS.md", tmp_path / "figures"
+    stdout = _ok(_run("report.py", f"--runs={report_input}", f"--out={results}", f"--figures={figures}"))
+    assert "4 runs (2 finished)" in stdout
+    text = results.read_text()
+    paper_table = text.split("### In the layout of the paper's Table 2")[1].split("###")[0]
+    rows = {line.split("|")[1].strip() + "|" + line.split("|")[2].strip(): line for line in paper_table.splitlines()
+            if line.startswith(("| SP |", "| HP |", "| DynHP |"))}
+    assert len(rows) == 7  # SP, HP and the five alpha_bs of Table 2
+    sp, dyn = _metrics(report_input / SP_NAME), _metrics(report_input / DYNHP_NAME)
+    # SP row: our final test error (metrics.json), the paper's 1.42 and its training memory in 10^6 KB
+    sp_row = rows["SP|bs = 512"]
+    assert f"| {sp['test_error']:.2f} |" in sp_row and "| 1.42 |" in sp_row
+    assert f"{sp['training_memory_mb'] * 1000 / 1e6:.4g}" in sp_row and "| 5.219 |" in sp_row
+    # DynHP 0.972: error, its change vs SP, model size and saving, memory saving; beside the paper's numbers
+    dyn_row = rows["DynHP|0.972"]
+    delta = 100 * (dyn["test_error"] - sp["test_error"]) / sp["test_error"]
+    saving = 100 * (dyn["training_memory_mb"] - sp["training_memory_mb"]) / sp["training_memory_mb"]
+    assert f"{dyn['test_error']:.2f} ({delta:+.0f}%)" in dyn_row
+    assert f"{dyn['model_kb'] / 1000:.3f}" in dyn_row and f"({saving:+.0f}%)" in dyn_row
+    assert "1.35 (-5%)" in dyn_row and "0.398 (-62%)" in dyn_row
+    assert f"{dyn['mean_memory_kb']:.1f} / 1368.0" in dyn_row
+    # missing and unfinished runs
+    assert "not run yet" in rows["DynHP|0.975"]
+    assert "unfinished, epoch 1 of 2" in rows["DynHP|0.971"]
+    assert "not in this sweep" in rows["DynHP|0.973"] and "1.40 (-1%)" in rows["DynHP|0.973"]
+    assert "python tools/reproduce.py --quick --datasets=mnist --methods=sp,dynhp --alphas=0.972 --jobs=2" in text
+    # one PNG per figure, linked from RESULTS.md
+    for name in ("fig1_active_units_mnist", "fig2_memory_sp_hp_mnist", "fig3_error_by_batch_mnist", "fig5_error_dynhp_mnist",
+                 "fig6_batch_size_mnist", "fig7_memory_dynhp_mnist", "frontier_mnist"):
+        png = figures / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG_MAGIC, name
+        assert png.stat().st_size > 10_000
+        assert f"](figures/{name}.png)" in text
+
+
+def test_report_on_an_empty_folder_says_so(tmp_path):
+    (tmp_path / "runs").mkdir()
+    stdout = _ok(_run("report.py", f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'R.md'}", f"--figures={tmp_path / 'f'}"))
+    assert "0 runs" in stdout
+    assert "from 0 runs" in (tmp_path / "R.md").read_text()
+
+
+# --------------------------------------------------------------------------- benchmark
+def test_benchmark_quick_without_tfmot(sweep, report_input, tmp_path):
+    out, _ = sweep
+    bench = report_input / "benchmark.md"
+    stdout = _ok(_run("benchmark.py", f"--dynhp_run={out / DYNHP_NAME}", "--quick", "--skip_tfmot", f"--out={bench}",
+                      "--target_error=50"))
+    raw = json.loads(bench.with_suffix(".json").read_text())
+    names = [r["name"] for r in raw["rows"]]
+    assert len(names) == 3 and names[0].startswith("DynHP") and names[1].startswith("Keras dense") and "from scratch" in names[2]
+    for r in raw["rows"]:
+        assert 0.0 < r["test_error"] < 90.0
+        fp32, int8 = r["tflite_fp32"], r["tflite_int8"]
+        assert 0 < int8[0] < fp32[0] and 0 < fp32[1] <= fp32[0] * 1.01  # (bytes, gzip bytes)
+        assert r["train_seconds"] > 0 and len(r["epochs"]) == 2
+    dense = raw["rows"][1]
+    assert dense["nonzero"] == 266_610  # the 784-300-100-10 MLP
+    assert dense["mo_mean_kb"] == pytest.approx(1347.7, abs=0.05)  # MO at batch 100
+    assert raw["rows"][0]["mo_sum_mb"] == pytest.approx(_metrics(out / DYNHP_NAME)["training_memory_mb"], rel=1e-9)
+    assert "tfmot row skipped (--skip_tfmot)." in raw["notes"]
+    text = bench.read_text()
+    assert text.count("\n| ") == 4  # header + 3 rows
+    assert "s to reach 50% (epoch)" in stdout
+    # report.py includes <runs>/benchmark.md
+    results = tmp_path / "RESULTS.md"
+    _ok(_run("report.py", f"--runs={report_input}", f"--out={results}", f"--figures={tmp_path / 'figures'}"))
+    assert "## Benchmark against the alternatives" in results.read_text()
+    assert names[1] in results.read_text()

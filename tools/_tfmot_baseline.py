@@ -1,0 +1,122 @@
+"""Helper of tools/benchmark.py, run *inside the tfmot virtualenv* (tf-keras +
+tensorflow-model-optimization, never a dependency of tf_dynhp):
+
+    <venv>/bin/python tools/_tfmot_baseline.py request.json result.json
+
+Trains the dense MLP with `tfmot.sparsity.keras.prune_low_magnitude` and a
+`PolynomialDecay` schedule from 0 to the requested final sparsity (every Dense
+kernel), strips the wrappers, and exports it fairly: TFLite with
+`tf.lite.Optimize.EXPERIMENTAL_SPARSITY` (float32) and with full-integer int8
+plus sparsity, each with its gzip size. It imports nothing from tf_dynhp (the
+data come as an .npz file) and writes its measurements as JSON.
+
+Request keys: data (.npz with x_train, y_train, x_test, y_test, calibration),
+hidden, epochs, batch_size, learning_rate, final_sparsity, end_fraction
+(share of the training steps over which sparsity ramps up), seed, out_dir.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import sys
+import time
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf.keras is tf_keras, which tfmot needs
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _sizes(content: bytes) -> tuple[int, int]:
+    return len(content), len(gzip.compress(content, compresslevel=9))
+
+
+def main(request_path: str, result_path: str) -> int:
+    with open(request_path) as f:
+        req = json.load(f)
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    data = np.load(req["data"])
+    x, y, xt, yt, calibration = (data[k] for k in ("x_train", "y_train", "x_test", "y_test", "calibration"))
+    keras.utils.set_random_seed(int(req["seed"]))
+    layers = [keras.Input(x.shape[1:]), keras.layers.Flatten()]
+    layers += [keras.layers.Dense(int(h), activation="relu") for h in req["hidden"]]
+    layers.append(keras.layers.Dense(10, activation="softmax"))
+    model = keras.Sequential(layers)
+
+    batch, epochs = int(req["batch_size"]), int(req["epochs"])
+    total_steps = math.ceil(len(x) / batch) * epochs
+    ramp = max(1, int(total_steps * float(req["end_fraction"])))
+    frequency = max(1, ramp // 10)
+    end_step = frequency * max(1, ramp // frequency)  # the final sparsity is applied on a pruning step
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=float(req["final_sparsity"]), begin_step=0, end_step=end_step, frequency=frequency
+    )
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
+    # UpdatePruningStep counts steps in a batch callback: one step per execution.
+    pruned.compile(optimizer=keras.optimizers.Adam(float(req["learning_rate"])), loss="sparse_categorical_crossentropy")
+
+    records = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            probs = self.model.predict(xt, batch_size=2000, verbose=0)
+            error = 100.0 * float(np.mean(np.argmax(probs, -1) != yt))
+            records.append({"epoch": epoch + 1, "elapsed": time.perf_counter() - self.t0, "error": error})
+
+    t0 = time.perf_counter()
+    pruned.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0,
+               callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), Clock()])
+    train_seconds = time.perf_counter() - t0
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    probs = stripped.predict(xt, batch_size=2000, verbose=0)
+    test_error = 100.0 * float(np.mean(np.argmax(probs, -1) != yt))
+    kernels = [layer.kernel.numpy() for layer in stripped.layers if isinstance(layer, keras.layers.Dense)]
+    biases = [layer.bias.numpy() for layer in stripped.layers if isinstance(layer, keras.layers.Dense)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(stripped)
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    fp32 = converter.convert()
+    converter = tf.lite.TFLiteConverter.from_keras_model(stripped)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.float32
+    converter.inference_output_type = tf.float32
+    converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
+    int8 = converter.convert()
+    os.makedirs(req["out_dir"], exist_ok=True)
+    for name, content in (("tfmot_fp32.tflite", fp32), ("tfmot_int8.tflite", int8)):
+        with open(os.path.join(req["out_dir"], name), "wb") as f:
+            f.write(content)
+
+    import tensorflow_model_optimization as tfmot_version
+
+    result = {
+        "test_error": test_error,
+        "epochs": records,
+        "train_seconds": train_seconds,
+        "examples": int(len(x)) * epochs,
+        "tflite_fp32": _sizes(fp32),
+        "tflite_int8": _sizes(int8),
+        "kernel_sparsity": [float(np.mean(k == 0)) for k in kernels],
+        "nonzero_weights": int(sum(int(np.count_nonzero(k)) for k in kernels) + sum(b.size for b in biases)),
+        "mask_floats": int(sum(k.size for k in kernels)),
+        "schedule": {"final_sparsity": float(req["final_sparsity"]), "end_step": end_step, "frequency": frequency, "total_steps": total_steps},
+        "versions": {"tensorflow": tf.__version__, "tf_keras": keras.__version__, "tfmot": tfmot_version.__version__},
+    }
+    with open(result_path, "w") as f:
+        json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(f"usage: {sys.argv[0]} request.json result.json")
+    sys.exit(main(sys.argv[1], sys.argv[2]))
