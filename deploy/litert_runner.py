@@ -205,7 +205,8 @@ class Classifier:
     """Runs a classifier `.tflite` file (inference signature) on NumPy batches.
 
     Uses the ``serving_default`` signature, the ``infer`` signature of a trainable
-    model, or the only signature of the file.
+    model, or the only signature of the file. Images without a channel axis, e.g.
+    (n, 28, 28) from IDX files, get one when the model takes (28, 28, 1) (a CNN).
 
     Args:
         path: the model file.
@@ -237,6 +238,8 @@ class Classifier:
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=self.input_dtype)
+        if x.shape[1:] + (1,) == self.input_shape:  # (n, 28, 28) images for a (28, 28, 1) CNN
+            x = x.reshape(x.shape + (1,))
         if x.shape[1:] != self.input_shape:
             raise ValueError(
                 f"{self.path}: expected inputs of shape (batch, {', '.join(map(str, self.input_shape))}), received {x.shape}"

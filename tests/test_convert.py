@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import make_mlp
-from tf_dynhp import L0Dense, SelectFeatures, parse_chain, strip, to_l0
+from tf_dynhp import L0Conv2D, L0Dense, SelectFeatures, parse_chain, strip, to_l0
 
 
 def _close_some_gates(model, every=3, value=-8.0):
@@ -101,7 +101,13 @@ def _branchy_model():
     [
         (lambda: keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4, name="rnn"), keras.layers.Dense(2)]), "rnn.*LSTM"),
         (lambda: keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(2)]), "bn.*BatchNormalization"),
-        (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, name="conv"), keras.layers.Flatten(), keras.layers.Dense(2)]), "conv.*Conv2D"),
+        (lambda: keras.Sequential([keras.Input((8, 1)), keras.layers.Conv1D(2, 3, name="conv"), keras.layers.Flatten(), keras.layers.Dense(2)]), "conv.*Conv1D"),
+        (lambda: keras.Sequential([keras.Input((1, 8, 8)), keras.layers.Conv2D(2, 3, data_format="channels_first", name="cf"), keras.layers.Flatten(), keras.layers.Dense(2)]), "cf.*Conv2D.*channels_last"),
+        (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, dilation_rate=2, name="dil"), keras.layers.Flatten(), keras.layers.Dense(2)]), "dil.*dilation_rate"),
+        (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, activation="sigmoid", name="sig"), keras.layers.Flatten(), keras.layers.Dense(2)]), "sig.*sigmoid.*f\\(0\\) = 0"),
+        (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(64), keras.layers.Reshape((8, 8, 1), name="back"), keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(2)]), "back.*Reshape"),
+        (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.Reshape((36, 2, 2), name="mix"), keras.layers.Flatten(), keras.layers.Dense(2)]), "mix.*mixing the units"),
+        (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.GlobalAveragePooling2D(name="gap"), keras.layers.Dense(2)]), "gap.*GlobalAveragePooling2D"),
         (_two_input_model, "2 inputs"),
         (_branchy_model, "not supported"),
         (lambda: keras.Sequential([keras.Input((4, 4)), keras.layers.Dense(2, name="d3")]), "d3.*Flatten"),
@@ -117,3 +123,76 @@ def test_unsupported_models_raise_naming_the_layer(build, match):
 def test_not_a_model_is_a_type_error():
     with pytest.raises(TypeError, match="keras.Model"):
         to_l0("model")
+
+
+# --------------------------------------------------------------------------- conv models
+def make_cnn(dtype=None, padding="valid"):
+    """Input(12,12,1) -> Conv2D(6,3) -> MaxPool -> Conv2D(5,2) -> AvgPool -> Flatten -> Dense(8) -> Dense(4)."""
+    return keras.Sequential([
+        keras.Input((12, 12, 1), dtype=dtype),
+        keras.layers.Conv2D(6, 3, activation="relu", dtype=dtype, name="c1"),
+        keras.layers.MaxPooling2D(2, dtype=dtype),
+        keras.layers.Conv2D(5, 2, padding=padding, activation="relu", dtype=dtype, name="c2"),
+        keras.layers.AveragePooling2D(2, dtype=dtype),
+        keras.layers.Dropout(0.1, dtype=dtype),
+        keras.layers.Flatten(dtype=dtype),
+        keras.layers.Dense(8, activation="relu", dtype=dtype),
+        keras.layers.Dense(4, activation="softmax", dtype=dtype),
+    ])
+
+
+def test_to_l0_converts_conv_layers_and_keeps_the_function(rng):
+    keras.utils.set_random_seed(0)
+    model = make_cnn(dtype="float64")
+    gated = to_l0(model, l0_lambda=0.05, dataset_size=100, seed=3)
+    assert [type(l).__name__ for l in gated.layers] == [
+        "InputLayer", "L0Conv2D", "MaxPooling2D", "L0Conv2D", "AveragePooling2D", "Dropout", "Flatten", "L0Dense", "L0Dense"]
+    convs = [l for l in gated.layers if isinstance(l, L0Conv2D)]
+    for src, dst in zip([l for l in model.layers if isinstance(l, keras.layers.Conv2D)], convs):
+        np.testing.assert_array_equal(src.kernel.numpy(), dst.kernel.numpy())
+        np.testing.assert_array_equal(src.bias.numpy(), dst.bias.numpy())
+        assert dst.log_alpha.shape == (src.filters,) and dst.dataset_size == 100
+    # No input-feature gates in a conv model: every gate starts at droprate_init 0.5.
+    assert {l.droprate_init for l in gated.layers if hasattr(l, "droprate_init")} == {0.5}
+    chain = parse_chain(gated)
+    assert chain.spatial and chain.features is None and chain.input_dim == 144
+    for layer in gated.layers:
+        if hasattr(layer, "log_alpha"):
+            layer.log_alpha.assign(np.full(layer.log_alpha.shape, 4.6))  # gate == 1 exactly
+    x = rng.random((5, 12, 12, 1))
+    np.testing.assert_allclose(gated.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_strip_cnn_equals_gated_inference_and_shrinks(padding, rng, tmp_path):
+    keras.utils.set_random_seed(1)
+    gated = to_l0(make_cnn(dtype="float64", padding=padding), dataset_size=10)
+    c1, c2, d1, d2 = [l for l in gated.layers if hasattr(l, "log_alpha")]
+    for layer in (c1, c2, d1, d2):  # fractional gates everywhere, so that folding matters
+        layer.log_alpha.assign(rng.uniform(-1.0, 2.0, size=layer.log_alpha.shape))
+    la = c1.log_alpha.numpy()
+    la[[1, 4]] = -8.0  # conv channels closed
+    c1.log_alpha.assign(la)
+    flat_c = 5  # c2 has 5 channels; after pooling, (h, w, c) flattens to (h*W + w)*5 + c
+    n_flat = d1.log_alpha.shape[0]
+    la = d1.log_alpha.numpy()
+    la[np.arange(n_flat) % flat_c == 3] = -8.0  # every row of c2's channel 3: the channel goes too
+    la[0] = -8.0  # one single flattened feature
+    d1.log_alpha.assign(la)
+    la = d2.log_alpha.numpy()
+    la[2] = -8.0  # a hidden unit
+    d2.log_alpha.assign(la)
+    x = rng.random((16, 12, 12, 1))
+    stripped = strip(gated)
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), gated.predict(x, verbose=0), rtol=1e-10, atol=1e-12)
+    kinds = [type(l).__name__ for l in stripped.layers]
+    assert "L0Conv2D" not in kinds and "L0Dense" not in kinds and "SelectFeatures" in kinds
+    convs = [l for l in stripped.layers if isinstance(l, keras.layers.Conv2D)]
+    assert convs[0].kernel.shape == (3, 3, 1, 4) and convs[1].kernel.shape == (2, 2, 4, 4)
+    dense = [l for l in stripped.layers if isinstance(l, keras.layers.Dense)]
+    assert dense[0].kernel.shape == (n_flat // 5 * 4 - 1, 7) and dense[1].kernel.shape == (7, 4)
+    stripped.save(tmp_path / "cnn.keras")
+    loaded = keras.models.load_model(tmp_path / "cnn.keras")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), stripped.predict(x, verbose=0))
+    again = to_l0(loaded, dataset_size=10)  # trains on: the SelectFeatures after Flatten is accepted
+    assert [l.kernel.shape for l in again.layers if isinstance(l, L0Dense)][0] == dense[0].kernel.shape

@@ -236,6 +236,33 @@ def test_infer_fp32_matches_keras_accuracy(device):
     assert classifier.accuracy(x, y, batch_size=100) == pytest.approx(device["keras_acc"], abs=1e-9)
 
 
+def test_infer_runs_a_cnn_on_idx_images_without_tensorflow(device):
+    """A stripped CNN takes (28, 28, 1); the IDX images are (n, 28, 28): the runner adds the channel axis."""
+    root = device["root"]
+    (x_train, y_train), _ = tf_dynhp.datasets.load("mnist", DATA_ROOT, download=False)
+    keras.utils.set_random_seed(3)
+    cnn = keras.Sequential([
+        keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax"),
+    ])
+    cnn.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy")
+    cnn.fit(x_train[:1000, ..., None], y_train[:1000], epochs=1, batch_size=32, verbose=0)
+    gated = tf_dynhp.to_l0(cnn, dataset_size=1000)
+    conv = next(layer for layer in gated.layers if isinstance(layer, tf_dynhp.L0Conv2D))
+    conv.log_alpha.assign(np.array([10.0, -10.0, 10.0, 10.0], np.float32))  # channel 1 pruned
+    path = export.to_tflite(tf_dynhp.strip(gated), root / "cnn.tflite").path
+    files = device["files"]
+    x, y = lr.load_images_labels(files["test_images"], files["test_labels"], 500)
+    classifier = lr.Classifier(path)
+    assert classifier.input_shape == (28, 28, 1) and x.shape[1:] == (28, 28)
+    keras_acc = float(np.mean(np.argmax(gated.predict(x[..., None], verbose=0), 1) == y))
+    assert classifier.accuracy(x, y) == pytest.approx(keras_acc, abs=2e-3) and keras_acc > 0.5
+    result = run_device(device, "infer.py", "--model", path, "--images", files["test_images"],
+                        "--labels", files["test_labels"], "--limit", "500", "--latency_examples", "20")
+    assert "input (28, 28, 1)" in result.stdout
+    assert number(r"^accuracy: ([\d.]+)$", result.stdout) == [pytest.approx(classifier.accuracy(x, y), abs=1e-4)]
+
+
 # --------------------------------------------------------------------------- train_on_device.py
 def test_train_on_device_end_to_end_and_restore(device):
     files, root = device["files"], device["root"]

@@ -452,3 +452,47 @@ def test_export_tool_all_variants(models, tmp_path):
     assert int(rows["pruned int8"].group(3)) == (out.parent / "model_int8.tflite").stat().st_size
     assert int(rows["dense float32 (unpruned)"].group(2)) == models[0].count_params()
     assert float(rows["pruned none"].group(4)) > 0.8
+
+
+# --------------------------------------------------------------------------- a stripped CNN
+@pytest.fixture(scope="module")
+def stripped_cnn(mnist):
+    """A small CNN trained 1 epoch on 2000 images, gated, channels and single rows closed, stripped."""
+    x_train, y_train, _, _ = mnist
+    keras.utils.set_random_seed(2)
+    cnn = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(6, 5, activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        keras.layers.AveragePooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ], name="cnn")
+    cnn.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    cnn.fit(x_train[:2000, ..., None], y_train[:2000], epochs=1, batch_size=64, verbose=0)
+    gated = tf_dynhp.to_l0(cnn, dataset_size=2000)
+    gated_layers = [layer for layer in gated.layers if hasattr(layer, "log_alpha")]
+    for k, layer in enumerate(gated_layers):
+        n = layer.log_alpha.shape[0]
+        layer.log_alpha.assign(np.where(np.arange(n) % 3 == k % 3, -10.0, 10.0).astype(np.float32))
+    return tf_dynhp.strip(gated)
+
+
+def test_stripped_cnn_exports_with_builtin_ops_and_fp32_parity(stripped_cnn, mnist, tmp_path):
+    convs = [layer for layer in stripped_cnn.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [4, 5] and convs[1].kernel.shape[2] == 4
+    report = export.to_tflite(stripped_cnn, tmp_path / "cnn.tflite")
+    assert report.custom_ops == []
+    assert {"CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "GATHER", "FULLY_CONNECTED"} <= set(report.ops)
+    x = mnist[2][:1000, ..., None]
+    probs = run_infer(report.path, x)
+    assert np.max(np.abs(probs - stripped_cnn.predict(x, batch_size=500, verbose=0))) <= 1e-5
+
+
+def test_trainable_export_refuses_a_cnn_naming_the_conv_layer(stripped_cnn, tmp_path, no_conversion):
+    name = next(layer.name for layer in stripped_cnn.layers if isinstance(layer, keras.layers.Conv2D))
+    with pytest.raises(ValueError, match=f"Layer '{name}' of class Conv2D.*Dense stacks only"):
+        export.to_trainable_tflite(stripped_cnn, tmp_path / "t.tflite")
+    assert not (tmp_path / "t.tflite").exists()

@@ -1,4 +1,4 @@
-"""L0Dense and SelectFeatures: build, call, serialize, penalty scale, errors."""
+"""L0Dense, L0Conv2D and SelectFeatures: build, call, serialize, penalty scale, errors."""
 
 import math
 
@@ -8,7 +8,26 @@ import pytest
 
 import tf_dynhp
 from tf_dynhp import gates
-from tf_dynhp.layers import L0Dense, SelectFeatures
+from tf_dynhp.layers import L0Conv2D, L0Dense, SelectFeatures
+
+
+def np_conv2d(x, kernel, strides=(1, 1), padding="valid"):
+    """Plain NumPy channels_last convolution (cross-correlation) with TensorFlow's SAME padding."""
+    kh, kw = kernel.shape[:2]
+    sh, sw = strides
+    if padding == "same":
+        pads = []
+        for size, k, st in ((x.shape[1], kh, sh), (x.shape[2], kw, sw)):
+            total = max((-(-size // st) - 1) * st + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    out = np.zeros((x.shape[0], oh, ow, kernel.shape[3]))
+    for i in range(oh):
+        for j in range(ow):
+            patch = x[:, i * sh : i * sh + kh, j * sw : j * sw + kw, :]
+            out[:, i, j, :] = np.einsum("bhwc,hwcf->bf", patch, kernel)
+    return out
 
 
 def layer_roundtrip(layer, x, tmp_path):
@@ -25,32 +44,61 @@ def layer_roundtrip(layer, x, tmp_path):
     return expected
 
 
+DENSE_IN = (6, 7)
+CONV_IN = (3, 7, 6, 2)
+
+
 @pytest.mark.parametrize(
-    "layer",
+    "layer,shape",
     [
-        lambda: L0Dense(4, activation="relu", dataset_size=10, seed=3),
-        lambda: L0Dense(3, use_bias=False, l0_lambda=0.1, weight_decay=1e-4, droprate_init=0.2, dataset_size=5),
-        lambda: SelectFeatures([0, 2, 5]),
+        (lambda: L0Dense(4, activation="relu", dataset_size=10, seed=3), DENSE_IN),
+        (lambda: L0Dense(3, use_bias=False, l0_lambda=0.1, weight_decay=1e-4, droprate_init=0.2, dataset_size=5), DENSE_IN),
+        (lambda: SelectFeatures([0, 2, 5]), DENSE_IN),
+        (lambda: L0Conv2D(3, 3, activation="relu", dataset_size=10, seed=3), CONV_IN),
+        (lambda: L0Conv2D(4, (3, 2), strides=2, padding="same", use_bias=False, weight_decay=1e-4, droprate_init=0.2, dataset_size=5), CONV_IN),
     ],
 )
-def test_layer_roundtrip(layer, tmp_path, rng):
-    x = rng.normal(size=(6, 7)).astype("float32")
+def test_layer_roundtrip(layer, shape, tmp_path, rng):
+    x = rng.normal(size=shape).astype("float32")
     layer_roundtrip(layer(), x, tmp_path)
 
 
-def test_inference_uses_deterministic_gates(rng):
-    layer = L0Dense(3, dataset_size=10)
-    x = rng.normal(size=(4, 5)).astype("float32")
+@pytest.mark.parametrize(
+    "layer,shape,reference",
+    [
+        (lambda: L0Dense(3, dataset_size=10), (4, 5), lambda l, x, g: (x * g) @ l.kernel.numpy() + l.bias.numpy()),
+        (
+            lambda: L0Conv2D(4, 3, dataset_size=10),
+            (2, 7, 6, 2),
+            lambda l, x, g: (np_conv2d(x, l.kernel.numpy()) + l.bias.numpy()) * g,
+        ),
+        (
+            lambda: L0Conv2D(5, (3, 2), strides=(2, 1), padding="same", activation="relu", dataset_size=10),
+            (2, 7, 6, 2),
+            lambda l, x, g: np.maximum((np_conv2d(x, l.kernel.numpy(), (2, 1), "same") + l.bias.numpy()) * g, 0.0),
+        ),
+    ],
+)
+def test_inference_uses_deterministic_gates(layer, shape, reference, rng):
+    layer = layer()
+    x = rng.normal(size=shape).astype("float32")
+    layer.build(x.shape)
+    layer.bias.assign(rng.normal(size=layer.bias.shape).astype("float32"))
+    layer.log_alpha.assign(np.linspace(-3.0, 2.0, layer.log_alpha.shape[0]).astype("float32"))
     y = np.asarray(layer(x, training=False))
-    g = np.asarray(gates.deterministic_gates(layer.log_alpha))
-    expected = (x * g) @ layer.kernel.numpy() + layer.bias.numpy()
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    la = layer.log_alpha.numpy().astype(np.float64)
+    g = np.clip(1 / (1 + np.exp(-la)) * 1.2 - 0.1, 0, 1)  # NumPy deterministic gate, (r - l) = 1.2
+    assert g[0] == 0.0 and 0.0 < g[-1] < 1.0  # a closed gate and a fractional one
+    np.testing.assert_allclose(y, reference(layer, x.astype(np.float64), g), rtol=1e-5, atol=1e-5)
 
 
-def test_training_gates_are_per_example_and_seeded(rng):
-    x = np.ones((64, 6), "float32")
-    a = L0Dense(2, dataset_size=10, seed=7)
-    b = L0Dense(2, dataset_size=10, seed=7)
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_training_gates_are_per_example_and_seeded(kind, rng):
+    if kind == "dense":
+        x, make = np.ones((64, 6), "float32"), lambda: L0Dense(2, dataset_size=10, seed=7)
+    else:
+        x, make = rng.normal(size=(64, 5, 5, 2)).astype("float32"), lambda: L0Conv2D(6, 3, dataset_size=10, seed=7)
+    a, b = make(), make()
     a.build(x.shape)
     b.build(x.shape)
     b.set_weights(a.get_weights())
@@ -60,13 +108,29 @@ def test_training_gates_are_per_example_and_seeded(rng):
     assert open_a.shape == (64, 6)
     # Independent samples per example: rows differ.
     assert len({tuple(r) for r in open_a}) > 1
-    # The indicator is exactly z > 0 of the gated inputs (x = 1).
-    np.testing.assert_array_equal(open_a, (np.asarray(ra.gated_inputs) > 0).astype("float32"))
+    if kind == "dense":
+        # The indicator is exactly z > 0 of the gated inputs (x = 1).
+        np.testing.assert_array_equal(open_a, (np.asarray(ra.gated_inputs) > 0).astype("float32"))
+    else:
+        # Given noise: z from the NumPy hard-concrete sample, the output is pre * z per channel.
+        u = rng.uniform(gates.EPSILON, 1 - gates.EPSILON, size=(64, 6))
+        r = a.forward(x, training=True, noise=u.astype("float32"))
+        s = 1 / (1 + np.exp(-(np.log(u) - np.log(1 - u) + a.log_alpha.numpy()) / a.temperature))
+        z = np.clip(s * 1.2 - 0.1, 0, 1)
+        np.testing.assert_array_equal(np.asarray(r.gate_open), (z > 0).astype("float32"))
+        pre = np_conv2d(x.astype(np.float64), a.kernel.numpy()) + a.bias.numpy()
+        np.testing.assert_allclose(np.asarray(r.pre_activation), pre, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(r.outputs), pre * z[:, None, None, :], rtol=1e-4, atol=1e-5)
 
 
-def test_log_alpha_initialisation():
-    layer = L0Dense(3, droprate_init=0.2, dataset_size=1, seed=1)
-    layer.build((None, 4000))
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_log_alpha_initialisation(kind):
+    if kind == "dense":
+        layer = L0Dense(3, droprate_init=0.2, dataset_size=1, seed=1)
+        layer.build((None, 4000))
+    else:
+        layer = L0Conv2D(4000, 1, droprate_init=0.2, dataset_size=1, seed=1)
+        layer.build((None, 2, 2, 1))
     la = layer.log_alpha.numpy()
     assert la.mean() == pytest.approx(math.log(0.8 / 0.2), abs=2e-3)
     assert la.std() == pytest.approx(1e-2, rel=0.1)
@@ -85,9 +149,29 @@ def test_penalty_reference_scale():
     assert float(layer.penalty()) == pytest.approx(0.01 * 300 * 784 * float(np.mean(p)) / 60000, rel=0.05)
 
 
-def test_penalty_added_in_training_call_only(rng):
-    layer = L0Dense(2, dataset_size=100)
-    x = rng.normal(size=(3, 4)).astype("float32")
+def test_conv_penalty_reference_scale(rng):
+    """(1/N) sum_c P(z_c>0) (lambda * kh*kw*in + 0.5 wd (||W_c||^2 + b_c^2)): the decay of the gated bias too."""
+    layer = L0Conv2D(50, 5, l0_lambda=0.1, weight_decay=1e-3, dataset_size=60000, seed=0)
+    layer.build((None, 12, 12, 20))
+    layer.log_alpha.assign(rng.normal(0.0, 2.0, size=50).astype("float32"))
+    b = np.linspace(-1, 1, 50).astype("float32")
+    layer.bias.assign(b)
+    la, w = layer.log_alpha.numpy().astype(np.float64), layer.kernel.numpy().astype(np.float64)
+    p = np.clip(1 - 1 / (1 + np.exp(-((2 / 3) * np.log(0.1 / 1.1) - la))), 1e-6, 1 - 1e-6)  # NumPy Eq. 4
+    per_channel = 0.1 * 5 * 5 * 20 + 0.5e-3 * (np.sum(w**2, axis=(0, 1, 2)) + b.astype(np.float64) ** 2)
+    assert float(layer.penalty()) == pytest.approx(np.sum(p * per_channel) / 60000, rel=1e-5)
+    no_decay = L0Conv2D(50, 5, l0_lambda=0.1, use_bias=False, dataset_size=60000)
+    no_decay.build((None, 12, 12, 20))
+    no_decay.log_alpha.assign(layer.log_alpha.numpy())
+    assert float(no_decay.penalty()) == pytest.approx(np.sum(p * 0.1 * 500) / 60000, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_penalty_added_in_training_call_only(kind, rng):
+    if kind == "dense":
+        layer, x = L0Dense(2, dataset_size=100), rng.normal(size=(3, 4)).astype("float32")
+    else:
+        layer, x = L0Conv2D(2, 2, dataset_size=100), rng.normal(size=(3, 4, 4, 2)).astype("float32")
     layer(x, training=False)
     assert len(layer.losses) == 0
     layer(x, training=True)
@@ -95,9 +179,10 @@ def test_penalty_added_in_training_call_only(rng):
     assert float(layer.losses[0]) == pytest.approx(float(layer.penalty()))
 
 
-def test_penalty_without_dataset_size_is_a_clear_error():
-    layer = L0Dense(2, name="gated")
-    layer.build((None, 3))
+@pytest.mark.parametrize("make,shape", [(lambda: L0Dense(2, name="gated"), (None, 3)), (lambda: L0Conv2D(2, 1, name="gated"), (None, 3, 3, 1))])
+def test_penalty_without_dataset_size_is_a_clear_error(make, shape):
+    layer = make()
+    layer.build(shape)
     with pytest.raises(ValueError, match="gated.*dataset_size"):
         layer.penalty()
 
@@ -116,6 +201,23 @@ def test_penalty_without_dataset_size_is_a_clear_error():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         L0Dense(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"filters": 0, "kernel_size": 3}, "filters"),
+        ({"filters": 2, "kernel_size": 0}, "kernel_size"),
+        ({"filters": 2, "kernel_size": (3, 3, 3)}, "kernel_size"),
+        ({"filters": 2, "kernel_size": 3, "strides": (1, 0)}, "strides"),
+        ({"filters": 2, "kernel_size": 3, "padding": "causal"}, "padding.*'valid' or 'same'"),
+        ({"filters": 2, "kernel_size": 3, "data_format": "channels_first"}, "data_format.*channels_last"),
+        ({"filters": 2, "kernel_size": 3, "droprate_init": 0.0}, "droprate_init"),
+    ],
+)
+def test_conv_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        L0Conv2D(**kwargs)
 
 
 def test_log_alpha_is_clipped_after_updates():

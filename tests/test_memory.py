@@ -66,3 +66,40 @@ def test_memory_full_default_assumes_adam():
     opt = keras.optimizers.Adam()
     opt.build(model.trainable_variables)
     assert memory.memory_full_kb(model, 4) == pytest.approx(memory.memory_full_kb(model, 4, opt))
+
+
+# --------------------------------------------------------------------------- conv models
+@pytest.fixture(scope="module")
+def lenet5():
+    from tf_dynhp.runs import build_lenet5
+
+    return build_lenet5()
+
+
+def test_lenet5_weights_and_mo(lenet5):
+    # 5*5*1*20+20 + 5*5*20*50+50 + 800*500+500 + 500*10+10 conv and dense weights and biases.
+    assert memory.weight_count(lenet5) == 520 + 25_050 + 400_500 + 5_010 == 431_080
+    assert memory.floats_to_kb(431_080) == pytest.approx(1683.906, abs=1e-3)
+    # MO feeds the whole 28x28x1 image: no input features are selected in a conv model.
+    assert memory.mo_kb(lenet5, batch_size=512) == pytest.approx((431_080 + 512 * 784) / 256)
+    assert memory.mo_kb(to_l0(lenet5, dataset_size=1), 512) == memory.mo_kb(lenet5, 512)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_memory_full_counts_conv_activations(lenet5, gated):
+    """Per example: input; per conv pre-activation + output (+ gates and gated pre-activation
+    when gated); pooling outputs; dense as before (module docstring of tf_dynhp.memory)."""
+    model = to_l0(lenet5, dataset_size=1) if gated else lenet5
+    opt = keras.optimizers.Adam()
+    opt.build(model.trainable_variables)
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    assert trainable == 431_080 + (20 + 50 + 800 + 500 if gated else 0)
+    conv1, conv2 = 24 * 24 * 20, 8 * 8 * 50
+    if gated:
+        acts = 784 + (3 * conv1 + 20) + 12 * 12 * 20 + (3 * conv2 + 50) + 4 * 4 * 50 + (2 * 800 + 2 * 500) + (2 * 500 + 2 * 10)
+        assert acts == 52_314  # the figure in the docstring
+    else:
+        acts = 784 + 2 * conv1 + 12 * 12 * 20 + 2 * conv2 + 4 * 4 * 50 + 2 * 500 + 2 * 10
+    expected = memory.floats_to_kb(2 * trainable + sum(int(np.prod(v.shape)) for v in opt.variables) + 16 * acts)
+    assert memory.memory_full_kb(model, 16, opt) == pytest.approx(expected)
+    assert memory.max_batch_for_full(expected, model, opt) == 16

@@ -143,3 +143,157 @@ def test_activation_rate_counted_in_step_equals_numpy_recount(rng):
             recount[k] += (z > 0).sum(axis=0)
     for k in range(len(recount)):
         np.testing.assert_array_equal(counted["gate_open"][k], recount[k])
+
+
+# --------------------------------------------------------------------------- conv chains
+def _conv_core(optimizer, seed=0):
+    """Input(8,8,2) -> L0Conv2D(5,3) -> MaxPool -> L0Conv2D(4,2,same) -> Flatten (36) -> L0Dense(6) -> L0Dense(3), float64."""
+    keras.utils.set_random_seed(seed)
+    f64 = "float64"
+    model = keras.Sequential([
+        keras.Input((8, 8, 2), dtype=f64),
+        keras.layers.Conv2D(5, 3, activation="relu", dtype=f64),
+        keras.layers.MaxPooling2D(2, dtype=f64),
+        keras.layers.Conv2D(4, 2, padding="same", activation="relu", dtype=f64),
+        keras.layers.Flatten(dtype=f64),
+        keras.layers.Dense(6, activation="relu", dtype=f64),
+        keras.layers.Dense(3, dtype=f64),
+    ])
+    core, features, _ = _core_from(to_l0(model, l0_lambda=0.5, weight_decay=1e-2, dataset_size=N, seed=seed))
+    assert features is None and core.inputs[0].shape[1:] == (8, 8, 2)
+    core.compile(optimizer=optimizer, jit_compile=False)
+    core.optimizer.build(core.trainable_variables)
+    return core
+
+
+def _flat(h, w, c, channels=4, width=3):
+    return (h * width + w) * channels + c  # channels_last flatten order
+
+
+# Unit axes: input channels, conv1 channels, conv2 channels, 36 flattened features, dense units.
+# conv1 drops channel 1; conv2 drops channel 2 (its 9 rows go with it) and keeps channel 3's
+# gate open, but the dense gates close all 9 rows of channel 3, so the channel is removed too;
+# two single rows of channels 0 and 1 close (a SelectFeatures follows the Flatten).
+FLAT_KEEP = np.array(sorted(_flat(h, w, c) for h in range(3) for w in range(3) for c in (0, 1) if (h, w, c) not in ((0, 0, 0), (1, 2, 1))))
+CONV_KEEP = [None, np.array([0, 2, 3, 4]), np.array([0, 1, 3]), FLAT_KEEP, np.array([0, 2, 3, 5])]
+CONV_EFFECTIVE = [None, np.array([0, 2, 3, 4]), np.array([0, 1]), FLAT_KEEP, np.array([0, 2, 3, 5])]
+
+
+def _close(core, keep):
+    """Forces shut the deterministic gates of every unit outside `keep` (per unit axis)."""
+    from tf_dynhp.surgery import unit_axes
+
+    axes, _ = unit_axes(core.body)
+    for axis, k in zip(axes, keep):
+        for layer in axis.gated_by if k is not None else []:
+            la = layer.log_alpha.numpy()
+            la[np.setdiff1d(np.arange(la.size), k)] = -50.0
+            layer.log_alpha.assign(la)
+
+
+def test_conv_effective_keep_follows_channels_through_flatten():
+    from tf_dynhp.surgery import effective_keep, unit_axes
+
+    core = _conv_core("adam")
+    axes, _ = unit_axes(core.body)
+    assert [a.size for a in axes] == [2, 5, 4, 36, 6, 3]
+    assert [len(a.gated_by) for a in axes] == [0, 1, 1, 1, 1, 0]
+    # The flatten axis copies channel (f mod 4) of the conv2 axis: derived from shapes.
+    np.testing.assert_array_equal(axes[3].index_map, np.arange(36) % 4)
+    eff = effective_keep(axes, CONV_KEEP)
+    for got, want, axis in zip(eff, CONV_EFFECTIVE + [None], axes):
+        np.testing.assert_array_equal(got, np.arange(axis.size) if want is None else want)
+    # Closing a channel drops its 9 flattened rows even when the dense gates keep them.
+    eff = effective_keep(axes, [None, None, np.array([0, 1, 3])])
+    np.testing.assert_array_equal(eff[3], [f for f in range(36) if f % 4 != 2])
+    # A plan that would empty an axis keeps its best-scored unit.
+    scores = [None, None, None, np.linspace(0, 1, 36)]
+    eff = effective_keep(axes, [None, None, np.array([0]), np.array([1, 2])], scores)
+    np.testing.assert_array_equal(eff[3], [32])
+    np.testing.assert_array_equal(eff[2], [0])
+
+
+def test_conv_rebuilt_inference_equals_masked_model(rng):
+    core = _conv_core("adam")
+    x = rng.normal(size=(N, 8, 8, 2))
+    new = _rebuild_core(core, CONV_KEEP)
+    kinds = [type(l).__name__ for l in new.body]
+    assert kinds == ["L0Conv2D", "MaxPooling2D", "L0Conv2D", "Flatten", "SelectFeatures", "L0Dense", "L0Dense"]
+    assert [tuple(l.kernel.shape) for l in new.weighted_layers] == [(3, 3, 2, 4), (2, 2, 4, 2), (16, 4), (4, 3)]
+    assert [tuple(l.log_alpha.shape) for l in new.gated_layers] == [(4,), (2,), (16,), (4,)]
+    assert [tuple(l.bias.shape) for l in new.weighted_layers] == [(4,), (2,), (4,), (3,)]
+    _close(core, CONV_KEEP)
+    old_out, _, _ = core.forward(tf.constant(x), training=False)
+    new_out, _, _ = new.forward(tf.constant(x), training=False)
+    np.testing.assert_allclose(new_out.numpy(), old_out.numpy(), rtol=0, atol=1e-6)
+    assert np.max(np.abs(new_out.numpy() - old_out.numpy())) < 1e-12
+    # Pruning again composes with the SelectFeatures already there (one select, same axes).
+    keep2 = [None, None, None, np.delete(np.arange(16), [3, 7]), None]
+    newer = _rebuild_core(new, keep2)
+    assert [type(l).__name__ for l in newer.body] == kinds
+    assert newer.weighted_layers[2].kernel.shape == (14, 4)
+    _close(new, keep2)
+    np.testing.assert_allclose(newer.forward(tf.constant(x), training=False)[0].numpy(), new.forward(tf.constant(x), training=False)[0].numpy(), rtol=0, atol=1e-12)
+    # Keeping everything drops a selection that would keep all rows.
+    assert "SelectFeatures" not in [type(l).__name__ for l in _rebuild_core(core, [None, None, np.array([0, 1])] + [None] * 2).body]
+
+
+def _masked_conv_penalty(core, keep):
+    """Eq. 5 of the old model counted on the units and weights that survive in the rebuilt one."""
+    conv1, conv2, dense1, dense2 = core.gated_layers
+    k1, k2, kf, kd = keep[1], keep[2], keep[3], keep[4]
+    wd, lam = conv1.weight_decay, conv1.l0_lambda
+    total = 0.0
+    for layer, k_in, k_out in ((conv1, np.arange(2), k1), (conv2, k1, k2)):
+        w = tf.gather(tf.gather(layer.kernel, k_in, axis=2), k_out, axis=3)
+        b = tf.gather(layer.bias, k_out)
+        live = layer.kernel.shape[0] * layer.kernel.shape[1] * len(k_in)
+        p = tf.gather(gates.prob_open(layer.log_alpha), k_out)
+        total += tf.reduce_sum(p * (lam * live + 0.5 * wd * (tf.reduce_sum(w * w, axis=(0, 1, 2)) + b * b)))
+    for layer, k_in, k_out in ((dense1, kf, kd), (dense2, kd, np.arange(3))):
+        w = tf.gather(tf.gather(layer.kernel, k_in, axis=0), k_out, axis=1)
+        p = tf.gather(gates.prob_open(layer.log_alpha), k_in)
+        b = tf.gather(layer.bias, k_out)
+        total += tf.reduce_sum(p * (lam * len(k_out) + 0.5 * wd * tf.reduce_sum(w * w, axis=1))) + 0.5 * wd * tf.reduce_sum(b * b)
+    return total / N
+
+
+@pytest.mark.parametrize("optimizer", [lambda: keras.optimizers.Adam(0.01), lambda: keras.optimizers.SGD(0.05, momentum=0.9)])
+def test_conv_one_more_step_equals_masked_step(optimizer, rng):
+    """A step on the rebuilt CNN == a step on the old one with the pruned channels and rows
+    gated shut (z = 0), the same uniforms for surviving gates, the penalty on live weights."""
+    core = _conv_core(optimizer())
+    x, y = rng.normal(size=(N, 8, 8, 2)), rng.integers(0, 3, size=N).astype("int32")
+    for _ in range(3):
+        core.train_stats(tf.constant(x), tf.constant(y))
+    new = _rebuild_core(core, CONV_KEEP)
+    assert int(new.optimizer.iterations.numpy()) == 3
+    keep = CONV_EFFECTIVE
+    gate_axes = [1, 2, 3, 4]  # the axis each gated layer's gates sit on
+    noise_new = [rng.uniform(gates.EPSILON, 1 - gates.EPSILON, size=(N, len(keep[a]))) for a in gate_axes]
+    noise_old = []
+    for layer, a, u in zip(core.gated_layers, gate_axes, noise_new):
+        full = np.full((N, layer.num_gates), gates.EPSILON)  # pruned gates sample z = 0
+        full[:, keep[a]] = u
+        noise_old.append(full)
+    old_vars = core.trainable_variables
+    with tf.GradientTape() as tape:
+        _, logits, _ = core.forward(tf.constant(x), training=True, noise=noise_old)
+        data = tf.reduce_mean(keras.ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
+        loss = data + _masked_conv_penalty(core, keep)
+    grads = tape.gradient(loss, old_vars)
+    core.optimizer.apply_gradients(zip(grads, old_vars))
+    stats = new.train_stats(tf.constant(x), tf.constant(y), noise=noise_new)
+    assert float(stats["loss"]) == pytest.approx(float(loss), rel=1e-12)
+    (c1, c2, d1, d2), (n1, n2, m1, m2) = core.gated_layers, new.gated_layers
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)  # noqa: E731
+    close(n1.kernel.numpy(), c1.kernel.numpy()[..., keep[1]])
+    close(n2.kernel.numpy(), c2.kernel.numpy()[:, :, keep[1]][..., keep[2]])
+    close(m1.kernel.numpy(), d1.kernel.numpy()[keep[3]][:, keep[4]])
+    close(m2.kernel.numpy(), d2.kernel.numpy()[keep[4]])
+    for old, nl, a in ((c1, n1, 1), (c2, n2, 2)):
+        close(nl.bias.numpy(), old.bias.numpy()[keep[a]])
+        close(nl.log_alpha.numpy(), old.log_alpha.numpy()[keep[a]])
+    close(m1.log_alpha.numpy(), d1.log_alpha.numpy()[keep[3]])
+    close(m1.bias.numpy(), d1.bias.numpy()[keep[4]])
+    close(m2.log_alpha.numpy(), d2.log_alpha.numpy()[keep[4]])

@@ -227,3 +227,77 @@ def test_plot_history(mnist_small, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     with pytest.raises(ValueError, match="batch_size"):
         tf_dynhp.plot_history({"loss": [1.0]}, tmp_path / "x.png")
+
+
+# --------------------------------------------------------------------------- a small CNN
+def _cnn(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+
+
+class CloseConvChannel(keras.callbacks.Callback):
+    """After the first epoch, pushes the gate of conv channel 1 to its lowest logit: its
+    activation rate in the next epoch is ~0.05, so the boundary after it prunes the channel."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            conv = self.model.gated_layers[0]
+            la = conv.log_alpha.numpy()
+            la[1] = tf_dynhp.gates.LOG_ALPHA_MIN
+            conv.log_alpha.assign(la)
+
+
+CNN_FAST = dict(method="dynhp", alpha_bs=0.9, l0_lambda=5.0, gamma=0.9, droprate_init=0.2, batch_size=20,
+                learning_rate=5e-3, batch_growth="step", seed=1, verbose=0)
+
+
+def test_dynhp_prunes_a_cnn_under_the_budget_and_resumes(mnist, tmp_path):
+    (x, y), (xt, yt) = mnist
+    x, y, val = x[:1500, ..., None], y[:1500], (xt[:500, ..., None], yt[:500])
+    budget = memory.mo_kb(_cnn(), batch_size=64)
+    result = tf_dynhp.fit(_cnn(), x, y, epochs=3, budget_kb=budget, validation_data=val, callbacks=[CloseConvChannel()], **CNN_FAST)
+    h = result.history
+    # Unit axes: input channels, conv channels, 13*13*4 flattened features, dense units.
+    assert h["active_units"][0] == [1, 4, 676, 16]
+    active = np.array(h["active_units"])
+    assert np.all(np.diff(active, axis=0) <= 0)
+    assert h["active_units"][-1][1] == 3  # channel 1 is gone ...
+    assert h["active_units"][-1][2] < 3 * 169  # ... with its 169 rows, and single rows were pruned too
+    assert max(h["memory_kb"]) <= budget
+    assert all(b1 <= b2 for b1, b2 in zip(h["batch_size"], h["batch_size"][1:])) and h["batch_size"][-1] > 20
+    conv = [l for l in result.model.layers if isinstance(l, keras.layers.Conv2D)]
+    dense = [l for l in result.model.layers if isinstance(l, keras.layers.Dense)]
+    assert conv[0].kernel.shape == (3, 3, 1, 3) and conv[0].bias.shape == (3,)
+    assert dense[0].kernel.shape[0] == h["active_units"][-1][2] and dense[-1].units == 10
+    # The state keeps the surviving original units: channel 1 and its rows ((h*13 + w)*4 + 1).
+    assert 1 not in result.state.alive[1]
+    assert not any(f % 4 == 1 for f in result.state.alive[2])
+    a, b = result.model.predict(val[0][:200], verbose=0), result.gated_model.predict(val[0][:200], verbose=0)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert h["val_error"][-1] < 40.0
+    # Checkpoints of a pruned CNN resume exactly.
+    part = tf_dynhp.fit(_cnn(), x, y, epochs=2, budget_kb=budget, validation_data=val, callbacks=[CloseConvChannel()],
+                        checkpoint_dir=tmp_path, **CNN_FAST)
+    assert part.history["active_units"][-1][1] == 3
+    resumed = tf_dynhp.fit(_cnn(), x, y, epochs=3, budget_kb=budget, validation_data=val, checkpoint_dir=tmp_path, resume=True, **CNN_FAST)
+    runtime = ("epoch_seconds", "rebuild_seconds", "trace_seconds", "retraces")
+    assert {k: v for k, v in resumed.history.items() if k not in runtime} == {k: v for k, v in h.items() if k not in runtime}
+
+
+def test_cnn_sp_and_dense_methods(mnist):
+    (x, y), _ = mnist
+    x, y = x[:600, ..., None], y[:600]
+    sp = tf_dynhp.fit(_cnn(), x, y, method="sp", epochs=1, seed=2, verbose=0)
+    # SP reports the expected open gates per unit axis (the input channel axis has none).
+    assert sp.history["active_units"][0][0] == 1.0 and 0 < sp.history["active_units"][0][1] <= 4
+    dense = tf_dynhp.fit(_cnn(), x, y, method="dense", epochs=1, seed=2, verbose=0)
+    assert [type(l).__name__ for l in dense.model.layers][1:] == ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"]
+    with pytest.raises(ValueError, match="shape \\(28, 28\\); the model expects \\(28, 28, 1\\)"):
+        tf_dynhp.fit(_cnn(), x[..., 0], y, epochs=1, verbose=0)

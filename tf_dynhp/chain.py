@@ -1,17 +1,23 @@
 """Reading a Keras model as a chain of supported layers.
 
-tf_dynhp trains MLP-like models: one input, one output, a chain of layers. The
-chain is split in two parts:
+tf_dynhp trains single-input, single-output chains of layers, of two kinds.
 
-* the *head*, everything before the first Dense layer that only re-arranges the
-  input (`Flatten`, `Reshape`, `SelectFeatures`): it is equivalent to a row-major
-  flatten followed by an optional feature selection, so the training pipeline does
-  it on the data (and hard pruning of input features shrinks the mini-batch);
-* the *body*: `Dense` / `L0Dense` layers and element-wise layers (`Dropout`,
-  `Activation`) between them.
+* **Dense-first** (the paper's MLPs): the *head*, everything before the first Dense
+  layer that only re-arranges the input (`Flatten`, `Reshape`, `SelectFeatures`), is
+  equivalent to a row-major flatten followed by an optional feature selection, so the
+  training pipeline does it on the data (and hard pruning of input features shrinks
+  the mini-batch); the *body* is the `Dense` / `L0Dense` layers and element-wise
+  layers (`Dropout`, `Activation`) between them.
+* **Convolutional** (any `Conv2D` / `L0Conv2D` or pooling layer): there is no head;
+  the images are fed as they are and the body is every layer: convolutions, pooling
+  (`MaxPooling2D`, `AveragePooling2D`), element-wise layers and `Reshape`, then the
+  `Flatten` (optionally followed by `SelectFeatures`) that leads into the dense part.
+  Channels are on the last axis (channels_last only). Input features are not selected.
 
 Anything else raises a `ValueError` naming the layer and its class, before any
-training starts.
+training starts. `io_shapes` gives a layer's per-example input and output shapes;
+the unit axes between layers (what pruning can shrink) are described by
+`tf_dynhp.surgery.unit_axes`.
 """
 
 from __future__ import annotations
@@ -23,32 +29,59 @@ from typing import Any
 import keras
 import numpy as np
 
-from tf_dynhp.layers import L0Dense, SelectFeatures
+from tf_dynhp.layers import L0Conv2D, L0Dense, SelectFeatures
 
-__all__ = ["Chain", "parse_chain", "SUPPORTED_LAYERS", "DENSE_TYPES", "ELEMENTWISE_TYPES"]
+__all__ = [
+    "Chain",
+    "parse_chain",
+    "io_shapes",
+    "SUPPORTED_LAYERS",
+    "DENSE_TYPES",
+    "CONV_TYPES",
+    "WEIGHTED_TYPES",
+    "GATED_TYPES",
+    "ELEMENTWISE_TYPES",
+    "POOLING_TYPES",
+    "INDEX_MAP_TYPES",
+]
 
 DENSE_TYPES = (keras.layers.Dense, L0Dense)
+CONV_TYPES = (keras.layers.Conv2D, L0Conv2D)
+#: Layers with a kernel and a bias: what pruning slices and what the memory accounting counts.
+WEIGHTED_TYPES = DENSE_TYPES + CONV_TYPES
+GATED_TYPES = (L0Dense, L0Conv2D)
 ELEMENTWISE_TYPES = (keras.layers.Dropout, keras.layers.Activation)
-HEAD_TYPES = (keras.layers.Flatten, keras.layers.Reshape, SelectFeatures)
-SUPPORTED_LAYERS = "InputLayer, Flatten, Reshape, SelectFeatures, Dense, L0Dense, Dropout, Activation"
+POOLING_TYPES = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+#: Layers that move units around without weights: a new unit axis whose units copy units
+#: of the axis before (derived from shapes; see `tf_dynhp.surgery.unit_axes`).
+INDEX_MAP_TYPES = (keras.layers.Flatten, keras.layers.Reshape, SelectFeatures)
+HEAD_TYPES = INDEX_MAP_TYPES
+SUPPORTED_LAYERS = (
+    "InputLayer, Flatten, Reshape, SelectFeatures, Dense, L0Dense, Dropout, Activation, "
+    "Conv2D, L0Conv2D, MaxPooling2D, AveragePooling2D (channels_last)"
+)
 
 
 @dataclasses.dataclass
 class Chain:
-    """A model read as `input -> flatten -> select features -> body`.
+    """A model read as `input -> flatten -> select features -> body` (dense-first) or
+    `input -> body` (convolutional, `spatial=True`).
 
     Attributes:
         input_shape: per-example input shape of the model, e.g. (28, 28).
         features: indices (into the row-major flattened input) that the model
-            reads, or None for all of them.
-        body: the layers after the head, in order (dense and element-wise).
+            reads, or None for all of them (always None for convolutional chains).
+        body: the layers after the head, in order; for a convolutional chain every
+            layer of the model.
         name: the model's name.
+        spatial: True for a convolutional chain: the body takes the input as it is.
     """
 
     input_shape: tuple[int, ...]
     features: np.ndarray | None
     body: list[keras.layers.Layer]
     name: str
+    spatial: bool = False
 
     @property
     def flat_dim(self) -> int:
@@ -57,12 +90,31 @@ class Chain:
 
     @property
     def input_dim(self) -> int:
-        """Number of features the first dense layer receives."""
+        """Number of input floats per example the model reads (selected features, or the whole input)."""
         return self.flat_dim if self.features is None else int(len(self.features))
+
+    @property
+    def body_input_shape(self) -> tuple[int, ...]:
+        """Per-example shape of what the body receives: the input (spatial) or the selected features."""
+        return tuple(self.input_shape) if self.spatial else (self.input_dim,)
 
     @property
     def dense_layers(self) -> list[keras.layers.Layer]:
         return [layer for layer in self.body if isinstance(layer, DENSE_TYPES)]
+
+    @property
+    def weighted_layers(self) -> list[keras.layers.Layer]:
+        """Dense and conv layers, in order."""
+        return [layer for layer in self.body if isinstance(layer, WEIGHTED_TYPES)]
+
+
+def io_shapes(layer: keras.layers.Layer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per-example (input, output) shapes of a layer called once in a model."""
+    node = layer._inbound_nodes[0]
+    return (
+        tuple(node.input_tensors[0].shape[1:]),
+        tuple(node.output_tensors[0].shape[1:]),
+    )
 
 
 def _unsupported(layer: Any, why: str = "") -> ValueError:
@@ -125,34 +177,29 @@ def parse_chain(model: keras.Model) -> Chain:
 
     Raises:
         ValueError: unsupported layer, branch, several inputs, a Dense layer on a
-            non-flat input, or no Dense layer at all.
+            non-flat input, a convolution after the dense part, a channels_first /
+            dilated / grouped convolution, or no Dense layer at all.
         TypeError: `model` is not a Keras model.
     """
     layers = _ordered_layers(model)
     input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     if any(d is None for d in model.inputs[0].shape[1:]):
         raise ValueError(f"Model '{model.name}': every input dimension but the batch must be known, received {model.inputs[0].shape}")
+    if any(isinstance(layer, CONV_TYPES + POOLING_TYPES) for layer in layers):
+        return _parse_spatial(model, layers, input_shape)
     features: np.ndarray | None = None
     body: list[keras.layers.Layer] = []
     seen_dense = False
     for layer in layers:
         if isinstance(layer, DENSE_TYPES):
-            in_shape = layer._inbound_nodes[0].input_tensors[0].shape
-            if len(in_shape) != 2:
-                raise _unsupported(
-                    layer,
-                    f"It receives inputs of shape {tuple(in_shape)}; Dense layers must act on flat "
-                    "(batch, features) inputs: add a Flatten layer before it.",
-                )
+            _check_flat_dense(layer)
             seen_dense = True
             body.append(layer)
         elif isinstance(layer, ELEMENTWISE_TYPES):
             body.append(layer)
         elif isinstance(layer, HEAD_TYPES) and not seen_dense:
             if isinstance(layer, SelectFeatures):
-                in_shape = layer._inbound_nodes[0].input_tensors[0].shape
-                if len(in_shape) != 2:
-                    raise _unsupported(layer, "SelectFeatures must act on flat (batch, features) inputs.")
+                _check_flat_select(layer)
                 idx = np.asarray(layer.indices, dtype=np.int64)
                 features = idx if features is None else features[idx]
         elif isinstance(layer, HEAD_TYPES):
@@ -162,3 +209,78 @@ def parse_chain(model: keras.Model) -> Chain:
     if not seen_dense:
         raise ValueError(f"Model '{model.name}' has no Dense layer: nothing for tf_dynhp to train or prune.")
     return Chain(input_shape=input_shape, features=features, body=body, name=model.name)
+
+
+def _check_flat_dense(layer: keras.layers.Layer) -> None:
+    in_shape = layer._inbound_nodes[0].input_tensors[0].shape
+    if len(in_shape) != 2:
+        raise _unsupported(
+            layer,
+            f"It receives inputs of shape {tuple(in_shape)}; Dense layers must act on flat "
+            "(batch, features) inputs: add a Flatten layer before it.",
+        )
+
+
+def _check_flat_select(layer: keras.layers.Layer) -> None:
+    if len(layer._inbound_nodes[0].input_tensors[0].shape) != 2:
+        raise _unsupported(layer, "SelectFeatures must act on flat (batch, features) inputs.")
+
+
+def _zero_preserving(activation: Any) -> bool:
+    value = keras.ops.convert_to_numpy(activation(keras.ops.zeros((1,), "float32")))
+    return bool(np.all(np.asarray(value) == 0.0))
+
+
+def _parse_spatial(model: keras.Model, layers: list[keras.layers.Layer], input_shape: tuple[int, ...]) -> Chain:
+    """A convolutional chain: conv/pool part, Flatten, dense part; the body is every layer."""
+    seen_dense = False
+    after_conv = False  # an element-wise layer here sees the (gated) outputs of a conv
+    for layer in layers:
+        kind = type(layer).__name__
+        if isinstance(layer, CONV_TYPES + POOLING_TYPES):
+            if seen_dense:
+                raise _unsupported(layer, f"{kind} layers must come before the Flatten that leads into the dense part.")
+            cfg = layer.get_config()
+            if cfg.get("data_format", "channels_last") != "channels_last":
+                raise _unsupported(layer, f"It has data_format={cfg['data_format']!r}; only 'channels_last' is supported.")
+            if isinstance(layer, CONV_TYPES):
+                if tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1) or int(cfg.get("groups", 1)) != 1:
+                    raise _unsupported(
+                        layer,
+                        f"It has dilation_rate={cfg.get('dilation_rate')} and groups={cfg.get('groups')}; "
+                        "only dilation_rate=1 and groups=1 are supported.",
+                    )
+                _check_closed_channels_vanish(layer, layer.activation)
+                after_conv = True
+        elif isinstance(layer, DENSE_TYPES):
+            _check_flat_dense(layer)
+            seen_dense = True
+            after_conv = False
+        elif isinstance(layer, ELEMENTWISE_TYPES):
+            if after_conv and isinstance(layer, keras.layers.Activation):
+                _check_closed_channels_vanish(layer, layer.activation)
+        elif isinstance(layer, INDEX_MAP_TYPES):
+            if seen_dense:
+                raise _unsupported(layer, "Flatten/Reshape/SelectFeatures are supported only before the first Dense layer.")
+            if isinstance(layer, SelectFeatures):
+                _check_flat_select(layer)
+        else:
+            raise _unsupported(layer)
+    if not seen_dense:
+        raise ValueError(f"Model '{model.name}' has no Dense layer: nothing for tf_dynhp to train or prune.")
+    from tf_dynhp.surgery import unit_axes  # noqa: PLC0415 - surgery imports this module
+
+    unit_axes(layers)  # raises, naming the layer, where conv channels cannot be followed through a Reshape
+    return Chain(input_shape=input_shape, features=None, body=list(layers), name=model.name, spatial=True)
+
+
+def _check_closed_channels_vanish(layer: keras.layers.Layer, activation: Any) -> None:
+    """A closed conv gate zeroes the pre-activation; removing the channel is exact only if act(0) == 0."""
+    if not _zero_preserving(activation):
+        name = getattr(activation, "__name__", str(activation))
+        raise _unsupported(
+            layer,
+            f"Its activation '{name}' is not 0 at 0: the gates of a conv layer act before the activation, "
+            "so a pruned channel would still output a constant. Use an activation with f(0) = 0 "
+            "(relu, linear, tanh, elu, gelu, swish, ...) after conv layers.",
+        )

@@ -1,9 +1,10 @@
-"""`to_l0` (Dense -> L0Dense) and `strip` (L0Dense -> smaller plain Dense).
+"""`to_l0` (Dense -> L0Dense, Conv2D -> L0Conv2D) and `strip` (gated -> smaller plain layers).
 
 "Strip before export" as in TF Model Optimization, except that here the shapes
-really shrink: rows whose deterministic gate is exactly zero are removed, with
-the unit of the layer before them; pruned input features are dropped inside the
-graph by `SelectFeatures`.
+really shrink: dense rows whose deterministic gate is exactly zero are removed, with
+the unit of the layer before them; conv channels whose gate is zero are removed with
+the matching input channel of the next conv or the H x W rows of the next Dense
+after `Flatten`; pruned input features are dropped inside the graph by `SelectFeatures`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from tf_dynhp.chain import parse_chain
-from tf_dynhp.layers import L0Dense
-from tf_dynhp.surgery import build_chain_model, rebuild_body
+from tf_dynhp.chain import DENSE_TYPES, parse_chain
+from tf_dynhp.layers import L0Conv2D, L0Dense
+from tf_dynhp.surgery import build_chain_model, rebuild_body, unit_axes
 
 __all__ = ["to_l0", "strip"]
 
@@ -33,22 +34,25 @@ def to_l0(
     dataset_size: int | None = None,
     seed: int | None = None,
 ) -> keras.Model:
-    """Returns an equivalent gated model: every `Dense` becomes an `L0Dense`.
+    """Returns an equivalent gated model: every `Dense` becomes an `L0Dense`, every
+    `Conv2D` an `L0Conv2D` (gates on its output channels).
 
     Weights are copied; gate logits are initialised from `droprate_init`
-    (`input_droprate_init` for the first dense layer, whose gates sit on the input
-    features: 0.2 and 0.5 as in the reference L0 MLP). Layers that are already
-    `L0Dense` are kept as they are (with their weights). `Flatten`/`Reshape`
-    heads become one `Flatten`; `SelectFeatures` is kept, so `to_l0(strip(m))`
-    trains on.
+    (`input_droprate_init` when the first weighted layer is a Dense layer, whose
+    gates sit on the input features: 0.2 and 0.5 as in the reference L0 MLP; a
+    convolutional model's gates are all on channels and units: `droprate_init`).
+    Layers that are already gated are kept as they are (with their weights). In a
+    dense-first model `Flatten`/`Reshape` heads become one `Flatten`; `SelectFeatures`
+    is kept, so `to_l0(strip(m))` trains on. Pooling, `Flatten`, `Reshape`,
+    `Dropout` and `Activation` layers of a convolutional model pass as they are.
 
     Args:
         model: a built Sequential or functional Keras model (see `parse_chain`).
         l0_lambda: lambda of paper Eq. 5 on the reference scale (see `L0Dense`).
-        weight_decay, temperature, limit_l, limit_r, dataset_size: `L0Dense` arguments.
-        droprate_init: initial drop rate of hidden-unit gates.
-        input_droprate_init: initial drop rate of the first layer's (input) gates.
-        seed: base seed of the gate noise; layer k uses `seed + k`.
+        weight_decay, temperature, limit_l, limit_r, dataset_size: `L0Dense` / `L0Conv2D` arguments.
+        droprate_init: initial drop rate of hidden-unit and channel gates.
+        input_droprate_init: initial drop rate of the input-feature gates of a first Dense layer.
+        seed: base seed of the gate noise; weighted layer k uses `seed + k`.
 
     Returns:
         A new functional model with the original input shape.
@@ -67,26 +71,28 @@ def to_l0(
     L0Dense(1, droprate_init=input_droprate_init, **common)
 
     def layer_kwargs(k: int, layer: keras.layers.Layer) -> dict[str, Any]:
+        on_inputs = k == 0 and isinstance(layer, DENSE_TYPES)
         return {
             **common,
-            "droprate_init": input_droprate_init if k == 0 else droprate_init,
+            "droprate_init": input_droprate_init if on_inputs else droprate_init,
             "seed": None if seed is None else int(seed) + k,
         }
 
-    n_dense = len(chain.dense_layers)
-    new_layers, _, load = rebuild_body(chain.body, [None] * n_dense, convert="l0", l0_kwargs=layer_kwargs)
+    new_layers, _, load = rebuild_body(chain.body, None, convert="l0", l0_kwargs=layer_kwargs)
     out = build_chain_model(
-        chain.input_shape, new_layers, chain.features, name=f"{chain.name}_l0", dtype=model.inputs[0].dtype
+        chain.input_shape, new_layers, chain.features, name=f"{chain.name}_l0", dtype=model.inputs[0].dtype,
+        spatial=chain.spatial,
     )
     load()
     return out
 
 
-def kept_inputs(layer: L0Dense) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic gates of `layer` and the indices of the inputs whose gate is non-zero.
+def kept_inputs(layer: L0Dense | L0Conv2D) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic gates of `layer` and the indices of the gates that are non-zero
+    (inputs of an `L0Dense`, output channels of an `L0Conv2D`).
 
-    At least one input is kept (the one with the largest gate): its folded row is
-    zero if all gates are, so the layer's output is unchanged.
+    At least one is kept (the one with the largest gate): its folded row (or filter)
+    is zero if all gates are, so the layer's output is unchanged.
     """
     g = np.asarray(keras.ops.convert_to_numpy(layer.deterministic_gates()))
     keep = np.flatnonzero(g > 0)
@@ -96,42 +102,53 @@ def kept_inputs(layer: L0Dense) -> tuple[np.ndarray, np.ndarray]:
 
 
 def strip(model: keras.Model) -> keras.Model:
-    """Plain Keras model from a gated one: gates folded in, zero-gate rows removed.
+    """Plain Keras model from a gated one: gates folded in, zero-gate units removed.
 
-    The deterministic (test-time) gates are multiplied into the kernel rows; rows
-    whose gate is exactly 0 are removed together with the matching unit (kernel
-    column and bias) of the dense layer before; zero-gate input features are
-    dropped by a `SelectFeatures` layer, so the stripped model takes the original
-    input. Its predictions equal the gated model's inference predictions.
+    The deterministic (test-time) gates are multiplied into the weights: kernel rows
+    of an `L0Dense`; kernel filters and biases of an `L0Conv2D` (its gate scales
+    `conv(x) + b`). Units whose gate is exactly 0 are removed: a dense row with the
+    matching unit (kernel column and bias) of the layer before; a conv channel with
+    the matching input channel of the next conv, or its H x W rows of the next Dense
+    after `Flatten` (`tf_dynhp.surgery.effective_keep`). Zero-gate input features of
+    a dense-first model are dropped by a `SelectFeatures` layer, so the stripped
+    model takes the original input. Its predictions equal the gated model's
+    inference predictions.
 
     Args:
-        model: a model with `L0Dense` layers (plain `Dense` layers pass through).
+        model: a model with `L0Dense` / `L0Conv2D` layers (plain layers pass through).
 
     Returns:
-        A new functional model of plain `Dense` layers, loadable with `import tf_dynhp`.
+        A new functional model of plain `Dense` / `Conv2D` layers, loadable with `import tf_dynhp`.
     """
     chain = parse_chain(model)
-    dense = chain.dense_layers
+    axes, _ = unit_axes(chain.body)
     gates_of: dict[int, np.ndarray] = {}
-    keep: list[np.ndarray | None] = []
-    for layer in dense:
-        if isinstance(layer, L0Dense):
+    keep: list[np.ndarray | None] = [None] * (len(axes) - 1)
+    for i, axis in enumerate(axes[:-1]):
+        for layer in axis.gated_by:
             g, k = kept_inputs(layer)
             gates_of[id(layer)] = g
-            keep.append(k if k.size < g.size else None)
-        else:
-            keep.append(None)
+            if k.size < g.size:
+                keep[i] = k if keep[i] is None else np.intersect1d(keep[i], k)
 
-    def fold(layer: keras.layers.Layer, kernel: np.ndarray) -> np.ndarray:
+    def fold(layer: keras.layers.Layer, name: str, value: np.ndarray) -> np.ndarray:
         g = gates_of.get(id(layer))
-        return kernel if g is None else kernel * g[:, None].astype(kernel.dtype)
+        if g is None:
+            return value
+        g = g.astype(value.dtype)
+        if isinstance(layer, L0Conv2D):
+            return value * g  # kernel (..., filters) and bias (filters,): the gate's axis is last
+        return value * g[:, None] if name == "kernel" else value
 
-    # The first layer's zero-gate rows are input features: SelectFeatures drops
+    # A dense-first model's first axis is its input features: SelectFeatures drops
     # them in the graph, and the kernel loses the same rows.
     features = chain.features
-    if keep[0] is not None:
+    if not chain.spatial and keep[0] is not None:
         features = keep[0] if features is None else features[keep[0]]
-    new_layers, _, load = rebuild_body(chain.body, keep, convert="dense", kernel_transform=fold)
-    out = build_chain_model(chain.input_shape, new_layers, features, name=f"{chain.name}_stripped", dtype=model.inputs[0].dtype)
+    new_layers, _, load = rebuild_body(chain.body, keep, convert="dense", weight_transform=fold)
+    out = build_chain_model(
+        chain.input_shape, new_layers, features, name=f"{chain.name}_stripped", dtype=model.inputs[0].dtype,
+        spatial=chain.spatial,
+    )
     load()
     return out

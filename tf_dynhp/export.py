@@ -3,10 +3,11 @@
 Two entry points:
 
 * `to_tflite`: an inference model, float32, float16, dynamic-range or full-integer
-  int8, taking the original input (e.g. 28x28 floats). `SelectFeatures` becomes
-  a builtin ``GATHER``.
-* `to_trainable_tflite`: a plain Dense stack (the output of `tf_dynhp.strip`) as a
-  model with the signatures ``train`` / ``infer`` / ``get_weights`` /
+  int8, taking the original input (e.g. 28x28 floats, or 28x28x1 for a CNN).
+  `SelectFeatures` becomes a builtin ``GATHER``; a stripped CNN uses ``CONV_2D``,
+  ``MAX_POOL_2D`` / ``AVERAGE_POOL_2D`` and ``RESHAPE``.
+* `to_trainable_tflite`: a plain Dense stack (the output of `tf_dynhp.strip` for an
+  MLP; convolutional models are refused, naming the conv layer) as a model with the signatures ``train`` / ``infer`` / ``get_weights`` /
   ``set_weights`` / ``get_optimizer_state`` / ``set_optimizer_state`` whose
   weights are resource variables updated in place by SGD-momentum or Adam.
 
@@ -425,6 +426,15 @@ def _read_dense_stack(model: keras.Model) -> _DenseStack:
     from tf_dynhp.layers import L0Dense  # noqa: PLC0415
 
     chain = parse_chain(model)
+    if chain.spatial:
+        from tf_dynhp.chain import DENSE_TYPES, ELEMENTWISE_TYPES  # noqa: PLC0415
+
+        layer = next(lay for lay in chain.body if not isinstance(lay, DENSE_TYPES + ELEMENTWISE_TYPES))
+        raise ValueError(
+            f"Layer '{layer.name}' of class {type(layer).__name__}: to_trainable_tflite exports Dense stacks "
+            "only (on-device training of convolutional models is not supported). Export the model for "
+            "inference with to_tflite, or train on the device a model of Flatten and Dense layers."
+        )
     stages: list[_Stage] = []
     kernels: list[np.ndarray] = []
     biases: list[np.ndarray | None] = []

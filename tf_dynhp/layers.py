@@ -1,6 +1,10 @@
-"""Keras 3 layers: `L0Dense` (gated inputs, paper Sec. 3-4) and `SelectFeatures`.
+"""Keras 3 layers: `L0Dense` (gated inputs, paper Sec. 3-4), `L0Conv2D` (gated output
+channels) and `SelectFeatures`.
 
-Both are registered under the package name ``tf_dynhp`` so that a `.keras` file
+The two gated layers share their gate arguments, checks and math (`_HardConcreteLayer`
+over `tf_dynhp.gates`); they differ in *where* the gates sit: on the inputs of a dense
+layer (a closed gate removes a kernel row), on the output channels of a convolution (a
+closed gate removes a filter). All three are registered under the package name ``tf_dynhp`` so that a `.keras` file
 loads back once `tf_dynhp` is imported.
 """
 
@@ -14,17 +18,21 @@ from keras import ops
 
 from tf_dynhp import gates
 
-__all__ = ["L0Dense", "SelectFeatures", "GatedForward"]
+__all__ = ["L0Dense", "L0Conv2D", "SelectFeatures", "GatedForward"]
 
 
 class GatedForward(NamedTuple):
-    """Intermediate tensors of one `L0Dense` forward pass, for the training step.
+    """Intermediate tensors of one gated forward pass, for the training step.
 
     Attributes:
-        outputs: activation(pre_activation), shape (batch, units).
-        gated_inputs: inputs times their per-example gates (A in Eq. 8's variance).
-        pre_activation: gated_inputs @ kernel + bias (its gradient is D).
-        gate_open: 1.0 where a gate sample is non-zero (counted by Eq. 6), else 0.0.
+        outputs: the layer's output.
+        gated_inputs: what the kernel multiplies (A in Eq. 8's variance): for `L0Dense`
+            the inputs times their per-example gates; for `L0Conv2D`, whose gates act
+            on the outputs, the inputs themselves.
+        pre_activation: `gated_inputs @ kernel + bias` (`L0Dense`) or `conv(inputs) + bias`
+            *before* the gate (`L0Conv2D`); the gradient w.r.t. it is D.
+        gate_open: 1.0 where a gate sample is non-zero (counted by Eq. 6), else 0.0;
+            shape (batch, gates), (1, gates) at inference.
     """
 
     outputs: Any
@@ -45,8 +53,147 @@ def _check_in(name: str, value: Any, low: float, high: float, *, closed_low: boo
         )
 
 
+def _positive_int(name: str, value: Any) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a positive "
+            f"integer. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def _int_pair(name: str, value: Any) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
+    try:
+        out = tuple(int(v) for v in pair)
+        ok = len(out) == 2 and all(v >= 1 and v == w for v, w in zip(out, pair)) and not any(isinstance(v, bool) for v in pair)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected a positive integer or a "
+            f"tuple of 2 positive integers. Received: {name}={value!r}"
+        )
+    return out
+
+
+class _HardConcreteLayer(keras.layers.Layer):
+    """Gate arguments, checks and gate math shared by `L0Dense` and `L0Conv2D`.
+
+    Subclasses create `self.log_alpha` (one logit per gate) with `_add_log_alpha`
+    and call the gate functions of `tf_dynhp.gates` through the methods below.
+    """
+
+    def __init__(
+        self,
+        l0_lambda: float,
+        weight_decay: float,
+        droprate_init: float,
+        temperature: float,
+        limit_l: float,
+        limit_r: float,
+        dataset_size: int | None,
+        seed: int | None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        _check_in("l0_lambda", l0_lambda, 0.0, float("inf"), closed_low=True, closed_high=False)
+        _check_in("weight_decay", weight_decay, 0.0, float("inf"), closed_low=True, closed_high=False)
+        _check_in("droprate_init", droprate_init, 0.0, 1.0, closed_low=False, closed_high=False)
+        _check_in("temperature", temperature, 0.0, float("inf"), closed_low=False, closed_high=False)
+        if not (limit_l < 0.0 and limit_r > 1.0):
+            raise ValueError(
+                "Invalid values received for arguments `limit_l`, `limit_r`. Expected "
+                f"limit_l < 0 and limit_r > 1. Received: limit_l={limit_l!r}, limit_r={limit_r!r}"
+            )
+        if dataset_size is not None and (not isinstance(dataset_size, (int, np.integer)) or dataset_size < 1):
+            raise ValueError(
+                "Invalid value received for argument `dataset_size`. Expected a positive "
+                f"integer (the training-set size N) or None. Received: dataset_size={dataset_size!r}"
+            )
+        self.l0_lambda = float(l0_lambda)
+        self.weight_decay = float(weight_decay)
+        self.droprate_init = float(droprate_init)
+        self.temperature = float(temperature)
+        self.limit_l = float(limit_l)
+        self.limit_r = float(limit_r)
+        self.dataset_size = None if dataset_size is None else int(dataset_size)
+        self.seed = seed
+
+    def _make_seed_generator(self) -> None:
+        # Called last by the subclasses' __init__: with seed=None the generator draws its
+        # seed from Python's RNG, after the initializers did (the order L0Dense always had).
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+
+    def _add_log_alpha(self, n: int):
+        return self.add_weight(
+            name="log_alpha",
+            shape=(int(n),),
+            initializer=keras.initializers.RandomNormal(
+                mean=gates.log_alpha_init_mean(self.droprate_init), stddev=1e-2, seed=self.seed
+            ),
+            constraint=lambda w: ops.clip(w, gates.LOG_ALPHA_MIN, gates.LOG_ALPHA_MAX),
+        )
+
+    @property
+    def num_gates(self) -> int:
+        """Number of gates (inputs of `L0Dense`, output channels of `L0Conv2D`)."""
+        return int(self.log_alpha.shape[0])
+
+    def prob_open(self):
+        """P(z_j > 0) for every gate (paper Eq. 4)."""
+        return gates.prob_open(self.log_alpha, self.temperature, self.limit_l, self.limit_r)
+
+    def deterministic_gates(self):
+        """Test-time gate values, shape (num_gates,)."""
+        return gates.deterministic_gates(self.log_alpha, self.limit_l, self.limit_r)
+
+    def sample_noise(self, batch_size):
+        """Uniform noise U(eps, 1 - eps) of shape (batch_size, num_gates) from the layer's seed."""
+        return keras.random.uniform(
+            (batch_size, self.num_gates),
+            minval=gates.EPSILON,
+            maxval=1.0 - gates.EPSILON,
+            dtype=self.compute_dtype,
+            seed=self.seed_generator,
+        )
+
+    def _gates(self, batch_size, training: bool, noise):
+        """(batch, num_gates) gate samples in training, (1, num_gates) deterministic gates otherwise."""
+        if training:
+            if noise is None:
+                noise = self.sample_noise(batch_size)
+            return gates.sample_gates(noise, self.log_alpha, self.temperature, self.limit_l, self.limit_r)
+        return ops.expand_dims(self.deterministic_gates(), 0)
+
+    def _check_dataset_size(self) -> None:
+        if self.dataset_size is None:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}': `dataset_size` (the training-set size N that scales "
+                "the L0 penalty of Eq. 5) is None. Pass dataset_size=len(x_train), or train "
+                "with tf_dynhp.fit, which sets it."
+            )
+
+    def call(self, inputs, training=None):
+        result = self.forward(inputs, training=bool(training))
+        if training:
+            self.add_loss(self.penalty())
+        return result.outputs
+
+    def _gate_config(self) -> dict[str, Any]:
+        return {
+            "l0_lambda": self.l0_lambda,
+            "weight_decay": self.weight_decay,
+            "droprate_init": self.droprate_init,
+            "temperature": self.temperature,
+            "limit_l": self.limit_l,
+            "limit_r": self.limit_r,
+            "dataset_size": self.dataset_size,
+        }
+
+
 @keras.saving.register_keras_serializable(package="tf_dynhp")
-class L0Dense(keras.layers.Layer):
+class L0Dense(_HardConcreteLayer):
     """Dense layer whose *inputs* carry hard-concrete gates (Louizos et al. 2018).
 
     One gate per input unit: a closed gate removes a whole row of the kernel and,
@@ -102,40 +249,14 @@ class L0Dense(keras.layers.Layer):
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units < 1:
-            raise ValueError(
-                "Invalid value received for argument `units`. Expected a positive "
-                f"integer. Received: units={units!r}"
-            )
-        _check_in("l0_lambda", l0_lambda, 0.0, float("inf"), closed_low=True, closed_high=False)
-        _check_in("weight_decay", weight_decay, 0.0, float("inf"), closed_low=True, closed_high=False)
-        _check_in("droprate_init", droprate_init, 0.0, 1.0, closed_low=False, closed_high=False)
-        _check_in("temperature", temperature, 0.0, float("inf"), closed_low=False, closed_high=False)
-        if not (limit_l < 0.0 and limit_r > 1.0):
-            raise ValueError(
-                "Invalid values received for arguments `limit_l`, `limit_r`. Expected "
-                f"limit_l < 0 and limit_r > 1. Received: limit_l={limit_l!r}, limit_r={limit_r!r}"
-            )
-        if dataset_size is not None and (not isinstance(dataset_size, (int, np.integer)) or dataset_size < 1):
-            raise ValueError(
-                "Invalid value received for argument `dataset_size`. Expected a positive "
-                f"integer (the training-set size N) or None. Received: dataset_size={dataset_size!r}"
-            )
-        self.units = int(units)
+        units = _positive_int("units", units)
+        super().__init__(l0_lambda, weight_decay, droprate_init, temperature, limit_l, limit_r, dataset_size, seed, **kwargs)
+        self.units = units
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
-        self.l0_lambda = float(l0_lambda)
-        self.weight_decay = float(weight_decay)
-        self.droprate_init = float(droprate_init)
-        self.temperature = float(temperature)
-        self.limit_l = float(limit_l)
-        self.limit_r = float(limit_r)
-        self.dataset_size = None if dataset_size is None else int(dataset_size)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._make_seed_generator()
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     # ----------------------------------------------------------------- weights
@@ -152,44 +273,14 @@ class L0Dense(keras.layers.Layer):
             if self.use_bias
             else None
         )
-        self.log_alpha = self.add_weight(
-            name="log_alpha",
-            shape=(self.input_dim,),
-            initializer=keras.initializers.RandomNormal(
-                mean=gates.log_alpha_init_mean(self.droprate_init), stddev=1e-2, seed=self.seed
-            ),
-            constraint=lambda w: ops.clip(w, gates.LOG_ALPHA_MIN, gates.LOG_ALPHA_MAX),
-        )
+        self.log_alpha = self._add_log_alpha(self.input_dim)
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: self.input_dim})
         self.built = True
 
     # ------------------------------------------------------------------- gates
-    def prob_open(self):
-        """P(z_j > 0) for every input gate (paper Eq. 4)."""
-        return gates.prob_open(self.log_alpha, self.temperature, self.limit_l, self.limit_r)
-
-    def deterministic_gates(self):
-        """Test-time gate values, shape (input_dim,)."""
-        return gates.deterministic_gates(self.log_alpha, self.limit_l, self.limit_r)
-
-    def sample_noise(self, batch_size):
-        """Uniform noise U(eps, 1 - eps) of shape (batch_size, input_dim) from the layer's seed."""
-        return keras.random.uniform(
-            (batch_size, self.input_dim),
-            minval=gates.EPSILON,
-            maxval=1.0 - gates.EPSILON,
-            dtype=self.compute_dtype,
-            seed=self.seed_generator,
-        )
-
     def penalty(self):
         """Expected-L0 penalty of Eq. 5 on the reference scale (see the class docstring)."""
-        if self.dataset_size is None:
-            raise ValueError(
-                f"L0Dense '{self.name}': `dataset_size` (the training-set size N that scales "
-                "the L0 penalty of Eq. 5) is None. Pass dataset_size=len(x_train), or train "
-                "with tf_dynhp.fit, which sets it."
-            )
+        self._check_dataset_size()
         per_row = self.l0_lambda * self.units
         if self.weight_decay:
             per_row = per_row + 0.5 * self.weight_decay * ops.sum(ops.square(self.kernel), axis=1)
@@ -211,25 +302,13 @@ class L0Dense(keras.layers.Layer):
         Returns:
             A `GatedForward`.
         """
-        if training:
-            if noise is None:
-                noise = self.sample_noise(ops.shape(inputs)[0])
-            z = gates.sample_gates(noise, self.log_alpha, self.temperature, self.limit_l, self.limit_r)
-        else:
-            z = ops.expand_dims(self.deterministic_gates(), 0)
-        z = ops.cast(z, inputs.dtype)
+        z = ops.cast(self._gates(ops.shape(inputs)[0], training, noise), inputs.dtype)
         gated = inputs * z
         pre = ops.matmul(gated, self.kernel)
         if self.use_bias:
             pre = pre + self.bias
         out = self.activation(pre) if self.activation is not None else pre
         return GatedForward(out, gated, pre, ops.cast(z > 0, inputs.dtype))
-
-    def call(self, inputs, training=None):
-        result = self.forward(inputs, training=bool(training))
-        if training:
-            self.add_loss(self.penalty())
-        return result.outputs
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -240,13 +319,190 @@ class L0Dense(keras.layers.Layer):
             "units": self.units,
             "activation": keras.activations.serialize(self.activation),
             "use_bias": self.use_bias,
-            "l0_lambda": self.l0_lambda,
-            "weight_decay": self.weight_decay,
-            "droprate_init": self.droprate_init,
-            "temperature": self.temperature,
-            "limit_l": self.limit_l,
-            "limit_r": self.limit_r,
-            "dataset_size": self.dataset_size,
+            **self._gate_config(),
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "seed": self.seed,
+        }
+
+
+def _conv_output_length(length: int | None, kernel: int, stride: int, padding: str) -> int | None:
+    if length is None:
+        return None
+    if padding == "same":
+        return -(-int(length) // stride)
+    return max(0, (int(length) - kernel) // stride + 1)
+
+
+@keras.saving.register_keras_serializable(package="tf_dynhp")
+class L0Conv2D(_HardConcreteLayer):
+    """2D convolution whose *output channels* carry hard-concrete gates (Louizos et al. 2018).
+
+    One gate per filter, applied to the pre-activation of every position of that
+    channel: `outputs = activation((conv(inputs) + bias) * z)`, with `z` of shape
+    (batch, 1, 1, filters). The gates are non-negative, so a relu commutes with
+    them; this is the local-reparametrization conv gate of Louizos et al. A closed
+    gate removes a whole filter (the last axis of the kernel, its bias, its gate)
+    and, in the next layer, the matching input channel (or, after `Flatten`, the
+    H x W rows it feeds), which hard pruning deletes for good. The gate math is
+    `tf_dynhp.gates`, as in `L0Dense`:
+
+    * ``training=True``: an independent sample per example and channel.
+    * ``training=False``: the deterministic gate.
+
+    The expected-L0 penalty of Eq. 5, on the reference scale of `L0Dense`::
+
+        (1 / N) * sum_c P(z_c > 0) * (l0_lambda * live_c
+                                     + 0.5 * weight_decay * (||W_c||^2 + b_c^2))
+
+    where `live_c = kernel_h * kernel_w * in_channels` is the number of weights
+    gate c controls and `W_c = kernel[..., c]`. The bias of channel c sits under
+    the gate too, so its decay is gated (as in the reference `L0Conv2d`); it is
+    not counted in `live_c`.
+
+    Only ``data_format="channels_last"`` is supported (the gates, the surgery and
+    the flatten index mapping all read channels on the last axis); dilation and
+    groups are not.
+
+    Args:
+        filters: number of output channels (>= 1).
+        kernel_size: int or (height, width).
+        strides: int or (height, width).
+        padding: "valid" or "same".
+        data_format: None (Keras' image data format, which must then be
+            channels_last) or "channels_last".
+        activation, use_bias, kernel_initializer, bias_initializer: as in
+            `keras.layers.Conv2D`.
+        l0_lambda, weight_decay, droprate_init, temperature, limit_l, limit_r,
+            dataset_size, seed: as in `L0Dense`.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: Any,
+        strides: Any = (1, 1),
+        padding: str = "valid",
+        data_format: str | None = None,
+        activation: Any = None,
+        use_bias: bool = True,
+        l0_lambda: float = 0.01,
+        weight_decay: float = 0.0,
+        droprate_init: float = 0.5,
+        temperature: float = 2.0 / 3.0,
+        limit_l: float = -0.1,
+        limit_r: float = 1.1,
+        dataset_size: int | None = None,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        filters = _positive_int("filters", filters)
+        kernel_size = _int_pair("kernel_size", kernel_size)
+        strides = _int_pair("strides", strides)
+        if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+            raise ValueError(
+                "Invalid value received for argument `padding`. Expected 'valid' or 'same'. "
+                f"Received: padding={padding!r}"
+            )
+        fmt = keras.config.image_data_format() if data_format is None else data_format
+        if fmt != "channels_last":
+            raise ValueError(
+                "Invalid value received for argument `data_format`. Expected 'channels_last' (L0Conv2D "
+                "gates, prunes and flattens channels on the last axis; channels_first is not supported). "
+                f"Received: data_format={data_format!r}"
+                + (f" (keras.config.image_data_format() is {fmt!r})" if data_format is None else "")
+            )
+        super().__init__(l0_lambda, weight_decay, droprate_init, temperature, limit_l, limit_r, dataset_size, seed, **kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.padding = padding.lower()
+        self.data_format = "channels_last"
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self._make_seed_generator()
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    # ----------------------------------------------------------------- weights
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError(
+                f"L0Conv2D '{self.name}': expected inputs of shape (batch, height, width, channels) with a "
+                f"known channel count, received shape {tuple(input_shape)}"
+            )
+        self.in_channels = int(input_shape[-1])
+        self.kernel = self.add_weight(
+            name="kernel", shape=self.kernel_size + (self.in_channels, self.filters), initializer=self.kernel_initializer
+        )
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
+            if self.use_bias
+            else None
+        )
+        self.log_alpha = self._add_log_alpha(self.filters)
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: self.in_channels})
+        self.built = True
+
+    # ------------------------------------------------------------------- gates
+    def penalty(self):
+        """Expected-L0 penalty of Eq. 5 on the reference scale (see the class docstring)."""
+        self._check_dataset_size()
+        live = self.kernel_size[0] * self.kernel_size[1] * self.in_channels
+        per_channel = self.l0_lambda * live
+        if self.weight_decay:
+            squares = ops.sum(ops.square(self.kernel), axis=(0, 1, 2))
+            if self.use_bias:
+                squares = squares + ops.square(self.bias)
+            per_channel = per_channel + 0.5 * self.weight_decay * squares
+        return ops.sum(self.prob_open() * per_channel) / float(self.dataset_size)
+
+    # ----------------------------------------------------------------- forward
+    def convolve(self, inputs):
+        """`conv(inputs) + bias`, the pre-activation before the gate."""
+        pre = ops.conv(inputs, self.kernel, strides=self.strides, padding=self.padding, data_format="channels_last")
+        if self.use_bias:
+            pre = pre + self.bias
+        return pre
+
+    def forward(self, inputs, training: bool = False, noise=None) -> GatedForward:
+        """Forward pass returning the intermediates the DynHP training step needs.
+
+        Args:
+            inputs: (batch, height, width, in_channels) tensor.
+            training: sample per-example gates (True) or use deterministic gates.
+            noise: optional uniforms (batch, filters) to use instead of drawing them.
+
+        Returns:
+            A `GatedForward`: `gated_inputs` are the inputs (the gates act on the
+            outputs), `pre_activation` is `conv(inputs) + bias` before the gate,
+            `gate_open` has shape (batch, filters).
+        """
+        z = ops.cast(self._gates(ops.shape(inputs)[0], training, noise), inputs.dtype)
+        pre = self.convolve(inputs)
+        gated = pre * ops.expand_dims(ops.expand_dims(z, 1), 1)
+        out = self.activation(gated) if self.activation is not None else gated
+        return GatedForward(out, inputs, pre, ops.cast(z > 0, inputs.dtype))
+
+    def compute_output_shape(self, input_shape):
+        h = _conv_output_length(input_shape[1], self.kernel_size[0], self.strides[0], self.padding)
+        w = _conv_output_length(input_shape[2], self.kernel_size[1], self.strides[1], self.padding)
+        return (input_shape[0], h, w, self.filters)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "data_format": self.data_format,
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            **self._gate_config(),
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
             "seed": self.seed,

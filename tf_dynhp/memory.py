@@ -4,14 +4,29 @@ Units: floats are 4 bytes (the paper's 32-bit representation); a KB is 1024
 bytes; the paper's "MBytes" in Tables 2-3 are 1000 of these KB, and its
 "Training Memory" is the sum of MO over all epochs.
 
-* **MO** (paper): weights and biases of the model as it is now, plus the
-  `batch_size x input_dim` floats of the mini-batch. Gate logits are not counted
-  (the paper counts "the weight matrices of each layer ... plus a mini-batch").
+* **MO** (paper): weights and biases of the model as it is now (dense and conv
+  kernels and biases), plus the `batch_size x input_dim` floats of the mini-batch
+  (`input_dim`: selected features of a dense-first model, the whole image, e.g.
+  784, of a conv model). Gate logits are not counted (the paper counts "the weight
+  matrices of each layer ... plus a mini-batch").
 * **full** (`memory_full_kb`): what a device really holds while training: every
   trainable variable (weights, biases, gate logits), their gradients, the
-  optimizer's variables, and the activations of one batch: the input batch and,
-  per dense layer, the per-example gates and gated inputs (L0 layers only, 2 x
-  inputs) and the pre-activation and output (2 x units).
+  optimizer's variables, and the activations of one batch. Per example
+  (`layer_activation_floats`):
+
+  - the input (`input_dim` floats);
+  - per dense layer: pre-activation and output (2 x units), plus for an `L0Dense`
+    the per-example gates and gated inputs (2 x inputs);
+  - per conv layer with output H' x W' x C: pre-activation `conv(x) + b` and output
+    (2 x H'W'C), plus for an `L0Conv2D` the per-example gates (C) and the gated
+    pre-activation `(conv(x) + b) * z` (H'W'C);
+  - per pooling layer: its output (H''W''C); per `SelectFeatures` inside a conv
+    model: its output. Flatten and Reshape are views; element-wise layers
+    (Dropout, Activation) are not counted, as before for the MLP.
+
+  LeNet-5-Caffe gated (28x28x1 -> 20@24x24 -> pool 12x12 -> 50@8x8 -> pool 4x4 ->
+  800 -> 500 -> 10): 784 + (20 + 3 * 11520) + 2880 + (50 + 3 * 3200) + 800
+  + (2 * 800 + 2 * 500) + (2 * 500 + 2 * 10) = 52 314 floats per example.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ __all__ = [
     "mo_kb",
     "max_batch_for_mo",
     "activation_floats_per_example",
+    "layer_activation_floats",
     "memory_full_kb",
     "max_batch_for_full",
     "training_memory_mb",
@@ -47,12 +63,12 @@ def floats_to_kb(n_floats: float) -> float:
     return float(n_floats) * BYTES_PER_FLOAT / BYTES_PER_KB
 
 
-def _dense_layers(model: Any) -> list[Any]:
-    from tf_dynhp.chain import DENSE_TYPES, parse_chain
+def _weighted_layers(model: Any) -> list[Any]:
+    from tf_dynhp.chain import WEIGHTED_TYPES, parse_chain
 
     if hasattr(model, "layers"):
         chain = parse_chain(model)
-        return [layer for layer in chain.body if isinstance(layer, DENSE_TYPES)]
+        return [layer for layer in chain.body if isinstance(layer, WEIGHTED_TYPES)]
     return list(model)
 
 
@@ -63,13 +79,13 @@ def _input_dim(model: Any) -> int:
 
 
 def weight_count(model: Any) -> int:
-    """Number of weights and biases of the dense layers (gate logits excluded).
+    """Number of weights and biases of the dense and conv layers (gate logits excluded).
 
     Args:
-        model: a Keras model accepted by `parse_chain`, or a list of dense layers.
+        model: a Keras model accepted by `parse_chain`, or a list of dense / conv layers.
     """
     total = 0
-    for layer in _dense_layers(model):
+    for layer in _weighted_layers(model):
         total += int(np.prod(layer.kernel.shape))
         if getattr(layer, "bias", None) is not None:
             total += int(np.prod(layer.bias.shape))
@@ -88,10 +104,10 @@ def mo_kb(model: Any, batch_size: int, input_dim: int | None = None) -> float:
     budget of the paper's fair comparison (Sec. 5.3) on MNIST.
 
     Args:
-        model: Keras model (Dense or L0Dense chain).
+        model: Keras model (dense or conv chain, gated or not).
         batch_size: rows of the mini-batch.
-        input_dim: features per example; defaults to what the first dense layer
-            reads (pruned input features are not fed).
+        input_dim: floats per example; defaults to what the model reads (pruned
+            input features are not fed; a conv model reads the whole image).
 
     Returns:
         MO in KB of 1024 bytes.
@@ -132,12 +148,40 @@ def activation_floats_per_example(layer_dims: Sequence[tuple[int, int, bool]], i
     return int(total)
 
 
-def _layer_dims(model: Any) -> list[tuple[int, int, bool]]:
-    out = []
-    for layer in _dense_layers(model):
-        n_in, n_out = (int(d) for d in layer.kernel.shape)
-        out.append((n_in, n_out, hasattr(layer, "log_alpha")))
-    return out
+def layer_activation_floats(layer: Any, in_shape: Sequence[int], out_shape: Sequence[int], spatial: bool = True) -> int:
+    """Activation floats one example needs in training for one layer (module docstring).
+
+    Args:
+        layer: a layer of a supported chain.
+        in_shape, out_shape: its per-example input and output shapes.
+        spatial: whether the layer is in a conv model (a `SelectFeatures` there is a
+            gather inside the model; in a dense-first model it is the data pipeline's).
+    """
+    from tf_dynhp.chain import CONV_TYPES, DENSE_TYPES, POOLING_TYPES
+    from tf_dynhp.layers import SelectFeatures
+
+    gated = hasattr(layer, "log_alpha")
+    n_out = int(np.prod(out_shape))
+    if isinstance(layer, DENSE_TYPES):
+        return activation_floats_per_example([(int(in_shape[-1]), int(out_shape[-1]), gated)], 0)
+    if isinstance(layer, CONV_TYPES):
+        return 2 * n_out + ((int(out_shape[-1]) + n_out) if gated else 0)
+    if isinstance(layer, POOLING_TYPES) or (spatial and isinstance(layer, SelectFeatures)):
+        return n_out
+    return 0
+
+
+def _activation_floats(model: Any, input_dim: int) -> int:
+    from tf_dynhp.chain import io_shapes, parse_chain
+
+    if not hasattr(model, "layers"):  # a list of dense layers
+        dims = []
+        for layer in model:
+            n_in, n_out = (int(d) for d in layer.kernel.shape)
+            dims.append((n_in, n_out, hasattr(layer, "log_alpha")))
+        return activation_floats_per_example(dims, input_dim)
+    chain = parse_chain(model)
+    return input_dim + sum(layer_activation_floats(layer, *io_shapes(layer), spatial=chain.spatial) for layer in chain.body)
 
 
 def _variable_floats(variables: Sequence[Any]) -> int:
@@ -148,11 +192,11 @@ def memory_full_kb(model: Any, batch_size: int, optimizer: Any = None, input_dim
     """Full training footprint in KB (module docstring): variables, gradients, optimizer, activations.
 
     Args:
-        model: Keras model (Dense or L0Dense chain).
+        model: Keras model (dense or conv chain, gated or not).
         batch_size: rows of the mini-batch.
         optimizer: a *built* Keras optimizer; its variables are counted as they
             are. None counts two slots per trainable float (Adam) plus 2 scalars.
-        input_dim: features per example (defaults as in `mo_kb`).
+        input_dim: input floats per example (defaults as in `mo_kb`).
     """
     dim = _input_dim(model) if input_dim is None else int(input_dim)
     trainable = _variable_floats(model.trainable_variables)
@@ -161,7 +205,7 @@ def memory_full_kb(model: Any, batch_size: int, optimizer: Any = None, input_dim
     else:
         opt = 2 * trainable + 2
     fixed = 2 * trainable + opt
-    per_example = activation_floats_per_example(_layer_dims(model), dim)
+    per_example = _activation_floats(model, dim)
     return floats_to_kb(fixed + batch_size * per_example)
 
 

@@ -1,10 +1,12 @@
 """`GatedModel`: the Keras model tf_dynhp trains, with its own `train_step`.
 
 A functional model `Input(features) -> dense chain` (the head that flattens and
-selects input features is done by the data pipeline). Its training step samples
-per-example gates, adds the expected-L0 penalty (Eq. 5), counts open gates for
-the activation rate of Eq. 6, and, when asked, computes the exact per-example
-gradient variance `||S||_1` and the data loss `F` of Eq. 8 in the same pass.
+selects input features is done by the data pipeline) or `Input(image) -> conv chain`
+(conv/pool layers, Flatten, dense part). Its training step samples per-example gates,
+adds the expected-L0 penalty (Eq. 5), counts open gates for the activation rate of
+Eq. 6 (per input of an `L0Dense`, per output channel of an `L0Conv2D`), and, when
+asked, computes the exact per-example gradient variance `||S||_1` and the data loss
+`F` of Eq. 8 in the same pass.
 `keras.Model.fit` works on it too (SP training with Keras' own loop).
 """
 
@@ -16,9 +18,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tf_dynhp.chain import DENSE_TYPES, ELEMENTWISE_TYPES
-from tf_dynhp.layers import L0Dense
-from tf_dynhp.variance import dense_variance_l1
+from tf_dynhp.chain import CONV_TYPES, DENSE_TYPES, GATED_TYPES, WEIGHTED_TYPES
+from tf_dynhp.layers import L0Conv2D, L0Dense
+from tf_dynhp.variance import conv_variance_l1, dense_variance_l1
 
 __all__ = ["GatedModel", "classifier_head"]
 
@@ -60,7 +62,7 @@ def classifier_head(body: list[keras.layers.Layer]) -> tuple[int, bool]:
 
 @keras.saving.register_keras_serializable(package="tf_dynhp")
 class GatedModel(keras.Model):
-    """Functional dense chain with the DynHP training step (see module docstring).
+    """Functional dense or conv chain with the DynHP training step (see module docstring).
 
     Build it like a functional model, `GatedModel(inputs, outputs)`. Attributes set
     by `tf_dynhp.fit` (not serialized): `track_variance`, `loss_fn`.
@@ -69,9 +71,7 @@ class GatedModel(keras.Model):
     def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any) -> None:
         # A functional-like signature, so that Keras serializes it as a functional model.
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
-        self.body = [
-            layer for layer in self.layers if isinstance(layer, DENSE_TYPES + ELEMENTWISE_TYPES)
-        ]
+        self.body = [layer for layer in self.layers if not isinstance(layer, keras.layers.InputLayer)]
         self.num_classes, self.outputs_are_probabilities = classifier_head(self.body)
         self.track_variance = False
         self.loss_fn = None
@@ -79,12 +79,17 @@ class GatedModel(keras.Model):
         self._accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
     @property
-    def gated_layers(self) -> list[L0Dense]:
-        return [layer for layer in self.body if isinstance(layer, L0Dense)]
+    def gated_layers(self) -> list[L0Dense | L0Conv2D]:
+        return [layer for layer in self.body if isinstance(layer, GATED_TYPES)]
 
     @property
     def dense_layers(self) -> list[keras.layers.Layer]:
         return [layer for layer in self.body if isinstance(layer, DENSE_TYPES)]
+
+    @property
+    def weighted_layers(self) -> list[keras.layers.Layer]:
+        """Dense and conv layers, in order (what `train_stats`' per-layer lists follow)."""
+        return [layer for layer in self.body if isinstance(layer, WEIGHTED_TYPES)]
 
     @property
     def metrics(self):
@@ -94,27 +99,34 @@ class GatedModel(keras.Model):
         """Forward pass through the chain, keeping what the step needs.
 
         Args:
-            x: (batch, features) inputs.
+            x: (batch, features) or (batch, height, width, channels) inputs.
             training: per-example gate samples (True) or deterministic gates.
             noise: optional uniforms per gated layer (tests inject them).
 
         Returns:
             `(outputs, logits, per_layer)`: logits are the last dense layer's
             pre-activation; per_layer lists `(inputs_to_kernel, pre_activation,
-            gate_open or None)` for every dense layer.
+            gate_open or None)` for every weighted layer (for a conv layer the
+            pre-activation is `conv(x) + b` before its gate).
         """
         h = x
         per_layer = []
         logits = None
         k = 0
         for layer in self.body:
-            if isinstance(layer, L0Dense):
+            if isinstance(layer, GATED_TYPES):
                 r = layer.forward(h, training=training, noise=None if noise is None else noise[k])
                 per_layer.append((r.gated_inputs, r.pre_activation, r.gate_open))
                 h, logits = r.outputs, r.pre_activation
                 k += 1
             elif isinstance(layer, keras.layers.Dense):
                 pre = ops.matmul(h, layer.kernel)
+                if layer.use_bias:
+                    pre = pre + layer.bias
+                per_layer.append((h, pre, None))
+                h, logits = layer.activation(pre), pre
+            elif isinstance(layer, keras.layers.Conv2D):
+                pre = ops.conv(h, layer.kernel, strides=layer.strides, padding=layer.padding, data_format="channels_last")
                 if layer.use_bias:
                     pre = pre + layer.bias
                 per_layer.append((h, pre, None))
@@ -133,16 +145,22 @@ class GatedModel(keras.Model):
         return ops.sum(ops.stack(terms)) if terms else 0.0
 
     @staticmethod
-    def _data_gradients(dense, grad_of):
+    def _data_gradients(layer, grad_of):
         """Kernel and bias gradients of the mean *data* loss: the total gradient minus
         the L0 penalty's weight-decay share (Eq. 5), which is zero when weight_decay=0."""
-        g_kernel = grad_of[id(dense.kernel)]
-        g_bias = grad_of[id(dense.bias)] if dense.use_bias else None
-        if isinstance(dense, L0Dense) and dense.weight_decay:
-            scale = dense.weight_decay / float(dense.dataset_size)
-            g_kernel = g_kernel - scale * ops.expand_dims(dense.prob_open(), 1) * dense.kernel
+        g_kernel = grad_of[id(layer.kernel)]
+        g_bias = grad_of[id(layer.bias)] if layer.use_bias else None
+        if isinstance(layer, L0Dense) and layer.weight_decay:
+            scale = layer.weight_decay / float(layer.dataset_size)
+            g_kernel = g_kernel - scale * ops.expand_dims(layer.prob_open(), 1) * layer.kernel
             if g_bias is not None:
-                g_bias = g_bias - scale * dense.bias
+                g_bias = g_bias - scale * layer.bias
+        elif isinstance(layer, L0Conv2D) and layer.weight_decay:
+            # The conv penalty's decay is gated per output channel, bias included.
+            scaled = (layer.weight_decay / float(layer.dataset_size)) * layer.prob_open()
+            g_kernel = g_kernel - scaled * layer.kernel
+            if g_bias is not None:
+                g_bias = g_bias - scaled * layer.bias
         return g_kernel, g_bias
 
     def train_stats(self, x, y, noise: list | None = None, apply: bool = True) -> dict[str, Any]:
@@ -152,7 +170,8 @@ class GatedModel(keras.Model):
             dict with `loss` (data loss + penalty), `data_loss` (F), `correct`,
             `count`, `variance_l1` (||S||_1 of the per-example gradients, 0 when
             `track_variance` is off) and `gate_open` (list, per gated layer, of
-            the number of examples whose gate j was open).
+            the number of examples whose gate j was open: per input of an
+            `L0Dense`, per output channel of an `L0Conv2D`).
         """
         pre_tensors = []
         with tf.GradientTape() as tape:
@@ -171,11 +190,16 @@ class GatedModel(keras.Model):
         variance_l1 = ops.zeros((), dtype=x.dtype)
         if self.track_variance:
             grad_of = {id(v): g for v, g in zip(variables, var_grads)}
-            for (a, _, _), dense, g_pre in zip(per_layer, self.dense_layers, grads[len(variables) :]):
+            for (a, _, _), layer, g_pre in zip(per_layer, self.weighted_layers, grads[len(variables) :]):
                 # d(mean loss)/dY = D / B, so D = B * g_pre; the mean gradients are the
                 # step's own kernel/bias gradients without the penalty's share.
-                g_kernel, g_bias = self._data_gradients(dense, grad_of)
-                variance_l1 = variance_l1 + dense_variance_l1(a, g_pre * batch, g_kernel, g_bias)
+                g_kernel, g_bias = self._data_gradients(layer, grad_of)
+                if isinstance(layer, CONV_TYPES):
+                    variance_l1 = variance_l1 + conv_variance_l1(
+                        a, g_pre * batch, layer.kernel.shape[:2], layer.strides, layer.padding, g_kernel, g_bias
+                    )
+                else:
+                    variance_l1 = variance_l1 + dense_variance_l1(a, g_pre * batch, g_kernel, g_bias)
         predicted = ops.argmax(logits, axis=-1)
         correct = ops.sum(ops.cast(ops.equal(ops.cast(predicted, "int64"), ops.cast(y, "int64")), x.dtype))
         gate_open = [ops.sum(g, axis=0) for _, _, g in per_layer if g is not None]

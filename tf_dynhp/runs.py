@@ -20,14 +20,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["RunConfig", "build_mlp", "run", "is_finished", "read_history"]
+__all__ = ["ARCHS", "RunConfig", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
+
+#: Architectures of `RunConfig.arch`: the paper's MLP family (`hidden`) and LeNet-5-Caffe.
+ARCHS = ("mlp", "lenet5")
 
 
 @dataclasses.dataclass
 class RunConfig:
-    """Everything that defines a run (the flags of tools/train.py)."""
+    """Everything that defines a run (the flags of tools/train.py).
+
+    `arch` is "mlp" (Flatten -> Dense(relu) x `hidden` -> Dense(softmax); inputs
+    (28, 28)) or "lenet5" (`build_lenet5`; inputs (28, 28, 1): the (n, 28, 28) images
+    get a channel axis in `run`; `hidden` is ignored).
+    """
 
     dataset: str = "mnist"
+    arch: str = "mlp"
     method: str = "dynhp"
     epochs: int = 20
     batch_size: int | None = None
@@ -62,6 +71,44 @@ def build_mlp(hidden: Sequence[int], input_shape: tuple[int, ...] = (28, 28), nu
     layers += [keras.layers.Dense(int(units), activation="relu") for units in hidden]
     layers.append(keras.layers.Dense(num_classes, activation="softmax"))
     return keras.Sequential(layers, name="mlp_" + "_".join(str(h) for h in hidden))
+
+
+def build_lenet5(input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10):
+    """LeNet-5-Caffe (as in Louizos et al. 2018): Conv2D(20, 5) -> MaxPool(2) -> Conv2D(50, 5)
+    -> MaxPool(2) -> Flatten -> Dense(500, relu) -> Dense(softmax); valid padding, relu
+    after each conv. 431 080 weights and biases (1683.9 KB) for 28x28x1 inputs."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(20, 5, activation="relu", name="conv1"),
+            keras.layers.MaxPooling2D(2, name="pool1"),
+            keras.layers.Conv2D(50, 5, activation="relu", name="conv2"),
+            keras.layers.MaxPooling2D(2, name="pool2"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(500, activation="relu", name="fc1"),
+            keras.layers.Dense(num_classes, activation="softmax", name="fc2"),
+        ],
+        name="lenet5",
+    )
+
+
+def build_model(config: RunConfig):
+    """The untrained model of `config.arch` (the Keras seed must be set first)."""
+    if config.arch == "mlp":
+        return build_mlp(config.hidden)
+    if config.arch == "lenet5":
+        return build_lenet5()
+    raise ValueError(f"Invalid value received for argument `arch`. Expected one of {list(ARCHS)}. Received: arch={config.arch!r}")
+
+
+def _with_channel_axis(x: np.ndarray, model: Any) -> np.ndarray:
+    """(n, 28, 28) images as (n, 28, 28, 1) when the model takes channels_last images."""
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    if tuple(x.shape[1:]) + (1,) == shape:
+        return x.reshape(x.shape + (1,))
+    return x
 
 
 def is_finished(out_dir: str | os.PathLike) -> bool:
@@ -111,6 +158,8 @@ def run(
 
     import tf_dynhp
 
+    if config.arch not in ARCHS:
+        raise ValueError(f"Invalid value received for argument `arch`. Expected one of {list(ARCHS)}. Received: arch={config.arch!r}")
     checkpoint_dir = None
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
@@ -121,7 +170,8 @@ def run(
     if config.test_limit:
         x_test, y_test = x_test[: config.test_limit], y_test[: config.test_limit]
     keras.utils.set_random_seed(config.seed)  # the initial weights depend on the seed too
-    model = build_mlp(config.hidden)
+    model = build_model(config)
+    x, x_test = _with_channel_axis(x, model), _with_channel_axis(x_test, model)
     budget_kb = config.budget_kb
     if budget_kb is None and config.method == "dynhp":
         budget_kb = tf_dynhp.memory.mo_kb(model, batch_size=config.budget_batch)

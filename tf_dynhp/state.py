@@ -1,7 +1,7 @@
 """`TrainerState`: everything of a DynHP run that is not in the Keras model.
 
 The epoch, the batch size and its grown candidate (Eq. 8-10), the surviving
-units of every layer (the paper's masks Z, Eq. 7, stored as the indices of the
+units of every unit axis (the paper's masks Z, Eq. 7, stored as the indices of the
 original units still alive), the kept input features, the retrace count and the
 history. It serializes to JSON so that a checkpoint restores it exactly (the
 gate-noise seed state lives in the model's variables).
@@ -28,10 +28,13 @@ class TrainerState:
         epoch: number of epochs completed.
         batch_size: mini-batch size of the next epoch (b_i).
         candidate_batch_size: the grown candidate of the last epoch boundary (b~_{i+1}).
-        alive: per dense layer, indices of its *original* inputs still alive
-            (layer 0: features of the flattened input). The mask Z of Eq. 7 is
+        alive: per unit axis (`tf_dynhp.surgery.unit_axes`, the output axis
+            excluded), indices of its *original* units still alive. For a dense
+            chain the axes are the inputs of each dense layer (axis 0: features of
+            the flattened input); a conv chain adds the output channels of each
+            conv layer and the flattened features. The mask Z of Eq. 7 is
             `np.isin(arange(original), alive[k])`.
-        original_inputs: per dense layer, its number of inputs before any pruning.
+        original_inputs: per unit axis, its number of units before any pruning.
         retraces: how many times step/eval functions were traced so far.
         history: per-epoch lists (see `tf_dynhp.fit`).
     """
@@ -47,7 +50,7 @@ class TrainerState:
     history: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
 
     def masks(self) -> list[np.ndarray]:
-        """The binary masks Z (Eq. 7) of every dense layer's inputs, over the original units."""
+        """The binary masks Z (Eq. 7) of every unit axis, over the original units."""
         return [np.isin(np.arange(n), np.asarray(a)) for n, a in zip(self.original_inputs, self.alive)]
 
     def to_json(self) -> str:

@@ -1,44 +1,283 @@
 """Model surgery: the one rebuild routine behind `to_l0`, `strip` and hard pruning.
 
 Hard pruning (paper Sec. 4.1, Eq. 7: Z = Z * g(a, gamma)) removes units for good.
-Here that is done by *building a new, smaller functional model*: every layer is
-described by its prunable axes (which axis of which weight follows the layer's
-inputs, which follows its output units), so the same routine slices a Dense
-kernel's rows/columns today and a conv kernel's channels later. The optimizer is
-rebuilt the same way (Keras 3 optimizers refuse variables they were not built
-with): a fresh optimizer from the old config, built on the new variables, with
-each slot sliced like the variable it belongs to.
+Here that is done by *building a new, smaller functional model*. The chain is read
+as a sequence of **unit axes**: the last axis (features of a flat tensor, channels of
+a channels_last image) of the tensors between layers (`unit_axes`):
+
+* a weighted layer (`Dense`, `L0Dense`, `Conv2D`, `L0Conv2D`) reads one axis ("in")
+  and makes a new one ("out"); `PRUNABLE_AXES` says which axis of each of its weights
+  follows which (dense kernel (in, out), conv kernel (., ., in, out), bias (out),
+  gate logits (in) for `L0Dense`, (out) for `L0Conv2D`);
+* element-wise and pooling layers keep the axis (a channel stays a channel);
+* index-map layers (`Flatten`, `Reshape`, `SelectFeatures`) make a new axis whose
+  unit j *copies* unit `index_map[j]` of the axis before. The map is derived from the
+  shapes alone: flattening (H, W, C) channels_last gives unit `(h*W + w)*C + c` the
+  source channel `c`; no per-architecture code.
+
+A pruning plan is one keep-index array per unit axis (the output axis of the last
+layer is never pruned). `effective_keep` makes it consistent: a removed channel
+removes its copies after an index map (the H x W rows of the next Dense after
+`Flatten`), and a unit none of whose copies survive is removed too. `rebuild_body`
+then slices every weight along its prunable axes and re-derives the index-map layers
+(a `SelectFeatures` follows a `Flatten` when individual flattened features were
+pruned). The optimizer is rebuilt the same way (Keras 3 optimizers refuse variables
+they were not built with): a fresh optimizer from the old config, built on the new
+variables, with each slot sliced like the variable it belongs to.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 
-from tf_dynhp.chain import DENSE_TYPES
-from tf_dynhp.layers import L0Dense, SelectFeatures
+from tf_dynhp.chain import (
+    CONV_TYPES,
+    DENSE_TYPES,
+    GATED_TYPES,
+    INDEX_MAP_TYPES,
+    WEIGHTED_TYPES,
+    _unsupported,
+    io_shapes,
+)
+from tf_dynhp.layers import L0Conv2D, L0Dense, SelectFeatures
 
 __all__ = [
     "PRUNABLE_AXES",
+    "UnitAxis",
     "VariableMap",
+    "layer_kind",
+    "unit_axes",
+    "effective_keep",
     "take_axes",
     "build_chain_model",
     "rebuild_body",
     "transfer_optimizer",
 ]
 
-#: For every weight of a dense-type layer, which axis follows the layer's inputs
-#: ("in") and which its output units ("out"); None for an axis that is never pruned.
-PRUNABLE_AXES: dict[str, tuple[str | None, ...]] = {
-    "kernel": ("in", "out"),
-    "bias": ("out",),
-    "log_alpha": ("in",),
+#: For every weight of a weighted layer kind, which axis follows the layer's input
+#: unit axis ("in") and which its output unit axis ("out"); None for an axis that is
+#: never pruned (the spatial axes of a conv kernel).
+PRUNABLE_AXES: dict[str, dict[str, tuple[str | None, ...]]] = {
+    "dense": {"kernel": ("in", "out"), "bias": ("out",), "log_alpha": ("in",)},
+    "conv2d": {"kernel": (None, None, "in", "out"), "bias": ("out",), "log_alpha": ("out",)},
 }
 
 #: (old variable, new variable, index arrays per axis (None = whole axis)).
 VariableMap = list[tuple[Any, Any, tuple[np.ndarray | None, ...]]]
+
+
+def layer_kind(layer: keras.layers.Layer) -> str:
+    """The `PRUNABLE_AXES` key of a weighted layer: "dense" or "conv2d"."""
+    if isinstance(layer, DENSE_TYPES):
+        return "dense"
+    if isinstance(layer, CONV_TYPES):
+        return "conv2d"
+    raise TypeError(f"Layer '{layer.name}' of class {type(layer).__name__} has no prunable weights.")
+
+
+@dataclasses.dataclass
+class UnitAxis:
+    """The last axis of the tensors between two layers (what pruning shrinks).
+
+    Attributes:
+        size: number of units (features or channels) in the current model.
+        source: for an axis made by an index-map layer, the axis its units copy; else None.
+        index_map: unit j copies unit `index_map[j]` of `source`; None when the layer
+            mixes units in a way that cannot be followed (then `source` is never pruned).
+        producer: the weighted layer whose output units these are (None: the model
+            input or an index map). Only such axes lose units that nobody reads.
+        gated_by: the gated layers with one gate per unit of this axis.
+    """
+
+    size: int
+    source: int | None = None
+    index_map: np.ndarray | None = None
+    producer: keras.layers.Layer | None = None
+    gated_by: list[keras.layers.Layer] = dataclasses.field(default_factory=list)
+
+
+def _shape_map(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> np.ndarray | None:
+    """For each output unit (last axis) of a Flatten/Reshape, the input unit it copies;
+    None if the reshape mixes units (no output unit copies a single input unit everywhere)."""
+    n_in, n_out = int(in_shape[-1]), int(out_shape[-1])
+    # Unit (last-axis index) of every element of the input, in row-major order, laid out
+    # in the output's shape: the map exists when every output "row" reads the same units.
+    units = (np.arange(math.prod(in_shape), dtype=np.int64) % n_in).reshape(-1, n_out)
+    if np.all(units == units[:1]):
+        return units[0]
+    return None
+
+
+@dataclasses.dataclass
+class _IndexRun:
+    """Consecutive index-map layers: Flatten/Reshape layers, then SelectFeatures layers.
+
+    `raw_map[p]`: the input unit that position p of the last Flatten/Reshape output copies
+    (None: not followable); `select[j]`: the raw position that output unit j is (None: identity).
+    """
+
+    layers: list[keras.layers.Layer]
+    shape_layers: list[keras.layers.Layer]
+    shape_maps: list[np.ndarray | None]
+    raw_map: np.ndarray | None
+    select: np.ndarray | None
+
+    @property
+    def index_map(self) -> np.ndarray | None:
+        if self.raw_map is None or self.select is None:
+            return self.raw_map
+        return self.raw_map[self.select]
+
+
+def _index_run(layers: Sequence[keras.layers.Layer]) -> _IndexRun:
+    in_shape, _ = io_shapes(layers[0])
+    raw_map: np.ndarray | None = np.arange(int(in_shape[-1]))
+    shape_layers, shape_maps = [], []
+    select: np.ndarray | None = None
+    for layer in layers:
+        if isinstance(layer, SelectFeatures):
+            idx = np.asarray(layer.indices, dtype=np.int64)
+            select = idx if select is None else select[idx]
+            continue
+        if select is not None:
+            raise _unsupported(layer, "A Flatten/Reshape right after SelectFeatures is not supported; select after reshaping.")
+        m = _shape_map(*io_shapes(layer))
+        shape_layers.append(layer)
+        shape_maps.append(m)
+        raw_map = None if (m is None or raw_map is None) else raw_map[m]
+    return _IndexRun(list(layers), shape_layers, shape_maps, raw_map, select)
+
+
+def unit_axes(body: Sequence[keras.layers.Layer]) -> tuple[list[UnitAxis], list[tuple[int, int]]]:
+    """The unit axes of a chain body and, for each layer, its (input axis, output axis).
+
+    Axis 0 is the last axis of what the body receives; the last axis is the model's
+    output. A run of consecutive index-map layers (Flatten/Reshape, then any
+    SelectFeatures) makes one axis, so that inserting or dropping a `SelectFeatures`
+    after a `Flatten` keeps the axes of a model (and of its pruning state) the same.
+    Gated layers are attached to the axis their gates sit on (`PRUNABLE_AXES` of
+    their "log_alpha").
+
+    Args:
+        body: layers of a built chain (each called once in a model).
+
+    Returns:
+        `(axes, layer_axes)`.
+
+    Raises:
+        ValueError: a `Reshape` mixes the units of a prunable axis (names the layer).
+    """
+    first_in, _ = io_shapes(body[0])
+    axes = [UnitAxis(size=int(first_in[-1]))]
+    layer_axes: list[tuple[int, int]] = []
+    i = 0
+    while i < len(body):
+        layer = body[i]
+        current = len(axes) - 1
+        if isinstance(layer, INDEX_MAP_TYPES):
+            j = i
+            while j < len(body) and isinstance(body[j], INDEX_MAP_TYPES):
+                j += 1
+            run = _index_run(body[i:j])
+            src = axes[current]
+            if run.raw_map is None and (src.producer is not None or src.gated_by):
+                bad = next(lay for lay, m in zip(run.shape_layers, run.shape_maps) if m is None)
+                in_shape, out_shape = io_shapes(bad)
+                raise _unsupported(
+                    bad,
+                    f"It reshapes {in_shape} to {out_shape}, mixing the units of the last axis, which "
+                    "pruning removes; only reshapes that keep each unit a whole slice (e.g. Flatten) "
+                    "are supported after a Conv2D/Dense layer.",
+                )
+            _, out_shape = io_shapes(body[j - 1])
+            axes.append(UnitAxis(size=int(out_shape[-1]), source=current, index_map=run.index_map))
+            layer_axes += [(current, current + 1)] * (j - i)
+            i = j
+            continue
+        if isinstance(layer, WEIGHTED_TYPES):
+            axes.append(UnitAxis(size=int(io_shapes(layer)[1][-1]), producer=layer))
+            layer_axes.append((current, current + 1))
+            if isinstance(layer, GATED_TYPES):
+                side = PRUNABLE_AXES[layer_kind(layer)]["log_alpha"][0]
+                axes[current if side == "in" else current + 1].gated_by.append(layer)
+        else:  # element-wise and pooling layers keep the unit axis
+            layer_axes.append((current, current))
+        i += 1
+    return axes, layer_axes
+
+
+def _floor(candidates: np.ndarray, score: np.ndarray | None) -> np.ndarray:
+    """The one unit kept when a plan would empty an axis: the best-scored candidate."""
+    if candidates.size == 0:
+        raise ValueError("A unit axis has no unit left to keep (its source lost every unit).")
+    if score is None:
+        return candidates[:1]
+    return np.array([candidates[int(np.argmax(np.asarray(score)[candidates]))]])
+
+
+def effective_keep(
+    axes: Sequence[UnitAxis],
+    keep: Sequence[np.ndarray | None],
+    scores: Sequence[np.ndarray | None] | None = None,
+) -> list[np.ndarray]:
+    """The consistent keep-index arrays of every axis for a requested plan.
+
+    1. Forward: an axis made by an index map keeps only the units whose source unit
+       survives (a pruned conv channel takes its H x W flattened copies with it), and
+       of those the requested ones.
+    2. Backward: a unit of a weighted layer's output none of whose copies survive
+       after an index map is removed too (nobody reads it).
+    3. Forward again. No axis is ever emptied: the best-scored unit stays.
+
+    Args:
+        axes: from `unit_axes`.
+        keep: per axis (missing trailing entries: None), the indices to keep in the
+            current model's units, or None for all of them.
+        scores: optional per-axis scores (activation rates) choosing the unit kept on
+            an axis that would be emptied.
+
+    Returns:
+        Sorted index arrays, one per axis.
+    """
+    n = len(axes)
+    keep = list(keep) + [None] * (n - len(keep))
+    scores = list(scores or []) + [None] * (n - len(scores or []))
+    want = [np.arange(a.size) if k is None else np.unique(np.asarray(k, dtype=np.int64)) for a, k in zip(axes, keep)]
+    for a, w in zip(axes, want):
+        if w.size and (w[0] < 0 or w[-1] >= a.size):
+            raise ValueError(f"Keep indices {w[:5]}... are out of range for a unit axis of size {a.size}.")
+    eff: list[np.ndarray] = [np.empty(0, np.int64)] * n
+
+    def forward() -> None:
+        for i, a in enumerate(axes):
+            if a.source is None:
+                available = np.arange(a.size)
+            elif a.index_map is None:
+                if eff[a.source].size != axes[a.source].size:
+                    raise ValueError(f"Unit axis {a.source} cannot be pruned: the layer after it mixes its units.")
+                available = np.arange(a.size)
+            else:
+                available = np.flatnonzero(np.isin(a.index_map, eff[a.source]))
+            cur = np.intersect1d(available, want[i])
+            eff[i] = cur if cur.size or not available.size else _floor(available, scores[i])
+
+    forward()
+    need = [e.copy() for e in eff]
+    for i in range(n - 1, -1, -1):
+        a = axes[i]
+        if a.source is None or a.index_map is None:
+            continue
+        sources = np.unique(a.index_map[need[i]])
+        need[a.source] = np.intersect1d(need[a.source], sources)
+        if axes[a.source].producer is not None:
+            want[a.source] = np.intersect1d(want[a.source], sources)
+    forward()
+    return eff
 
 
 def take_axes(array: np.ndarray, index: Sequence[np.ndarray | None]) -> np.ndarray:
@@ -56,6 +295,7 @@ def build_chain_model(
     features: np.ndarray | None = None,
     name: str | None = None,
     dtype: Any = None,
+    spatial: bool = False,
 ) -> keras.Model:
     """Builds the functional model `Input -> [Flatten] -> [SelectFeatures] -> body`.
 
@@ -65,16 +305,22 @@ def build_chain_model(
         features: indices of the flattened input to keep, or None for all.
         name: model name.
         dtype: dtype of the input tensor (defaults to Keras' float type).
+        spatial: a convolutional chain: `Input -> body`, no flatten head (`features`
+            must be None).
 
     Returns:
         A built `keras.Model`.
     """
     inputs = keras.Input(shape=tuple(input_shape), dtype=dtype)
     x = inputs
-    if len(input_shape) > 1:
-        x = keras.layers.Flatten(name="flatten")(x)
-    if features is not None:
-        x = SelectFeatures(indices=[int(i) for i in features], name="select_features")(x)
+    if spatial:
+        if features is not None:
+            raise ValueError("A convolutional chain (spatial=True) takes the input as it is: `features` must be None.")
+    else:
+        if len(input_shape) > 1:
+            x = keras.layers.Flatten(name="flatten")(x)
+        if features is not None:
+            x = SelectFeatures(indices=[int(i) for i in features], name="select_features")(x)
     for layer in body:
         x = layer(x)
     return keras.Model(inputs, x, name=name)
@@ -93,80 +339,151 @@ def _dense_kwargs(layer: keras.layers.Layer, units: int) -> dict[str, Any]:
     }
 
 
+def _conv_kwargs(layer: keras.layers.Layer, filters: int) -> dict[str, Any]:
+    cfg = layer.get_config()
+    return {
+        "filters": filters,
+        "kernel_size": tuple(cfg["kernel_size"]),
+        "strides": tuple(cfg["strides"]),
+        "padding": cfg["padding"],
+        "data_format": "channels_last",
+        "activation": cfg["activation"],
+        "use_bias": cfg["use_bias"],
+        "kernel_initializer": cfg["kernel_initializer"],
+        "bias_initializer": cfg["bias_initializer"],
+        "name": layer.name,
+        "dtype": layer.dtype_policy,
+    }
+
+
+def _new_weighted(layer: keras.layers.Layer, size_out: int, convert: str, l0_kwargs: Any, k: int) -> keras.layers.Layer:
+    conv = isinstance(layer, CONV_TYPES)
+    is_l0 = isinstance(layer, GATED_TYPES)
+    target_l0 = (convert == "l0") or (convert == "same" and is_l0)
+    if target_l0 and is_l0:
+        cfg = layer.get_config()
+        cfg["filters" if conv else "units"] = size_out
+        return type(layer).from_config(cfg)
+    kwargs = _conv_kwargs(layer, size_out) if conv else _dense_kwargs(layer, size_out)
+    if target_l0:
+        extra = l0_kwargs(k, layer) if callable(l0_kwargs) else (l0_kwargs or {})
+        return (L0Conv2D if conv else L0Dense)(**kwargs, **extra)
+    return (keras.layers.Conv2D if conv else keras.layers.Dense)(**kwargs)
+
+
+def _new_index_run(run: _IndexRun, eff_in: np.ndarray, eff_out: np.ndarray) -> list[keras.layers.Layer]:
+    """The layers replacing a run of index-map layers whose input keeps `eff_in` and output `eff_out`:
+    its Flatten/Reshape layers re-derived for the surviving units, then one `SelectFeatures`
+    if individual positions were pruned (none if it would keep everything)."""
+    out: list[keras.layers.Layer] = []
+    source: np.ndarray | None = None  # input unit that each position of the current tensor copies
+    for k, (layer, m) in enumerate(zip(run.shape_layers, run.shape_maps)):
+        cfg = layer.get_config()
+        source = None if m is None or (k > 0 and source is None) else (m if k == 0 else source[m])
+        if source is not None and isinstance(layer, keras.layers.Reshape):
+            target = list(cfg["target_shape"])
+            if target[-1] != -1:
+                target[-1] = int(np.isin(source, eff_in).sum())
+            cfg["target_shape"] = tuple(target)
+        out.append(type(layer).from_config(cfg))  # an unfollowable reshape's input is never pruned
+    if run.raw_map is None:
+        raw_available = np.arange(int(io_shapes(run.shape_layers[-1])[1][-1]))
+    else:
+        raw_available = np.flatnonzero(np.isin(run.raw_map, eff_in))
+    wanted = eff_out if run.select is None else run.select[eff_out]
+    if not np.array_equal(wanted, raw_available):
+        named = [layer for layer in run.layers if isinstance(layer, SelectFeatures)]
+        base = named[0] if named else run.layers[-1]
+        out.append(
+            SelectFeatures(
+                indices=[int(i) for i in np.searchsorted(raw_available, wanted)],
+                name=base.name if named else f"{base.name}_select",
+                dtype=base.dtype_policy,
+            )
+        )
+    return out
+
+
 def rebuild_body(
     body: Sequence[keras.layers.Layer],
-    keep: Sequence[np.ndarray | None],
+    keep: Sequence[np.ndarray | None] | None = None,
     convert: str = "same",
     l0_kwargs: dict[str, Any] | Callable[[int, keras.layers.Layer], dict[str, Any]] | None = None,
-    kernel_transform: Callable[[keras.layers.Layer, np.ndarray], np.ndarray] | None = None,
+    weight_transform: Callable[[keras.layers.Layer, str, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[list[keras.layers.Layer], VariableMap, Callable[[], None]]:
-    """New layers for `body` with only the kept input units of every dense layer.
+    """New layers for `body` keeping only the given units of every unit axis.
 
     Args:
-        body: the current layers (dense and element-wise), already built.
-        keep: for each dense layer in order, the indices of its inputs to keep
-            (None: all). Dense layer k then keeps output units `keep[k + 1]`; the
-            last dense layer keeps all its outputs.
-        convert: "same" (L0Dense stays L0Dense, Dense stays Dense), "l0" (every
-            dense layer becomes an `L0Dense` built with `l0_kwargs`), or "dense"
-            (every dense layer becomes a plain `keras.layers.Dense`).
-        l0_kwargs: `L0Dense` arguments used by convert="l0" for layers that are not
-            `L0Dense` already: a dict, or `f(k, layer) -> dict` for dense layer k.
-        kernel_transform: optional `f(old_layer, kernel) -> kernel` applied to the
-            full kernel before slicing (`strip` folds the gates in with it).
+        body: the current layers, already built (see `unit_axes`).
+        keep: for each unit axis but the last (the model output, never pruned), the
+            indices of the units to keep (None: all); None: nothing pruned. For a dense
+            chain these are the inputs of each dense layer in order (dense layer k then
+            keeps output units `keep[k + 1]`). The plan is made consistent with
+            `effective_keep` first.
+        convert: "same" (gated layers stay gated, plain ones plain), "l0" (every Dense /
+            Conv2D becomes an `L0Dense` / `L0Conv2D` built with `l0_kwargs`), or "dense"
+            (every layer becomes a plain `keras.layers.Dense` / `Conv2D`).
+        l0_kwargs: gated-layer arguments used by convert="l0" for layers that are not
+            gated already: a dict, or `f(k, layer) -> dict` for weighted layer k.
+        weight_transform: optional `f(old_layer, weight_name, value) -> value` applied to
+            the full kernel and bias before slicing (`strip` folds the gates in with it).
 
     Returns:
-        `(new_layers, variable_map, load_weights)`: the fresh layers, the map of
-        old to new variables with their index arrays, and a function that copies
-        the sliced weights (and the gate-noise seed state) once the new layers are
-        built (call it after `build_chain_model`).
+        `(new_layers, variable_map, load_weights)`: the fresh layers (a `SelectFeatures`
+        may follow a `Flatten`), the map of old to new variables with their index
+        arrays, and a function that copies the sliced weights (and the gate-noise seed
+        state) once the new layers are built (call it after `build_chain_model`).
     """
     if convert not in ("same", "l0", "dense"):
         raise ValueError(f"Invalid value received for argument `convert`. Expected 'same', 'l0' or 'dense'. Received: convert={convert!r}")
-    dense = [layer for layer in body if isinstance(layer, DENSE_TYPES)]
-    if len(keep) != len(dense):
-        raise ValueError(f"Expected one keep-index array per dense layer ({len(dense)}), received {len(keep)}")
+    axes, layer_axes = unit_axes(body)
+    keep = [None] * (len(axes) - 1) if keep is None else list(keep)
+    if len(keep) != len(axes) - 1:
+        raise ValueError(
+            f"Expected one keep-index array per unit axis but the output ({len(axes) - 1}: the inputs of "
+            f"every dense layer of a dense chain), received {len(keep)}"
+        )
+    eff = effective_keep(axes, keep + [None])
+    index = [None if e.size == a.size else e for e, a in zip(eff, axes)]
     new_layers: list[keras.layers.Layer] = []
-    pending: list[tuple[keras.layers.Layer, keras.layers.Layer, tuple[Any, Any]]] = []
+    pending: list[tuple[keras.layers.Layer, keras.layers.Layer, np.ndarray | None, np.ndarray | None]] = []
     k = 0
-    for layer in body:
-        if not isinstance(layer, DENSE_TYPES):
-            new_layers.append(type(layer).from_config(layer.get_config()))
+    i = 0
+    while i < len(body):
+        layer, (a_in, a_out) = body[i], layer_axes[i]
+        if isinstance(layer, INDEX_MAP_TYPES):
+            j = i
+            while j < len(body) and isinstance(body[j], INDEX_MAP_TYPES):
+                j += 1
+            new_layers.extend(_new_index_run(_index_run(body[i:j]), eff[a_in], eff[a_out]))
+            i = j
             continue
-        keep_in = keep[k]
-        keep_out = keep[k + 1] if k + 1 < len(dense) else None
-        units = layer.units if keep_out is None else int(len(keep_out))
-        is_l0 = isinstance(layer, L0Dense)
-        target_l0 = (convert == "l0") or (convert == "same" and is_l0)
-        if target_l0 and is_l0:
-            cfg = layer.get_config()
-            cfg["units"] = units
-            new = L0Dense.from_config(cfg)
-        elif target_l0:
-            extra = l0_kwargs(k, layer) if callable(l0_kwargs) else (l0_kwargs or {})
-            new = L0Dense(**_dense_kwargs(layer, units), **extra)
+        if isinstance(layer, WEIGHTED_TYPES):
+            size_out = axes[a_out].size if index[a_out] is None else int(index[a_out].size)
+            new = _new_weighted(layer, size_out, convert, l0_kwargs, k)
+            new_layers.append(new)
+            pending.append((layer, new, index[a_in], index[a_out]))
+            k += 1
         else:
-            new = keras.layers.Dense(**_dense_kwargs(layer, units))
-        new_layers.append(new)
-        pending.append((layer, new, (keep_in, keep_out)))
-        k += 1
+            new_layers.append(type(layer).from_config(layer.get_config()))
+        i += 1
 
     var_map: VariableMap = []
 
     def load_weights() -> None:
-        for old, new, (keep_in, keep_out) in pending:
-            axes = {"in": keep_in, "out": keep_out}
-            for attr, spec in PRUNABLE_AXES.items():
+        for old, new, keep_in, keep_out in pending:
+            sides = {"in": keep_in, "out": keep_out}
+            for attr, spec in PRUNABLE_AXES[layer_kind(old)].items():
                 old_var, new_var = getattr(old, attr, None), getattr(new, attr, None)
                 if old_var is None or new_var is None:
                     continue
-                index = tuple(axes[a] if a is not None else None for a in spec)
+                idx = tuple(sides[a] if a is not None else None for a in spec)
                 value = np.asarray(old_var.numpy())
-                if attr == "kernel" and kernel_transform is not None:
-                    value = kernel_transform(old, value)
-                new_var.assign(take_axes(value, index).astype(new_var.dtype))
-                var_map.append((old_var, new_var, index))
-            if isinstance(old, L0Dense) and isinstance(new, L0Dense):
+                if weight_transform is not None and attr != "log_alpha":
+                    value = weight_transform(old, attr, value)
+                new_var.assign(take_axes(value, idx).astype(new_var.dtype))
+                var_map.append((old_var, new_var, idx))
+            if isinstance(old, GATED_TYPES) and isinstance(new, GATED_TYPES):
                 new.seed_generator.state.assign(old.seed_generator.state.numpy())
 
     return new_layers, var_map, load_weights

@@ -2,7 +2,7 @@
 
 Data flow of one run::
 
-    user model --to_l0--> gated model --(flatten+select: data pipeline)--> GatedModel core
+    user model --to_l0--> gated model --(dense-first: flatten+select in the data pipeline)--> GatedModel core
     epoch:  tf.data (seeded shuffle, batch b_i) -> compiled multi-step loop of train_stats
             -> accumulated: losses, open-gate counts (Eq. 6), Eq. 8 increments
     boundary: evaluate; prune (Eq. 7, hp/dynhp) -> rebuild core + optimizer;
@@ -36,12 +36,11 @@ import tensorflow as tf
 
 from tf_dynhp import batching, memory
 from tf_dynhp import checkpoint as ckpt
-from tf_dynhp.chain import parse_chain
+from tf_dynhp.chain import GATED_TYPES, parse_chain
 from tf_dynhp.convert import strip, to_l0
-from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import GatedModel
 from tf_dynhp.state import TrainerState
-from tf_dynhp.surgery import build_chain_model, rebuild_body, transfer_optimizer
+from tf_dynhp.surgery import build_chain_model, effective_keep, rebuild_body, transfer_optimizer, unit_axes
 
 __all__ = ["fit", "FitResult", "METHODS", "NonFiniteError"]
 
@@ -59,8 +58,8 @@ class FitResult:
     """What `fit` returns.
 
     Attributes:
-        model: the stripped plain Keras model (smaller `Dense` layers, original input).
-        gated_model: the trained model with its `L0Dense` layers (original input),
+        model: the stripped plain Keras model (smaller `Dense` / `Conv2D` layers, original input).
+        gated_model: the trained model with its gated layers (original input),
             e.g. to continue training; for method="dense" the trained dense model.
         history: dict of per-epoch lists.
         state: the `TrainerState` at the end.
@@ -143,26 +142,32 @@ def _as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, w
 
 # --------------------------------------------------------------------------- the core model
 def _core_from(gated: keras.Model) -> tuple[GatedModel, np.ndarray | None, tuple[int, ...]]:
-    """GatedModel on flat selected features from a full-input gated (or dense) model."""
+    """GatedModel on flat selected features (dense-first) or on the input as it is
+    (convolutional) from a full-input gated (or dense) model."""
     chain = parse_chain(gated)
-    layers, _, load = rebuild_body(chain.body, [None] * len(chain.dense_layers), convert="same")
-    core = _assemble_core(chain.input_dim, layers, dtype=gated.inputs[0].dtype)
+    layers, _, load = rebuild_body(chain.body, None, convert="same")
+    core = _assemble_core(chain.body_input_shape, layers, dtype=gated.inputs[0].dtype)
     load()
     return core, chain.features, chain.input_shape
 
 
-def _assemble_core(input_dim: int, layers: Sequence[keras.layers.Layer], dtype: Any = None) -> GatedModel:
-    inputs = keras.Input(shape=(int(input_dim),), name="features", dtype=dtype)
+def _assemble_core(input_shape: int | Sequence[int], layers: Sequence[keras.layers.Layer], dtype: Any = None) -> GatedModel:
+    shape = (int(input_shape),) if isinstance(input_shape, (int, np.integer)) else tuple(int(d) for d in input_shape)
+    inputs = keras.Input(shape=shape, name="features", dtype=dtype)
     x = inputs
     for layer in layers:
         x = layer(x)
     return GatedModel(inputs, x, name="dynhp_core")
 
 
+def _is_spatial(core: GatedModel) -> bool:
+    return len(core.inputs[0].shape) > 2
+
+
 def _full_model(core: GatedModel, features: np.ndarray | None, input_shape: tuple[int, ...], name: str) -> keras.Model:
-    """The core's layers behind the original input: Input -> Flatten -> SelectFeatures -> layers."""
-    layers, _, load = rebuild_body(core.body, [None] * len(core.dense_layers), convert="same")
-    model = build_chain_model(input_shape, layers, features, name=name, dtype=core.inputs[0].dtype)
+    """The core's layers behind the original input: Input -> [Flatten -> SelectFeatures] -> layers."""
+    layers, _, load = rebuild_body(core.body, None, convert="same")
+    model = build_chain_model(input_shape, layers, features, name=name, dtype=core.inputs[0].dtype, spatial=_is_spatial(core))
     load()
     return model
 
@@ -177,7 +182,7 @@ class _Accumulators:
             name: tf.Variable(0.0, dtype=f64, trainable=False)
             for name in ("loss", "data_loss", "correct", "count", "steps", "ratio", "increment", "max_batch", "width", "nonfinite")
         }
-        self.gate_open = [tf.Variable(tf.zeros((layer.input_dim,), f64), trainable=False) for layer in core.gated_layers]
+        self.gate_open = [tf.Variable(tf.zeros((layer.num_gates,), f64), trainable=False) for layer in core.gated_layers]
 
     def reset(self) -> None:
         for v in self.scalars.values():
@@ -223,7 +228,7 @@ def _make_epoch_runner(core: GatedModel, acc: _Accumulators, steps_per_execution
             s["count"].assign_add(count)
             s["steps"].assign_add(1.0)
             s["max_batch"].assign(tf.maximum(s["max_batch"], count))
-            s["width"].assign(tf.maximum(s["width"], tf.cast(tf.shape(x)[1], "float64")))
+            s["width"].assign(tf.maximum(s["width"], tf.cast(tf.reduce_prod(tf.shape(x)[1:]), "float64")))
             if core.track_variance:
                 variance = tf.cast(st["variance_l1"], "float64")
                 safe_loss = tf.maximum(data_loss, 1e-12)
@@ -255,11 +260,11 @@ def _trace_ahead(runner, evaluator, core: GatedModel) -> float:
     """Traces the step loop and the evaluator for `core` now (not inside the first
     epoch), so that rebuild and retrace time can be measured apart. Returns seconds."""
     t0 = time.perf_counter()
-    dim = int(core.inputs[0].shape[-1])
+    shape = tuple(int(d) for d in core.inputs[0].shape[1:])
     dtype = core.inputs[0].dtype
-    probe = tf.data.Dataset.from_tensor_slices((np.zeros((1, dim), dtype), np.zeros((1,), np.int32))).batch(1)
+    probe = tf.data.Dataset.from_tensor_slices((np.zeros((1,) + shape, dtype), np.zeros((1,), np.int32))).batch(1)
     runner.get_concrete_function(iter(probe))
-    evaluator.get_concrete_function(tf.TensorSpec([None, dim], dtype), tf.TensorSpec([None], tf.int32))
+    evaluator.get_concrete_function(tf.TensorSpec((None,) + shape, dtype), tf.TensorSpec([None], tf.int32))
     return time.perf_counter() - t0
 
 
@@ -295,37 +300,52 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- pruning
 def _prune_plan(core: GatedModel, gate_open: list[np.ndarray], count: float, gamma: float) -> tuple[list[np.ndarray | None], list[int], list[bool]]:
-    """Eq. 6-7: activation rates and the inputs that survive, per dense layer.
+    """Eq. 6-7: activation rates and the units that survive, per unit axis.
+
+    The unit axes (`tf_dynhp.surgery.unit_axes`) are the last axis of the tensors
+    between layers: for a dense chain, the inputs of each dense layer; for a conv
+    chain also the output channels of each conv layer and the flattened features.
+    An axis is pruned by the gates sitting on it (the inputs of an `L0Dense`, the
+    output channels of an `L0Conv2D`); the plan is then made consistent by
+    `effective_keep` (a closed conv channel takes its flattened copies with it).
+    Never the last unit of an axis; the output axis is never pruned.
 
     Returns:
-        (keep indices per dense layer (None: nothing pruned), pruned count per layer,
-        whether each layer is at its floor of one unit).
+        (keep indices per unit axis but the output (None: nothing pruned), pruned
+        count per axis, whether each gated axis is at its floor of one unit).
     """
-    keep: list[np.ndarray | None] = []
-    pruned: list[int] = []
-    floors: list[bool] = []
-    g = 0
-    for layer in core.dense_layers:
-        if not isinstance(layer, L0Dense):
-            keep.append(None)
-            pruned.append(0)
-            floors.append(False)
+    axes, _ = unit_axes(core.body)
+    rate_of = {id(layer): open_ / max(count, 1.0) for layer, open_ in zip(core.gated_layers, gate_open)}  # Eq. 6
+    wanted: list[np.ndarray | None] = []
+    scores: list[np.ndarray | None] = []
+    for axis in axes[:-1]:
+        if not axis.gated_by:
+            wanted.append(None)
+            scores.append(None)
             continue
-        rate = gate_open[g] / max(count, 1.0)  # Eq. 6
-        g += 1
+        rate = np.min(np.stack([rate_of[id(layer)] for layer in axis.gated_by]), axis=0)
         survive = np.flatnonzero(rate >= gamma)  # Eq. 7: Z = Z * g(a, gamma)
         if survive.size == 0:  # never remove the last unit of a layer
             survive = np.array([int(np.argmax(rate))])
-        floors.append(survive.size == 1)
-        pruned.append(int(rate.size - survive.size))
-        keep.append(survive if survive.size < rate.size else None)
+        wanted.append(survive)
+        scores.append(rate)
+    eff = effective_keep(axes, wanted + [None], scores + [None])
+    keep: list[np.ndarray | None] = []
+    pruned: list[int] = []
+    floors: list[bool] = []
+    for axis, e in zip(axes[:-1], eff):
+        keep.append(e if e.size < axis.size else None)
+        pruned.append(int(axis.size - e.size))
+        floors.append(bool(axis.gated_by) and e.size == 1)
     return keep, pruned, floors
 
 
 def _rebuild_core(core: GatedModel, keep: list[np.ndarray | None]) -> GatedModel:
     layers, var_map, load = rebuild_body(core.body, keep, convert="same")
-    in_dim = core.inputs[0].shape[-1] if keep[0] is None else len(keep[0])
-    new = _assemble_core(in_dim, layers, dtype=core.inputs[0].dtype)
+    shape = tuple(int(d) for d in core.inputs[0].shape[1:])
+    if keep[0] is not None:
+        shape = shape[:-1] + (len(keep[0]),)
+    new = _assemble_core(shape, layers, dtype=core.inputs[0].dtype)
     load()
     optimizer = transfer_optimizer(core.optimizer, var_map, new.trainable_variables)
     new.compile(optimizer=optimizer, jit_compile=False)
@@ -437,7 +457,9 @@ def fit(
 
     Args:
         model: a Keras MLP (Sequential or functional chain of Flatten/Reshape,
-            Dense, Dropout, Activation; `L0Dense`/`SelectFeatures` accepted).
+            Dense, Dropout, Activation; `L0Dense`/`SelectFeatures` accepted) or a
+            CNN (Conv2D/`L0Conv2D`, MaxPooling2D/AveragePooling2D, channels_last,
+            then Flatten and the dense part; see `tf_dynhp.parse_chain`).
             It is not modified.
         x: inputs (NumPy array shaped like the model input) or a
             `tf.data.Dataset` of `(features, label)` pairs (then `y` is None).
@@ -479,7 +501,9 @@ def fit(
     Returns:
         A `FitResult`: `.model` (stripped plain Keras model), `.history` (per-epoch
         lists: loss, accuracy, val_loss, val_error, batch_size, candidate_batch_size,
-        active_units, pruned_units, at_floor, model_kb, memory_kb, memory_full_kb,
+        active_units, pruned_units, at_floor (one entry per unit axis: the inputs of
+        each dense layer; for a CNN also the input channels, each conv layer's output
+        channels and the flattened features, see `tf_dynhp.surgery.unit_axes`), model_kb, memory_kb, memory_full_kb,
         budget_kb, variance_ratio, retraces, rebuild_seconds (surgery and optimizer
         transfer), trace_seconds (tracing the step for a new model; epoch 1 includes the
         first trace), epoch_seconds),
@@ -525,8 +549,8 @@ def fit(
 
     # ------------------------------------------------------------------- model
     chain = parse_chain(model)  # raises on unsupported layers before anything else
-    if method == "dense" and any(isinstance(layer, L0Dense) for layer in chain.body):
-        raise ValueError("method='dense' trains plain Dense layers; this model has L0Dense layers: pass tf_dynhp.strip(model).")
+    if method == "dense" and any(isinstance(layer, GATED_TYPES) for layer in chain.body):
+        raise ValueError("method='dense' trains plain Dense/Conv2D layers; this model has gated (L0Dense/L0Conv2D) layers: pass tf_dynhp.strip(model).")
     from tf_dynhp.model import classifier_head
 
     num_classes, _ = classifier_head(chain.body)
@@ -563,11 +587,16 @@ def fit(
             layer.dataset_size = n_train
     core.compile(optimizer=opt, jit_compile=False)
     core.optimizer.build(core.trainable_variables)
+    if chain.spatial:  # the images go in as they are (no flatten head, no feature selection)
+        x_train = x_train.reshape((-1,) + tuple(input_shape))
+        if val is not None:
+            val = (val[0].reshape((-1,) + tuple(input_shape)), val[1])
 
+    axes, _ = unit_axes(core.body)
     state = TrainerState(
         method=method, seed=seed, batch_size=batch_size, candidate_batch_size=batch_size,
-        alive=[list(range(int(layer.kernel.shape[0]))) for layer in core.dense_layers],
-        original_inputs=[int(layer.kernel.shape[0]) for layer in core.dense_layers],
+        alive=[list(range(axis.size)) for axis in axes[:-1]],
+        original_inputs=[axis.size for axis in axes[:-1]],
     )
     if features is not None:
         state.alive[0] = [int(i) for i in features]
@@ -689,7 +718,7 @@ def _model_signature(chain: Any) -> dict[str, Any]:
     return {
         "input_shape": list(chain.input_shape),
         "layers": [
-            [type(layer).__name__, int(getattr(layer, "units", 0)), str(getattr(getattr(layer, "activation", None), "__name__", ""))]
+            [type(layer).__name__, int(getattr(layer, "units", getattr(layer, "filters", 0))), str(getattr(getattr(layer, "activation", None), "__name__", ""))]
             for layer in chain.body
         ],
     }
@@ -742,10 +771,11 @@ class _Run:
         self.trace_seconds += _trace_ahead(self.runner, self.evaluator, self.core)
 
     def weights(self) -> int:
-        return memory.weight_count(self.core.dense_layers)
+        return memory.weight_count(self.core.weighted_layers)
 
     def input_dim(self) -> int:
-        return int(self.core.inputs[0].shape[-1])
+        """Input floats per example (selected features, or the whole image)."""
+        return int(math.prod(int(d) for d in self.core.inputs[0].shape[1:]))
 
     def retraces(self) -> int:
         return self.traced_before + _tracing_count(self.runner, self.evaluator)
@@ -775,8 +805,9 @@ class _Run:
         record["batch_size"] = state.batch_size
         record["variance_ratio"] = stats["ratio"] / stats["steps"] if self.core.track_variance else None
         rebuild_seconds = 0.0
-        n_dense = len(self.core.dense_layers)
-        pruned, floors = [0] * n_dense, [False] * n_dense
+        axes, _ = unit_axes(self.core.body)
+        n_axes = len(axes) - 1
+        pruned, floors = [0] * n_axes, [False] * n_axes
         if method in ("hp", "dynhp"):
             keep, pruned, floors = _prune_plan(self.core, stats["gate_open"], count, gamma)
             if any(k is not None for k in keep):
@@ -789,8 +820,11 @@ class _Run:
                 self.set_core(_rebuild_core(self.core, keep))
                 rebuild_seconds = time.perf_counter() - t_rebuild
                 self.trace()
-        if method == "sp":
-            record["active_units"] = [float(np.sum(g)) / count for g in stats["gate_open"]]
+        if method == "sp":  # expected open gates per unit axis (its size where no gate sits)
+            open_of = {id(layer): float(np.sum(g)) / count for layer, g in zip(self.core.gated_layers, stats["gate_open"])}
+            record["active_units"] = [
+                open_of[id(axis.gated_by[0])] if axis.gated_by else float(axis.size) for axis in axes[:-1]
+            ]
         else:
             record["active_units"] = [len(a) for a in state.alive]
         record["pruned_units"] = pruned

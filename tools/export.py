@@ -54,8 +54,8 @@ def _load_keras(path: str):
     if not Path(path).is_file():
         raise app.UsageError(f"--model/--dense_model: no such file: {path}")
     model = keras.models.load_model(path, compile=False)
-    if any(isinstance(layer, tf_dynhp.L0Dense) for layer in model.layers):
-        print(f"{path}: gated model (L0Dense layers); stripping it first")
+    if any(isinstance(layer, (tf_dynhp.L0Dense, tf_dynhp.L0Conv2D)) for layer in model.layers):
+        print(f"{path}: gated model (L0Dense/L0Conv2D layers); stripping it first")
         model = tf_dynhp.strip(model)
     return model
 
@@ -94,6 +94,8 @@ def main(argv: list[str]) -> int:
     calibration = x_train[rng.permutation(len(x_train))[: FLAGS.calibration_examples]]
 
     model = _load_keras(FLAGS.model)
+    if tuple(int(d) for d in model.inputs[0].shape[1:]) == x_test.shape[1:] + (1,):  # a CNN on (28, 28, 1)
+        x_test, calibration = x_test[..., None], calibration[..., None]
     variants = list(export.QUANTIZATIONS) if FLAGS.quantization == "all" else [FLAGS.quantization]
     rows = []
     with tempfile.TemporaryDirectory(prefix="tf_dynhp_export_ref_") as tmp:

@@ -1,7 +1,8 @@
-"""Train an MLP with tf_dynhp (dense, SP, HP or DynHP) and write the run folder.
+"""Train an MLP or LeNet-5 with tf_dynhp (dense, SP, HP or DynHP) and write the run folder.
 
     python tools/train.py --dataset=mnist --method=dynhp --alpha_bs=0.972 \
         --budget_kb=2609.4 --epochs=20 --out_dir=runs/dynhp
+    python tools/train.py --arch=lenet5 --method=dynhp --alpha_bs=0.972 --epochs=50 --out_dir=runs/lenet5
 
 Prints one line per epoch (epoch, loss, val error, batch size, active units per
 layer, MO KB, seconds) and writes into --out_dir: `config.json` (the resolved
@@ -22,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "mnist", ["mnist", "fashion_mnist"], "Dataset to train on.")
 flags.DEFINE_string("data_dir", None, "Folder with the IDX files (default: TF_DYNHP_DATA, /usr/share/datasets, Keras cache).")
+flags.DEFINE_enum("arch", "mlp", ["mlp", "lenet5"], "Model: the paper's MLP (--hidden) or LeNet-5-Caffe (conv 20-50, dense 500).")
 flags.DEFINE_enum("method", "dynhp", ["dense", "sp", "hp", "dynhp"], "Training method.")
 flags.DEFINE_integer("epochs", 20, "Number of epochs.")
 flags.DEFINE_integer("batch_size", None, "(Initial) batch size; default 16 for dynhp, 100 otherwise.")
@@ -33,7 +35,7 @@ flags.DEFINE_integer("budget_batch", 512, "Batch whose SP memory (MO) is the def
 flags.DEFINE_enum("budget_on", "paper", ["paper", "full"], "Budget on the paper's MO or the full footprint.")
 flags.DEFINE_float("gamma", 0.5, "Eq. 7 pruning threshold.")
 flags.DEFINE_enum("batch_growth", "step_mean", ["step_mean", "step", "epoch"], "Reading of Eq. 8.")
-flags.DEFINE_string("hidden", "300,100", "Hidden layer sizes of the MLP.")
+flags.DEFINE_string("hidden", "300,100", "Hidden layer sizes of the MLP (--arch=mlp).")
 flags.DEFINE_integer("train_limit", None, "Use only the first N training images (quick runs).")
 flags.DEFINE_integer("seed", 1, "Seed (identical runs for identical seeds).")
 flags.DEFINE_integer("steps_per_execution", 50, "Train steps per compiled call.")
@@ -55,7 +57,7 @@ def main(argv):
 
 
 _CONFIG_FLAGS = (
-    "dataset", "method", "epochs", "batch_size", "l0_lambda", "learning_rate", "alpha_bs", "budget_kb",
+    "dataset", "arch", "method", "epochs", "batch_size", "l0_lambda", "learning_rate", "alpha_bs", "budget_kb",
     "budget_batch", "budget_on", "gamma", "batch_growth", "train_limit", "seed", "steps_per_execution",
     "droprate_init", "input_droprate_init", "on_nonfinite",
 )
