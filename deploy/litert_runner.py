@@ -172,7 +172,19 @@ def load_images_labels(
 
 # --------------------------------------------------------------------------- measuring
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (`resource.getrusage`)."""
+    """Peak resident set size of this process in MiB.
+
+    On Linux this is `VmHWM` of /proc/self/status: `getrusage`'s `ru_maxrss` survives
+    `exec`, so a process started by a large parent (a Python with TensorFlow loaded)
+    would report the parent's peak. Elsewhere `resource.getrusage`.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB on Linux
 

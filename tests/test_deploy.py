@@ -227,7 +227,10 @@ def test_infer_end_to_end_without_tensorflow(device, variant):
     b50, b99, calls = number(r"^latency batch of 32: p50 ([\d.]+) ms, p99 ([\d.]+) ms \((\d+) calls", out)[:3]
     assert 0 < b50 <= b99 and calls == 25
     (rss,) = number(r"^peak RSS: ([\d.]+) MiB$", out)
-    assert 10 < rss < 4096
+    # The deploy process's own peak (NumPy + LiteRT, ~100 MiB), not the parent's:
+    # this pytest process holds TensorFlow and is far larger.
+    parent = lr.peak_rss_mb()
+    assert 10 < rss < 300 and rss < parent
 
 
 def test_infer_fp32_matches_keras_accuracy(device):

@@ -80,6 +80,7 @@ out = {
     "override": dump(rp.build_grid(["mnist"], "full", alphas=[0.9, 0.95], sp_batch_sizes=[32], hp_batch_sizes=[],
                                    l0_lambdas=[0.1], batch_growth=["epoch"], epochs=7, train_limit=100)),
     "budgets": {d: rp.budget_kb(d) for d in ("mnist", "fashion_mnist")},
+    "lenet5": dump(rp.build_grid(methods=["sp"], lenet5_lambdas=[0.5], lenet5_epochs=50)),
     "errors": [],
 }
 for kwargs in ({"datasets": ["cifar"]}, {"batch_growth": ["fast"]}, {"methods": ["dense"]}, {"seeds_rows": ["hp_best"]},
@@ -97,6 +98,17 @@ def grids() -> dict:
     done = subprocess.run([sys.executable, "-c", GRID_SCRIPT, str(TOOLS / "reproduce.py")], capture_output=True, text=True,
                           cwd=REPO, env=_env(), timeout=120)
     return json.loads(_ok(done).strip().splitlines()[-1])
+
+
+def test_lenet5_rows(grids):
+    """Issue 8: a DynHP LeNet-5 row per data set, budget = MO of LeNet-5 at the SP batch."""
+    lenet = [r for r in grids["lenet5"] if r["arch"] == "lenet5"]
+    assert [(r["dataset"], r["method"], r["alpha_bs"], r["l0_lambda"], r["epochs"]) for r in lenet] == [
+        ("mnist", "dynhp", 0.972, 0.5, 50), ("fashion_mnist", "dynhp", 0.98, 0.5, 50)]
+    # 4 bytes x (431,080 weights + 512 x 784) / 1024, and the same at batch 128.
+    assert lenet[0]["budget_kb"] == pytest.approx(4 * (431080 + 512 * 784) / 1024)
+    assert lenet[1]["budget_kb"] == pytest.approx(4 * (431080 + 128 * 784) / 1024)
+    assert "lenet5" in lenet[0]["name"] and all("lenet5" not in r["name"] for r in grids["lenet5"] if r["arch"] == "mlp")
 
 
 def test_paper_rows_are_the_rows_of_tables_2_and_3(grids):

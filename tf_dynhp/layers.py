@@ -541,7 +541,10 @@ class SelectFeatures(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
-        return ops.take(inputs, np.asarray(self.indices, dtype="int32"), axis=-1)
+        # int16 indices when they fit: the exported .tflite stores half the bytes
+        # (TFLite GATHER takes int16 positions).
+        dtype = "int16" if self.indices[-1] < 2**15 else "int32"
+        return ops.take(inputs, np.asarray(self.indices, dtype=dtype), axis=-1)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (len(self.indices),)

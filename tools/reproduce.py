@@ -87,6 +87,8 @@ flags.DEFINE_list("hp_batch_sizes", None, "Override: HP batch sizes (every data 
 flags.DEFINE_list("l0_lambdas", None, "Override: l0_lambda values.")
 flags.DEFINE_list("batch_growth", None, "Override: DynHP readings of Eq. 8 (step_mean, step, epoch).")
 flags.DEFINE_list("methods", ["sp", "hp", "dynhp"], "Keep only these methods.")
+flags.DEFINE_list("lenet5_lambdas", [], "Add a DynHP LeNet-5 row per data set for each l0_lambda given (issue 8).")
+flags.DEFINE_integer("lenet5_epochs", 50, "Epochs of the LeNet-5 rows (--quick: 2).")
 flags.DEFINE_integer("train_limit", None, "Use only the first N training images (--quick: 2000).")
 flags.DEFINE_integer("test_limit", None, "Use only the first N test images (--quick: 1000).")
 flags.DEFINE_bool("dry_run", False, "Print the planned runs and their status (and write sweep.json); train nothing.")
@@ -149,7 +151,7 @@ def budget_kb(dataset: str, hidden: Sequence[int] = (300, 100)) -> float:
 
 def run_name(config: Any) -> str:
     """Folder name of a run: data set, method, parameters, epochs, data limits, seed."""
-    parts = [config.dataset, config.method]
+    parts = [config.dataset] + ([config.arch] if getattr(config, "arch", "mlp") != "mlp" else []) + [config.method]
     if config.method == "dynhp":
         parts += [f"a{config.alpha_bs:.3f}", config.batch_growth]
         if config.batch_size not in (None, DYNHP_INITIAL_BATCH):
@@ -204,6 +206,8 @@ def build_grid(
     batch_growth: Sequence[str] | None = None,
     train_limit: int | None = None,
     test_limit: int | None = None,
+    lenet5_lambdas: Sequence[float] | None = None,
+    lenet5_epochs: int = 50,
 ) -> list[PlannedRun]:
     """The runs of a sweep, in the order they are started.
 
@@ -217,6 +221,9 @@ def build_grid(
         alphas, sp_batch_sizes, hp_batch_sizes, l0_lambdas, batch_growth: replace
             that axis of the grid (None: the grid's own values).
         train_limit, test_limit: data subsets.
+        lenet5_lambdas: adds, per data set and lambda, a DynHP LeNet-5-Caffe row (issue 8;
+            best alpha_bs, budget = MO of LeNet-5 at the data set's SP batch).
+        lenet5_epochs: epochs of the LeNet-5 rows.
 
     Returns:
         PlannedRun list (names unique).
@@ -279,6 +286,18 @@ def build_grid(
                             row, dataset=dataset, method="dynhp", batch_size=DYNHP_INITIAL_BATCH, l0_lambda=float(lam),
                             alpha_bs=float(a), budget_kb=budget, budget_batch=paper["sp_batch"], batch_growth=growth,
                         )
+    for dataset in datasets:
+        paper = PAPER[dataset]
+        for lam in lenet5_lambdas or []:
+            from tf_dynhp import memory, runs
+
+            lenet_budget = memory.mo_kb(runs.build_lenet5(), batch_size=paper["sp_batch"])
+            config = RunConfig(
+                **{**common, "epochs": int(lenet5_epochs)}, dataset=dataset, arch="lenet5", method="dynhp",
+                batch_size=DYNHP_INITIAL_BATCH, l0_lambda=float(lam), alpha_bs=paper["best_alpha"],
+                budget_kb=lenet_budget, budget_batch=paper["sp_batch"], seed=1,
+            )
+            planned.append(PlannedRun(run_name(config), "lenet5", config))
     names = [p.name for p in planned]
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -555,6 +574,8 @@ def main(argv: list[str]) -> int:
             hp_batch_sizes=_ints("hp_batch_sizes", FLAGS.hp_batch_sizes),
             l0_lambdas=_floats("l0_lambdas", FLAGS.l0_lambdas), batch_growth=FLAGS.batch_growth,
             train_limit=train_limit, test_limit=test_limit,
+            lenet5_lambdas=_floats("lenet5_lambdas", FLAGS.lenet5_lambdas),
+            lenet5_epochs=epochs if FLAGS.quick else FLAGS.lenet5_epochs,
         )
     except ValueError as err:
         raise app.UsageError(str(err)) from err
