@@ -1,0 +1,194 @@
+"""Bad input, tried on purpose (issue 7): every entry point gets a table of broken inputs.
+
+Each case must raise one clear exception whose message names the argument or file at
+fault, and must leave the disk as it was: a sentinel file at the output / checkpoint
+location keeps its bytes and no file appears next to it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import struct
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import tf_dynhp
+from conftest import make_mlp
+from tf_dynhp import datasets, export
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def guarded(tmp_path):
+    """A folder holding a sentinel checkpoint and model; asserts nothing changed after the case."""
+    folder = tmp_path / "guarded"
+    folder.mkdir()
+    (folder / "epoch-00001.dynhp").write_bytes(b"previous checkpoint")
+    (folder / "model.tflite").write_bytes(b"previous model")
+    before = _snapshot(folder)
+    yield folder
+    assert _snapshot(folder) == before, "a failing call changed files on disk"
+
+
+def _lstm():
+    return keras.Sequential([keras.Input((28, 28)), keras.layers.LSTM(4, name="rnn"), keras.layers.Dense(10, activation="softmax")])
+
+
+def _batchnorm():
+    return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.BatchNormalization(name="bn"),
+                             keras.layers.Dense(10, activation="softmax")])
+
+
+def _two_inputs():
+    a, b = keras.Input((28, 28)), keras.Input((28, 28))
+    h = keras.layers.Concatenate()([keras.layers.Flatten()(a), keras.layers.Flatten()(b)])
+    return keras.Model([a, b], keras.layers.Dense(10, activation="softmax")(h))
+
+
+X = np.random.default_rng(0).random((20, 28, 28)).astype("float32")
+Y = np.arange(20) % 10
+MLP_KB = 4 * (784 * 8 + 8 + 8 * 10 + 10) / 1024  # make_mlp(hidden=(8,))
+
+FIT_CASES = [
+    ("wrong shape", dict(x=X[:, :, :20]), ValueError, r"`x` has examples of shape \(28, 20\)"),
+    ("NaN pixels", dict(x=np.where(X > 0.5, np.nan, X)), ValueError, r"`x` contains NaN"),
+    ("inf pixels", dict(x=np.where(X > 0.5, np.inf, X)), ValueError, r"`x` contains NaN or infinite"),
+    ("labels out of range", dict(y=Y + 10), ValueError, r"`y` has labels in \[10, 19\]"),
+    ("negative labels", dict(y=Y - 5), ValueError, r"`y` has labels"),
+    ("float labels", dict(y=Y + 0.25), TypeError, r"`y` must hold integer class ids"),
+    ("empty arrays", dict(x=X[:0], y=Y[:0]), ValueError, r"`x` is empty"),
+    ("length mismatch", dict(y=Y[:7]), ValueError, r"`x` has 20 examples but `y` has 7"),
+    ("LSTM model", dict(model=_lstm), ValueError, r"'rnn' of class LSTM"),
+    ("BatchNormalization", dict(model=_batchnorm), ValueError, r"'bn' of class BatchNormalization"),
+    ("two inputs", dict(model=_two_inputs), ValueError, r"2 inputs"),
+    ("budget negative", dict(budget_kb=-5.0), ValueError, r"`budget_kb`"),
+    ("budget zero", dict(budget_kb=0.0), ValueError, r"`budget_kb`"),
+    ("budget below the model", dict(budget_kb=MLP_KB * 0.9), ValueError, r"`budget_kb`=.* cannot hold the model"),
+    ("alpha_bs below 0", dict(alpha_bs=-0.1), ValueError, r"`alpha_bs`"),
+    ("alpha_bs above 1", dict(alpha_bs=1.5), ValueError, r"`alpha_bs`"),
+    ("gamma 0", dict(gamma=0.0), ValueError, r"`gamma`"),
+    ("gamma 1", dict(gamma=1.0), ValueError, r"`gamma`"),
+    ("checkpoint_dir is a file", dict(checkpoint_dir="FILE"), OSError, r"checkpoint_dir '.*model.tflite/ck' is not writable"),
+]
+
+
+@pytest.mark.parametrize("case,change,err,match", FIT_CASES, ids=[c[0] for c in FIT_CASES])
+def test_fit_rejects(case, change, err, match, guarded):
+    kwargs = dict(method="dynhp", epochs=1, alpha_bs=0.9, budget_kb=MLP_KB + 200, verbose=0, checkpoint_dir=guarded)
+    x, y = change.pop("x", X), change.pop("y", Y)
+    model = change.pop("model", lambda: make_mlp(hidden=(8,)))()
+    if change.get("checkpoint_dir") == "FILE":
+        change["checkpoint_dir"] = guarded / "model.tflite" / "ck"
+    kwargs.update(change)
+    with pytest.raises(err, match=match):
+        tf_dynhp.fit(model, x, y, **kwargs)
+
+
+@pytest.mark.parametrize("build,match", [(_lstm, "'rnn' of class LSTM"), (_batchnorm, "'bn' of class BatchNormalization"),
+                                         (_two_inputs, "2 inputs")])
+def test_to_l0_rejects(build, match):
+    with pytest.raises(ValueError, match=match):
+        tf_dynhp.to_l0(build())
+
+
+def _idx_images(path: Path, count: int, payload: bytes | None = None) -> None:
+    data = struct.pack(">IIII", 0x803, count, 28, 28) + (payload if payload is not None else bytes(count * 784))
+    with gzip.open(path, "wb") as f:
+        f.write(data)
+
+
+def _idx_labels(path: Path, count: int) -> None:
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">II", 0x801, count) + bytes(count))
+
+
+def _fake_dataset(folder: Path, damage: str) -> Path:
+    folder.mkdir(parents=True)
+    for split, n in (("train", 5), ("t10k", 3)):
+        _idx_images(folder / f"{split}-images-idx3-ubyte.gz", n)
+        _idx_labels(folder / f"{split}-labels-idx1-ubyte.gz", n)
+    target = folder / "train-images-idx3-ubyte.gz"
+    if damage == "truncated":
+        _idx_images(target, 5, bytes(784 * 2))
+    elif damage == "garbage":
+        target.write_bytes(b"this is not an IDX file at all")
+    elif damage == "wrong magic":
+        with gzip.open(target, "wb") as f:
+            f.write(struct.pack(">IIII", 0x1234, 5, 28, 28) + bytes(5 * 784))
+    return target
+
+
+@pytest.mark.parametrize("damage,match", [("truncated", "train-images-idx3-ubyte.gz.*expected"),
+                                          ("garbage", "train-images-idx3-ubyte.gz"),
+                                          ("wrong magic", "train-images-idx3-ubyte.gz.*magic")])
+def test_dataset_loader_rejects(damage, match, tmp_path):
+    target = _fake_dataset(tmp_path / "mnist", damage)
+    before = _snapshot(tmp_path / "mnist")
+    with pytest.raises(ValueError, match=match):
+        datasets.load("mnist", tmp_path, download=False)
+    assert _snapshot(tmp_path / "mnist") == before
+    assert target.exists()
+
+
+def test_dataset_loader_unknown_name():
+    with pytest.raises(ValueError, match="`name`"):
+        datasets.load("cifar", download=False)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    keras.utils.set_random_seed(0)
+    return make_mlp(hidden=(8,))
+
+
+@pytest.mark.parametrize(
+    "args,kwargs,err,match",
+    [
+        (("not a model",), {"quantization": "none"}, TypeError, "keras"),
+        (("MODEL",), {"quantization": "int4"}, ValueError, "quantization"),
+        (("MODEL",), {"quantization": "int8"}, ValueError, "representative_data"),
+    ],
+)
+def test_to_tflite_rejects(args, kwargs, err, match, small_model, guarded):
+    model = small_model if args[0] == "MODEL" else args[0]
+    with pytest.raises(err, match=match):
+        export.to_tflite(model, guarded / "model.tflite", **kwargs)
+
+
+def test_to_tflite_missing_folder(small_model, tmp_path):
+    with pytest.raises((FileNotFoundError, ValueError), match="no_such_folder"):
+        export.to_tflite(small_model, tmp_path / "no_such_folder" / "m.tflite")
+    assert not (tmp_path / "no_such_folder").exists()
+
+
+def _litert_runner():
+    spec = importlib.util.spec_from_file_location("litert_runner_bad", ROOT / "deploy" / "litert_runner.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("content", [b"garbage bytes, not a flatbuffer", b"", b"\x00" * 64])
+def test_deploy_rejects_a_file_that_is_not_tflite(content, tmp_path):
+    lr = _litert_runner()
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match="model.tflite"):
+        lr.Classifier(bad)
+    assert bad.read_bytes() == content
+
+
+def test_deploy_rejects_a_missing_file(tmp_path):
+    lr = _litert_runner()
+    with pytest.raises((FileNotFoundError, ValueError), match="absent.tflite"):
+        lr.Classifier(tmp_path / "absent.tflite")
