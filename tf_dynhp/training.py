@@ -415,12 +415,14 @@ def _format_line(record: dict[str, Any], epochs: int) -> str:
     ]
     if record.get("val_error") is not None:
         parts.append(f"val_error {record['val_error']:.2f}%")
-    parts += [
-        f"batch {record['batch_size']}",
-        "active " + "-".join(str(int(round(a))) for a in record["active_units"]),
-        f"MO {record['memory_kb']:.1f} KB",
-        f"{record['epoch_seconds']:.1f}s",
-    ]
+    batch = f"batch {record['batch_size']}"
+    if record.get("variance_ratio") is not None:  # DynHP: Eq. 8's candidate and ratio
+        batch += f" (cand {record['candidate_batch_size']}, S/F {record['variance_ratio']:.0f})"
+    parts += [batch, "active " + "-".join(str(int(round(a))) for a in record["active_units"])]
+    if sum(record.get("pruned_units") or []):
+        parts.append(f"pruned {sum(record['pruned_units'])}")
+    budget = f"/{record['budget_kb']:.1f}" if record.get("budget_kb") else ""
+    parts += [f"MO {record['memory_kb']:.1f}{budget} KB", f"{record['epoch_seconds']:.1f}s"]
     return " - ".join(parts)
 
 
