@@ -27,21 +27,22 @@ def _row(folder: str) -> str | None:
         return None
     sizes = "-".join(str(s) for s in m["layer_sizes"]) if m.get("layer_sizes") else "n/a"
     batches = m["batch_sizes"]
+    budget = f"{m['budget_kb']:.1f}" if m.get("budget_kb") else ""
     return (
         f"| {os.path.basename(folder.rstrip('/'))} | {c['method']} | {c.get('batch_growth', '') if c['method'] == 'dynhp' else ''} "
         f"| {c.get('alpha_bs') or ''} "
         f"| {c['l0_lambda']} | {m['epochs_run']} | {m['test_error']:.2f} | {m['model_kb']:.1f} "
         f"({100 * m['model_kb'] / FLAGS.dense_kb:.1f}%) | {sizes} | {batches[0]}→{batches[-1]} "
         f"| {m['mean_memory_kb']:.1f} ({100 * m['mean_memory_kb'] / FLAGS.sp_mo_kb:.1f}%) | {m['max_memory_kb']:.1f} "
-        f"| {m['budget_kb'] or ''} | {m['train_seconds']:.0f} |"
+        f"| {budget} | {m['train_seconds']:.0f} |"
     )
 
 
 def main(argv):
     folders = argv[1:]
     print(
-        "| run | method | batch_growth | alpha_bs | lambda | epochs | test error % | model KB (% of dense) "
-        "| input-h1-h2 | batch first→last | mean MO KB (% of SP@512) | max MO KB | budget KB | seconds |"
+        "| run | method | batch_growth | alpha_bs | lambda | epochs | test error % | model KB (% of --dense_kb) "
+        "| units per axis (input-...) | batch first→last | mean MO KB (% of --sp_mo_kb) | max MO KB | budget KB | seconds |"
     )
     print("|" + "---|" * 14)
     for folder in folders:
