@@ -214,3 +214,13 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     mb = keras.models.load_model(killed_dir / "gated_model.keras")
     for wa, wb in zip(ma.weights, mb.weights):
         np.testing.assert_array_equal(wa.numpy(), wb.numpy())
+
+
+def test_new_run_clears_checkpoints_of_an_earlier_run(tmp_path, mnist_small):
+    (x, y), _ = mnist_small
+    tf_dynhp.fit(_model(), x[:500], y[:500], epochs=3, checkpoint_dir=tmp_path, budget_kb=_budget(), **FAST)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["epoch-00002.dynhp", "epoch-00003.dynhp"]
+    with pytest.warns(RuntimeWarning, match="removed 2 checkpoint"):
+        tf_dynhp.fit(_model(), x[:500], y[:500], epochs=1, checkpoint_dir=tmp_path, budget_kb=_budget(), **FAST)
+    # Only the new run's checkpoint: a later resume cannot pick up the old epoch 3.
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["epoch-00001.dynhp"]

@@ -39,6 +39,7 @@ __all__ = [
     "list_checkpoints",
     "latest_checkpoint",
     "probe_writable",
+    "remove_checkpoints",
 ]
 
 MAGIC = b"DYNHPCK1"
@@ -145,6 +146,14 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def remove_checkpoints(folder: str | os.PathLike) -> int:
+    """Deletes the checkpoint files of `folder` (a new run starting there); returns how many."""
+    found = list_checkpoints(folder)
+    for path in found:
+        path.unlink(missing_ok=True)
+    return len(found)
 
 
 def latest_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]] | None:

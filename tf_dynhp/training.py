@@ -644,6 +644,13 @@ def fit(
                 run.restore(arrays, meta)
                 if verbose:
                     print(f"Resumed from {path} (epoch {run.state.epoch})", flush=True)
+        elif ckpt.list_checkpoints(checkpoint_dir):
+            # A new run: checkpoints of an earlier run here must not be resumed later by mistake.
+            removed = ckpt.remove_checkpoints(checkpoint_dir)
+            warnings.warn(
+                f"Starting a new run in {checkpoint_dir}: removed {removed} checkpoint(s) of an earlier run "
+                "(pass resume=True to continue it instead).", RuntimeWarning, stacklevel=2,
+            )
     run.trace()
     last_good = run.snapshot()
 
