@@ -224,3 +224,15 @@ def test_new_run_clears_checkpoints_of_an_earlier_run(tmp_path, mnist_small):
         tf_dynhp.fit(_model(), x[:500], y[:500], epochs=1, checkpoint_dir=tmp_path, budget_kb=_budget(), **FAST)
     # Only the new run's checkpoint: a later resume cannot pick up the old epoch 3.
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["epoch-00001.dynhp"]
+
+
+def test_run_folder_keeps_the_last_good_model_on_nonfinite(tmp_path, mnist):
+    from tf_dynhp import runs
+
+    config = runs.RunConfig(method="sp", epochs=3, train_limit=500, test_limit=200, learning_rate=1e20, hidden=(8,))
+    with pytest.raises(tf_dynhp.NonFiniteError):
+        runs.run(config, tmp_path / "run", data=mnist, verbose=0)
+    assert (tmp_path / "run" / "model.keras").exists() and (tmp_path / "run" / "gated_model.keras").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()  # unfinished
+    model = keras.models.load_model(tmp_path / "run" / "gated_model.keras")
+    assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)

@@ -132,6 +132,11 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _write_history(out_dir: str, history: dict[str, list[Any]]) -> None:
+    lines = [json.dumps({k: v[i] for k, v in history.items()}) for i in range(len(history.get("loss", [])))]
+    _write_atomic(os.path.join(out_dir, "history.jsonl"), "\n".join(lines) + ("\n" if lines else ""))
+
+
 def run(
     config: RunConfig,
     out_dir: str | os.PathLike | None = None,
@@ -179,15 +184,23 @@ def run(
     if out_dir is not None:
         _write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
     t0 = time.perf_counter()
-    result = tf_dynhp.fit(
-        model, x, y, method=config.method, epochs=config.epochs, batch_size=config.batch_size,
-        l0_lambda=config.l0_lambda, learning_rate=config.learning_rate, alpha_bs=config.alpha_bs,
-        budget_kb=budget_kb, budget_on=config.budget_on, gamma=config.gamma,
-        batch_growth=config.batch_growth, validation_data=(x_test, y_test), seed=config.seed,
-        steps_per_execution=config.steps_per_execution, verbose=verbose,
-        droprate_init=config.droprate_init, input_droprate_init=config.input_droprate_init,
-        checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
-    )
+    try:
+        result = tf_dynhp.fit(
+            model, x, y, method=config.method, epochs=config.epochs, batch_size=config.batch_size,
+            l0_lambda=config.l0_lambda, learning_rate=config.learning_rate, alpha_bs=config.alpha_bs,
+            budget_kb=budget_kb, budget_on=config.budget_on, gamma=config.gamma,
+            batch_growth=config.batch_growth, validation_data=(x_test, y_test), seed=config.seed,
+            steps_per_execution=config.steps_per_execution, verbose=verbose,
+            droprate_init=config.droprate_init, input_droprate_init=config.input_droprate_init,
+            checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
+        )
+    except tf_dynhp.NonFiniteError as err:
+        if out_dir is not None:  # the folder keeps the last good model (no metrics.json: unfinished)
+            good = err.last_good
+            _write_history(out_dir, good.history)
+            good.model.save(os.path.join(out_dir, "model.keras"))
+            good.gated_model.save(os.path.join(out_dir, "gated_model.keras"))
+        raise
     seconds = time.perf_counter() - t0
     h = result.history
     probs = result.model.predict(x_test, batch_size=2000, verbose=0)
@@ -217,8 +230,7 @@ def run(
             flush=True,
         )
     if out_dir is not None:
-        lines = [json.dumps({k: v[i] for k, v in h.items()}) for i in range(len(h["loss"]))]
-        _write_atomic(os.path.join(out_dir, "history.jsonl"), "\n".join(lines) + "\n")
+        _write_history(out_dir, h)
         result.model.save(os.path.join(out_dir, "model.keras"))
         result.gated_model.save(os.path.join(out_dir, "gated_model.keras"))
         _write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2))  # last: marks it finished
