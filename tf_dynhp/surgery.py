@@ -326,10 +326,10 @@ def build_chain_model(
     return keras.Model(inputs, x, name=name)
 
 
-def _dense_kwargs(layer: keras.layers.Layer, units: int) -> dict[str, Any]:
+def _shared_kwargs(layer: keras.layers.Layer) -> dict[str, Any]:
+    """Constructor arguments every dense or conv layer passes on to its rebuilt self."""
     cfg = layer.get_config()
     return {
-        "units": units,
         "activation": cfg["activation"],
         "use_bias": cfg["use_bias"],
         "kernel_initializer": cfg["kernel_initializer"],
@@ -337,6 +337,10 @@ def _dense_kwargs(layer: keras.layers.Layer, units: int) -> dict[str, Any]:
         "name": layer.name,
         "dtype": layer.dtype_policy,
     }
+
+
+def _dense_kwargs(layer: keras.layers.Layer, units: int) -> dict[str, Any]:
+    return {"units": units, **_shared_kwargs(layer)}
 
 
 def _conv_kwargs(layer: keras.layers.Layer, filters: int) -> dict[str, Any]:
@@ -347,12 +351,7 @@ def _conv_kwargs(layer: keras.layers.Layer, filters: int) -> dict[str, Any]:
         "strides": tuple(cfg["strides"]),
         "padding": cfg["padding"],
         "data_format": "channels_last",
-        "activation": cfg["activation"],
-        "use_bias": cfg["use_bias"],
-        "kernel_initializer": cfg["kernel_initializer"],
-        "bias_initializer": cfg["bias_initializer"],
-        "name": layer.name,
-        "dtype": layer.dtype_policy,
+        **_shared_kwargs(layer),
     }
 
 
