@@ -69,12 +69,16 @@ def main(argv):
         stem = out / f"{name.lower()}.tflite"
         _run([sys.executable, str(ROOT / "tools" / "export.py"), f"--model={model}", f"--out={stem}",
               "--quantization=all", f"--dataset={FLAGS.dataset}"] + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else []))
+        # int8 with one weight scale per tensor: the per-unit scales are a visible share of a small pruned model.
+        pt = out / f"{name.lower()}_int8_per_tensor.tflite"
+        _run([sys.executable, str(ROOT / "tools" / "export.py"), f"--model={model}", f"--out={pt}",
+              "--quantization=int8", "--noper_channel", f"--dataset={FLAGS.dataset}"] + ([f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else []))
         import keras  # noqa: PLC0415
 
         import tf_dynhp  # noqa: F401,PLC0415
 
         params = keras.models.load_model(model, compile=False).count_params()
-        for q in VARIANTS:
+        for q in VARIANTS + ("int8_per_tensor",):
             path = out / f"{name.lower()}_{q}.tflite"
             text = _run([sys.executable, str(ROOT / "deploy" / "infer.py"), "--model", str(path), "--images", str(images),
                          "--labels", str(labels)] + (["--limit", str(FLAGS.limit)] if FLAGS.limit else []))

@@ -44,6 +44,7 @@ flags.DEFINE_string("trainable_out", None, "Also write an on-device training mod
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer of --trainable_out.")
 flags.DEFINE_float("learning_rate", None, "Learning rate of --trainable_out (default: Keras' default).")
 flags.DEFINE_integer("seed", 0, "Seed of the calibration sample.")
+flags.DEFINE_bool("per_channel", True, "Weight scales per output unit (default) or per tensor (--noper_channel: smaller file).")
 
 
 def _load_keras(path: str):
@@ -109,7 +110,8 @@ def main(argv: list[str]) -> int:
         for q in variants:
             target = _variant_path(out, q, FLAGS.quantization == "all")
             start = time.perf_counter()
-            report = export.to_tflite(model, target, q, calibration if q == "int8" else None)
+            report = export.to_tflite(model, target, q, calibration if q == "int8" else None,
+                                      per_channel=FLAGS.per_channel)
             rows.append({"model": f"pruned {q}", "file": str(target), "parameters": report.parameters,
                          "bytes": report.size_bytes, "accuracy": _accuracy(report.path, x_test, y_test),
                          "ops": report.ops, "seconds": round(time.perf_counter() - start, 2)})
