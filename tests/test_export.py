@@ -510,3 +510,26 @@ def test_int8_per_tensor_is_smaller_and_as_accurate(exported, models, mnist, tmp
     acc_fp32 = np.mean(np.argmax(run_infer(exported["none"].path, x_test), 1) == y_test)
     acc_pt = np.mean(np.argmax(run_infer(report.path, x_test), 1) == y_test)
     assert acc_fp32 - acc_pt <= 0.005, (acc_fp32, acc_pt)
+
+
+def test_dynhp_trained_model_int8_drop_and_sizes(mnist, tmp_path):
+    """Issue 5 on a model DynHP really trained and pruned (not pruned by hand): int8 loses
+    at most 0.5 points on the 10,000 MNIST test images; the size bounds hold."""
+    x_train, y_train, x_test, y_test = mnist
+    keras.utils.set_random_seed(3)
+    mlp = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(64, activation="relu"),
+                            keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10, activation="softmax")])
+    result = tf_dynhp.fit(mlp, x_train[:6000], y_train[:6000], method="dynhp", epochs=3, alpha_bs=0.9,
+                          budget_kb=tf_dynhp.memory.mo_kb(mlp, batch_size=128), l0_lambda=0.5, gamma=0.9,
+                          droprate_init=0.2, learning_rate=5e-3, batch_size=20, seed=3, verbose=0)
+    model = result.model
+    assert any(isinstance(l, tf_dynhp.SelectFeatures) for l in model.layers)  # inputs really pruned
+    params = model.count_params()
+    calibration = x_train[:300]
+    fp32 = export.to_tflite(model, tmp_path / "fp32.tflite", "none")
+    int8 = export.to_tflite(model, tmp_path / "int8.tflite", "int8", calibration, per_channel=False)
+    assert fp32.size_bytes <= 4 * params + 16 * 1024
+    assert int8.size_bytes <= params + 16 * 1024
+    acc_fp32 = np.mean(np.argmax(run_infer(fp32.path, x_test), 1) == y_test)
+    acc_int8 = np.mean(np.argmax(run_infer(int8.path, x_test), 1) == y_test)
+    assert acc_fp32 > 0.9 and acc_fp32 - acc_int8 <= 0.005, (acc_fp32, acc_int8)
