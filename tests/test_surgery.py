@@ -123,11 +123,11 @@ def test_activation_rate_counted_in_step_equals_numpy_recount(rng):
     x = x.astype("float32")
     states = [layer.seed_generator.state.numpy().copy() for layer in core.gated_layers]
     acc = _Accumulators(core)
-    runner = _make_epoch_runner(core, acc, steps_per_execution=3, alpha_bs=0.0, growth="step_mean")
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    it = iter(ds)
-    while int(runner(it)) == 3:
-        pass
+    runner = _make_epoch_runner(core, acc, steps_per_execution=3, alpha_bs=0.0, growth="step_mean", features=None)
+    order = tf.range(50, dtype=tf.int64)
+    start = 0
+    while int(runner(tf.constant(x), tf.constant(y.astype("int32")), order, tf.constant(start, tf.int64), tf.constant(8, tf.int64))) == 3:
+        start += 3 * 8
     counted = acc.read()
     assert counted["count"] == 50 and counted["steps"] == 7
     # Recount: replay the same seed-generator sequence eagerly (the weights did not move).

@@ -3,7 +3,7 @@
 Data flow of one run::
 
     user model --to_l0--> gated model --(dense-first: flatten+select in the data pipeline)--> GatedModel core
-    epoch:  tf.data (seeded shuffle, batch b_i) -> compiled multi-step loop of train_stats
+    epoch:  seeded shuffle -> compiled multi-step loop: gather batch b_i (and kept features), train_stats
             -> accumulated: losses, open-gate counts (Eq. 6), Eq. 8 increments
     boundary: evaluate; prune (Eq. 7, hp/dynhp) -> rebuild core + optimizer;
               batch b_{i+1} = min(cap from budget (Eq. 9), candidate (Eq. 8))  (Eq. 10)
@@ -196,57 +196,78 @@ class _Accumulators:
         return out
 
 
-def _make_epoch_runner(core: GatedModel, acc: _Accumulators, steps_per_execution: int, alpha_bs: float, growth: str):
-    """A tf.function running up to `steps_per_execution` steps from an iterator.
+def _make_epoch_runner(
+    core: GatedModel, acc: _Accumulators, steps_per_execution: int, alpha_bs: float, growth: str, features: np.ndarray | None
+):
+    """A tf.function running up to `steps_per_execution` steps of an epoch.
 
-    The batch dimension is dynamic, so a new batch size does not retrace; a new
-    (pruned) model does, once.
+    `run(x_all, y_all, order, start, batch_size)` trains on the batches
+    `order[start + k * batch_size : ...]` for k = 0, 1, ... (the last one may be
+    short), gathering each batch (and the surviving input `features`) inside the
+    graph: no tf.data iterator, no per-step host round trip. It returns the number
+    of steps run; fewer than `steps_per_execution` means the epoch is over (or a
+    non-finite step stopped it). The batch size is a tensor argument, so a new
+    batch size does not retrace; a new (pruned) model gets a new runner, traced once.
     """
     s = acc.scalars
     scale = 1.0 - alpha_bs
+    feats = None if features is None else tf.constant(np.asarray(features, dtype=np.int32))
 
-    @tf.function(reduce_retracing=True)
-    def run(iterator):
-        done = tf.constant(0)
-        for _ in tf.range(steps_per_execution):
-            optional = iterator.get_next_as_optional()
-            if not optional.has_value():
-                break
-            x, y = optional.get_value()
+    def accumulate(st, x):
+        count = tf.cast(st["count"], "float64")
+        data_loss = tf.cast(st["data_loss"], "float64")
+        s["loss"].assign_add(tf.cast(st["loss"], "float64") * count)
+        s["data_loss"].assign_add(data_loss * count)
+        s["correct"].assign_add(tf.cast(st["correct"], "float64"))
+        s["count"].assign_add(count)
+        s["steps"].assign_add(1.0)
+        s["max_batch"].assign(tf.maximum(s["max_batch"], count))
+        s["width"].assign(tf.maximum(s["width"], tf.cast(tf.reduce_prod(tf.shape(x)[1:]), "float64")))
+        if core.track_variance:
+            variance = tf.cast(st["variance_l1"], "float64")
+            safe_loss = tf.maximum(data_loss, 1e-12)
+            s["ratio"].assign_add(variance / safe_loss)
+            if growth == "step_mean":
+                s["increment"].assign_add(tf.floor(scale * variance / count / safe_loss))
+            elif growth == "step":
+                s["increment"].assign_add(tf.floor(scale * variance / safe_loss))
+        for v, g in zip(acc.gate_open, st["gate_open"]):
+            v.assign_add(tf.cast(g, "float64"))
+        return tf.constant(True)
+
+    def flag_nonfinite():
+        s["nonfinite"].assign(s["steps"] + 1.0)  # 1-based step of the epoch
+        return tf.constant(False)
+
+    # autograph=False and an explicit while_loop: tracing skips AutoGraph's source
+    # conversion of the step (a large share of the retrace after every rebuild).
+    @tf.function(reduce_retracing=True, autograph=False)
+    def run(x_all, y_all, order, start, batch_size):
+        n = tf.shape(order, out_type=tf.int64)[0]
+
+        def cond(done, begin, ok):
+            return tf.logical_and(tf.logical_and(ok, done < steps_per_execution), begin < n)
+
+        def body(done, begin, ok):
+            idx = order[begin : tf.minimum(begin + batch_size, n)]
+            x = tf.gather(x_all, idx)
+            if feats is not None:
+                x = tf.gather(x, feats, axis=1)
+            y = tf.gather(y_all, idx)
             st = core.train_stats(x, y)
-            finite = tf.math.is_finite(st["loss"])
-            for g in st["grads"]:
-                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
-            if not finite:
-                s["nonfinite"].assign(s["steps"] + 1.0)  # 1-based step of the epoch
-                break
-            count = tf.cast(st["count"], "float64")
-            data_loss = tf.cast(st["data_loss"], "float64")
-            s["loss"].assign_add(tf.cast(st["loss"], "float64") * count)
-            s["data_loss"].assign_add(data_loss * count)
-            s["correct"].assign_add(tf.cast(st["correct"], "float64"))
-            s["count"].assign_add(count)
-            s["steps"].assign_add(1.0)
-            s["max_batch"].assign(tf.maximum(s["max_batch"], count))
-            s["width"].assign(tf.maximum(s["width"], tf.cast(tf.reduce_prod(tf.shape(x)[1:]), "float64")))
-            if core.track_variance:
-                variance = tf.cast(st["variance_l1"], "float64")
-                safe_loss = tf.maximum(data_loss, 1e-12)
-                s["ratio"].assign_add(variance / safe_loss)
-                if growth == "step_mean":
-                    s["increment"].assign_add(tf.floor(scale * variance / count / safe_loss))
-                elif growth == "step":
-                    s["increment"].assign_add(tf.floor(scale * variance / safe_loss))
-            for v, g in zip(acc.gate_open, st["gate_open"]):
-                v.assign_add(tf.cast(g, "float64"))
-            done += 1
+            # A sum is non-finite when any term is: one reduction per gradient.
+            total = st["loss"] + tf.add_n([tf.reduce_sum(g) for g in st["grads"]])
+            ok = tf.cond(tf.math.is_finite(total), lambda: accumulate(st, x), flag_nonfinite)
+            return done + tf.cast(ok, tf.int32), begin + batch_size, ok
+
+        done, _, _ = tf.while_loop(cond, body, (tf.constant(0), start, tf.constant(True)))
         return done
 
     return run
 
 
 def _make_evaluator(core: GatedModel):
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def evaluate(x, y):
         h, logits, _ = core.forward(x, training=False)
         per_example = core.per_example_loss(y, h, logits)
@@ -256,14 +277,16 @@ def _make_evaluator(core: GatedModel):
     return evaluate
 
 
-def _trace_ahead(runner, evaluator, core: GatedModel) -> float:
+def _trace_ahead(runner, evaluator, core: GatedModel, data_spec: tf.TensorSpec) -> float:
     """Traces the step loop and the evaluator for `core` now (not inside the first
-    epoch), so that rebuild and retrace time can be measured apart. Returns seconds."""
+    epoch), so that rebuild and retrace time can be measured apart. Returns seconds.
+
+    `data_spec`: the (examples, ...) training inputs as the runner receives them."""
     t0 = time.perf_counter()
     shape = tuple(int(d) for d in core.inputs[0].shape[1:])
     dtype = core.inputs[0].dtype
-    probe = tf.data.Dataset.from_tensor_slices((np.zeros((1,) + shape, dtype), np.zeros((1,), np.int32))).batch(1)
-    runner.get_concrete_function(iter(probe))
+    i64 = tf.TensorSpec([], tf.int64)
+    runner.get_concrete_function(data_spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64), i64, i64)
     evaluator.get_concrete_function(tf.TensorSpec((None,) + shape, dtype), tf.TensorSpec([None], tf.int32))
     return time.perf_counter() - t0
 
@@ -278,19 +301,6 @@ def _evaluate(evaluator, x: np.ndarray, y: np.ndarray, features: np.ndarray | No
         loss += float(lb)
         correct += float(cb)
     return loss / len(x), 100.0 * (1.0 - correct / len(x))
-
-
-def _epoch_dataset(x_all: tf.Tensor, y_all: tf.Tensor, order: np.ndarray, batch_size: int, features: np.ndarray | None) -> tf.data.Dataset:
-    feats = None if features is None else tf.constant(np.asarray(features, dtype=np.int32))
-
-    def gather(idx):
-        xb = tf.gather(x_all, idx)
-        if feats is not None:
-            xb = tf.gather(xb, feats, axis=1)
-        return xb, tf.gather(y_all, idx)
-
-    ds = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(batch_size)
-    return ds.map(gather).prefetch(2)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -613,7 +623,8 @@ def fit(
         # Hashing the data costs ~0.3 s per 60k images: only runs that checkpoint need it.
         "data": _data_fingerprint(x_train, y_train) if checkpoint_dir is not None else None,
     }
-    run = _Run(core, features, input_shape, state, steps_per_execution, alpha_bs or 0.0, batch_growth, loss_fn)
+    data_spec = tf.TensorSpec((None,) + x_train.shape[1:], tf.as_dtype(x_train.dtype))
+    run = _Run(core, features, input_shape, state, steps_per_execution, alpha_bs or 0.0, batch_growth, loss_fn, data_spec)
 
     # ------------------------------------------------------------ budget check
     if budget_kb is not None:
@@ -754,8 +765,9 @@ def _check_settings(path: Any, saved: dict[str, Any], current: dict[str, Any]) -
 class _Run:
     """The mutable part of a fit: current core model, its compiled functions, features, state."""
 
-    def __init__(self, core, features, input_shape, state, steps_per_execution, alpha_bs, growth, loss_fn) -> None:
+    def __init__(self, core, features, input_shape, state, steps_per_execution, alpha_bs, growth, loss_fn, data_spec) -> None:
         self.input_shape = tuple(input_shape)
+        self.data_spec = data_spec
         self.state = state
         self.steps_per_execution = steps_per_execution
         self.alpha_bs = alpha_bs
@@ -774,11 +786,11 @@ class _Run:
         core.loss_fn = self.loss_fn
         self.core = core
         self.acc = _Accumulators(core)
-        self.runner = _make_epoch_runner(core, self.acc, self.steps_per_execution, self.alpha_bs, self.growth)
+        self.runner = _make_epoch_runner(core, self.acc, self.steps_per_execution, self.alpha_bs, self.growth, self.features)
         self.evaluator = _make_evaluator(core)
 
     def trace(self) -> None:
-        self.trace_seconds += _trace_ahead(self.runner, self.evaluator, self.core)
+        self.trace_seconds += _trace_ahead(self.runner, self.evaluator, self.core, self.data_spec)
 
     def weights(self) -> int:
         return memory.weight_count(self.core.weighted_layers)
@@ -793,10 +805,11 @@ class _Run:
     # -- one epoch
     def train_epoch(self, x_all, y_all, epoch: int) -> dict[str, Any]:
         self.acc.reset()
-        order = _epoch_order(self.state.seed, epoch, int(x_all.shape[0]))
-        iterator = iter(_epoch_dataset(x_all, y_all, order, self.state.batch_size, self.features))
-        while int(self.runner(iterator)) == self.steps_per_execution:
-            pass
+        order = tf.constant(_epoch_order(self.state.seed, epoch, int(x_all.shape[0])).astype(np.int64))
+        batch = tf.constant(self.state.batch_size, tf.int64)
+        start = 0
+        while int(self.runner(x_all, y_all, order, tf.constant(start, tf.int64), batch)) == self.steps_per_execution:
+            start += self.steps_per_execution * self.state.batch_size
         return self.acc.read()
 
     def end_epoch(self, stats, epoch, val, method, gamma, budget_kb, budget_on, alpha_bs) -> dict[str, Any]:
