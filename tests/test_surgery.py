@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import make_mlp
-from tf_dynhp import gates, to_l0
+from tf_dynhp import gates, optim, to_l0
 from tf_dynhp.surgery import transfer_optimizer, rebuild_body
 from tf_dynhp.training import _Accumulators, _core_from, _make_epoch_runner, _rebuild_core
 
@@ -79,7 +79,9 @@ def test_one_more_step_equals_masked_step(optimizer, rng):
             pen += (tf.reduce_sum(p * row) + 0.5 * layer.weight_decay * tf.reduce_sum(b * b)) / N
         loss = data + pen
     grads = tape.gradient(loss, old_vars)
-    core.optimizer.apply_gradients(zip(grads, old_vars))
+    # The update the step itself makes (fused Adam when equivalent; tests/test_optim.py
+    # checks that against Keras' Adam).
+    optim.apply_gradients(core.optimizer, grads, old_vars)
     stats = new.train_stats(tf.constant(x[:, KEEP[0]]), tf.constant(y), noise=noise_new)
     assert float(stats["loss"]) == pytest.approx(float(loss), rel=1e-12)
     for k, (old, nl) in enumerate(zip(core.gated_layers, new.gated_layers)):
@@ -282,7 +284,9 @@ def test_conv_one_more_step_equals_masked_step(optimizer, rng):
         data = tf.reduce_mean(keras.ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
         loss = data + _masked_conv_penalty(core, keep)
     grads = tape.gradient(loss, old_vars)
-    core.optimizer.apply_gradients(zip(grads, old_vars))
+    # The update the step itself makes (fused Adam when equivalent; tests/test_optim.py
+    # checks that against Keras' Adam).
+    optim.apply_gradients(core.optimizer, grads, old_vars)
     stats = new.train_stats(tf.constant(x), tf.constant(y), noise=noise_new)
     assert float(stats["loss"]) == pytest.approx(float(loss), rel=1e-12)
     (c1, c2, d1, d2), (n1, n2, m1, m2) = core.gated_layers, new.gated_layers

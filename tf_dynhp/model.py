@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tf_dynhp import optim
 from tf_dynhp.chain import CONV_TYPES, DENSE_TYPES, GATED_TYPES, WEIGHTED_TYPES
 from tf_dynhp.layers import L0Conv2D, L0Dense
 from tf_dynhp.variance import conv_variance_l1, dense_variance_l1
@@ -185,7 +186,7 @@ class GatedModel(keras.Model):
         grads = tape.gradient(loss, targets)
         var_grads = grads[: len(variables)]
         if apply:
-            self.optimizer.apply_gradients(zip(var_grads, variables))
+            optim.apply_gradients(self.optimizer, var_grads, variables)
         batch = ops.cast(ops.shape(x)[0], x.dtype)
         variance_l1 = ops.zeros((), dtype=x.dtype)
         if self.track_variance:
