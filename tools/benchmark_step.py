@@ -14,6 +14,13 @@ gamma ~ 0 (no pruning) so the batch stays the one being measured.
 Part 2: the share of wall time spent in rebuilds (surgery + optimizer transfer)
 and retraces over a `--dynhp_epochs` DynHP run on the full dataset with the
 paper's MNIST setting (target <= 10%).
+
+Part 3: where a step's time goes, each piece timed alone in a compiled loop of
+`--steps_per_execution` steps: the Adam update of the gated MLP's variables by Keras'
+`Adam.apply` and by tf_dynhp's fused path (`tf_dynhp/optim.py`), and the
+per-example hard-concrete gates (uniform noise, Eq. 2 sample, gated product,
+open-gate count, and their backward pass) of the three `L0Dense` layers (784 +
+300 + 100 gates per example) at each batch size: work plain Keras does not do.
 """
 
 from __future__ import annotations
@@ -78,9 +85,86 @@ def loop_examples_per_second(x, y, batch: int, method: str) -> float:
     return len(x) / result.history["epoch_seconds"][-1]
 
 
+def _loop_ms(body, steps: int) -> float:
+    """Milliseconds per call of `body(i)` inside one compiled while-loop of `steps` calls."""
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def loop():
+        def step(i, acc):
+            return i + 1, acc + body(i)
+
+        return tf.while_loop(lambda i, a: i < steps, step, (tf.constant(0), tf.constant(0.0)))
+
+    loop()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(5):
+            loop()
+        best = min(best, (time.perf_counter() - t0) / (5 * steps))
+    return 1000.0 * best
+
+
+def adam_ms() -> tuple[float, float]:
+    """(Keras Adam.apply, fused) ms per update of the gated MLP's 9 variables."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_dynhp import optim
+
+    shapes = [(784, 300), (300,), (300, 100), (100,), (100, 10), (10,), (784,), (300,), (100,)]
+    rng = np.random.default_rng(FLAGS.seed)
+    out = []
+    for fused in (False, True):
+        variables = [keras.Variable(rng.normal(size=s).astype("float32") * 0.01) for s in shapes]
+        grads = [tf.constant(rng.normal(size=s).astype("float32") * 1e-3) for s in shapes]
+        opt = keras.optimizers.Adam(1e-3)
+        opt.build(variables)
+
+        def body(i, opt=opt, variables=variables, grads=grads, fused=fused):
+            if fused:
+                optim.apply_gradients(opt, grads, variables)
+            else:
+                opt.apply(grads, variables)
+            return tf.constant(0.0)
+
+        out.append(_loop_ms(body, FLAGS.steps_per_execution))
+    return out[0], out[1]
+
+
+def gates_ms(batch: int) -> float:
+    """ms per step of the per-example gates of the 784-300-100 gated MLP, forward and backward."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_dynhp.layers import L0Dense
+
+    rng = np.random.default_rng(FLAGS.seed)
+    layers, inputs = [], []
+    for width in (784, 300, 100):
+        layer = L0Dense(1, dataset_size=60000, seed=FLAGS.seed)
+        layer.build((None, width))
+        layers.append(layer)
+        inputs.append(tf.constant(rng.random((batch, width), dtype=np.float32)))
+
+    def body(i):
+        total = tf.constant(0.0)
+        for layer, x in zip(layers, inputs):
+            with tf.GradientTape() as tape:
+                z = layer._gates(batch, True, None)
+                gated = x * z
+                loss = tf.reduce_sum(gated * gated)
+            grad = tape.gradient(loss, layer.log_alpha)
+            total += grad[0] + tf.reduce_sum(tf.cast(z > 0, tf.float32), axis=0)[0]
+        return total
+
+    return _loop_ms(body, FLAGS.steps_per_execution)
+
+
 def main(argv):
     del argv
-    import numpy as np
 
     import tf_dynhp
 
@@ -96,8 +180,16 @@ def main(argv):
         sp = loop_examples_per_second(xs, ys, batch, "sp")
         d = loop_examples_per_second(xs, ys, batch, "dynhp")
         print(f"| {batch} | {k:,.0f} | {dense:,.0f} | {sp:,.0f} | {d:,.0f} | {d / k:.2f}x | {dense / k:.2f}x |", flush=True)
-    if FLAGS.dynhp_epochs <= 0:
-        return
+    if FLAGS.dynhp_epochs > 0:
+        part2(x, y, xt, yt)
+    part3()
+
+
+def part2(x, y, xt, yt):
+    import numpy as np
+
+    import tf_dynhp
+
     model = _mlp()
     budget = tf_dynhp.memory.mo_kb(model, batch_size=512)
     t0 = time.perf_counter()
@@ -114,6 +206,16 @@ def main(argv):
     print("| wall s (fit call) | rebuilds | rebuild s | retraces | trace s | share rebuild+trace (target <= 10%) |")
     print("|---|---|---|---|---|---|")
     print(f"| {wall:.1f} | {rebuilt_epochs} | {rebuild:.2f} | {h['retraces'][-1]} | {trace:.2f} | {100 * (rebuild + trace) / wall:.1f}% |")
+
+
+def part3():
+    keras_adam, fused_adam = adam_ms()
+    print("\nPart 3: where the step time goes (ms per step, each piece alone, best of 3)")
+    print(f"Adam update of the gated MLP's 9 variables: Keras Adam.apply {keras_adam:.3f} ms, fused {fused_adam:.3f} ms")
+    print("| batch | per-example gates of 784+300+100 inputs, forward + backward (ms) |")
+    print("|---|---|")
+    for batch in [int(b) for b in FLAGS.batch_sizes.split(",")]:
+        print(f"| {batch} | {gates_ms(batch):.3f} |", flush=True)
 
 
 if __name__ == "__main__":
