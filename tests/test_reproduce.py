@@ -363,3 +363,56 @@ def test_benchmark_quick_without_tfmot(sweep, report_input, tmp_path):
     _ok(_run("report.py", f"--runs={report_input}", f"--out={results}", f"--figures={tmp_path / 'figures'}"))
     assert "## Benchmark against the alternatives" in results.read_text()
     assert names[1] in results.read_text()
+
+
+# --------------------------------------------------------------------------- report: targets and time to an error
+def _report_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("report_under_test", TOOLS / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("report_under_test", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_run(report, folder: Path, method: str, errors, seconds, metrics, **config):
+    folder.mkdir(parents=True)
+    rows = [{"epoch": i + 1, "val_error": e, "epoch_seconds": s} for i, (e, s) in enumerate(zip(errors, seconds))]
+    (folder / "history.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    c = {"dataset": "mnist", "method": method, "epochs": 4, "learning_rate": 1e-3, "batch_size": 512 if method == "sp" else 16,
+         "l0_lambda": 0.01, "gamma": 0.5, "hidden": (300, 100), "alpha_bs": None, "batch_growth": "step_mean",
+         "budget_kb": None, "budget_on": "paper", "seed": 1, "train_limit": None, "test_limit": None, **config}
+    return report.RunInfo(folder.name, folder, c, "finished", {"dense_model_kb": 1041.4453125, **metrics}, None)
+
+
+def test_time_to_error_and_targets_table(tmp_path):
+    """The seconds to a test error are summed epoch times up to the first epoch at or below it;
+    each DynHP group is checked against issue 6's targets with SP as the reference."""
+    report = _report_module()
+    sp = _fake_run(report, tmp_path / "sp", "sp", [3.0, 2.5, 1.9, 1.5], [2.0, 2.0, 2.0, 2.0],
+                   {"test_error": 1.5, "model_kb": 1041.4453125, "training_memory_mb": 10.0})
+    good = _fake_run(report, tmp_path / "good", "dynhp", [2.0, 1.8], [1.5, 9.0],
+                     {"test_error": 1.38, "model_kb": 200.0, "training_memory_mb": 2.0, "batch_sizes": [16, 40]},
+                     alpha_bs=0.975, budget_kb=report.paper_budget_kb("mnist"))
+    bad = _fake_run(report, tmp_path / "bad", "dynhp", [2.4, 2.1], [1.0, 1.0],
+                    {"test_error": 1.41, "model_kb": 300.0, "training_memory_mb": 2.0, "batch_sizes": [16, 40]},
+                    alpha_bs=0.971, budget_kb=report.paper_budget_kb("mnist"))
+    assert sp.time_to_error(2.0) == (6.0, 3)
+    assert good.time_to_error(2.0) == (1.5, 1)  # "at or below"
+    assert bad.time_to_error(2.0) is None
+    groups = report.make_groups([sp, good, bad])
+    lines = report.targets_section("mnist", groups)
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| DynHP")}
+    assert "1.38 (met)" in rows["DynHP α_bs 0.975, λ 0.01, step_mean"]
+    assert "80.8 (met)" in rows["DynHP α_bs 0.975, λ 0.01, step_mean"]  # 1 - 200 / 1041.4
+    assert "80.0 (met)" in rows["DynHP α_bs 0.975, λ 0.01, step_mean"]  # 1 - 2 / 10
+    assert "2 (faster than SP)" in rows["DynHP α_bs 0.975, λ 0.01, step_mean"]
+    assert rows["DynHP α_bs 0.975, λ 0.01, step_mean"].endswith("| yes |")
+    assert "1.41 (missed)" in rows["DynHP α_bs 0.971, λ 0.01, step_mean"]
+    assert "71.2 (missed)" in rows["DynHP α_bs 0.971, λ 0.01, step_mean"]
+    assert "not reached" in rows["DynHP α_bs 0.971, λ 0.01, step_mean"]
+    assert rows["DynHP α_bs 0.971, λ 0.01, step_mean"].endswith("| no |")
+    text = "\n".join(report.observations("mnist", groups))
+    assert "1.50% test error" in text and "the paper's 1.42%" in text
+    assert "1.38-1.41% error" in text

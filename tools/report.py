@@ -94,6 +94,15 @@ PAPER_FIGURE_OF_BATCH_GRID = {"mnist": 3, "fashion_mnist": 4}
 PAPER_LAMBDA, PAPER_GAMMA, PAPER_GROWTH, PAPER_HIDDEN, PAPER_LR, DYNHP_BATCH = 0.01, 0.5, "step_mean", (300, 100), 1e-3, 16
 NUM_CLASSES, INPUT_DIM = 10, 784
 KB_PER_MB = 1000  # the paper's MBytes
+#: Test error whose first reaching is timed (the issue's 2% on MNIST; a comparable
+#: early milestone on Fashion-MNIST, where SP ends near 10%).
+TIME_TARGET_ERROR = {"mnist": 2.0, "fashion_mnist": 11.0}
+#: Issue 6's targets for DynHP against SP after 200 epochs: error at most, model and
+#: training-memory savings at least (None: no target).
+TARGETS = {
+    "mnist": {"error": 1.40, "model_saving": 75.0, "memory_saving": 70.0},
+    "fashion_mnist": {"error": 10.0, "model_saving": 60.0, "memory_saving": None},
+}
 PAPER_MEMORY_UNIT_KB = 1e6  # the unit of the paper's "Training Memory" column
 _CHECKPOINT = re.compile(r"^epoch-(\d{5,})\.dynhp$")
 
@@ -138,6 +147,19 @@ class RunInfo:
                 rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
                 self._history = {k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}
         return self._history or None
+
+    def time_to_error(self, target: float) -> tuple[float, int] | None:
+        """(training seconds, epoch) when the test error after an epoch first reached `target`
+        (sum of `epoch_seconds`, which includes the per-epoch evaluation), or None."""
+        h = self.history()
+        if not h or "val_error" not in h or "epoch_seconds" not in h:
+            return None
+        total = 0.0
+        for epoch, (err, sec) in enumerate(zip(h["val_error"], h["epoch_seconds"]), start=1):
+            total += float(sec or 0.0)
+            if err is not None and err <= target:
+                return total, epoch
+        return None
 
 
 def _normalize(config: dict[str, Any]) -> dict[str, Any]:
@@ -428,11 +450,26 @@ def paper_table(dataset: str, setting: tuple, groups: Sequence[Group]) -> tuple[
     return lines, used
 
 
+def time_to_error_text(group: Group) -> str:
+    """Mean seconds (and epochs) until the test error first reached the data set's milestone."""
+    target = TIME_TARGET_ERROR.get(group.config["dataset"])
+    if target is None or not group.finished:
+        return "–"
+    hits = [r.time_to_error(target) for r in group.finished]
+    reached = [h for h in hits if h is not None]
+    if not reached:
+        return "not reached"
+    text = f"{sum(h[0] for h in reached) / len(reached):.0f} s (epoch {'/'.join(str(h[1]) for h in reached)})"
+    return text if len(reached) == len(hits) else text + f", {len(hits) - len(reached)} seed(s) never"
+
+
 def all_runs_table(groups: Sequence[Group]) -> list[str]:
+    target = TIME_TARGET_ERROR.get(groups[0].config["dataset"]) if groups else None
     lines = [
         "| Method | batch / α_bs | λ | batch growth | seeds | status | Error % | Model KB (% of dense) | units input-h1-h2 "
-        "| batch first→last | mean MO KB | max MO KB | training memory MB | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| batch first→last | mean MO KB | max MO KB | training memory MB | train s "
+        f"| {'s to target error' if target is None else f's to {target:g}% error'} (epoch) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def order(g: Group) -> tuple:
@@ -459,12 +496,13 @@ def all_runs_table(groups: Sequence[Group]) -> list[str]:
                 f"| {c['method'].upper() if c['method'] != 'dynhp' else 'DynHP'} | {what} | {c['l0_lambda']:g} | {growth} "
                 f"| {g.seeds_text()} | {status} | {_mean_std(g, 'test_error', '.2f')} "
                 f"| {size_text} | {units} | {batch_text} | {_num(g.mean('mean_memory_kb'), '.1f')} "
-                f"| {_num(g.mean('max_memory_kb'), '.1f')} | {_num(g.mean('training_memory_mb'), '.1f')} | {_num(g.mean('train_seconds'), '.0f')} |"
+                f"| {_num(g.mean('max_memory_kb'), '.1f')} | {_num(g.mean('training_memory_mb'), '.1f')} | {_num(g.mean('train_seconds'), '.0f')} "
+                f"| {time_to_error_text(g)} |"
             )
         else:
             lines.append(
                 f"| {c['method'].upper() if c['method'] != 'dynhp' else 'DynHP'} | {what} | {c['l0_lambda']:g} | {growth} "
-                f"| 0 of {len(g.runs)} | {status} | – | – | – | – | – | – | – | – |"
+                f"| 0 of {len(g.runs)} | {status} | – | – | – | – | – | – | – | – | – |"
             )
     return lines
 
@@ -742,6 +780,137 @@ def lenet_section(runs: Sequence[RunInfo]) -> list[str]:
     return lines
 
 
+def _paper_sp(groups: Sequence[Group]) -> Group | None:
+    """The SP row of the paper's table (its best batch) among finished groups."""
+    dataset = groups[0].config["dataset"] if groups else None
+    if dataset not in PAPER_TABLES:
+        return None
+    batch = PAPER_TABLES[dataset]["rows"][0][1]
+    return next(
+        (g for g in groups if g.is_paper_setting() and g.config["method"] == "sp" and g.config["batch_size"] == batch and g.finished),
+        None,
+    )
+
+
+def _dynhp_label(g: Group) -> str:
+    c = g.config
+    return f"DynHP α_bs {c['alpha_bs']:.3f}, λ {c['l0_lambda']:g}, {c['batch_growth']}"
+
+
+def _mean_time(group: Group, target: float | None) -> float | None:
+    if target is None:
+        return None
+    hits = [r.time_to_error(target) for r in group.finished]
+    hits = [h[0] for h in hits if h is not None]
+    return sum(hits) / len(hits) if hits else None
+
+
+def targets_section(dataset: str, groups: Sequence[Group]) -> list[str]:
+    """Issue 6's targets, each DynHP run group of the setting checked against them."""
+    target = TARGETS.get(dataset)
+    sp = _paper_sp(groups)
+    dyn = [g for g in groups if g.config["method"] == "dynhp" and g.finished]
+    if target is None or sp is None or not dyn:
+        return []
+    sp_size, sp_mem = _sp_size_kb(sp), sp.mean("training_memory_mb")
+    milestone = TIME_TARGET_ERROR.get(dataset)
+    sp_t = _mean_time(sp, milestone)
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "missed"
+
+    heads = [f"error ≤ {target['error']:.2f}%", f"model saving ≥ {target['model_saving']:.0f}%"]
+    if target["memory_saving"] is not None:
+        heads.append(f"training-memory saving ≥ {target['memory_saving']:.0f}%")
+    lines = [
+        f"Targets of issue 6 for DynHP against SP (SP bs = {sp.config['batch_size']}: {_mean_std(sp, 'test_error', '.2f')}% error, "
+        f"{sp_size:.1f} KB model, {sp_mem:.1f} MB training memory"
+        + (f", {milestone:g}% error first reached after {sp_t:.0f} s" if sp_t is not None else "")
+        + "). Savings are 100 × (1 − DynHP / SP); the model is the stripped DynHP model.",
+        "",
+        "| DynHP run group | seeds | " + " | ".join(heads) + f" | s to {milestone:g}% error (SP: {_num(sp_t, '.0f')} s) | all targets |",
+        "|---|---|" + "---|" * len(heads) + "---|---|",
+    ]
+    for g in sorted(dyn, key=lambda g: (g.config["l0_lambda"], g.config["alpha_bs"], g.config["batch_growth"])):
+        err, size, mem = g.mean("test_error"), g.mean("model_kb"), g.mean("training_memory_mb")
+        model_saving = 100 * (1 - size / sp_size)
+        mem_saving = 100 * (1 - mem / sp_mem)
+        checks = [err <= target["error"] + 1e-9, model_saving >= target["model_saving"]]
+        cells = [f"{_mean_std(g, 'test_error', '.2f')} ({mark(checks[0])})", f"{model_saving:.1f} ({mark(checks[1])})"]
+        if target["memory_saving"] is not None:
+            checks.append(mem_saving >= target["memory_saving"])
+            cells.append(f"{mem_saving:.1f} ({mark(checks[2])})")
+        t = _mean_time(g, milestone)
+        if t is None:
+            time_cell = "not reached"
+        elif sp_t is None:
+            time_cell = f"{t:.0f}"
+        else:
+            time_cell = f"{t:.0f} ({'faster' if t < sp_t else 'slower'} than SP)"
+        lines.append(
+            f"| {_dynhp_label(g)} | {g.seeds_text()} | " + " | ".join(cells) + f" | {time_cell} | {'yes' if all(checks) else 'no'} |"
+        )
+    lines += [
+        "",
+        "Wall times here come from the sweep's own runs, two side by side on the 2 cores (one thread each), some in "
+        "an earlier sitting than others: a rough comparison. `tools/benchmark.py` (below) times DynHP and the "
+        "alternatives one after the other in one run.",
+        "",
+    ]
+    return lines
+
+
+def _span(values: Sequence[float], fmt: str) -> str:
+    """'a-b' of the rounded extremes, or one value when they print the same."""
+    lo, hi = format(min(values), fmt), format(max(values), fmt)
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def observations(dataset: str, groups: Sequence[Group]) -> list[str]:
+    """Plain sentences comparing our runs with the paper; every number is computed here."""
+    paper = PAPER_TABLES.get(dataset)
+    sp = _paper_sp(groups)
+    if paper is None or sp is None:
+        return []
+    p_sp = paper["rows"][0]
+    p_dyn = [r for r in paper["rows"] if r[0] == "dynhp"]
+    dense_kb = _dense_kb(sp)
+    sp_err, sp_mem = sp.mean("test_error"), sp.mean("training_memory_mb")
+    ours = [g for g in groups if g.config["method"] == "dynhp" and g.finished and g.is_paper_setting()]
+    other = [g for g in groups if g.config["method"] == "dynhp" and g.finished and g.config["l0_lambda"] != PAPER_LAMBDA]
+    epochs = sp.config["epochs"]
+    out = [
+        f"* **SP**: {sp_err:.2f}% test error ({sp.seeds_text()} seed(s)) against the paper's {p_sp[3]:.2f}%, "
+        f"{abs(sp_err - p_sp[3]):.2f} points apart."
+    ]
+    if ours:
+        sizes = [100 * g.mean("model_kb") / dense_kb for g in ours]
+        errs = [g.mean("test_error") for g in ours]
+        mems = [100 * (1 - g.mean("training_memory_mb") / sp_mem) for g in ours]
+        finals = [(g.finished[0].metrics.get("batch_sizes") or ["–"])[-1] for g in ours]
+        p_sizes = [100 * r[5] * KB_PER_MB / dense_kb for r in p_dyn]
+        p_mems = [-r[8] for r in p_dyn]
+        alphas = ", ".join(f"{g.config['alpha_bs']:.3f}" for g in ours)
+        out.append(
+            f"* **DynHP at the paper's λ = {PAPER_LAMBDA:g}** (α_bs {alphas}): {_span(errs, '.2f')}% error, "
+            f"{min(errs) - sp_err:+.2f} to {max(errs) - sp_err:+.2f} points from our SP (the paper's DynHP rows: "
+            f"{min(r[3] for r in p_dyn) - p_sp[3]:+.2f} to {max(r[3] for r in p_dyn) - p_sp[3]:+.2f} from its SP). "
+            f"Our models keep {_span(sizes, '.0f')}% of the dense weights after {epochs} epochs; the paper's "
+            f"keep {_span(p_sizes, '.0f')}% after {paper['epochs']}. Our training memory is "
+            f"{_span(mems, '.0f')}% below SP's at every α_bs (final batches {', '.join(str(b) for b in finals)}); "
+            f"the paper's savings range from {min(p_mems):.0f}% to {max(p_mems):.0f}% across its α_bs: that sensitivity "
+            f"to α_bs does not appear in our {epochs} epochs."
+        )
+    for g in sorted(other, key=lambda g: (g.config["l0_lambda"], g.config["alpha_bs"])):
+        size = 100 * g.mean("model_kb") / dense_kb
+        mem = 100 * (1 - g.mean("training_memory_mb") / sp_mem)
+        out.append(
+            f"* **{_dynhp_label(g)}**: {g.mean('test_error'):.2f}% error ({g.mean('test_error') - sp_err:+.2f} points from SP), "
+            f"{size:.0f}% of the dense weights kept, training memory {mem:.0f}% below SP's ({g.seeds_text()} seed(s))."
+        )
+    return out
+
+
 def build_report(runs_dir: Path, out: Path, figures_dir: Path, benchmark: Path | None, command: str) -> dict[str, Any]:
     """Writes RESULTS.md and the figures; returns a summary (counts, figure paths)."""
     runs = load_runs(runs_dir)
@@ -809,6 +978,13 @@ def build_report(runs_dir: Path, out: Path, figures_dir: Path, benchmark: Path |
             lines += all_runs_table(sgroups)
             lines.append("")
             summary["tables"] += 1
+            tlines = targets_section(dataset, sgroups)
+            if tlines:
+                lines += [f"### Targets ({title}, {setting_text(setting)})", ""] + tlines
+            olines = observations(dataset, sgroups)
+            if olines:
+                lines += [f"### What we observe against the paper ({title}, {setting_text(setting)})", "",
+                          "Generated from the tables above; the paper's numbers from `PAPER_TABLES`.", ""] + olines + [""]
 
     lines += ["## Figures", ""]
     lines.append("Curves average the finished seeds of a row. Drawn for each data set from its longest setting with finished "
