@@ -67,3 +67,29 @@ def test_log_alpha_init_mean():
     assert gates.log_alpha_init_mean(0.2) == pytest.approx(math.log(4.0))
     with pytest.raises(ValueError, match="droprate_init"):
         gates.log_alpha_init_mean(1.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gated_product_matches_the_composition_and_its_gradient(dtype):
+    """gated_product's values and hand-written gradient == autodiff of inputs * sample_gates(...)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(64, 9)).astype(dtype))
+    u = tf.constant(rng.uniform(gates.EPSILON, 1 - gates.EPSILON, size=(64, 9)).astype(dtype))
+    # logits from closed to open so that samples land below 0, inside (0, 1) and above 1
+    log_alpha = tf.Variable(np.linspace(-3.0, 3.0, 9).astype(dtype))
+    weights = tf.constant(rng.normal(size=(64, 9)).astype(dtype))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        gated, opened = gates.gated_product(x, u, log_alpha)
+        loss = tf.reduce_sum(tf.sin(gated) * weights)
+        z_ref = gates.sample_gates(u, log_alpha)
+        loss_ref = tf.reduce_sum(tf.sin(x * z_ref) * weights)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(gated.numpy(), (x * z_ref).numpy(), rtol=tol, atol=tol)
+    np.testing.assert_array_equal(opened.numpy(), (z_ref.numpy() > 0).astype(dtype))
+    z = z_ref.numpy()
+    assert (z == 0).any() and ((z > 0) & (z < 1)).any() and (z == 1).any()
+    for got, want in zip(tape.gradient(loss, [x, log_alpha]), tape.gradient(loss_ref, [x, log_alpha])):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=tol * 10, atol=tol)

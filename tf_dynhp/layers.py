@@ -302,13 +302,20 @@ class L0Dense(_HardConcreteLayer):
         Returns:
             A `GatedForward`.
         """
-        z = ops.cast(self._gates(ops.shape(inputs)[0], training, noise), inputs.dtype)
-        gated = inputs * z
+        if training:
+            if noise is None:
+                noise = self.sample_noise(ops.shape(inputs)[0])
+            gated, gate_open = gates.gated_product(
+                inputs, noise, self.log_alpha, self.temperature, self.limit_l, self.limit_r
+            )
+        else:
+            z = ops.cast(self._gates(ops.shape(inputs)[0], False, None), inputs.dtype)
+            gated, gate_open = inputs * z, ops.cast(z > 0, inputs.dtype)
         pre = ops.matmul(gated, self.kernel)
         if self.use_bias:
             pre = pre + self.bias
         out = self.activation(pre) if self.activation is not None else pre
-        return GatedForward(out, gated, pre, ops.cast(z > 0, inputs.dtype))
+        return GatedForward(out, gated, pre, gate_open)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
