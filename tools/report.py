@@ -866,6 +866,14 @@ def _span(values: Sequence[float], fmt: str) -> str:
     return lo if lo == hi else f"{lo}-{hi}"
 
 
+def _closest_lambda_text(groups: Sequence[Group], paper_kept: float, dense_kb: float) -> str:
+    """Which of our λ comes closest to the paper's model size (as a sentence ending)."""
+    if len(groups) < 2:
+        return "."
+    best = min(groups, key=lambda g: abs(100 * g.mean("model_kb") / dense_kb - paper_kept))
+    return f"; of ours, λ = {best.config['l0_lambda']:g} comes closest to the size the paper reports for λ = {PAPER_LAMBDA:g}."
+
+
 def observations(dataset: str, groups: Sequence[Group]) -> list[str]:
     """Plain sentences comparing our runs with the paper; every number is computed here."""
     paper = PAPER_TABLES.get(dataset)
@@ -900,6 +908,19 @@ def observations(dataset: str, groups: Sequence[Group]) -> list[str]:
             f"{_span(mems, '.0f')}% below SP's at every α_bs (final batches {', '.join(str(b) for b in finals)}); "
             f"the paper's savings range from {min(p_mems):.0f}% to {max(p_mems):.0f}% across its α_bs: that sensitivity "
             f"to α_bs does not appear in our {epochs} epochs."
+        )
+    p_hp = paper["rows"][1]
+    hps = sorted((g for g in groups if g.config["method"] == "hp" and g.finished and g.config["batch_size"] == p_hp[1]),
+                 key=lambda g: g.config["l0_lambda"])
+    if hps:
+        parts = [f"λ = {g.config['l0_lambda']:g}: {g.mean('test_error'):.2f}% error, {100 * g.mean('model_kb') / dense_kb:.0f}% of "
+                 f"the dense weights kept" for g in hps]
+        out.append(
+            f"* **HP, bs = {p_hp[1]}**: " + "; ".join(parts) + f". The paper's HP (λ = {PAPER_LAMBDA:g}, {paper['epochs']} epochs) "
+            f"keeps {100 * p_hp[5] * KB_PER_MB / dense_kb:.0f}% at {p_hp[3]:.2f}%. How much a λ prunes depends on the scale "
+            "the penalty is read on (ours: the reference L0 code's, divided by the training-set size N, each input gate "
+            "weighted by the weights it controls)"
+            + _closest_lambda_text(hps, 100 * p_hp[5] * KB_PER_MB / dense_kb, dense_kb)
         )
     for g in sorted(other, key=lambda g: (g.config["l0_lambda"], g.config["alpha_bs"])):
         size = 100 * g.mean("model_kb") / dense_kb
@@ -977,6 +998,10 @@ def build_report(runs_dir: Path, out: Path, figures_dir: Path, benchmark: Path |
                 lines += ["```bash", *cmds, "```", ""]
             lines += all_runs_table(sgroups)
             lines.append("")
+            secs = [r.metrics.get("train_seconds") or 0.0 for g in sgroups for r in g.finished]
+            if secs:
+                lines += [f"Training time of these {len(secs)} finished runs: {sum(secs) / 3600:.1f} hours of run time in all "
+                          f"(`train s` summed; run two at a time with `--jobs=2`, about half of that in wall time).", ""]
             summary["tables"] += 1
             tlines = targets_section(dataset, sgroups)
             if tlines:
