@@ -909,6 +909,20 @@ def observations(dataset: str, groups: Sequence[Group]) -> list[str]:
             f"the paper's savings range from {min(p_mems):.0f}% to {max(p_mems):.0f}% across its α_bs: that sensitivity "
             f"to α_bs does not appear in our {epochs} epochs."
         )
+    swings = []
+    for g in groups:
+        for r in g.finished:
+            h = r.history() or {}
+            tail = [e for e in (h.get("val_error") or [])[-20:] if e is not None]
+            if len(tail) >= 2:
+                m = sum(tail) / len(tail)
+                swings.append(math.sqrt(sum((e - m) ** 2 for e in tail) / (len(tail) - 1)))
+    if swings:
+        out.append(
+            f"* **Epoch-to-epoch noise**: over its last 20 epochs the test error of a run moves with a standard deviation of "
+            f"{_span(swings, '.2f')} points (fixed learning rate, as in the paper); the tables report the last epoch's error, "
+            "so differences of that size between single-seed rows are within noise."
+        )
     p_hp = paper["rows"][1]
     hps = sorted((g for g in groups if g.config["method"] == "hp" and g.finished and g.config["batch_size"] == p_hp[1]),
                  key=lambda g: g.config["l0_lambda"])
