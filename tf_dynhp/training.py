@@ -213,31 +213,36 @@ def _make_epoch_runner(
     scale = 1.0 - alpha_bs
     feats = None if features is None else tf.constant(np.asarray(features, dtype=np.int32))
 
-    def accumulate(st, x):
+    def accumulate(st, x, ok):
+        """Adds the step's statistics where `ok` (finite step); else records the step as
+        the non-finite one. Branch-free (`tf.where`, which does not let a NaN through
+        from the branch it does not take): a `tf.cond` here doubled this part of the trace."""
+
+        def add(name, value):
+            s[name].assign_add(tf.where(ok, value, tf.zeros_like(value)))
+
         count = tf.cast(st["count"], "float64")
         data_loss = tf.cast(st["data_loss"], "float64")
-        s["loss"].assign_add(tf.cast(st["loss"], "float64") * count)
-        s["data_loss"].assign_add(data_loss * count)
-        s["correct"].assign_add(tf.cast(st["correct"], "float64"))
-        s["count"].assign_add(count)
-        s["steps"].assign_add(1.0)
-        s["max_batch"].assign(tf.maximum(s["max_batch"], count))
-        s["width"].assign(tf.maximum(s["width"], tf.cast(tf.reduce_prod(tf.shape(x)[1:]), "float64")))
+        s["nonfinite"].assign(tf.where(ok, s["nonfinite"], s["steps"] + 1.0))  # 1-based step of the epoch
+        add("loss", tf.cast(st["loss"], "float64") * count)
+        add("data_loss", data_loss * count)
+        add("correct", tf.cast(st["correct"], "float64"))
+        add("count", count)
+        add("steps", tf.constant(1.0, "float64"))
+        s["max_batch"].assign(tf.where(ok, tf.maximum(s["max_batch"], count), s["max_batch"]))
+        width = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), "float64")
+        s["width"].assign(tf.where(ok, tf.maximum(s["width"], width), s["width"]))
         if core.track_variance:
             variance = tf.cast(st["variance_l1"], "float64")
             safe_loss = tf.maximum(data_loss, 1e-12)
-            s["ratio"].assign_add(variance / safe_loss)
+            add("ratio", variance / safe_loss)
             if growth == "step_mean":
-                s["increment"].assign_add(tf.floor(scale * variance / count / safe_loss))
+                add("increment", tf.floor(scale * variance / count / safe_loss))
             elif growth == "step":
-                s["increment"].assign_add(tf.floor(scale * variance / safe_loss))
+                add("increment", tf.floor(scale * variance / safe_loss))
         for v, g in zip(acc.gate_open, st["gate_open"]):
-            v.assign_add(tf.cast(g, "float64"))
-        return tf.constant(True)
-
-    def flag_nonfinite():
-        s["nonfinite"].assign(s["steps"] + 1.0)  # 1-based step of the epoch
-        return tf.constant(False)
+            g = tf.cast(g, "float64")
+            v.assign_add(tf.where(ok, g, tf.zeros_like(g)))
 
     # autograph=False and an explicit while_loop: tracing skips AutoGraph's source
     # conversion of the step (a large share of the retrace after every rebuild).
@@ -257,7 +262,8 @@ def _make_epoch_runner(
             st = core.train_stats(x, y)
             # A sum is non-finite when any term is: one reduction per gradient.
             total = st["loss"] + tf.add_n([tf.reduce_sum(g) for g in st["grads"]])
-            ok = tf.cond(tf.math.is_finite(total), lambda: accumulate(st, x), flag_nonfinite)
+            ok = tf.math.is_finite(total)
+            accumulate(st, x, ok)
             return done + tf.cast(ok, tf.int32), begin + batch_size, ok
 
         done, _, _ = tf.while_loop(cond, body, (tf.constant(0), start, tf.constant(True)))
