@@ -1052,7 +1052,7 @@ def build_report(runs_dir: Path, out: Path, figures_dir: Path, benchmark: Path |
     if benchmark is not None and benchmark.exists():
         lines += ["## Benchmark against the alternatives", "", f"From `{benchmark}` (written by `tools/benchmark.py`):", ""]
         text = benchmark.read_text().strip().splitlines()
-        lines += [("#" + line if line.startswith("#") else line) for line in text]  # one heading level down
+        lines += [("##" + line if line.startswith("#") else line) for line in text]  # under the "##" section heading
         lines.append("")
         summary["benchmark"] = str(benchmark)
     out.write_text("\n".join(lines) + "\n")
