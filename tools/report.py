@@ -450,17 +450,25 @@ def paper_table(dataset: str, setting: tuple, groups: Sequence[Group]) -> tuple[
     return lines, used
 
 
+def _mean_time(group: Group, target: float | None) -> float | None:
+    """Mean over the finished seeds that reached `target` of their seconds to it (None: none did)."""
+    if target is None:
+        return None
+    hits = [h[0] for h in (r.time_to_error(target) for r in group.finished) if h is not None]
+    return sum(hits) / len(hits) if hits else None
+
+
 def time_to_error_text(group: Group) -> str:
     """Mean seconds (and epochs) until the test error first reached the data set's milestone."""
     target = TIME_TARGET_ERROR.get(group.config["dataset"])
     if target is None or not group.finished:
         return "–"
-    hits = [r.time_to_error(target) for r in group.finished]
-    reached = [h for h in hits if h is not None]
+    reached = [h for h in (r.time_to_error(target) for r in group.finished) if h is not None]
     if not reached:
         return "not reached"
-    text = f"{sum(h[0] for h in reached) / len(reached):.0f} s (epoch {'/'.join(str(h[1]) for h in reached)})"
-    return text if len(reached) == len(hits) else text + f", {len(hits) - len(reached)} seed(s) never"
+    text = f"{_mean_time(group, target):.0f} s (epoch {'/'.join(str(h[1]) for h in reached)})"
+    never = len(group.finished) - len(reached)
+    return text if not never else text + f", {never} seed(s) never"
 
 
 def all_runs_table(groups: Sequence[Group]) -> list[str]:
@@ -795,14 +803,6 @@ def _paper_sp(groups: Sequence[Group]) -> Group | None:
 def _dynhp_label(g: Group) -> str:
     c = g.config
     return f"DynHP α_bs {c['alpha_bs']:.3f}, λ {c['l0_lambda']:g}, {c['batch_growth']}"
-
-
-def _mean_time(group: Group, target: float | None) -> float | None:
-    if target is None:
-        return None
-    hits = [r.time_to_error(target) for r in group.finished]
-    hits = [h[0] for h in hits if h is not None]
-    return sum(hits) / len(hits) if hits else None
 
 
 def targets_section(dataset: str, groups: Sequence[Group]) -> list[str]:
