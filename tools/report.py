@@ -202,6 +202,16 @@ def _latest_checkpoint_epoch(path: Path) -> int:
     return max(epochs, default=0)
 
 
+def _read_json(path: Path) -> Any:
+    """The file's JSON, or None when it is missing or not (yet) valid JSON."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
 def load_runs(runs_dir: Path) -> list[RunInfo]:
     """Every run folder under `runs_dir` and every run `sweep.json` planned."""
     manifest: dict[str, Any] = {}
@@ -214,22 +224,11 @@ def load_runs(runs_dir: Path) -> list[RunInfo]:
     for name in sorted(names):
         path = runs_dir / name
         entry = manifest.get(name, {})
-        raw = None
-        if (path / "config.json").exists():
-            try:
-                raw = json.loads((path / "config.json").read_text())
-            except json.JSONDecodeError:
-                raw = None
-        raw = raw or entry.get("config")
+        raw = _read_json(path / "config.json") or entry.get("config")
         if not raw or "dataset" not in raw:
             continue
         config = _normalize(raw)
-        metrics = None
-        if (path / "metrics.json").exists():
-            try:
-                metrics = json.loads((path / "metrics.json").read_text())
-            except json.JSONDecodeError:
-                metrics = None
+        metrics = _read_json(path / "metrics.json")
         if metrics is not None:
             state = "finished"
         elif path.is_dir() and ((path / "config.json").exists() or _latest_checkpoint_epoch(path)):
