@@ -309,7 +309,7 @@ class L0Dense(_HardConcreteLayer):
                 inputs, noise, self.log_alpha, self.temperature, self.limit_l, self.limit_r
             )
         else:
-            z = ops.cast(self._gates(ops.shape(inputs)[0], False, None), inputs.dtype)
+            z = ops.cast(ops.expand_dims(self.deterministic_gates(), 0), inputs.dtype)
             gated, gate_open = inputs * z, ops.cast(z > 0, inputs.dtype)
         pre = ops.matmul(gated, self.kernel)
         if self.use_bias:

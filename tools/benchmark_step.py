@@ -141,6 +141,7 @@ def gates_ms(batch: int) -> float:
     import numpy as np
     import tensorflow as tf
 
+    from tf_dynhp import gates
     from tf_dynhp.layers import L0Dense
 
     rng = np.random.default_rng(FLAGS.seed)
@@ -155,11 +156,13 @@ def gates_ms(batch: int) -> float:
         total = tf.constant(0.0)
         for layer, x in zip(layers, inputs):
             with tf.GradientTape() as tape:
-                z = layer._gates(batch, True, None)
-                gated = x * z
+                # What L0Dense.forward does in training: noise, gated product, open indicator.
+                gated, opened = gates.gated_product(
+                    x, layer.sample_noise(batch), layer.log_alpha, layer.temperature, layer.limit_l, layer.limit_r
+                )
                 loss = tf.reduce_sum(gated * gated)
             grad = tape.gradient(loss, layer.log_alpha)
-            total += grad[0] + tf.reduce_sum(tf.cast(z > 0, tf.float32), axis=0)[0]
+            total += grad[0] + tf.reduce_sum(opened, axis=0)[0]
         return total
 
     return _loop_ms(body, FLAGS.steps_per_execution)
