@@ -1,10 +1,10 @@
 """Optimizer update of the DynHP step: Keras' own, or a fused Adam kernel when it is equivalent.
 
 Keras 3's `Adam.update_step` is written with generic ops: about a dozen elementwise
-passes over every variable per step (0.37 ms a step for the paper's gated
-784-300-100-10 MLP on this 2-core CPU, a fifth of a DynHP step at batch 100).
+passes over every variable per step (0.45 ms a step for the paper's gated
+784-300-100-10 MLP on this 2-core CPU, about a fifth of a DynHP step at batch 100).
 TensorFlow's `ResourceApplyAdam` does the same update in one kernel per variable
-(0.20 ms; both timed by part 3 of `tools/benchmark_step.py`). Its formula is
+(0.22 ms; both timed by part 3 of `tools/benchmark_step.py`, WORKSPACE.md). Its formula is
 Keras' (Kingma & Ba's "epsilon hat" form):
 
     alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
