@@ -113,9 +113,10 @@ def gated_product(inputs, u, log_alpha, temperature: float = 2.0 / 3.0, limit_l:
     The same values as `inputs * sample_gates(u, log_alpha, ...)`, with a hand-written
     gradient: per element, `d(x z)/d log_alpha = x (r - l) s (1 - s) / T` where the
     stretched sample lies inside (0, 1) and 0 where the clip holds it, and
-    `d(x z)/dx = z`. Automatic differentiation of the composition takes about a dozen
-    elementwise passes over the (batch, gates) tensors; this takes five, and the
-    open indicator comes from the same pass. TensorFlow only (`tf.custom_gradient`);
+    `d(x z)/dx = z`. This skips the per-op gradients automatic differentiation
+    builds for each step of the composition (the clip's masks, the stretch, the
+    division by T, the broadcast sums of each addition), and the open indicator
+    reuses the forward pass (`tools/benchmark_step.py` part 3 times the result). TensorFlow only (`tf.custom_gradient`);
     the training step of the `L0Dense` layer uses it. Checked against the
     composition, values and gradients, in `tests/test_gates.py`.
 
