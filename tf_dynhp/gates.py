@@ -112,7 +112,7 @@ def gated_product(inputs, u, log_alpha, temperature: float = 2.0 / 3.0, limit_l:
 
     The same values as `inputs * sample_gates(u, log_alpha, ...)`, with a hand-written
     gradient: per element, `d(x z)/d log_alpha = x (r - l) s (1 - s) / T` where the
-    stretched sample lies inside (0, 1) and 0 where the clip holds it, and
+    stretched sample lies in [0, 1] and 0 where the clip moved it, and
     `d(x z)/dx = z`. This skips the per-op gradients automatic differentiation
     builds for each step of the composition (the clip's masks, the stretch, the
     division by T, the broadcast sums of each addition), and the open indicator
@@ -140,13 +140,16 @@ def gated_product(inputs, u, log_alpha, temperature: float = 2.0 / 3.0, limit_l:
     def _gated(x, la):
         s = tf.sigmoid((tf.math.log(u / (1.0 - u)) + la) * inv_t)
         z_raw = s * scale + limit_l
-        z = tf.clip_by_value(z_raw, 0.0, 1.0)
+        # One pass each: the raw clip op (tf.clip_by_value is a minimum and a maximum),
+        # and sign(z) as the open indicator (z >= 0, so it is 1 exactly where z > 0).
+        z = tf.raw_ops.ClipByValue(t=z_raw, clip_value_min=tf.zeros((), z_raw.dtype), clip_value_max=tf.ones((), z_raw.dtype))
 
         def grad(upstream, _upstream_open):
-            inside = tf.logical_and(z_raw > 0.0, z_raw < 1.0)
-            d_la = tf.where(inside, upstream * x * (s - s * s), tf.zeros_like(s))
+            # The clip passes the gradient where it did not move the sample (z == z_raw),
+            # boundaries included, as tf.clip_by_value's own gradient does.
+            d_la = tf.where(tf.equal(z, z_raw), upstream * x * (s - s * s), tf.zeros_like(s))
             return upstream * z, tf.reduce_sum(d_la, axis=0) * (scale * inv_t)
 
-        return (x * z, tf.cast(z_raw > 0.0, x.dtype)), grad
+        return (x * z, tf.sign(z)), grad
 
     return _gated(inputs, tf.cast(log_alpha, inputs.dtype))
