@@ -9,6 +9,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tf_dynhp", "tf_dynhp.*"]),
+    # The fused gate kernel's source, compiled on first use (tf_dynhp/fused.py).
+    package_data={"tf_dynhp": ["csrc/*.cc"]},
     python_requires=">=3.10",
     install_requires=["keras>=3.5", "numpy>=1.26"],
     extras_require={

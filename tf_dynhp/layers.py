@@ -32,13 +32,17 @@ class GatedForward(NamedTuple):
         pre_activation: `gated_inputs @ kernel + bias` (`L0Dense`) or `conv(inputs) + bias`
             *before* the gate (`L0Conv2D`); the gradient w.r.t. it is D.
         gate_open: 1.0 where a gate sample is non-zero (counted by Eq. 6), else 0.0;
-            shape (batch, gates), (1, gates) at inference.
+            shape (batch, gates), (1, gates) at inference; None from the fused
+            kernel, which counts without forming it.
+        open_count: per gate, the number of examples whose sample is non-zero
+            (gates,): the batch's share of Eq. 6's count.
     """
 
     outputs: Any
     gated_inputs: Any
     pre_activation: Any
     gate_open: Any
+    open_count: Any
 
 
 def _check_in(name: str, value: Any, low: float, high: float, *, closed_low: bool, closed_high: bool) -> None:
@@ -290,19 +294,31 @@ class L0Dense(_HardConcreteLayer):
         return total / float(self.dataset_size)
 
     # ----------------------------------------------------------------- forward
-    def forward(self, inputs, training: bool = False, noise=None) -> GatedForward:
+    def forward(self, inputs, training: bool = False, noise=None, gate_kernel: str = "tf") -> GatedForward:
         """Forward pass returning the intermediates the DynHP training step needs.
 
         Args:
             inputs: (batch, input_dim) tensor.
             training: sample per-example gates (True) or use deterministic gates.
             noise: optional uniforms (batch, input_dim) to use instead of drawing
-                them (tests inject the same noise into two models).
+                them (tests inject the same noise into two models); implies the
+                TensorFlow-op path.
+            gate_kernel: "tf" (`gates.gated_product` on `sample_noise`) or "fused"
+                (`tf_dynhp.fused`: one kernel, its own counter-based noise keyed by
+                this layer's seed generator; float32 only).
 
         Returns:
             A `GatedForward`.
         """
-        if training:
+        open_count = None
+        if training and noise is None and gate_kernel == "fused":
+            from tf_dynhp import fused
+
+            gated, open_count = fused.gated_product_fused(
+                inputs, self.seed_generator.next(), self.log_alpha, self.temperature, self.limit_l, self.limit_r
+            )
+            gate_open = None
+        elif training:
             if noise is None:
                 noise = self.sample_noise(ops.shape(inputs)[0])
             gated, gate_open = gates.gated_product(
@@ -311,11 +327,13 @@ class L0Dense(_HardConcreteLayer):
         else:
             z = ops.cast(ops.expand_dims(self.deterministic_gates(), 0), inputs.dtype)
             gated, gate_open = inputs * z, ops.cast(z > 0, inputs.dtype)
+        if open_count is None:
+            open_count = ops.sum(gate_open, axis=0)
         pre = ops.matmul(gated, self.kernel)
         if self.use_bias:
             pre = pre + self.bias
         out = self.activation(pre) if self.activation is not None else pre
-        return GatedForward(out, gated, pre, gate_open)
+        return GatedForward(out, gated, pre, gate_open, open_count)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -475,13 +493,15 @@ class L0Conv2D(_HardConcreteLayer):
             pre = pre + self.bias
         return pre
 
-    def forward(self, inputs, training: bool = False, noise=None) -> GatedForward:
+    def forward(self, inputs, training: bool = False, noise=None, gate_kernel: str = "tf") -> GatedForward:
         """Forward pass returning the intermediates the DynHP training step needs.
 
         Args:
             inputs: (batch, height, width, in_channels) tensor.
             training: sample per-example gates (True) or use deterministic gates.
             noise: optional uniforms (batch, filters) to use instead of drawing them.
+            gate_kernel: accepted for a common signature with `L0Dense` and ignored:
+                (batch, filters) channel gates are small, they always use TensorFlow ops.
 
         Returns:
             A `GatedForward`: `gated_inputs` are the inputs (the gates act on the
@@ -492,7 +512,8 @@ class L0Conv2D(_HardConcreteLayer):
         pre = self.convolve(inputs)
         gated = pre * ops.expand_dims(ops.expand_dims(z, 1), 1)
         out = self.activation(gated) if self.activation is not None else gated
-        return GatedForward(out, inputs, pre, ops.cast(z > 0, inputs.dtype))
+        gate_open = ops.cast(z > 0, inputs.dtype)
+        return GatedForward(out, inputs, pre, gate_open, ops.sum(gate_open, axis=0))
 
     def compute_output_shape(self, input_shape):
         h = _conv_output_length(input_shape[1], self.kernel_size[0], self.strides[0], self.padding)

@@ -66,7 +66,8 @@ class GatedModel(keras.Model):
     """Functional dense or conv chain with the DynHP training step (see module docstring).
 
     Build it like a functional model, `GatedModel(inputs, outputs)`. Attributes set
-    by `tf_dynhp.fit` (not serialized): `track_variance`, `loss_fn`.
+    by `tf_dynhp.fit` (not serialized): `track_variance`, `loss_fn`, `gate_kernel`
+    ("tf" by default, or "fused": see `L0Dense.forward`).
     """
 
     def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any) -> None:
@@ -76,6 +77,7 @@ class GatedModel(keras.Model):
         self.num_classes, self.outputs_are_probabilities = classifier_head(self.body)
         self.track_variance = False
         self.loss_fn = None
+        self.gate_kernel = "tf"
         self._loss_tracker = keras.metrics.Mean(name="loss")
         self._accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
@@ -107,7 +109,8 @@ class GatedModel(keras.Model):
         Returns:
             `(outputs, logits, per_layer)`: logits are the last dense layer's
             pre-activation; per_layer lists `(inputs_to_kernel, pre_activation,
-            gate_open or None)` for every weighted layer (for a conv layer the
+            open_count or None)` for every weighted layer (open_count: per gate,
+            the examples whose sample is non-zero; for a conv layer the
             pre-activation is `conv(x) + b` before its gate).
         """
         h = x
@@ -116,8 +119,10 @@ class GatedModel(keras.Model):
         k = 0
         for layer in self.body:
             if isinstance(layer, GATED_TYPES):
-                r = layer.forward(h, training=training, noise=None if noise is None else noise[k])
-                per_layer.append((r.gated_inputs, r.pre_activation, r.gate_open))
+                r = layer.forward(
+                    h, training=training, noise=None if noise is None else noise[k], gate_kernel=self.gate_kernel
+                )
+                per_layer.append((r.gated_inputs, r.pre_activation, r.open_count))
                 h, logits = r.outputs, r.pre_activation
                 k += 1
             elif isinstance(layer, keras.layers.Dense):
@@ -203,7 +208,7 @@ class GatedModel(keras.Model):
                     variance_l1 = variance_l1 + dense_variance_l1(a, g_pre * batch, g_kernel, g_bias)
         predicted = ops.argmax(logits, axis=-1)
         correct = ops.sum(ops.cast(ops.equal(ops.cast(predicted, "int64"), ops.cast(y, "int64")), x.dtype))
-        gate_open = [ops.sum(g, axis=0) for _, _, g in per_layer if g is not None]
+        gate_open = [c for _, _, c in per_layer if c is not None]
         return {
             "loss": loss,
             "data_loss": data_loss,

@@ -36,6 +36,8 @@ class TrainerState:
             `np.isin(arange(original), alive[k])`.
         original_inputs: per unit axis, its number of units before any pruning.
         retraces: how many times step/eval functions were traced so far.
+        gate_kernel: how the `L0Dense` gates are sampled in training, "fused" or
+            "tf" (`tf_dynhp.fit`'s resolved `gate_kernel`; the two draw different noise).
         history: per-epoch lists (see `tf_dynhp.fit`).
     """
 
@@ -47,6 +49,7 @@ class TrainerState:
     alive: list[list[int]] = dataclasses.field(default_factory=list)
     original_inputs: list[int] = dataclasses.field(default_factory=list)
     retraces: int = 0
+    gate_kernel: str = "tf"
     history: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
 
     def masks(self) -> list[np.ndarray]:

@@ -34,10 +34,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_dynhp import batching, memory
+from tf_dynhp import batching, fused, memory
 from tf_dynhp import checkpoint as ckpt
 from tf_dynhp.chain import GATED_TYPES, parse_chain
 from tf_dynhp.convert import strip, to_l0
+from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import GatedModel
 from tf_dynhp.state import TrainerState
 from tf_dynhp.surgery import build_chain_model, effective_keep, rebuild_body, transfer_optimizer, unit_axes
@@ -371,6 +372,22 @@ def _rebuild_core(core: GatedModel, keep: list[np.ndarray | None]) -> GatedModel
 
 
 # --------------------------------------------------------------------------- fit
+def _resolve_gate_kernel(gate_kernel: str, core: GatedModel, method: str) -> str:
+    """`gate_kernel` of `fit` -> "fused" or "tf" (the fused kernel is float32, dense gates only)."""
+    dense_gated = [layer for layer in core.gated_layers if isinstance(layer, L0Dense)]
+    if method == "dense" or not dense_gated:
+        return "tf"  # no L0Dense gates: nothing for the kernel to do
+    not_f32 = [layer.name for layer in dense_gated if layer.compute_dtype != "float32"]
+    if not_f32:
+        if gate_kernel == "fused":
+            raise ValueError(
+                "gate_kernel='fused' needs float32 L0Dense layers. Received: "
+                f"{not_f32[0]!r} computes in {core.get_layer(not_f32[0]).compute_dtype}. Use gate_kernel='tf'."
+            )
+        return "tf"
+    return fused.resolve_gate_kernel(gate_kernel)
+
+
 def _resolve_loss(loss: Any) -> Callable | None:
     if loss is None or loss == "sparse_categorical_crossentropy":
         return None
@@ -470,6 +487,7 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     on_nonfinite: str = "raise",
+    gate_kernel: str = "auto",
 ) -> FitResult:
     """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
 
@@ -515,6 +533,12 @@ def fit(
         on_nonfinite: "raise" (stop with `NonFiniteError`, whose `last_good` holds the
             model of the last good epoch) or "rollback" (restore the last good epoch,
             halve the learning rate, go on; give up after 3 tries).
+        gate_kernel: how `L0Dense` samples its per-example gates in training:
+            "fused" (one compiled CPU kernel, `tf_dynhp.fused`; float32 models),
+            "tf" (TensorFlow ops, `tf_dynhp.gates.gated_product`) or "auto" (default:
+            "fused" when it builds here and the model is float32, else "tf"). The
+            two draw different noise: identical seeds give identical runs with the
+            same resolved kernel, recorded in `FitResult.state.gate_kernel`.
 
     Returns:
         A `FitResult`: `.model` (stripped plain Keras model), `.history` (per-epoch
@@ -562,6 +586,8 @@ def fit(
     if not isinstance(verbose, (int, bool)):
         raise _invalid("verbose", "0 or 1", verbose)
     callbacks = _check_callbacks(callbacks, method)
+    if gate_kernel not in fused.GATE_KERNELS:
+        raise _invalid("gate_kernel", f"one of {list(fused.GATE_KERNELS)}", gate_kernel)
     loss_fn = _resolve_loss(loss)
     opt = _resolve_optimizer(optimizer, learning_rate)
 
@@ -600,6 +626,7 @@ def fit(
             input_droprate_init=input_droprate_init, dataset_size=n_train, seed=seed,
         )
     core, features, input_shape = _core_from(gated)
+    gate_kernel = _resolve_gate_kernel(gate_kernel, core, method)
     for layer in core.gated_layers:
         if layer.dataset_size is None:
             layer.dataset_size = n_train
@@ -626,10 +653,12 @@ def fit(
         "optimizer": {k: v for k, v in core.optimizer.get_config().items() if k != "name"}, "seed": seed, "loss": repr(loss),
         "weight_decay": float(weight_decay), "droprate_init": float(droprate_init),
         "input_droprate_init": float(input_droprate_init), "model": _model_signature(chain),
+        "gate_kernel": gate_kernel,
         # Hashing the data costs ~0.3 s per 60k images: only runs that checkpoint need it.
         "data": _data_fingerprint(x_train, y_train) if checkpoint_dir is not None else None,
     }
     data_spec = tf.TensorSpec((None,) + x_train.shape[1:], tf.as_dtype(x_train.dtype))
+    state.gate_kernel = gate_kernel
     run = _Run(core, features, input_shape, state, steps_per_execution, alpha_bs or 0.0, batch_growth, loss_fn, data_spec)
 
     # ------------------------------------------------------------ budget check
@@ -790,6 +819,7 @@ class _Run:
             self.traced_before += _tracing_count(self.runner, self.evaluator)
         core.track_variance = self.state.method == "dynhp"
         core.loss_fn = self.loss_fn
+        core.gate_kernel = self.state.gate_kernel
         self.core = core
         self.acc = _Accumulators(core)
         self.runner = _make_epoch_runner(core, self.acc, self.steps_per_execution, self.alpha_bs, self.growth, self.features)

@@ -1,0 +1,218 @@
+"""The fused hard-concrete gate kernel (`tf_dynhp.fused`) against NumPy and the TensorFlow-op path."""
+
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import make_mlp
+import tf_dynhp
+from tf_dynhp import fused, gates, to_l0
+from tf_dynhp.training import _core_from
+
+T, L, R = 2.0 / 3.0, -0.1, 1.1
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    """The loaded op module (compiled once into the user cache on a fresh machine, ~10 s)."""
+    return fused.load_kernel()
+
+
+def np_sample(u, log_alpha, t=T, l=L, r=R):
+    s = 1.0 / (1.0 + np.exp(-(np.log(u) - np.log(1 - u) + log_alpha) / t))
+    return np.clip(s * (r - l) + l, 0.0, 1.0)
+
+
+# ------------------------------------------------------------------- the noise
+def test_noise_reference_is_odd_multiples_of_2_pow_minus_24():
+    u = fused.noise_reference([3, 9], 40, 77)
+    k = u * 2**24
+    assert u.shape == (40, 77) and u.min() > 0 and u.max() < 1
+    np.testing.assert_array_equal(k, np.round(k))
+    assert np.all(np.round(k) % 2 == 1)
+
+
+def test_noise_reference_is_uniform_and_uncorrelated():
+    u = fused.noise_reference([1, 0], 1000, 300)  # 300 000 values
+    assert u.mean() == pytest.approx(0.5, abs=5 * math.sqrt(1 / 12 / u.size))
+    assert u.var() == pytest.approx(1 / 12, abs=1e-3)
+    counts = np.histogram(u, bins=100, range=(0, 1))[0]
+    expected = u.size / 100
+    chi2 = np.sum((counts - expected) ** 2 / expected)
+    assert chi2 < 99 + 5 * math.sqrt(2 * 99), chi2  # 99 degrees of freedom, ~5 sigma
+    bound = 5 / math.sqrt(u.size)
+    assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < bound  # neighbouring gates
+    assert abs(np.corrcoef(u[:-1].ravel(), u[1:].ravel())[0, 1]) < bound  # neighbouring examples
+    nxt = fused.noise_reference([1, 1], 1000, 300)  # the next step of the same seed generator
+    assert abs(np.corrcoef(u.ravel(), nxt.ravel())[0, 1]) < bound
+    assert np.mean(u == nxt) < 1e-3
+
+
+@pytest.mark.parametrize("other", [[4, 0], [3, 1], [-3, 0]])
+def test_noise_depends_on_both_key_halves(other):
+    a, b = fused.noise_reference([3, 0], 8, 16), fused.noise_reference(other, 8, 16)
+    assert np.mean(a == b) < 0.05
+
+
+# --------------------------------------------------------------- forward values
+@pytest.mark.parametrize("t,l,r", [(T, L, R), (0.5, -0.2, 1.3), (1.0, -0.05, 1.05)])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (64, 784), (513, 100)])
+def test_kernel_equals_numpy_sample_of_reference_noise(kernel, t, l, r, shape, rng):
+    """Values and open counts of the kernel == NumPy's hard-concrete sample of the same bits
+    (T = 2/3 takes the kernel's r * sqrt(r) path, the others pow); large shapes are
+    split over threads by column blocks."""
+    x = rng.normal(size=shape).astype(np.float32)
+    la = rng.uniform(gates.LOG_ALPHA_MIN, gates.LOG_ALPHA_MAX, size=shape[1]).astype(np.float32)
+    key = np.array([11, 5], np.int64)
+    gated, count = fused.gated_product_fused(x, key, la, t, l, r)
+    z = np_sample(fused.noise_reference(key, *shape), la.astype(np.float64), t, l, r)
+    np.testing.assert_allclose(gated.numpy(), x * z, rtol=0, atol=2e-6 * max(1.0, np.abs(x).max()))
+    # Open counts: exact, except where float32 rounding can move a sample across the clip at 0.
+    u = fused.noise_reference(key, *shape)
+    s_ref = 1.0 / (1.0 + np.exp(-(np.log(u) - np.log(1 - u) + la.astype(np.float64)) / t))
+    near_zero = np.abs(s_ref * (r - l) + l) < 1e-5
+    diff = np.abs(count.numpy() - (z > 0).sum(axis=0))
+    assert np.all(diff <= near_zero.sum(axis=0)), diff.max()
+
+
+@pytest.mark.parametrize("log_alpha", [-3.0, -1.0, 0.0, 0.5, 2.0])
+def test_kernel_open_rate_is_prob_open(kernel, log_alpha):
+    """Eq. 4: the fraction of open samples drawn by the kernel's own noise is P(z > 0)."""
+    n, width = 4000, 50
+    _, count = fused.gated_product_fused(np.ones((n, width), np.float32), np.array([2, 7], np.int64), np.full(width, log_alpha, np.float32))
+    rate = count.numpy().sum() / (n * width)
+    expected = float(gates.prob_open(np.float64(log_alpha)))
+    assert rate == pytest.approx(expected, abs=5 * math.sqrt(expected * (1 - expected) / (n * width)))
+
+
+def test_same_key_same_values_other_key_other_values(kernel, rng):
+    x = rng.random((20, 30)).astype(np.float32)
+    la = np.zeros(30, np.float32)
+    a = fused.gated_product_fused(x, np.array([1, 2], np.int64), la)[0].numpy()
+    b = fused.gated_product_fused(x, np.array([1, 2], np.int64), la)[0].numpy()
+    c = fused.gated_product_fused(x, np.array([1, 3], np.int64), la)[0].numpy()
+    np.testing.assert_array_equal(a, b)
+    assert np.mean(a == c) < 0.6  # exact ones and zeros may coincide, the rest does not
+
+
+# ------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("shape", [(5, 7), (200, 300)])
+def test_gradients_equal_autodiff_of_composition_with_same_noise(kernel, shape, rng):
+    x = tf.constant(rng.normal(size=shape).astype(np.float32))
+    la = tf.Variable(rng.uniform(-2, 3, size=shape[1]).astype(np.float32))
+    up = tf.constant(rng.normal(size=shape).astype(np.float32))
+    key = np.array([5, 9], np.int64)
+    u = tf.constant(fused.noise_reference(key, *shape))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        loss_fused = tf.reduce_sum(fused.gated_product_fused(x, key, la)[0] * up)
+        # The plain composition in float64, differentiated by TensorFlow.
+        z = gates.sample_gates(u, tf.cast(la, tf.float64))
+        loss_ref = tf.reduce_sum(tf.cast(x, tf.float64) * z * tf.cast(up, tf.float64))
+    for got, want in zip(tape.gradient(loss_fused, [x, la]), tape.gradient(loss_ref, [x, la])):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5 * np.abs(want.numpy()).max())
+
+
+def test_training_step_fused_equals_tf_path_on_same_noise(kernel, rng):
+    """A whole GatedModel step (loss, every gradient, Eq. 6 counts, Eq. 8's ||S||_1) is the
+    same with the fused kernel and with the TF ops fed the kernel's noise."""
+    keras.utils.set_random_seed(0)
+    model = make_mlp(input_shape=(20,), hidden=(16, 8), classes=4)
+    core, _, _ = _core_from(to_l0(model, l0_lambda=0.1, weight_decay=1e-3, dataset_size=64, seed=0))
+    core.compile(optimizer="adam", jit_compile=False)
+    core.track_variance = True
+    x = tf.constant(rng.normal(size=(64, 20)).astype(np.float32))
+    y = tf.constant(rng.integers(0, 4, size=64).astype(np.int32))
+    keys = [layer.seed_generator.state.numpy().copy() for layer in core.gated_layers]
+    core.gate_kernel = "fused"
+    a = core.train_stats(x, y, apply=False)
+    noise = [tf.constant(fused.noise_reference(k, 64, layer.num_gates).astype(np.float32)) for k, layer in zip(keys, core.gated_layers)]
+    core.gate_kernel = "tf"
+    b = core.train_stats(x, y, noise=noise, apply=False)
+    for name in ("loss", "data_loss", "correct", "variance_l1"):
+        np.testing.assert_allclose(float(a[name]), float(b[name]), rtol=2e-5)
+    for ga, gb in zip(a["grads"], b["grads"]):
+        np.testing.assert_allclose(ga.numpy(), gb.numpy(), rtol=1e-4, atol=1e-6)
+    for ca, cb in zip(a["gate_open"], b["gate_open"]):
+        np.testing.assert_array_equal(ca.numpy(), cb.numpy())
+    # The fused step advanced each layer's seed generator by one, as the TF path's noise draw does.
+    assert [int(layer.seed_generator.state.numpy()[1]) for layer in core.gated_layers] == [int(k[1]) + 1 for k in keys]
+
+
+# ---------------------------------------------------------------------- errors
+def test_kernel_rejects_bad_shapes(kernel):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"log_alpha of shape \(4,\)"):
+        kernel.tf_dynhp_hard_concrete_gate(tf.zeros((2, 4)), tf.zeros((3,)), tf.constant([1, 2], tf.int64), temperature=T, limit_l=L, limit_r=R)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"key of shape \(2,\)"):
+        kernel.tf_dynhp_hard_concrete_gate(tf.zeros((2, 4)), tf.zeros((4,)), tf.constant([1, 2, 3], tf.int64), temperature=T, limit_l=L, limit_r=R)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="rank 2|must be rank 2"):
+        kernel.tf_dynhp_hard_concrete_gate(tf.zeros((2, 4, 1)), tf.zeros((4,)), tf.constant([1, 2], tf.int64), temperature=T, limit_l=L, limit_r=R)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="temperature > 0"):
+        kernel.tf_dynhp_hard_concrete_gate(tf.zeros((2, 4)), tf.zeros((4,)), tf.constant([1, 2], tf.int64), temperature=0.0, limit_l=L, limit_r=R)
+
+
+def test_resolve_gate_kernel_names():
+    assert fused.resolve_gate_kernel("tf") == "tf"
+    with pytest.raises(ValueError, match=r"Expected one of \['auto', 'fused', 'tf'\]. Received: gate_kernel='xla'"):
+        fused.resolve_gate_kernel("xla")
+
+
+def test_build_without_compiler_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(fused.KernelBuildError, match="No C.. compiler found .*gate_kernel='tf'"):
+        fused.build_kernel(tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # nothing written
+
+
+def test_build_into_unwritable_folder_says_so(tmp_path):
+    if os.geteuid() == 0:  # root writes anywhere: use a path under a regular file instead
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        folder = blocker / "cache"
+    else:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o500)
+        folder = folder / "cache"
+    with pytest.raises(fused.KernelBuildError, match="Cannot write the kernel cache folder"):
+        fused.build_kernel(folder)
+
+
+def test_build_is_cached_by_content(kernel, tmp_path):
+    first = fused.build_kernel()  # the fixture built it: found, not compiled again
+    assert first.exists() and first.name.startswith("hard_concrete_gate-")
+    assert fused.build_kernel() == first
+
+
+# ------------------------------------------------------------------------- fit
+def test_fit_gate_kernel_argument_checked_before_training(mnist_small):
+    (x, y), _ = mnist_small
+    with pytest.raises(ValueError, match=r"`gate_kernel`. Expected one of \['auto', 'fused', 'tf'\]. Received: gate_kernel='gpu'"):
+        tf_dynhp.fit(make_mlp(), x, y, method="sp", epochs=1, gate_kernel="gpu", verbose=0)
+    with pytest.raises(ValueError, match="gate_kernel='fused' needs float32 L0Dense layers.*float64"):
+        tf_dynhp.fit(make_mlp(dtype="float64"), x.astype("float64"), y, method="sp", epochs=1, gate_kernel="fused", verbose=0)
+
+
+def test_fit_fused_is_deterministic_and_recorded(kernel, mnist_small):
+    (x, y), (xt, yt) = mnist_small
+    runs = []
+    for k in ("fused", "fused", "tf"):
+        keras.utils.set_random_seed(3)  # the same initial weights
+        runs.append(tf_dynhp.fit(make_mlp(), x, y, method="dynhp", alpha_bs=0.972, budget_kb=2000.0, epochs=2, seed=3, verbose=0, gate_kernel=k))
+    assert [r.state.gate_kernel for r in runs] == ["fused", "fused", "tf"]
+    for wa, wb in zip(runs[0].gated_model.get_weights(), runs[1].gated_model.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    assert runs[0].history["loss"] == runs[1].history["loss"]
+    assert runs[0].history["loss"] != runs[2].history["loss"]  # other noise
+    assert tf_dynhp.fit(make_mlp(dtype="float64"), x.astype("float64"), y, method="sp", epochs=1, verbose=0).state.gate_kernel == "tf"
+
+
+def test_resume_refuses_other_gate_kernel(kernel, mnist_small, tmp_path):
+    (x, y), _ = mnist_small
+    tf_dynhp.fit(make_mlp(), x, y, method="sp", epochs=1, seed=1, verbose=0, checkpoint_dir=tmp_path, gate_kernel="fused")
+    with pytest.raises(ValueError, match="made with gate_kernel='fused'; this run has gate_kernel='tf'"):
+        tf_dynhp.fit(make_mlp(), x, y, method="sp", epochs=2, seed=1, verbose=0, checkpoint_dir=tmp_path, resume=True, gate_kernel="tf")
