@@ -18,8 +18,14 @@ T, L, R = 2.0 / 3.0, -0.1, 1.1
 
 @pytest.fixture(scope="module")
 def kernel():
-    """The loaded op module (compiled once into the user cache on a fresh machine, ~10 s)."""
-    return fused.load_kernel()
+    """The loaded op module (compiled once into the user cache on a fresh machine, ~10 s).
+    Skipped only on a machine without a C++ compiler; a failing compilation fails."""
+    try:
+        return fused.load_kernel()
+    except fused.KernelBuildError as err:
+        if str(err).startswith("No C++ compiler found"):
+            pytest.skip(str(err))
+        raise
 
 
 def np_sample(u, log_alpha, t=T, l=L, r=R):

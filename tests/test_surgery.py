@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import make_mlp
-from tf_dynhp import gates, optim, to_l0
+from tf_dynhp import fused, gates, optim, to_l0
 from tf_dynhp.surgery import transfer_optimizer, rebuild_body
 from tf_dynhp.training import _Accumulators, _core_from, _make_epoch_runner, _rebuild_core
 
@@ -118,9 +118,13 @@ def test_optimizer_with_unmatched_slots_is_refused():
         transfer_optimizer(opt, var_map, new.trainable_variables)
 
 
-def test_activation_rate_counted_in_step_equals_numpy_recount(rng):
-    """(c): Eq. 6 counts in the compiled loop == NumPy recount of the same gate samples."""
+@pytest.mark.parametrize("gate_kernel", ["tf", "fused"])
+def test_activation_rate_counted_in_step_equals_numpy_recount(gate_kernel, rng):
+    """(c): Eq. 6 counts in the compiled loop == NumPy recount of the same gate samples
+    (TF-op noise replayed from the seed generators, or the fused kernel's noise rebuilt in
+    NumPy by `fused.noise_reference`)."""
     core = _core(keras.optimizers.SGD(0.0), dtype="float32")
+    core.gate_kernel = gate_kernel
     x, y = _data(rng, n=50)
     x = x.astype("float32")
     states = [layer.seed_generator.state.numpy().copy() for layer in core.gated_layers]
@@ -139,7 +143,10 @@ def test_activation_rate_counted_in_step_equals_numpy_recount(rng):
     for start in range(0, 50, 8):
         b = min(8, 50 - start)
         for k, layer in enumerate(core.gated_layers):
-            u = np.asarray(layer.sample_noise(b))
+            if gate_kernel == "fused":
+                u = fused.noise_reference(layer.seed_generator.next().numpy(), b, layer.input_dim)
+            else:
+                u = np.asarray(layer.sample_noise(b))
             s = 1 / (1 + np.exp(-(np.log(u) - np.log(1 - u) + layer.log_alpha.numpy()) / layer.temperature))
             z = np.clip(s * (layer.limit_r - layer.limit_l) + layer.limit_l, 0, 1)
             recount[k] += (z > 0).sum(axis=0)

@@ -34,7 +34,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -91,12 +91,14 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     return Path.home() / ".cache" / "tf_dynhp" / "kernels"
 
 
-def build_kernel(cache_dir: str | os.PathLike | None = None) -> Path:
+def build_kernel(cache_dir: str | os.PathLike | None = None, announce: Callable[[str], Any] | None = None) -> Path:
     """Compiles `csrc/hard_concrete_gate.cc` (once per source, TensorFlow, compiler and CPU).
 
     Args:
         cache_dir: folder for the compiled library; default `$TF_DYNHP_KERNEL_DIR`,
             else `~/.cache/tf_dynhp/kernels`.
+        announce: called with a one-line message before a compilation starts
+            (e.g. `print`); the library is otherwise silent.
 
     Returns:
         Path of the shared library.
@@ -135,6 +137,8 @@ def build_kernel(cache_dir: str | os.PathLike | None = None) -> Path:
     except OSError as err:
         raise KernelBuildError(f"Cannot write the kernel cache folder {folder}: {err}") from err
     cmd = [cxx, str(SOURCE), "-o", tmp, *compile_flags, *link_flags]
+    if announce is not None:
+        announce(f"tf_dynhp: compiling the fused gate kernel for this CPU into {target} (once, ~10 s)")
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as err:
@@ -155,25 +159,40 @@ def _load(path: str) -> Any:
     return tf.load_op_library(path)
 
 
-def load_kernel(cache_dir: str | os.PathLike | None = None) -> Any:
-    """Builds (if needed) and loads the kernel; returns the op module.
+_LOADED: dict[str, Any] = {}  # per cache folder: the op module loaded in this process
+
+
+def load_kernel(cache_dir: str | os.PathLike | None = None, announce: Callable[[str], Any] | None = None) -> Any:
+    """Builds (if needed) and loads the kernel; returns the op module (loaded once per process:
+    the training step's trace calls this for every gated layer).
 
     Raises:
         KernelBuildError: as `build_kernel`, or the library does not load.
     """
-    path = build_kernel(cache_dir)
+    folder = str(_cache_dir(cache_dir))
+    if folder in _LOADED:
+        return _LOADED[folder]
+    path = build_kernel(cache_dir, announce)
     try:
-        return _load(str(path))
+        module = _load(str(path))
     except Exception as err:  # tf.errors.NotFoundError and friends
         raise KernelBuildError(f"Loading {path} failed: {err}") from err
+    _LOADED[folder] = module
+    return module
 
 
-@functools.lru_cache(maxsize=None)
-def _availability() -> str | None:
-    """None when the kernel loads, else the reason (computed once per process)."""
+_FAILED: dict[str, str] = {}  # per cache folder: why the kernel did not build (not retried in this process)
+
+
+def _availability(announce: Callable[[str], Any] | None = None) -> str | None:
+    """None when the kernel loads, else the reason."""
+    folder = str(_cache_dir(None))
+    if folder in _FAILED:
+        return _FAILED[folder]
     try:
-        load_kernel()
+        load_kernel(announce=announce)
     except KernelBuildError as err:
+        _FAILED[folder] = str(err)
         return str(err)
     return None
 
@@ -183,8 +202,10 @@ def kernel_available() -> bool:
     return _availability() is None
 
 
-def resolve_gate_kernel(gate_kernel: str) -> str:
+def resolve_gate_kernel(gate_kernel: str, announce: Callable[[str], Any] | None = None) -> str:
     """Resolves `gate_kernel` ("auto", "fused" or "tf") to the path used: "fused" or "tf".
+
+    `announce` (e.g. `print`) hears of a compilation before it starts.
 
     Raises:
         ValueError: an unknown name.
@@ -197,7 +218,7 @@ def resolve_gate_kernel(gate_kernel: str) -> str:
         )
     if gate_kernel == "tf":
         return "tf"
-    reason = _availability()
+    reason = _availability(announce)
     if reason is None:
         return "fused"
     if gate_kernel == "fused":

@@ -65,25 +65,26 @@ def apply_gradients(optimizer: keras.optimizers.Optimizer, grads: Sequence[Any],
         return
     step = tf.cast(optimizer.iterations + 1, "float32")
     learning_rate = optimizer.learning_rate
+    scalars: dict[Any, dict[str, Any]] = {}  # per dtype, built once: fewer ops to trace after each rebuild
     for grad, variable in zip(grads, variables):
         if grad is None:
             continue
         dtype = variable.dtype
+        if dtype not in scalars:
+            t = tf.cast(step, dtype)
+            beta_1 = tf.cast(optimizer.beta_1, dtype)
+            beta_2 = tf.cast(optimizer.beta_2, dtype)
+            scalars[dtype] = dict(
+                beta1_power=tf.pow(beta_1, t), beta2_power=tf.pow(beta_2, t), lr=tf.cast(learning_rate, dtype),
+                beta1=beta_1, beta2=beta_2, epsilon=tf.cast(optimizer.epsilon, dtype),
+            )
         index = optimizer._get_variable_index(variable)
-        t = tf.cast(step, dtype)
-        beta_1 = tf.cast(optimizer.beta_1, dtype)
-        beta_2 = tf.cast(optimizer.beta_2, dtype)
         tf.raw_ops.ResourceApplyAdam(
             var=_handle(variable),
             m=_handle(optimizer._momentums[index]),
             v=_handle(optimizer._velocities[index]),
-            beta1_power=tf.pow(beta_1, t),
-            beta2_power=tf.pow(beta_2, t),
-            lr=tf.cast(learning_rate, dtype),
-            beta1=beta_1,
-            beta2=beta_2,
-            epsilon=tf.cast(optimizer.epsilon, dtype),
             grad=tf.cast(grad, dtype),
+            **scalars[dtype],
         )
     for variable in variables:
         if variable.constraint is not None:

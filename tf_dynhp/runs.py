@@ -56,6 +56,7 @@ class RunConfig:
     droprate_init: float = 0.5
     input_droprate_init: float = 0.2
     on_nonfinite: str = "raise"
+    gate_kernel: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -193,6 +194,7 @@ def run(
             steps_per_execution=config.steps_per_execution, verbose=verbose,
             droprate_init=config.droprate_init, input_droprate_init=config.input_droprate_init,
             checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
+            gate_kernel=config.gate_kernel,
         )
     except tf_dynhp.NonFiniteError as err:
         if out_dir is not None:  # the folder keeps the last good model (no metrics.json: unfinished)
@@ -219,6 +221,7 @@ def run(
         "budget_kb": budget_kb,
         "batch_sizes": h["batch_size"],
         "epochs_run": len(h["loss"]),
+        "gate_kernel": result.state.gate_kernel,
         "train_seconds": seconds,
         "total_epoch_seconds": float(np.sum(h["epoch_seconds"])),
     }

@@ -175,25 +175,33 @@ def _full_model(core: GatedModel, features: np.ndarray | None, input_shape: tupl
 
 # --------------------------------------------------------------------------- compiled epoch loop
 class _Accumulators:
-    """tf.Variables summing the batch statistics of one epoch (outside the model)."""
+    """tf.Variables summing the batch statistics of one epoch (outside the model).
+
+    Few variables, so that the step updates them with few ops (each op is traced
+    again after every rebuild): one vector of sums, one of maxima, the non-finite
+    step, and the open-gate counts of all gated layers in one vector.
+    """
+
+    SUMS = ("loss", "data_loss", "correct", "count", "steps", "ratio", "increment")
+    MAXIMA = ("max_batch", "width")
 
     def __init__(self, core: GatedModel) -> None:
         f64 = "float64"
-        self.scalars = {
-            name: tf.Variable(0.0, dtype=f64, trainable=False)
-            for name in ("loss", "data_loss", "correct", "count", "steps", "ratio", "increment", "max_batch", "width", "nonfinite")
-        }
-        self.gate_open = [tf.Variable(tf.zeros((layer.num_gates,), f64), trainable=False) for layer in core.gated_layers]
+        self.sizes = [layer.num_gates for layer in core.gated_layers]
+        self.sums = tf.Variable(tf.zeros((len(self.SUMS),), f64), trainable=False)
+        self.maxima = tf.Variable(tf.zeros((len(self.MAXIMA),), f64), trainable=False)
+        self.nonfinite = tf.Variable(0.0, dtype=f64, trainable=False)
+        self.gate_open = tf.Variable(tf.zeros((sum(self.sizes),), f64), trainable=False)
 
     def reset(self) -> None:
-        for v in self.scalars.values():
-            v.assign(0.0)
-        for v in self.gate_open:
+        for v in (self.sums, self.maxima, self.nonfinite, self.gate_open):
             v.assign(tf.zeros_like(v))
 
     def read(self) -> dict[str, Any]:
-        out = {k: float(v.numpy()) for k, v in self.scalars.items()}
-        out["gate_open"] = [v.numpy() for v in self.gate_open]
+        out = dict(zip(self.SUMS, (float(v) for v in self.sums.numpy())))
+        out.update(zip(self.MAXIMA, (float(v) for v in self.maxima.numpy())))
+        out["nonfinite"] = float(self.nonfinite.numpy())
+        out["gate_open"] = np.split(self.gate_open.numpy(), np.cumsum(self.sizes)[:-1]) if self.sizes else []
         return out
 
 
@@ -210,7 +218,6 @@ def _make_epoch_runner(
     non-finite step stopped it). The batch size is a tensor argument, so a new
     batch size does not retrace; a new (pruned) model gets a new runner, traced once.
     """
-    s = acc.scalars
     scale = 1.0 - alpha_bs
     feats = None if features is None else tf.constant(np.asarray(features, dtype=np.int32))
 
@@ -218,32 +225,27 @@ def _make_epoch_runner(
         """Adds the step's statistics where `ok` (finite step); else records the step as
         the non-finite one. Branch-free (`tf.where`, which does not let a NaN through
         from the branch it does not take): a `tf.cond` here doubled this part of the trace."""
-
-        def add(name, value):
-            s[name].assign_add(tf.where(ok, value, tf.zeros_like(value)))
-
-        count = tf.cast(st["count"], "float64")
-        data_loss = tf.cast(st["data_loss"], "float64")
-        s["nonfinite"].assign(tf.where(ok, s["nonfinite"], s["steps"] + 1.0))  # 1-based step of the epoch
-        add("loss", tf.cast(st["loss"], "float64") * count)
-        add("data_loss", data_loss * count)
-        add("correct", tf.cast(st["correct"], "float64"))
-        add("count", count)
-        add("steps", tf.constant(1.0, "float64"))
-        s["max_batch"].assign(tf.where(ok, tf.maximum(s["max_batch"], count), s["max_batch"]))
-        width = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), "float64")
-        s["width"].assign(tf.where(ok, tf.maximum(s["width"], width), s["width"]))
+        f64 = "float64"
+        count = tf.cast(st["count"], f64)
+        data_loss = tf.cast(st["data_loss"], f64)
+        ratio = increment = tf.zeros((), f64)
         if core.track_variance:
-            variance = tf.cast(st["variance_l1"], "float64")
+            variance = tf.cast(st["variance_l1"], f64)
             safe_loss = tf.maximum(data_loss, 1e-12)
-            add("ratio", variance / safe_loss)
+            ratio = variance / safe_loss
             if growth == "step_mean":
-                add("increment", tf.floor(scale * variance / count / safe_loss))
+                increment = tf.floor(scale * ratio / count)
             elif growth == "step":
-                add("increment", tf.floor(scale * variance / safe_loss))
-        for v, g in zip(acc.gate_open, st["gate_open"]):
-            g = tf.cast(g, "float64")
-            v.assign_add(tf.where(ok, g, tf.zeros_like(g)))
+                increment = tf.floor(scale * ratio)
+        one = tf.ones((), f64)
+        sums = tf.stack([tf.cast(st["loss"], f64) * count, data_loss * count, tf.cast(st["correct"], f64), count, one, ratio, increment])
+        acc.sums.assign_add(tf.where(ok, sums, 0.0))
+        width = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), f64)
+        acc.maxima.assign(tf.where(ok, tf.maximum(acc.maxima, tf.stack([count, width])), acc.maxima))
+        acc.nonfinite.assign(tf.where(ok, acc.nonfinite, acc.sums[4] + 1.0))  # 1-based step of the epoch
+        if st["gate_open"]:
+            counts = tf.concat([tf.cast(c, f64) for c in st["gate_open"]], axis=0)
+            acc.gate_open.assign_add(tf.where(ok, counts, 0.0))
 
     # autograph=False and an explicit while_loop: tracing skips AutoGraph's source
     # conversion of the step (a large share of the retrace after every rebuild).
@@ -372,7 +374,7 @@ def _rebuild_core(core: GatedModel, keep: list[np.ndarray | None]) -> GatedModel
 
 
 # --------------------------------------------------------------------------- fit
-def _resolve_gate_kernel(gate_kernel: str, core: GatedModel, method: str) -> str:
+def _resolve_gate_kernel(gate_kernel: str, core: GatedModel, method: str, announce: Callable[[str], Any] | None = None) -> str:
     """`gate_kernel` of `fit` -> "fused" or "tf" (the fused kernel is float32, dense gates only)."""
     dense_gated = [layer for layer in core.gated_layers if isinstance(layer, L0Dense)]
     if method == "dense" or not dense_gated:
@@ -385,7 +387,7 @@ def _resolve_gate_kernel(gate_kernel: str, core: GatedModel, method: str) -> str
                 f"{not_f32[0]!r} computes in {core.get_layer(not_f32[0]).compute_dtype}. Use gate_kernel='tf'."
             )
         return "tf"
-    return fused.resolve_gate_kernel(gate_kernel)
+    return fused.resolve_gate_kernel(gate_kernel, announce)
 
 
 def _resolve_loss(loss: Any) -> Callable | None:
@@ -626,7 +628,7 @@ def fit(
             input_droprate_init=input_droprate_init, dataset_size=n_train, seed=seed,
         )
     core, features, input_shape = _core_from(gated)
-    gate_kernel = _resolve_gate_kernel(gate_kernel, core, method)
+    gate_kernel = _resolve_gate_kernel(gate_kernel, core, method, announce=print if verbose else None)
     for layer in core.gated_layers:
         if layer.dataset_size is None:
             layer.dataset_size = n_train

@@ -54,13 +54,18 @@ def dense_variance_l1(a, d, mean_kernel_grad, mean_bias_grad=None):
         Scalar sum over all parameters of the per-example gradient variance
         (unbiased; B = 1 gives 0). Divide by B for the variance of the batch mean.
     """
-    b = ops.cast(ops.shape(a)[0], a.dtype)
-    denom = ops.maximum(b - 1.0, 1.0)
-    d_sq = ops.sum(d * d, axis=1)
-    total = ops.sum(ops.sum(a * a, axis=1) * d_sq) - b * ops.sum(ops.square(mean_kernel_grad))
+    # sum_i ||g_i||^2 over kernel and bias: ||A_i||^2 ||D_i||^2 + ||D_i||^2 (the bias
+    # gradient of example i is D_i). Raw TensorFlow ops, few of them: the step that calls
+    # this is traced again after every rebuild, and tracing costs per op.
+    a, d = tf.convert_to_tensor(a), tf.convert_to_tensor(d)
+    b = tf.cast(tf.shape(a)[0], a.dtype)
+    row_a = tf.reduce_sum(tf.square(a), axis=1)
+    mean_sq = tf.reduce_sum(tf.square(mean_kernel_grad))
     if mean_bias_grad is not None:
-        total = total + ops.sum(d_sq) - b * ops.sum(ops.square(mean_bias_grad))
-    return ops.maximum(total, 0.0) / denom
+        row_a = row_a + 1.0
+        mean_sq = mean_sq + tf.reduce_sum(tf.square(mean_bias_grad))
+    total = tf.reduce_sum(row_a * tf.reduce_sum(tf.square(d), axis=1)) - b * mean_sq
+    return tf.maximum(total, 0.0) / tf.maximum(b - 1.0, 1.0)
 
 
 def conv_patches(inputs, kernel_size: Sequence[int], strides: Sequence[int], padding: str):

@@ -10,7 +10,10 @@ time goes, the same loop also trains the dense model (no gates) and SP (gates,
 no Eq. 8). Both are timed on
 their second epoch (after tracing); each number is the best of `--repeats`
 interleaved measurements (this VM's speed drifts by tens of percent). The DynHP run uses alpha_bs=1 (no growth) and
-gamma ~ 0 (no pruning) so the batch stays the one being measured.
+gamma ~ 0 (no pruning) so the batch stays the one being measured. The SP and DynHP
+columns sample the gates with `--gate_kernel` (default "auto": the fused kernel of
+`tf_dynhp/fused.py` when it builds); a last column times DynHP with the TensorFlow-op
+gates (`gate_kernel="tf"`) in the same run, for comparison.
 
 Part 2: the share of wall time spent in rebuilds (surgery + optimizer transfer)
 and retraces over a `--dynhp_epochs` DynHP run on the full dataset with the
@@ -21,7 +24,8 @@ Part 3: where a step's time goes, each piece timed alone in a compiled loop of
 `Adam.apply` and by tf_dynhp's fused path (`tf_dynhp/optim.py`), and the
 per-example hard-concrete gates (uniform noise, Eq. 2 sample, gated product,
 open-gate count, and their backward pass) of the three `L0Dense` layers (784 +
-300 + 100 gates per example) at each batch size: work plain Keras does not do.
+300 + 100 gates per example) at each batch size, by TensorFlow ops and by the
+fused kernel: work plain Keras does not do.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ flags.DEFINE_integer("repeats", 3, "Part 1: each measurement is the best of this
 flags.DEFINE_integer("dynhp_epochs", 20, "Epochs of the part-2 DynHP run (0 skips part 2).")
 flags.DEFINE_float("alpha_bs", 0.972, "Part 2 alpha_bs.")
 flags.DEFINE_integer("seed", 1, "Seed.")
+flags.DEFINE_string("parts", "1,2,3", "Which parts to run (comma-separated).")
+flags.DEFINE_enum("gate_kernel", "auto", ["auto", "fused", "tf"], "Gate kernel of the tf_dynhp loops (parts 1 and 2).")
 
 
 def _mlp():
@@ -75,14 +81,14 @@ def keras_examples_per_second(x, y, batch: int) -> float:
     return len(x) / times[-1]
 
 
-def loop_examples_per_second(x, y, batch: int, method: str) -> float:
+def loop_examples_per_second(x, y, batch: int, method: str, gate_kernel: str = "auto") -> float:
     """tf_dynhp's own loop; `dynhp` with alpha_bs=1 (no growth) and gamma ~ 0 (no pruning)."""
     import tf_dynhp
 
     extra = dict(alpha_bs=1.0, gamma=1e-6, budget_kb=1e9) if method == "dynhp" else {}
     result = tf_dynhp.fit(
         _mlp(), x, y, method=method, epochs=2, batch_size=batch,
-        steps_per_execution=FLAGS.steps_per_execution, seed=FLAGS.seed, verbose=0, **extra,
+        steps_per_execution=FLAGS.steps_per_execution, seed=FLAGS.seed, verbose=0, gate_kernel=gate_kernel, **extra,
     )
     return len(x) / result.history["epoch_seconds"][-1]
 
@@ -136,12 +142,13 @@ def adam_ms() -> tuple[float, float]:
     return out[0], out[1]
 
 
-def gates_ms(batch: int) -> float:
-    """ms per step of the per-example gates of the 784-300-100 gated MLP, forward and backward."""
+def gates_ms(batch: int, kernel: str) -> float:
+    """ms per step of the per-example gates of the 784-300-100 gated MLP, forward and backward,
+    by TensorFlow ops (`kernel="tf"`) or the fused kernel (`"fused"`)."""
     import numpy as np
     import tensorflow as tf
 
-    from tf_dynhp import gates
+    from tf_dynhp import fused, gates
     from tf_dynhp.layers import L0Dense
 
     rng = np.random.default_rng(FLAGS.seed)
@@ -156,13 +163,19 @@ def gates_ms(batch: int) -> float:
         total = tf.constant(0.0)
         for layer, x in zip(layers, inputs):
             with tf.GradientTape() as tape:
-                # What L0Dense.forward does in training: noise, gated product, open indicator.
-                gated, opened = gates.gated_product(
-                    x, layer.sample_noise(batch), layer.log_alpha, layer.temperature, layer.limit_l, layer.limit_r
-                )
-                loss = tf.reduce_sum(gated * gated)
+                # What L0Dense.forward does in training: noise, gated product, open count.
+                if kernel == "fused":
+                    gated, count = fused.gated_product_fused(
+                        x, layer.seed_generator.next(), layer.log_alpha, layer.temperature, layer.limit_l, layer.limit_r
+                    )
+                else:
+                    gated, opened = gates.gated_product(
+                        x, layer.sample_noise(batch), layer.log_alpha, layer.temperature, layer.limit_l, layer.limit_r
+                    )
+                    count = tf.reduce_sum(opened, axis=0)
+                loss = tf.reduce_sum(gated)
             grad = tape.gradient(loss, layer.log_alpha)
-            total += grad[0] + tf.reduce_sum(opened, axis=0)[0]
+            total += grad[0] + count[0]
         return total
 
     return _loop_ms(body, FLAGS.steps_per_execution)
@@ -174,24 +187,37 @@ def main(argv):
     import tf_dynhp
 
     (x, y), (xt, yt) = tf_dynhp.datasets.load(FLAGS.dataset, FLAGS.data_dir)
+    parts = {int(p) for p in FLAGS.parts.split(",") if p}
+    if 1 in parts:
+        part1(x, y)
+    if 2 in parts and FLAGS.dynhp_epochs > 0:
+        part2(x, y, xt, yt)
+    if 3 in parts:
+        part3()
+
+
+def part1(x, y):
+    import tf_dynhp
+
     xs, ys = x[: FLAGS.examples], y[: FLAGS.examples]
     print(f"Part 1: examples/second on {len(xs)} {FLAGS.dataset} examples, steps_per_execution={FLAGS.steps_per_execution}, "
           f"best of {FLAGS.repeats}")
+    kernel = tf_dynhp.fused.resolve_gate_kernel(FLAGS.gate_kernel)
+    print(f"Gates: gate_kernel={FLAGS.gate_kernel!r} resolves to {kernel!r}; the last DynHP column always uses TensorFlow ops.")
     print("| batch | plain Keras fit | tf_dynhp loop, dense | tf_dynhp loop, SP (gates) | tf_dynhp loop, DynHP (gates + Eq. 8) "
-          "| DynHP / Keras (target >= 0.7) | dense loop / Keras |")
-    print("|---|---|---|---|---|---|---|")
+          "| DynHP / Keras (target >= 0.7) | dense loop / Keras | DynHP with TF-op gates | its ratio to Keras |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for batch in [int(b) for b in FLAGS.batch_sizes.split(",")]:
-        # Best of --repeats, the four interleaved: this VM's speed drifts by tens of percent.
-        best = {"keras": 0.0, "dense": 0.0, "sp": 0.0, "dynhp": 0.0}
+        # Best of --repeats, all interleaved: this VM's speed drifts by tens of percent.
+        best = {"keras": 0.0, "dense": 0.0, "sp": 0.0, "dynhp": 0.0, "dynhp_tf": 0.0}
         for _ in range(FLAGS.repeats):
             best["keras"] = max(best["keras"], keras_examples_per_second(xs, ys, batch))
             for method in ("dense", "sp", "dynhp"):
-                best[method] = max(best[method], loop_examples_per_second(xs, ys, batch, method))
-        k, dense, sp, d = best["keras"], best["dense"], best["sp"], best["dynhp"]
-        print(f"| {batch} | {k:,.0f} | {dense:,.0f} | {sp:,.0f} | {d:,.0f} | {d / k:.2f}x | {dense / k:.2f}x |", flush=True)
-    if FLAGS.dynhp_epochs > 0:
-        part2(x, y, xt, yt)
-    part3()
+                best[method] = max(best[method], loop_examples_per_second(xs, ys, batch, method, kernel))
+            best["dynhp_tf"] = max(best["dynhp_tf"], loop_examples_per_second(xs, ys, batch, "dynhp", "tf"))
+        k, dense, sp, d, dtf = (best[key] for key in ("keras", "dense", "sp", "dynhp", "dynhp_tf"))
+        print(f"| {batch} | {k:,.0f} | {dense:,.0f} | {sp:,.0f} | {d:,.0f} | {d / k:.2f}x | {dense / k:.2f}x "
+              f"| {dtf:,.0f} | {dtf / k:.2f}x |", flush=True)
 
 
 def part2(x, y, xt, yt):
@@ -205,6 +231,7 @@ def part2(x, y, xt, yt):
     result = tf_dynhp.fit(
         model, x, y, method="dynhp", epochs=FLAGS.dynhp_epochs, alpha_bs=FLAGS.alpha_bs, budget_kb=budget,
         validation_data=(xt, yt), seed=FLAGS.seed, steps_per_execution=FLAGS.steps_per_execution, verbose=0,
+        gate_kernel=FLAGS.gate_kernel,
     )
     wall = time.perf_counter() - t0
     h = result.history
@@ -221,10 +248,11 @@ def part3():
     keras_adam, fused_adam = adam_ms()
     print("\nPart 3: where the step time goes (ms per step, each piece alone, best of 3)")
     print(f"Adam update of the gated MLP's 9 variables: Keras Adam.apply {keras_adam:.3f} ms, fused {fused_adam:.3f} ms")
-    print("| batch | per-example gates of 784+300+100 inputs, forward + backward (ms) |")
-    print("|---|---|")
+    print("| batch | per-example gates of 784+300+100 inputs, forward + backward: TensorFlow ops (ms) "
+          "| the same, fused kernel (ms) |")
+    print("|---|---|---|")
     for batch in [int(b) for b in FLAGS.batch_sizes.split(",")]:
-        print(f"| {batch} | {gates_ms(batch):.3f} |", flush=True)
+        print(f"| {batch} | {gates_ms(batch, 'tf'):.3f} | {gates_ms(batch, 'fused'):.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ flags.DEFINE_float("input_droprate_init", 0.2, "Initial drop rate of input-featu
 flags.DEFINE_string("out_dir", None, "Run folder to write (checkpoints go to <out_dir>/checkpoints after every epoch).")
 flags.DEFINE_bool("resume", False, "Continue from the newest valid checkpoint in <out_dir>/checkpoints.")
 flags.DEFINE_enum("on_nonfinite", "raise", ["raise", "rollback"], "What to do on a non-finite loss or gradient.")
+flags.DEFINE_enum("gate_kernel", "auto", ["auto", "fused", "tf"],
+                  "How L0Dense samples its gates in training: the fused CPU kernel (compiled on first use), "
+                  "TensorFlow ops, or the kernel when it builds (see tf_dynhp/fused.py).")
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 one line per epoch.")
 
 
@@ -59,7 +62,7 @@ def main(argv):
 _CONFIG_FLAGS = (
     "dataset", "arch", "method", "epochs", "batch_size", "l0_lambda", "learning_rate", "alpha_bs", "budget_kb",
     "budget_batch", "budget_on", "gamma", "batch_growth", "train_limit", "seed", "steps_per_execution",
-    "droprate_init", "input_droprate_init", "on_nonfinite",
+    "droprate_init", "input_droprate_init", "on_nonfinite", "gate_kernel",
 )
 
 if __name__ == "__main__":
