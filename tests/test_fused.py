@@ -210,6 +210,7 @@ def test_fit_fused_is_deterministic_and_recorded(kernel, mnist_small):
         keras.utils.set_random_seed(3)  # the same initial weights
         runs.append(tf_dynhp.fit(make_mlp(), x, y, method="dynhp", alpha_bs=0.972, budget_kb=2000.0, epochs=2, seed=3, verbose=0, gate_kernel=k))
     assert [r.state.gate_kernel for r in runs] == ["fused", "fused", "tf"]
+    assert 0 < runs[0].state.first_trace_seconds <= runs[0].history["trace_seconds"][0]
     for wa, wb in zip(runs[0].gated_model.get_weights(), runs[1].gated_model.get_weights()):
         np.testing.assert_array_equal(wa, wb)
     assert runs[0].history["loss"] == runs[1].history["loss"]

@@ -36,6 +36,9 @@ class TrainerState:
             `np.isin(arange(original), alive[k])`.
         original_inputs: per unit axis, its number of units before any pruning.
         retraces: how many times step/eval functions were traced so far.
+        first_trace_seconds: seconds spent tracing the first model's step and
+            evaluator before epoch 1 (included in `history["trace_seconds"][0]`; the
+            traces after rebuilds are the retraces).
         gate_kernel: how the `L0Dense` gates are sampled in training, "fused" or
             "tf" (`tf_dynhp.fit`'s resolved `gate_kernel`; the two draw different noise).
         history: per-epoch lists (see `tf_dynhp.fit`).
@@ -50,6 +53,7 @@ class TrainerState:
     original_inputs: list[int] = dataclasses.field(default_factory=list)
     retraces: int = 0
     gate_kernel: str = "tf"
+    first_trace_seconds: float = 0.0
     history: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
 
     def masks(self) -> list[np.ndarray]:
