@@ -25,7 +25,6 @@ kernel is compiled for it).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -43,7 +42,6 @@ __all__ = [
     "KernelBuildError",
     "build_kernel",
     "gated_product_fused",
-    "kernel_available",
     "load_kernel",
     "noise_reference",
     "resolve_gate_kernel",
@@ -152,13 +150,6 @@ def build_kernel(cache_dir: str | os.PathLike | None = None, announce: Callable[
     return target
 
 
-@functools.lru_cache(maxsize=None)
-def _load(path: str) -> Any:
-    import tensorflow as tf
-
-    return tf.load_op_library(path)
-
-
 _LOADED: dict[str, Any] = {}  # per cache folder: the op module loaded in this process
 
 
@@ -172,9 +163,11 @@ def load_kernel(cache_dir: str | os.PathLike | None = None, announce: Callable[[
     folder = str(_cache_dir(cache_dir))
     if folder in _LOADED:
         return _LOADED[folder]
+    import tensorflow as tf
+
     path = build_kernel(cache_dir, announce)
     try:
-        module = _load(str(path))
+        module = tf.load_op_library(str(path))
     except Exception as err:  # tf.errors.NotFoundError and friends
         raise KernelBuildError(f"Loading {path} failed: {err}") from err
     _LOADED[folder] = module
@@ -195,11 +188,6 @@ def _availability(announce: Callable[[str], Any] | None = None) -> str | None:
         _FAILED[folder] = str(err)
         return str(err)
     return None
-
-
-def kernel_available() -> bool:
-    """True when the fused kernel builds and loads on this machine."""
-    return _availability() is None
 
 
 def resolve_gate_kernel(gate_kernel: str, announce: Callable[[str], Any] | None = None) -> str:

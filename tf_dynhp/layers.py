@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tf_dynhp import gates
+from tf_dynhp import fused, gates
 
 __all__ = ["L0Dense", "L0Conv2D", "SelectFeatures", "GatedForward"]
 
@@ -312,8 +312,6 @@ class L0Dense(_HardConcreteLayer):
         """
         open_count = None
         if training and noise is None and gate_kernel == "fused":
-            from tf_dynhp import fused
-
             gated, open_count = fused.gated_product_fused(
                 inputs, self.seed_generator.next(), self.log_alpha, self.temperature, self.limit_l, self.limit_r
             )

@@ -651,7 +651,7 @@ def fit(
     state = TrainerState(
         method=method, seed=seed, batch_size=batch_size, candidate_batch_size=batch_size,
         alive=[list(range(axis.size)) for axis in axes[:-1]],
-        original_inputs=[axis.size for axis in axes[:-1]],
+        original_inputs=[axis.size for axis in axes[:-1]], gate_kernel=gate_kernel,
     )
     if features is not None:
         state.alive[0] = [int(i) for i in features]
@@ -668,7 +668,6 @@ def fit(
         "data": _data_fingerprint(x_train, y_train) if checkpoint_dir is not None else None,
     }
     data_spec = tf.TensorSpec((None,) + x_train.shape[1:], tf.as_dtype(x_train.dtype))
-    state.gate_kernel = gate_kernel
     run = _Run(core, features, input_shape, state, steps_per_execution, alpha_bs or 0.0, batch_growth, loss_fn, data_spec)
 
     # ------------------------------------------------------------ budget check
@@ -708,11 +707,9 @@ def fit(
                 f"Starting a new run in {checkpoint_dir}: removed {removed} checkpoint(s) of an earlier run "
                 "(pass resume=True to continue it instead).", RuntimeWarning, stacklevel=2,
             )
+    run.trace()  # the first model, or the one a resume restored
     if run.state.epoch == 0:
-        run.trace()
         run.state.first_trace_seconds = run.trace_seconds  # not a retrace: Keras' fit traces once too
-    else:
-        run.trace()  # a resumed run traces its restored model once more
     last_good = run.snapshot()
 
     # -------------------------------------------------------------- epoch loop

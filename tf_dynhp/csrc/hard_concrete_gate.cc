@@ -135,9 +135,18 @@ void ShardColumns(OpKernelContext* ctx, int64_t width, int64_t per_column_cost, 
   ::tensorflow::Shard(workers->num_threads, workers->workers, width, per_column_cost, fn);
 }
 
-class HardConcreteGateOp : public OpKernel {
+// What both kernels share: the gate attributes, read and checked once at construction.
+class GateOpKernel : public OpKernel {
  public:
-  explicit HardConcreteGateOp(OpKernelConstruction* ctx) : OpKernel(ctx) { attrs_.Read(ctx); }
+  explicit GateOpKernel(OpKernelConstruction* ctx) : OpKernel(ctx) { attrs_.Read(ctx); }
+
+ protected:
+  GateAttrs attrs_;
+};
+
+class HardConcreteGateOp : public GateOpKernel {
+ public:
+  using GateOpKernel::GateOpKernel;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
@@ -176,14 +185,11 @@ class HardConcreteGateOp : public OpKernel {
                static_cast<uint32_t>(begin), key_lo, key_hi, inv_t, l, scale);
     });
   }
-
- private:
-  GateAttrs attrs_;
 };
 
-class HardConcreteGateGradOp : public OpKernel {
+class HardConcreteGateGradOp : public GateOpKernel {
  public:
-  explicit HardConcreteGateGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) { attrs_.Read(ctx); }
+  using GateOpKernel::GateOpKernel;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
@@ -207,9 +213,6 @@ class HardConcreteGateGradOp : public OpKernel {
       GateGradRows(xp + begin, zp + begin, upp + begin, out + begin, batch, width, end - begin, l, inv_scale, factor);
     });
   }
-
- private:
-  GateAttrs attrs_;
 };
 
 REGISTER_OP("TfDynhpHardConcreteGate")
