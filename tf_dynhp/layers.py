@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, Sequence
 import keras
 import numpy as np
 from keras import ops
+import tensorflow as tf
 
 from tf_dynhp import fused, gates
 
@@ -43,6 +44,18 @@ class GatedForward(NamedTuple):
     pre_activation: Any
     gate_open: Any
     open_count: Any
+
+
+def _dynamic_dim(variable: Any, axis: int) -> Any:
+    """Size of `variable` along `axis` as the traced graph sees it.
+
+    Not `ops.shape(variable)` (nor of `ops.convert_to_tensor(variable)`, which is the
+    variable itself on the TensorFlow backend): that is the Keras variable's static
+    shape at trace time, while a step traced once serves every pruned size
+    (`tf_dynhp.storage`). The value read from the storage has the storage's shape.
+    """
+    value = variable.value if isinstance(variable, keras.Variable) else variable
+    return ops.shape(tf.convert_to_tensor(value))[axis]
 
 
 def _check_in(name: str, value: Any, low: float, high: float, *, closed_low: bool, closed_high: bool) -> None:
@@ -154,8 +167,10 @@ class _HardConcreteLayer(keras.layers.Layer):
 
     def sample_noise(self, batch_size):
         """Uniform noise U(eps, 1 - eps) of shape (batch_size, num_gates) from the layer's seed."""
+        # The gate count from the tensor, not `num_gates`: a step traced once serves
+        # every pruned size (`tf_dynhp.storage`).
         return keras.random.uniform(
-            (batch_size, self.num_gates),
+            (batch_size, _dynamic_dim(self.log_alpha, 0)),
             minval=gates.EPSILON,
             maxval=1.0 - gates.EPSILON,
             dtype=self.compute_dtype,
@@ -285,7 +300,10 @@ class L0Dense(_HardConcreteLayer):
     def penalty(self):
         """Expected-L0 penalty of Eq. 5 on the reference scale (see the class docstring)."""
         self._check_dataset_size()
-        per_row = self.l0_lambda * self.units
+        # `units` read from the kernel (pruning changes it; see `tf_dynhp.storage`), the
+        # product in float64 as Python computed it.
+        units = ops.cast(_dynamic_dim(self.kernel, 1), "float64")
+        per_row = ops.cast(self.l0_lambda * units, self.log_alpha.dtype)
         if self.weight_decay:
             per_row = per_row + 0.5 * self.weight_decay * ops.sum(ops.square(self.kernel), axis=1)
         total = ops.sum(self.prob_open() * per_row)
@@ -474,8 +492,9 @@ class L0Conv2D(_HardConcreteLayer):
     def penalty(self):
         """Expected-L0 penalty of Eq. 5 on the reference scale (see the class docstring)."""
         self._check_dataset_size()
-        live = self.kernel_size[0] * self.kernel_size[1] * self.in_channels
-        per_channel = self.l0_lambda * live
+        in_channels = ops.cast(_dynamic_dim(self.kernel, 2), "float64")  # from the tensor: see L0Dense.penalty
+        live = self.kernel_size[0] * self.kernel_size[1] * in_channels
+        per_channel = ops.cast(self.l0_lambda * live, self.log_alpha.dtype)
         if self.weight_decay:
             squares = ops.sum(ops.square(self.kernel), axis=(0, 1, 2))
             if self.use_bias:

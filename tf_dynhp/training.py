@@ -5,7 +5,7 @@ Data flow of one run::
     user model --to_l0--> gated model --(dense-first: flatten+select in the data pipeline)--> GatedModel core
     epoch:  seeded shuffle -> compiled multi-step loop: gather batch b_i (and kept features), train_stats
             -> accumulated: losses, open-gate counts (Eq. 6), Eq. 8 increments
-    boundary: evaluate; prune (Eq. 7, hp/dynhp) -> rebuild core + optimizer;
+    boundary: evaluate; prune (Eq. 7, hp/dynhp) -> rebuild core + optimizer on the traced storage;
               batch b_{i+1} = min(cap from budget (Eq. 9), candidate (Eq. 8))  (Eq. 10)
     end:    result.model = strip(gated model)
 
@@ -34,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_dynhp import batching, fused, memory
+from tf_dynhp import batching, fused, memory, storage
 from tf_dynhp import checkpoint as ckpt
 from tf_dynhp.chain import GATED_TYPES, parse_chain
 from tf_dynhp.convert import strip, to_l0
@@ -191,10 +191,19 @@ class _Accumulators:
         self.sums = tf.Variable(tf.zeros((len(self.SUMS),), f64), trainable=False)
         self.maxima = tf.Variable(tf.zeros((len(self.MAXIMA),), f64), trainable=False)
         self.nonfinite = tf.Variable(0.0, dtype=f64, trainable=False)
-        self.gate_open = tf.Variable(tf.zeros((sum(self.sizes),), f64), trainable=False)
+        # Any length: after a rebuild the same (traced) step counts fewer gates (`resize`).
+        self.gate_open = tf.Variable(tf.zeros((sum(self.sizes),), f64), trainable=False, shape=tf.TensorShape([None]))
+
+    def resize(self, core: GatedModel) -> None:
+        """Follows a rebuilt `core` (same layers, fewer gates)."""
+        self.sizes = [layer.num_gates for layer in core.gated_layers]
+        self.gate_open.assign(tf.zeros((sum(self.sizes),), self.gate_open.dtype))
+
+    def variables(self) -> list[tf.Variable]:
+        return [self.sums, self.maxima, self.nonfinite, self.gate_open]
 
     def reset(self) -> None:
-        for v in (self.sums, self.maxima, self.nonfinite, self.gate_open):
+        for v in self.variables():
             v.assign(tf.zeros_like(v))
 
     def read(self) -> dict[str, Any]:
@@ -206,20 +215,21 @@ class _Accumulators:
 
 
 def _make_epoch_runner(
-    core: GatedModel, acc: _Accumulators, steps_per_execution: int, alpha_bs: float, growth: str, features: np.ndarray | None
+    core: GatedModel, acc: _Accumulators, steps_per_execution: int, alpha_bs: float, growth: str, feats: tf.Variable | None
 ):
     """A tf.function running up to `steps_per_execution` steps of an epoch.
 
     `run(x_all, y_all, order, start, batch_size)` trains on the batches
     `order[start + k * batch_size : ...]` for k = 0, 1, ... (the last one may be
-    short), gathering each batch (and the surviving input `features`) inside the
-    graph: no tf.data iterator, no per-step host round trip. It returns the number
-    of steps run; fewer than `steps_per_execution` means the epoch is over (or a
-    non-finite step stopped it). The batch size is a tensor argument, so a new
-    batch size does not retrace; a new (pruned) model gets a new runner, traced once.
+    short), gathering each batch (and the surviving input features, the int32
+    variable `feats`, or None for all) inside the graph: no tf.data iterator, no
+    per-step host round trip. It returns the number of steps run; fewer than
+    `steps_per_execution` means the epoch is over (or a non-finite step stopped it).
+    The batch size is a tensor argument, so a new batch size does not retrace; a
+    rebuilt (pruned) model does not either when it takes over the storage of the
+    traced one's variables (`tf_dynhp.storage`), else it gets a new runner.
     """
     scale = 1.0 - alpha_bs
-    feats = None if features is None else tf.constant(np.asarray(features, dtype=np.int32))
 
     def accumulate(st, x, ok):
         """Adds the step's statistics where `ok` (finite step); else records the step as
@@ -286,26 +296,31 @@ def _make_evaluator(core: GatedModel):
     return evaluate
 
 
-def _trace_ahead(runner, evaluator, core: GatedModel, data_spec: tf.TensorSpec) -> float:
+def _trace_ahead(runner, evaluator, core: GatedModel, data_spec: tf.TensorSpec) -> tuple[float, list[Any]]:
     """Traces the step loop and the evaluator for `core` now (not inside the first
     epoch), and runs each once on no data, so that TensorFlow's graph optimization and
     kernel set-up of a new function (done at its first call: as long again as the trace)
     are counted here too, apart from training. Returns seconds.
 
-    `data_spec`: the (examples, ...) training inputs as the runner receives them."""
+    `data_spec`: the (examples, ...) training inputs as the runner receives them.
+    Returns (seconds, the two concrete functions)."""
     t0 = time.perf_counter()
     shape = tuple(int(d) for d in core.inputs[0].shape[1:])
     dtype = core.inputs[0].dtype
     i64 = tf.TensorSpec([], tf.int64)
-    runner.get_concrete_function(data_spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64), i64, i64)
-    evaluator.get_concrete_function(tf.TensorSpec((None,) + shape, dtype), tf.TensorSpec([None], tf.int32))
+    # Any feature count (pruning removes input features); images keep their shape.
+    spec = (None,) + ((None,) if len(shape) == 1 else shape)
+    concretes = [
+        runner.get_concrete_function(data_spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64), i64, i64),
+        evaluator.get_concrete_function(tf.TensorSpec(spec, dtype), tf.TensorSpec([None], tf.int32)),
+    ]
     # Zero steps (the order is empty): nothing trains, nothing is accumulated.
     no_x = tf.zeros((0,) + tuple(data_spec.shape[1:]), data_spec.dtype)
     runner(no_x, tf.zeros((0,), tf.int32), tf.zeros((0,), tf.int64), tf.constant(0, tf.int64), tf.constant(1, tf.int64))
     # One zero example (the evaluator has no side effects; an empty batch trips a
     # broadcast of the conv gates in TensorFlow's optimized graph).
     evaluator(tf.zeros((1,) + shape, dtype), tf.zeros((1,), tf.int32))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, concretes
 
 
 def _evaluate(evaluator, x: np.ndarray, y: np.ndarray, features: np.ndarray | None) -> tuple[float, float]:
@@ -498,6 +513,7 @@ def fit(
     resume: bool = False,
     on_nonfinite: str = "raise",
     gate_kernel: str = "auto",
+    trace_once: bool = True,
 ) -> FitResult:
     """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
 
@@ -549,6 +565,10 @@ def fit(
             "fused" when it builds here and the model is float32, else "tf"). The
             two draw different noise: identical seeds give identical runs with the
             same resolved kernel, recorded in `FitResult.state.gate_kernel`.
+        trace_once: trace the compiled step once for all the pruned models of the run
+            (default): each rebuilt model takes over the storage of the traced one's
+            variables (`tf_dynhp.storage`). False traces it again after every rebuild
+            (what `retraces` then counts); the results are the same to the bit.
 
     Returns:
         A `FitResult`: `.model` (stripped plain Keras model), `.history` (per-epoch
@@ -668,7 +688,9 @@ def fit(
         "data": _data_fingerprint(x_train, y_train) if checkpoint_dir is not None else None,
     }
     data_spec = tf.TensorSpec((None,) + x_train.shape[1:], tf.as_dtype(x_train.dtype))
-    run = _Run(core, features, input_shape, state, steps_per_execution, alpha_bs or 0.0, batch_growth, loss_fn, data_spec)
+    if not isinstance(trace_once, bool):
+        raise _invalid("trace_once", "True or False", trace_once)
+    run = _Run(core, features, input_shape, state, steps_per_execution, alpha_bs or 0.0, batch_growth, loss_fn, data_spec, trace_once)
 
     # ------------------------------------------------------------ budget check
     if budget_kb is not None:
@@ -811,7 +833,7 @@ def _check_settings(path: Any, saved: dict[str, Any], current: dict[str, Any]) -
 class _Run:
     """The mutable part of a fit: current core model, its compiled functions, features, state."""
 
-    def __init__(self, core, features, input_shape, state, steps_per_execution, alpha_bs, growth, loss_fn, data_spec) -> None:
+    def __init__(self, core, features, input_shape, state, steps_per_execution, alpha_bs, growth, loss_fn, data_spec, trace_once=True) -> None:
         self.input_shape = tuple(input_shape)
         self.data_spec = data_spec
         self.state = state
@@ -820,24 +842,67 @@ class _Run:
         self.growth = growth
         self.loss_fn = loss_fn
         self.features = features
+        self.trace_once = trace_once
+        self.shared = False  # the traced functions run on storage the next core takes over
+        self.needs_trace = True
         self.traced_before = 0
         self.trace_seconds = 0.0
+        self.runner = None
         self.set_core(core)
 
     # -- model and compiled functions
     def set_core(self, core: GatedModel) -> None:
-        if getattr(self, "runner", None) is not None:
-            self.traced_before += _tracing_count(self.runner, self.evaluator)
+        """Makes `core` the model trained: on the traced functions' storage when they
+        share it (`tf_dynhp.storage`: no retrace), else with new functions to trace."""
         core.track_variance = self.state.method == "dynhp"
         core.loss_fn = self.loss_fn
         core.gate_kernel = self.state.gate_kernel
-        self.core = core
+        old, self.core = getattr(self, "core", None), core
+        if self.shared:
+            storage.rebind(old.variables, core.variables, "model")
+            storage.rebind(old.optimizer.variables, core.optimizer.variables, "optimizer")
+            storage.reindex(core.optimizer)
+            self.acc.resize(core)
+            if self.feats is not None:
+                self.feats.assign(self._feature_indices())
+            return
+        if self.runner is not None:
+            self.traced_before += _tracing_count(self.runner, self.evaluator)
+        variables = list(core.variables) + list(core.optimizer.variables)
+        self.shared = self.trace_once and storage.supported(variables)
+        if self.shared:
+            storage.relax(variables)
+            storage.reindex(core.optimizer)
         self.acc = _Accumulators(core)
-        self.runner = _make_epoch_runner(core, self.acc, self.steps_per_execution, self.alpha_bs, self.growth, self.features)
+        self.feats = None
+        # The shared step selects features even when all are kept: it must drop some later.
+        if self.features is not None or (self.shared and not _is_spatial(core)):
+            self.feats = tf.Variable(self._feature_indices(), trainable=False, shape=tf.TensorShape([None]))
+        self.runner = _make_epoch_runner(core, self.acc, self.steps_per_execution, self.alpha_bs, self.growth, self.feats)
         self.evaluator = _make_evaluator(core)
+        self.needs_trace = True
+
+    def _feature_indices(self) -> np.ndarray:
+        """The input features the step gathers (int32): the kept ones, or all."""
+        if self.features is None:
+            return np.arange(self.input_dim(), dtype=np.int32)
+        return np.asarray(self.features, dtype=np.int32)
 
     def trace(self) -> None:
-        self.trace_seconds += _trace_ahead(self.runner, self.evaluator, self.core, self.data_spec)
+        """Traces the functions of a new core (nothing to do when it took over the storage)."""
+        if not self.needs_trace:
+            return
+        seconds, concretes = _trace_ahead(self.runner, self.evaluator, self.core, self.data_spec)
+        self.trace_seconds += seconds
+        self.needs_trace = False
+        if self.shared:
+            stray = _stray_captures(self, concretes)
+            if stray:  # a variable the next core would not take over: trace again after each rebuild
+                self.shared = False
+                warnings.warn(
+                    f"The train step reads variables outside the model and optimizer ({', '.join(stray)}); "
+                    "it will be traced again after every rebuild.", RuntimeWarning, stacklevel=2,
+                )
 
     def weights(self) -> int:
         return memory.weight_count(self.core.weighted_layers)
@@ -953,6 +1018,16 @@ class _Run:
         self.set_core(core)
         # Tracing the restored model is not a retrace of the run: continue its count.
         self.traced_before = self.state.retraces - _tracing_count(self.runner, self.evaluator)
+
+
+def _stray_captures(run: "_Run", concretes: Sequence[Any]) -> list[str]:
+    """Names of the variables the traced functions capture that are not shared storage
+    (model, optimizer), the accumulators or the feature indices."""
+    known = {id(v._value) for v in list(run.core.variables) + list(run.core.optimizer.variables)}
+    known.update(id(v) for v in run.acc.variables())
+    if run.feats is not None:
+        known.add(id(run.feats))
+    return sorted({v.name for concrete in concretes for v in concrete.variables if id(v) not in known})
 
 
 def _tracing_count(*functions: Any) -> int:

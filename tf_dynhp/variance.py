@@ -73,11 +73,12 @@ def conv_patches(inputs, kernel_size: Sequence[int], strides: Sequence[int], pad
 
     Equal to `tf.image.extract_patches` reshaped (TensorFlow's SAME padding: the
     extra row/column goes after), built from kernel_h * kernel_w strided slices.
-    The spatial dimensions must be known; the batch may be dynamic.
+    The spatial dimensions must be known; the batch and the channels may be dynamic.
     """
     kh, kw = (int(k) for k in kernel_size)
     sh, sw = (int(s) for s in strides)
-    h, w, c = (int(d) for d in inputs.shape[1:])
+    h, w = (int(d) for d in inputs.shape[1:3])
+    c = inputs.shape[3] if inputs.shape[3] is not None else tf.shape(inputs)[3]  # pruned channels: dynamic
     if padding.lower() == "same":
         oh, ow = -(-h // sh), -(-w // sw)
         pad_h, pad_w = max((oh - 1) * sh + kh - h, 0), max((ow - 1) * sw + kw - w, 0)
@@ -122,7 +123,7 @@ def conv_variance_l1(
     """
     patches = conv_patches(inputs, kernel_size, strides, padding)
     b_int = tf.shape(inputs)[0]
-    d_flat = tf.reshape(d, (b_int, -1, int(d.shape[-1])))
+    d_flat = tf.reshape(d, (b_int, -1, tf.shape(d)[-1]))
     per_example = tf.einsum("bpk,bpc->bkc", patches, d_flat)
     b = ops.cast(b_int, inputs.dtype)
     denom = ops.maximum(b - 1.0, 1.0)
