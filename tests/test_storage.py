@@ -110,14 +110,17 @@ FAST = dict(method="dynhp", alpha_bs=0.97, budget_kb=400.0, epochs=5, seed=3, l0
             input_droprate_init=0.5, verbose=0)
 
 
-@pytest.mark.parametrize("gate_kernel", ["fused", "tf"])
-def test_one_trace_gives_the_run_of_a_trace_per_rebuild(mnist_small, gate_kernel):
+@pytest.mark.parametrize(
+    "gate_kernel,optimizer",
+    [("fused", "adam"), ("tf", "adam"), ("fused", "sgd_momentum")],  # fused Adam; Keras' own apply with slots
+)
+def test_one_trace_gives_the_run_of_a_trace_per_rebuild(mnist_small, gate_kernel, optimizer):
     (x, y), (xt, yt) = mnist_small
     runs = {}
     for once in (True, False):
+        opt = keras.optimizers.SGD(0.05, momentum=0.9) if optimizer == "sgd_momentum" else optimizer
         runs[once] = tf_dynhp.fit(
-            _mlp(), x, y,
-            validation_data=(xt, yt), gate_kernel=gate_kernel, trace_once=once, **FAST,
+            _mlp(), x, y, validation_data=(xt, yt), gate_kernel=gate_kernel, optimizer=opt, trace_once=once, **FAST,
         )
     h = runs[True].history
     rebuilt = [e for e, p in enumerate(h["pruned_units"]) if sum(p)]

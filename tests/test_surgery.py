@@ -129,7 +129,7 @@ def test_activation_rate_counted_in_step_equals_numpy_recount(gate_kernel, rng):
     x = x.astype("float32")
     states = [layer.seed_generator.state.numpy().copy() for layer in core.gated_layers]
     acc = _Accumulators(core)
-    runner = _make_epoch_runner(core, acc, steps_per_execution=3, alpha_bs=0.0, growth="step_mean", feats=None)
+    runner = _make_epoch_runner(core, acc, steps_per_execution=3, alpha_bs=0.0, growth="step_mean")
     order = tf.range(50, dtype=tf.int64)
     start = 0
     while int(runner(tf.constant(x), tf.constant(y.astype("int32")), order, tf.constant(start, tf.int64), tf.constant(8, tf.int64))) == 3:
