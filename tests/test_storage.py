@@ -170,3 +170,22 @@ def test_a_variable_outside_the_model_falls_back_to_a_trace_per_rebuild(mnist_sm
     b = tf_dynhp.fit(_mlp(), x, y, trace_once=False, **FAST)
     _same_runs(a, b)
     assert a.history["retraces"] == b.history["retraces"]
+
+
+def test_the_kept_features_are_selected_when_they_change_and_exactly():
+    """The step reads `x_fed`, the training inputs with the kept features only, made at
+    rebuilds (from the previous selection when it holds them all, else from all features)."""
+    from tf_dynhp.training import _Run
+
+    run = object.__new__(_Run)  # only the data part of a run
+    run.features = None
+    x = np.arange(5 * 8, dtype=np.float32).reshape(5, 8)
+    run.set_data(tf.constant(x), tf.constant(np.zeros(5, np.int32)))
+    assert run.x_fed is run.x_all
+    for kept in ([0, 2, 3, 5, 7], [2, 5, 7], [7], [1, 7], None, [6, 1]):
+        run.features = None if kept is None else np.array(kept)
+        run.select_features()
+        np.testing.assert_array_equal(run.x_fed.numpy(), x if kept is None else x[:, kept])
+        before = run.x_fed
+        run.select_features()  # the same features: nothing is copied again
+        assert run.x_fed is before
