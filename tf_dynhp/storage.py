@@ -2,9 +2,10 @@
 
 Hard pruning (Sec. 4.1) rebuilds the model with smaller layers after every epoch
 that pruned something. A `tf.function` captures the variables it reads, with their
-shapes, so each rebuilt model used to need its own trace of the train-step loop
-(~0.3-0.5 s for the paper's MLP) plus TensorFlow's graph set-up at its first call
-(about as long): 16-18% of a 20-epoch DynHP run on MNIST.
+shapes, so each rebuilt model would need its own trace of the train-step loop plus
+TensorFlow's graph set-up at its first call: more than the issue's 10% of a 20-epoch
+DynHP run on MNIST (`tools/benchmark_step.py --parts=2` times both ways side by side;
+figures in WORKSPACE.md).
 
 Here the step is traced once, on variables whose dimensions are left unknown
 (`relax`); after a rebuild, every variable of the new model takes over the

@@ -885,7 +885,7 @@ class _Run:
 
     def select_features(self) -> None:
         """`x_fed`: the training inputs with only the kept features, selected once when
-        they change (not per step: the column gather cost 7-9% of a step at batch 512),
+        they change (not per step: a column gather is an extra copy of every batch),
         from the previous selection when it holds them all (a smaller read)."""
         if self.x_all is None:
             return
