@@ -58,6 +58,22 @@ def _dynamic_dim(variable: Any, axis: int) -> Any:
     return ops.shape(tf.convert_to_tensor(value))[axis]
 
 
+def conv2d(inputs, kernel, strides: Sequence[int], padding: str):
+    """`conv(inputs, kernel)`, channels_last, no dilation: `tf.nn.convolution` itself.
+
+    Not `ops.conv`: Keras' TensorFlow conv compares the input channels with the Keras
+    kernel's static shape and, when they differ (an unknown channel count, as in a step
+    traced once for every pruned size, `tf_dynhp.storage`), runs the conv through XLA,
+    which compiles again for every shape and rounds differently. The same op Keras runs
+    otherwise, so the numbers are the same.
+    """
+    value = tf.convert_to_tensor(kernel.value if isinstance(kernel, keras.Variable) else kernel)
+    # The kernel's spatial size never changes with pruning: keep it static, so that the
+    # output's height and width are known (the conv variance of Eq. 8 needs them).
+    value.set_shape(tuple(kernel.shape[:2]) + (None, None))
+    return tf.nn.convolution(inputs, value, strides=tuple(strides), padding=padding.upper(), data_format="NHWC")
+
+
 def _check_in(name: str, value: Any, low: float, high: float, *, closed_low: bool, closed_high: bool) -> None:
     ok_low = value >= low if closed_low else value > low
     ok_high = value <= high if closed_high else value < high
@@ -505,7 +521,7 @@ class L0Conv2D(_HardConcreteLayer):
     # ----------------------------------------------------------------- forward
     def convolve(self, inputs):
         """`conv(inputs) + bias`, the pre-activation before the gate."""
-        pre = ops.conv(inputs, self.kernel, strides=self.strides, padding=self.padding, data_format="channels_last")
+        pre = conv2d(inputs, self.kernel, self.strides, self.padding)
         if self.use_bias:
             pre = pre + self.bias
         return pre

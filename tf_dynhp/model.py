@@ -20,7 +20,7 @@ from keras import ops
 
 from tf_dynhp import optim
 from tf_dynhp.chain import CONV_TYPES, DENSE_TYPES, GATED_TYPES, WEIGHTED_TYPES
-from tf_dynhp.layers import L0Conv2D, L0Dense
+from tf_dynhp.layers import L0Conv2D, L0Dense, conv2d
 from tf_dynhp.variance import conv_variance_l1, dense_variance_l1
 
 __all__ = ["GatedModel", "classifier_head"]
@@ -132,7 +132,7 @@ class GatedModel(keras.Model):
                 per_layer.append((h, pre, None))
                 h, logits = layer.activation(pre), pre
             elif isinstance(layer, keras.layers.Conv2D):
-                pre = ops.conv(h, layer.kernel, strides=layer.strides, padding=layer.padding, data_format="channels_last")
+                pre = conv2d(h, layer.kernel, layer.strides, layer.padding)
                 if layer.use_bias:
                     pre = pre + layer.bias
                 per_layer.append((h, pre, None))

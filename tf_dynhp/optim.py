@@ -65,7 +65,7 @@ def apply_gradients(optimizer: keras.optimizers.Optimizer, grads: Sequence[Any],
         return
     step = tf.cast(optimizer.iterations + 1, "float32")
     learning_rate = optimizer.learning_rate
-    scalars: dict[Any, dict[str, Any]] = {}  # per dtype, built once: fewer ops to trace after each rebuild
+    scalars: dict[Any, dict[str, Any]] = {}  # per dtype, built once: fewer ops to trace
     for grad, variable in zip(grads, variables):
         if grad is None:
             continue

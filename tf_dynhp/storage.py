@@ -18,8 +18,11 @@ shapes); only the buffers underneath are shared.
 
 What the traced step may use is therefore limited to what does not change with
 pruning: layer types, hyper-parameters, kernel sizes. Sizes that pruning changes
-(units, gates, channels) must be read from the tensors (`ops.shape`), never from
-Python attributes; `tests/test_storage.py` runs a pruned fit both ways (one trace,
+(units, gates, channels) must be read from the values read from the storage
+(`tf_dynhp.layers._dynamic_dim`), never from Python attributes nor from a Keras
+variable's `.shape` (its static shape at trace time, which is also what `ops.shape`
+of a Keras variable returns); a conv runs `tf.nn.convolution` directly
+(`tf_dynhp.layers.conv2d`). `tests/test_storage.py` runs a pruned fit both ways (one trace,
 and a new trace per rebuild) and requires the same result to the bit.
 
 This reaches two private attributes of Keras 3: the `tf.Variable` a

@@ -177,9 +177,10 @@ def _full_model(core: GatedModel, features: np.ndarray | None, input_shape: tupl
 class _Accumulators:
     """tf.Variables summing the batch statistics of one epoch (outside the model).
 
-    Few variables, so that the step updates them with few ops (each op is traced
-    again after every rebuild): one vector of sums, one of maxima, the non-finite
-    step, and the open-gate counts of all gated layers in one vector.
+    Few variables, so that the step updates them with few ops (each op costs trace
+    time: once per run, or after every rebuild with `trace_once=False`): one vector of
+    sums, one of maxima, the non-finite step, and the open-gate counts of all gated
+    layers in one vector (of any length: `resize` follows a rebuilt model).
     """
 
     SUMS = ("loss", "data_loss", "correct", "count", "steps", "ratio", "increment")
@@ -258,7 +259,7 @@ def _make_epoch_runner(
             acc.gate_open.assign_add(tf.where(ok, counts, 0.0))
 
     # autograph=False and an explicit while_loop: tracing skips AutoGraph's source
-    # conversion of the step (a large share of the retrace after every rebuild).
+    # conversion of the step (a large share of its trace time).
     @tf.function(reduce_retracing=True, autograph=False)
     def run(x_all, y_all, order, start, batch_size):
         n = tf.shape(order, out_type=tf.int64)[0]
@@ -298,7 +299,7 @@ def _trace_ahead(runner, evaluator, core: GatedModel, data_spec: tf.TensorSpec) 
     """Traces the step loop and the evaluator for `core` now (not inside the first
     epoch), and runs each once on no data, so that TensorFlow's graph optimization and
     kernel set-up of a new function (done at its first call: as long again as the trace)
-    are counted here too, apart from training. Returns seconds.
+    are counted here too, apart from training.
 
     `data_spec`: the (examples, ...) training inputs as the runner receives them.
     Returns (seconds, the two concrete functions)."""
@@ -846,7 +847,7 @@ class _Run:
         self.traced_before = 0
         self.trace_seconds = 0.0
         self.runner = None
-        self.x_all = self.y_all = self.x_fed = self.fed_features = None
+        self.y_all = self.x_fed = self.fed_features = None
         self.set_core(core)
 
     # -- model and compiled functions
@@ -867,7 +868,8 @@ class _Run:
         if self.runner is not None:
             self.traced_before += _tracing_count(self.runner, self.evaluator)
         variables = list(core.variables) + list(core.optimizer.variables)
-        self.shared = self.trace_once and storage.supported(variables)
+        # Only hard pruning rebuilds: dense and SP keep the variables as Keras made them.
+        self.shared = self.trace_once and self.state.method in ("hp", "dynhp") and storage.supported(variables)
         if self.shared:
             storage.relax(variables)
             storage.reindex(core.optimizer)
@@ -879,27 +881,31 @@ class _Run:
 
     def set_data(self, x_all: tf.Tensor, y_all: tf.Tensor) -> None:
         """The training set, all features (flattened) or images."""
-        self.x_all, self.y_all = x_all, y_all
+        self.y_all = y_all
         self.x_fed, self.fed_features = x_all, None
         self.select_features()
 
     def select_features(self) -> None:
-        """`x_fed`: the training inputs with only the kept features, selected once when
-        they change (not per step: a column gather is an extra copy of every batch),
-        from the previous selection when it holds them all (a smaller read)."""
-        if self.x_all is None:
+        """`x_fed`: the training inputs with only the kept features, selected when they
+        change (not per step: a column gather is an extra copy of every batch) from the
+        previous selection, which holds them all (kept features only ever shrink, and a
+        rollback or resume restores features of this run). Only the selection is kept
+        in memory, not the full inputs beside it."""
+        if self.x_fed is None:
             return
         want = None if self.features is None else np.asarray(self.features, dtype=np.int64)
         have = self.fed_features
         if (want is None and have is None) or (want is not None and have is not None and np.array_equal(want, have)):
             return
-        if want is None:
-            self.x_fed = self.x_all
-        elif have is not None and np.isin(want, have).all():
-            position = {int(f): i for i, f in enumerate(have)}
-            self.x_fed = tf.gather(self.x_fed, tf.constant([position[int(f)] for f in want], tf.int32), axis=1)
-        else:
-            self.x_fed = tf.gather(self.x_all, tf.constant(want.astype(np.int32)), axis=1)
+        if have is None:
+            have = np.arange(int(self.x_fed.shape[1]))
+        if want is None or not np.isin(want, have).all():
+            raise RuntimeError(
+                f"Cannot select input features {want if want is None else want.tolist()[:8]} from the "
+                f"{len(have)} features the training data still holds: kept features only shrink."
+            )
+        position = {int(f): i for i, f in enumerate(have)}
+        self.x_fed = tf.gather(self.x_fed, tf.constant([position[int(f)] for f in want], tf.int32), axis=1)
         self.fed_features = want
 
     def trace(self) -> None:
@@ -912,7 +918,7 @@ class _Run:
         if self.shared:
             stray = _stray_captures(self, concretes)
             if stray:  # a variable the next core would not take over: trace again after each rebuild
-                self.shared = False
+                self.shared = self.trace_once = False
                 warnings.warn(
                     f"The train step reads variables outside the model and optimizer ({', '.join(stray)}); "
                     "it will be traced again after every rebuild.", RuntimeWarning, stacklevel=2,

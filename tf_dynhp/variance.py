@@ -55,8 +55,8 @@ def dense_variance_l1(a, d, mean_kernel_grad, mean_bias_grad=None):
         (unbiased; B = 1 gives 0). Divide by B for the variance of the batch mean.
     """
     # sum_i ||g_i||^2 over kernel and bias: ||A_i||^2 ||D_i||^2 + ||D_i||^2 (the bias
-    # gradient of example i is D_i). Raw TensorFlow ops, few of them: the step that calls
-    # this is traced again after every rebuild, and tracing costs per op.
+    # gradient of example i is D_i). Raw TensorFlow ops, few of them: tracing costs per op
+    # (once per run; once per rebuild with fit(trace_once=False)).
     a, d = tf.convert_to_tensor(a), tf.convert_to_tensor(d)
     b = tf.cast(tf.shape(a)[0], a.dtype)
     row_a = tf.reduce_sum(tf.square(a), axis=1)
