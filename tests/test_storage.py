@@ -146,41 +146,17 @@ def test_one_trace_on_a_pruned_cnn(mnist):
     assert set(a.history["retraces"]) == {a.history["retraces"][0]}
 
 
-def _two_conv_cnn():
-    keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(4, 5, activation="relu"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Conv2D(6, 3, activation="relu"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Flatten(),
-        keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
-
-
-class CloseSecondConvChannel(keras.callbacks.Callback):
-    """After epoch 1 closes channel 2 of the first conv and channel 4 of the second."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 0:
-            for layer, channel in zip(self.model.gated_layers[:2], (2, 4)):
-                la = layer.log_alpha.numpy()
-                la[channel] = tf_dynhp.gates.LOG_ALPHA_MIN
-                layer.log_alpha.assign(la)
-
-
 def test_one_trace_on_a_cnn_whose_conv_reads_pruned_channels(mnist):
     """A conv fed by a pruned conv sees an unknown channel count in the shared trace; it
     must still run the plain conv op (Keras' `ops.conv` would switch to XLA there)."""
-    from test_training import CNN_FAST
+    from test_training import CNN_FAST, CloseConvChannel, _cnn
 
     (x, y), _ = mnist
     x, y = x[:800, ..., None], y[:800]
-    budget = tf_dynhp.memory.mo_kb(_two_conv_cnn(), batch_size=64)
+    convs = ((4, 5), (6, 3))
+    budget = tf_dynhp.memory.mo_kb(_cnn(convs=convs), batch_size=64)
     runs = [
-        tf_dynhp.fit(_two_conv_cnn(), x, y, epochs=3, budget_kb=budget, callbacks=[CloseSecondConvChannel()], trace_once=once, **CNN_FAST)
+        tf_dynhp.fit(_cnn(convs=convs), x, y, epochs=3, budget_kb=budget, callbacks=[CloseConvChannel((2, 4))], trace_once=once, **CNN_FAST)
         for once in (True, False)
     ]
     assert runs[0].history["active_units"][-1][1:3] == [3, 5]  # one channel gone in each conv

@@ -230,28 +230,31 @@ def test_plot_history(mnist_small, tmp_path):
 
 
 # --------------------------------------------------------------------------- a small CNN
-def _cnn(seed=0):
+def _cnn(seed=0, convs=((4, 3),)):
+    """Conv2D(filters, kernel) + MaxPooling2D(2) per `convs` entry, then Flatten and two Dense."""
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Flatten(),
-        keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
+    layers = [keras.Input((28, 28, 1))]
+    for filters, kernel in convs:
+        layers += [keras.layers.Conv2D(filters, kernel, activation="relu"), keras.layers.MaxPooling2D(2)]
+    layers += [keras.layers.Flatten(), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10, activation="softmax")]
+    return keras.Sequential(layers)
 
 
 class CloseConvChannel(keras.callbacks.Callback):
-    """After the first epoch, pushes the gate of conv channel 1 to its lowest logit: its
-    activation rate in the next epoch is ~0.05, so the boundary after it prunes the channel."""
+    """After the first epoch, pushes the gate of channel `channels[i]` of the i-th gated
+    conv (default: channel 1 of the first) to its lowest logit: its activation rate in the
+    next epoch is ~0.05, so the boundary after it prunes the channel."""
+
+    def __init__(self, channels=(1,)):
+        super().__init__()
+        self.channels = tuple(channels)
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 0:
-            conv = self.model.gated_layers[0]
-            la = conv.log_alpha.numpy()
-            la[1] = tf_dynhp.gates.LOG_ALPHA_MIN
-            conv.log_alpha.assign(la)
+            for conv, channel in zip(self.model.gated_layers, self.channels):
+                la = conv.log_alpha.numpy()
+                la[channel] = tf_dynhp.gates.LOG_ALPHA_MIN
+                conv.log_alpha.assign(la)
 
 
 CNN_FAST = dict(method="dynhp", alpha_bs=0.9, l0_lambda=5.0, gamma=0.9, droprate_init=0.2, batch_size=20,
