@@ -46,6 +46,12 @@ class GatedForward(NamedTuple):
     open_count: Any
 
 
+def _read(variable: Any) -> Any:
+    """The tensor read from a Keras variable's storage (its shape is the storage's, see
+    `_dynamic_dim`), or `variable` itself converted to a tensor."""
+    return tf.convert_to_tensor(variable.value if isinstance(variable, keras.Variable) else variable)
+
+
 def _dynamic_dim(variable: Any, axis: int) -> Any:
     """Size of `variable` along `axis` as the traced graph sees it.
 
@@ -54,8 +60,7 @@ def _dynamic_dim(variable: Any, axis: int) -> Any:
     shape at trace time, while a step traced once serves every pruned size
     (`tf_dynhp.storage`). The value read from the storage has the storage's shape.
     """
-    value = variable.value if isinstance(variable, keras.Variable) else variable
-    return ops.shape(tf.convert_to_tensor(value))[axis]
+    return ops.shape(_read(variable))[axis]
 
 
 def conv2d(inputs, kernel, strides: Sequence[int], padding: str):
@@ -67,7 +72,7 @@ def conv2d(inputs, kernel, strides: Sequence[int], padding: str):
     which compiles again for every shape and rounds differently. The same op Keras runs
     otherwise, so the numbers are the same.
     """
-    value = tf.convert_to_tensor(kernel.value if isinstance(kernel, keras.Variable) else kernel)
+    value = _read(kernel)
     # The kernel's spatial size never changes with pruning: keep it static, so that the
     # output's height and width are known (the conv variance of Eq. 8 needs them).
     value.set_shape(tuple(kernel.shape[:2]) + (None, None))

@@ -301,17 +301,16 @@ def _trace_ahead(runner, evaluator, core: GatedModel, data_spec: tf.TensorSpec) 
     kernel set-up of a new function (done at its first call: as long again as the trace)
     are counted here too, apart from training.
 
-    `data_spec`: the (examples, ...) training inputs as the runner receives them.
-    Returns (seconds, the two concrete functions)."""
+    `data_spec`: the (examples, ...) training inputs as the runner receives them (any
+    feature count for flat inputs); the evaluator gets inputs of that shape in the
+    model's dtype. Returns (seconds, the two concrete functions)."""
     t0 = time.perf_counter()
     shape = tuple(int(d) for d in core.inputs[0].shape[1:])
     dtype = core.inputs[0].dtype
     i64 = tf.TensorSpec([], tf.int64)
-    # Any feature count (pruning removes input features); images keep their shape.
-    spec = (None,) + ((None,) if len(shape) == 1 else shape)
     concretes = [
         runner.get_concrete_function(data_spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64), i64, i64),
-        evaluator.get_concrete_function(tf.TensorSpec(spec, dtype), tf.TensorSpec([None], tf.int32)),
+        evaluator.get_concrete_function(tf.TensorSpec(data_spec.shape, dtype), tf.TensorSpec([None], tf.int32)),
     ]
     # Zero steps (the order is empty): nothing trains, nothing is accumulated.
     no_x = tf.zeros((0,) + shape, data_spec.dtype)
@@ -617,6 +616,8 @@ def fit(
     callbacks = _check_callbacks(callbacks, method)
     if gate_kernel not in fused.GATE_KERNELS:
         raise _invalid("gate_kernel", f"one of {list(fused.GATE_KERNELS)}", gate_kernel)
+    if not isinstance(trace_once, bool):
+        raise _invalid("trace_once", "True or False", trace_once)
     loss_fn = _resolve_loss(loss)
     opt = _resolve_optimizer(optimizer, learning_rate)
 
@@ -688,8 +689,6 @@ def fit(
     }
     # Flat inputs of any width (pruning drops input features); images as they are.
     data_spec = tf.TensorSpec((None,) + (x_train.shape[1:] if chain.spatial else (None,)), tf.as_dtype(x_train.dtype))
-    if not isinstance(trace_once, bool):
-        raise _invalid("trace_once", "True or False", trace_once)
     run = _Run(core, features, input_shape, state, steps_per_execution, alpha_bs or 0.0, batch_growth, loss_fn, data_spec, trace_once)
 
     # ------------------------------------------------------------ budget check
