@@ -16,9 +16,20 @@ from tf_dynhp.training import _core_from
 T, L, R = 2.0 / 3.0, -0.1, 1.1
 
 
+@pytest.fixture(scope="module", autouse=True)
+def kernel_dir(tmp_path_factory):
+    """Every test here builds into (and `fit` loads from) a temporary cache folder, never the
+    user's cache (a training run elsewhere may be using it)."""
+    folder = tmp_path_factory.mktemp("kernels")
+    folder.chmod(0o755)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TF_DYNHP_KERNEL_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="module")
-def kernel():
-    """The loaded op module (compiled once into the user cache on a fresh machine, ~10 s).
+def kernel(kernel_dir):
+    """The loaded op module (compiled once into the temporary cache, ~10 s).
     Skipped only on a machine without a C++ compiler; a failing compilation fails."""
     try:
         return fused.load_kernel()
@@ -188,10 +199,182 @@ def test_build_into_unwritable_folder_says_so(tmp_path):
         fused.build_kernel(folder)
 
 
-def test_build_is_cached_by_content(kernel, tmp_path):
+def test_build_is_cached_by_content(kernel, kernel_dir, monkeypatch):
+    monkeypatch.setattr(fused, "_compile", lambda cmd: pytest.fail(f"compiled again: {cmd}"))
     first = fused.build_kernel()  # the fixture built it: found, not compiled again
-    assert first.exists() and first.name.startswith("hard_concrete_gate-")
+    assert first.exists() and first.name.startswith("hard_concrete_gate-") and first.parent == kernel_dir
     assert fused.build_kernel() == first
+    # Its digest is written beside it, in `sha256sum` format.
+    assert (kernel_dir / (first.name + ".sha256")).read_text() == f"{fused._sha256(first)}  {first.name}\n"
+
+
+def test_loader_checks_the_digest_right_before_loading(kernel, monkeypatch, tmp_path):
+    """load_kernel never hands tf.load_op_library a file that does not match its digest
+    (a truncated library is mapped, then SIGBUS kills the process). The library this
+    process has loaded is never written to: a copy is damaged."""
+    built = fused.build_kernel()
+    copy = tmp_path / built.name
+    copy.write_bytes(built.read_bytes()[: built.stat().st_size // 2])
+    (tmp_path / (built.name + ".sha256")).write_text((built.parent / (built.name + ".sha256")).read_text())
+    monkeypatch.setattr(fused, "_LOADED", {})
+    monkeypatch.setattr(fused, "build_kernel", lambda *a, **k: copy)  # verified, then damaged
+    monkeypatch.setattr(tf, "load_op_library", lambda p: pytest.fail(f"loaded the damaged {p}"))
+    with pytest.raises(fused.KernelBuildError, match="Not loading the kernel: .*does not match its digest"):
+        fused.load_kernel(tmp_path)
+
+
+def test_loader_refuses_a_library_without_the_ops(kernel, monkeypatch, tmp_path):
+    """A library with a valid digest that is not ours: a KernelBuildError, not an AttributeError."""
+    monkeypatch.setattr(fused, "_LOADED", {})
+    monkeypatch.setattr(fused, "build_kernel", lambda *a, **k: fused.SOURCE)  # any file with a digest
+    monkeypatch.setattr(fused, "_unverified", lambda p: None)
+    monkeypatch.setattr(tf, "load_op_library", lambda p: object())
+    with pytest.raises(fused.KernelBuildError, match=r"lacks the op\(s\) \['tf_dynhp_hard_concrete_gate', .*not a tf_dynhp kernel"):
+        fused.load_kernel(tmp_path)
+
+
+# ------------------------------------------------- building with a fake compiler
+FAKE_CXX = """#!/bin/sh
+# A C++ compiler that logs its arguments, rejects REJECT, and writes `-o` a small file.
+[ "$1" = "--version" ] && {{ echo "fake-c++ 1.0"; exit 0; }}
+echo "$@" >> "{log}"
+for a in "$@"; do
+  for r in {reject}; do
+    [ "$a" = "$r" ] && {{ echo "error: unrecognized command-line option '$a'" >&2; exit 1; }}
+  done
+done
+prev=""; out=""
+for a in "$@"; do [ "$prev" = "-o" ] && out="$a"; prev="$a"; done
+[ -n "$out" ] && printf 'library built by fake-c++' > "$out"
+exit 0
+"""
+
+
+def fake_compiler(tmp_path, monkeypatch, reject=()):
+    """$CXX -> a script (a new path per test: flag probes are cached per compiler path)."""
+    log = tmp_path / "cxx.log"
+    script = tmp_path / f"fake-cxx-{'-'.join(r.strip('-') for r in reject) or 'all'}"
+    script.write_text(FAKE_CXX.format(log=log, reject=" ".join(reject) or "-none-"))
+    script.chmod(0o755)
+    monkeypatch.setenv("CXX", str(script))
+    return log
+
+
+def builds(log):
+    """The compile commands (not the flag probes) the fake compiler saw."""
+    return [line for line in log.read_text().splitlines() if "hard_concrete_gate.cc" in line] if log.exists() else []
+
+
+@pytest.mark.parametrize("reject,kept,dropped", [
+    ((), ["-march=native", "-mno-avx512fp16"], []),
+    (("-mno-avx512fp16",), ["-march=native"], ["-mno-avx512fp16"]),  # GCC < 12
+    (("-march=native",), ["-mcpu=native", "-mno-avx512fp16"], ["-march=native"]),  # aarch64 / Apple clang
+    (("-march=native", "-mcpu=native", "-mno-avx512fp16"), [], ["-march=native", "-mcpu=native", "-mno-avx512fp16"]),
+])
+def test_cpu_flags_are_probed_not_assumed(tmp_path, monkeypatch, reject, kept, dropped):
+    log = fake_compiler(tmp_path, monkeypatch, reject)
+    path = fused.build_kernel(tmp_path / "cache")
+    assert path.read_bytes() == b"library built by fake-c++"
+    (cmd,) = builds(log)
+    args = cmd.split()
+    assert [a for a in args if a in ("-march=native", "-mcpu=native", "-mno-avx512fp16")] == kept
+    assert not set(dropped) & set(args)
+    assert args[args.index("-o") + 2 : args.index("-o") + 4 + len(kept)] == ["-O3", *kept, "-fno-math-errno"]
+
+
+def test_flags_on_this_machine_are_the_ones_used_before_probing():
+    """The behaviour digest of the kernel depends on its flags: on x86 with GCC >= 12 they
+    are exactly the flags this module passed before it probed them."""
+    cxx = fused._compiler()
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    version = os.popen(f"{cxx} --version").read()
+    if "x86" not in os.uname().machine or "g++" not in os.path.basename(cxx) or not any(f" {v}." in version for v in range(12, 40)):
+        pytest.skip("not x86 with GCC >= 12")
+    assert fused._build_flags(cxx)[0][:7] == ["-O3", "-march=native", "-mno-avx512fp16", "-fno-math-errno", "-fPIC", "-shared", "-w"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "no_digest", "empty_digest"])
+def test_damaged_cached_library_is_rebuilt(tmp_path, monkeypatch, damage):
+    log = fake_compiler(tmp_path, monkeypatch)
+    cache = tmp_path / "cache"
+    path = fused.build_kernel(cache)
+    assert len(builds(log)) == 1
+    assert fused.build_kernel(cache) == path and len(builds(log)) == 1  # verified: not built again
+    good = path.read_bytes()
+    sums = path.with_name(path.name + ".sha256")
+    if damage == "truncated":
+        path.write_bytes(good[:5])
+    elif damage == "foreign":
+        path.write_bytes(b"\x7fELF some other library of the same length" [: len(good)])
+    elif damage == "no_digest":
+        sums.unlink()
+    else:
+        sums.write_text("")
+    assert fused.build_kernel(cache) == path
+    assert len(builds(log)) == 2 and path.read_bytes() == good
+    assert fused._unverified(path) is None
+
+
+def test_leftovers_of_a_killed_build_are_removed(tmp_path, monkeypatch):
+    fake_compiler(tmp_path, monkeypatch)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o755)
+    ours = cache / ".hard_concrete_gate-0123456789abcdef.so.k1ll3d.tmp"
+    old_legacy, new_legacy = cache / "tmpab12cd34.so", cache / "tmpzz99yy88.so"
+    for f in (ours, old_legacy, new_legacy):
+        f.write_bytes(b"half a library")
+    os.utime(old_legacy, (1e9, 1e9))  # 2001: long dead
+    path = fused.build_kernel(cache)
+    left = sorted(p.name for p in cache.iterdir())
+    assert left == sorted([".build.lock", path.name, path.name + ".sha256", new_legacy.name]), left
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757, 0o777])
+def test_cache_folder_writable_by_others_is_refused(tmp_path, monkeypatch, caplog, mode):
+    log = fake_compiler(tmp_path, monkeypatch)
+    cache = tmp_path / "shared-cache"
+    cache.mkdir()
+    cache.chmod(mode)
+    with pytest.raises(fused.KernelBuildError, match=f"kernel cache folder {cache} is writable by others.*chmod go-w {cache}"):
+        fused.build_kernel(cache)
+    assert builds(log) == [] and list(cache.iterdir()) == []
+    # Under "auto": TensorFlow ops, the reason logged; "fused" insists and fails.
+    monkeypatch.setenv("TF_DYNHP_KERNEL_DIR", str(cache))
+    monkeypatch.setattr(fused, "_FAILED", {})
+    monkeypatch.setattr(fused, "_gpus", lambda: [])
+    with caplog.at_level("WARNING", logger="tf_dynhp"):
+        assert fused.resolve_gate_kernel("auto") == "tf"
+    assert f"kernel cache folder {cache} is writable by others" in caplog.text
+    with pytest.raises(fused.KernelBuildError, match="writable by others"):
+        fused.resolve_gate_kernel("fused")
+
+
+def test_new_cache_folder_is_not_group_writable_under_umask_002(tmp_path, monkeypatch):
+    fake_compiler(tmp_path, monkeypatch)
+    old = os.umask(0o002)
+    try:
+        path = fused.build_kernel(tmp_path / "new" / "cache")
+    finally:
+        os.umask(old)
+    assert path.parent.stat().st_mode & 0o777 == 0o755
+    assert fused.build_kernel(tmp_path / "new" / "cache") == path  # accepted the next time
+
+
+# ------------------------------------------------------------------------- GPU
+def test_auto_takes_tf_ops_when_a_gpu_is_visible(monkeypatch, caplog):
+    """The kernel is CPU-only: with a GPU, "auto" must not pick it (nor compile it)."""
+    real = tf.config.list_physical_devices
+    fake_gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [fake_gpu] if kind == "GPU" else real(kind))
+    monkeypatch.setattr(fused, "_availability", lambda announce=None: pytest.fail("tried to build the kernel"))
+    with caplog.at_level("INFO", logger="tf_dynhp"):
+        assert fused.resolve_gate_kernel("auto") == "tf"
+    assert "CPU-only and TensorFlow sees 1 GPU" in caplog.text
+    monkeypatch.setattr(fused, "_availability", lambda announce=None: None)
+    assert fused.resolve_gate_kernel("fused") == "fused"  # asked for: runs on the CPU
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [] if kind == "GPU" else real(kind))
+    assert fused.resolve_gate_kernel("auto") == "fused"
 
 
 # ------------------------------------------------------------------------- fit

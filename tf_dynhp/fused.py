@@ -12,10 +12,17 @@ NumPy).
 
 The kernel is compiled on first use with the C++ compiler (`$CXX`, else `g++`)
 against the installed TensorFlow's headers (`tf.sysconfig`), for this CPU
-(`-march=native`), into a cache folder (`$TF_DYNHP_KERNEL_DIR`, else
-`~/.cache/tf_dynhp/kernels`) keyed by the source, the TensorFlow version, the
-compiler and the CPU: about 10 s once, then loaded. `tf_dynhp.fit(...,
-gate_kernel="auto")` uses it when it builds and falls back to the TensorFlow-op
+(`-march=native`, or `-mcpu=native` where only that is accepted; each CPU flag is
+probed by compiling an empty file with it), into a cache folder
+(`$TF_DYNHP_KERNEL_DIR`, else `~/.cache/tf_dynhp/kernels`) keyed by the source,
+the TensorFlow version, the compiler, its flags and the CPU: about 10 s once, then
+loaded. The library's SHA-256 is written beside it (`<library>.sha256`) and checked
+before every load: a truncated or foreign file there is compiled again, never loaded.
+Builds into one folder take turns (a lock file) and remove what killed builds left.
+A cache folder writable by group or others is refused.
+
+`tf_dynhp.fit(..., gate_kernel="auto")` uses the kernel when it builds and no GPU
+is visible to TensorFlow (the kernel is CPU-only), and falls back to the TensorFlow-op
 path (`gates.gated_product`) otherwise, logging why.
 
 The two paths draw different noise, so a run gives the same numbers again only
@@ -25,17 +32,23 @@ kernel is compiled for it).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from tf_dynhp._checks import write_atomic
 
 __all__ = [
     "GATE_KERNELS",
@@ -73,11 +86,55 @@ def _compiler() -> str | None:
     return shutil.which(cxx)
 
 
-def _build_flags() -> tuple[list[str], list[str]]:
+#: Flags every C++ compiler we support (GCC, clang) takes.
+_OPT_FLAGS = ("-O3",)
+_LIB_FLAGS = ("-fno-math-errno", "-fPIC", "-shared", "-w")
+#: CPU flags, each group's first alternative the compiler accepts (probed), in this order:
+#: code for this CPU (`-march=native` on GCC and x86 clang, `-mcpu=native` where only that
+#: is accepted, e.g. aarch64 / Apple clang), and no AVX-512 FP16 (TensorFlow's bundled Eigen
+#: headers do not compile with it under GCC 12; older compilers do not know the flag and
+#: do not enable the extension either). A group none of whose flags is accepted is left out.
+_CPU_FLAG_CHOICES = (("-march=native", "-mcpu=native"), ("-mno-avx512fp16",))
+
+
+@functools.lru_cache(maxsize=None)
+def _accepts(cxx: str, flag: str) -> bool:
+    """True when `cxx` compiles an empty C++ file with `flag` (warnings as errors: clang
+    only warns about some flags it ignores)."""
+    with tempfile.TemporaryDirectory(prefix="tf_dynhp-probe-") as tmp:
+        src = Path(tmp) / "empty.cc"
+        src.write_text("int tf_dynhp_probe;\n")
+        try:
+            done = subprocess.run(
+                [cxx, flag, "-Werror", "-x", "c++", "-c", str(src), "-o", str(Path(tmp) / "empty.o")],
+                capture_output=True, text=True, timeout=60,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return False
+    return done.returncode == 0
+
+
+def _cpu_flags(cxx: str) -> list[str]:
+    """The CPU flags of `_CPU_FLAG_CHOICES` that `cxx` accepts."""
+    chosen = []
+    for group in _CPU_FLAG_CHOICES:
+        for flag in group:
+            if _accepts(cxx, flag):
+                chosen.append(flag)
+                break
+    return chosen
+
+
+def _build_flags(cxx: str) -> tuple[list[str], list[str]]:
+    """Compile and link flags for `cxx` (its CPU flags probed, TensorFlow's from `tf.sysconfig`).
+
+    On x86 with GCC >= 12 this is `-O3 -march=native -mno-avx512fp16 -fno-math-errno
+    -fPIC -shared -w` plus TensorFlow's flags, as before the flags were probed (so the
+    cache key, hence the cached library, stays the same).
+    """
     import tensorflow as tf
 
-    # -mno-avx512fp16: TensorFlow's bundled Eigen headers do not compile with it (GCC 12).
-    opt = ["-O3", "-march=native", "-mno-avx512fp16", "-fno-math-errno", "-fPIC", "-shared", "-w"]
+    opt = [*_OPT_FLAGS, *_cpu_flags(cxx), *_LIB_FLAGS]
     return opt + list(tf.sysconfig.get_compile_flags()), list(tf.sysconfig.get_link_flags())
 
 
@@ -89,21 +146,117 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     return Path.home() / ".cache" / "tf_dynhp" / "kernels"
 
 
+def _check_cache_folder(folder: Path) -> None:
+    """Refuses a cache folder that others may write: whoever can put a library there runs
+    code in every training process of this user."""
+    try:
+        st = folder.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return  # created (or refused as unwritable) by the build
+    except OSError as err:
+        raise KernelBuildError(f"Cannot read the kernel cache folder {folder}: {err}") from err
+    if not stat.S_ISDIR(st.st_mode):
+        raise KernelBuildError(f"The kernel cache folder {folder} is not a folder.")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise KernelBuildError(
+            f"The kernel cache folder {folder} is writable by others (mode {stat.filemode(st.st_mode)}): "
+            f"a library placed there would run in this process. Run `chmod go-w {folder}`, or point "
+            "$TF_DYNHP_KERNEL_DIR at a folder only you can write, or use gate_kernel='tf'."
+        )
+
+
+def _digest_path(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _unverified(target: Path) -> str | None:
+    """None when `target` has the SHA-256 written beside it at build time, else why not."""
+    sums = _digest_path(target)
+    if not target.is_file():
+        return f"{target} does not exist"
+    try:
+        recorded = sums.read_text().split()
+    except FileNotFoundError:
+        return f"{target} has no digest file {sums.name} (an earlier build was interrupted, or it is not ours)"
+    except OSError as err:
+        return f"cannot read {sums}: {err}"
+    if not recorded:
+        return f"{sums} is empty"
+    actual = _sha256(target)
+    if recorded[0] != actual:
+        return f"{target} does not match its digest {sums.name} (truncated or replaced: SHA-256 {actual[:16]}..., recorded {recorded[0][:16]}...)"
+    return None
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path):
+    """One build at a time per cache folder (other processes wait; no-op without `fcntl`)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(folder / ".build.lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+#: Seconds after which a temporary file of the build before the lock existed is
+#: taken as left by a killed build (the compile times out after 600 s).
+_STALE_SECONDS = 900
+
+
+def _remove_leftovers(folder: Path) -> list[str]:
+    """Removes temporary files killed builds left (called holding the build lock: any
+    temporary file of ours is then stale). Returns their names."""
+    removed = []
+    now = time.time()
+    for path in folder.iterdir():
+        name = path.name
+        ours = name.startswith(".hard_concrete_gate-") and name.endswith(".tmp")
+        # Builds before the lock named their output tmpXXXXXXXX.so and took no lock: only old ones.
+        legacy = name.startswith("tmp") and name.endswith(".so")
+        try:
+            if ours or (legacy and now - path.stat().st_mtime > _STALE_SECONDS):
+                path.unlink()
+                removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _compile(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
 def build_kernel(cache_dir: str | os.PathLike | None = None, announce: Callable[[str], Any] | None = None) -> Path:
     """Compiles `csrc/hard_concrete_gate.cc` (once per source, TensorFlow, compiler and CPU).
 
+    The library is written under a name keyed by what it was built from, with its
+    SHA-256 in `<name>.sha256` beside it. A library that does not match its digest
+    (truncated by a full disk or a killed copy, replaced by another file) is never
+    returned: it is compiled again. Temporary files of killed builds are removed.
+
     Args:
         cache_dir: folder for the compiled library; default `$TF_DYNHP_KERNEL_DIR`,
-            else `~/.cache/tf_dynhp/kernels`.
+            else `~/.cache/tf_dynhp/kernels`. It must not be writable by group or
+            others.
         announce: called with a one-line message before a compilation starts
             (e.g. `print`); the library is otherwise silent.
 
     Returns:
-        Path of the shared library.
+        Path of the shared library (verified against its digest).
 
     Raises:
-        KernelBuildError: no compiler, an unwritable cache folder, or a failed
-            compilation (with the compiler's last lines).
+        KernelBuildError: no compiler, a cache folder others may write or one that
+            cannot be written, or a failed compilation (with the compiler's last lines).
     """
     import tensorflow as tf
 
@@ -113,52 +266,96 @@ def build_kernel(cache_dir: str | os.PathLike | None = None, announce: Callable[
             f"No C++ compiler found (looked for $CXX, else g++; CXX={os.environ.get('CXX')!r}). "
             "Install one (Debian: apt-get install g++) or use gate_kernel='tf'."
         )
-    compile_flags, link_flags = _build_flags()
+    folder = _cache_dir(cache_dir)
+    _check_cache_folder(folder)
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as err:
         raise KernelBuildError(f"The C++ compiler {cxx} does not run: {err}") from err
+    compile_flags, link_flags = _build_flags(cxx)
     key = hashlib.sha256(
         b"\0".join(
             s.encode()
             for s in [SOURCE.read_text(), tf.__version__, version, " ".join(compile_flags + link_flags), _cpu_signature()]
         )
     ).hexdigest()[:16]
-    folder = _cache_dir(cache_dir)
     target = folder / f"hard_concrete_gate-{key}.so"
-    if target.exists():
+    if _unverified(target) is None:
         return target
     try:
+        created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-        os.close(fd)
+        if created:
+            os.chmod(folder, 0o755)  # a umask of 002 would leave it group-writable: refused next time
     except OSError as err:
         raise KernelBuildError(f"Cannot write the kernel cache folder {folder}: {err}") from err
+    _check_cache_folder(folder)
+    try:
+        with _build_lock(folder):
+            problem = _unverified(target)
+            if problem is None:  # another process built it while this one waited
+                return target
+            removed = _remove_leftovers(folder)
+            if removed:
+                _LOG.info("tf_dynhp: removed %d temporary file(s) of an interrupted kernel build in %s: %s", len(removed), folder, removed)
+            if target.exists():
+                _LOG.warning("tf_dynhp: compiling the fused gate kernel again: %s", problem)
+            _compile_into(cxx, compile_flags, link_flags, target, announce)
+    except OSError as err:
+        raise KernelBuildError(f"Cannot write the kernel cache folder {folder}: {err}") from err
+    return target
+
+
+def _compile_into(cxx: str, compile_flags: list[str], link_flags: list[str], target: Path, announce: Callable[[str], Any] | None) -> None:
+    """Compiles into a temporary file beside `target`, then renames it and writes its digest."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
     cmd = [cxx, str(SOURCE), "-o", tmp, *compile_flags, *link_flags]
     if announce is not None:
         announce(f"tf_dynhp: compiling the fused gate kernel for this CPU into {target} (once, ~10 s)")
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as err:
-        os.unlink(tmp)
-        raise KernelBuildError(f"Compiling {SOURCE.name} failed: {err}") from err
-    if done.returncode != 0:
-        os.unlink(tmp)
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
-        raise KernelBuildError(f"Compiling {SOURCE.name} failed (exit {done.returncode}): {' '.join(cmd)}\n{tail}")
-    os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same file
-    return target
+        try:
+            done = _compile(cmd)
+        except (OSError, subprocess.SubprocessError) as err:
+            raise KernelBuildError(f"Compiling {SOURCE.name} failed: {err}") from err
+        if done.returncode != 0:
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+            raise KernelBuildError(f"Compiling {SOURCE.name} failed (exit {done.returncode}): {' '.join(cmd)}\n{tail}")
+        if os.path.getsize(tmp) == 0:
+            raise KernelBuildError(f"Compiling {SOURCE.name} wrote an empty library: {' '.join(cmd)}")
+        os.chmod(tmp, 0o755)
+        digest = _sha256(Path(tmp))
+        _fsync_file(tmp)
+        os.replace(tmp, target)  # atomic: a process loading the old file keeps its own copy
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    # After the library: a kill in between leaves a library without a digest, compiled again.
+    write_atomic(_digest_path(target), f"{digest}  {target.name}\n", mode=0o644)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _LOADED: dict[str, Any] = {}  # per cache folder: the op module loaded in this process
+_OPS = ("tf_dynhp_hard_concrete_gate", "tf_dynhp_hard_concrete_gate_grad")
 
 
 def load_kernel(cache_dir: str | os.PathLike | None = None, announce: Callable[[str], Any] | None = None) -> Any:
     """Builds (if needed) and loads the kernel; returns the op module (loaded once per process:
     the training step's trace calls this for every gated layer).
 
+    The library is checked against its digest right before it is loaded (a truncated
+    library would kill the process with SIGBUS when mapped).
+
     Raises:
-        KernelBuildError: as `build_kernel`, or the library does not load.
+        KernelBuildError: as `build_kernel`, or the library does not load or lacks the ops.
     """
     folder = str(_cache_dir(cache_dir))
     if folder in _LOADED:
@@ -166,10 +363,16 @@ def load_kernel(cache_dir: str | os.PathLike | None = None, announce: Callable[[
     import tensorflow as tf
 
     path = build_kernel(cache_dir, announce)
+    problem = _unverified(path)
+    if problem is not None:  # changed since build_kernel verified it
+        raise KernelBuildError(f"Not loading the kernel: {problem}")
     try:
         module = tf.load_op_library(str(path))
     except Exception as err:  # tf.errors.NotFoundError and friends
         raise KernelBuildError(f"Loading {path} failed: {err}") from err
+    missing = [op for op in _OPS if not hasattr(module, op)]
+    if missing:
+        raise KernelBuildError(f"{path} loaded but lacks the op(s) {missing}: not a tf_dynhp kernel")
     _LOADED[folder] = module
     return module
 
@@ -190,9 +393,19 @@ def _availability(announce: Callable[[str], Any] | None = None) -> str | None:
     return None
 
 
+def _gpus() -> list[Any]:
+    import tensorflow as tf
+
+    return list(tf.config.list_physical_devices("GPU"))
+
+
 def resolve_gate_kernel(gate_kernel: str, announce: Callable[[str], Any] | None = None) -> str:
     """Resolves `gate_kernel` ("auto", "fused" or "tf") to the path used: "fused" or "tf".
 
+    "auto" takes TensorFlow ops when TensorFlow sees a GPU (the kernel is CPU-only:
+    every gated layer would copy its activations to the host and back) or when the
+    kernel does not build or load (the reason logged), else the kernel. "fused" insists
+    (also with a GPU: the op then runs on the CPU).
     `announce` (e.g. `print`) hears of a compilation before it starts.
 
     Raises:
@@ -206,6 +419,11 @@ def resolve_gate_kernel(gate_kernel: str, announce: Callable[[str], Any] | None 
         )
     if gate_kernel == "tf":
         return "tf"
+    if gate_kernel == "auto":
+        gpus = _gpus()
+        if gpus:
+            _LOG.info("tf_dynhp: gate_kernel='auto' uses TensorFlow ops: the fused kernel is CPU-only and TensorFlow sees %d GPU(s)", len(gpus))
+            return "tf"
     reason = _availability(announce)
     if reason is None:
         return "fused"
