@@ -63,6 +63,79 @@ def test_corrupted_checkpoint_is_skipped_with_a_warning(tmp_path, damage):
         ckpt.read_checkpoint(newest)
 
 
+def _damage(path, how="truncate"):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncate" else b"not a checkpoint")
+
+
+def test_all_checkpoints_damaged_is_an_error_naming_them(tmp_path):
+    """Not None (which made fit(resume=True) restart from epoch 0 without a word)."""
+    for epoch in (1, 2):
+        ckpt.write_checkpoint(tmp_path, epoch, {"a": np.zeros(10)}, {"epoch": epoch})
+    _damage(tmp_path / "epoch-00001.dynhp", "garbage")
+    _damage(tmp_path / "epoch-00002.dynhp")
+    with pytest.raises(ckpt.CheckpointError, match=r"No valid checkpoint in .*all 2 checkpoint file\(s\) are damaged") as err:
+        ckpt.latest_checkpoint(tmp_path)
+    assert "epoch-00002.dynhp: checksum mismatch" in str(err.value) and "epoch-00001.dynhp: not a tf_dynhp checkpoint" in str(err.value)
+    assert ckpt.latest_checkpoint(tmp_path / "empty") is None  # no checkpoints at all: a fresh start
+
+
+def test_fit_resume_with_only_damaged_checkpoints_refuses(tmp_path, mnist_small):
+    (x, y), _ = mnist_small
+    ckpt.write_checkpoint(tmp_path, 3, {"a": np.zeros(10)}, {"epoch": 3})
+    _damage(tmp_path / "epoch-00003.dynhp")
+    with pytest.raises(ckpt.CheckpointError, match="epoch-00003.dynhp: checksum mismatch"):
+        tf_dynhp.fit(_model(), x[:200], y[:200], epochs=4, checkpoint_dir=tmp_path, resume=True, budget_kb=_budget(), **FAST)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("epoch")] == ["epoch-00003.dynhp"]  # left as it was
+
+
+def test_keep_counts_only_valid_checkpoints(tmp_path):
+    """Damaged checkpoints of epochs 7 and 8 must not make the cleanup delete each new one."""
+    for epoch in (7, 8):
+        ckpt.write_checkpoint(tmp_path, epoch, {"a": np.zeros(3)}, {"epoch": epoch})
+    for epoch in (7, 8):
+        _damage(tmp_path / f"epoch-{epoch:05d}.dynhp")
+    with pytest.warns(RuntimeWarning) as record:
+        ckpt.write_checkpoint(tmp_path, 1, {"a": np.ones(3)}, {"epoch": 1})
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 2 and "epoch-00007.dynhp is damaged (checksum mismatch" in messages[0], messages
+    assert "moved aside to epoch-00008.dynhp.damaged, not counted, not deleted" in messages[1], messages
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["epoch-00001.dynhp"]  # kept
+    for epoch in (2, 3):
+        ckpt.write_checkpoint(tmp_path, epoch, {"a": np.ones(3)}, {"epoch": epoch})
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["epoch-00002.dynhp", "epoch-00003.dynhp"]
+    assert sorted(p.name for p in tmp_path.glob("*.damaged*")) == ["epoch-00007.dynhp.damaged", "epoch-00008.dynhp.damaged"]
+    assert ckpt.latest_checkpoint(tmp_path)[2] == {"epoch": 3}
+    # A second damaged file of the same epoch does not overwrite the first one moved aside.
+    ckpt.write_checkpoint(tmp_path, 7, {"a": np.ones(3)}, {"epoch": 7})
+    _damage(tmp_path / "epoch-00007.dynhp")
+    with pytest.warns(RuntimeWarning, match="moved aside to epoch-00007.dynhp.damaged.1"):
+        ckpt.write_checkpoint(tmp_path, 4, {"a": np.ones(3)}, {"epoch": 4})
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["epoch-00003.dynhp", "epoch-00004.dynhp"]
+
+
+def test_full_disk_names_the_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    ckpt.write_checkpoint(tmp_path, 1, {"a": np.zeros(3)}, {"epoch": 1})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=r"cannot write .*epoch-00002.dynhp: No space left on device") as err:
+        ckpt.write_checkpoint(tmp_path, 2, {"a": np.ones(3)}, {"epoch": 2})
+    assert err.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-00001.dynhp"]  # old one kept, no temp file
+    assert ckpt.latest_checkpoint(tmp_path)[2] == {"epoch": 1}
+
+
+def test_keep_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="Received: keep=0"):
+        ckpt.write_checkpoint(tmp_path, 1, {}, {}, keep=0)
+
+
 def test_unwritable_checkpoint_dir_fails_at_start(tmp_path, mnist_small):
     (x, y), _ = mnist_small
     blocker = tmp_path / "file"

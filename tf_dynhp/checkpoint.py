@@ -13,9 +13,16 @@ File format: 8-byte magic ``DYNHPCK1``, the 32-byte SHA-256 of the payload, then
 the payload (an ``.npz`` archive). It is written to a temporary file in the same
 folder, `fsync`-ed, then `os.replace`-d over the final name, and the folder is
 `fsync`-ed: a kill at any instant leaves the previous checkpoint or the new one,
-never a broken one under a final name. A truncated or corrupted file fails its
-checksum and is skipped (with a warning naming it) in favour of the previous one.
-The last `keep` checkpoints are kept.
+never a broken one under a final name (an `OSError`, e.g. a full disk, names the
+checkpoint being written). A truncated or corrupted file fails its checksum and is
+skipped (with a warning naming it) in favour of the previous one; when checkpoints
+exist but none verifies, `latest_checkpoint` raises `CheckpointError` naming them
+(a resume must not silently restart from epoch 0).
+
+The newest `keep` *valid* checkpoints are kept: a damaged file is never counted
+among them and never deleted. It is moved aside to ``epoch-NNNNN.dynhp.damaged``
+(with a warning naming it) when the next checkpoint is written, and left there for
+the user to inspect or delete; no resume, count or cleanup looks at it again.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tf_dynhp._checks import fsync_dir, positive_int, write_atomic
 
 __all__ = [
     "CheckpointError",
@@ -69,52 +78,98 @@ def probe_writable(folder: str | os.PathLike) -> Path:
     return path
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_checkpoint(folder: str | os.PathLike, epoch: int, arrays: dict[str, np.ndarray], meta: dict[str, Any], keep: int = 2) -> Path:
-    """Writes `epoch-XXXXX.dynhp` atomically and removes all but the newest `keep`.
+    """Writes `epoch-XXXXX.dynhp` atomically; keeps the newest `keep` valid checkpoints.
+
+    Older valid checkpoints beyond `keep` are deleted; damaged ones are moved aside
+    (``.damaged``, with a warning) and not counted.
 
     Args:
         folder: checkpoint folder (must exist and be writable).
         epoch: number of epochs completed.
         arrays: named arrays (variables).
         meta: JSON-serializable metadata (configs, trainer state, settings).
-        keep: how many checkpoints to keep (>= 1).
+        keep: how many valid checkpoints to keep (>= 1).
 
     Returns:
         The path written.
+
+    Raises:
+        OSError: the file could not be written (e.g. a full disk), naming it; the
+            previous checkpoints are untouched and no temporary file is left.
     """
+    keep = positive_int("keep", keep)
     folder = Path(folder)
     buf = io.BytesIO()
     np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8), **arrays)
     payload = buf.getvalue()
     final = folder / f"epoch-{int(epoch):05d}.dynhp"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC)
-            f.write(hashlib.sha256(payload).digest())
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
-    for old in list_checkpoints(folder)[:-keep]:
-        old.unlink(missing_ok=True)
+
+    def fill(f) -> None:
+        f.write(MAGIC)
+        f.write(hashlib.sha256(payload).digest())
+        f.write(payload)
+
+    write_atomic(final, fill)
+    _remember_valid(final)
+    _clean_up(folder, keep)
     return final
+
+
+# Files verified in this process, by path -> (inode, size, mtime): the cleanup after each
+# epoch reads each checkpoint once, not once per epoch.
+_VALID: dict[str, tuple[int, int, int]] = {}
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _remember_valid(path: Path) -> None:
+    _VALID[str(path)] = _stamp(path)
+
+
+def _damage(path: Path) -> str | None:
+    """None when `path` is a readable checkpoint with a matching checksum, else what is wrong."""
+    try:
+        if _VALID.get(str(path)) == _stamp(path):
+            return None
+        data = path.read_bytes()
+    except OSError as err:
+        return f"cannot read it: {err.strerror or err}"
+    if len(data) < len(MAGIC) + 32 or data[: len(MAGIC)] != MAGIC:
+        return f"not a tf_dynhp checkpoint (expected magic {MAGIC!r}, file of {len(data)} bytes)"
+    if hashlib.sha256(data[len(MAGIC) + 32 :]).digest() != data[len(MAGIC) : len(MAGIC) + 32]:
+        return f"checksum mismatch (truncated or corrupted file of {len(data)} bytes)"
+    _remember_valid(path)
+    return None
+
+
+def _move_aside(path: Path) -> Path:
+    target = path.with_name(path.name + ".damaged")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.damaged.{n}")
+        n += 1
+    os.replace(path, target)
+    return target
+
+
+def _clean_up(folder: Path, keep: int) -> None:
+    """Keeps the newest `keep` valid checkpoints, deletes older valid ones, moves damaged ones aside."""
+    valid = 0
+    for path in reversed(list_checkpoints(folder)):
+        problem = _damage(path)
+        if problem is not None:
+            moved = _move_aside(path)
+            warnings.warn(f"Checkpoint {path} is damaged ({problem}): moved aside to {moved.name}, not counted, not deleted.", RuntimeWarning, stacklevel=3)
+            continue
+        valid += 1
+        if valid > keep:
+            path.unlink(missing_ok=True)
+            _VALID.pop(str(path), None)
+    fsync_dir(folder)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -157,12 +212,30 @@ def remove_checkpoints(folder: str | os.PathLike) -> int:
 
 
 def latest_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]] | None:
-    """The newest checkpoint that verifies, skipping broken ones with a warning naming them."""
+    """The newest checkpoint that verifies, skipping broken ones with a warning naming them.
+
+    Returns:
+        `(path, arrays, meta)`, or None when `folder` holds no checkpoint files at all.
+
+    Raises:
+        CheckpointError: checkpoint files exist but none verifies (the message names
+            each and what is wrong with it): resuming must not restart from epoch 0.
+    """
+    damaged = []
     for path in reversed(list_checkpoints(folder)):
         try:
             arrays, meta = read_checkpoint(path)
         except (CheckpointError, OSError, ValueError) as err:
-            warnings.warn(f"Skipping checkpoint {path}: {err}", RuntimeWarning, stacklevel=2)
+            damaged.append(str(err) if str(path) in str(err) else f"{path}: {err}")
             continue
+        for problem in damaged:
+            warnings.warn(f"Skipping checkpoint {problem}", RuntimeWarning, stacklevel=2)
         return path, arrays, meta
+    if damaged:
+        listing = "\n".join(f"  - {problem}" for problem in damaged)
+        raise CheckpointError(
+            f"No valid checkpoint in {Path(folder)}: all {len(damaged)} checkpoint file(s) are damaged:\n{listing}\n"
+            "Resuming would start again from epoch 0. Restore them from a backup, or move them away "
+            "and start a new run (without resume)."
+        )
     return None
