@@ -23,13 +23,27 @@ def test_mo_of_sp_at_512_is_the_paper_budget(paper_mlp):
     assert memory.mo_kb(paper_mlp, batch_size=512) == pytest.approx(2609.4, abs=0.05)
 
 
-@pytest.mark.parametrize("batch,expected_kb", [(512, 5.219e6), (128, 2.866e6)])
-def test_sp_training_memory_over_2000_epochs(paper_mlp, batch, expected_kb):
-    # Table 2 (MNIST, SP batch 512) and Table 3 (Fashion-MNIST, SP batch 128):
-    # training memory is the sum of MO over 2000 epochs; the paper truncates to 3 digits.
-    per_epoch = memory.mo_kb(paper_mlp, batch_size=batch)
-    total_mb = memory.training_memory_mb([per_epoch] * 2000)
-    assert total_mb * memory.KB_PER_MB == pytest.approx(expected_kb, rel=1e-3)
+@pytest.mark.parametrize(
+    "batch,mo_kb,training_mb,paper_mb",
+    [(512, 2609.4453125, 5218.890625, 5219.0), (128, 1433.4453125, 2866.890625, 2866.0)],
+)
+def test_sp_training_memory_over_2000_epochs(paper_mlp, batch, mo_kb, training_mb, paper_mb):
+    # Table 2 (MNIST, SP batch 512) and Table 3 (Fashion-MNIST, SP batch 128): training
+    # memory is the sum of MO over 2000 epochs, "5.219" and "2.866" in units of 1e6 KB
+    # (KB of 1024 bytes), i.e. 5219 and 2866 of the paper's MB of 1000 KB (it truncates
+    # to 3 digits). Literal numbers, not the module's own constants:
+    # MO = 4 * (266 610 + batch * 784) / 1024 KB, exactly representable.
+    assert (266_610 + batch * 784) * 4 / 1024 == mo_kb
+    assert memory.mo_kb(paper_mlp, batch_size=batch) == mo_kb
+    assert memory.training_memory_mb([mo_kb] * 2000) == pytest.approx(training_mb, rel=1e-12)
+    assert training_mb == pytest.approx(paper_mb, abs=1.0)  # the paper's figure, truncated
+
+
+def test_training_memory_unit_is_1000_kb_of_1024_bytes():
+    assert memory.training_memory_mb([1000.0]) == 1.0
+    assert memory.training_memory_mb([250.0, 500.0, 1250.0]) == 2.0
+    assert memory.training_memory_mb([]) == 0.0
+    assert memory.floats_to_kb(256) == 1.0  # 256 floats of 4 bytes = 1024 bytes
 
 
 def test_gate_logits_are_not_in_mo(paper_mlp):
