@@ -191,23 +191,20 @@ def test_a_variable_outside_the_model_falls_back_to_a_trace_per_rebuild(mnist_sm
 
 
 def test_the_kept_features_are_selected_when_they_change_and_exactly():
-    """The step reads `x_fed`, the training inputs with the kept features only, made at
+    """The step reads `FeatureSelection.x`, the training inputs with the kept features only, made at
     rebuilds from the previous selection (the full inputs are not kept beside it)."""
-    from tf_dynhp.training import _Run
+    from tf_dynhp.data import FeatureSelection
 
-    run = object.__new__(_Run)  # only the data part of a run
-    run.features = None
+    run = FeatureSelection()
     x = np.arange(5 * 8, dtype=np.float32).reshape(5, 8)
-    run.set_data(tf.constant(x), tf.constant(np.zeros(5, np.int32)))
-    np.testing.assert_array_equal(run.x_fed.numpy(), x)
+    run.set_data(tf.constant(x), tf.constant(np.zeros(5, np.int32)), None)
+    np.testing.assert_array_equal(run.x.numpy(), x)
     for kept in ([0, 2, 3, 5, 7], [2, 5, 7], [7]):
-        run.features = np.array(kept)
-        run.select_features()
-        np.testing.assert_array_equal(run.x_fed.numpy(), x[:, kept])
-        before = run.x_fed
-        run.select_features()  # the same features: nothing is copied again
-        assert run.x_fed is before
+        run.select(np.array(kept))
+        np.testing.assert_array_equal(run.x.numpy(), x[:, kept])
+        before = run.x
+        run.select(np.array(kept))  # the same features: nothing is copied again
+        assert run.x is before
     for grown in ([1, 7], None):  # kept features only shrink: a bug, said clearly
-        run.features = None if grown is None else np.array(grown)
         with pytest.raises(RuntimeError, match="only shrink"):
-            run.select_features()
+            run.select(None if grown is None else np.array(grown))

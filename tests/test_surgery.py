@@ -9,7 +9,10 @@ import tensorflow as tf
 from conftest import make_mlp
 from tf_dynhp import fused, gates, optim, to_l0
 from tf_dynhp.surgery import transfer_optimizer, rebuild_body
-from tf_dynhp.training import _Accumulators, _core_from, _make_epoch_runner, _rebuild_core
+from tf_dynhp.loop import Accumulators as _Accumulators
+from tf_dynhp.loop import make_epoch_runner as _make_epoch_runner
+from tf_dynhp.pruning import core_from as _core_from
+from tf_dynhp.pruning import rebuild_core as _rebuild_core
 
 N = 40
 
@@ -106,7 +109,7 @@ def test_seed_state_survives_rebuild():
 def test_optimizer_with_unmatched_slots_is_refused():
     core = _core("adam")
     layers, var_map, load = rebuild_body(core.body, KEEP)
-    from tf_dynhp.training import _assemble_core
+    from tf_dynhp.pruning import assemble_core as _assemble_core
 
     new = _assemble_core(7, layers, dtype="float64")
     load()
@@ -190,7 +193,7 @@ CONV_EFFECTIVE = [None, np.array([0, 2, 3, 4]), np.array([0, 1]), FLAT_KEEP, np.
 
 def _close(core, keep):
     """Forces shut the deterministic gates of every unit outside `keep` (per unit axis)."""
-    from tf_dynhp.surgery import unit_axes
+    from tf_dynhp.units import unit_axes
 
     axes, _ = unit_axes(core.body)
     for axis, k in zip(axes, keep):
@@ -201,7 +204,7 @@ def _close(core, keep):
 
 
 def test_conv_effective_keep_follows_channels_through_flatten():
-    from tf_dynhp.surgery import effective_keep, unit_axes
+    from tf_dynhp.units import effective_keep, unit_axes
 
     core = _conv_core("adam")
     axes, _ = unit_axes(core.body)

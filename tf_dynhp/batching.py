@@ -23,8 +23,9 @@ computed exactly in the train step (see `variance.py`).
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
-__all__ = ["BATCH_GROWTH_MODES", "check_alpha_bs", "batch_increment", "next_batch_size"]
+__all__ = ["BATCH_GROWTH_MODES", "check_alpha_bs", "growth", "batch_increment", "next_batch_size"]
 
 BATCH_GROWTH_MODES = ("step_mean", "step", "epoch")
 
@@ -37,6 +38,26 @@ def check_alpha_bs(alpha_bs: float) -> float:
             f"Received: alpha_bs={alpha_bs!r}"
         )
     return float(alpha_bs)
+
+
+def growth(ratio: Any, alpha_bs: float, batch: Any = 1.0, floor: Callable[[Any], Any] = math.floor) -> Any:
+    """Eq. 8, the one place it is written: `floor((1 - alpha_bs) * ratio / batch)`.
+
+    Used by the compiled training step (with `floor=tf.floor`, on tensors) for the
+    "step" and "step_mean" readings, and by `batch_increment` for the "epoch" reading.
+
+    Args:
+        ratio: `||S||_1 / F`, the summed per-example gradient variance over the mean
+            data loss of the mini-batch.
+        alpha_bs: smoothing parameter in [0, 1].
+        batch: divides the per-example variance into the variance of the mini-batch
+            mean gradient ("step_mean": the batch's example count); 1 otherwise.
+        floor: the floor of the caller's number type (`math.floor`, `tf.floor`, `np.floor`).
+
+    Returns:
+        The increment, in the caller's number type.
+    """
+    return floor((1.0 - alpha_bs) * ratio / batch)
 
 
 def batch_increment(variance_l1: float, loss: float, alpha_bs: float) -> int:
@@ -52,7 +73,7 @@ def batch_increment(variance_l1: float, loss: float, alpha_bs: float) -> int:
     """
     if not loss > 0.0 or not math.isfinite(variance_l1):
         return 0
-    return max(0, int(math.floor((1.0 - alpha_bs) * max(variance_l1, 0.0) / loss)))
+    return max(0, int(growth(max(variance_l1, 0.0) / loss, alpha_bs)))
 
 
 def next_batch_size(batch_size: int, candidate: int, max_batch: int) -> int:

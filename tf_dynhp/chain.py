@@ -17,7 +17,7 @@ tf_dynhp trains single-input, single-output chains of layers, of two kinds.
 Anything else raises a `ValueError` naming the layer and its class, before any
 training starts. `io_shapes` gives a layer's per-example input and output shapes;
 the unit axes between layers (what pruning can shrink) are described by
-`tf_dynhp.surgery.unit_axes`.
+`tf_dynhp.units.unit_axes`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,21 @@ from typing import Any
 import keras
 import numpy as np
 
-from tf_dynhp.layers import L0Conv2D, L0Dense, SelectFeatures
+from tf_dynhp.kinds import (
+    CONV_TYPES,
+    DENSE_TYPES,
+    ELEMENTWISE_TYPES,
+    GATED_TYPES,
+    HEAD_TYPES,
+    INDEX_MAP_TYPES,
+    POOLING_TYPES,
+    SUPPORTED_LAYERS,
+    WEIGHTED_TYPES,
+    io_shapes,
+    unsupported,
+)
+from tf_dynhp.layers import SelectFeatures
+from tf_dynhp.units import unit_axes
 
 __all__ = [
     "Chain",
@@ -44,23 +58,6 @@ __all__ = [
     "POOLING_TYPES",
     "INDEX_MAP_TYPES",
 ]
-
-DENSE_TYPES = (keras.layers.Dense, L0Dense)
-CONV_TYPES = (keras.layers.Conv2D, L0Conv2D)
-#: Layers with a kernel and a bias: what pruning slices and what the memory accounting counts.
-WEIGHTED_TYPES = DENSE_TYPES + CONV_TYPES
-GATED_TYPES = (L0Dense, L0Conv2D)
-ELEMENTWISE_TYPES = (keras.layers.Dropout, keras.layers.Activation)
-POOLING_TYPES = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
-#: Layers that move units around without weights: a new unit axis whose units copy units
-#: of the axis before (derived from shapes; see `tf_dynhp.surgery.unit_axes`).
-INDEX_MAP_TYPES = (keras.layers.Flatten, keras.layers.Reshape, SelectFeatures)
-HEAD_TYPES = INDEX_MAP_TYPES
-SUPPORTED_LAYERS = (
-    "InputLayer, Flatten, Reshape, SelectFeatures, Dense, L0Dense, Dropout, Activation, "
-    "Conv2D, L0Conv2D, MaxPooling2D, AveragePooling2D (channels_last)"
-)
-
 
 @dataclasses.dataclass
 class Chain:
@@ -108,24 +105,6 @@ class Chain:
         return [layer for layer in self.body if isinstance(layer, WEIGHTED_TYPES)]
 
 
-def io_shapes(layer: keras.layers.Layer) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Per-example (input, output) shapes of a layer called once in a model."""
-    node = layer._inbound_nodes[0]
-    return (
-        tuple(node.input_tensors[0].shape[1:]),
-        tuple(node.output_tensors[0].shape[1:]),
-    )
-
-
-def _unsupported(layer: Any, why: str = "") -> ValueError:
-    extra = f" {why}" if why else ""
-    return ValueError(
-        f"Layer '{layer.name}' of class {type(layer).__name__} is not supported by "
-        f"tf_dynhp.{extra} Supported layers: {SUPPORTED_LAYERS}, in a single-input, "
-        "single-output chain."
-    )
-
-
 def _ordered_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The model's layers in order, checking that they form a single chain."""
     if not isinstance(model, keras.Model):
@@ -146,20 +125,20 @@ def _ordered_layers(model: keras.Model) -> list[keras.layers.Layer]:
     previous = None
     for layer in layers:
         if isinstance(layer, keras.Model):
-            raise _unsupported(layer, "Nested models are not supported; flatten them into one model.")
+            raise unsupported(layer, "Nested models are not supported; flatten them into one model.")
         nodes = [n for n in layer._inbound_nodes]
         if len(nodes) != 1:
-            raise _unsupported(layer, f"It is called {len(nodes)} times (shared layers are not supported).")
+            raise unsupported(layer, f"It is called {len(nodes)} times (shared layers are not supported).")
         tensors = nodes[0].input_tensors
         if len(tensors) != 1:
-            raise _unsupported(layer, f"It takes {len(tensors)} inputs (branches are not supported).")
+            raise unsupported(layer, f"It takes {len(tensors)} inputs (branches are not supported).")
         source = tensors[0]._keras_history.operation
         expected = previous
         if expected is None:
             if not isinstance(source, keras.layers.InputLayer):
-                raise _unsupported(layer, "The model is not a chain.")
+                raise unsupported(layer, "The model is not a chain.")
         elif source is not expected:
-            raise _unsupported(layer, f"It reads '{source.name}', not the layer before it (branches are not supported).")
+            raise unsupported(layer, f"It reads '{source.name}', not the layer before it (branches are not supported).")
         previous = layer
     if previous is not None and previous.output is not outputs[0]:
         raise ValueError(f"Model '{model.name}': the output is not produced by its last layer; not a chain.")
@@ -203,9 +182,9 @@ def parse_chain(model: keras.Model) -> Chain:
                 idx = np.asarray(layer.indices, dtype=np.int64)
                 features = idx if features is None else features[idx]
         elif isinstance(layer, HEAD_TYPES):
-            raise _unsupported(layer, "Flatten/Reshape/SelectFeatures are supported only before the first Dense layer.")
+            raise unsupported(layer, "Flatten/Reshape/SelectFeatures are supported only before the first Dense layer.")
         else:
-            raise _unsupported(layer)
+            raise unsupported(layer)
     if not seen_dense:
         raise ValueError(f"Model '{model.name}' has no Dense layer: nothing for tf_dynhp to train or prune.")
     return Chain(input_shape=input_shape, features=features, body=body, name=model.name)
@@ -214,7 +193,7 @@ def parse_chain(model: keras.Model) -> Chain:
 def _check_flat_dense(layer: keras.layers.Layer) -> None:
     in_shape = layer._inbound_nodes[0].input_tensors[0].shape
     if len(in_shape) != 2:
-        raise _unsupported(
+        raise unsupported(
             layer,
             f"It receives inputs of shape {tuple(in_shape)}; Dense layers must act on flat "
             "(batch, features) inputs: add a Flatten layer before it.",
@@ -223,7 +202,7 @@ def _check_flat_dense(layer: keras.layers.Layer) -> None:
 
 def _check_flat_select(layer: keras.layers.Layer) -> None:
     if len(layer._inbound_nodes[0].input_tensors[0].shape) != 2:
-        raise _unsupported(layer, "SelectFeatures must act on flat (batch, features) inputs.")
+        raise unsupported(layer, "SelectFeatures must act on flat (batch, features) inputs.")
 
 
 def _zero_preserving(activation: Any) -> bool:
@@ -239,13 +218,13 @@ def _parse_spatial(model: keras.Model, layers: list[keras.layers.Layer], input_s
         kind = type(layer).__name__
         if isinstance(layer, CONV_TYPES + POOLING_TYPES):
             if seen_dense:
-                raise _unsupported(layer, f"{kind} layers must come before the Flatten that leads into the dense part.")
+                raise unsupported(layer, f"{kind} layers must come before the Flatten that leads into the dense part.")
             cfg = layer.get_config()
             if cfg.get("data_format", "channels_last") != "channels_last":
-                raise _unsupported(layer, f"It has data_format={cfg['data_format']!r}; only 'channels_last' is supported.")
+                raise unsupported(layer, f"It has data_format={cfg['data_format']!r}; only 'channels_last' is supported.")
             if isinstance(layer, CONV_TYPES):
                 if tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1) or int(cfg.get("groups", 1)) != 1:
-                    raise _unsupported(
+                    raise unsupported(
                         layer,
                         f"It has dilation_rate={cfg.get('dilation_rate')} and groups={cfg.get('groups')}; "
                         "only dilation_rate=1 and groups=1 are supported.",
@@ -261,15 +240,13 @@ def _parse_spatial(model: keras.Model, layers: list[keras.layers.Layer], input_s
                 _check_closed_channels_vanish(layer, layer.activation)
         elif isinstance(layer, INDEX_MAP_TYPES):
             if seen_dense:
-                raise _unsupported(layer, "Flatten/Reshape/SelectFeatures are supported only before the first Dense layer.")
+                raise unsupported(layer, "Flatten/Reshape/SelectFeatures are supported only before the first Dense layer.")
             if isinstance(layer, SelectFeatures):
                 _check_flat_select(layer)
         else:
-            raise _unsupported(layer)
+            raise unsupported(layer)
     if not seen_dense:
         raise ValueError(f"Model '{model.name}' has no Dense layer: nothing for tf_dynhp to train or prune.")
-    from tf_dynhp.surgery import unit_axes  # noqa: PLC0415 - surgery imports this module
-
     unit_axes(layers)  # raises, naming the layer, where conv channels cannot be followed through a Reshape
     return Chain(input_shape=input_shape, features=None, body=list(layers), name=model.name, spatial=True)
 
@@ -278,7 +255,7 @@ def _check_closed_channels_vanish(layer: keras.layers.Layer, activation: Any) ->
     """A closed conv gate zeroes the pre-activation; removing the channel is exact only if act(0) == 0."""
     if not _zero_preserving(activation):
         name = getattr(activation, "__name__", str(activation))
-        raise _unsupported(
+        raise unsupported(
             layer,
             f"Its activation '{name}' is not 0 at 0: the gates of a conv layer act before the activation, "
             "so a pruned channel would still output a constant. Use an activation with f(0) = 0 "

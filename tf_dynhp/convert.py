@@ -14,9 +14,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from tf_dynhp.chain import DENSE_TYPES, parse_chain
+from tf_dynhp.chain import parse_chain
+from tf_dynhp.kinds import DENSE_TYPES
 from tf_dynhp.layers import L0Conv2D, L0Dense
-from tf_dynhp.surgery import build_chain_model, rebuild_body, unit_axes
+from tf_dynhp.surgery import build_chain_model, rebuild_body
+from tf_dynhp.units import unit_axes
 
 __all__ = ["to_l0", "strip"]
 
@@ -109,7 +111,7 @@ def strip(model: keras.Model) -> keras.Model:
     `conv(x) + b`). Units whose gate is exactly 0 are removed: a dense row with the
     matching unit (kernel column and bias) of the layer before; a conv channel with
     the matching input channel of the next conv, or its H x W rows of the next Dense
-    after `Flatten` (`tf_dynhp.surgery.effective_keep`). Zero-gate input features of
+    after `Flatten` (`tf_dynhp.units.effective_keep`). Zero-gate input features of
     a dense-first model are dropped by a `SelectFeatures` layer, so the stripped
     model takes the original input. Its predictions equal the gated model's
     inference predictions.

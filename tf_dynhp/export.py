@@ -434,7 +434,7 @@ def _read_dense_stack(model: keras.Model) -> _DenseStack:
 
     chain = parse_chain(model)
     if chain.spatial:
-        from tf_dynhp.chain import DENSE_TYPES, ELEMENTWISE_TYPES  # noqa: PLC0415
+        from tf_dynhp.kinds import DENSE_TYPES, ELEMENTWISE_TYPES  # noqa: PLC0415
 
         layer = next(lay for lay in chain.body if not isinstance(lay, DENSE_TYPES + ELEMENTWISE_TYPES))
         raise ValueError(

@@ -157,7 +157,7 @@ def layer_activation_floats(layer: Any, in_shape: Sequence[int], out_shape: Sequ
         spatial: whether the layer is in a conv model (a `SelectFeatures` there is a
             gather inside the model; in a dense-first model it is the data pipeline's).
     """
-    from tf_dynhp.chain import CONV_TYPES, DENSE_TYPES, POOLING_TYPES
+    from tf_dynhp.kinds import CONV_TYPES, DENSE_TYPES, POOLING_TYPES
     from tf_dynhp.layers import SelectFeatures
 
     gated = hasattr(layer, "log_alpha")

@@ -19,7 +19,7 @@ import tensorflow as tf
 from keras import ops
 
 from tf_dynhp import optim
-from tf_dynhp.chain import CONV_TYPES, DENSE_TYPES, GATED_TYPES, WEIGHTED_TYPES
+from tf_dynhp.kinds import CONV_TYPES, DENSE_TYPES, GATED_TYPES, WEIGHTED_TYPES
 from tf_dynhp.layers import L0Conv2D, L0Dense, conv2d
 from tf_dynhp.variance import conv_variance_l1, dense_variance_l1
 

@@ -28,7 +28,7 @@ class TrainerState:
         epoch: number of epochs completed.
         batch_size: mini-batch size of the next epoch (b_i).
         candidate_batch_size: the grown candidate of the last epoch boundary (b~_{i+1}).
-        alive: per unit axis (`tf_dynhp.surgery.unit_axes`, the output axis
+        alive: per unit axis (`tf_dynhp.units.unit_axes`, the output axis
             excluded), indices of its *original* units still alive. For a dense
             chain the axes are the inputs of each dense layer (axis 0: features of
             the flattened input); a conv chain adds the output channels of each

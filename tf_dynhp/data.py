@@ -1,0 +1,143 @@
+"""Data intake of `tf_dynhp.fit`: any input to checked arrays, the epoch order, and
+the kept input features.
+
+* `as_arrays` turns one split (NumPy arrays or a `tf.data.Dataset` of `(x, y)`
+  examples) into float32 `(N, features)` inputs and int32 labels, checked against
+  the model (shape, finiteness, label range), naming the argument at fault.
+* `epoch_order` is the seeded shuffle of one epoch, a function of (seed, epoch) only,
+  so a resumed run sees the same batches.
+* `FeatureSelection` holds the training inputs with only the features the pruned
+  model still reads (hard pruning of input features shrinks every later batch).
+* `fingerprint` identifies a training set in a checkpoint's settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["as_arrays", "epoch_order", "fingerprint", "FeatureSelection"]
+
+
+def _materialize(dataset: tf.data.Dataset, what: str) -> tuple[np.ndarray, np.ndarray]:
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) != 2:
+        raise ValueError(
+            f"`{what}` is a tf.data.Dataset whose elements are {spec}; expected (features, label) "
+            "pairs, e.g. tensorflow_datasets.load(..., as_supervised=True)."
+        )
+    xs, ys = [], []
+    for xb, yb in dataset.batch(4096).as_numpy_iterator():
+        xs.append(xb)
+        ys.append(yb)
+    if not xs:
+        raise ValueError(f"`{what}` is an empty tf.data.Dataset; expected at least one example.")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validates one split and returns (x flattened to float32 (N, features), y int32).
+
+    Args:
+        x: inputs shaped like the model input, or a `tf.data.Dataset` of (x, y).
+        y: integer labels (None with a dataset).
+        input_shape: the model's per-example input shape.
+        num_classes: units of the last layer (labels must be in [0, num_classes)).
+        what: "x" or the argument name of the split (e.g. "validation_data").
+
+    Raises:
+        ValueError / TypeError: naming the argument, what was expected and received.
+    """
+    x_name, y_name = ("x", "y") if what == "x" else (f"{what}[0]", f"{what}[1]")
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError(f"`{x_name}` is a tf.data.Dataset of (features, label) pairs; `y` must be None, received {type(y).__name__}.")
+        x, y = _materialize(x, x_name)
+        if x.ndim == len(input_shape) + 2:  # a batched dataset: undo the batching
+            x, y = x.reshape((-1,) + x.shape[2:]), y.reshape(-1)
+    if y is None:
+        raise ValueError(f"`{y_name}` (the labels) is missing.")
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.shape[0] == 0:
+        raise ValueError(f"`{x_name}` is empty; expected at least one example.")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"`{x_name}` has {x.shape[0]} examples but `{y_name}` has {y.shape[0]} labels; they must match.")
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise ValueError(f"`{x_name}` has examples of shape {tuple(x.shape[1:])}; the model expects {tuple(input_shape)}.")
+    if not np.issubdtype(x.dtype, np.number):
+        raise TypeError(f"`{x_name}` must be numeric, received dtype {x.dtype}.")
+    x = x.reshape(x.shape[0], -1).astype(np.float32, copy=False)
+    if not np.all(np.isfinite(x)):
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ValueError(f"`{x_name}` contains NaN or infinite values (first in example {bad}).")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"`{y_name}` must be integer class ids of shape (n,), received shape {y.shape}.")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise TypeError(f"`{y_name}` must hold integer class ids, received dtype {y.dtype} with non-integer values.")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(
+            f"`{y_name}` has labels in [{int(y.min())}, {int(y.max())}]; the last layer has "
+            f"{num_classes} units, so labels must be in [0, {num_classes})."
+        )
+    return x, y.astype(np.int32)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """Shuffle of epoch `epoch`, derived from (seed, epoch) only (a resumed run sees the same)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    """'N examples, sha256 <16 hex>' of a training set (checkpoint settings)."""
+    h = hashlib.sha256()
+    h.update(memoryview(np.ascontiguousarray(x)).cast("B"))
+    h.update(memoryview(np.ascontiguousarray(y)).cast("B"))
+    return f"{len(x)} examples, sha256 {h.hexdigest()[:16]}"
+
+
+class FeatureSelection:
+    """The training inputs with only the kept input features.
+
+    `select(features)` selects when the kept features change (not per step: a column
+    gather is an extra copy of every batch), from the previous selection, which holds
+    them all (kept features only ever shrink, and a rollback or resume restores
+    features of this run). Only the selection is kept in memory, not the full inputs
+    beside it. Images (convolutional chains) are never selected (`features` None).
+    """
+
+    def __init__(self) -> None:
+        self.x = self.y = None
+        self.features: np.ndarray | None = None
+
+    def set_data(self, x_all: tf.Tensor, y_all: tf.Tensor, features: np.ndarray | None) -> None:
+        """The training set, all features (flattened) or images; then `select(features)`."""
+        self.y = y_all
+        self.x, self.features = x_all, None
+        self.select(features)
+
+    def select(self, features: np.ndarray | None) -> None:
+        if self.x is None:
+            return
+        want = None if features is None else np.asarray(features, dtype=np.int64)
+        have = self.features
+        if (want is None and have is None) or (want is not None and have is not None and np.array_equal(want, have)):
+            return
+        if have is None:
+            have = np.arange(int(self.x.shape[1]))
+        if want is None or not np.isin(want, have).all():
+            raise RuntimeError(
+                f"Cannot select input features {want if want is None else want.tolist()[:8]} from the "
+                f"{len(have)} features the training data still holds: kept features only shrink."
+            )
+        position = {int(f): i for i, f in enumerate(have)}
+        self.x = tf.gather(self.x, tf.constant([position[int(f)] for f in want], tf.int32), axis=1)
+        self.features = want

@@ -1,0 +1,38 @@
+"""What a run says about itself: the epoch line and the logs Keras callbacks receive."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["format_line", "scalar_logs"]
+
+
+def scalar_logs(record: dict[str, Any]) -> dict[str, float]:
+    """Per-epoch record flattened to scalars for Keras callbacks (lists become key_0, key_1, ...)."""
+    logs: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                logs[f"{key}_{i}"] = float(v)
+        elif value is not None:
+            logs[key] = float(value)
+    return logs
+
+
+def format_line(record: dict[str, Any], epochs: int) -> str:
+    parts = [
+        f"Epoch {record['epoch']}/{epochs}",
+        f"loss {record['loss']:.4f}",
+        f"acc {record['accuracy']:.4f}",
+    ]
+    if record.get("val_error") is not None:
+        parts.append(f"val_error {record['val_error']:.2f}%")
+    batch = f"batch {record['batch_size']}"
+    if record.get("variance_ratio") is not None:  # DynHP: Eq. 8's candidate and ratio
+        batch += f" (cand {record['candidate_batch_size']}, S/F {record['variance_ratio']:.0f})"
+    parts += [batch, "active " + "-".join(str(int(round(a))) for a in record["active_units"])]
+    if sum(record.get("pruned_units") or []):
+        parts.append(f"pruned {sum(record['pruned_units'])}")
+    budget = f"/{record['budget_kb']:.1f}" if record.get("budget_kb") else ""
+    parts += [f"MO {record['memory_kb']:.1f}{budget} KB", f"{record['epoch_seconds']:.1f}s"]
+    return " - ".join(parts)

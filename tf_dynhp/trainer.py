@@ -1,0 +1,368 @@
+"""The `Trainer`: the epoch loop of `tf_dynhp.fit`, between the compiled calls.
+
+One epoch (`Trainer.fit_epochs`)::
+
+    callbacks.on_epoch_begin
+    train_epoch      the compiled runner (`tf_dynhp.loop`) over the seeded order
+    evaluate         validation loss and error
+    prune            Eq. 6-7 plan, rebuild the core on the traced storage (hp, dynhp)
+    grow_batch       b_{i+1} = min(cap from the budget (Eq. 9), candidate (Eq. 8))  (Eq. 10)
+    record           history, checkpoint, epoch line, callbacks.on_epoch_end
+
+The `Trainer` holds the mutable part of a run: the current core model, its compiled
+functions (traced once for every pruned model when the variables' storage is shared,
+`tf_dynhp.storage`), the kept input features, and the `TrainerState`. Everything it
+is configured with comes from `FitConfig`, checked once by `tf_dynhp.fit`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import sys
+import time
+import warnings
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_dynhp import batching, loop, memory, storage
+from tf_dynhp import checkpoint as ckpt
+from tf_dynhp.convert import strip
+from tf_dynhp.data import FeatureSelection, epoch_order
+from tf_dynhp.logs import format_line, scalar_logs
+from tf_dynhp.model import GatedModel
+from tf_dynhp.pruning import full_model, prune_plan, rebuild_core
+from tf_dynhp.state import TrainerState
+from tf_dynhp.units import unit_axes
+
+__all__ = ["FitConfig", "FitResult", "NonFiniteError", "Trainer", "check_settings"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """The resolved, checked arguments of `tf_dynhp.fit` the epoch loop needs."""
+
+    method: str
+    epochs: int
+    gamma: float
+    budget_kb: float | None
+    budget_on: str
+    alpha_bs: float  # 0.0 where Eq. 8 is not used
+    batch_growth: str
+    steps_per_execution: int
+    loss_fn: Callable | None
+    trace_once: bool
+    on_nonfinite: str
+    verbose: int
+    checkpoint_dir: Any = None
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What `fit` returns.
+
+    Attributes:
+        model: the stripped plain Keras model (smaller `Dense` / `Conv2D` layers, original input).
+        gated_model: the trained model with its gated layers (original input),
+            e.g. to continue training; for method="dense" the trained dense model.
+        history: dict of per-epoch lists.
+        state: the `TrainerState` at the end.
+    """
+
+    model: keras.Model
+    gated_model: keras.Model
+    history: dict[str, list[Any]]
+    state: TrainerState
+
+
+class NonFiniteError(FloatingPointError):
+    """Training met a non-finite loss or gradient. `last_good` is the `FitResult` of the
+    last good epoch (the model as it was before the failing epoch)."""
+
+    def __init__(self, message: str, last_good: FitResult) -> None:
+        super().__init__(message)
+        self.last_good = last_good
+
+
+def check_settings(path: Any, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuses a checkpoint made by another model, data set or hyper-parameters."""
+    for key in sorted(set(saved) | set(current)):
+        if json.dumps(saved.get(key), sort_keys=True) != json.dumps(current.get(key), sort_keys=True, default=str):
+            raise ValueError(
+                f"Checkpoint {path} was made with {key}={saved.get(key)!r}; this run has "
+                f"{key}={current.get(key)!r}. Resume with the same settings, or use another checkpoint_dir."
+            )
+
+
+class Trainer:
+    """The mutable part of a fit: current core model, its compiled functions, features, state."""
+
+    def __init__(self, config: FitConfig, core: GatedModel, features, input_shape, state: TrainerState, data_spec: tf.TensorSpec) -> None:
+        self.config = config
+        self.input_shape = tuple(input_shape)
+        self.data_spec = data_spec
+        self.state = state
+        self.features = features
+        self.trace_once = config.trace_once
+        self.shared = False  # the traced functions run on storage the next core takes over
+        self.needs_trace = True
+        self.traced_before = 0
+        self.trace_seconds = 0.0
+        self.runner = None
+        self.data = FeatureSelection()
+        self.set_core(core)
+
+    # -- model and compiled functions
+    def set_core(self, core: GatedModel) -> None:
+        """Makes `core` the model trained: on the traced functions' storage when they
+        share it (`tf_dynhp.storage`: no retrace), else with new functions to trace."""
+        core.track_variance = self.state.method == "dynhp"
+        core.loss_fn = self.config.loss_fn
+        core.gate_kernel = self.state.gate_kernel
+        old, self.core = getattr(self, "core", None), core
+        if self.shared:
+            storage.rebind(old.variables, core.variables, "model")
+            storage.rebind(old.optimizer.variables, core.optimizer.variables, "optimizer")
+            storage.reindex(core.optimizer)
+            self.acc.resize(core)
+            self.data.select(self.features)
+            return
+        if self.runner is not None:
+            self.traced_before += loop.tracing_count(self.runner, self.evaluator)
+        variables = list(core.variables) + list(core.optimizer.variables)
+        # Only hard pruning rebuilds: dense and SP keep the variables as Keras made them.
+        self.shared = self.trace_once and self.state.method in ("hp", "dynhp") and storage.supported(variables)
+        if self.shared:
+            storage.relax(variables)
+            storage.reindex(core.optimizer)
+        self.acc = loop.Accumulators(core)
+        self.runner = loop.make_epoch_runner(core, self.acc, self.config.steps_per_execution, self.config.alpha_bs, self.config.batch_growth)
+        self.evaluator = loop.make_evaluator(core)
+        self.needs_trace = True
+        self.data.select(self.features)
+
+    def set_data(self, x_all: tf.Tensor, y_all: tf.Tensor) -> None:
+        """The training set, all features (flattened) or images."""
+        self.data.set_data(x_all, y_all, self.features)
+
+    def trace(self) -> None:
+        """Traces the functions of a new core (nothing to do when it took over the storage)."""
+        if not self.needs_trace:
+            return
+        seconds, concretes = loop.trace_ahead(self.runner, self.evaluator, self.core, self.data_spec)
+        self.trace_seconds += seconds
+        self.needs_trace = False
+        if self.shared:
+            variables = list(self.core.variables) + list(self.core.optimizer.variables)
+            stray = loop.stray_captures(variables, self.acc, concretes)
+            if stray:  # a variable the next core would not take over: trace again after each rebuild
+                self.shared = self.trace_once = False
+                warnings.warn(
+                    f"The train step reads variables outside the model and optimizer ({', '.join(stray)}); "
+                    "it will be traced again after every rebuild.", RuntimeWarning, stacklevel=2,
+                )
+
+    def weights(self) -> int:
+        return memory.weight_count(self.core.weighted_layers)
+
+    def input_dim(self) -> int:
+        """Input floats per example (selected features, or the whole image)."""
+        return int(math.prod(int(d) for d in self.core.inputs[0].shape[1:]))
+
+    def retraces(self) -> int:
+        return self.traced_before + loop.tracing_count(self.runner, self.evaluator)
+
+    # -- one epoch
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Runs the compiled steps of epoch `epoch`; returns the accumulated statistics."""
+        self.acc.reset()
+        x_all, y_all = self.data.x, self.data.y
+        spe = self.config.steps_per_execution
+        order = tf.constant(epoch_order(self.state.seed, epoch, int(x_all.shape[0])).astype(np.int64))
+        batch = tf.constant(self.state.batch_size, tf.int64)
+        start = 0
+        while int(self.runner(x_all, y_all, order, tf.constant(start, tf.int64), batch)) == spe:
+            start += spe * self.state.batch_size
+        return self.acc.read()
+
+    def evaluate(self, val: tuple[np.ndarray, np.ndarray] | None) -> tuple[float | None, float | None]:
+        """(val_loss, val_error %) of the current model, or (None, None) without validation data."""
+        if val is None:
+            return None, None
+        return loop.evaluate_split(self.evaluator, val[0], val[1], self.features)
+
+    def prune(self, stats: dict[str, Any]) -> tuple[list[int], list[bool], float]:
+        """Eq. 6-7 for hp/dynhp: removes the units whose gates were open less than `gamma`
+        of the epoch and rebuilds the core. Returns (pruned per axis, at floor per axis,
+        rebuild seconds)."""
+        axes, _ = unit_axes(self.core.body)
+        n_axes = len(axes) - 1
+        if self.state.method not in ("hp", "dynhp"):
+            return [0] * n_axes, [False] * n_axes, 0.0
+        state = self.state
+        keep, pruned, floors = prune_plan(self.core, stats["gate_open"], stats["count"], self.config.gamma)
+        if not any(k is not None for k in keep):
+            return pruned, floors, 0.0
+        t_rebuild = time.perf_counter()
+        for i, k in enumerate(keep):
+            if k is not None:
+                state.alive[i] = [state.alive[i][j] for j in k]
+        if keep[0] is not None:
+            self.features = np.asarray(state.alive[0], dtype=np.int64)
+        self.set_core(rebuild_core(self.core, keep))
+        rebuild_seconds = time.perf_counter() - t_rebuild
+        self.trace()
+        return pruned, floors, rebuild_seconds
+
+    def grow_batch(self, stats: dict[str, Any]) -> None:
+        """DynHP's batch for the next epoch: the candidate of Eq. 8, capped by what the
+        budget leaves after the (pruned) model (Eq. 9), never shrinking (Eq. 10)."""
+        cfg, state = self.config, self.state
+        if state.method != "dynhp":
+            return
+        if cfg.batch_growth == "epoch":
+            increment = batching.batch_increment(stats["ratio"] / max(stats["steps"], 1.0), 1.0, cfg.alpha_bs)
+        else:
+            increment = int(stats["increment"])
+        candidate = state.batch_size + increment
+        if cfg.budget_on == "paper":
+            cap = memory.max_batch_for_mo(cfg.budget_kb, self.weights(), self.input_dim())
+        else:
+            cap = memory.max_batch_for_full(cfg.budget_kb, self.core, self.core.optimizer)
+        state.candidate_batch_size = candidate
+        state.batch_size = batching.next_batch_size(state.batch_size, candidate, cap)
+
+    def end_epoch(self, stats: dict[str, Any], epoch: int, val) -> dict[str, Any]:
+        """Evaluation, pruning (Eq. 6-7), rebuild, batch size (Eq. 8-10): the epoch's record."""
+        state, count = self.state, stats["count"]
+        record: dict[str, Any] = {"epoch": epoch + 1}
+        record["loss"] = stats["loss"] / count
+        record["data_loss"] = stats["data_loss"] / count
+        record["accuracy"] = stats["correct"] / count
+        record["val_loss"], record["val_error"] = self.evaluate(val)
+        # Memory of this epoch, measured from the variables that exist and the batches fed.
+        record["memory_kb"] = memory.mo_kb_from_counts(self.weights(), int(stats["max_batch"]), int(stats["width"]))
+        record["memory_full_kb"] = memory.memory_full_kb(self.core, int(stats["max_batch"]), self.core.optimizer, int(stats["width"]))
+        record["batch_size"] = state.batch_size
+        record["variance_ratio"] = stats["ratio"] / stats["steps"] if self.core.track_variance else None
+        pruned, floors, rebuild_seconds = self.prune(stats)
+        if state.method == "sp":  # expected open gates per unit axis (its size where no gate sits)
+            axes, _ = unit_axes(self.core.body)
+            open_of = {id(layer): float(np.sum(g)) / count for layer, g in zip(self.core.gated_layers, stats["gate_open"])}
+            record["active_units"] = [
+                open_of[id(axis.gated_by[0])] if axis.gated_by else float(axis.size) for axis in axes[:-1]
+            ]
+        else:
+            record["active_units"] = [len(a) for a in state.alive]
+        record["pruned_units"] = pruned
+        record["at_floor"] = floors
+        self.grow_batch(stats)
+        record["candidate_batch_size"] = state.candidate_batch_size
+        record["model_kb"] = memory.floats_to_kb(self.weights())
+        record["budget_kb"] = self.config.budget_kb
+        record["retraces"] = self.retraces()
+        record["rebuild_seconds"] = rebuild_seconds
+        record["trace_seconds"] = self.trace_seconds
+        self.trace_seconds = 0.0
+        state.epoch = epoch + 1
+        state.retraces = record["retraces"]
+        return record
+
+    # -- snapshots (checkpoints and rollback)
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {f"model/{i:04d}": np.array(v.numpy()) for i, v in enumerate(self.core.variables)}
+        arrays.update({f"optimizer/{i:04d}": np.array(v.numpy()) for i, v in enumerate(self.core.optimizer.variables)})
+        meta = {
+            "core": keras.saving.serialize_keras_object(self.core),
+            "optimizer": keras.optimizers.serialize(self.core.optimizer),
+            "features": None if self.features is None else [int(i) for i in self.features],
+            "state": json.loads(self.state.to_json()),
+        }
+        return arrays, meta
+
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        # Keras' deserialization edits the config it is given: work on a copy.
+        core = keras.saving.deserialize_keras_object(copy.deepcopy(meta["core"]))
+        model_keys = sorted(k for k in arrays if k.startswith("model/"))
+        if len(model_keys) != len(core.variables):
+            raise ckpt.CheckpointError(f"checkpoint has {len(model_keys)} model variables, the model {len(core.variables)}")
+        for key, var in zip(model_keys, core.variables):
+            var.assign(arrays[key])
+        optimizer = keras.optimizers.deserialize(copy.deepcopy(meta["optimizer"]))
+        optimizer.build(core.trainable_variables)
+        opt_keys = sorted(k for k in arrays if k.startswith("optimizer/"))
+        for key, var in zip(opt_keys, optimizer.variables):
+            var.assign(arrays[key])
+        core.compile(optimizer=optimizer, jit_compile=False)
+        self.features = None if meta["features"] is None else np.asarray(meta["features"], dtype=np.int64)
+        self.state = TrainerState(**meta["state"])
+        self.set_core(core)
+        # Tracing the restored model is not a retrace of the run: continue its count.
+        self.traced_before = self.state.retraces - loop.tracing_count(self.runner, self.evaluator)
+
+    # -- results
+    def result(self, model_name: str) -> FitResult:
+        method = self.state.method
+        gated_full = full_model(self.core, self.features, self.input_shape, name=f"{model_name}_{method}")
+        stripped = strip(gated_full) if method != "dense" else gated_full
+        return FitResult(model=stripped, gated_model=gated_full, history=self.state.history, state=self.state)
+
+    def result_from(self, snapshot: tuple[dict[str, np.ndarray], dict[str, Any]], model_name: str) -> FitResult:
+        self.restore(*snapshot)
+        return self.result(model_name)
+
+    # -- the epoch loop
+    def fit_epochs(self, val, callbacks: list[keras.callbacks.Callback], settings: dict[str, Any], model_name: str) -> FitResult:
+        """Trains from `state.epoch` to `config.epochs`, with callbacks, checkpoints
+        (`settings` are written into each) and the non-finite policy; returns the result."""
+        cfg = self.config
+        last_good = self.snapshot()
+        cb_list = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False, model=self.core)
+        cb_list.on_train_begin()
+        tries = 0
+        epoch = self.state.epoch
+        while epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            cb_list.on_epoch_begin(epoch)
+            stats = self.train_epoch(epoch)
+            if stats["nonfinite"]:
+                step = int(stats["nonfinite"])
+                message = f"Non-finite loss or gradient in epoch {epoch + 1}, step {step}"
+                if cfg.on_nonfinite == "rollback" and tries < 3:
+                    tries += 1
+                    self.restore(*last_good)
+                    lr = self.core.optimizer.learning_rate
+                    lr.assign(lr * 0.5**tries)
+                    self.trace()
+                    warnings.warn(f"{message}: rolled back to the end of epoch {epoch}, learning rate halved to {float(lr.numpy()):.3g} (try {tries} of 3).", RuntimeWarning, stacklevel=2)
+                    continue
+                failed = self.result_from(last_good, model_name)
+                checkpoint_dir = cfg.checkpoint_dir
+                raise NonFiniteError(
+                    f"{message}{' after 3 rollbacks' if cfg.on_nonfinite == 'rollback' else ''}; training stopped. "
+                    f"The last good model (end of epoch {failed.state.epoch}; 0 is the initial model) is in the "
+                    "exception's `last_good`" + (f" and in the checkpoints of {checkpoint_dir}." if checkpoint_dir and failed.state.epoch else "."),
+                    last_good=failed,
+                )
+            record = self.end_epoch(stats, epoch, val)
+            cb_list.set_model(self.core)
+            record["epoch_seconds"] = time.perf_counter() - t0
+            for key, value in record.items():
+                self.state.history.setdefault(key, []).append(value)
+            last_good = self.snapshot()
+            if cfg.checkpoint_dir is not None:
+                arrays, meta = last_good
+                ckpt.write_checkpoint(cfg.checkpoint_dir, self.state.epoch, arrays, {**meta, "settings": settings})
+            if cfg.verbose:
+                print(format_line(record, cfg.epochs), file=sys.stdout, flush=True)
+            cb_list.on_epoch_end(epoch, scalar_logs(record))
+            epoch += 1
+            if getattr(self.core, "stop_training", False):
+                break
+        cb_list.on_train_end()
+        return self.result(model_name)
