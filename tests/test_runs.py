@@ -1,6 +1,11 @@
-"""tf_dynhp.runs: the run-folder routine with --arch=lenet5 (images get their channel axis)."""
+"""tf_dynhp.runs: the run-folder routine with --arch=lenet5 (images get their channel axis); one run per folder."""
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -33,3 +38,99 @@ def test_unknown_arch_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="arch.*'mlp', 'lenet5'.*'vgg'"):
         runs.run(runs.RunConfig(arch="vgg"), tmp_path / "never", data=((None, None), (None, None)), verbose=0)
     assert not (tmp_path / "never").exists()
+
+
+# ------------------------------------------------------------------ one run per folder
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny(**kw):
+    return runs.RunConfig(**{**dict(method="sp", epochs=1, batch_size=50, train_limit=200, test_limit=100, hidden=(8,),
+                                    seed=1, gate_kernel="tf"), **kw})
+
+
+def _files(folder):
+    return {name: (folder / name).read_bytes() for name in runs.RUN_FILES if (folder / name).exists()}
+
+
+def test_folder_in_use_is_refused_at_once(mnist, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with runs._locked(str(folder)):  # another run holds it
+        t0 = time.perf_counter()
+        with pytest.raises(runs.RunFolderError, match=f"Run folder {folder} is in use"):
+            runs.run(_tiny(), folder, data=mnist, verbose=0)
+        assert time.perf_counter() - t0 < 1.0
+    assert list(folder.iterdir()) == []  # nothing written by the refused run
+    runs.run(_tiny(), folder, data=mnist, verbose=0)  # the lock went with its holder
+    assert runs.is_finished(folder)
+
+
+def test_train_py_into_a_folder_in_use_fails_with_one_line(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    cmd = [sys.executable, str(ROOT / "tools" / "train.py"), "--method=sp", "--epochs=1", "--train_limit=100",
+           "--hidden=8", "--gate_kernel=tf", f"--out_dir={folder}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with runs._locked(str(folder)):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"Run folder {folder} is in use" in done.stderr.strip().splitlines()[-1], done.stderr
+    assert not (folder / "config.json").exists()
+
+
+def test_finished_folder_is_not_mixed_with_a_new_run(mnist, tmp_path):
+    """Re-running into a finished folder left the new config.json beside the old metrics.json."""
+    folder = tmp_path / "run"
+    first = runs.run(_tiny(), folder, data=mnist, verbose=0)
+    before = _files(folder)
+    assert set(before) == set(runs.RUN_FILES)
+    with pytest.raises(runs.RunFolderError, match=r"already holds a run \(config.json, history.jsonl, metrics.json, model.keras, gated_model.keras, checkpoints/epoch-00001.dynhp\).*--resume.*--overwrite"):
+        runs.run(_tiny(seed=2), folder, data=mnist, verbose=0)
+    assert _files(folder) == before  # untouched
+    with pytest.raises(runs.RunFolderError, match=r"another configuration \(l0_lambda=0.01 there, 0.5 now, seed=1 there, 2 now\)"):
+        runs.run(_tiny(seed=2, l0_lambda=0.5), folder, data=mnist, verbose=0, resume=True)
+    assert _files(folder) == before
+    with pytest.raises(ValueError, match="pass one of them"):
+        runs.run(_tiny(), folder, data=mnist, verbose=0, resume=True, overwrite=True)
+    # Explicitly cleared: the folder holds only the new run.
+    runs.run(_tiny(seed=2), folder, data=mnist, verbose=0, overwrite=True)
+    assert json.loads((folder / "config.json").read_text())["seed"] == 2
+    assert [p.name for p in tf_dynhp.checkpoint.list_checkpoints(folder / "checkpoints")] == ["epoch-00001.dynhp"]
+    assert runs.is_finished(folder) and first is not None
+
+
+def test_resume_same_config_and_extension(mnist, tmp_path):
+    folder = tmp_path / "run"
+    runs.run(_tiny(), folder, data=mnist, verbose=0)
+    again = runs.run(_tiny(), folder, data=mnist, verbose=0, resume=True)  # the same run: nothing to train
+    assert again["epochs_run"] == 1
+    seen = {}
+
+    real_fit = tf_dynhp.fit
+
+    def fit(*args, **kwargs):  # while the extension trains, the folder is unfinished
+        seen["finished"] = runs.is_finished(folder)
+        seen["config_epochs"] = json.loads((folder / "config.json").read_text())["epochs"]
+        return real_fit(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tf_dynhp, "fit", fit)
+        longer = runs.run(_tiny(epochs=2), folder, data=mnist, verbose=0, resume=True)
+    assert seen == {"finished": False, "config_epochs": 2}
+    assert longer["epochs_run"] == 2 and len(runs.read_history(folder)["loss"]) == 2
+    assert json.loads((folder / "metrics.json").read_text())["epochs_run"] == 2
+
+
+def test_unfinished_folder_resumes(mnist, tmp_path):
+    """A folder with only config.json and checkpoints (a killed run) is resumed, not refused."""
+    folder = tmp_path / "run"
+    runs.run(_tiny(epochs=1), folder, data=mnist, verbose=0)
+    for name in ("metrics.json", "history.jsonl", "model.keras", "gated_model.keras"):
+        (folder / name).unlink()
+    config = json.loads((folder / "config.json").read_text())
+    config["epochs"] = 2
+    (folder / "config.json").write_text(json.dumps(config))
+    metrics = runs.run(_tiny(epochs=2), folder, data=mnist, verbose=0, resume=True)
+    assert metrics["epochs_run"] == 2

@@ -7,20 +7,35 @@ A run folder holds `config.json` (the resolved configuration), `checkpoints/`
 `history.jsonl` (one JSON object per epoch), `metrics.json` (final test error,
 sizes, training memory), `model.keras` (stripped) and `gated_model.keras`. A run
 with `metrics.json` is finished; an unfinished one resumes from its checkpoints.
+
+A folder never holds two runs:
+
+* one process at a time: `run` holds an exclusive lock on the folder (`flock` on the
+  folder itself, released when the process ends, however it ends); a second run
+  into it fails at once with `RunFolderError` naming the folder;
+* a folder that already holds a run's files (`config.json`, `history.jsonl`,
+  `metrics.json`, `model.keras`, `gated_model.keras`, checkpoints) is refused
+  unless `resume=True` with the same configuration (only `epochs` and
+  `on_nonfinite` may change; resuming a finished run with more epochs first removes
+  its `metrics.json`: the folder is unfinished until the new one is written), or
+  `overwrite=True`, which deletes those files (and nothing else) first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
-import tempfile
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["ARCHS", "RunConfig", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
+from tf_dynhp._checks import write_atomic
+
+__all__ = ["ARCHS", "RunConfig", "RunFolderError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
 
 #: Architectures of `RunConfig.arch`: the paper's MLP family (`hidden`) and LeNet-5-Caffe.
 ARCHS = ("mlp", "lenet5")
@@ -124,13 +139,102 @@ def read_history(out_dir: str | os.PathLike) -> dict[str, list[Any]]:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, text)
+
+
+class RunFolderError(RuntimeError):
+    """A run folder is in use by another process, or holds another run's files."""
+
+
+#: The files a run writes into its folder (besides `checkpoints/`).
+RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.keras", "gated_model.keras")
+#: Settings a resumed run may change: the number of epochs (to extend a run) and what
+#: happens on a non-finite loss.
+RESUMABLE_CHANGES = ("epochs", "on_nonfinite")
+
+
+@contextlib.contextmanager
+def _locked(out_dir: str):
+    """Holds an exclusive `flock` on the folder `out_dir` (no lock file: the lock dies with
+    the process). No-op where `fcntl` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(
+                f"Run folder {out_dir} is in use: another run (tools/train.py, tools/reproduce.py or runs.run) "
+                "is writing into it. Wait for it to end, or choose another folder."
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _previous_files(out_dir: str) -> list[str]:
+    """The files of a run already in `out_dir` (names relative to it)."""
+    import tf_dynhp
+
+    found = [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))]
+    found += [os.path.join("checkpoints", p.name) for p in tf_dynhp.checkpoint.list_checkpoints(os.path.join(out_dir, "checkpoints"))]
+    return found
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return a == b or math.isclose(float(a), float(b), rel_tol=1e-12)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _prepare_folder(out_dir: str, resume: bool, overwrite: bool) -> None:
+    """Refuses a folder holding a run unless resuming (see the module docstring), or clears it."""
+    import tf_dynhp
+
+    previous = _previous_files(out_dir)
+    if not previous:
+        return
+    if overwrite:
+        for name in RUN_FILES:
+            path = os.path.join(out_dir, name)
+            if os.path.exists(path):
+                os.remove(path)
+        tf_dynhp.checkpoint.remove_checkpoints(os.path.join(out_dir, "checkpoints"))
+        return
+    if not resume:
+        raise RunFolderError(
+            f"Run folder {out_dir} already holds a run ({', '.join(previous)}). Pass resume=True "
+            "(tools/train.py --resume) to continue it with the same configuration, overwrite=True "
+            "(--overwrite) to delete its files and start again, or choose another folder."
+        )
+
+
+def _check_resumed_config(out_dir: str, resolved: dict[str, Any]) -> None:
+    """A resumed folder's config.json must be `resolved` but for `RESUMABLE_CHANGES`."""
+    path = os.path.join(out_dir, "config.json")
+    if not os.path.exists(path):
+        return  # checkpoints without a config (an interrupted start): the checkpoints' settings are checked by fit
+    try:
+        saved = json.loads(open(path).read())
+    except (OSError, ValueError) as err:
+        raise RunFolderError(f"Cannot resume in {out_dir}: its config.json is not readable ({err}).") from err
+    differ = [k for k in resolved if k in saved and k not in RESUMABLE_CHANGES and not _same(saved[k], resolved[k])]
+    if differ:
+        changes = ", ".join(f"{k}={saved[k]!r} there, {resolved[k]!r} now" for k in differ)
+        raise RunFolderError(
+            f"Cannot resume in {out_dir}: it holds a run of another configuration ({changes}). Only "
+            f"{' and '.join(RESUMABLE_CHANGES)} may change on resume; pass overwrite=True (--overwrite) "
+            "to start a new run there, or choose another folder."
+        )
+    finished = os.path.join(out_dir, "metrics.json")
+    if os.path.exists(finished) and any(not _same(saved.get(k), resolved[k]) for k in RESUMABLE_CHANGES if k in resolved):
+        os.remove(finished)  # the folder's config.json is about to describe the extended run
 
 
 def _write_history(out_dir: str, history: dict[str, list[Any]]) -> None:
@@ -146,6 +250,7 @@ def run(
     data: Any = None,
     resume: bool = False,
     verbose: int = 1,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Trains one model as `config` says and writes its run folder.
 
@@ -154,21 +259,42 @@ def run(
         out_dir: run folder (None: nothing written, no checkpoints).
         data_dir: where the dataset is (see `tf_dynhp.datasets.load`).
         data: already loaded `((x, y), (x_test, y_test))` (a sweep loads it once).
-        resume: continue from the newest valid checkpoint of `out_dir`.
+        resume: continue from the newest valid checkpoint of `out_dir` (the folder's
+            `config.json` must match `config` but for `RESUMABLE_CHANGES`).
         verbose: 1 prints one line per epoch and a summary.
+        overwrite: delete the files of a run already in `out_dir` first (else such a
+            folder is refused unless resuming it).
 
     Returns:
         The metrics written to `metrics.json`.
+
+    Raises:
+        RunFolderError: `out_dir` is in use by another process, or holds another run
+            (see the module docstring), before any training.
     """
+    if config.arch not in ARCHS:
+        raise ValueError(f"Invalid value received for argument `arch`. Expected one of {list(ARCHS)}. Received: arch={config.arch!r}")
+    if resume and overwrite:
+        raise ValueError("`resume=True` continues the run in `out_dir`, `overwrite=True` deletes it: pass one of them.")
+    if out_dir is None:
+        return _run(config, None, data_dir, data, resume, verbose, overwrite)
+    out_dir = os.fspath(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as err:
+        raise OSError(err.errno, f"run folder '{out_dir}' cannot be created: {err.strerror or err}") from err
+    with _locked(out_dir):
+        return _run(config, out_dir, data_dir, data, resume, verbose, overwrite)
+
+
+def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any, resume: bool, verbose: int, overwrite: bool) -> dict[str, Any]:
     import keras
 
     import tf_dynhp
 
-    if config.arch not in ARCHS:
-        raise ValueError(f"Invalid value received for argument `arch`. Expected one of {list(ARCHS)}. Received: arch={config.arch!r}")
     checkpoint_dir = None
     if out_dir is not None:
-        out_dir = os.fspath(out_dir)
+        _prepare_folder(out_dir, resume, overwrite)
         checkpoint_dir = tf_dynhp.checkpoint.probe_writable(os.path.join(out_dir, "checkpoints"))
     (x, y), (x_test, y_test) = data if data is not None else tf_dynhp.datasets.load(config.dataset, data_dir)
     if config.train_limit:
@@ -183,6 +309,8 @@ def run(
         budget_kb = tf_dynhp.memory.mo_kb(model, batch_size=config.budget_batch)
     resolved = {**config.to_dict(), "budget_kb": budget_kb, "train_examples": int(len(x))}
     if out_dir is not None:
+        if resume:
+            _check_resumed_config(out_dir, resolved)
         _write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
     t0 = time.perf_counter()
     try:

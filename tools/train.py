@@ -9,10 +9,14 @@ layer, MO KB, seconds) and writes into --out_dir: `config.json` (the resolved
 flags), `history.jsonl` (one JSON object per epoch), `metrics.json` (final test
 error, model size, training memory), `model.keras` (the stripped plain model)
 and `gated_model.keras` (with its L0Dense layers, to continue training).
+One run per folder: a folder in use by another run is refused at once, and a folder
+holding an earlier run needs --resume (same configuration) or --overwrite. Flags
+out of range (e.g. --gamma=1, --epochs=0) are refused when the flags are parsed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -42,7 +46,8 @@ flags.DEFINE_integer("steps_per_execution", 50, "Train steps per compiled call."
 flags.DEFINE_float("droprate_init", 0.5, "Initial drop rate of hidden-unit gates.")
 flags.DEFINE_float("input_droprate_init", 0.2, "Initial drop rate of input-feature gates.")
 flags.DEFINE_string("out_dir", None, "Run folder to write (checkpoints go to <out_dir>/checkpoints after every epoch).")
-flags.DEFINE_bool("resume", False, "Continue from the newest valid checkpoint in <out_dir>/checkpoints.")
+flags.DEFINE_bool("resume", False, "Continue the run in --out_dir from its newest valid checkpoint (same configuration; only --epochs and --on_nonfinite may change).")
+flags.DEFINE_bool("overwrite", False, "Delete the files of an earlier run in --out_dir first (without it, a folder holding a run is refused unless --resume).")
 flags.DEFINE_enum("on_nonfinite", "raise", ["raise", "rollback"], "What to do on a non-finite loss or gradient.")
 flags.DEFINE_enum("gate_kernel", "auto", ["auto", "fused", "tf"],
                   "How L0Dense samples its gates in training: the fused CPU kernel (compiled on first use), "
@@ -50,13 +55,51 @@ flags.DEFINE_enum("gate_kernel", "auto", ["auto", "fused", "tf"],
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 one line per epoch.")
 
 
+# ------------------------------------------------------------------ flag checks at parse time
+# Plain checks here (importing tf_dynhp would import TensorFlow before --help); the same
+# ranges as tf_dynhp.fit checks, and Keras' error wording.
+def _expect(name: str, expected: str, ok) -> None:
+    def check(value) -> bool:
+        if value is None or ok(value):
+            return True
+        raise flags.ValidationError(f"Invalid value received for --{name}. Expected {expected}. Received: {name}={value!r}")
+
+    flags.register_validator(name, check)
+
+
+for _name in ("epochs", "batch_size", "budget_batch", "train_limit", "steps_per_execution"):
+    _expect(_name, "a positive integer", lambda v: v >= 1)
+_expect("learning_rate", "a positive float", lambda v: v > 0 and math.isfinite(v))
+_expect("budget_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
+_expect("alpha_bs", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+_expect("gamma", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
+_expect("l0_lambda", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
+_expect("droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
+_expect("input_droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
+_expect("verbose", "0 or 1", lambda v: v in (0, 1))
+_expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
+        lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
+flags.register_multi_flags_validator(
+    ["resume", "overwrite"], lambda v: not (v["resume"] and v["overwrite"]),
+    message="--resume continues the run in --out_dir, --overwrite deletes it: pass one of them.",
+)
+
+
 def main(argv):
     del argv
+    if FLAGS.out_dir is None:
+        if FLAGS.resume:
+            raise app.UsageError("--resume needs --out_dir, the run folder to continue.")
+        print("No --out_dir given: nothing is saved (no run folder, no checkpoints, no model).", flush=True)
     from tf_dynhp import runs
 
     config = runs.RunConfig(**{name: FLAGS[name].value for name in _CONFIG_FLAGS})
     config.hidden = [int(h) for h in FLAGS.hidden.split(",") if h]
-    runs.run(config, FLAGS.out_dir, data_dir=FLAGS.data_dir, resume=FLAGS.resume, verbose=FLAGS.verbose)
+    try:
+        runs.run(config, FLAGS.out_dir, data_dir=FLAGS.data_dir, resume=FLAGS.resume, verbose=FLAGS.verbose,
+                 overwrite=FLAGS.overwrite)
+    except runs.RunFolderError as err:
+        sys.exit(f"error: {err}")
 
 
 _CONFIG_FLAGS = (

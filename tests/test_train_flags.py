@@ -1,0 +1,61 @@
+"""tools/train.py: flags out of range are refused when parsed (one line, no traceback, before
+TensorFlow is imported); a run without --out_dir says that nothing is saved."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA_ROOT
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+@pytest.mark.parametrize("flag,expected", [
+    ("--alpha_bs=2", "Expected a float in [0, 1]. Received: alpha_bs=2.0"),
+    ("--alpha_bs=-0.1", "Expected a float in [0, 1]. Received: alpha_bs=-0.1"),
+    ("--budget_kb=-1", "Expected a positive number of KB (1024 bytes). Received: budget_kb=-1.0"),
+    ("--budget_kb=nan", "Expected a positive number of KB (1024 bytes). Received: budget_kb=nan"),
+    ("--learning_rate=0", "Expected a positive float. Received: learning_rate=0.0"),
+    ("--epochs=0", "Expected a positive integer. Received: epochs=0"),
+    ("--batch_size=-3", "Expected a positive integer. Received: batch_size=-3"),
+    ("--gamma=1", "Expected a float in (0, 1). Received: gamma=1.0"),
+    ("--gamma=0", "Expected a float in (0, 1). Received: gamma=0.0"),
+    ("--l0_lambda=-0.5", "Expected a float >= 0. Received: l0_lambda=-0.5"),
+    ("--droprate_init=1", "Expected a float in (0, 1). Received: droprate_init=1.0"),
+    ("--hidden=300,0", "Expected comma-separated positive layer sizes"),
+])
+def test_invalid_flag_is_a_parse_error(flag, expected):
+    t0 = time.perf_counter()
+    done = train(flag, "--out_dir=/nonexistent/never", timeout=60)
+    assert done.returncode == 1, done
+    assert "Traceback" not in done.stderr, done.stderr
+    line = next(ln for ln in done.stderr.splitlines() if "Flags parsing error" in ln)
+    assert f"Invalid value received for --{flag[2:].split('=')[0]}. {expected}" in line, line
+    assert time.perf_counter() - t0 < 30  # refused at parse time: no TensorFlow import, no data
+
+
+def test_resume_and_overwrite_together_are_refused():
+    done = train("--resume", "--overwrite", "--out_dir=/nonexistent/never", timeout=60)
+    assert done.returncode == 1 and "pass one of them" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_without_out_dir_says_nothing_is_saved(tmp_path):
+    if not DATA_ROOT.exists():
+        pytest.skip("datasets not found")
+    done = train(f"--data_dir={DATA_ROOT / 'mnist'}", "--method=sp", "--epochs=1", "--train_limit=100", "--hidden=8",
+                 "--gate_kernel=tf", "--steps_per_execution=1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == "No --out_dir given: nothing is saved (no run folder, no checkpoints, no model)."
+    assert "test_error" in done.stdout
