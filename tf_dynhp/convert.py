@@ -14,6 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tf_dynhp import gates
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.kinds import DENSE_TYPES
 from tf_dynhp.layers import L0Conv2D, L0Dense
@@ -30,9 +31,9 @@ def to_l0(
     weight_decay: float = 0.0,
     droprate_init: float = 0.5,
     input_droprate_init: float = 0.2,
-    temperature: float = 2.0 / 3.0,
-    limit_l: float = -0.1,
-    limit_r: float = 1.1,
+    temperature: float = gates.TEMPERATURE,
+    limit_l: float = gates.LIMIT_L,
+    limit_r: float = gates.LIMIT_R,
     dataset_size: int | None = None,
     seed: int | None = None,
 ) -> keras.Model:

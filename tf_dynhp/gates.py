@@ -15,6 +15,9 @@ import math
 from keras import ops
 
 __all__ = [
+    "TEMPERATURE",
+    "LIMIT_L",
+    "LIMIT_R",
     "EPSILON",
     "LOG_ALPHA_MIN",
     "LOG_ALPHA_MAX",
@@ -24,6 +27,12 @@ __all__ = [
     "deterministic_gates",
 ]
 
+#: The hard-concrete constants of the reference L0 code (Louizos et al. 2018), the one
+#: place they are stated: temperature beta = 2/3 and the stretch interval
+#: (gamma, zeta) = (-0.1, 1.1). Every layer, kernel and conversion defaults to these.
+TEMPERATURE = 2.0 / 3.0
+LIMIT_L = -0.1
+LIMIT_R = 1.1
 #: Uniform noise is drawn from U(EPSILON, 1 - EPSILON), and P(z > 0) is clipped
 #: to [EPSILON, 1 - EPSILON], as in the reference implementation.
 EPSILON = 1e-6
@@ -53,7 +62,7 @@ def log_alpha_init_mean(droprate_init: float) -> float:
     return math.log(1.0 - droprate_init) - math.log(droprate_init)
 
 
-def prob_open(log_alpha, temperature: float = 2.0 / 3.0, limit_l: float = -0.1, limit_r: float = 1.1):
+def prob_open(log_alpha, temperature: float = TEMPERATURE, limit_l: float = LIMIT_L, limit_r: float = LIMIT_R):
     """P(z > 0) = 1 - Q_s(0 | phi), paper Eq. 4.
 
     Q_s is the CDF of the stretched concrete variable: at 0 it equals
@@ -75,7 +84,7 @@ def prob_open(log_alpha, temperature: float = 2.0 / 3.0, limit_l: float = -0.1, 
     return ops.clip(1.0 - cdf_zero, EPSILON, 1.0 - EPSILON)
 
 
-def sample_gates(u, log_alpha, temperature: float = 2.0 / 3.0, limit_l: float = -0.1, limit_r: float = 1.1):
+def sample_gates(u, log_alpha, temperature: float = TEMPERATURE, limit_l: float = LIMIT_L, limit_r: float = LIMIT_R):
     """Hard-concrete gate sample z for uniform noise u (paper Sec. 3, z = min(1, max(0, s))).
 
     `s = sigmoid((log u - log(1 - u) + log_alpha) / temperature)` is stretched to
@@ -94,7 +103,7 @@ def sample_gates(u, log_alpha, temperature: float = 2.0 / 3.0, limit_l: float = 
     return ops.clip(s * (limit_r - limit_l) + limit_l, 0.0, 1.0)
 
 
-def deterministic_gates(log_alpha, limit_l: float = -0.1, limit_r: float = 1.1):
+def deterministic_gates(log_alpha, limit_l: float = LIMIT_L, limit_r: float = LIMIT_R):
     """Test-time gate `clip(sigmoid(log_alpha) * (limit_r - limit_l) + limit_l, 0, 1)`.
 
     Args:
@@ -107,7 +116,7 @@ def deterministic_gates(log_alpha, limit_l: float = -0.1, limit_r: float = 1.1):
     return ops.clip(ops.sigmoid(log_alpha) * (limit_r - limit_l) + limit_l, 0.0, 1.0)
 
 
-def gated_product(inputs, u, log_alpha, temperature: float = 2.0 / 3.0, limit_l: float = -0.1, limit_r: float = 1.1):
+def gated_product(inputs, u, log_alpha, temperature: float = TEMPERATURE, limit_l: float = LIMIT_L, limit_r: float = LIMIT_R):
     """`inputs * z` for per-example hard-concrete gates z (as `sample_gates`), and `z > 0`.
 
     The same values as `inputs * sample_gates(u, log_alpha, ...)`, with a hand-written
