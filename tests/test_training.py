@@ -101,14 +101,17 @@ def test_verbose_prints_one_line_per_epoch(mnist_small, capsys):
     [
         (40, (32, 16), "step", "paper"),
         (64, (48,), "step", "paper"),
-        (100, (32, 16), "epoch", "paper"),
+        (40, (32, 16), "step_mean", "paper"),
         (30, (16, 16, 8), "step_mean", "paper"),
+        (40, (32, 16), "epoch", "paper"),
         (40, (32, 16), "step", "full"),
     ],
 )
 def test_dynhp_never_exceeds_budget_and_batch_never_shrinks(mnist, budget_batch, hidden, growth, budget_on):
-    """Property over budgets/architectures: the memory measured each epoch (from the
-    variables that exist and the batches actually fed) stays within budget_kb."""
+    """Property over budgets/architectures/readings of Eq. 8: the memory measured each
+    epoch (from the variables that exist and the batches actually fed) stays within
+    budget_kb, and the batch does reach the cap (small budget, alpha_bs = 0.05: every
+    reading's candidate outgrows it), so the cap is what holds it."""
     (x, y), _ = mnist
     model = _model(hidden=hidden)
     if budget_on == "paper":
@@ -116,15 +119,29 @@ def test_dynhp_never_exceeds_budget_and_batch_never_shrinks(mnist, budget_batch,
     else:
         budget = memory.memory_full_kb(tf_dynhp.to_l0(model, dataset_size=1), budget_batch)
     result = tf_dynhp.fit(
-        model, x[:1500], y[:1500], method="dynhp", epochs=4, alpha_bs=0.5, budget_kb=budget,
+        model, x[:1500], y[:1500], method="dynhp", epochs=4, alpha_bs=0.05, budget_kb=budget,
         budget_on=budget_on, batch_growth=growth, seed=1, verbose=0, **{**PRUNE_FAST, "batch_size": 16},
     )
     h = result.history
     measured = h["memory_kb"] if budget_on == "paper" else h["memory_full_kb"]
     assert max(measured) <= budget
-    assert all(b1 <= b2 for b1, b2 in zip(h["batch_size"], h["batch_size"][1:]))
-    if growth == "step":
-        assert h["batch_size"][-1] >= budget_batch  # it grew to the cap (pruning frees more)
+    following = h["batch_size"][1:] + [result.state.batch_size]  # the batch each epoch chose
+    assert all(b1 <= b2 for b1, b2 in zip(h["batch_size"], following))
+    assert following[-1] >= budget_batch  # it grew to the cap (pruning frees more)
+    if budget_on == "paper":
+        # Eq. 9-10 in literal arithmetic: after epoch i, the cap is the largest batch whose
+        # 4 * (weights + batch * inputs) bytes fit in the budget (weights and inputs as pruned).
+        caps = [
+            int(np.floor((budget * 256.0 - kb * 256.0) / units[0] + 1e-9))
+            for kb, units in zip(h["model_kb"], h["active_units"])
+        ]
+        assert all(b <= c for b, c in zip(following, caps))
+        assert any(b == c for b, c in zip(following, caps)), (following, caps, h["candidate_batch_size"])
+        assert any(cand > c for cand, c in zip(h["candidate_batch_size"], caps))  # the cap bit
+        # The epoch fed at the cap filled the budget to within one example's inputs.
+        fed_at_cap = [i + 1 for i, (b, c) in enumerate(zip(following, caps)) if b == c and i + 1 < len(h["memory_kb"])]
+        for i in fed_at_cap:
+            assert budget - h["memory_kb"][i] < h["active_units"][i - 1][0] / 256.0
 
 
 def test_memory_history_is_measured_from_what_was_fed(mnist_small):
