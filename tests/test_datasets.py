@@ -396,20 +396,17 @@ def test_unknown_name():
 
 @pytest.mark.parametrize("name", ["fashion_mnist", "fashion-mnist"])
 def test_missing_dataset_lists_every_place(tmp_path, monkeypatch, places, name):
-    data_dir = tmp_path / "given"
     env_dir = tmp_path / "env"
     env_dir.mkdir()
     (env_dir / "fashion-mnist").mkdir()
     (env_dir / "fashion-mnist" / "train-images-idx3-ubyte.gz").write_bytes(b"")
     monkeypatch.setenv("TF_DYNHP_DATA", str(env_dir))
     with pytest.raises(FileNotFoundError) as info:
-        ds.load(name, data_dir, download=False, **places)
+        ds.load(name, download=False, **places)
     msg = str(info.value)
     cache, system = places["cache_dir"], places["system_dir"]
     in_order = [
-        f"data_dir argument: {data_dir} (does not exist)",
-        f"data_dir argument: {data_dir / 'fashion-mnist'} (does not exist)",
-        f"data_dir argument: {data_dir / 'fashion_mnist'} (does not exist)",
+        "data_dir argument: (not given)",
         f"$TF_DYNHP_DATA: {env_dir} (no IDX files)",
         f"$TF_DYNHP_DATA: {env_dir / 'fashion-mnist'} (incomplete, missing "
         "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])",
@@ -427,7 +424,26 @@ def test_missing_dataset_lists_every_place(tmp_path, monkeypatch, places, name):
     assert -1 not in positions, [s for s, p in zip(in_order, positions) if p == -1]
     assert positions == sorted(positions), msg
     assert msg.startswith("Dataset 'fashion_mnist' not found. Looked in, in order:\n  1. data_dir")
-    assert "  8. Keras cache" in msg and "  9. download" in msg
+    assert "  6. Keras cache" in msg and "  7. download" in msg
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_explicit_data_dir_without_the_data_is_an_error(tmp_path, monkeypatch, places, download):
+    """Not a silent fall-through to $TF_DYNHP_DATA (or a download) when data_dir is given."""
+    make_fake_dataset(tmp_path / "env" / "mnist", marker=2)
+    monkeypatch.setenv("TF_DYNHP_DATA", str(tmp_path / "env"))
+    missing = tmp_path / "nonexistent"
+    with pytest.raises(FileNotFoundError) as info:
+        ds.load("mnist", missing, download=download, **places)
+    msg = str(info.value)
+    assert msg.startswith(f"Dataset 'mnist' not found in data_dir={str(missing)!r} (given explicitly, so no other place is looked at):")
+    for line in (f"  - {missing} (does not exist)", f"  - {missing / 'mnist'} (does not exist)", f"  - {missing / 'mnist.npz'} (does not exist)"):
+        assert line in msg.splitlines(), msg
+    assert "Expected the four IDX files" in msg and str(tmp_path / "env") not in msg
+    assert not places["cache_dir"].exists()  # nothing downloaded
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=f"{re.escape(str(tmp_path / 'empty'))} \\(no IDX files\\)"):
+        ds.find_dataset_dir("mnist", tmp_path / "empty", **places)
 
 
 def test_missing_mnist_lists_places_without_apt(places):
@@ -474,13 +490,6 @@ def test_data_dir_wins_over_env_var(tmp_path, monkeypatch, places):
     assert first_train_label(ds.load("mnist", tmp_path / "given", download=False, **places)) == 1
     # Without data_dir, the env var is used (parent-folder layout).
     assert first_train_label(ds.load("mnist", download=False, **places)) == 2
-
-
-def test_data_dir_without_data_falls_through_to_env(tmp_path, monkeypatch, places):
-    make_fake_dataset(tmp_path / "env", marker=2)  # env var names the folder itself
-    monkeypatch.setenv("TF_DYNHP_DATA", str(tmp_path / "env"))
-    (tmp_path / "empty").mkdir()
-    assert ds.find_dataset_dir("mnist", tmp_path / "empty", **places) == tmp_path / "env"
 
 
 def test_env_var_wins_over_system_dir(tmp_path, monkeypatch, places):
@@ -550,11 +559,79 @@ def test_default_cache_dir_uses_keras_home_then_home(tmp_path, monkeypatch, plac
     assert found == tmp_path / "home" / ".keras" / "datasets" / "mnist"
 
 
-def test_incomplete_folder_is_skipped(tmp_path, places):
+def test_incomplete_data_dir_names_the_missing_file(tmp_path, places):
     make_fake_dataset(tmp_path / "given", marker=1)
     (tmp_path / "given" / "t10k-labels-idx1-ubyte.gz").unlink()
     make_fake_dataset(places["system_dir"] / "mnist", marker=2)
-    assert first_train_label(ds.load("mnist", tmp_path / "given", download=False, **places)) == 2
+    with pytest.raises(FileNotFoundError) as info:
+        ds.load("mnist", tmp_path / "given", download=False, **places)
+    assert f"  - {tmp_path / 'given'} (incomplete, missing t10k-labels-idx1-ubyte[.gz])" in str(info.value).splitlines()
+
+
+def test_incomplete_env_folder_is_skipped(tmp_path, monkeypatch, places):
+    make_fake_dataset(tmp_path / "env", marker=1)
+    (tmp_path / "env" / "t10k-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.setenv("TF_DYNHP_DATA", str(tmp_path / "env"))
+    make_fake_dataset(places["system_dir"] / "mnist", marker=2)
+    assert first_train_label(ds.load("mnist", download=False, **places)) == 2
+
+
+# --------------------------------------------------------------------------
+# SHA256SUMS
+# --------------------------------------------------------------------------
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("where", ["folder", "parent", "parent_bsd"])
+def test_sha256sums_beside_the_data_are_checked(tmp_path, places, where):
+    folder = tmp_path / "root" / "mnist"
+    make_fake_dataset(folder, marker=3)
+    files = sorted(folder.iterdir())
+    if where == "folder":
+        sums, lines = folder / "SHA256SUMS", [f"{sha256(f)}  {f.name}" for f in files]
+    elif where == "parent":
+        sums, lines = folder.parent / "SHA256SUMS", [f"{sha256(f)} *mnist/{f.name}" for f in files]
+    else:
+        sums, lines = folder.parent / "SHA256SUMS", [f"SHA256 (mnist/{f.name}) = {sha256(f)}" for f in files]
+    sums.write_text("# checksums\n" + "\n".join(lines + [f"{'0' * 64}  mnist/not-read.gz"]) + "\n")
+    assert first_train_label(ds.load("mnist", folder.parent, download=False, **places)) == 3
+    # One byte changed in a listed file (a valid IDX file still): refused, naming it and the list.
+    labels = folder / "train-labels-idx1-ubyte.gz"
+    write(labels, idx_bytes(np.arange(5, dtype=np.uint8)[::-1].copy()), compress=True)
+    with pytest.raises(ValueError) as info:
+        ds.load("mnist", folder.parent, download=False, **places)
+    msg = str(info.value)
+    assert msg.startswith(f"{labels}: SHA-256 mismatch: expected ") and f"(listed in {sums})" in msg
+    assert f"received {sha256(labels)}" in msg
+
+
+def test_unlisted_files_are_not_checked_and_bad_lines_are_named(tmp_path, places):
+    folder = tmp_path / "mnist"
+    make_fake_dataset(folder, marker=4)
+    (folder / "SHA256SUMS").write_text(f"{'1' * 64}  some-other-file.gz\n")
+    assert first_train_label(ds.load("mnist", folder, download=False, **places)) == 4
+    (folder / "SHA256SUMS").write_text("abc  train-images-idx3-ubyte.gz\n")
+    with pytest.raises(ValueError, match=re.escape(str(folder / "SHA256SUMS")) + ", line 1: expected '<64 hex digits>  <file name>'"):
+        ds.load("mnist", folder, download=False, **places)
+
+
+def test_npz_is_checked_against_sha256sums(tmp_path, places):
+    path = tmp_path / "data" / "mnist.npz"
+    make_fake_npz(path, marker=5)
+    (path.parent / "SHA256SUMS").write_text(f"{'2' * 64}  mnist.npz\n")
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": SHA-256 mismatch"):
+        ds.load("mnist", path, download=False, **places)
+
+
+@real_data
+def test_real_data_has_sha256sums_that_match():
+    assert (DATA_ROOT / "SHA256SUMS").is_file()
+    listed = ds._read_sums(DATA_ROOT / "SHA256SUMS")
+    assert os.path.normpath((DATA_ROOT / "mnist" / "train-images-idx3-ubyte.gz").resolve()) in listed
+    ds._check_sums(sorted((DATA_ROOT / "mnist").glob("*.gz")))  # the fixtures loaded them through the check
 
 
 # --------------------------------------------------------------------------

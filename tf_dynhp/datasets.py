@@ -11,7 +11,10 @@ Where the data are looked for, in order:
 
 1. the `data_dir` argument: the folder holding the four IDX files, or a
    parent folder containing `<folder>/` (`mnist/`, `fashion-mnist/` or
-   `fashion_mnist/`); for MNIST also `mnist.npz` in it, or an `.npz` path;
+   `fashion_mnist/`); for MNIST also `mnist.npz` in it, or an `.npz` path.
+   A `data_dir` given explicitly is the only place looked at: when the data
+   are not there, `FileNotFoundError` names it and what is missing (no other
+   folder, no download);
 2. the environment variable `TF_DYNHP_DATA`, with the same rule;
 3. the system folder `/usr/share/datasets/<folder>` (Debian's
    `apt-get install dataset-fashion-mnist` installs Fashion-MNIST there);
@@ -20,14 +23,20 @@ Where the data are looked for, in order:
    MNIST also `mnist.npz` as written by `keras.datasets.mnist`;
 5. a download into the Keras cache (only with `download=True`).
 
-Only `gzip` and `numpy` are imported at module import time; `urllib` is
+Where a `SHA256SUMS` file (the `sha256sum` format, or BSD's `SHA256 (name) = ...`)
+lies in the folder holding the files or in its parent, the files it lists that
+are read are checked against it (a mismatch is a `ValueError` naming the file).
+
+Only `gzip`, `hashlib` and `numpy` are imported at module import time; `urllib` is
 imported lazily when a download is actually needed.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
+import re
 import sys
 import zlib
 from pathlib import Path
@@ -294,7 +303,6 @@ def _download(spec: _Spec, cache: Path) -> Path:
     Raises:
         OSError: (or `http.client.HTTPException`, `ValueError`) on failure.
     """
-    import hashlib
     import shutil
     import tempfile
     import urllib.request
@@ -371,7 +379,9 @@ def find_dataset_dir(
 
     Raises:
         ValueError: If `name` is not a supported data set.
-        FileNotFoundError: If the data are found nowhere (and downloading is
+        FileNotFoundError: If `data_dir` is given and does not hold the data
+            (nothing else is searched then; the message names it and what is
+            missing), or the data are found nowhere (and downloading is
             disabled or failed). The message lists every place looked at, in
             order, and how to get the data.
     """
@@ -411,6 +421,8 @@ def find_dataset_dir(
         found = try_all(label, candidates)
         if found is not None:
             return found
+        if label == "data_dir argument":  # an explicit folder: never data from elsewhere
+            _raise_not_in_data_dir(key, spec, Path(data_dir), looked)
 
     what = _download_description(spec, cache)
     cause: BaseException | None = None
@@ -448,6 +460,78 @@ def find_dataset_dir(
     ) from cause
 
 
+def _raise_not_in_data_dir(key: str, spec: _Spec, data_dir: Path, looked: list[str]) -> None:
+    places = "\n".join(f"  - {place.split(': ', 1)[1]}" for place in looked)
+    files = ", ".join(f"{base}[.gz]" for base in IDX_FILES)
+    also = f", or {spec.npz} in it" if spec.npz else ""
+    raise FileNotFoundError(
+        f"Dataset {key!r} not found in data_dir={str(data_dir)!r} (given explicitly, so no other place "
+        f"is looked at):\n{places}\nExpected the four IDX files ({files}) in it or in its "
+        f"{' / '.join(repr(a + '/') for a in spec.aliases)} subfolder{also}. Pass data_dir=None to "
+        f"search ${ENV_VAR}, the system folder and the Keras cache."
+    )
+
+
+# --------------------------------------------------------------------------
+# Checksums
+# --------------------------------------------------------------------------
+
+SUMS_FILE = "SHA256SUMS"
+_GNU_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
+_BSD_LINE = re.compile(r"^SHA256 \((.+)\) = ([0-9a-fA-F]{64})$")
+
+
+def _read_sums(path: Path) -> dict[str, str]:
+    """`SHA256SUMS` as {normalised absolute path: hex digest}.
+
+    Raises:
+        ValueError: a line that is neither the GNU nor the BSD format (names the file and line).
+    """
+    out = {}
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if m := _GNU_LINE.match(line):
+            digest, name = m.group(1), m.group(2)
+        elif m := _BSD_LINE.match(line):
+            name, digest = m.group(1), m.group(2)
+        else:
+            raise ValueError(
+                f"{path}, line {number}: expected '<64 hex digits>  <file name>' (sha256sum) or "
+                f"'SHA256 (<file name>) = <64 hex digits>', received {line[:100]!r}"
+            )
+        out[os.path.normpath(path.parent.resolve() / name)] = digest.lower()
+    return out
+
+
+def _check_sums(files: list[Path]) -> None:
+    """Checks `files` against every `SHA256SUMS` in their folder and its parent that lists them.
+
+    Raises:
+        ValueError: a file's SHA-256 differs from the listed one (names both files).
+    """
+    for path in files:
+        resolved = path.resolve()
+        key = os.path.normpath(resolved)
+        for folder in (resolved.parent, resolved.parent.parent):
+            sums = folder / SUMS_FILE
+            if not sums.is_file():
+                continue
+            expected = _read_sums(sums).get(key)
+            if expected is None:
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+            if h.hexdigest() != expected:
+                raise ValueError(
+                    f"{path}: SHA-256 mismatch: expected {expected} (listed in {sums}), received "
+                    f"{h.hexdigest()}. The file is damaged or not the one listed; fetch it again."
+                )
+
+
 # --------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------
@@ -483,6 +567,7 @@ def _validate_split(
 
 
 def _load_npz(path: Path):
+    _check_sums([path])
     with np.load(path, allow_pickle=False) as f:
         missing = [k for k in _NPZ_KEYS if k not in f.files]
         if missing:
@@ -507,6 +592,7 @@ def _load_idx_folder(folder: Path):
         if found is None:  # vanished since find_dataset_dir looked
             raise FileNotFoundError(f"{folder}: missing {base}.gz (or {base})")
         files[base] = found
+    _check_sums(list(files.values()))
     splits = []
     for images_base, labels_base in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
         images = read_idx(files[images_base])
@@ -551,10 +637,13 @@ def load(
 
     Raises:
         ValueError: If `name` is not supported, or a file is truncated, has
-            a wrong magic number, a wrong element count or image shape, or
-            images and labels counts differ (the message names the file).
-        FileNotFoundError: If the data are found nowhere and downloading is
-            disabled or failed; the message lists every place looked at.
+            a wrong magic number, a wrong element count or image shape, does
+            not match its `SHA256SUMS` entry, or images and labels counts
+            differ (the message names the file).
+        FileNotFoundError: If an explicit `data_dir` lacks the data (the
+            message names it and what is missing), or the data are found
+            nowhere and downloading is disabled or failed; the message lists
+            every place looked at.
     """
     found = find_dataset_dir(
         name, data_dir, download=download, cache_dir=cache_dir, system_dir=system_dir
