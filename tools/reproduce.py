@@ -6,7 +6,7 @@ r"""Reproduce the paper's Tables 2-3 and Figures 1-7: a sweep of run folders.
     python tools/reproduce.py --quick --jobs=2 --out=/tmp/quick      # CI smoke test, < 1 minute
     python tools/report.py --runs=runs/ --out=RESULTS.md --figures=figures/
 
-Grids (`PAPER` below holds the paper's settings):
+Grids (`PAPER` of tools/paper.py holds the paper's settings):
 
 * ``paper_rows``: the rows of Tables 2-3. SP at its best batch (512 MNIST, 128
   Fashion-MNIST), HP at its best (100, 128), DynHP at three alpha_bs per data set
@@ -58,7 +58,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,7 +66,15 @@ from typing import Any
 from absl import app, flags
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(REPO)]
+
+from paper import DYNHP_BATCH as DYNHP_INITIAL_BATCH  # noqa: E402
+from paper import PAPER, PAPER_GAMMA, PAPER_HIDDEN, sp_mo_kb  # noqa: E402
+from paper import PAPER_LAMBDA as PAPER_L0_LAMBDA  # noqa: E402
+from run_folders import run_status  # noqa: E402
+
+from tf_dynhp._checks import invalid, write_atomic  # noqa: E402
+from tf_dynhp.batching import BATCH_GROWTH_MODES  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("datasets", ["mnist", "fashion_mnist"], "Data sets: mnist, fashion_mnist.")
@@ -95,31 +102,12 @@ flags.DEFINE_bool("dry_run", False, "Print the planned runs and their status (an
 flags.DEFINE_string("worker_config", None, "Internal: JSON RunConfig of the one run this worker process trains.")
 flags.DEFINE_string("worker_dir", None, "Internal: run folder of --worker_config.")
 
-# --------------------------------------------------------------------------- the paper's settings
-#: Sections 5.2-5.3 and Tables 2-3. `table_alphas` are every alpha_bs of the tables
-#: (Figures 5-6 plot subsets of them); `row_alphas` the three of `--grid=paper_rows`.
-PAPER: dict[str, dict[str, Any]] = {
-    "mnist": {
-        "sp_batch": 512,
-        "hp_batch": 100,
-        "row_alphas": (0.971, 0.972, 0.975),
-        "table_alphas": (0.971, 0.972, 0.973, 0.974, 0.975),
-        "best_alpha": 0.972,
-    },
-    "fashion_mnist": {
-        "sp_batch": 128,
-        "hp_batch": 128,
-        "row_alphas": (0.980, 0.988, 0.989),
-        "table_alphas": tuple(round(0.979 + 0.001 * i, 3) for i in range(11)),
-        "best_alpha": 0.980,
-    },
-}
+# --------------------------------------------------------------------------- grid axes
+#: The paper's settings (`PAPER`, per data set: SP and HP batches, alpha_bs of the
+#: tables and of `--grid=paper_rows`, the best alpha_bs) are in tools/paper.py.
 BATCH_GRID = (16, 32, 64, 100, 128, 256, 512)  # Figures 3-4
 L0_LAMBDAS = (0.01, 0.03, 0.1)
-BATCH_GROWTHS = ("step_mean", "step", "epoch")
-PAPER_L0_LAMBDA = 0.01
-PAPER_GAMMA = 0.5
-DYNHP_INITIAL_BATCH = 16
+BATCH_GROWTHS = BATCH_GROWTH_MODES
 QUICK = {"epochs": 2, "train_limit": 2000, "test_limit": 1000}
 ROW_KINDS = ("sp", "hp", "dynhp", "dynhp_best")
 METHODS = ("sp", "hp", "dynhp")
@@ -137,16 +125,10 @@ class PlannedRun:
 
 
 # --------------------------------------------------------------------------- grid
-def _invalid(name: str, expected: str, value: Any) -> ValueError:
-    return ValueError(f"Invalid value received for argument `{name}`. Expected {expected}. Received: {name}={value!r}")
-
-
-def budget_kb(dataset: str, hidden: Sequence[int] = (300, 100)) -> float:
-    """DynHP budget of `dataset`: MO of its best SP configuration (Sec. 5.3),
-    `tf_dynhp.memory.mo_kb` of the dense MLP at the SP batch (2609.4 KB MNIST, 1433.4 KB Fashion-MNIST)."""
-    from tf_dynhp import memory, runs
-
-    return memory.mo_kb(runs.build_mlp(hidden), batch_size=PAPER[dataset]["sp_batch"])
+def budget_kb(dataset: str, hidden: Sequence[int] = PAPER_HIDDEN) -> float:
+    """DynHP budget of `dataset`: MO of its best SP configuration (Sec. 5.3), `paper.sp_mo_kb`
+    (2609.4 KB MNIST, 1433.4 KB Fashion-MNIST)."""
+    return sp_mo_kb(dataset, "mlp", tuple(hidden))
 
 
 def run_name(config: Any) -> str:
@@ -161,7 +143,7 @@ def run_name(config: Any) -> str:
     parts.append(f"lam{config.l0_lambda:g}")
     if config.gamma != PAPER_GAMMA:
         parts.append(f"g{config.gamma:g}")
-    if tuple(config.hidden) != (300, 100):
+    if tuple(config.hidden) != PAPER_HIDDEN:
         parts.append("h" + "x".join(str(h) for h in config.hidden))
     parts.append(f"e{config.epochs}")
     if config.train_limit or config.test_limit:
@@ -176,7 +158,7 @@ def _floats(name: str, values: Sequence[Any] | None) -> list[float] | None:
     try:
         return [float(v) for v in values]
     except ValueError as err:
-        raise _invalid(name, "a comma-separated list of numbers", ",".join(map(str, values))) from err
+        raise invalid(name, "a comma-separated list of numbers", ",".join(map(str, values))) from err
 
 
 def _ints(name: str, values: Sequence[Any] | None) -> list[int] | None:
@@ -185,9 +167,9 @@ def _ints(name: str, values: Sequence[Any] | None) -> list[int] | None:
     try:
         out = [int(v) for v in values]
     except ValueError as err:
-        raise _invalid(name, "a comma-separated list of positive integers", ",".join(map(str, values))) from err
+        raise invalid(name, "a comma-separated list of positive integers", ",".join(map(str, values))) from err
     if any(v < 1 for v in out):
-        raise _invalid(name, "a comma-separated list of positive integers", ",".join(map(str, values)))
+        raise invalid(name, "a comma-separated list of positive integers", ",".join(map(str, values)))
     return out
 
 
@@ -236,23 +218,23 @@ def build_grid(
 
     for d in datasets:
         if d not in PAPER:
-            raise _invalid("datasets", f"names from {list(PAPER)}", ",".join(datasets))
+            raise invalid("datasets", f"names from {list(PAPER)}", ",".join(datasets))
     if grid not in ("paper_rows", "full"):
-        raise _invalid("grid", "'paper_rows' or 'full'", grid)
+        raise invalid("grid", "'paper_rows' or 'full'", grid)
     for m in methods:
         if m not in METHODS:
-            raise _invalid("methods", f"names from {list(METHODS)}", ",".join(methods))
+            raise invalid("methods", f"names from {list(METHODS)}", ",".join(methods))
     rows = set(seeds_rows)
     if not rows <= set(ROW_KINDS) | {"all"}:
-        raise _invalid("seeds_rows", f"'all' or names from {list(ROW_KINDS)}", ",".join(seeds_rows))
+        raise invalid("seeds_rows", f"'all' or names from {list(ROW_KINDS)}", ",".join(seeds_rows))
     if "all" in rows:
         rows = set(ROW_KINDS)
     if epochs < 1 or seeds < 1:
-        raise _invalid("epochs/seeds", "positive integers", (epochs, seeds))
+        raise invalid("epochs/seeds", "positive integers", (epochs, seeds))
     growths = list(batch_growth) if batch_growth is not None else (list(BATCH_GROWTHS) if grid == "full" else ["step_mean"])
     for g in growths:
         if g not in BATCH_GROWTHS:
-            raise _invalid("batch_growth", f"names from {list(BATCH_GROWTHS)}", ",".join(growths))
+            raise invalid("batch_growth", f"names from {list(BATCH_GROWTHS)}", ",".join(growths))
     lambdas = list(l0_lambdas) if l0_lambdas is not None else (list(L0_LAMBDAS) if grid == "full" else [PAPER_L0_LAMBDA])
     common = {"epochs": int(epochs), "gamma": PAPER_GAMMA, "train_limit": train_limit, "test_limit": test_limit}
 
@@ -289,9 +271,7 @@ def build_grid(
     for dataset in datasets:
         paper = PAPER[dataset]
         for lam in lenet5_lambdas or []:
-            from tf_dynhp import memory, runs
-
-            lenet_budget = memory.mo_kb(runs.build_lenet5(), batch_size=paper["sp_batch"])
+            lenet_budget = sp_mo_kb(dataset, "lenet5")
             config = RunConfig(
                 **{**common, "epochs": int(lenet5_epochs)}, dataset=dataset, arch="lenet5", method="dynhp",
                 batch_size=DYNHP_INITIAL_BATCH, l0_lambda=float(lam), alpha_bs=paper["best_alpha"],
@@ -306,23 +286,9 @@ def build_grid(
 
 
 # --------------------------------------------------------------------------- run folders
-def _latest_epoch(run_dir: Path) -> int:
-    from tf_dynhp import checkpoint
-
-    found = checkpoint.list_checkpoints(run_dir / "checkpoints")
-    return int(found[-1].name.split("-")[1].split(".")[0]) if found else 0
-
-
 def status(run_dir: Path, epochs: int) -> str:
-    """"finished", "unfinished, epoch k of N" or "not run yet"."""
-    from tf_dynhp import runs
-
-    if runs.is_finished(run_dir):
-        return "finished"
-    k = _latest_epoch(run_dir)
-    if k or (run_dir / "config.json").exists():
-        return f"unfinished, epoch {k} of {epochs}"
-    return "not run yet"
+    """"finished", "unfinished, epoch k of N" or "not run yet" (`run_folders.run_status`)."""
+    return run_status(run_dir, epochs)
 
 
 def _config_mismatch(run_dir: Path, config: Any) -> list[str]:
@@ -345,13 +311,6 @@ def _config_mismatch(run_dir: Path, config: Any) -> list[str]:
     return out
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def write_manifest(out: Path, planned: Sequence[PlannedRun], command: str) -> Path:
     """Adds the planned runs to `<out>/sweep.json` (kept across invocations)."""
     path = out / MANIFEST
@@ -364,7 +323,7 @@ def write_manifest(out: Path, planned: Sequence[PlannedRun], command: str) -> Pa
     data.setdefault("runs", {})
     for p in planned:
         data["runs"][p.name] = {"row": p.row, "config": p.config.to_dict(), "command": command}
-    _write_json_atomic(path, data)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
     return path
 
 
