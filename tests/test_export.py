@@ -161,15 +161,29 @@ def test_pruned_model_has_gather_and_smaller_layers(models):
 
 
 # --------------------------------------------------------------------------- inference export
+def interpreter_ops(path):
+    """The operators LiteRT's interpreter runs for a file (not tf_dynhp's flatbuffer reader)."""
+    interpreter = Interpreter(model_path=str(path))
+    return {op["op_name"] for op in interpreter._get_ops_details()}
+
+
+def hand_pruned_parameters(mnist):
+    """The stripped model's parameter count from the fixture's closing rule alone: the kept
+    pixels (not blank in the 5000 images, not a multiple of 9) -> 48 -> 24 -> 10."""
+    blank = mnist[0][:N_TRAIN].reshape(N_TRAIN, -1).max(axis=0) == 0
+    kept = int(np.sum(~(blank | (np.arange(784) % 9 == 0))))
+    return kept * 48 + 48 + 48 * 24 + 24 + 24 * 10 + 10
+
+
 @pytest.mark.parametrize("quantization", export.QUANTIZATIONS)
-def test_report_ops_and_size(exported, models, quantization):
+def test_report_ops_and_size(exported, models, mnist, quantization):
     report = exported[quantization]
-    params = models[1].count_params()
+    params = hand_pruned_parameters(mnist)
     assert report.size_bytes == Path(report.path).stat().st_size
     assert report.parameters == params
     assert report.quantization == quantization and report.kind == "inference"
     assert report.custom_ops == [] and not any(op.startswith("Flex") for op in report.ops)
-    assert report.ops == export.tflite_ops(report.path)
+    assert set(report.ops) == interpreter_ops(report.path)
     assert "GATHER" in report.ops and "FULLY_CONNECTED" in report.ops
     assert report.signatures == {"serving_default": {"inputs": ["x"], "outputs": ["output"]}}
     bytes_per_param = {"none": 4, "float16": 2, "dynamic": 1, "int8": 1}[quantization]
@@ -222,7 +236,8 @@ def test_dynamic_batch_and_original_input(exported, keras_probs, mnist):
 def test_unpruned_model_has_no_gather(models, tmp_path):
     report = export.to_tflite(models[0], tmp_path / "dense.tflite")
     assert "GATHER" not in report.ops and report.custom_ops == []
-    assert report.parameters == models[0].count_params()
+    assert set(report.ops) == interpreter_ops(report.path)
+    assert report.parameters == 784 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10 == 52_650
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -525,11 +540,49 @@ def test_dynhp_trained_model_int8_drop_and_sizes(mnist, tmp_path):
     model = result.model
     assert any(isinstance(l, tf_dynhp.SelectFeatures) for l in model.layers)  # inputs really pruned
     params = model.count_params()
+    # Independent of count_params: the stripped Dense layers' shapes (kept pixels -> ... -> 10).
+    select = next(l for l in model.layers if isinstance(l, tf_dynhp.SelectFeatures))
+    dims = [len(select.indices)] + [l.units for l in model.layers if isinstance(l, keras.layers.Dense)]
+    assert params == sum(a * b + b for a, b in zip(dims, dims[1:])) and dims[-1] == 10
     calibration = x_train[:300]
     fp32 = export.to_tflite(model, tmp_path / "fp32.tflite", "none")
     int8 = export.to_tflite(model, tmp_path / "int8.tflite", "int8", calibration, per_channel=False)
+    default_int8 = export.to_tflite(model, tmp_path / "int8_pc.tflite", "int8", calibration)  # per-channel scales
     assert fp32.size_bytes <= 4 * params + 16 * 1024
     assert int8.size_bytes <= params + 16 * 1024
+    assert default_int8.size_bytes <= params + 16 * 1024, (default_int8.size_bytes, params)
     acc_fp32 = np.mean(np.argmax(run_infer(fp32.path, x_test), 1) == y_test)
     acc_int8 = np.mean(np.argmax(run_infer(int8.path, x_test), 1) == y_test)
     assert acc_fp32 > 0.9 and acc_fp32 - acc_int8 <= 0.005, (acc_fp32, acc_int8)
+
+
+# ------------------------------------------------ issue 5's pruned model: documented size bounds
+@pytest.fixture(scope="module")
+def issue5_shaped(mnist):
+    """A model of the issue-5 DynHP model's shapes (784 pixels -> 546 kept -> 290 -> 100 -> 10,
+    188,740 parameters), made as DynHP makes it: the 784-300-100-10 MLP gated, gates closed,
+    stripped. A TFLite file's size depends on the shapes, not on the weight values."""
+    keras.utils.set_random_seed(5)
+    dense = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(300, activation="relu"),
+                              keras.layers.Dense(100, activation="relu"), keras.layers.Dense(10, activation="softmax")])
+    gated = tf_dynhp.to_l0(dense, dataset_size=N_TRAIN)
+    l0 = [layer for layer in gated.layers if isinstance(layer, tf_dynhp.L0Dense)]
+    pixels = np.argsort(mnist[0][:N_TRAIN].reshape(N_TRAIN, -1).var(axis=0))[-546:]
+    l0[0].log_alpha.assign(np.where(np.isin(np.arange(784), pixels), 10.0, -10.0).astype(np.float32))
+    l0[1].log_alpha.assign(np.where(np.arange(300) < 290, 10.0, -10.0).astype(np.float32))
+    l0[2].log_alpha.assign(np.full(100, 10.0, np.float32))
+    model = tf_dynhp.strip(gated)
+    params = 546 * 290 + 290 + 290 * 100 + 100 + 100 * 10 + 10
+    assert params == 188_740
+    return model, params
+
+
+@pytest.mark.parametrize("quantization,per_channel,bytes_per_param", [("none", True, 4), ("int8", True, 1), ("int8", False, 1)])
+def test_issue5_shaped_model_within_documented_bounds(issue5_shaped, mnist, tmp_path, quantization, per_channel, bytes_per_param):
+    """WORKSPACE's issue-5 bounds: fp32 <= 4 B x params + 16 KB (753.3 KB), int8 <= 1 B x params
+    + 16 KB (200.3 KB), with the default per-channel scales too (193.5 KB for these shapes)."""
+    model, params = issue5_shaped
+    calibration = mnist[0][:300] if quantization == "int8" else None
+    report = export.to_tflite(model, tmp_path / "m.tflite", quantization, calibration, per_channel=per_channel)
+    assert report.parameters == params
+    assert report.size_bytes <= bytes_per_param * params + 16 * 1024, report.size_bytes / 1024
