@@ -40,7 +40,7 @@ from tf_dynhp.pruning import full_model, prune_plan, rebuild_core
 from tf_dynhp.state import TrainerState
 from tf_dynhp.units import unit_axes
 
-__all__ = ["FitConfig", "FitResult", "NonFiniteError", "Trainer", "check_settings"]
+__all__ = ["FitConfig", "FitResult", "NonFiniteError", "Trainer", "check_settings", "graph_constants"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +89,22 @@ class NonFiniteError(FloatingPointError):
         self.last_good = last_good
 
 
+#: Config keys that pruning changes and the traced step reads from tensors, not as constants.
+_SIZE_KEYS = frozenset({"units", "filters", "name"})
+
+
+def graph_constants(core: GatedModel) -> list[Any]:
+    """What the traced step bakes in as constants: each body layer's class and config
+    but its size (`units`/`filters`, read from the variables' storage). A rebuilt core
+    with other constants (a `SelectFeatures` inserted after a conv's `Flatten` when
+    single flattened rows are pruned, or new indices in it; a `Reshape` to another
+    shape) cannot run on the traced functions: it is traced again."""
+    return [
+        (type(layer).__name__, json.dumps({k: v for k, v in layer.get_config().items() if k not in _SIZE_KEYS}, sort_keys=True, default=str))
+        for layer in core.body
+    ]
+
+
 def check_settings(path: Any, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuses a checkpoint made by another model, data set or hyper-parameters."""
     for key in sorted(set(saved) | set(current)):
@@ -125,6 +141,10 @@ class Trainer:
         core.loss_fn = self.config.loss_fn
         core.gate_kernel = self.state.gate_kernel
         old, self.core = getattr(self, "core", None), core
+        if self.shared and graph_constants(old) != graph_constants(core):
+            # The traced step holds constants of the old structure: new functions on the
+            # same (relaxed) storage scheme. Variables are created afresh, so relax them.
+            self.shared = False
         if self.shared:
             storage.rebind(old.variables, core.variables, "model")
             storage.rebind(old.optimizer.variables, core.optimizer.variables, "optimizer")
