@@ -6,8 +6,10 @@ Usage::
         --images t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz [--limit N]
 
 Prints the accuracy, the latency per single example and per batch (p50/p99),
-and the peak resident memory of the process. Needs NumPy and the LiteRT
-runtime only (no TensorFlow).
+and the peak resident memory of the process. (n, 28, 28) images are fed to a
+model taking (28, 28, 1) with a channel axis and to one taking (784,) flattened;
+labels must be the model's class ids. Bad input exits with status 2 and one
+`error:` line. Needs NumPy and the LiteRT runtime only (no TensorFlow).
 """
 
 from __future__ import annotations
@@ -40,19 +42,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs `infer.py`; bad input (a missing or broken file, images the model cannot take,
+    labels outside its classes) exits with status 2 and one `error:` line on stderr."""
     args = parse_args(argv)
     try:
-        start = time.perf_counter()
-        model = lr.Classifier(args.model, num_threads=args.threads)
-        load_s = time.perf_counter() - start
-        x, y = lr.load_images_labels(args.images, args.labels, args.limit)
-    except (FileNotFoundError, ValueError, ImportError) as err:
+        return _run(args)
+    except (FileNotFoundError, ValueError, ImportError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    model = lr.Classifier(args.model, num_threads=args.threads)
+    load_s = time.perf_counter() - start
+    x, y = lr.load_images_labels(args.images, args.labels, args.limit)
+    x = model.prepare(x)  # e.g. (n, 28, 28) IDX images for a flat (784,) model: flattened
+    y = lr.check_labels(y, model.num_classes, args.labels)
     n = x.shape[0]
     if n == 0:
-        print("error: no examples to evaluate", file=sys.stderr)
-        return 2
+        raise ValueError("no examples to evaluate")
 
     # Single examples first, then batches: the interpreter re-allocates when the batch size changes.
     single = []

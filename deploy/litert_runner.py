@@ -29,6 +29,8 @@ __all__ = [
     "check_tflite_file",
     "read_idx",
     "load_images_labels",
+    "fit_input",
+    "check_labels",
     "Classifier",
     "Trainer",
     "peak_rss_mb",
@@ -170,6 +172,48 @@ def load_images_labels(
     return (x.astype(np.float32) / scale), y.astype(np.int32)
 
 
+def fit_input(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndarray:
+    """`x` (batch first) in the model's input shape `input_shape` (without the batch axis).
+
+    IDX images are (n, 28, 28): a CNN taking (28, 28, 1) gets a channel axis, a model
+    taking flat (784,) inputs gets them flattened; any other shape is refused.
+
+    Raises:
+        ValueError: the shapes do not match (names `what`, expected and received shapes).
+    """
+    x = np.asarray(x)
+    sample = tuple(x.shape[1:])
+    if sample == tuple(input_shape):
+        return x
+    if sample + (1,) == tuple(input_shape):  # (n, 28, 28) images for a (28, 28, 1) CNN
+        return x.reshape(x.shape + (1,))
+    if len(input_shape) == 1 and len(sample) > 1 and int(np.prod(sample)) == int(input_shape[0]):  # flat inputs
+        return x.reshape(x.shape[0], -1)
+    raise ValueError(
+        f"{what}: expected inputs of shape (batch, {', '.join(map(str, input_shape))}), received {x.shape} "
+        f"(examples of {int(np.prod(sample))} values, the model takes {int(np.prod(input_shape))})"
+    )
+
+
+def check_labels(y: np.ndarray, num_classes: int, source: str | os.PathLike) -> np.ndarray:
+    """`y` as int32 class ids, refused unless every one is in [0, num_classes).
+
+    Raises:
+        ValueError: naming `source`, the first label out of range, its index and how many are.
+    """
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{source}: expected integer class ids, received {y.dtype} labels")
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{source}: labels must be class ids in [0, {num_classes}) for this model; received {int(y[i])} "
+            f"at index {i} ({bad.size} of {y.size} labels out of range)"
+        )
+    return y.astype(np.int32)
+
+
 # --------------------------------------------------------------------------- measuring
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB.
@@ -247,16 +291,14 @@ class Classifier:
         self.input_shape = tuple(int(d) for d in details["shape_signature"][1:])
         self.fixed_batch = int(details["shape_signature"][0]) if int(details["shape_signature"][0]) > 0 else None
         self.input_dtype = details["dtype"]
+        self.num_classes = int(self.runner.get_output_details()[self.output_name]["shape_signature"][-1])
 
     def _check(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=self.input_dtype)
-        if x.shape[1:] + (1,) == self.input_shape:  # (n, 28, 28) images for a (28, 28, 1) CNN
-            x = x.reshape(x.shape + (1,))
-        if x.shape[1:] != self.input_shape:
-            raise ValueError(
-                f"{self.path}: expected inputs of shape (batch, {', '.join(map(str, self.input_shape))}), received {x.shape}"
-            )
-        return x
+        return fit_input(np.asarray(x, dtype=self.input_dtype), self.input_shape, str(self.path))
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """`x` in the model's input shape and dtype (see `fit_input`); ValueError if it cannot be."""
+        return self._check(x)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Model output for one batch (the batch must fit a fixed batch size, if any)."""
@@ -310,21 +352,28 @@ class Trainer:
         self.input_shape = tuple(int(d) for d in details["shape_signature"][1:])
         batch = int(details["shape_signature"][0])
         self.fixed_batch = batch if batch > 0 else None
+        self.num_classes = int(self._runners["infer"].get_output_details()["probabilities"]["shape_signature"][-1])
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """`x` in the model's input shape as float32 (see `fit_input`); ValueError if it cannot be."""
+        return fit_input(np.asarray(x, np.float32), self.input_shape, str(self.path))
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
-        """One optimizer step; returns the batch's mean cross-entropy before the update."""
-        x = np.asarray(x, np.float32)
-        if x.shape[1:] != self.input_shape or (self.fixed_batch and x.shape[0] != self.fixed_batch):
-            batch = self.fixed_batch or "batch"
-            raise ValueError(
-                f"{self.path}: expected training inputs of shape ({batch}, {', '.join(map(str, self.input_shape))}), "
-                f"received {x.shape}"
-            )
-        return float(self._runners["train"](x=x, y=np.asarray(y, np.int32))["loss"])
+        """One optimizer step; returns the batch's mean cross-entropy before the update.
+
+        Raises:
+            ValueError: inputs of another shape, or labels outside [0, num_classes)
+                (the model's loss would silently read them as some other class, or as 0).
+        """
+        x = self.prepare(x)
+        if self.fixed_batch and x.shape[0] != self.fixed_batch:
+            raise ValueError(f"{self.path}: expected a training batch of {self.fixed_batch}, received {x.shape[0]} examples")
+        y = check_labels(y, self.num_classes, "training labels")
+        return float(self._runners["train"](x=x, y=y)["loss"])
 
     def infer(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Softmax probabilities for all rows of `x`."""
-        x = np.asarray(x, np.float32)
+        x = self.prepare(x)
         step = self.fixed_batch or batch_size
         outs = []
         for start in range(0, x.shape[0], step):

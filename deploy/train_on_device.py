@@ -12,7 +12,9 @@ loss every `--log_every` steps, the accuracy before and after training (on
 the weights and optimizer state to `--weights` (a `.npz` with the weights under
 their names, ``kernel_0``, ``bias_0``, ..., and the optimizer slots under
 ``optimizer/<name>``). `--restore` loads such a file first and continues from
-it. Needs NumPy and the LiteRT runtime only (no TensorFlow).
+it. Labels outside the model's classes (e.g. 200 or -1 for 10 classes) are refused:
+the loss would not see them. Bad input exits with status 2 and one `error:` line.
+Needs NumPy and the LiteRT runtime only (no TensorFlow).
 """
 
 from __future__ import annotations
@@ -82,26 +84,35 @@ def save_npz(path: str, weights: dict[str, np.ndarray], state: dict[str, np.ndar
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs `train_on_device.py`; bad input (a missing or broken file, labels outside the
+    model's classes, images it cannot take, weights of other shapes) exits with status 2
+    and one `error:` line on stderr."""
     args = parse_args(argv)
     try:
-        if args.weights is not None and not Path(args.weights).resolve().parent.is_dir():
-            raise FileNotFoundError(f"--weights {args.weights}: the folder {Path(args.weights).parent} does not exist")
-        trainer = lr.Trainer(args.model, num_threads=args.threads)
-        x, y = lr.load_images_labels(args.images, args.labels, args.limit)
-        if args.eval_images is not None:
-            x_eval, y_eval = lr.load_images_labels(args.eval_images, args.eval_labels)
-            eval_name = args.eval_images
-        else:
-            x_eval, y_eval, eval_name = x, y, f"{args.images} (the training files)"
-        if args.restore is not None:
-            weights, state = load_npz(args.restore)
-            trainer.set_weights(weights)
-            if state:
-                trainer.set_optimizer_state(state)
-            print(f"restored {len(weights)} weights and {len(state)} optimizer tensors from {args.restore}")
-    except (FileNotFoundError, ValueError, ImportError, OSError) as err:
+        return _run(args)
+    except (FileNotFoundError, ValueError, ImportError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.weights is not None and not Path(args.weights).resolve().parent.is_dir():
+        raise FileNotFoundError(f"--weights {args.weights}: the folder {Path(args.weights).parent} does not exist")
+    trainer = lr.Trainer(args.model, num_threads=args.threads)
+    x, y = lr.load_images_labels(args.images, args.labels, args.limit)
+    x, y = trainer.prepare(x), lr.check_labels(y, trainer.num_classes, args.labels)
+    if args.eval_images is not None:
+        x_eval, y_eval = lr.load_images_labels(args.eval_images, args.eval_labels)
+        x_eval, y_eval = trainer.prepare(x_eval), lr.check_labels(y_eval, trainer.num_classes, args.eval_labels)
+        eval_name = args.eval_images
+    else:
+        x_eval, y_eval, eval_name = x, y, f"{args.images} (the training files)"
+    if args.restore is not None:
+        weights, state = load_npz(args.restore)
+        trainer.set_weights(weights)
+        if state:
+            trainer.set_optimizer_state(state)
+        print(f"restored {len(weights)} weights and {len(state)} optimizer tensors from {args.restore}")
     batch = args.batch or trainer.fixed_batch or 32
     if trainer.fixed_batch and batch != trainer.fixed_batch:
         print(f"error: {args.model} trains with a fixed batch of {trainer.fixed_batch}, received --batch {batch}",
