@@ -1,4 +1,5 @@
-"""tools/reproduce.py (grid, sweep, skip and resume, Ray), tools/report.py and tools/benchmark.py.
+"""tools/reproduce.py (grid, sweep, skip and resume, Ray), tools/report.py (and its modules), tools/summarize.py
+and tools/benchmark.py.
 
 The tools run as subprocesses (their absl flags never meet another tool's in this
 process). One quick sweep of two runs (SP and DynHP on 2000 MNIST images, two
@@ -320,6 +321,8 @@ def test_report_writes_tables_and_figures(report_input, tmp_path):
     assert "unfinished, epoch 1 of 2" in rows["DynHP|0.971"]
     assert "not in this sweep" in rows["DynHP|0.973"] and "1.40 (-1%)" in rows["DynHP|0.973"]
     assert "python tools/reproduce.py --quick --datasets=mnist --methods=sp,dynhp --alphas=0.972 --jobs=2" in text
+    # issue 17: no run conditions the run folders do not record
+    assert "side by side" not in text and "wall time" not in text and "half of that" not in text
     # one PNG per figure, linked from RESULTS.md
     for name in ("fig1_active_units_mnist", "fig2_memory_sp_hp_mnist", "fig3_error_by_batch_mnist", "fig5_error_dynhp_mnist",
                  "fig6_batch_size_mnist", "fig7_memory_dynhp_mnist", "frontier_mnist"):
@@ -330,10 +333,14 @@ def test_report_writes_tables_and_figures(report_input, tmp_path):
 
 
 def test_report_on_an_empty_folder_says_so(tmp_path):
+    """Also issue 15: without --figures the figures go beside --out, not into the repository's figures/."""
     (tmp_path / "runs").mkdir()
-    stdout = _ok(_run("report.py", f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'R.md'}", f"--figures={tmp_path / 'f'}"))
+    out = tmp_path / "elsewhere" / "R.md"
+    stdout = _ok(_run("report.py", f"--runs={tmp_path / 'runs'}", f"--out={out}"))
     assert "0 runs" in stdout
-    assert "from 0 runs" in (tmp_path / "R.md").read_text()
+    assert "from 0 runs" in out.read_text()
+    assert f"figures in {tmp_path / 'elsewhere' / 'figures'}" in stdout
+    assert (tmp_path / "elsewhere" / "figures").is_dir()
 
 
 # --------------------------------------------------------------------------- benchmark
@@ -366,42 +373,43 @@ def test_benchmark_quick_without_tfmot(sweep, report_input, tmp_path):
 
 
 # --------------------------------------------------------------------------- report: targets and time to an error
-def _report_module():
-    import importlib.util
+def _tools():
+    """tools/paper.py, tools/run_folders.py and tools/report_tables.py, imported as the tools import them."""
+    if str(TOOLS) not in sys.path:
+        sys.path.insert(0, str(TOOLS))
+    import paper
+    import report_tables
+    import run_folders
 
-    spec = importlib.util.spec_from_file_location("report_under_test", TOOLS / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("report_under_test", module)
-    spec.loader.exec_module(module)
-    return module
+    return paper, run_folders, report_tables
 
 
-def _fake_run(report, folder: Path, method: str, errors, seconds, metrics, **config):
+def _fake_run(folder: Path, method: str, errors, seconds, metrics, **config):
     folder.mkdir(parents=True)
-    rows = [{"epoch": i + 1, "val_error": e, "epoch_seconds": s} for i, (e, s) in enumerate(zip(errors, seconds))]
+    rows = [{"epoch": i + 1, "val_error": e, "epoch_seconds": s} for i, (e, s) in enumerate(zip(errors, seconds, strict=True))]
     (folder / "history.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     c = {"dataset": "mnist", "method": method, "epochs": 4, "learning_rate": 1e-3, "batch_size": 512 if method == "sp" else 16,
          "l0_lambda": 0.01, "gamma": 0.5, "hidden": (300, 100), "alpha_bs": None, "batch_growth": "step_mean",
          "budget_kb": None, "budget_on": "paper", "seed": 1, "train_limit": None, "test_limit": None, **config}
-    return report.RunInfo(folder.name, folder, c, "finished", {"dense_model_kb": 1041.4453125, **metrics}, None)
+    return _tools()[1].RunInfo(folder.name, folder, c, "finished", {"dense_model_kb": 1041.4453125, **metrics}, None)
 
 
 def test_time_to_error_and_targets_table(tmp_path):
     """The seconds to a test error are summed epoch times up to the first epoch at or below it;
     each DynHP group is checked against issue 6's targets with SP as the reference."""
-    report = _report_module()
-    sp = _fake_run(report, tmp_path / "sp", "sp", [3.0, 2.5, 1.9, 1.5], [2.0, 2.0, 2.0, 2.0],
+    paper, run_folders, report = _tools()
+    sp = _fake_run(tmp_path / "sp", "sp", [3.0, 2.5, 1.9, 1.5], [2.0, 2.0, 2.0, 2.0],
                    {"test_error": 1.5, "model_kb": 1041.4453125, "training_memory_mb": 10.0})
-    good = _fake_run(report, tmp_path / "good", "dynhp", [2.0, 1.8], [1.5, 9.0],
+    good = _fake_run(tmp_path / "good", "dynhp", [2.0, 1.8], [1.5, 9.0],
                      {"test_error": 1.38, "model_kb": 200.0, "training_memory_mb": 2.0, "batch_sizes": [16, 40]},
-                     alpha_bs=0.975, budget_kb=report.paper_budget_kb("mnist"))
-    bad = _fake_run(report, tmp_path / "bad", "dynhp", [2.4, 2.1], [1.0, 1.0],
+                     alpha_bs=0.975, budget_kb=paper.sp_mo_kb("mnist"))
+    bad = _fake_run(tmp_path / "bad", "dynhp", [2.4, 2.1], [1.0, 1.0],
                     {"test_error": 1.41, "model_kb": 300.0, "training_memory_mb": 2.0, "batch_sizes": [16, 40]},
-                    alpha_bs=0.971, budget_kb=report.paper_budget_kb("mnist"))
+                    alpha_bs=0.971, budget_kb=paper.sp_mo_kb("mnist"))
     assert sp.time_to_error(2.0) == (6.0, 3)
     assert good.time_to_error(2.0) == (1.5, 1)  # "at or below"
     assert bad.time_to_error(2.0) is None
-    groups = report.make_groups([sp, good, bad])
+    groups = run_folders.make_groups([sp, good, bad])
     lines = report.targets_section("mnist", groups)
     rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| DynHP")}
     assert "1.38 (met)" in rows["DynHP α_bs 0.975, λ 0.01, step_mean"]
@@ -413,6 +421,77 @@ def test_time_to_error_and_targets_table(tmp_path):
     assert "71.2 (missed)" in rows["DynHP α_bs 0.971, λ 0.01, step_mean"]
     assert "not reached" in rows["DynHP α_bs 0.971, λ 0.01, step_mean"]
     assert rows["DynHP α_bs 0.971, λ 0.01, step_mean"].endswith("| no |")
+    assert not any("side by side" in line or "cores" in line for line in lines)  # issue 17: not read from the runs
     text = "\n".join(report.observations("mnist", groups))
     assert "1.50% test error" in text and "the paper's 1.42%" in text
     assert "1.38-1.41% error" in text
+    # both save 80% of SP's memory; the paper's 0.971 and 0.975 save 1% and 81%
+    assert "Our training memory is 80% below SP's at every α_bs (final batches 40, 40)" in text
+    assert "(80 points apart) and ours are 0 points apart: ours vary less with α_bs than the paper's" in text
+    assert "does not appear" not in text
+
+
+def _dynhp(folder: Path, alpha: float, metrics: dict, seed: int = 1):
+    metrics = {"test_error": 1.6, "model_kb": 600.0, "training_memory_mb": 3.0, "mean_memory_kb": 900.0, **metrics}
+    return _fake_run(folder, "dynhp", [2.0, 1.6], [1.0, 1.0], metrics, alpha_bs=alpha, budget_kb=_tools()[0].sp_mo_kb("mnist"),
+                     seed=seed)
+
+
+def _sp(folder: Path):
+    return _fake_run(folder, "sp", [3.0, 1.5], [1.0, 1.0], {"test_error": 1.5, "model_kb": 1041.4453125, "training_memory_mb": 10.0,
+                                                           "mean_memory_kb": 2609.4, "max_memory_kb": 2609.4, "batch_sizes": [512, 512]})
+
+
+def test_observations_follow_the_runs(tmp_path):
+    """Issue 17: the memory sentence says what the runs show: here one α_bs uses more memory than
+    SP, and the savings vary across α_bs more than the paper's."""
+    _, run_folders, report = _tools()
+    above = _dynhp(tmp_path / "above", 0.971, {"training_memory_mb": 12.0, "batch_sizes": [16, 512]})
+    below = _dynhp(tmp_path / "below", 0.975, {"training_memory_mb": 2.0, "batch_sizes": [16, 40]})
+    text = "\n".join(report.observations("mnist", run_folders.make_groups([_sp(tmp_path / "sp"), above, below])))
+    assert "at every α_bs" not in text and "does not appear" not in text
+    assert "Our training memory is between 20% above and 80% below SP's, depending on α_bs (final batches 512, 40)" in text
+    assert "the paper's savings range from 1% to 81% (80 points apart) and ours are 100 points apart: ours vary more" in text
+
+
+def test_rows_of_several_seeds_aggregate_over_the_seeds(tmp_path):
+    """Issue 17: a row of 3 seeds shows every seed's units and batches (not seed 1's), and its
+    max MO KB is the largest of the seeds' maxima (not their mean)."""
+    _, run_folders, report = _tools()
+    seeds = [([452, 294, 100], [16, 90, 182], 1091.1), ([454, 287, 100], [16, 95, 187], 1109.4),
+             ([448, 284, 100], [16, 88, 182], 1092.2)]
+    dyn = [_dynhp(tmp_path / f"seed{seed}", 0.972, {"layer_sizes": units, "batch_sizes": batches, "max_memory_kb": top}, seed=seed)
+           for seed, (units, batches, top) in enumerate(seeds, start=1)]
+    groups = run_folders.make_groups([_sp(tmp_path / "sp"), *dyn])
+    rows = [line for line in report.all_runs_table(groups) if line.startswith("| DynHP")]
+    assert len(rows) == 1 and "| 3 | finished |" in rows[0]
+    assert "| 452-294-100 / 454-287-100 / 448-284-100 |" in rows[0]
+    assert "| 16→182/187/182 |" in rows[0]
+    assert "| 1109.4 |" in rows[0] and "1097.6" not in rows[0]
+    sp_row = next(line for line in report.all_runs_table(groups) if line.startswith("| SP"))
+    assert "| 512→512 |" in sp_row  # one value when the seeds agree
+    assert "final batches 182/187/182" in "\n".join(report.observations("mnist", groups))
+
+
+def _summarize_folder(folder: Path, dataset: str, mean_memory_kb: float) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"dataset": dataset, "arch": "mlp", "method": "hp", "l0_lambda": 0.01,
+                                                    "hidden": [300, 100], "alpha_bs": None, "batch_growth": "step_mean"}))
+    (folder / "metrics.json").write_text(json.dumps({
+        "test_error": 10.0, "model_kb": 1041.4453125 / 2, "dense_model_kb": 1041.4453125, "layer_sizes": [700, 200, 100],
+        "mean_memory_kb": mean_memory_kb, "max_memory_kb": mean_memory_kb, "budget_kb": None, "batch_sizes": [128, 128],
+        "epochs_run": 2, "train_seconds": 1.0}))
+    return folder
+
+
+def test_summarize_takes_the_references_of_the_runs_dataset(tmp_path):
+    """Issue 17: the % columns compare with the run's own data set (SP's MO: 2609.4 KB on MNIST at
+    batch 512, 1433.4 KB on Fashion-MNIST at batch 128), unless --sp_mo_kb / --dense_kb say otherwise."""
+    mnist = _summarize_folder(tmp_path / "m", "mnist", 2609.4453125 / 2)
+    fashion = _summarize_folder(tmp_path / "f", "fashion_mnist", 1433.4453125 / 2)
+    rows = {line.split("|")[1].strip(): line for line in _ok(_run("summarize.py", str(mnist), str(fashion))).splitlines()}
+    assert "| 1304.7 (50.0%) |" in rows["m"] and "| 520.7 (50.0%) |" in rows["m"]
+    assert "| 716.7 (50.0%) |" in rows["f"] and "| 520.7 (50.0%) |" in rows["f"]
+    rows = {line.split("|")[1].strip(): line for line in
+            _ok(_run("summarize.py", "--sp_mo_kb=1000", "--dense_kb=2000", str(fashion))).splitlines()}
+    assert "| 716.7 (71.7%) |" in rows["f"] and "| 520.7 (26.0%) |" in rows["f"]

@@ -2,19 +2,43 @@
 
     python tools/summarize.py runs/i4_*
 
-Every figure in the table comes from the run folders; nothing is typed by hand.
+Every figure in the table comes from the run folders; nothing is typed by hand. The
+% columns compare each run with references of its own data set and architecture:
+its unpruned model (`dense_model_kb` of metrics.json) and SP's MO, the MO of that
+model at the paper's SP batch of the run's data set (`paper.sp_mo_kb`: 2609.4 KB for
+the MLP on MNIST, batch 512; 1433.4 KB on Fashion-MNIST, batch 128). `--dense_kb`
+and `--sp_mo_kb` replace them for every run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+
+from paper import PAPER, PAPER_HIDDEN, sp_mo_kb  # noqa: E402
+
 FLAGS = flags.FLAGS
-flags.DEFINE_float("dense_kb", 1041.4, "Reference dense model size in KB (the paper's 784-300-100-10 MLP).")
-flags.DEFINE_float("sp_mo_kb", 2609.4, "Reference SP memory per epoch in KB (MO of SP at batch 512 on MNIST).")
+flags.DEFINE_float("dense_kb", None, "Reference dense model size in KB for every run (default: each run's unpruned model).")
+flags.DEFINE_float("sp_mo_kb", None, "Reference SP memory per epoch in KB for every run (default: MO of each run's unpruned "
+                   "model at the paper's SP batch of its data set).")
+
+
+def _pct(value: float, ref: float | None) -> str:
+    return "n/a" if not ref else f"{100 * value / ref:.1f}%"
+
+
+def references(config: dict, metrics: dict) -> tuple[float | None, float | None]:
+    """(dense model KB, SP's MO KB) the run's % columns are taken against."""
+    dense = FLAGS.dense_kb if FLAGS.dense_kb is not None else metrics.get("dense_model_kb")
+    sp = FLAGS.sp_mo_kb
+    if sp is None and config.get("dataset") in PAPER:
+        sp = sp_mo_kb(config["dataset"], config.get("arch", "mlp"), tuple(config.get("hidden") or PAPER_HIDDEN))
+    return dense, sp
 
 
 def _row(folder: str) -> str | None:
@@ -25,6 +49,7 @@ def _row(folder: str) -> str | None:
             c = json.load(f)
     except FileNotFoundError:
         return None
+    dense, sp = references(c, m)
     sizes = "-".join(str(s) for s in m["layer_sizes"]) if m.get("layer_sizes") else "n/a"
     batches = m["batch_sizes"]
     budget = f"{m['budget_kb']:.1f}" if m.get("budget_kb") else ""
@@ -32,8 +57,8 @@ def _row(folder: str) -> str | None:
         f"| {os.path.basename(folder.rstrip('/'))} | {c['method']} | {c.get('batch_growth', '') if c['method'] == 'dynhp' else ''} "
         f"| {c.get('alpha_bs') or ''} "
         f"| {c['l0_lambda']} | {m['epochs_run']} | {m['test_error']:.2f} | {m['model_kb']:.1f} "
-        f"({100 * m['model_kb'] / FLAGS.dense_kb:.1f}%) | {sizes} | {batches[0]}→{batches[-1]} "
-        f"| {m['mean_memory_kb']:.1f} ({100 * m['mean_memory_kb'] / FLAGS.sp_mo_kb:.1f}%) | {m['max_memory_kb']:.1f} "
+        f"({_pct(m['model_kb'], dense)}) | {sizes} | {batches[0]}→{batches[-1]} "
+        f"| {m['mean_memory_kb']:.1f} ({_pct(m['mean_memory_kb'], sp)}) | {m['max_memory_kb']:.1f} "
         f"| {budget} | {m['train_seconds']:.0f} |"
     )
 
@@ -41,8 +66,8 @@ def _row(folder: str) -> str | None:
 def main(argv):
     folders = argv[1:]
     print(
-        "| run | method | batch_growth | alpha_bs | lambda | epochs | test error % | model KB (% of --dense_kb) "
-        "| units per axis (input-...) | batch first→last | mean MO KB (% of --sp_mo_kb) | max MO KB | budget KB | seconds |"
+        "| run | method | batch_growth | alpha_bs | lambda | epochs | test error % | model KB (% of dense) "
+        "| units per axis (input-...) | batch first→last | mean MO KB (% of SP's MO) | max MO KB | budget KB | seconds |"
     )
     print("|" + "---|" * 14)
     for folder in folders:
