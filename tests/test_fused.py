@@ -294,7 +294,7 @@ def test_flags_on_this_machine_are_the_ones_used_before_probing():
     assert fused._build_flags(cxx)[0][:7] == ["-O3", "-march=native", "-mno-avx512fp16", "-fno-math-errno", "-fPIC", "-shared", "-w"]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "foreign", "no_digest", "empty_digest"])
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "no_digest", "empty_digest", "writable_library"])
 def test_damaged_cached_library_is_rebuilt(tmp_path, monkeypatch, damage):
     log = fake_compiler(tmp_path, monkeypatch)
     cache = tmp_path / "cache"
@@ -309,11 +309,13 @@ def test_damaged_cached_library_is_rebuilt(tmp_path, monkeypatch, damage):
         path.write_bytes(b"\x7fELF some other library of the same length" [: len(good)])
     elif damage == "no_digest":
         sums.unlink()
-    else:
+    elif damage == "empty_digest":
         sums.write_text("")
+    else:  # intact, but anyone may rewrite it between the check and the load
+        path.chmod(0o777)
     assert fused.build_kernel(cache) == path
     assert len(builds(log)) == 2 and path.read_bytes() == good
-    assert fused._unverified(path) is None
+    assert fused._unverified(path) is None and path.stat().st_mode & 0o022 == 0
 
 
 def test_leftovers_of_a_killed_build_are_removed(tmp_path, monkeypatch):
@@ -348,6 +350,17 @@ def test_cache_folder_writable_by_others_is_refused(tmp_path, monkeypatch, caplo
     assert f"kernel cache folder {cache} is writable by others" in caplog.text
     with pytest.raises(fused.KernelBuildError, match="writable by others"):
         fused.resolve_gate_kernel("fused")
+
+
+def test_cache_folder_of_another_user_is_refused(tmp_path, monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    fake_compiler(tmp_path, monkeypatch)
+    cache = tmp_path / "theirs"
+    cache.mkdir(mode=0o755)
+    os.chown(cache, 65534, 65534)
+    with pytest.raises(fused.KernelBuildError, match=f"kernel cache folder {cache} belongs to another user \\(uid 65534"):
+        fused.build_kernel(cache)
 
 
 def test_new_cache_folder_is_not_group_writable_under_umask_002(tmp_path, monkeypatch):

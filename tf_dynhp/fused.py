@@ -48,7 +48,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tf_dynhp._checks import write_atomic
+from tf_dynhp._checks import invalid, write_atomic
 
 __all__ = [
     "GATE_KERNELS",
@@ -163,6 +163,12 @@ def _check_cache_folder(folder: Path) -> None:
             f"a library placed there would run in this process. Run `chmod go-w {folder}`, or point "
             "$TF_DYNHP_KERNEL_DIR at a folder only you can write, or use gate_kernel='tf'."
         )
+    if hasattr(os, "getuid") and st.st_uid not in (os.getuid(), 0):
+        raise KernelBuildError(
+            f"The kernel cache folder {folder} belongs to another user (uid {st.st_uid}, this process runs as "
+            f"uid {os.getuid()}): a library placed there would run in this process. Point "
+            "$TF_DYNHP_KERNEL_DIR at a folder of your own, or use gate_kernel='tf'."
+        )
 
 
 def _digest_path(target: Path) -> Path:
@@ -178,6 +184,9 @@ def _unverified(target: Path) -> str | None:
     sums = _digest_path(target)
     if not target.is_file():
         return f"{target} does not exist"
+    for path in (target, sums):
+        if path.exists() and path.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return f"{path} is writable by others"
     try:
         recorded = sums.read_text().split()
     except FileNotFoundError:
@@ -413,10 +422,7 @@ def resolve_gate_kernel(gate_kernel: str, announce: Callable[[str], Any] | None 
         KernelBuildError: "fused" asked for and the kernel does not build.
     """
     if gate_kernel not in GATE_KERNELS:
-        raise ValueError(
-            f"Invalid value received for argument `gate_kernel`. Expected one of {list(GATE_KERNELS)}. "
-            f"Received: gate_kernel={gate_kernel!r}"
-        )
+        raise invalid("gate_kernel", f"one of {list(GATE_KERNELS)}", gate_kernel)
     if gate_kernel == "tf":
         return "tf"
     if gate_kernel == "auto":

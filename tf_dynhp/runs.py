@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tf_dynhp._checks import write_atomic
+from tf_dynhp._checks import invalid, write_atomic
 
 __all__ = ["ARCHS", "RunConfig", "RunFolderError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
 
@@ -116,7 +116,7 @@ def build_model(config: RunConfig):
         return build_mlp(config.hidden)
     if config.arch == "lenet5":
         return build_lenet5()
-    raise ValueError(f"Invalid value received for argument `arch`. Expected one of {list(ARCHS)}. Received: arch={config.arch!r}")
+    raise invalid("arch", f"one of {list(ARCHS)}", config.arch)
 
 
 def _with_channel_axis(x: np.ndarray, model: Any) -> np.ndarray:
@@ -273,7 +273,7 @@ def run(
             (see the module docstring), before any training.
     """
     if config.arch not in ARCHS:
-        raise ValueError(f"Invalid value received for argument `arch`. Expected one of {list(ARCHS)}. Received: arch={config.arch!r}")
+        raise invalid("arch", f"one of {list(ARCHS)}", config.arch)
     if resume and overwrite:
         raise ValueError("`resume=True` continues the run in `out_dir`, `overwrite=True` deletes it: pass one of them.")
     if out_dir is None:
