@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA_ROOT
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -97,7 +97,7 @@ _LIB_FLAGS = ("-fno-math-errno", "-fPIC", "-shared", "-w")
 _CPU_FLAG_CHOICES = (("-march=native", "-mcpu=native"), ("-mno-avx512fp16",))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _accepts(cxx: str, flag: str) -> bool:
     """True when `cxx` compiles an empty C++ file with `flag` (warnings as errors: clang
     only warns about some flags it ignores)."""
