@@ -41,50 +41,86 @@ def _run(make_optimizer, fused: bool, dtype: str, steps: int = 25):
     return [v.numpy() for v in variables], [v.numpy() for v in opt.variables]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize(
-    "make_optimizer",
-    [
-        lambda: keras.optimizers.Adam(0.05),
-        lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.05, 5, 0.5), beta_1=0.8, epsilon=1e-4),
-    ],
-    ids=["constant_lr", "schedule"],
-)
-def test_fused_adam_equals_keras_adam(make_optimizer, dtype, request):
+MAKERS = [
+    lambda: keras.optimizers.Adam(0.05),
+    lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.05, 5, 0.5), beta_1=0.8, epsilon=1e-4),
+]
+
+
+def _normwise(a, b):
+    """max |a - b| over max |b|: the error relative to the array's scale."""
+    return float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(b))), 1e-300)
+
+
+@pytest.mark.parametrize("make_optimizer", MAKERS, ids=["constant_lr", "schedule"])
+def test_fused_adam_equals_keras_adam(make_optimizer, request):
+    """float32, 25 steps: variables and slots against Keras' `Adam.apply`. ResourceApplyAdam
+    takes beta_2 and forms 1 - beta_2 in float32 (0.999 is not a float32: 1.3e-5 off the
+    0.001 Keras uses), so the velocities differ by 1.3e-5 of their scale, the weights by
+    a few 1e-6; nothing else differs."""
     assert optim.fused_adam_supported(make_optimizer())
-    w_fused, s_fused = _run(make_optimizer, True, dtype)
-    w_keras, s_keras = _run(make_optimizer, False, dtype)
-    # Keras rounds some of its scalars through float32 even for float64 variables: the
-    # paths agree to float32 precision, not bit for bit.
-    tol = 2e-5
-    for a, b in zip(w_fused + s_fused, w_keras + s_keras):
-        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    w_fused, s_fused = _run(make_optimizer, True, "float32")
+    w_keras, s_keras = _run(make_optimizer, False, "float32")
+    for a, b in zip(w_fused, w_keras):
+        assert _normwise(a, b) <= 5e-6
+    for a, b in zip(s_fused, s_keras):
+        assert _normwise(a, b) <= 2e-5
     # The clip constraint holds; at the constant rate the logits were pushed past it.
     assert np.max(np.abs(w_fused[2])) <= gates.LOG_ALPHA_MAX * (1 + 1e-6)
     if request.node.callspec.id.startswith("constant_lr"):
         assert np.max(np.abs(w_fused[2])) == pytest.approx(gates.LOG_ALPHA_MAX, rel=1e-6)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="Library bug (issue 17): optim.apply_gradients builds beta_1, beta_2 and epsilon with "
+    "tf.cast(python_float, float64), which rounds them through float32 (0.999 -> 0.99900001287), so "
+    "in float64 the fused Adam's moment updates differ from Keras' by 1.3e-5 relative. Keras uses the "
+    "exact 1 - beta in the moment updates and float32-rounded betas only in the bias-correction powers; "
+    "tf.constant(beta, dtype) for beta1/beta2/epsilon and tf.cast(beta, dtype) for the powers makes the "
+    "two paths bit-identical (checked on a scratch copy).",
+)
+@pytest.mark.parametrize("make_optimizer", MAKERS, ids=["constant_lr", "schedule"])
+def test_fused_adam_equals_keras_adam_float64(make_optimizer):
+    """float64 has room for Keras' scalars: the paths must agree to rounding."""
+    w_fused, s_fused = _run(make_optimizer, True, "float64")
+    w_keras, s_keras = _run(make_optimizer, False, "float64")
+    for a, b in zip(w_fused + s_fused, w_keras + s_keras):
+        assert _normwise(a, b) <= 1e-12
+
+
 @pytest.mark.parametrize(
-    "optimizer",
+    "make_optimizer",
     [
-        keras.optimizers.Adam(amsgrad=True),
-        keras.optimizers.Adam(weight_decay=0.1),
-        keras.optimizers.Adam(clipnorm=1.0),
-        keras.optimizers.Adam(use_ema=True),
-        keras.optimizers.AdamW(),
-        keras.optimizers.SGD(0.1),
+        lambda: keras.optimizers.Adam(amsgrad=True),
+        lambda: keras.optimizers.Adam(weight_decay=0.1),
+        lambda: keras.optimizers.Adam(clipnorm=1.0),
+        lambda: keras.optimizers.Adam(use_ema=True, ema_overwrite_frequency=3),
+        lambda: keras.optimizers.AdamW(),
+        lambda: keras.optimizers.SGD(0.1, momentum=0.9),
     ],
     ids=["amsgrad", "weight_decay", "clipnorm", "ema", "adamw", "sgd"],
 )
-def test_other_optimizers_take_keras_path(optimizer):
-    """Anything the kernel does not compute falls back to optimizer.apply (same result as Keras)."""
-    assert not optim.fused_adam_supported(optimizer)
-    rng = np.random.default_rng(1)
-    variables = _variables("float32", rng)
-    optimizer.build(variables)
-    g = [tf.constant(rng.normal(size=v.shape).astype("float32")) for v in variables]
-    before = [v.numpy() for v in variables]
-    optim.apply_gradients(optimizer, g, variables)
-    assert int(optimizer.iterations.numpy()) == 1
-    assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, variables))
+def test_other_optimizers_take_keras_path(make_optimizer):
+    """Anything the kernel does not compute falls back to optimizer.apply: after several
+    steps the variables and every optimizer variable equal Keras' own `apply`, bit for bit."""
+    assert not optim.fused_adam_supported(make_optimizer())
+    results = []
+    for path in ("tf_dynhp", "keras"):
+        rng = np.random.default_rng(1)
+        variables = _variables("float32", rng)
+        optimizer = make_optimizer()
+        optimizer.build(variables)
+        before = [v.numpy() for v in variables]
+        for _ in range(6):
+            g = [tf.constant(rng.normal(size=v.shape).astype("float32")) for v in variables]
+            if path == "tf_dynhp":
+                optim.apply_gradients(optimizer, g, variables)
+            else:
+                optimizer.apply(g, variables)
+        assert int(optimizer.iterations.numpy()) == 6
+        assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, variables))
+        results.append([v.numpy() for v in variables] + [v.numpy() for v in optimizer.variables])
+    assert len(results[0]) == len(results[1])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
