@@ -58,7 +58,8 @@ def _run(args: argparse.Namespace) -> int:
     load_s = time.perf_counter() - start
     x, y = lr.load_images_labels(args.images, args.labels, args.limit)
     x = model.prepare(x)  # e.g. (n, 28, 28) IDX images for a flat (784,) model: flattened
-    y = lr.check_labels(y, model.num_classes, args.labels)
+    if model.num_classes is not None:
+        y = lr.check_labels(y, model.num_classes, args.labels)
     n = x.shape[0]
     if n == 0:
         raise ValueError("no examples to evaluate")

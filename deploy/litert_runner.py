@@ -291,7 +291,8 @@ class Classifier:
         self.input_shape = tuple(int(d) for d in details["shape_signature"][1:])
         self.fixed_batch = int(details["shape_signature"][0]) if int(details["shape_signature"][0]) > 0 else None
         self.input_dtype = details["dtype"]
-        self.num_classes = int(self.runner.get_output_details()[self.output_name]["shape_signature"][-1])
+        classes = int(self.runner.get_output_details()[self.output_name]["shape_signature"][-1])
+        self.num_classes = classes if classes > 0 else None  # None: an output of unknown width
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         return fit_input(np.asarray(x, dtype=self.input_dtype), self.input_shape, str(self.path))

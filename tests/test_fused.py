@@ -330,6 +330,12 @@ def test_leftovers_of_a_killed_build_are_removed(tmp_path, monkeypatch):
     path = fused.build_kernel(cache)
     left = sorted(p.name for p in cache.iterdir())
     assert left == sorted([".build.lock", path.name, path.name + ".sha256", new_legacy.name]), left
+    # Beside a valid library too (a build killed while another one finished), unless a build runs.
+    ours.write_bytes(b"half a library")
+    with fused._build_lock(cache):
+        with fused._build_lock(cache, wait=False) as held:
+            assert held is False
+    assert fused.build_kernel(cache) == path and not ours.exists()
 
 
 @pytest.mark.parametrize("mode", [0o775, 0o757, 0o777])

@@ -202,19 +202,37 @@ def _unverified(target: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def _build_lock(folder: Path):
-    """One build at a time per cache folder (other processes wait; no-op without `fcntl`)."""
+def _build_lock(folder: Path, wait: bool = True):
+    """One build at a time per cache folder (other processes wait; no-op without `fcntl`).
+    With `wait=False` it yields False at once when another process holds the lock."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
-        yield
+        yield True
         return
     with open(folder / ".build.lock", "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _tidy(folder: Path) -> None:
+    """Best effort: removes what killed builds left beside a valid library, unless a build is
+    running (then it is that build's job) or the folder is read-only."""
+    try:
+        with _build_lock(folder, wait=False) as held:
+            if held:
+                removed = _remove_leftovers(folder)
+                if removed:
+                    _LOG.info("tf_dynhp: removed %d temporary file(s) of an interrupted kernel build in %s: %s", len(removed), folder, removed)
+    except OSError:
+        pass
 
 
 #: Seconds after which a temporary file of the build before the lock existed is
@@ -290,6 +308,7 @@ def build_kernel(cache_dir: str | os.PathLike | None = None, announce: Callable[
     ).hexdigest()[:16]
     target = folder / f"hard_concrete_gate-{key}.so"
     if _unverified(target) is None:
+        _tidy(folder)
         return target
     try:
         created = not folder.exists()
