@@ -560,11 +560,18 @@ def test_dynhp_trained_model_int8_drop_and_sizes(mnist, tmp_path):
 @pytest.fixture(scope="module")
 def issue5_shaped(mnist):
     """A model of the issue-5 DynHP model's shapes (784 pixels -> 546 kept -> 290 -> 100 -> 10,
-    188,740 parameters), made as DynHP makes it: the 784-300-100-10 MLP gated, gates closed,
-    stripped. A TFLite file's size depends on the shapes, not on the weight values."""
+    188,740 parameters), made as DynHP makes it: the 784-300-100-10 MLP (named as tools/train.py
+    names it: tensor names are in the file) gated, gates closed, stripped. A TFLite file's size
+    depends on the shapes and names, not on the weight values, except that the converter drops
+    an all-zero bias: the biases are made non-zero, as a trained model's are. (The real model of
+    a 20-epoch run at HEAD 6ddd85d, 546-291-100, gave 201.05 KB against its bound 200.95 KB.)"""
     keras.utils.set_random_seed(5)
     dense = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(300, activation="relu"),
-                              keras.layers.Dense(100, activation="relu"), keras.layers.Dense(10, activation="softmax")])
+                              keras.layers.Dense(100, activation="relu"), keras.layers.Dense(10, activation="softmax")],
+                             name="mlp_300_100_dynhp_stripped")
+    rng = np.random.default_rng(5)
+    for layer in dense.layers[1:]:
+        layer.bias.assign((0.1 * rng.normal(size=layer.bias.shape)).astype(np.float32))
     gated = tf_dynhp.to_l0(dense, dataset_size=N_TRAIN)
     l0 = [layer for layer in gated.layers if isinstance(layer, tf_dynhp.L0Dense)]
     pixels = np.argsort(mnist[0][:N_TRAIN].reshape(N_TRAIN, -1).var(axis=0))[-546:]
@@ -577,10 +584,23 @@ def issue5_shaped(mnist):
     return model, params
 
 
-@pytest.mark.parametrize("quantization,per_channel,bytes_per_param", [("none", True, 4), ("int8", True, 1), ("int8", False, 1)])
+DEFAULT_INT8_OVER_BOUND = pytest.mark.xfail(
+    strict=True,
+    reason="Library/doc bug (issue 17): the default int8 export (per_channel=True) of the issue-5 "
+    "pruned model is 200.7 KB (WORKSPACE: 200.4 KB), over the documented bound 1 B x params + 16 KB "
+    "= 200.3 KB: per-output-unit scales and zero points, int32 biases and the int16 gather indices. "
+    "Only per_channel=False (191.4 KB) meets it; the default or the documented bound must change.",
+)
+
+
+@pytest.mark.parametrize(
+    "quantization,per_channel,bytes_per_param",
+    [("none", True, 4), pytest.param("int8", True, 1, marks=DEFAULT_INT8_OVER_BOUND), ("int8", False, 1)],
+    ids=["fp32", "int8_default_per_channel", "int8_per_tensor"],
+)
 def test_issue5_shaped_model_within_documented_bounds(issue5_shaped, mnist, tmp_path, quantization, per_channel, bytes_per_param):
     """WORKSPACE's issue-5 bounds: fp32 <= 4 B x params + 16 KB (753.3 KB), int8 <= 1 B x params
-    + 16 KB (200.3 KB), with the default per-channel scales too (193.5 KB for these shapes)."""
+    + 16 KB (200.3 KB), for the export's default (per-channel scales) too."""
     model, params = issue5_shaped
     calibration = mnist[0][:300] if quantization == "int8" else None
     report = export.to_tflite(model, tmp_path / "m.tflite", quantization, calibration, per_channel=per_channel)
