@@ -69,3 +69,171 @@ def test_random_prune_plans_give_the_same_run_traced_once_or_per_rebuild(mnist, 
     assert len(a.model.weights) == len(b.model.weights)
     for u, v in zip(a.model.weights, b.model.weights):
         np.testing.assert_array_equal(u.numpy(), v.numpy())
+
+
+# --------------------------------------------------------------------------- helpers
+def _mlp(seed=0, input_shape=(28, 28), **dense_kwargs):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(16, activation="relu", **dense_kwargs),
+                             keras.layers.Dense(10, activation="softmax")])
+
+
+QUICK = dict(method="sp", epochs=1, batch_size=50, seed=1, verbose=0)
+
+
+# --------------------------------------------------------------------------- item 2
+def test_batched_tf_data_with_a_short_last_batch_is_read_like_arrays(mnist):
+    (x, y), (xt, yt) = mnist
+    x, y, xt, yt = x[:530], y[:530], xt[:130], yt[:130]
+    batched = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)  # last batch of 18
+    val = tf.data.Dataset.from_tensor_slices((xt, yt)).batch(64)
+    a = tf_dynhp.fit(_mlp(), batched, validation_data=val, **QUICK)
+    b = tf_dynhp.fit(_mlp(), x, y, validation_data=(xt, yt), **QUICK)
+    assert a.history["loss"] == b.history["loss"] and a.history["val_error"] == b.history["val_error"]
+    unbatched = tf.data.Dataset.from_tensor_slices((x, y))
+    c = tf_dynhp.fit(_mlp(), unbatched, validation_data=tf.data.Dataset.from_tensor_slices((xt, yt)), **QUICK)
+    assert c.history["loss"] == b.history["loss"]
+
+
+def test_unbatched_images_of_another_shape_are_named_not_mistaken_for_batches(mnist):
+    (x, y), _ = mnist
+    ds = tf.data.Dataset.from_tensor_slices((x[:224, ..., None], y[:224]))  # (28, 28, 1) for a (28, 28) model
+    with pytest.raises(ValueError, match=r"features shaped \(28, 28, 1\); the model expects examples of shape \(28, 28\)"):
+        tf_dynhp.fit(_mlp(), ds, **QUICK)
+
+
+def test_an_infinite_dataset_is_refused_at_once(mnist):
+    (x, y), _ = mnist
+    ds = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).repeat()
+    with pytest.raises(ValueError, match="`x` is an infinite tf.data.Dataset"):
+        tf_dynhp.fit(_mlp(), ds, **QUICK)
+    with pytest.raises(ValueError, match="`validation_data` is an infinite"):
+        tf_dynhp.fit(_mlp(), x[:64], y[:64], validation_data=ds, **QUICK)
+
+
+# --------------------------------------------------------------------------- item 3
+def test_mixed_precision_and_distribution_strategies_are_refused_by_name(mnist):
+    (x, y), _ = mnist
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with pytest.raises(ValueError, match="mixed_float16"):
+            tf_dynhp.fit(_mlp(), x[:64], y[:64], **QUICK)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(8, dtype="mixed_bfloat16"), keras.layers.Dense(10)])
+    with pytest.raises(ValueError, match="layer 'dense.*mixed_bfloat16"):
+        tf_dynhp.fit(model, x[:64], y[:64], **QUICK)
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        with pytest.raises(ValueError, match="OneDeviceStrategy"):
+            tf_dynhp.fit(_mlp(), x[:64], y[:64], **QUICK)
+
+
+# --------------------------------------------------------------------------- item 10
+@pytest.mark.parametrize("setting,value", [("kernel_regularizer", keras.regularizers.L2(10.0)),
+                                           ("kernel_constraint", keras.constraints.NonNeg()),
+                                           ("bias_regularizer", "l1"), ("activity_regularizer", "l2")])
+def test_layer_settings_the_rebuild_would_drop_are_refused(mnist, setting, value):
+    (x, y), _ = mnist
+    for method in ("dense", "dynhp"):
+        with pytest.raises(ValueError, match=f"Layer 'dense.*has `{setting}`"):
+            tf_dynhp.fit(_mlp(**{setting: value}), x[:64], y[:64], **{**QUICK, "method": method, "budget_kb": 1e5})
+
+
+# --------------------------------------------------------------------------- item 4
+class Record(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.calls.append(("set_params", dict(params)))
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.calls.append(("set_model", id(model)))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.calls.append(("batch", batch, sorted(logs)))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.calls.append(("epoch", epoch, dict(logs)))
+
+
+def test_callbacks_get_keras_contract(mnist):
+    (x, y), (xt, yt) = mnist
+    rec = Record()
+    tf_dynhp.fit(_mlp(), x[:600], y[:600], method="dynhp", alpha_bs=0.9, budget_kb=1e5, epochs=3, batch_size=50, seed=1,
+                 verbose=0, steps_per_execution=4, validation_data=(xt[:100], yt[:100]), callbacks=[rec, ClosePlan(0)])
+    kinds = [c[0] for c in rec.calls]
+    assert kinds.count("set_params") == 1
+    params = next(c[1] for c in rec.calls if c[0] == "set_params")
+    assert params["epochs"] == 3 and params["steps"] == 12
+    # set_model: once at the start, then only after the rebuilds (the plan prunes at epochs 2 and 3)
+    assert 2 <= kinds.count("set_model") <= 3
+    batches = [c for c in rec.calls if c[0] == "batch"]
+    assert batches[0][1] == 0 and batches[0][2] == ["accuracy", "loss"] and len([b for b in batches[:3]]) == 3
+    logs = [c[2] for c in rec.calls if c[0] == "epoch"]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "val_error"} <= set(logs[0]) and "epoch" not in logs[0]
+    assert logs[0]["val_accuracy"] == pytest.approx(1 - logs[0]["val_error"] / 100)
+
+
+def test_early_stopping_on_val_accuracy_with_keras_default_mode_and_restoring_the_best(mnist, capsys):
+    (x, y), (xt, yt) = mnist
+    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=1, restore_best_weights=True)
+    result = tf_dynhp.fit(_mlp(), x[:600], y[:600], method="dynhp", alpha_bs=0.9, budget_kb=1e5, epochs=6, batch_size=50,
+                          seed=1, verbose=2, validation_data=(xt[:100], yt[:100]), callbacks=[stop, ClosePlan(1, share=0.9)])
+    acc = result.history["val_accuracy"]
+    best = int(np.argmax(acc))
+    assert stop.restore_best_weights  # the user's callback is given back as it was
+    if best + 1 != len(acc):  # restored: the model is the best epoch's
+        assert "Restored the model of the end of epoch" in capsys.readouterr().out
+        assert result.state.epoch == best + 1
+        assert result.history["val_accuracy"] == acc  # the whole history is kept
+        err = 100 * (1 - acc[best])
+        (_, _), (xt2, yt2) = mnist
+        pred = np.argmax(result.model.predict(xt[:100], verbose=0), -1)
+        assert 100 * np.mean(pred != yt[:100]) == pytest.approx(err, abs=1e-9)
+
+
+def test_csv_logger_writes_epoch_once(mnist, tmp_path):
+    (x, y), _ = mnist
+    path = tmp_path / "log.csv"
+    tf_dynhp.fit(_mlp(), x[:100], y[:100], callbacks=[keras.callbacks.CSVLogger(str(path))], **QUICK)
+    header = path.read_text().splitlines()[0].split(",")
+    assert header.count("epoch") == 1
+
+
+def test_backup_and_restore_is_refused_pointing_to_checkpoints(mnist, tmp_path):
+    (x, y), _ = mnist
+    with pytest.raises(ValueError, match="checkpoint_dir=.*resume=True"):
+        tf_dynhp.fit(_mlp(), x[:64], y[:64], callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path))], **QUICK)
+
+
+# --------------------------------------------------------------------------- item 5
+def test_verbose_1_shows_a_progress_bar_and_2_one_line_per_epoch(mnist, capsys):
+    (x, y), _ = mnist
+    tf_dynhp.fit(_mlp(), x[:400], y[:400], **{**QUICK, "epochs": 2, "verbose": 1, "steps_per_execution": 2})
+    out = capsys.readouterr().out
+    assert "Epoch 1/2\n" in out and "8/8" in out and "Epoch 2/2 - loss" in out and "gates " in out
+    tf_dynhp.fit(_mlp(), x[:400], y[:400], **{**QUICK, "epochs": 2, "verbose": 2})
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch")]
+    assert len(lines) == 2 and all(" - loss " in line for line in lines)
+    with pytest.raises(ValueError, match="Expected 0 \\(silent\\), 1"):
+        tf_dynhp.fit(_mlp(), x[:400], y[:400], **{**QUICK, "verbose": 3})
+
+
+# --------------------------------------------------------------------------- smaller things
+def test_a_budget_without_a_method_runs_dynhp_with_the_default_alpha(mnist):
+    (x, y), _ = mnist
+    result = tf_dynhp.fit(_mlp(), x[:200], y[:200], budget_kb=np.float32(5000.0), epochs=1, seed=1, verbose=0)
+    assert result.state.method == "dynhp"
+    assert result.history["budget_kb"] == [5000.0]
+    assert tf_dynhp.training.DEFAULT_ALPHA_BS == 0.972
+
+
+@pytest.mark.parametrize("lr", [0.0, -1e-3, float("nan")])
+def test_a_learning_rate_that_cannot_train_is_refused(mnist, lr):
+    (x, y), _ = mnist
+    with pytest.raises(ValueError, match="Invalid value received for argument `learning_rate`"):
+        tf_dynhp.fit(_mlp(), x[:64], y[:64], learning_rate=lr, **QUICK)

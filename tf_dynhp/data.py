@@ -22,12 +22,29 @@ import tensorflow as tf
 __all__ = ["as_arrays", "epoch_order", "fingerprint", "FeatureSelection"]
 
 
-def _materialize(dataset: tf.data.Dataset, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a finite dataset of (x, y) examples or batches (`ds.batch(n)`, short last
+    batch included) into two arrays. Batched or not is read from `element_spec`: x of
+    rank len(input_shape) is one example, of rank len(input_shape) + 1 a batch."""
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) != 2:
         raise ValueError(
             f"`{what}` is a tf.data.Dataset whose elements are {spec}; expected (features, label) "
             "pairs, e.g. tensorflow_datasets.load(..., as_supervised=True)."
+        )
+    if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        raise ValueError(
+            f"`{what}` is an infinite tf.data.Dataset (it repeats); fit reads the data set once per run: "
+            "pass it without `.repeat()`."
+        )
+    x_shape = spec[0].shape
+    rank = len(input_shape)
+    if x_shape.rank == rank + 1 and x_shape[1:].is_compatible_with(input_shape):
+        dataset = dataset.unbatch()
+    elif x_shape.rank != rank or not x_shape.is_compatible_with(input_shape):
+        raise ValueError(
+            f"`{what}` is a tf.data.Dataset of features shaped {tuple(x_shape)}; the model expects examples "
+            f"of shape {tuple(input_shape)} (or batches of them, shape {(None,) + tuple(input_shape)})."
         )
     xs, ys = [], []
     for xb, yb in dataset.batch(4096).as_numpy_iterator():
@@ -55,9 +72,7 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
     if isinstance(x, tf.data.Dataset):
         if y is not None:
             raise ValueError(f"`{x_name}` is a tf.data.Dataset of (features, label) pairs; `y` must be None, received {type(y).__name__}.")
-        x, y = _materialize(x, x_name)
-        if x.ndim == len(input_shape) + 2:  # a batched dataset: undo the batching
-            x, y = x.reshape((-1,) + x.shape[2:]), y.reshape(-1)
+        x, y = _materialize(x, what, tuple(input_shape))
     if y is None:
         raise ValueError(f"`{y_name}` (the labels) is missing.")
     x = np.asarray(x)

@@ -8,9 +8,13 @@ __all__ = ["format_line", "scalar_logs"]
 
 
 def scalar_logs(record: dict[str, Any]) -> dict[str, float]:
-    """Per-epoch record flattened to scalars for Keras callbacks (lists become key_0, key_1, ...)."""
+    """Per-epoch record flattened to scalars for Keras callbacks (lists become key_0, key_1, ...).
+
+    `epoch` is left out: Keras passes the epoch apart (a CSVLogger would write it twice)."""
     logs: dict[str, float] = {}
     for key, value in record.items():
+        if key == "epoch" or isinstance(value, str):
+            continue
         if isinstance(value, (list, tuple)):
             for i, v in enumerate(value):
                 logs[f"{key}_{i}"] = float(v)
@@ -19,7 +23,10 @@ def scalar_logs(record: dict[str, Any]) -> dict[str, float]:
     return logs
 
 
-def format_line(record: dict[str, Any], epochs: int) -> str:
+def format_line(record: dict[str, Any], epochs: int, gate_kernel: str | None = None) -> str:
+    """The epoch line: loss, accuracy, validation error, batch (and Eq. 8's candidate),
+    active units per axis, pruned units, memory MO against the budget, which gate
+    kernel sampled the gates, seconds."""
     parts = [
         f"Epoch {record['epoch']}/{epochs}",
         f"loss {record['loss']:.4f}",
@@ -34,5 +41,8 @@ def format_line(record: dict[str, Any], epochs: int) -> str:
     if sum(record.get("pruned_units") or []):
         parts.append(f"pruned {sum(record['pruned_units'])}")
     budget = f"/{record['budget_kb']:.1f}" if record.get("budget_kb") else ""
-    parts += [f"MO {record['memory_kb']:.1f}{budget} KB", f"{record['epoch_seconds']:.1f}s"]
+    parts.append(f"MO {record['memory_kb']:.1f}{budget} KB")
+    if gate_kernel:
+        parts.append(f"gates {gate_kernel}")
+    parts.append(f"{record['epoch_seconds']:.1f}s")
     return " - ".join(parts)

@@ -96,7 +96,10 @@ class GatedModel(keras.Model):
 
     @property
     def metrics(self):
-        return [self._loss_tracker, self._accuracy_tracker]
+        """The step's trackers, then the compiled metrics (`tf_dynhp.pruning.compile_core`
+        compiles `accuracy`, whose direction callbacks such as EarlyStopping look up)."""
+        compiled = getattr(self, "_compile_metrics", None)
+        return [self._loss_tracker, self._accuracy_tracker] + ([compiled] if compiled is not None else [])
 
     def forward(self, x, training: bool = True, noise: list | None = None):
         """Forward pass through the chain, keeping what the step needs.

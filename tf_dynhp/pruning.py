@@ -24,7 +24,7 @@ from tf_dynhp.model import GatedModel
 from tf_dynhp.surgery import build_chain_model, rebuild_body, transfer_optimizer
 from tf_dynhp.units import effective_keep, unit_axes
 
-__all__ = ["core_from", "assemble_core", "is_spatial", "full_model", "prune_plan", "rebuild_core"]
+__all__ = ["compile_core", "core_from", "assemble_core", "is_spatial", "full_model", "prune_plan", "rebuild_core"]
 
 
 def core_from(gated: keras.Model) -> tuple[GatedModel, np.ndarray | None, tuple[int, ...]]:
@@ -107,7 +107,17 @@ def rebuild_core(core: GatedModel, keep: list[np.ndarray | None]) -> GatedModel:
     new = assemble_core(shape, layers, dtype=core.inputs[0].dtype)
     load()
     optimizer = transfer_optimizer(core.optimizer, var_map, new.trainable_variables)
-    new.compile(optimizer=optimizer, jit_compile=False)
+    compile_core(new, optimizer)
     new.track_variance = core.track_variance
     new.loss_fn = core.loss_fn
     return new
+
+
+def compile_core(core: GatedModel, optimizer: keras.optimizers.Optimizer) -> None:
+    """Compiles `core` with `optimizer` and a built `accuracy` metric, so that callbacks
+    that look the metric up (`EarlyStopping(monitor="val_accuracy")`, mode "auto") find
+    its direction. The metric's variables are not the model's: the traced step never
+    reads them."""
+    core.compile(optimizer=optimizer, metrics=["accuracy"], jit_compile=False)
+    dtype = core.inputs[0].dtype
+    core._compile_metrics.build(np.zeros((1,), "int32"), np.zeros((1, core.num_classes), dtype))

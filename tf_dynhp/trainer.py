@@ -36,7 +36,7 @@ from tf_dynhp.convert import strip
 from tf_dynhp.data import FeatureSelection, epoch_order
 from tf_dynhp.logs import format_line, scalar_logs
 from tf_dynhp.model import GatedModel
-from tf_dynhp.pruning import full_model, prune_plan, rebuild_core
+from tf_dynhp.pruning import compile_core, full_model, prune_plan, rebuild_core
 from tf_dynhp.state import TrainerState
 from tf_dynhp.units import unit_axes
 
@@ -198,17 +198,37 @@ class Trainer:
         return self.traced_before + loop.tracing_count(self.runner, self.evaluator)
 
     # -- one epoch
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
-        """Runs the compiled steps of epoch `epoch`; returns the accumulated statistics."""
+    def steps_per_epoch(self) -> int:
+        return -(-int(self.data.x.shape[0]) // self.state.batch_size)
+
+    def train_epoch(self, epoch: int, on_call: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Runs the compiled steps of epoch `epoch`; returns the accumulated statistics.
+
+        `on_call(call, steps)`, if given, runs after each compiled call (`steps`: the
+        epoch's steps so far): the batch hooks of callbacks and the progress bar."""
         self.acc.reset()
         x_all, y_all = self.data.x, self.data.y
         spe = self.config.steps_per_execution
         order = tf.constant(epoch_order(self.state.seed, epoch, int(x_all.shape[0])).astype(np.int64))
         batch = tf.constant(self.state.batch_size, tf.int64)
-        start = 0
-        while int(self.runner(x_all, y_all, order, tf.constant(start, tf.int64), batch)) == spe:
+        start, call, steps = 0, 0, 0
+        while True:
+            done = int(self.runner(x_all, y_all, order, tf.constant(start, tf.int64), batch))
+            steps += done
+            if on_call is not None and done:
+                on_call(call, steps)
+            call += 1
+            if done != spe:
+                break
             start += spe * self.state.batch_size
         return self.acc.read()
+
+    def running_logs(self) -> dict[str, float]:
+        """Mean loss and accuracy of the epoch so far (Keras' batch-hook logs)."""
+        sums = self.acc.sums.numpy()
+        names = loop.Accumulators.SUMS
+        count = max(float(sums[names.index("count")]), 1.0)
+        return {"loss": float(sums[names.index("loss")]) / count, "accuracy": float(sums[names.index("correct")]) / count}
 
     def evaluate(self, val: tuple[np.ndarray, np.ndarray] | None) -> tuple[float | None, float | None]:
         """(val_loss, val_error %) of the current model, or (None, None) without validation data."""
@@ -265,6 +285,7 @@ class Trainer:
         record["data_loss"] = stats["data_loss"] / count
         record["accuracy"] = stats["correct"] / count
         record["val_loss"], record["val_error"] = self.evaluate(val)
+        record["val_accuracy"] = None if val is None else 1.0 - record["val_error"] / 100.0
         # Memory of this epoch, measured from the variables that exist and the batches fed.
         record["memory_kb"] = memory.mo_kb_from_counts(self.weights(), int(stats["max_batch"]), int(stats["width"]))
         record["memory_full_kb"] = memory.memory_full_kb(self.core, int(stats["max_batch"]), self.core.optimizer, int(stats["width"]))
@@ -318,7 +339,7 @@ class Trainer:
         opt_keys = sorted(k for k in arrays if k.startswith("optimizer/"))
         for key, var in zip(opt_keys, optimizer.variables):
             var.assign(arrays[key])
-        core.compile(optimizer=optimizer, jit_compile=False)
+        compile_core(core, optimizer)
         self.features = None if meta["features"] is None else np.asarray(meta["features"], dtype=np.int64)
         self.state = TrainerState(**meta["state"])
         self.set_core(core)
@@ -339,50 +360,103 @@ class Trainer:
     # -- the epoch loop
     def fit_epochs(self, val, callbacks: list[keras.callbacks.Callback], settings: dict[str, Any], model_name: str) -> FitResult:
         """Trains from `state.epoch` to `config.epochs`, with callbacks, checkpoints
-        (`settings` are written into each) and the non-finite policy; returns the result."""
+        (`settings` are written into each) and the non-finite policy; returns the result.
+
+        Callbacks follow Keras' contract: `set_params` once, `set_model` whenever the
+        model changes (a rebuild), batch hooks after every compiled call, epoch logs
+        under Keras' names (`loss`, `accuracy`, `val_loss`, `val_accuracy`) plus ours.
+        `callback.model` is the model being trained: the core (`GatedModel`) on the
+        flattened, selected input features (dense-first chains) or on the images, not
+        the user's model; it is compiled with an `accuracy` metric. An
+        `EarlyStopping(restore_best_weights=True)` gets the best epoch's model back,
+        possibly larger than the last (restored from a snapshot: shapes change).
+        """
         cfg = self.config
         last_good = self.snapshot()
         cb_list = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False, model=self.core)
-        cb_list.on_train_begin()
-        tries = 0
-        epoch = self.state.epoch
-        while epoch < cfg.epochs:
-            t0 = time.perf_counter()
-            cb_list.on_epoch_begin(epoch)
-            stats = self.train_epoch(epoch)
-            if stats["nonfinite"]:
-                step = int(stats["nonfinite"])
-                message = f"Non-finite loss or gradient in epoch {epoch + 1}, step {step}"
-                if cfg.on_nonfinite == "rollback" and tries < 3:
-                    tries += 1
-                    self.restore(*last_good)
-                    lr = self.core.optimizer.learning_rate
-                    lr.assign(lr * 0.5**tries)
-                    self.trace()
-                    warnings.warn(f"{message}: rolled back to the end of epoch {epoch}, learning rate halved to {float(lr.numpy()):.3g} (try {tries} of 3).", RuntimeWarning, stacklevel=2)
-                    continue
-                failed = self.result_from(last_good, model_name)
-                checkpoint_dir = cfg.checkpoint_dir
-                raise NonFiniteError(
-                    f"{message}{' after 3 rollbacks' if cfg.on_nonfinite == 'rollback' else ''}; training stopped. "
-                    f"The last good model (end of epoch {failed.state.epoch}; 0 is the initial model) is in the "
-                    "exception's `last_good`" + (f" and in the checkpoints of {checkpoint_dir}." if checkpoint_dir and failed.state.epoch else "."),
-                    last_good=failed,
-                )
-            record = self.end_epoch(stats, epoch, val)
-            cb_list.set_model(self.core)
-            record["epoch_seconds"] = time.perf_counter() - t0
-            for key, value in record.items():
-                self.state.history.setdefault(key, []).append(value)
-            last_good = self.snapshot()
-            if cfg.checkpoint_dir is not None:
-                arrays, meta = last_good
-                ckpt.write_checkpoint(cfg.checkpoint_dir, self.state.epoch, arrays, {**meta, "settings": settings})
-            if cfg.verbose:
-                print(format_line(record, cfg.epochs), file=sys.stdout, flush=True)
-            cb_list.on_epoch_end(epoch, scalar_logs(record))
-            epoch += 1
-            if getattr(self.core, "stop_training", False):
+        cb_list.set_params({"verbose": cfg.verbose, "epochs": cfg.epochs, "steps": self.steps_per_epoch()})
+        restorers = [cb for cb in callbacks if isinstance(cb, keras.callbacks.EarlyStopping) and cb.restore_best_weights]
+        for cb in restorers:  # we restore the best epoch ourselves (its shapes may differ)
+            cb.restore_best_weights = False
+        best: dict[int, tuple[int, Any]] = {}
+        model_seen = self.core
+        try:
+            cb_list.on_train_begin()
+            tries = 0
+            epoch = self.state.epoch
+            while epoch < cfg.epochs:
+                t0 = time.perf_counter()
+                cb_list.on_epoch_begin(epoch)
+                bar = None
+                if cfg.verbose == 1:
+                    print(f"Epoch {epoch + 1}/{cfg.epochs}", flush=True)
+                    bar = keras.utils.Progbar(self.steps_per_epoch(), stateful_metrics=["loss", "accuracy"])
+
+                def on_call(call: int, steps: int, bar=bar) -> None:
+                    logs = self.running_logs()
+                    cb_list.on_train_batch_end(call, logs)
+                    if bar is not None:
+                        bar.update(min(steps, bar.target), values=list(logs.items()))
+
+                stats = self.train_epoch(epoch, on_call)
+                if stats["nonfinite"]:
+                    step = int(stats["nonfinite"])
+                    message = f"Non-finite loss or gradient in epoch {epoch + 1}, step {step}"
+                    if cfg.on_nonfinite == "rollback" and tries < 3:
+                        tries += 1
+                        self.restore(*last_good)
+                        lr = self.core.optimizer.learning_rate
+                        lr.assign(lr * 0.5**tries)
+                        self.trace()
+                        warnings.warn(f"{message}: rolled back to the end of epoch {epoch}, learning rate halved to {float(lr.numpy()):.3g} (try {tries} of 3).", RuntimeWarning, stacklevel=2)
+                        continue
+                    failed = self.result_from(last_good, model_name)
+                    checkpoint_dir = cfg.checkpoint_dir
+                    raise NonFiniteError(
+                        f"{message}{' after 3 rollbacks' if cfg.on_nonfinite == 'rollback' else ''}; training stopped. "
+                        f"The last good model (end of epoch {failed.state.epoch}; 0 is the initial model) is in the "
+                        "exception's `last_good`" + (f" and in the checkpoints of {checkpoint_dir}." if checkpoint_dir and failed.state.epoch else "."),
+                        last_good=failed,
+                    )
+                record = self.end_epoch(stats, epoch, val)
+                if self.core is not model_seen:
+                    cb_list.set_model(self.core)
+                    model_seen = self.core
+                record["epoch_seconds"] = time.perf_counter() - t0
+                for key, value in record.items():
+                    self.state.history.setdefault(key, []).append(value)
+                last_good = self.snapshot()
+                if cfg.checkpoint_dir is not None:
+                    arrays, meta = last_good
+                    ckpt.write_checkpoint(cfg.checkpoint_dir, self.state.epoch, arrays, {**meta, "settings": settings})
+                if cfg.verbose:
+                    print(format_line(record, cfg.epochs, self.state.gate_kernel if self.state.method != "dense" else None), file=sys.stdout, flush=True)
+                cb_list.on_epoch_end(epoch, scalar_logs(record))
+                for cb in restorers:
+                    if cb.best_epoch == epoch:
+                        best[id(cb)] = (epoch, last_good)
+                epoch += 1
+                if getattr(self.core, "stop_training", False):
+                    break
+            cb_list.on_train_end()
+        finally:
+            for cb in restorers:
+                cb.restore_best_weights = True
+        for cb in restorers:
+            if id(cb) in best and best[id(cb)][0] + 1 != self.state.epoch:
+                self.restore_best(*best[id(cb)], cb.monitor)
                 break
-        cb_list.on_train_end()
         return self.result(model_name)
+
+    def restore_best(self, epoch: int, snapshot: tuple[dict[str, np.ndarray], dict[str, Any]], monitor: str) -> None:
+        """EarlyStopping(restore_best_weights=True): the model and state of the end of
+        epoch `epoch` (0-based), with the whole history kept; says so when it is larger."""
+        history, last_kb = self.state.history, memory.floats_to_kb(self.weights())
+        self.data = FeatureSelection()  # training is over; the best model may read more features
+        self.restore(*snapshot)
+        self.state.history = history
+        best_kb = memory.floats_to_kb(self.weights())
+        if self.config.verbose:
+            larger = f", larger than the last epoch's {last_kb:.1f} KB" if best_kb > last_kb else ""
+            print(f"Restored the model of the end of epoch {epoch + 1}, the best by {monitor}: "
+                  f"{best_kb:.1f} KB{larger}.", flush=True)

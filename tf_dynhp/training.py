@@ -37,20 +37,25 @@ from tf_dynhp import batching, fused, memory
 from tf_dynhp import checkpoint as ckpt
 from tf_dynhp._checks import invalid as _invalid
 from tf_dynhp._checks import positive_int as _positive_int
+from tf_dynhp._checks import real_number
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.convert import to_l0
 from tf_dynhp.data import as_arrays, fingerprint
 from tf_dynhp.kinds import GATED_TYPES
 from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import GatedModel, classifier_head
-from tf_dynhp.pruning import core_from
+from tf_dynhp.pruning import compile_core, core_from
 from tf_dynhp.state import TrainerState
 from tf_dynhp.trainer import FitConfig, FitResult, NonFiniteError, Trainer, check_settings
 from tf_dynhp.units import unit_axes
 
-__all__ = ["fit", "FitResult", "METHODS", "NonFiniteError", "TIMING_KEYS", "RUNTIME_KEYS"]
+__all__ = ["fit", "FitResult", "METHODS", "DEFAULT_ALPHA_BS", "NonFiniteError", "TIMING_KEYS", "RUNTIME_KEYS"]
 
 METHODS = ("dense", "sp", "hp", "dynhp")
+#: alpha_bs of DynHP when none is given: the paper's best on MNIST (Table 2).
+DEFAULT_ALPHA_BS = 0.972
+#: Layer settings that the rebuilds (to_l0, pruning, strip) do not carry over.
+_DROPPED_SETTINGS = ("kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint")
 TIMING_KEYS = ("epoch_seconds", "rebuild_seconds", "trace_seconds")
 #: Keys that describe the run's execution, not its result: timings and the trace
 #: counter (TensorFlow may trace once more or less across processes). A resumed
@@ -100,17 +105,52 @@ def _resolve_optimizer(optimizer: Any, learning_rate: float) -> keras.optimizers
     raise _invalid("optimizer", "a Keras optimizer or its name ('adam', 'sgd', ...)", optimizer)
 
 
+def _check_environment(model: keras.Model) -> None:
+    """Refuses what the compiled step does not go through: a `tf.distribute` strategy
+    (the raw Adam kernel and the storage swap bypass it) and mixed precision (the step
+    would need loss scaling, which it does not do)."""
+    if tf.distribute.has_strategy():
+        raise ValueError(
+            f"tf_dynhp.fit does not run under a tf.distribute strategy (active: "
+            f"{type(tf.distribute.get_strategy()).__name__}): call it outside `strategy.scope()`."
+        )
+    policy = keras.mixed_precision.global_policy()
+    if policy.compute_dtype != policy.variable_dtype:
+        raise ValueError(
+            f"tf_dynhp.fit does not support mixed precision: the global dtype policy is '{policy.name}'. "
+            "Call keras.mixed_precision.set_global_policy('float32') before building the model."
+        )
+    for layer in model.layers:
+        p = layer.dtype_policy
+        if p.compute_dtype != p.variable_dtype:
+            raise ValueError(
+                f"tf_dynhp.fit does not support mixed precision: layer '{layer.name}' has dtype policy "
+                f"'{p.name}'. Build the model with a float32 (or float64) policy."
+            )
+
+
+def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
+    """Refuses regularizers and constraints: the rebuilt layers would silently drop them."""
+    for layer in body:
+        for setting in _DROPPED_SETTINGS:
+            if getattr(layer, setting, None) is not None:
+                raise ValueError(
+                    f"Layer '{layer.name}' has `{setting}`={getattr(layer, setting)!r}, which tf_dynhp does not "
+                    "keep when it rebuilds the model (the trained model would silently lose it). Remove it; "
+                    "for an L2 penalty use fit(weight_decay=...)."
+                )
+
+
 def _check_callbacks(callbacks: Sequence[Any] | None, method: str) -> list[Any]:
     callbacks = list(callbacks or [])
     for cb in callbacks:
         if not isinstance(cb, keras.callbacks.Callback):
             raise TypeError(f"`callbacks` must hold keras.callbacks.Callback instances, received {type(cb).__name__}.")
-        if method in ("hp", "dynhp") and isinstance(cb, keras.callbacks.EarlyStopping) and cb.restore_best_weights:
+        if isinstance(cb, keras.callbacks.BackupAndRestore):
             raise ValueError(
-                "EarlyStopping(restore_best_weights=True) cannot restore weights across hard pruning: "
-                f"with method='{method}' the layer shapes change between epochs. Use "
-                "restore_best_weights=False (training stops at the patience limit and result.model is "
-                "the last model), or method='sp'."
+                "BackupAndRestore cannot restore a tf_dynhp run (its layer shapes, batch size and pruning "
+                "state change between epochs): use fit(checkpoint_dir=..., resume=True), which checkpoints "
+                "all of it atomically after every epoch."
             )
     return callbacks
 
@@ -130,7 +170,7 @@ def fit(
     x: Any,
     y: Any = None,
     *,
-    method: str = "sp",
+    method: str | None = None,
     epochs: int = 200,
     batch_size: int | None = None,
     l0_lambda: float = 0.01,
@@ -168,13 +208,15 @@ def fit(
             `tf.data.Dataset` of `(features, label)` pairs (then `y` is None).
         y: integer labels.
         method: "dense", "sp" (L0 soft pruning), "hp" (hard pruning, Sec. 4.1) or
-            "dynhp" (hard pruning + dynamic batch, Sec. 4.2).
+            "dynhp" (hard pruning + dynamic batch, Sec. 4.2). Default (None): "dynhp"
+            when `budget_kb` is given, else "sp".
         epochs: number of epochs.
         batch_size: (initial) mini-batch size; default 16 for "dynhp" (the
             paper's), 100 otherwise.
         l0_lambda: lambda of Eq. 5, on the reference scale (see `L0Dense`).
-        alpha_bs: smoothing parameter of Eq. 8 in [0, 1]; required for "dynhp"
-            (the paper's best: 0.972 MNIST, 0.980 Fashion-MNIST).
+        alpha_bs: smoothing parameter of Eq. 8 in [0, 1], used by "dynhp"
+            (default `DEFAULT_ALPHA_BS` = 0.972, the paper's best on MNIST; 0.980 is
+            its best on Fashion-MNIST).
         gamma: threshold of Eq. 7 in (0, 1); gates open less often are pruned.
         budget_kb: memory budget C of Eq. 9 in KB; required for "dynhp"; with
             "sp"/"hp" only checked (None: unconstrained).
@@ -188,9 +230,19 @@ def fit(
         validation_data: `(x_val, y_val)` or a `tf.data.Dataset`; gives
             `val_loss`/`val_error` (misclassification %, the paper's ERR).
         seed: makes two runs identical (sets Keras' seeds and TF op determinism).
-        verbose: 0 silent, 1 one line per epoch.
-        callbacks: Keras callbacks; they receive the current (rebuilt) model each
-            epoch and scalar logs (per-layer lists as `key_0`, `key_1`, ...).
+        verbose: 0 silent; 1 (or "auto") a Keras progress bar inside each epoch, then the
+            epoch line; 2 the epoch line only, as `keras.Model.fit`.
+        callbacks: Keras callbacks, called as `keras.Model.fit` calls them (`set_params`,
+            `set_model` when a rebuild makes a new model, batch hooks after every
+            compiled call, epoch logs `loss`, `accuracy`, `val_loss`, `val_accuracy`
+            and ours, per-layer lists as `key_0`, `key_1`, ...). `callback.model` is the
+            model trained: the core `GatedModel` (on the flattened, selected features of
+            a dense-first chain, on the images of a CNN), not the user's model; a
+            `ModelCheckpoint` saves that core. For files to ship, use `result.model`.
+            `EarlyStopping(restore_best_weights=True)` gets the best epoch's model back
+            (a snapshot, possibly larger than the last; the log says so). Data used to
+            select an epoch is validation data: never pass the test set here if you
+            report on it. `BackupAndRestore` is refused: use `checkpoint_dir`/`resume`.
         steps_per_execution: train steps per compiled call.
         weight_decay, droprate_init, input_droprate_init: `L0Dense` arguments.
         checkpoint_dir: folder for an atomic checkpoint after every epoch (the last
@@ -226,8 +278,10 @@ def fit(
         ValueError / TypeError: for bad arguments or data, before any training.
     """
     # ---------------------------------------------------------------- arguments
+    if method is None:
+        method = "sp" if budget_kb is None else "dynhp"
     if method not in METHODS:
-        raise _invalid("method", f"one of {list(METHODS)}", method)
+        raise _invalid("method", f"one of {list(METHODS)} or None", method)
     epochs = _positive_int("epochs", epochs)
     if batch_size is None:
         batch_size = 16 if method == "dynhp" else 100
@@ -241,11 +295,12 @@ def fit(
         raise _invalid("budget_on", "'paper' or 'full'", budget_on)
     if batch_growth not in batching.BATCH_GROWTH_MODES:
         raise _invalid("batch_growth", f"one of {list(batching.BATCH_GROWTH_MODES)}", batch_growth)
-    if budget_kb is not None and (isinstance(budget_kb, bool) or not isinstance(budget_kb, (int, float)) or not budget_kb > 0 or not math.isfinite(budget_kb)):
-        raise _invalid("budget_kb", "a positive number of KB (1024 bytes) or None", budget_kb)
+    if budget_kb is not None:
+        budget_kb = real_number("budget_kb", budget_kb, "a positive number of KB (1024 bytes) or None", lambda v: v > 0)
+    learning_rate = real_number("learning_rate", learning_rate, "a positive float", lambda v: v > 0)
     if method == "dynhp":
         if alpha_bs is None:
-            raise ValueError("method='dynhp' needs `alpha_bs` (Eq. 8's smoothing, e.g. 0.972 for MNIST, 0.980 for Fashion-MNIST).")
+            alpha_bs = DEFAULT_ALPHA_BS
         if budget_kb is None:
             raise ValueError(
                 "method='dynhp' needs `budget_kb`, the memory budget C of Eq. 9 in KB; e.g. "
@@ -254,8 +309,12 @@ def fit(
         alpha_bs = batching.check_alpha_bs(alpha_bs)
     elif alpha_bs is not None:
         alpha_bs = batching.check_alpha_bs(alpha_bs)
-    if not isinstance(verbose, (int, bool)):
-        raise _invalid("verbose", "0 or 1", verbose)
+    if isinstance(verbose, str) and verbose == "auto":
+        verbose = 1
+    if isinstance(verbose, bool) or not isinstance(verbose, (int, np.integer)) or verbose not in (0, 1, 2):
+        raise _invalid("verbose", "0 (silent), 1 (progress bar), 2 (one line per epoch) or 'auto'", verbose)
+    verbose = int(verbose)
+    _check_environment(model)
     callbacks = _check_callbacks(callbacks, method)
     if gate_kernel not in fused.GATE_KERNELS:
         raise _invalid("gate_kernel", f"one of {list(fused.GATE_KERNELS)}", gate_kernel)
@@ -266,6 +325,7 @@ def fit(
 
     # ------------------------------------------------------------------- model
     chain = parse_chain(model)  # raises on unsupported layers before anything else
+    _check_layer_settings(chain.body)
     if method == "dense" and any(isinstance(layer, GATED_TYPES) for layer in chain.body):
         raise ValueError("method='dense' trains plain Dense/Conv2D layers; this model has gated (L0Dense/L0Conv2D) layers: pass tf_dynhp.strip(model).")
     num_classes, _ = classifier_head(chain.body)
@@ -301,7 +361,7 @@ def fit(
     for layer in core.gated_layers:
         if layer.dataset_size is None:
             layer.dataset_size = n_train
-    core.compile(optimizer=opt, jit_compile=False)
+    compile_core(core, opt)
     core.optimizer.build(core.trainable_variables)
     if chain.spatial:  # the images go in as they are (no flatten head, no feature selection)
         x_train = x_train.reshape((-1,) + tuple(input_shape))
