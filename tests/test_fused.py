@@ -11,7 +11,7 @@ import tensorflow as tf
 from conftest import make_mlp
 import tf_dynhp
 from tf_dynhp import fused, gates, to_l0
-from tf_dynhp.training import _core_from
+from tf_dynhp.pruning import core_from as _core_from
 
 T, L, R = 2.0 / 3.0, -0.1, 1.1
 

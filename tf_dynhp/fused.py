@@ -44,10 +44,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tf_dynhp import gates
 from tf_dynhp._checks import invalid, write_atomic
 
 __all__ = [
@@ -427,8 +428,14 @@ def _gpus() -> list[Any]:
     return list(tf.config.list_physical_devices("GPU"))
 
 
-def resolve_gate_kernel(gate_kernel: str, announce: Callable[[str], Any] | None = None) -> str:
+def resolve_gate_kernel(gate_kernel: str, announce: Callable[[str], Any] | None = None, layers: Sequence[Any] | None = None) -> str:
     """Resolves `gate_kernel` ("auto", "fused" or "tf") to the path used: "fused" or "tf".
+    The one place the choice is made (`tf_dynhp.fit` passes the model's `L0Dense` layers).
+
+    `layers`, when given, are the layers whose gates the kernel would sample (a
+    model's `L0Dense` layers): none means nothing for the kernel to do ("tf"); the
+    kernel is float32 only, so a layer computing in another dtype means "tf" under
+    "auto" and a ValueError naming it under "fused".
 
     "auto" takes TensorFlow ops when TensorFlow sees a GPU (the kernel is CPU-only:
     every gated layer would copy its activations to the host and back) or when the
@@ -444,6 +451,17 @@ def resolve_gate_kernel(gate_kernel: str, announce: Callable[[str], Any] | None 
         raise invalid("gate_kernel", f"one of {list(GATE_KERNELS)}", gate_kernel)
     if gate_kernel == "tf":
         return "tf"
+    if layers is not None:
+        if not layers:
+            return "tf"  # no L0Dense gates: nothing for the kernel to do
+        not_f32 = [layer for layer in layers if layer.compute_dtype != "float32"]
+        if not_f32:
+            if gate_kernel == "fused":
+                raise ValueError(
+                    "gate_kernel='fused' needs float32 L0Dense layers. Received: "
+                    f"{not_f32[0].name!r} computes in {not_f32[0].compute_dtype}. Use gate_kernel='tf'."
+                )
+            return "tf"
     if gate_kernel == "auto":
         gpus = _gpus()
         if gpus:
@@ -458,7 +476,7 @@ def resolve_gate_kernel(gate_kernel: str, announce: Callable[[str], Any] | None 
     return "tf"
 
 
-def gated_product_fused(inputs, key, log_alpha, temperature: float = 2.0 / 3.0, limit_l: float = -0.1, limit_r: float = 1.1):
+def gated_product_fused(inputs, key, log_alpha, temperature: float = gates.TEMPERATURE, limit_l: float = gates.LIMIT_L, limit_r: float = gates.LIMIT_R):
     """`inputs * z` for per-example hard-concrete gates drawn from `key`, and the open counts.
 
     The fused counterpart of `gates.gated_product` (same distribution, other noise):

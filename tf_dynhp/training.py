@@ -43,7 +43,7 @@ from tf_dynhp.convert import to_l0
 from tf_dynhp.data import as_arrays, fingerprint
 from tf_dynhp.kinds import GATED_TYPES
 from tf_dynhp.layers import L0Dense
-from tf_dynhp.model import GatedModel, classifier_head
+from tf_dynhp.model import classifier_head
 from tf_dynhp.pruning import compile_core, core_from
 from tf_dynhp.state import TrainerState
 from tf_dynhp.trainer import FitConfig, FitResult, NonFiniteError, Trainer, check_settings
@@ -64,22 +64,6 @@ RUNTIME_KEYS = TIMING_KEYS + ("retraces",)
 
 
 # --------------------------------------------------------------------------- resolvers
-def _resolve_gate_kernel(gate_kernel: str, core: GatedModel, method: str, announce: Callable[[str], Any] | None = None) -> str:
-    """`gate_kernel` of `fit` -> "fused" or "tf" (the fused kernel is float32, dense gates only)."""
-    dense_gated = [layer for layer in core.gated_layers if isinstance(layer, L0Dense)]
-    if method == "dense" or not dense_gated:
-        return "tf"  # no L0Dense gates: nothing for the kernel to do
-    not_f32 = [layer.name for layer in dense_gated if layer.compute_dtype != "float32"]
-    if not_f32:
-        if gate_kernel == "fused":
-            raise ValueError(
-                "gate_kernel='fused' needs float32 L0Dense layers. Received: "
-                f"{not_f32[0]!r} computes in {core.get_layer(not_f32[0]).compute_dtype}. Use gate_kernel='tf'."
-            )
-        return "tf"
-    return fused.resolve_gate_kernel(gate_kernel, announce)
-
-
 def _resolve_loss(loss: Any) -> Callable | None:
     if loss is None or loss == "sparse_categorical_crossentropy":
         return None
@@ -357,7 +341,8 @@ def fit(
             input_droprate_init=input_droprate_init, dataset_size=n_train, seed=seed,
         )
     core, features, input_shape = core_from(gated)
-    gate_kernel = _resolve_gate_kernel(gate_kernel, core, method, announce=print if verbose else None)
+    dense_gated = [] if method == "dense" else [layer for layer in core.gated_layers if isinstance(layer, L0Dense)]
+    gate_kernel = fused.resolve_gate_kernel(gate_kernel, announce=print if verbose else None, layers=dense_gated)
     for layer in core.gated_layers:
         if layer.dataset_size is None:
             layer.dataset_size = n_train
@@ -446,4 +431,5 @@ def fit(
 # Names tests of other modules still import from here while they move (issue 14).
 from tf_dynhp.loop import Accumulators as _Accumulators  # noqa: E402
 from tf_dynhp.loop import make_epoch_runner as _make_epoch_runner  # noqa: E402
+from tf_dynhp.data import epoch_order as _epoch_order  # noqa: E402
 from tf_dynhp.pruning import core_from as _core_from  # noqa: E402,F811
