@@ -52,7 +52,12 @@ def test_open_rate_of_samples_is_prob_open(log_alpha, rng):
     # Binomial standard error at n=2e5 is <= 1.2e-3; 5 sigma.
     assert np.mean(z > 0) == pytest.approx(expected, abs=6e-3)
     assert z.min() >= 0.0 and z.max() <= 1.0
-    assert np.mean(z == 1.0) > 0 or log_alpha < 0  # the stretch makes exact ones possible
+    # The stretch and clip put mass on exact zeros and ones: P(z = 1) = P(s >= (1 - l) / (r - l))
+    # = 1 - sigmoid(T * logit((1 - l) / (r - l)) - log_alpha), for every log_alpha (1% at -3).
+    xo = (1.0 - L) / (R - L)
+    p_one = 1.0 - float(np_sigmoid(T * (np.log(xo) - np.log(1 - xo)) - log_alpha))
+    assert np.mean(z == 1.0) == pytest.approx(p_one, abs=5 * math.sqrt(p_one * (1 - p_one) / u.size))
+    assert np.mean(z == 0.0) == pytest.approx(1.0 - expected, abs=6e-3)
 
 
 def test_deterministic_gates_match_numpy():
