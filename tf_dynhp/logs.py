@@ -42,6 +42,8 @@ def format_line(record: dict[str, Any], epochs: int, gate_kernel: str | None = N
         parts.append(f"pruned {sum(record['pruned_units'])}")
     budget = f"/{record['budget_kb']:.1f}" if record.get("budget_kb") else ""
     parts.append(f"MO {record['memory_kb']:.1f}{budget} KB")
+    if record.get("target_kb") is not None:  # fit(target_kb=...): size, target, multiplier
+        parts.append(f"size {record['model_kb']:.1f}/{record['target_kb']:.1f} KB (expected {record['expected_kb']:.1f}, λ {record['l0_lambda']:.3g})")
     if gate_kernel:
         parts.append(f"gates {gate_kernel}")
     parts.append(f"{record['epoch_seconds']:.1f}s")

@@ -195,11 +195,12 @@ def evaluate_split(evaluator, x: np.ndarray, y: np.ndarray, features: np.ndarray
     return loss / len(x), 100.0 * (1.0 - correct / len(x))
 
 
-def stray_captures(variables: Sequence[Any], accumulators: Accumulators, concretes: Sequence[Any]) -> list[str]:
+def stray_captures(variables: Sequence[Any], accumulators: Accumulators, concretes: Sequence[Any], extra: Sequence[Any] = ()) -> list[str]:
     """Names of the variables the traced functions capture that are not shared storage
-    (`variables`: the model's and optimizer's Keras variables) or the accumulators."""
+    (`variables`: the model's and optimizer's Keras variables), the accumulators or
+    `extra` (tf.Variables the trainer owns, e.g. the size multiplier)."""
     known = {id(v._value) for v in variables}
-    known.update(id(v) for v in accumulators.variables())
+    known.update(id(v) for v in list(accumulators.variables()) + list(extra))
     return sorted({v.name for concrete in concretes for v in concrete.variables if id(v) not in known})
 
 

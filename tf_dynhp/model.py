@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tf_dynhp import optim
+from tf_dynhp import optim, target
 from tf_dynhp.kinds import CONV_TYPES, DENSE_TYPES, GATED_TYPES, WEIGHTED_TYPES
 from tf_dynhp.layers import L0Conv2D, L0Dense, conv2d
 from tf_dynhp.variance import conv_variance_l1, dense_variance_l1
@@ -78,6 +78,10 @@ class GatedModel(keras.Model):
         self.track_variance = False
         self.loss_fn = None
         self.gate_kernel = "tf"
+        # fit(target_kb=...): the multiplier λ (a tf.Variable the trainer updates) and N;
+        # the penalty then adds λ / N x the expected weights (`tf_dynhp.target`).
+        self.size_lambda = None
+        self.dataset_size = None
         self._loss_tracker = keras.metrics.Mean(name="loss")
         self._accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
@@ -150,7 +154,13 @@ class GatedModel(keras.Model):
         return ops.sparse_categorical_crossentropy(y, logits, from_logits=True)
 
     def penalty(self):
+        """Eq. 5 of every gated layer, plus, under a size target, λ / N x the expected
+        weight count across coupled axes (`tf_dynhp.target.expected_weights`)."""
         terms = [layer.penalty() for layer in self.gated_layers]
+        if getattr(self, "size_lambda", None) is not None and terms:
+            dtype = terms[0].dtype
+            expected = ops.cast(target.expected_weights(self.body), dtype)
+            terms.append(ops.cast(self.size_lambda, dtype) * expected / float(self.dataset_size))
         return ops.sum(ops.stack(terms)) if terms else 0.0
 
     @staticmethod

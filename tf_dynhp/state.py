@@ -41,6 +41,8 @@ class TrainerState:
             traces after rebuilds are the retraces).
         gate_kernel: how the `L0Dense` gates are sampled in training, "fused" or
             "tf" (`tf_dynhp.fit`'s resolved `gate_kernel`; the two draw different noise).
+        l0_lambda: under `fit(target_kb=...)`, the multiplier λ for the next epoch
+            (`tf_dynhp.target.update_lambda`); None without a target.
         history: per-epoch lists (see `tf_dynhp.fit`).
     """
 
@@ -54,6 +56,7 @@ class TrainerState:
     retraces: int = 0
     gate_kernel: str = "tf"
     first_trace_seconds: float = 0.0
+    l0_lambda: float | None = None
     history: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
 
     def masks(self) -> list[np.ndarray]:

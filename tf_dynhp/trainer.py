@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_dynhp import batching, loop, memory, storage
+from tf_dynhp import batching, loop, memory, storage, target
 from tf_dynhp import checkpoint as ckpt
 from tf_dynhp.convert import strip
 from tf_dynhp.data import FeatureSelection, epoch_order
@@ -60,6 +60,9 @@ class FitConfig:
     on_nonfinite: str
     verbose: int
     checkpoint_dir: Any = None
+    target_kb: float | None = None  # fit(target_kb=...): see tf_dynhp.target
+    lambda_step: float = 0.05
+    target_epoch: int = 0  # from the end of this epoch (1-based) on, the target is forced
 
 
 @dataclasses.dataclass
@@ -131,6 +134,11 @@ class Trainer:
         self.trace_seconds = 0.0
         self.runner = None
         self.data = FeatureSelection()
+        # The multiplier of the size target, read by the traced step (a variable, so one
+        # trace sees every update); its value is part of the TrainerState.
+        self.size_lambda = None
+        if config.target_kb is not None:
+            self.size_lambda = tf.Variable(float(state.l0_lambda), dtype="float64", trainable=False, name="size_lambda")
         self.set_core(core)
 
     # -- model and compiled functions
@@ -140,8 +148,14 @@ class Trainer:
         core.track_variance = self.state.method == "dynhp"
         core.loss_fn = self.config.loss_fn
         core.gate_kernel = self.state.gate_kernel
+        core.size_lambda = self.size_lambda
+        if self.size_lambda is not None:
+            core.dataset_size = core.gated_layers[0].dataset_size
         old, self.core = getattr(self, "core", None), core
-        if self.shared and graph_constants(old) != graph_constants(core):
+        # A CNN's expected size under a target reads its flattened-row maps from the
+        # model's shapes: constants of the trace, like the layers' own.
+        baked = self.size_lambda is not None and len(core.inputs[0].shape) > 2
+        if self.shared and (baked or graph_constants(old) != graph_constants(core)):
             # The traced step holds constants of the old structure: new functions on the
             # same (relaxed) storage scheme. Variables are created afresh, so relax them.
             self.shared = False
@@ -179,7 +193,8 @@ class Trainer:
         self.needs_trace = False
         if self.shared:
             variables = list(self.core.variables) + list(self.core.optimizer.variables)
-            stray = loop.stray_captures(variables, self.acc, concretes)
+            extra = [] if self.size_lambda is None else [self.size_lambda]
+            stray = loop.stray_captures(variables, self.acc, concretes, extra)
             if stray:  # a variable the next core would not take over: trace again after each rebuild
                 self.shared = self.trace_once = False
                 warnings.warn(
@@ -236,16 +251,25 @@ class Trainer:
             return None, None
         return loop.evaluate_split(self.evaluator, val[0], val[1], self.features)
 
-    def prune(self, stats: dict[str, Any]) -> tuple[list[int], list[bool], float]:
+    def prune(self, stats: dict[str, Any], epoch: int = 0) -> tuple[list[int], list[bool], float]:
         """Eq. 6-7 for hp/dynhp: removes the units whose gates were open less than `gamma`
-        of the epoch and rebuilds the core. Returns (pruned per axis, at floor per axis,
+        of the epoch and rebuilds the core; under a size target only down to the target,
+        and from `config.target_epoch` on down to it whatever the rates
+        (`tf_dynhp.target.plan_to_target`). Returns (pruned per axis, at floor per axis,
         rebuild seconds)."""
         axes, _ = unit_axes(self.core.body)
         n_axes = len(axes) - 1
         if self.state.method not in ("hp", "dynhp"):
             return [0] * n_axes, [False] * n_axes, 0.0
-        state = self.state
-        keep, pruned, floors = prune_plan(self.core, stats["gate_open"], stats["count"], self.config.gamma)
+        state, cfg = self.state, self.config
+        if cfg.target_kb is not None:
+            target_weights = int(math.floor(cfg.target_kb * memory.BYTES_PER_KB / memory.BYTES_PER_FLOAT))
+            keep, pruned, floors = target.plan_to_target(
+                self.core.body, self.core.gated_layers, stats["gate_open"], stats["count"], cfg.gamma,
+                target_weights, force=epoch + 1 >= cfg.target_epoch,
+            )
+        else:
+            keep, pruned, floors = prune_plan(self.core, stats["gate_open"], stats["count"], cfg.gamma)
         if not any(k is not None for k in keep):
             return pruned, floors, 0.0
         t_rebuild = time.perf_counter()
@@ -291,7 +315,13 @@ class Trainer:
         record["memory_full_kb"] = memory.memory_full_kb(self.core, int(stats["max_batch"]), self.core.optimizer, int(stats["width"]))
         record["batch_size"] = state.batch_size
         record["variance_ratio"] = stats["ratio"] / stats["steps"] if self.core.track_variance else None
-        pruned, floors, rebuild_seconds = self.prune(stats)
+        pruned, floors, rebuild_seconds = self.prune(stats, epoch)
+        if self.size_lambda is not None:  # the multiplier follows the size the user gets
+            record["l0_lambda"] = state.l0_lambda
+            state.l0_lambda = target.update_lambda(state.l0_lambda, memory.floats_to_kb(self.weights()), self.config.target_kb, self.config.lambda_step)
+            self.size_lambda.assign(state.l0_lambda)
+            record["expected_kb"] = memory.floats_to_kb(float(target.expected_weights(self.core.body)))
+            record["target_kb"] = self.config.target_kb
         if state.method == "sp":  # expected open gates per unit axis (its size where no gate sits)
             axes, _ = unit_axes(self.core.body)
             open_of = {id(layer): float(np.sum(g)) / count for layer, g in zip(self.core.gated_layers, stats["gate_open"])}
@@ -342,6 +372,8 @@ class Trainer:
         compile_core(core, optimizer)
         self.features = None if meta["features"] is None else np.asarray(meta["features"], dtype=np.int64)
         self.state = TrainerState(**meta["state"])
+        if self.size_lambda is not None:
+            self.size_lambda.assign(float(self.state.l0_lambda))
         self.set_core(core)
         # Tracing the restored model is not a retrace of the run: continue its count.
         self.traced_before = self.state.retraces - loop.tracing_count(self.runner, self.evaluator)

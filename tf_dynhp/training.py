@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_dynhp import batching, fused, memory
+from tf_dynhp import batching, fused, memory, target
 from tf_dynhp import checkpoint as ckpt
 from tf_dynhp._checks import invalid as _invalid
 from tf_dynhp._checks import positive_int as _positive_int
@@ -179,6 +179,9 @@ def fit(
     on_nonfinite: str = "raise",
     gate_kernel: str = "auto",
     trace_once: bool = True,
+    target_kb: float | None = None,
+    lambda_step: float = 0.05,
+    target_deadline: float = 0.25,
 ) -> FitResult:
     """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
 
@@ -247,6 +250,21 @@ def fit(
             variables (`tf_dynhp.storage`). False traces it again after every rebuild
             (what `retraces` then counts); the results are the same to the bit.
 
+        target_kb: the size the stripped model must have at most, in KB (weights +
+            biases x 4 bytes / 1024, `memory.weight_count`), for "hp" and "dynhp".
+            `l0_lambda` is then the start of a multiplier that rises while the model is
+            above the target and decays below it (`tf_dynhp.target`); units below
+            `gamma` are removed only down to the target, lowest activation rate first.
+            `result.model` is never larger: from the epoch `target_deadline` names on,
+            the units with the lowest rates are removed until the model fits. A
+            target below the smallest model pruning can leave (one unit per axis) is
+            refused, naming that size; one at or above the model's size is a warning.
+            History: `l0_lambda`, `expected_kb`, `target_kb` per epoch.
+        lambda_step: step of the multiplier's update per epoch (see `tf_dynhp.target`).
+        target_deadline: fraction of `epochs` (in (0, 1]) after which every epoch
+            boundary forces the model to the target (default a quarter: reaching the
+            size early also keeps the training memory low).
+
     Returns:
         A `FitResult`: `.model` (stripped plain Keras model), `.history` (per-epoch
         lists: loss, accuracy, val_loss, val_error, batch_size, candidate_batch_size,
@@ -302,6 +320,12 @@ def fit(
     callbacks = _check_callbacks(callbacks, method)
     if gate_kernel not in fused.GATE_KERNELS:
         raise _invalid("gate_kernel", f"one of {list(fused.GATE_KERNELS)}", gate_kernel)
+    if target_kb is not None:
+        if method not in ("hp", "dynhp"):
+            raise ValueError(f"`target_kb` needs a method that removes units ('hp' or 'dynhp'); received method={method!r}.")
+        target_kb = real_number("target_kb", target_kb, "a positive number of KB (1024 bytes) or None", lambda v: v > 0)
+        lambda_step = real_number("lambda_step", lambda_step, "a float > 0", lambda v: v > 0)
+        target_deadline = real_number("target_deadline", target_deadline, "a float in (0, 1]", lambda v: 0 < v <= 1)
     if not isinstance(trace_once, bool):
         raise _invalid("trace_once", "True or False", trace_once)
     loss_fn = _resolve_loss(loss)
@@ -336,11 +360,25 @@ def fit(
     if method == "dense":
         gated = model
     else:
-        gated = to_l0(
-            model, l0_lambda, weight_decay=weight_decay, droprate_init=droprate_init,
+        gated = to_l0(  # under a target the size penalty replaces Eq. 5's λ term (tf_dynhp.target)
+            model, 0.0 if target_kb is not None else l0_lambda, weight_decay=weight_decay, droprate_init=droprate_init,
             input_droprate_init=input_droprate_init, dataset_size=n_train, seed=seed,
         )
     core, features, input_shape = core_from(gated)
+    if target_kb is not None:
+        have_kb = memory.floats_to_kb(memory.weight_count(core.weighted_layers))
+        least_kb = memory.floats_to_kb(target.smallest_weights(core.body))
+        if target_kb < least_kb:
+            raise ValueError(
+                f"`target_kb`={target_kb} is smaller than the smallest model hard pruning can leave of "
+                f"'{getattr(model, 'name', 'model')}' (one unit per layer): {least_kb:.2f} KB."
+            )
+        if target_kb >= have_kb:
+            warnings.warn(
+                f"`target_kb`={target_kb} is not below the model's size ({have_kb:.1f} KB): plain "
+                f"method={method!r} training, no size target.", RuntimeWarning, stacklevel=2,
+            )
+            target_kb = None
     dense_gated = [] if method == "dense" else [layer for layer in core.gated_layers if isinstance(layer, L0Dense)]
     gate_kernel = fused.resolve_gate_kernel(gate_kernel, announce=print if verbose else None, layers=dense_gated)
     for layer in core.gated_layers:
@@ -358,6 +396,7 @@ def fit(
         method=method, seed=seed, batch_size=batch_size, candidate_batch_size=batch_size,
         alive=[list(range(axis.size)) for axis in axes[:-1]],
         original_inputs=[axis.size for axis in axes[:-1]], gate_kernel=gate_kernel,
+        l0_lambda=float(l0_lambda) if target_kb is not None else None,
     )
     if features is not None:
         state.alive[0] = [int(i) for i in features]
@@ -370,6 +409,9 @@ def fit(
         "weight_decay": float(weight_decay), "droprate_init": float(droprate_init),
         "input_droprate_init": float(input_droprate_init), "model": _model_signature(chain),
         "gate_kernel": gate_kernel,
+        "target_kb": target_kb,
+        "lambda_step": float(lambda_step) if target_kb is not None else None,
+        "target_deadline": float(target_deadline) if target_kb is not None else None,
         # Hashing the data costs ~0.3 s per 60k images: only runs that checkpoint need it.
         "data": fingerprint(x_train, y_train) if checkpoint_dir is not None else None,
     }
@@ -381,6 +423,7 @@ def fit(
         method=method, epochs=epochs, gamma=float(gamma), budget_kb=budget_kb, budget_on=budget_on,
         alpha_bs=alpha_bs or 0.0, batch_growth=batch_growth, steps_per_execution=steps_per_execution,
         loss_fn=loss_fn, trace_once=trace_once, on_nonfinite=on_nonfinite, verbose=verbose, checkpoint_dir=checkpoint_dir,
+        target_kb=target_kb, lambda_step=float(lambda_step), target_epoch=max(1, math.ceil(target_deadline * epochs)),
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 

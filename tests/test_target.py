@@ -1,0 +1,164 @@
+"""Issue 16: `fit(target_kb=...)`: the multiplier, the plan to a target, the guarantee,
+the refusals, one trace, and exact resume."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import tf_dynhp
+from tf_dynhp import memory, target
+from tf_dynhp.training import RUNTIME_KEYS
+
+
+# --------------------------------------------------------------------------- the multiplier
+def test_multiplier_rises_above_target_decays_below_and_is_never_negative():
+    lam = 0.01
+    assert target.update_lambda(lam, 500.0, 100.0, 0.05) == pytest.approx(0.01 + 0.05 * 4.0)  # 5x the target
+    assert target.update_lambda(lam, 100.0, 100.0, 0.05) == pytest.approx(0.01)  # at the target: unchanged
+    assert target.update_lambda(0.3, 50.0, 100.0, 0.05) == pytest.approx(0.3 - 0.025)  # below: decays
+    assert target.update_lambda(0.01, 1.0, 100.0, 0.05) == 0.0  # never negative
+    lams = [0.01]
+    for size in [1000, 800, 400, 200, 120, 90, 90, 90, 90, 90, 90, 90, 90, 90]:
+        lams.append(target.update_lambda(lams[-1], size, 100.0, 0.05))
+    assert max(lams) == lams[5] and lams[-1] < lams[5] and min(lams) >= 0
+
+
+# --------------------------------------------------------------------------- sizes and plans
+def _gated(model, seed=0):
+    from tf_dynhp.pruning import core_from
+
+    core, _, _ = core_from(tf_dynhp.to_l0(model, 0.0, dataset_size=100, seed=seed))
+    return core
+
+
+def _mlp(hidden=(30, 20), seed=0, input_shape=(8, 8)):
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input(input_shape), keras.layers.Flatten()] + [keras.layers.Dense(h, activation="relu") for h in hidden]
+    return keras.Sequential(layers + [keras.layers.Dense(10, activation="softmax")])
+
+
+def _cnn(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+                             keras.layers.Flatten(), keras.layers.Dense(12, activation="relu"), keras.layers.Dense(10, activation="softmax")])
+
+
+def test_weights_of_sizes_counts_like_the_model():
+    for model in (_mlp(), _cnn()):
+        core = _gated(model)
+        from tf_dynhp.units import unit_axes
+
+        axes, layer_axes = unit_axes(core.body)
+        assert target.weights_of_sizes(core.body, layer_axes, [a.size for a in axes]) == memory.weight_count(core.weighted_layers)
+
+
+def test_smallest_model_is_one_unit_per_axis():
+    core = _gated(_mlp(hidden=(30, 20)))
+    # 1 input -> 1 -> 1 -> 10: (1*1 + 1) + (1*1 + 1) + (1*10 + 10)
+    assert target.smallest_weights(core.body) == 2 + 2 + 20
+    cnn = _gated(_cnn())
+    # conv 3x3x1x1 + 1, one channel's 25 flattened rows lose all but one (gated): 1 row -> 1 -> 10
+    assert target.smallest_weights(cnn.body) == (9 + 1) + (1 * 1 + 1) + (1 * 10 + 10)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_plan_removes_lowest_rates_first_and_stops_at_the_target(force):
+    core = _gated(_mlp(hidden=(30, 20)))
+    rng = np.random.default_rng(0)
+    count = 100.0
+    gate_open = [rng.integers(0, 100, size=layer.num_gates).astype(float) for layer in core.gated_layers]
+    full = memory.weight_count(core.weighted_layers)
+    for goal in (int(full * 0.8), int(full * 0.5), int(full * 0.2)):
+        keep, pruned, _ = target.plan_to_target(core.body, core.gated_layers, gate_open, count, 0.5, goal, force=force)
+        from tf_dynhp.units import unit_axes
+
+        axes, layer_axes = unit_axes(core.body)
+        sizes = [a.size if k is None else len(k) for a, k in zip(axes, keep + [None])]
+        weights = target.weights_of_sizes(core.body, layer_axes, sizes)
+        rates = [g / count for g in gate_open]
+        below = sum(int(np.sum(r < 0.5)) for r in rates)
+        if force or weights <= goal:
+            assert weights <= goal
+        else:  # not forced: only units below gamma go, all of them when that is not enough
+            assert sum(pruned) == below
+        # Lowest rate first: every removed unit's rate <= every kept unit's rate among candidates.
+        removed_rates = [r[j] for r, k in zip(rates, keep) if k is not None for j in np.setdiff1d(np.arange(len(r)), k)]
+        kept_rates = [r[j] for r, k in zip(rates, keep) for j in (range(len(r)) if k is None else k) if force or r[j] < 0.5]
+        if removed_rates and kept_rates:
+            assert max(removed_rates) <= min(kept_rates)
+
+
+# --------------------------------------------------------------------------- fit
+FAST = dict(method="dynhp", alpha_bs=0.95, budget_kb=1e5, epochs=4, batch_size=32, seed=2, verbose=0)
+
+
+@pytest.mark.parametrize("kind,fraction", [("mlp", 0.3), ("mlp", 0.05), ("cnn", 0.4)])
+def test_the_model_never_exceeds_the_target(mnist, kind, fraction):
+    (x, y), _ = mnist
+    if kind == "mlp":
+        model, xs = _mlp(hidden=(40, 20), input_shape=(28, 28)), x[:800]
+    else:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation="relu"), keras.layers.MaxPooling2D(2),
+                                  keras.layers.Flatten(), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10, activation="softmax")])
+        xs = x[:800, ..., None]
+    dense_kb = memory.floats_to_kb(memory.weight_count(model))
+    goal = fraction * dense_kb
+    result = tf_dynhp.fit(model, xs, y[:800], target_kb=goal, **FAST)
+    final_kb = memory.floats_to_kb(memory.weight_count(result.model))
+    assert final_kb <= goal
+    assert result.history["model_kb"][-1] == pytest.approx(final_kb)
+    assert all(v <= goal for v in result.history["model_kb"][FAST["epochs"] // 4 :])  # from the deadline on
+    assert result.history["target_kb"] == [goal] * FAST["epochs"]
+    assert min(result.history["l0_lambda"]) >= 0
+
+
+def test_target_refusals(mnist):
+    (x, y), _ = mnist
+    model = _mlp(hidden=(40, 20), input_shape=(28, 28))
+    with pytest.raises(ValueError, match=r"smallest model .* 0\.\d+ KB"):
+        tf_dynhp.fit(model, x[:64], y[:64], target_kb=0.01, **FAST)
+    with pytest.raises(ValueError, match="needs a method that removes units"):
+        tf_dynhp.fit(model, x[:64], y[:64], target_kb=10.0, method="sp", epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="Invalid value received for argument `target_kb`"):
+        tf_dynhp.fit(model, x[:64], y[:64], target_kb=-3, **FAST)
+    with pytest.warns(RuntimeWarning, match="not below the model's size"):
+        result = tf_dynhp.fit(model, x[:64], y[:64], target_kb=1e6, **{**FAST, "epochs": 1})
+    assert "target_kb" not in result.history
+
+
+def test_one_trace_and_exact_resume_under_a_target(mnist, tmp_path):
+    (x, y), _ = mnist
+    goal = 0.2 * memory.floats_to_kb(memory.weight_count(_mlp(hidden=(40, 20), input_shape=(28, 28))))
+    kw = dict(target_kb=goal, **FAST)
+    a = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], trace_once=True, **kw)
+    b = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], trace_once=False, **kw)
+    assert a.history["retraces"][-1] <= 2  # the multiplier is read from a variable: no retrace
+    for key in a.history:
+        if key not in RUNTIME_KEYS:
+            assert a.history[key] == b.history[key], key
+    # Resume after 2 epochs: same run, multiplier included (state and checkpoint settings).
+    folder = tmp_path / "ck"
+    tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, **{**kw, "epochs": 4},
+                 callbacks=[_StopAfter(2)])
+    c = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, resume=True, **kw)
+    for key in a.history:
+        if key not in RUNTIME_KEYS:
+            assert c.history[key] == a.history[key], key
+    for u, v in zip(a.model.weights, c.model.weights):
+        np.testing.assert_array_equal(u.numpy(), v.numpy())
+    with pytest.raises(ValueError, match="target_kb"):
+        tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, resume=True,
+                     **{**kw, "target_kb": goal * 0.9})
+
+
+class _StopAfter(keras.callbacks.Callback):
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 >= self.epochs:
+            self.model.stop_training = True
