@@ -72,6 +72,7 @@ class RunConfig:
     input_droprate_init: float = 0.2
     on_nonfinite: str = "raise"
     gate_kernel: str = "auto"
+    target_kb: float | None = None  # fit(target_kb=...): the stripped model's size at most (hp, dynhp)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -136,10 +137,6 @@ def read_history(out_dir: str | os.PathLike) -> dict[str, list[Any]]:
     """`history.jsonl` of a finished run as a dict of per-epoch lists."""
     rows = [json.loads(line) for line in open(os.path.join(out_dir, "history.jsonl"))]
     return {k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}
-
-
-def _write_atomic(path: str, text: str) -> None:
-    write_atomic(path, text)
 
 
 class RunFolderError(RuntimeError):
@@ -239,7 +236,7 @@ def _check_resumed_config(out_dir: str, resolved: dict[str, Any]) -> None:
 
 def _write_history(out_dir: str, history: dict[str, list[Any]]) -> None:
     lines = [json.dumps({k: v[i] for k, v in history.items()}) for i in range(len(history.get("loss", [])))]
-    _write_atomic(os.path.join(out_dir, "history.jsonl"), "\n".join(lines) + ("\n" if lines else ""))
+    write_atomic(os.path.join(out_dir, "history.jsonl"), "\n".join(lines) + ("\n" if lines else ""))
 
 
 def run(
@@ -311,7 +308,7 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
     if out_dir is not None:
         if resume:
             _check_resumed_config(out_dir, resolved)
-        _write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
+        write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
     t0 = time.perf_counter()
     try:
         result = tf_dynhp.fit(
@@ -322,7 +319,7 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
             steps_per_execution=config.steps_per_execution, verbose=verbose,
             droprate_init=config.droprate_init, input_droprate_init=config.input_droprate_init,
             checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
-            gate_kernel=config.gate_kernel,
+            gate_kernel=config.gate_kernel, target_kb=config.target_kb,
         )
     except tf_dynhp.NonFiniteError as err:
         if out_dir is not None:  # the folder keeps the last good model (no metrics.json: unfinished)
@@ -364,5 +361,5 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
         _write_history(out_dir, h)
         result.model.save(os.path.join(out_dir, "model.keras"))
         result.gated_model.save(os.path.join(out_dir, "gated_model.keras"))
-        _write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2))  # last: marks it finished
+        write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2))  # last: marks it finished
     return metrics
