@@ -29,3 +29,17 @@ def test_next_batch_size_eq10(b, cand, cap, expected):
 def test_alpha_bs_validation(alpha):
     with pytest.raises(ValueError, match="alpha_bs"):
         batching.check_alpha_bs(alpha)
+
+
+@pytest.mark.parametrize("alpha", [0, 0.0, 0.972, 1, 1.0])
+def test_alpha_bs_accepts_the_closed_interval(alpha):
+    got = batching.check_alpha_bs(alpha)
+    assert got == alpha and type(got) is float  # ints come back as floats
+
+
+def test_alpha_bs_error_has_keras_shape():
+    with pytest.raises(ValueError) as info:
+        batching.check_alpha_bs(1.5)
+    assert str(info.value) == (
+        "Invalid value received for argument `alpha_bs`. Expected a float in [0, 1]. Received: alpha_bs=1.5"
+    )

@@ -32,6 +32,12 @@ def test_prob_open_matches_numpy(t, l, r):
     np.testing.assert_allclose(np.asarray(gates.prob_open(la, t, l, r)), np_prob_open(la, t, l, r), rtol=1e-6)
 
 
+def test_prob_open_is_clipped_to_epsilon():
+    # As the reference code: P(z > 0) never reaches 0 or 1.
+    p = np.asarray(gates.prob_open(np.array([-50.0, 50.0])))
+    assert p[0] == gates.EPSILON and p[1] == 1.0 - gates.EPSILON
+
+
 def test_prob_open_known_value():
     # log_alpha = T*log(-L/R) is the point where P(z > 0) = 1/2.
     la = T * math.log(-L / R)

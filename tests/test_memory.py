@@ -117,3 +117,61 @@ def test_memory_full_counts_conv_activations(lenet5, gated):
     expected = memory.floats_to_kb(2 * trainable + sum(int(np.prod(v.shape)) for v in opt.variables) + 16 * acts)
     assert memory.memory_full_kb(model, 16, opt) == pytest.approx(expected)
     assert memory.max_batch_for_full(expected, model, opt) == 16
+
+
+# ------------------------------------------------------- arguments the tests above leave at default
+def test_weight_count_of_a_list_of_layers():
+    model = make_mlp(input_shape=(12,), hidden=(7,), classes=3)
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert memory.weight_count(dense) == 12 * 7 + 7 + 7 * 3 + 3 == 115
+
+
+def test_explicit_input_dim_overrides_the_models():
+    model = make_mlp(input_shape=(12,), hidden=(7,), classes=3)
+    assert memory.mo_kb(model, 10) == (115 + 10 * 12) / 256
+    assert memory.mo_kb(model, 10, input_dim=5) == (115 + 10 * 5) / 256
+    per_example_12 = 12 + (2 * 7) + (2 * 3)  # input, then pre-activation and output per layer
+    per_example_5 = 5 + (2 * 7) + (2 * 3)
+    fixed = 2 * 115 + (2 * 115 + 2)  # variables + gradients, Adam's two slots + 2 scalars
+    assert memory.memory_full_kb(model, 10) == pytest.approx((fixed + 10 * per_example_12) / 256)
+    assert memory.memory_full_kb(model, 10, input_dim=5) == pytest.approx((fixed + 10 * per_example_5) / 256)
+    budget = (fixed + 10 * per_example_5) / 256
+    assert memory.max_batch_for_full(budget, model, input_dim=5) == 10
+    assert memory.max_batch_for_full(budget, model) == 10 * per_example_5 // per_example_12
+
+
+def test_memory_full_unbuilt_or_foreign_optimizer_counts_adam():
+    model = make_mlp(input_shape=(12,), hidden=(7,), classes=3)
+    default = memory.memory_full_kb(model, 4)
+    assert memory.memory_full_kb(model, 4, keras.optimizers.SGD()) == default  # not built yet
+    assert memory.memory_full_kb(model, 4, object()) == default  # no `built` attribute
+
+
+def test_activation_floats_per_example_sums_the_layers():
+    assert memory.activation_floats_per_example([(10, 4, True), (4, 3, False)], 10) == 10 + (8 + 20) + 6
+    assert memory.activation_floats_per_example([], 7) == 7
+
+
+def test_select_features_counts_only_inside_a_conv_model():
+    """In a dense-first model the gather is the data pipeline's (not counted); after a conv it is a layer's output."""
+    from tf_dynhp.layers import SelectFeatures
+
+    dense_first = keras.Sequential([keras.Input((4, 3)), keras.layers.Flatten(), SelectFeatures([0, 2, 5, 7, 11]),
+                                    keras.layers.Dense(3, activation="softmax")])
+    fixed = 2 * (5 * 3 + 3) + (2 * (5 * 3 + 3) + 2)
+    assert memory.memory_full_kb(dense_first, 1) == pytest.approx((fixed + 5 + 2 * 3) / 256)
+    conv = keras.Sequential([keras.Input((5, 5, 1)), keras.layers.Conv2D(2, 3, activation="relu"), keras.layers.Flatten(),
+                             SelectFeatures([0, 3, 4, 9]), keras.layers.Dense(3, activation="softmax")])
+    n_vars = (9 * 2 + 2) + (4 * 3 + 3)
+    per_example = 25 + 2 * (3 * 3 * 2) + 4 + 2 * 3  # input, conv pre-activation + output, the gather, dense
+    assert memory.memory_full_kb(conv, 1) == pytest.approx((4 * n_vars + 2 + per_example) / 256)
+
+
+def test_max_batch_for_mo_at_the_edges():
+    n_w, dim = 266_610, 784
+    exact = memory.mo_kb_from_counts(n_w, 300, dim)  # a budget that holds exactly 300 examples
+    assert memory.max_batch_for_mo(exact, n_w, dim) == 300
+    assert memory.max_batch_for_mo(memory.floats_to_kb(n_w), n_w, dim) == 0  # the model alone
+    assert memory.max_batch_for_mo(memory.floats_to_kb(n_w + dim - 1), n_w, dim) == 0
+    assert memory.max_batch_for_mo(memory.floats_to_kb(n_w + dim), n_w, dim) == 1
+    assert memory.max_batch_for_mo(1e6, n_w, dim) == (256_000_000 - n_w) // dim  # large budgets: no search

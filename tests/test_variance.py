@@ -103,9 +103,43 @@ def test_conv_variance_l1_numpy_reference(padding, strides, rng):
     assert float(no_bias) == pytest.approx(np.var(per_example, axis=0, ddof=1).sum(), rel=1e-10)
 
 
-@pytest.mark.parametrize("shape,kernel,strides,padding", [((2, 9, 8, 3), (3, 2), (1, 1), "valid"), ((2, 9, 8, 3), (3, 3), (2, 3), "same"), ((1, 7, 7, 2), (4, 4), (2, 2), "same")])
+@pytest.mark.parametrize(
+    "shape,kernel,strides,padding",
+    [((2, 9, 8, 3), (3, 2), (1, 1), "valid"), ((2, 9, 8, 3), (3, 3), (2, 3), "same"), ((1, 7, 7, 2), (4, 4), (2, 2), "same"),
+     ((2, 7, 9, 2), (5, 5), (1, 1), "same")],  # 4 rows and columns of padding: 2 before, 2 after
+)
 def test_conv_patches_equal_extract_patches(shape, kernel, strides, padding, rng):
     x = tf.constant(rng.normal(size=shape))
     expected = tf.image.extract_patches(x, [1, *kernel, 1], [1, *strides, 1], [1, 1, 1, 1], padding.upper())
     got = conv_patches(x, kernel, strides, padding)
     np.testing.assert_array_equal(got.numpy(), expected.numpy().reshape(shape[0], -1, got.shape[-1]))
+
+
+def test_conv_patches_with_dynamic_channels(rng):
+    """Pruned channels make the channel count unknown in the traced step."""
+    x = rng.normal(size=(2, 6, 5, 3))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 6, 5, None], tf.float64)])
+    def patches(inputs):
+        return conv_patches(inputs, (3, 2), (1, 1), "same")
+
+    expected = tf.image.extract_patches(tf.constant(x), [1, 3, 2, 1], [1, 1, 1, 1], [1, 1, 1, 1], "SAME")
+    np.testing.assert_array_equal(patches(tf.constant(x)).numpy(), expected.numpy().reshape(2, 30, 18))
+
+
+def test_variances_of_two_examples_and_of_small_gradients(rng):
+    """B = 2 (the unbiased variance divides by B - 1 = 1) and a total below 1 (no floor but 0)."""
+    a, d = rng.normal(size=(2, 3)) * 0.1, rng.normal(size=(2, 2)) * 0.1
+    per_example = np.einsum("bi,bj->bij", a, d)
+    expected = np.var(per_example, axis=0, ddof=1).sum() + np.var(d, axis=0, ddof=1).sum()
+    assert expected < 1.0
+    got = dense_variance_l1(a, d, per_example.mean(axis=0), d.mean(axis=0))
+    assert float(got) == pytest.approx(expected, rel=1e-10)
+    x, dc = rng.normal(size=(2, 4, 4, 1)) * 0.1, rng.normal(size=(2, 3, 3, 2)) * 0.1
+    patches = conv_patches(tf.constant(x), (2, 2), (1, 1), "valid").numpy()  # (2, 9, 4)
+    per_kernel = np.einsum("bpk,bpc->bkc", patches, dc.reshape(2, 9, 2)).reshape(2, 2, 2, 1, 2)
+    per_bias = dc.sum(axis=(1, 2))
+    expected = np.var(per_kernel, axis=0, ddof=1).sum() + np.var(per_bias, axis=0, ddof=1).sum()
+    assert expected < 1.0
+    got = conv_variance_l1(x, dc, (2, 2), (1, 1), "valid", per_kernel.mean(axis=0), per_bias.mean(axis=0))
+    assert float(got) == pytest.approx(expected, rel=1e-10)
