@@ -16,13 +16,13 @@ from tf_dynhp.training import RUNTIME_KEYS
 def test_multiplier_rises_above_target_decays_below_and_is_never_negative():
     lam = 0.01
     assert target.update_lambda(lam, 500.0, 100.0, 0.05) == pytest.approx(0.01 + 0.05 * 4.0)  # 5x the target
-    assert target.update_lambda(lam, 100.0, 100.0, 0.05) == pytest.approx(0.01)  # at the target: unchanged
-    assert target.update_lambda(0.3, 50.0, 100.0, 0.05) == pytest.approx(0.3 - 0.025)  # below: decays
-    assert target.update_lambda(0.01, 1.0, 100.0, 0.05) == 0.0  # never negative
+    assert target.update_lambda(lam, 100.0, 100.0, 0.05) == pytest.approx(0.005)  # at the target: halves
+    assert target.update_lambda(0.3, 99.0, 100.0, 0.05) == pytest.approx(0.15)  # below: halves
+    assert target.update_lambda(0.0, 1.0, 100.0, 0.05) == 0.0  # never negative
     lams = [0.01]
     for size in [1000, 800, 400, 200, 120, 90, 90, 90, 90, 90, 90, 90, 90, 90]:
         lams.append(target.update_lambda(lams[-1], size, 100.0, 0.05))
-    assert max(lams) == lams[5] and lams[-1] < lams[5] and min(lams) >= 0
+    assert max(lams) == lams[5] and lams[-1] < 0.01 * lams[5] and min(lams) >= 0
 
 
 # --------------------------------------------------------------------------- sizes and plans

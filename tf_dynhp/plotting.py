@@ -76,9 +76,15 @@ def plot_history(history: Mapping[str, Sequence[Any]], path: str | os.PathLike, 
     budgets = [b for b in history.get("budget_kb", []) if b]
     if budgets:
         ax.axhline(budgets[0], color="red", linestyle=":", label=f"budget {budgets[0]:.1f} KB")
+    if "model_kb" in history:
+        ax.plot(epochs, history["model_kb"], label="model size")
+    targets = [t for t in history.get("target_kb", []) if t]
+    if targets:  # fit(target_kb=...): the size against the target, and what the penalty sees
+        ax.plot(epochs, history["expected_kb"], "--", label="expected size (penalty)")
+        ax.axhline(targets[0], color="green", linestyle=":", label=f"target {targets[0]:.1f} KB")
     ax.set_xlabel("epoch")
     ax.set_ylabel("KB")
-    ax.set_title("(c) memory per epoch")
+    ax.set_title("(c) memory and model size per epoch")
     ax.legend()
 
     ax = axes[1][1]

@@ -7,15 +7,17 @@ would give. Three pieces, each a pure function of the model's shapes and gates:
 * **The multiplier** (`update_lambda`). The penalty weight λ of Eq. 5 becomes a
   Lagrange multiplier of the constraint `size <= target` (dual ascent, as in
   Gallego-Posada et al. 2022, "Controlled Sparsity via Constrained Optimization"):
-  at every epoch boundary, after pruning,
-  `λ <- max(0, λ + step * (size / target - 1))`. It rises while the model is above
-  the target, decays back toward 0 below it, and is never negative. What λ follows is
+  at every epoch boundary, after pruning, `λ <- λ + step * (size / target - 1)` while
+  the model is above the target, and `λ <- λ / 2` once it is at or below it (pruning
+  stops at the target, where the plain step would be ~0 and λ would stay at its
+  peak). It rises while the model is too large, falls back toward 0 below, and is
+  never negative. What λ follows is
   the *real* size (what Eq. 7's pruning and `strip` leave), not the differentiable
   expected size, which reads several times low (surviving gates open with
   probabilities between 0.5 and 1). Defaults: λ starts at `fit`'s `l0_lambda`
   (0.01, the paper's), `lambda_step` 0.05: a model five times its target adds 0.2
   a epoch, so λ reaches the strength that prunes (0.1-1 on this scale) within a few
-  epochs, and once below the target it falls by at most 0.05 a epoch.
+  epochs; once at the target it halves every epoch.
 * **The penalty** (`expected_weights`): λ / N times the expected number of weights,
   counted across coupled axes (a weight disappears when either of its ends closes):
   for each dense / conv layer `k_h k_w (Σ p_in)(Σ p_out) + Σ p_out`, where p are the
@@ -49,8 +51,18 @@ __all__ = ["update_lambda", "weights_of_sizes", "smallest_weights", "plan_to_tar
 
 
 def update_lambda(lam: float, size_kb: float, target_kb: float, step: float) -> float:
-    """One dual-ascent step of the multiplier: `max(0, lam + step * (size_kb / target_kb - 1))`."""
-    return max(0.0, float(lam) + float(step) * (float(size_kb) / float(target_kb) - 1.0))
+    """One update of the multiplier at an epoch boundary.
+
+    Above the target, a dual-ascent step: `lam + step * (size_kb / target_kb - 1)`.
+    At or below it, `lam / 2`. Hard pruning is a ratchet (units never come back) and
+    stops at the target, so the size then sits just under it, where the plain
+    dual-ascent step is ~0 and λ would stay at its peak, pressing on gates that can
+    no longer be removed; halving lets it fall back toward 0 in a few epochs.
+    Never negative.
+    """
+    if size_kb > target_kb:
+        return max(0.0, float(lam) + float(step) * (float(size_kb) / float(target_kb) - 1.0))
+    return max(0.0, float(lam) * 0.5)
 
 
 def _kernel_area(layer: Any) -> int:
