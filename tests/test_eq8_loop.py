@@ -20,8 +20,11 @@ from conftest import make_mlp
 import tf_dynhp
 from tf_dynhp import batching, fused, to_l0
 
-# The loop's private pieces, imported in one place (issue 14 moves them).
-from tf_dynhp.training import _Accumulators, _core_from, _epoch_order, _make_epoch_runner
+# The loop's pieces, imported in one place (issue 14 moved them out of tf_dynhp.training).
+from tf_dynhp.data import epoch_order as _epoch_order
+from tf_dynhp.loop import Accumulators as _Accumulators
+from tf_dynhp.loop import make_epoch_runner as _make_epoch_runner
+from tf_dynhp.pruning import core_from as _core_from
 
 ALPHA_BS = 0.2  # 1 - alpha = 0.8: neither 0.5 * (1 - alpha) = 0.4 nor alpha = 0.2 gives the same floors
 RTOL = 2e-4  # float32 step against the float64 reference

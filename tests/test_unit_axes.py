@@ -1,4 +1,4 @@
-"""Unit axes and keep sets (`tf_dynhp.surgery.unit_axes`, `effective_keep`) on small built
+"""Unit axes and keep sets (`tf_dynhp.units.unit_axes`, `effective_keep`) on small built
 models, without training: the bookkeeping every rebuild rests on, checked against maps
 and keep sets written out by hand (issue 17's mutation run)."""
 
@@ -8,10 +8,11 @@ import pytest
 
 from tf_dynhp import to_l0
 from tf_dynhp.layers import SelectFeatures
-from tf_dynhp.surgery import UnitAxis, effective_keep, layer_kind, unit_axes
+from tf_dynhp.kinds import layer_kind
+from tf_dynhp.units import UnitAxis, effective_keep, unit_axes
 
 # Private helpers, imported in one place.
-from tf_dynhp.surgery import _shape_map
+from tf_dynhp.units import _shape_map
 
 
 def _body(model):

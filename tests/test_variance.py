@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from conftest import make_mlp
 from tf_dynhp import gates, to_l0
-from tf_dynhp.training import _core_from
+from tf_dynhp.pruning import core_from as _core_from
 from tf_dynhp.variance import conv_patches, conv_variance_l1, dense_variance_l1
 
 
