@@ -237,3 +237,13 @@ def test_a_learning_rate_that_cannot_train_is_refused(mnist, lr):
     (x, y), _ = mnist
     with pytest.raises(ValueError, match="Invalid value received for argument `learning_rate`"):
         tf_dynhp.fit(_mlp(), x[:64], y[:64], learning_rate=lr, **QUICK)
+
+
+def test_validation_split_holds_out_the_last_examples_as_keras_does(mnist):
+    (x, y), _ = mnist
+    a = tf_dynhp.fit(_mlp(), x[:500], y[:500], validation_split=0.2, **QUICK)
+    b = tf_dynhp.fit(_mlp(), x[:400], y[:400], validation_data=(x[400:500], y[400:500]), **QUICK)
+    assert a.history["val_error"] == b.history["val_error"] and a.history["loss"] == b.history["loss"]
+    for bad in (1.0, -0.1, 0.0001):
+        with pytest.raises(ValueError, match="validation_split"):
+            tf_dynhp.fit(_mlp(), x[:500], y[:500], validation_split=bad, **QUICK)

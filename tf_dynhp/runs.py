@@ -73,6 +73,10 @@ class RunConfig:
     on_nonfinite: str = "raise"
     gate_kernel: str = "auto"
     target_kb: float | None = None  # fit(target_kb=...): the stripped model's size at most (hp, dynhp)
+    # > 0: hold out this fraction of the training set as the per-epoch validation data
+    # (anything selected on it never saw the test set); 0: the test set is the per-epoch
+    # validation data, as the paper's figures show it (nothing is selected on it).
+    validation_split: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -315,7 +319,8 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
             model, x, y, method=config.method, epochs=config.epochs, batch_size=config.batch_size,
             l0_lambda=config.l0_lambda, learning_rate=config.learning_rate, alpha_bs=config.alpha_bs,
             budget_kb=budget_kb, budget_on=config.budget_on, gamma=config.gamma,
-            batch_growth=config.batch_growth, validation_data=(x_test, y_test), seed=config.seed,
+            batch_growth=config.batch_growth, seed=config.seed,
+            validation_data=None if config.validation_split else (x_test, y_test), validation_split=config.validation_split,
             steps_per_execution=config.steps_per_execution, verbose=verbose,
             droprate_init=config.droprate_init, input_droprate_init=config.input_droprate_init,
             checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,

@@ -167,6 +167,7 @@ def fit(
     learning_rate: float = 1e-3,
     loss: Any = None,
     validation_data: Any = None,
+    validation_split: float = 0.0,
     seed: int | None = None,
     verbose: int = 1,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
@@ -216,6 +217,10 @@ def fit(
             layer may be softmax or linear), or a loss giving per-example values.
         validation_data: `(x_val, y_val)` or a `tf.data.Dataset`; gives
             `val_loss`/`val_error` (misclassification %, the paper's ERR).
+        validation_split: without `validation_data`, the fraction of the training
+            examples (the last ones, before shuffling, as `keras.Model.fit`) held out as
+            validation data: what an EarlyStopping may select on without touching the
+            test set.
         seed: makes two runs identical (sets Keras' seeds and TF op determinism).
         verbose: 0 silent; 1 (or "auto") a Keras progress bar inside each epoch, then the
             epoch line; 2 the epoch line only, as `keras.Model.fit`.
@@ -320,6 +325,7 @@ def fit(
     callbacks = _check_callbacks(callbacks, method)
     if gate_kernel not in fused.GATE_KERNELS:
         raise _invalid("gate_kernel", f"one of {list(fused.GATE_KERNELS)}", gate_kernel)
+    validation_split = real_number("validation_split", validation_split, "a float in [0, 1)", lambda v: 0 <= v < 1)
     if target_kb is not None:
         if method not in ("hp", "dynhp"):
             raise ValueError(f"`target_kb` needs a method that removes units ('hp' or 'dynhp'); received method={method!r}.")
@@ -348,6 +354,15 @@ def fit(
             val = as_arrays(validation_data[0], validation_data[1], chain.input_shape, num_classes, "validation_data")
         else:
             raise _invalid("validation_data", "(x_val, y_val) or a tf.data.Dataset", type(validation_data).__name__)
+    elif validation_split:
+        n_val = int(len(x_train) * validation_split)
+        if n_val < 1 or n_val >= len(x_train):
+            raise ValueError(
+                f"`validation_split`={validation_split} leaves {n_val} of the {len(x_train)} training examples for "
+                "validation; expected at least one on each side."
+            )
+        # As keras.Model.fit: the last examples, before any shuffling.
+        x_train, y_train, val = x_train[:-n_val], y_train[:-n_val], (x_train[-n_val:], y_train[-n_val:])
     n_train = len(x_train)
 
     # ------------------------------------------------------------- seeds, core
