@@ -247,3 +247,21 @@ def test_validation_split_holds_out_the_last_examples_as_keras_does(mnist):
     for bad in (1.0, -0.1, 0.0001):
         with pytest.raises(ValueError, match="validation_split"):
             tf_dynhp.fit(_mlp(), x[:500], y[:500], validation_split=bad, **QUICK)
+
+
+def test_per_layer_l0_lambda_reaches_each_layer(mnist):
+    (x, y), _ = mnist
+    model = _mlp()
+    names = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    gated = tf_dynhp.to_l0(model, {names[1]: 0.5}, dataset_size=10)
+    assert [layer.l0_lambda for layer in gated.layers if isinstance(layer, tf_dynhp.L0Dense)] == [0.01, 0.5]
+    gated = tf_dynhp.to_l0(model, [0.2, 0.0], dataset_size=10)
+    assert [layer.l0_lambda for layer in gated.layers if isinstance(layer, tf_dynhp.L0Dense)] == [0.2, 0.0]
+    with pytest.raises(ValueError, match="one value each"):
+        tf_dynhp.to_l0(model, [0.2], dataset_size=10)
+    with pytest.raises(ValueError, match="not dense / conv layers"):
+        tf_dynhp.to_l0(model, {"nope": 0.2}, dataset_size=10)
+    result = tf_dynhp.fit(model, x[:200], y[:200], l0_lambda=[0.2, 0.0], **QUICK)
+    assert [layer.l0_lambda for layer in result.gated_model.layers if isinstance(layer, tf_dynhp.L0Dense)] == [0.2, 0.0]
+    with pytest.raises(ValueError, match="one number"):
+        tf_dynhp.fit(model, x[:200], y[:200], l0_lambda=[0.2, 0.0], target_kb=10.0, **{**QUICK, "method": "hp"})

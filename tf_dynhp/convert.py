@@ -9,6 +9,7 @@ after `Flatten`; pruned input features are dropped inside the graph by `SelectFe
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
@@ -26,7 +27,7 @@ __all__ = ["to_l0", "strip"]
 
 def to_l0(
     model: keras.Model,
-    l0_lambda: float = 0.01,
+    l0_lambda: float | Sequence[float] | Mapping[str, float] = 0.01,
     *,
     weight_decay: float = 0.0,
     droprate_init: float = 0.5,
@@ -51,7 +52,10 @@ def to_l0(
 
     Args:
         model: a built Sequential or functional Keras model (see `parse_chain`).
-        l0_lambda: lambda of paper Eq. 5 on the reference scale (see `L0Dense`).
+        l0_lambda: lambda of paper Eq. 5 on the reference scale (see `L0Dense`): one
+            value for every layer, a list with one value per dense / conv layer (in
+            order), or a dict from the model's layer names to values (the others:
+            0.01), to push one layer harder.
         weight_decay, temperature, limit_l, limit_r, dataset_size: `L0Dense` / `L0Conv2D` arguments.
         droprate_init: initial drop rate of hidden-unit and channel gates.
         input_droprate_init: initial drop rate of the input-feature gates of a first Dense layer.
@@ -65,18 +69,21 @@ def to_l0(
             (the message names the layer and its class).
     """
     chain = parse_chain(model)
+    lambdas = layer_lambdas(chain.weighted_layers, l0_lambda)
     common = dict(
-        l0_lambda=l0_lambda, weight_decay=weight_decay, temperature=temperature,
+        weight_decay=weight_decay, temperature=temperature,
         limit_l=limit_l, limit_r=limit_r, dataset_size=dataset_size,
     )
     # Validate the arguments once, up front, with the layer's own checks.
-    L0Dense(1, droprate_init=droprate_init, **common)
-    L0Dense(1, droprate_init=input_droprate_init, **common)
+    for lam in set(lambdas):
+        L0Dense(1, droprate_init=droprate_init, l0_lambda=lam, **common)
+    L0Dense(1, droprate_init=input_droprate_init, l0_lambda=lambdas[0], **common)
 
     def layer_kwargs(k: int, layer: keras.layers.Layer) -> dict[str, Any]:
         on_inputs = k == 0 and isinstance(layer, DENSE_TYPES)
         return {
             **common,
+            "l0_lambda": lambdas[k],
             "droprate_init": input_droprate_init if on_inputs else droprate_init,
             "seed": None if seed is None else int(seed) + k,
         }
@@ -88,6 +95,25 @@ def to_l0(
     )
     load()
     return out
+
+
+def layer_lambdas(layers: Sequence[keras.layers.Layer], l0_lambda: Any) -> list[float]:
+    """One λ per dense / conv layer from `to_l0`'s `l0_lambda` (a number, a list, or a
+    dict from layer names to numbers, the others 0.01), naming what does not fit."""
+    if isinstance(l0_lambda, Mapping):
+        names = [layer.name for layer in layers]
+        unknown = sorted(set(l0_lambda) - set(names))
+        if unknown:
+            raise ValueError(f"`l0_lambda` names layers {unknown} that are not dense / conv layers of the model; expected some of {names}.")
+        return [float(l0_lambda.get(name, 0.01)) for name in names]
+    if isinstance(l0_lambda, (list, tuple)):
+        if len(l0_lambda) != len(layers):
+            raise ValueError(
+                f"`l0_lambda` has {len(l0_lambda)} values; the model has {len(layers)} dense / conv layers "
+                f"({[layer.name for layer in layers]}): one value each."
+            )
+        return [float(v) for v in l0_lambda]
+    return [l0_lambda] * len(layers)
 
 
 def kept_inputs(layer: L0Dense | L0Conv2D) -> tuple[np.ndarray, np.ndarray]:

@@ -157,7 +157,7 @@ def fit(
     method: str | None = None,
     epochs: int = 200,
     batch_size: int | None = None,
-    l0_lambda: float = 0.01,
+    l0_lambda: float | Sequence[float] | dict[str, float] = 0.01,
     alpha_bs: float | None = None,
     gamma: float = 0.5,
     budget_kb: float | None = None,
@@ -201,7 +201,10 @@ def fit(
         epochs: number of epochs.
         batch_size: (initial) mini-batch size; default 16 for "dynhp" (the
             paper's), 100 otherwise.
-        l0_lambda: lambda of Eq. 5, on the reference scale (see `L0Dense`).
+        l0_lambda: lambda of Eq. 5, on the reference scale (see `L0Dense`): a number,
+            or per layer a list (one per dense / conv layer) or a dict from layer names
+            to numbers (the others 0.01), to push one layer harder. With `target_kb` a
+            number: the start of the multiplier.
         alpha_bs: smoothing parameter of Eq. 8 in [0, 1], used by "dynhp"
             (default `DEFAULT_ALPHA_BS` = 0.972, the paper's best on MNIST; 0.980 is
             its best on Fashion-MNIST).
@@ -294,8 +297,12 @@ def fit(
         batch_size = 16 if method == "dynhp" else 100
     batch_size = _positive_int("batch_size", batch_size)
     steps_per_execution = _positive_int("steps_per_execution", steps_per_execution)
-    if isinstance(l0_lambda, bool) or not isinstance(l0_lambda, (int, float)) or not l0_lambda >= 0:
-        raise _invalid("l0_lambda", "a float >= 0", l0_lambda)
+    per_layer = isinstance(l0_lambda, (list, tuple, dict))
+    values = list(l0_lambda.values()) if isinstance(l0_lambda, dict) else (list(l0_lambda) if per_layer else [l0_lambda])
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or not v >= 0 or not math.isfinite(v):
+            raise _invalid("l0_lambda", "a float >= 0, or a list / dict of them per layer", l0_lambda)
+    l0_lambda = {str(k): float(v) for k, v in l0_lambda.items()} if isinstance(l0_lambda, dict) else ([float(v) for v in l0_lambda] if per_layer else float(l0_lambda))
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < gamma < 1.0:
         raise _invalid("gamma", "a float in (0, 1)", gamma)
     if budget_on not in ("paper", "full"):
@@ -329,6 +336,11 @@ def fit(
     if target_kb is not None:
         if method not in ("hp", "dynhp"):
             raise ValueError(f"`target_kb` needs a method that removes units ('hp' or 'dynhp'); received method={method!r}.")
+        if per_layer:
+            raise ValueError(
+                "`target_kb` drives one multiplier for the whole model: `l0_lambda` must then be one number "
+                f"(its start); received {l0_lambda!r}."
+            )
         target_kb = real_number("target_kb", target_kb, "a positive number of KB (1024 bytes) or None", lambda v: v > 0)
         lambda_step = real_number("lambda_step", lambda_step, "a float > 0", lambda v: v > 0)
         target_deadline = real_number("target_deadline", target_deadline, "a float in (0, 1]", lambda v: 0 < v <= 1)
@@ -418,7 +430,7 @@ def fit(
         state.original_inputs[0] = int(math.prod(input_shape))
 
     settings = {
-        "method": method, "batch_size": batch_size, "l0_lambda": float(l0_lambda), "alpha_bs": alpha_bs,
+        "method": method, "batch_size": batch_size, "l0_lambda": l0_lambda, "alpha_bs": alpha_bs,
         "gamma": float(gamma), "budget_kb": budget_kb, "budget_on": budget_on, "batch_growth": batch_growth,
         "optimizer": {k: v for k, v in core.optimizer.get_config().items() if k != "name"}, "seed": seed, "loss": repr(loss),
         "weight_decay": float(weight_decay), "droprate_init": float(droprate_init),

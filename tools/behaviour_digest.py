@@ -16,7 +16,8 @@ For each run it records every history key but the runtime ones
 (`tf_dynhp.training.RUNTIME_KEYS`), exactly (floats as their repr), and the SHA-256
 of every weight of `result.model` and `result.gated_model`. `--check` recomputes and
 names every key or weight that differs; it exits 1 if any does. The digest is exact:
-compare only on the machine (and gate kernel) that recorded it.
+compare only on the machine, gate kernel and thread settings that recorded it
+(TF_NUM_INTRAOP_THREADS changes the order of float sums).
 """
 
 from __future__ import annotations
