@@ -1,112 +1,22 @@
-"""Train an MLP or LeNet-5 with tf_dynhp (dense, SP, HP or DynHP) and write the run folder.
+"""Entry point `python tools/train.py`: the program is `tf_dynhp/cli/train.py` (also the `tf-dynhp-train`
+console script); this file only starts it, from this checkout.
 
-    python tools/train.py --dataset=mnist --method=dynhp --alpha_bs=0.972 \
-        --budget_kb=2609.4 --epochs=20 --out_dir=runs/dynhp
-    python tools/train.py --arch=lenet5 --method=dynhp --alpha_bs=0.972 --epochs=50 --out_dir=runs/lenet5
-
-Prints one line per epoch (epoch, loss, val error, batch size, active units per
-layer, MO KB, seconds) and writes into --out_dir: `config.json` (the resolved
-flags), `history.jsonl` (one JSON object per epoch), `metrics.json` (final test
-error, model size, training memory), `model.keras` (the stripped plain model)
-and `gated_model.keras` (with its L0Dense layers, to continue training).
-One run per folder: a folder in use by another run is refused at once, and a folder
-holding an earlier run needs --resume (same configuration) or --overwrite. Flags
-out of range (e.g. --gamma=1, --epochs=0) are refused when the flags are parsed.
+The module is loaded from its file, not imported as `tf_dynhp.cli.train`: importing the
+`tf_dynhp` package imports TensorFlow, and the flags are checked before that (an instant
+--help, flag errors in a fraction of a second).
 """
 
-from __future__ import annotations
-
-import math
-import os
+import importlib.util
 import sys
+from pathlib import Path
 
-from absl import app, flags
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", "mnist", ["mnist", "fashion_mnist"], "Dataset to train on.")
-flags.DEFINE_string("data_dir", None, "Folder with the IDX files (default: TF_DYNHP_DATA, /usr/share/datasets, Keras cache).")
-flags.DEFINE_enum("arch", "mlp", ["mlp", "lenet5"], "Model: the paper's MLP (--hidden) or LeNet-5-Caffe (conv 20-50, dense 500).")
-flags.DEFINE_enum("method", "dynhp", ["dense", "sp", "hp", "dynhp"], "Training method.")
-flags.DEFINE_integer("epochs", 20, "Number of epochs.")
-flags.DEFINE_integer("batch_size", None, "(Initial) batch size; default 16 for dynhp, 100 otherwise.")
-flags.DEFINE_float("l0_lambda", 0.01, "Lambda of the expected-L0 penalty (reference scale, see L0Dense).")
-flags.DEFINE_float("learning_rate", 1e-3, "Fixed learning rate of Adam.")
-flags.DEFINE_float("alpha_bs", None, "Eq. 8 smoothing; required for dynhp (0.972 MNIST, 0.980 Fashion-MNIST).")
-flags.DEFINE_float("budget_kb", None, "Memory budget in KB; default for dynhp: MO of SP at --budget_batch.")
-flags.DEFINE_integer("budget_batch", 512, "Batch whose SP memory (MO) is the default dynhp budget (512 MNIST, 128 Fashion-MNIST in the paper).")
-flags.DEFINE_enum("budget_on", "paper", ["paper", "full"], "Budget on the paper's MO or the full footprint.")
-flags.DEFINE_float("gamma", 0.5, "Eq. 7 pruning threshold.")
-flags.DEFINE_enum("batch_growth", "step_mean", ["step_mean", "step", "epoch"], "Reading of Eq. 8.")
-flags.DEFINE_string("hidden", "300,100", "Hidden layer sizes of the MLP (--arch=mlp).")
-flags.DEFINE_integer("train_limit", None, "Use only the first N training images (quick runs).")
-flags.DEFINE_integer("seed", 1, "Seed (identical runs for identical seeds).")
-flags.DEFINE_integer("steps_per_execution", 50, "Train steps per compiled call.")
-flags.DEFINE_float("droprate_init", 0.5, "Initial drop rate of hidden-unit gates.")
-flags.DEFINE_float("input_droprate_init", 0.2, "Initial drop rate of input-feature gates.")
-flags.DEFINE_string("out_dir", None, "Run folder to write (checkpoints go to <out_dir>/checkpoints after every epoch).")
-flags.DEFINE_bool("resume", False, "Continue the run in --out_dir from its newest valid checkpoint (same configuration; only --epochs and --on_nonfinite may change).")
-flags.DEFINE_bool("overwrite", False, "Delete the files of an earlier run in --out_dir first (without it, a folder holding a run is refused unless --resume).")
-flags.DEFINE_enum("on_nonfinite", "raise", ["raise", "rollback"], "What to do on a non-finite loss or gradient.")
-flags.DEFINE_enum("gate_kernel", "auto", ["auto", "fused", "tf"],
-                  "How L0Dense samples its gates in training: the fused CPU kernel (compiled on first use), "
-                  "TensorFlow ops, or the kernel when it builds (see tf_dynhp/fused.py).")
-flags.DEFINE_integer("verbose", 1, "0 silent, 1 one line per epoch.")
-
-
-# ------------------------------------------------------------------ flag checks at parse time
-# Plain checks here (importing tf_dynhp would import TensorFlow before --help); the same
-# ranges as tf_dynhp.fit checks, and Keras' error wording.
-def _expect(name: str, expected: str, ok) -> None:
-    def check(value) -> bool:
-        if value is None or ok(value):
-            return True
-        raise flags.ValidationError(f"Invalid value received for --{name}. Expected {expected}. Received: {name}={value!r}")
-
-    flags.register_validator(name, check)
-
-
-for _name in ("epochs", "batch_size", "budget_batch", "train_limit", "steps_per_execution"):
-    _expect(_name, "a positive integer", lambda v: v >= 1)
-_expect("learning_rate", "a positive float", lambda v: v > 0 and math.isfinite(v))
-_expect("budget_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
-_expect("alpha_bs", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
-_expect("gamma", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
-_expect("l0_lambda", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
-_expect("droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
-_expect("input_droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
-_expect("verbose", "0 or 1", lambda v: v in (0, 1))
-_expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
-        lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
-flags.register_multi_flags_validator(
-    ["resume", "overwrite"], lambda v: not (v["resume"] and v["overwrite"]),
-    message="--resume continues the run in --out_dir, --overwrite deletes it: pass one of them.",
-)
-
-
-def main(argv):
-    del argv
-    if FLAGS.out_dir is None:
-        if FLAGS.resume:
-            raise app.UsageError("--resume needs --out_dir, the run folder to continue.")
-        print("No --out_dir given: nothing is saved (no run folder, no checkpoints, no model).", flush=True)
-    from tf_dynhp import runs
-
-    config = runs.RunConfig(**{name: FLAGS[name].value for name in _CONFIG_FLAGS})
-    config.hidden = [int(h) for h in FLAGS.hidden.split(",") if h]
-    try:
-        runs.run(config, FLAGS.out_dir, data_dir=FLAGS.data_dir, resume=FLAGS.resume, verbose=FLAGS.verbose,
-                 overwrite=FLAGS.overwrite)
-    except runs.RunFolderError as err:
-        sys.exit(f"error: {err}")
-
-
-_CONFIG_FLAGS = (
-    "dataset", "arch", "method", "epochs", "batch_size", "l0_lambda", "learning_rate", "alpha_bs", "budget_kb",
-    "budget_batch", "budget_on", "gamma", "batch_growth", "train_limit", "seed", "steps_per_execution",
-    "droprate_init", "input_droprate_init", "on_nonfinite", "gate_kernel",
-)
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `tf_dynhp` of this checkout, installed or not
+_spec = importlib.util.spec_from_file_location("tf_dynhp.cli.train", REPO / "tf_dynhp" / "cli" / "train.py")
+_cli = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _cli  # one copy of the module (and of its flags) in this process
+_spec.loader.exec_module(_cli)
+main = _cli.main
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run()

@@ -1,0 +1,153 @@
+r"""Export a trained model to LiteRT (TFLite) and compare sizes and accuracies.
+
+Usage::
+
+    python tools/export.py --model=run/model.keras --out=model.tflite --quantization=int8 \
+        --dataset=mnist [--data_dir=...] [--dense_model=run_dense/model.keras]
+    python tools/export.py --model=run/model.keras --out=model.tflite --quantization=all
+
+(`tf-dynhp-export` is the same program, installed with the package.)
+
+`--model` is the stripped model (`tf_dynhp.strip`, or `FitResult.model` saved
+as `.keras`); a gated model (with `L0Dense` layers) is stripped first. With
+`--quantization=all` every variant is written next to `--out`
+(`<stem>_<quantization>.tflite`). The table lists each variant's file size and
+test accuracy through the LiteRT interpreter, and the float reference: the
+unpruned model of `--dense_model` if given, else the pruned float model. The
+resolved flags and the table are written to `<out stem>_export.json`.
+`--trainable_out` additionally writes the on-device training model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Stripped (or gated) Keras model, .keras file.")
+flags.DEFINE_string("out", None, "Output .tflite path; with --quantization=all, the stem of every variant.")
+flags.DEFINE_enum("quantization", "none", ["none", "float16", "dynamic", "int8", "all"], "Quantization of the export.")
+flags.DEFINE_string("dataset", "mnist", "Dataset for calibration and accuracy: mnist or fashion_mnist.")
+flags.DEFINE_string("data_dir", None, "Folder of the dataset (see tf_dynhp.datasets.load).")
+flags.DEFINE_string("dense_model", None, "Optional unpruned float Keras model, the reference row of the table.")
+flags.DEFINE_integer("calibration_examples", 300, "Training examples used to calibrate int8 (200-500).")
+flags.DEFINE_integer("eval_limit", None, "Evaluate on the first N test examples only (default: all).")
+flags.DEFINE_string("trainable_out", None, "Also write an on-device training model (to_trainable_tflite) here.")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer of --trainable_out.")
+flags.DEFINE_float("learning_rate", None, "Learning rate of --trainable_out (default: Keras' default).")
+flags.DEFINE_integer("seed", 0, "Seed of the calibration sample.")
+flags.DEFINE_bool("per_channel", True, "Weight scales per output unit (default) or per tensor (--noper_channel: smaller file).")
+
+
+def _load_keras(path: str):
+    import keras  # noqa: PLC0415
+
+    import tf_dynhp  # noqa: PLC0415,F401 - registers the custom layers
+
+    if not Path(path).is_file():
+        raise app.UsageError(f"--model/--dense_model: no such file: {path}")
+    model = keras.models.load_model(path, compile=False)
+    if any(isinstance(layer, (tf_dynhp.L0Dense, tf_dynhp.L0Conv2D)) for layer in model.layers):
+        print(f"{path}: gated model (L0Dense/L0Conv2D layers); stripping it first")
+        model = tf_dynhp.strip(model)
+    return model
+
+
+def _accuracy(path: str, x, y) -> float:
+    import numpy as np  # noqa: PLC0415
+    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+
+    runner = Interpreter(model_path=path).get_signature_runner("serving_default")
+    probs = np.concatenate([runner(x=x[i : i + 1000])["output"] for i in range(0, len(x), 1000)])
+    return float(np.mean(np.argmax(probs, axis=1) == y))
+
+
+def _variant_path(out: Path, quantization: str, all_variants: bool) -> Path:
+    if not all_variants:
+        return out
+    return out.with_name(f"{out.stem}_{quantization}{out.suffix or '.tflite'}")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # TF's SavedModel INFO lines
+    import numpy as np  # noqa: PLC0415
+
+    import tf_dynhp  # noqa: PLC0415
+    from tf_dynhp import export  # noqa: PLC0415
+
+    out = Path(FLAGS.out).expanduser()
+    if not out.parent.is_dir():
+        raise app.UsageError(f"--out={FLAGS.out}: the folder {out.parent} does not exist")
+    (x_train, _), (x_test, y_test) = tf_dynhp.datasets.load(FLAGS.dataset, FLAGS.data_dir)
+    if FLAGS.eval_limit:
+        x_test, y_test = x_test[: FLAGS.eval_limit], y_test[: FLAGS.eval_limit]
+    rng = np.random.default_rng(FLAGS.seed)
+    calibration = x_train[rng.permutation(len(x_train))[: FLAGS.calibration_examples]]
+
+    model = _load_keras(FLAGS.model)
+    if tuple(int(d) for d in model.inputs[0].shape[1:]) == x_test.shape[1:] + (1,):  # a CNN on (28, 28, 1)
+        x_test, calibration = x_test[..., None], calibration[..., None]
+    variants = list(export.QUANTIZATIONS) if FLAGS.quantization == "all" else [FLAGS.quantization]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tf_dynhp_export_ref_") as tmp:
+        if FLAGS.dense_model:
+            ref_model, ref_name = _load_keras(FLAGS.dense_model), "dense float32 (unpruned)"
+        else:
+            ref_model, ref_name = model, "pruned float32"
+        ref = export.to_tflite(ref_model, os.path.join(tmp, "reference.tflite"), "none")
+        rows.append({"model": ref_name, "file": "-", "parameters": ref.parameters, "bytes": ref.size_bytes,
+                     "accuracy": _accuracy(ref.path, x_test, y_test)})
+        for q in variants:
+            target = _variant_path(out, q, FLAGS.quantization == "all")
+            start = time.perf_counter()
+            report = export.to_tflite(model, target, q, calibration if q == "int8" else None,
+                                      per_channel=FLAGS.per_channel)
+            rows.append({"model": f"pruned {q}", "file": str(target), "parameters": report.parameters,
+                         "bytes": report.size_bytes, "accuracy": _accuracy(report.path, x_test, y_test),
+                         "ops": report.ops, "seconds": round(time.perf_counter() - start, 2)})
+    if FLAGS.trainable_out:
+        report = export.to_trainable_tflite(model, FLAGS.trainable_out, FLAGS.optimizer, FLAGS.learning_rate)
+        print(f"trainable model: {report.path} ({report.size_bytes} bytes, signatures {sorted(report.signatures)})")
+
+    ref_bytes, ref_acc = rows[0]["bytes"], rows[0]["accuracy"]
+    header = f"{'model':<26} {'params':>9} {'bytes':>10} {'KiB':>8} {'x smaller':>9} {'accuracy':>9} {'delta pt':>8}"
+    print(f"test accuracy on {len(x_test)} {FLAGS.dataset} test images, through the LiteRT interpreter")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['model']:<26} {r['parameters']:>9d} {r['bytes']:>10d} {r['bytes'] / 1024:>8.1f} "
+              f"{ref_bytes / r['bytes']:>9.2f} {r['accuracy']:>9.4f} {100 * (r['accuracy'] - ref_acc):>+8.2f}")
+    for r in rows[1:]:
+        print(f"wrote {r['file']}")
+    summary = out.with_name(f"{out.stem}_export.json")
+    resolved = {name: FLAGS[name].value for name in (
+        "model", "out", "quantization", "dataset", "data_dir", "dense_model", "calibration_examples",
+        "eval_limit", "trainable_out", "optimizer", "learning_rate", "seed")}
+    summary.write_text(json.dumps({"flags": resolved, "eval_examples": len(x_test), "rows": rows}, indent=1))
+    print(f"wrote {summary}")
+    return 0
+
+
+def run() -> None:
+    """Entry point of `tf-dynhp-export` and `tools/export.py`: parses the flags, then calls `main`."""
+    entry = sys.modules["__main__"]
+    if entry is not sys.modules.get(__name__):
+        entry.__doc__ = __doc__  # absl's --help prints __main__'s docstring
+    for flag in FLAGS.get_flags_for_module(__name__):  # and the flags of the module named sys.argv[0]
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    flags.mark_flags_as_required(["model", "out"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,617 @@
+r"""Reproduce the paper's Tables 2-3 and Figures 1-7: a sweep of run folders.
+
+    python tools/reproduce.py --datasets=mnist,fashion_mnist --grid=paper_rows --epochs=200 --out=runs/
+    python tools/reproduce.py --grid=paper_rows --epochs=200 --seeds=3 --seeds_rows=sp,dynhp_best --jobs=2
+    python tools/reproduce.py --grid=full --epochs=200 --jobs=2 --backend=ray --ray_address=auto
+    python tools/reproduce.py --quick --jobs=2 --out=/tmp/quick      # CI smoke test, < 1 minute
+    python tools/report.py --runs=runs/ --out=RESULTS.md --figures=figures/
+
+(`tf-dynhp-reproduce` is the same program, installed with the package.)
+
+Grids (`PAPER` of tf_dynhp/cli/paper.py holds the paper's settings):
+
+* ``paper_rows``: the rows of Tables 2-3. SP at its best batch (512 MNIST, 128
+  Fashion-MNIST), HP at its best (100, 128), DynHP at three alpha_bs per data set
+  (MNIST 0.971, 0.972, 0.975; Fashion-MNIST 0.980, 0.988, 0.989) from an initial
+  batch of 16 under the budget = MO of the data set's best SP configuration
+  (`tf_dynhp.memory.mo_kb(model, batch_size=512 or 128)`: 2609.4 KB, 1433.4 KB);
+  l0_lambda 0.01, gamma 0.5, batch_growth "step_mean".
+* ``full``: every alpha_bs of Tables 2-3 (MNIST 0.971..0.975, Fashion-MNIST
+  0.979..0.989, step 0.001; Figures 5-6 draw subsets of these), SP and HP at every
+  batch of Figures 3-4 {16, 32, 64, 100, 128, 256, 512}, each at l0_lambda
+  {0.01, 0.03, 0.1}; DynHP at every alpha x lambda x batch_growth
+  {"step_mean", "step", "epoch"}. `--dry_run` prints the runs and their count.
+
+`--alphas --sp_batch_sizes --hp_batch_sizes --l0_lambdas --batch_growth` replace
+the grid's value of that axis (for every data set; an empty value, e.g.
+`--hp_batch_sizes=`, drops the rows); `--methods` keeps some methods only.
+`--seeds=N` runs seeds 1..N of the rows named in `--seeds_rows` ("all", or some of
+sp, hp, dynhp (every DynHP row), dynhp_best (alpha 0.972 MNIST, 0.980
+Fashion-MNIST)); the other rows run seed 1 only. The issue's setting, three
+seeds for the SP row and the best DynHP row: `--seeds=3 --seeds_rows=sp,dynhp_best`.
+
+Each run has its own folder `<out>/<name>`, the name encoding the data set,
+method, parameters, epochs, data limits and seed (e.g.
+`mnist-dynhp-a0.972-step_mean-lam0.01-e200-seed1`), written by
+`tf_dynhp.runs.run(config, folder, resume=True)` in a worker process
+(`python -m tf_dynhp.cli.reproduce --worker_config=...`) whose output goes to
+`<folder>/train.log`. A finished run (`metrics.json` present) is skipped;
+an unfinished one resumes from its last checkpoint: stop a sweep at any time
+(Ctrl-C) and run the same command again to continue. `<out>/sweep.json` lists
+every run a command planned (with the command), so that `tools/report.py` can
+tell "not run yet" from "not part of the sweep".
+
+Backends: ``local`` runs `--jobs` worker processes side by side (each limited to
+one TensorFlow/OpenMP thread when jobs > 1); ``ray`` submits the same workers as
+Ray tasks (one CPU each) to `--ray_address` or to a local Ray started with
+`--jobs` CPUs (`pip install 'tf_dynhp[ray]'`). With a Ray cluster, the repository
+(or the installed package) and `--out` must be at the same path on every node (a
+shared file system).
+
+`--quick`: 2 epochs on the first 2000 training / 1000 test images (unless
+`--epochs`, `--train_limit`, `--test_limit` say otherwise); run names get a
+`-n2000x1000` tag so quick runs never mix with real ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from absl import app, flags
+
+from tf_dynhp._checks import invalid, write_atomic
+from tf_dynhp.batching import BATCH_GROWTH_MODES
+from tf_dynhp.cli.paper import DYNHP_BATCH as DYNHP_INITIAL_BATCH
+from tf_dynhp.cli.paper import PAPER, PAPER_GAMMA, PAPER_HIDDEN, sp_mo_kb
+from tf_dynhp.cli.paper import PAPER_LAMBDA as PAPER_L0_LAMBDA
+from tf_dynhp.cli.run_folders import run_status
+
+#: The folder holding the `tf_dynhp` package (the repository, or site-packages): the
+#: workers import tf_dynhp from it and run in it.
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+#: The workers' program: this module (`tools/reproduce.py --worker_config=...` also works).
+WORKER_MODULE = "tf_dynhp.cli.reproduce"
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("datasets", ["mnist", "fashion_mnist"], "Data sets: mnist, fashion_mnist.")
+flags.DEFINE_enum("grid", "paper_rows", ["paper_rows", "full"], "paper_rows: the rows of Tables 2-3; full: every axis of Figures 3-6 (see the module docstring).")
+flags.DEFINE_integer("epochs", 200, "Epochs of every run (the paper trained 2000); --quick: 2 unless given.")
+flags.DEFINE_integer("seeds", 1, "Run seeds 1..N of the rows named in --seeds_rows (the others: seed 1).")
+flags.DEFINE_list("seeds_rows", ["all"], "Rows that get --seeds seeds: all, or some of sp, hp, dynhp, dynhp_best.")
+flags.DEFINE_integer("jobs", 1, "Runs side by side (local processes, or CPUs of a local Ray).")
+flags.DEFINE_enum("backend", "local", ["local", "ray"], "local: worker processes; ray: Ray tasks.")
+flags.DEFINE_string("ray_address", "", "Address of a running Ray cluster (e.g. auto, ray://host:10001); empty: start a local Ray.")
+flags.DEFINE_string("out", "runs/", "Folder holding one folder per run, and sweep.json.")
+flags.DEFINE_bool("quick", False, "Smoke test: 2 epochs on 2000 train / 1000 test images.")
+flags.DEFINE_string("data_dir", None, "Folder of the IDX files (default: TF_DYNHP_DATA, /usr/share/datasets, Keras cache).")
+flags.DEFINE_list("alphas", None, "Override: DynHP alpha_bs values (every data set).")
+flags.DEFINE_list("sp_batch_sizes", None, "Override: SP batch sizes (every data set; empty: no SP rows).")
+flags.DEFINE_list("hp_batch_sizes", None, "Override: HP batch sizes (every data set; empty: no HP rows).")
+flags.DEFINE_list("l0_lambdas", None, "Override: l0_lambda values.")
+flags.DEFINE_list("batch_growth", None, "Override: DynHP readings of Eq. 8 (step_mean, step, epoch).")
+flags.DEFINE_list("methods", ["sp", "hp", "dynhp"], "Keep only these methods.")
+flags.DEFINE_list("lenet5_lambdas", [], "Add a DynHP LeNet-5 row per data set for each l0_lambda given (issue 8).")
+flags.DEFINE_integer("lenet5_epochs", 50, "Epochs of the LeNet-5 rows (--quick: 2).")
+flags.DEFINE_integer("train_limit", None, "Use only the first N training images (--quick: 2000).")
+flags.DEFINE_integer("test_limit", None, "Use only the first N test images (--quick: 1000).")
+flags.DEFINE_bool("dry_run", False, "Print the planned runs and their status (and write sweep.json); train nothing.")
+flags.DEFINE_string("worker_config", None, "Internal: JSON RunConfig of the one run this worker process trains.")
+flags.DEFINE_string("worker_dir", None, "Internal: run folder of --worker_config.")
+
+# --------------------------------------------------------------------------- grid axes
+#: The paper's settings (`PAPER`, per data set: SP and HP batches, alpha_bs of the
+#: tables and of `--grid=paper_rows`, the best alpha_bs) are in tf_dynhp/cli/paper.py.
+BATCH_GRID = (16, 32, 64, 100, 128, 256, 512)  # Figures 3-4
+L0_LAMBDAS = (0.01, 0.03, 0.1)
+BATCH_GROWTHS = BATCH_GROWTH_MODES
+QUICK = {"epochs": 2, "train_limit": 2000, "test_limit": 1000}
+ROW_KINDS = ("sp", "hp", "dynhp", "dynhp_best")
+METHODS = ("sp", "hp", "dynhp")
+MANIFEST = "sweep.json"
+LOG_NAME = "train.log"
+
+
+@dataclasses.dataclass
+class PlannedRun:
+    """One run of the sweep: its folder name, table row kind and configuration."""
+
+    name: str
+    row: str  # "sp", "hp", "dynhp" or "dynhp_best"
+    config: Any  # tf_dynhp.runs.RunConfig
+
+
+# --------------------------------------------------------------------------- grid
+def budget_kb(dataset: str, hidden: Sequence[int] = PAPER_HIDDEN) -> float:
+    """DynHP budget of `dataset`: MO of its best SP configuration (Sec. 5.3), `paper.sp_mo_kb`
+    (2609.4 KB MNIST, 1433.4 KB Fashion-MNIST)."""
+    return sp_mo_kb(dataset, "mlp", tuple(hidden))
+
+
+def run_name(config: Any) -> str:
+    """Folder name of a run: data set, method, parameters, epochs, data limits, seed."""
+    parts = [config.dataset] + ([config.arch] if getattr(config, "arch", "mlp") != "mlp" else []) + [config.method]
+    if config.method == "dynhp":
+        parts += [f"a{config.alpha_bs:.3f}", config.batch_growth]
+        if config.batch_size not in (None, DYNHP_INITIAL_BATCH):
+            parts.append(f"bs{config.batch_size}")
+    else:
+        parts.append(f"bs{config.batch_size}")
+    parts.append(f"lam{config.l0_lambda:g}")
+    if config.gamma != PAPER_GAMMA:
+        parts.append(f"g{config.gamma:g}")
+    if tuple(config.hidden) != PAPER_HIDDEN:
+        parts.append("h" + "x".join(str(h) for h in config.hidden))
+    parts.append(f"e{config.epochs}")
+    if config.train_limit or config.test_limit:
+        parts.append(f"n{config.train_limit or 'all'}x{config.test_limit or 'all'}")
+    parts.append(f"seed{config.seed}")
+    return "-".join(parts)
+
+
+def _floats(name: str, values: Sequence[Any] | None) -> list[float] | None:
+    if values is None:
+        return None
+    try:
+        return [float(v) for v in values]
+    except ValueError as err:
+        raise invalid(name, "a comma-separated list of numbers", ",".join(map(str, values))) from err
+
+
+def _ints(name: str, values: Sequence[Any] | None) -> list[int] | None:
+    if values is None:
+        return None
+    try:
+        out = [int(v) for v in values]
+    except ValueError as err:
+        raise invalid(name, "a comma-separated list of positive integers", ",".join(map(str, values))) from err
+    if any(v < 1 for v in out):
+        raise invalid(name, "a comma-separated list of positive integers", ",".join(map(str, values)))
+    return out
+
+
+def build_grid(
+    datasets: Sequence[str] = ("mnist", "fashion_mnist"),
+    grid: str = "paper_rows",
+    *,
+    epochs: int = 200,
+    seeds: int = 1,
+    seeds_rows: Sequence[str] = ("all",),
+    methods: Sequence[str] = METHODS,
+    alphas: Sequence[float] | None = None,
+    sp_batch_sizes: Sequence[int] | None = None,
+    hp_batch_sizes: Sequence[int] | None = None,
+    l0_lambdas: Sequence[float] | None = None,
+    batch_growth: Sequence[str] | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    lenet5_lambdas: Sequence[float] | None = None,
+    lenet5_epochs: int = 50,
+) -> list[PlannedRun]:
+    """The runs of a sweep, in the order they are started.
+
+    Args:
+        datasets: "mnist" and/or "fashion_mnist".
+        grid: "paper_rows" (Tables 2-3) or "full" (module docstring).
+        epochs: epochs of every run.
+        seeds: runs seeds 1..seeds of the rows in `seeds_rows`, seed 1 of the others.
+        seeds_rows: "all" or row kinds ("sp", "hp", "dynhp", "dynhp_best").
+        methods: methods to keep.
+        alphas, sp_batch_sizes, hp_batch_sizes, l0_lambdas, batch_growth: replace
+            that axis of the grid (None: the grid's own values).
+        train_limit, test_limit: data subsets.
+        lenet5_lambdas: adds, per data set and lambda, a DynHP LeNet-5-Caffe row (issue 8;
+            best alpha_bs, budget = MO of LeNet-5 at the data set's SP batch).
+        lenet5_epochs: epochs of the LeNet-5 rows.
+
+    Returns:
+        PlannedRun list (names unique).
+
+    Raises:
+        ValueError: an unknown data set, grid, method, row kind or batch growth, or
+            a non-positive number.
+    """
+    from tf_dynhp.runs import RunConfig
+
+    for d in datasets:
+        if d not in PAPER:
+            raise invalid("datasets", f"names from {list(PAPER)}", ",".join(datasets))
+    if grid not in ("paper_rows", "full"):
+        raise invalid("grid", "'paper_rows' or 'full'", grid)
+    for m in methods:
+        if m not in METHODS:
+            raise invalid("methods", f"names from {list(METHODS)}", ",".join(methods))
+    rows = set(seeds_rows)
+    if not rows <= set(ROW_KINDS) | {"all"}:
+        raise invalid("seeds_rows", f"'all' or names from {list(ROW_KINDS)}", ",".join(seeds_rows))
+    if "all" in rows:
+        rows = set(ROW_KINDS)
+    if epochs < 1 or seeds < 1:
+        raise invalid("epochs/seeds", "positive integers", (epochs, seeds))
+    growths = list(batch_growth) if batch_growth is not None else (list(BATCH_GROWTHS) if grid == "full" else ["step_mean"])
+    for g in growths:
+        if g not in BATCH_GROWTHS:
+            raise invalid("batch_growth", f"names from {list(BATCH_GROWTHS)}", ",".join(growths))
+    lambdas = list(l0_lambdas) if l0_lambdas is not None else (list(L0_LAMBDAS) if grid == "full" else [PAPER_L0_LAMBDA])
+    common = {"epochs": int(epochs), "gamma": PAPER_GAMMA, "train_limit": train_limit, "test_limit": test_limit}
+
+    planned: list[PlannedRun] = []
+
+    def add(row: str, **kwargs: Any) -> None:
+        n = seeds if row in rows else 1
+        for seed in range(1, n + 1):
+            config = RunConfig(**common, **kwargs, seed=seed)
+            planned.append(PlannedRun(run_name(config), row, config))
+
+    for dataset in datasets:
+        paper = PAPER[dataset]
+        full = grid == "full"
+        sp_batches = list(sp_batch_sizes) if sp_batch_sizes is not None else (list(BATCH_GRID) if full else [paper["sp_batch"]])
+        hp_batches = list(hp_batch_sizes) if hp_batch_sizes is not None else (list(BATCH_GRID) if full else [paper["hp_batch"]])
+        dyn_alphas = list(alphas) if alphas is not None else list(paper["table_alphas"] if full else paper["row_alphas"])
+        budget = budget_kb(dataset) if "dynhp" in methods and dyn_alphas else None
+        for lam in lambdas:
+            if "sp" in methods:
+                for b in sp_batches:
+                    add("sp", dataset=dataset, method="sp", batch_size=int(b), l0_lambda=float(lam), budget_batch=paper["sp_batch"])
+            if "hp" in methods:
+                for b in hp_batches:
+                    add("hp", dataset=dataset, method="hp", batch_size=int(b), l0_lambda=float(lam), budget_batch=paper["sp_batch"])
+            if "dynhp" in methods:
+                for growth in growths:
+                    for a in dyn_alphas:
+                        row = "dynhp_best" if abs(float(a) - paper["best_alpha"]) < 1e-9 else "dynhp"
+                        add(
+                            row, dataset=dataset, method="dynhp", batch_size=DYNHP_INITIAL_BATCH, l0_lambda=float(lam),
+                            alpha_bs=float(a), budget_kb=budget, budget_batch=paper["sp_batch"], batch_growth=growth,
+                        )
+    for dataset in datasets:
+        paper = PAPER[dataset]
+        for lam in lenet5_lambdas or []:
+            lenet_budget = sp_mo_kb(dataset, "lenet5")
+            config = RunConfig(
+                **{**common, "epochs": int(lenet5_epochs)}, dataset=dataset, arch="lenet5", method="dynhp",
+                batch_size=DYNHP_INITIAL_BATCH, l0_lambda=float(lam), alpha_bs=paper["best_alpha"],
+                budget_kb=lenet_budget, budget_batch=paper["sp_batch"], seed=1,
+            )
+            planned.append(PlannedRun(run_name(config), "lenet5", config))
+    names = [p.name for p in planned]
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"The grid has duplicate runs {dupes[:3]}: an override lists a value twice.")
+    return planned
+
+
+# --------------------------------------------------------------------------- run folders
+def status(run_dir: Path, epochs: int) -> str:
+    """"finished", "unfinished, epoch k of N" or "not run yet" (`run_folders.run_status`)."""
+    return run_status(run_dir, epochs)
+
+
+def _config_mismatch(run_dir: Path, config: Any) -> list[str]:
+    """Keys of config.json in `run_dir` that differ from `config` (a stale folder)."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    wanted = config.to_dict()
+    out = []
+    for key, value in wanted.items():
+        if key not in saved:
+            continue
+        old = saved[key]
+        if isinstance(value, float) and isinstance(old, (int, float)):
+            if abs(old - value) > 1e-6 * max(1.0, abs(value)):
+                out.append(f"{key}: {old!r} != {value!r}")
+        elif json.dumps(old) != json.dumps(value):
+            out.append(f"{key}: {old!r} != {value!r}")
+    return out
+
+
+def write_manifest(out: Path, planned: Sequence[PlannedRun], command: str) -> Path:
+    """Adds the planned runs to `<out>/sweep.json` (kept across invocations)."""
+    path = out / MANIFEST
+    data: dict[str, Any] = {"runs": {}}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            print(f"warning: {path} was not valid JSON; starting a new one", file=sys.stderr)
+    data.setdefault("runs", {})
+    for p in planned:
+        data["runs"][p.name] = {"row": p.row, "config": p.config.to_dict(), "command": command}
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
+    return path
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The command as a user would type it (from the repository root for `tools/reproduce.py`)."""
+    args = [a for a in argv[1:] if not a.startswith("--worker")]
+    program = "tf-dynhp-reproduce" if Path(argv[0]).name == "tf-dynhp-reproduce" else "python tools/reproduce.py"
+    return program + " " + " ".join(shlex.quote(a) for a in args)
+
+
+# --------------------------------------------------------------------------- workers
+def worker_env(single_thread: bool) -> dict[str, str]:
+    """Variables added to a worker's environment."""
+    env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), "PYTHONUNBUFFERED": "1"}
+    path = os.environ.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(PACKAGE_ROOT) + (os.pathsep + path if path else "")
+    if single_thread:
+        env.update({"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    return env
+
+
+def worker_command(run: PlannedRun, out: Path, data_dir: str | None) -> list[str]:
+    """The worker process of `run`; its paths are absolute (it runs in `PACKAGE_ROOT`)."""
+    cmd = [sys.executable, "-m", WORKER_MODULE, f"--worker_config={json.dumps(run.config.to_dict())}",
+           f"--worker_dir={os.path.abspath(out / run.name)}"]
+    if data_dir:
+        cmd.append(f"--data_dir={os.path.abspath(data_dir)}")
+    return cmd
+
+
+def _log_header(log, cmd: Sequence[str]) -> None:
+    log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(shlex.quote(c) for c in cmd)}\n")
+    log.flush()
+
+
+def _run_worker(config_json: str, run_dir: str, data_dir: str | None) -> None:
+    """The worker: trains (or resumes) one run into its folder."""
+    intra, inter = os.environ.get("TF_NUM_INTRAOP_THREADS"), os.environ.get("TF_NUM_INTEROP_THREADS")
+    if intra or inter:
+        import tensorflow as tf
+
+        if intra:
+            tf.config.threading.set_intra_op_parallelism_threads(int(intra))
+        if inter:
+            tf.config.threading.set_inter_op_parallelism_threads(int(inter))
+    from tf_dynhp import runs
+
+    config = runs.RunConfig(**json.loads(config_json))
+    print(f"run {Path(run_dir).name}: {config.method} on {config.dataset}, {config.epochs} epochs, seed {config.seed}; "
+          f"threads: intra_op={intra or 'default'} inter_op={inter or 'default'} OMP={os.environ.get('OMP_NUM_THREADS', 'default')}",
+          flush=True)
+    runs.run(config, run_dir, data_dir=data_dir, resume=True, verbose=1)
+
+
+def _summary(run_dir: Path) -> str:
+    try:
+        m = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return ""
+    return f"test error {m['test_error']:.2f}%, model {m['model_kb']:.1f} KB, training memory {m['training_memory_mb']:.1f} MB"
+
+
+def run_local(pending: Sequence[PlannedRun], out: Path, jobs: int, data_dir: str | None) -> dict[str, int]:
+    """Runs the workers as `jobs` processes side by side; returns name -> exit code."""
+    env = {**os.environ, **worker_env(single_thread=jobs > 1)}
+    queue = list(pending)
+    running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
+    codes: dict[str, int] = {}
+    total = len(queue)
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                run = queue.pop(0)
+                run_dir = out / run.name
+                run_dir.mkdir(parents=True, exist_ok=True)
+                log = open(run_dir / LOG_NAME, "a")
+                cmd = worker_command(run, out, data_dir)
+                _log_header(log, cmd)
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(PACKAGE_ROOT))
+                running[run.name] = (proc, log, time.perf_counter())
+                print(f"[start] {run.name} (pid {proc.pid}, log {run_dir / LOG_NAME})", flush=True)
+            time.sleep(0.2)
+            for name, (proc, log, t0) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                log.close()
+                del running[name]
+                codes[name] = code
+                done = len(codes)
+                if code == 0:
+                    print(f"[{done}/{total}] {name}: finished in {time.perf_counter() - t0:.0f}s; {_summary(out / name)}", flush=True)
+                else:
+                    print(f"[{done}/{total}] {name}: FAILED (exit code {code}); see {out / name / LOG_NAME}", flush=True)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted: stopping {len(running)} running worker(s); run the same command again to resume.", flush=True)
+        for proc, _log, _ in running.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, log, _ in running.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+        raise
+    return codes
+
+
+def _ray_task(cmd: list[str], env_add: dict[str, str], log_path: str, cwd: str) -> tuple[int, float]:
+    """Body of one Ray task: the same worker process as the local backend."""
+    t0 = time.perf_counter()
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        _log_header(log, cmd)
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env_add}, cwd=cwd)
+    return code, time.perf_counter() - t0
+
+
+class RayStartError(RuntimeError):
+    """`ray.init` failed (no cluster at the address, or a local Ray cannot start here)."""
+
+
+def import_ray():
+    """Ray, or a clear error saying how to install it (Ray is an optional extra)."""
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError("--backend=ray needs Ray, an optional extra: pip install 'tf_dynhp[ray]' (or pip install ray).") from err
+    return ray
+
+
+def run_ray(pending: Sequence[PlannedRun], out: Path, jobs: int, data_dir: str | None, address: str = "") -> dict[str, int]:
+    """Submits the workers as Ray tasks (one CPU each); returns name -> exit code."""
+    ray = import_ray()
+    try:
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(1, jobs), include_dashboard=False, log_to_driver=False)
+    except Exception as err:  # Ray's own start-up errors are of many types
+        raise RayStartError(f"Ray could not start ({'address ' + address if address else 'a local Ray'}): {type(err).__name__}: {err}") from err
+    try:
+        # The task goes to Ray by value (a Ray worker then imports neither tf_dynhp nor TensorFlow).
+        ray.cloudpickle.register_pickle_by_value(sys.modules[_ray_task.__module__])
+        task = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
+        env_add = worker_env(single_thread=True)
+        refs = {}
+        for run in pending:
+            (out / run.name).mkdir(parents=True, exist_ok=True)
+            cmd = worker_command(run, out, data_dir)
+            refs[task.remote(cmd, env_add, str(out / run.name / LOG_NAME), str(PACKAGE_ROOT))] = run.name
+            print(f"[submit] {run.name} (log {out / run.name / LOG_NAME})", flush=True)
+        codes: dict[str, int] = {}
+        waiting = list(refs)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            name = refs[ready[0]]
+            try:
+                code, seconds = ray.get(ready[0])
+            except Exception as err:  # a task that died (node lost, ...)
+                code, seconds = -1, 0.0
+                print(f"{name}: Ray task failed: {err}", flush=True)
+            codes[name] = code
+            if code == 0:
+                print(f"[{len(codes)}/{len(refs)}] {name}: finished in {seconds:.0f}s; {_summary(out / name)}", flush=True)
+            else:
+                print(f"[{len(codes)}/{len(refs)}] {name}: FAILED (exit code {code}); see {out / name / LOG_NAME}", flush=True)
+        return codes
+    except KeyboardInterrupt:
+        print("\nInterrupted: cancelling the Ray tasks; run the same command again to resume.", flush=True)
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        ray.shutdown()
+
+
+# --------------------------------------------------------------------------- main
+def _resolved_limits() -> tuple[int, int | None, int | None]:
+    epochs, train_limit, test_limit = FLAGS.epochs, FLAGS.train_limit, FLAGS.test_limit
+    if FLAGS.quick:
+        epochs = epochs if FLAGS["epochs"].present else QUICK["epochs"]
+        train_limit = train_limit if FLAGS["train_limit"].present else QUICK["train_limit"]
+        test_limit = test_limit if FLAGS["test_limit"].present else QUICK["test_limit"]
+    return epochs, train_limit, test_limit
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.worker_config:
+        if not FLAGS.worker_dir:
+            raise app.UsageError("--worker_config needs --worker_dir")
+        _run_worker(FLAGS.worker_config, FLAGS.worker_dir, FLAGS.data_dir)
+        return 0
+    if FLAGS.jobs < 1:
+        raise app.UsageError(f"--jobs must be >= 1, received {FLAGS.jobs}")
+    if FLAGS.backend == "ray":
+        try:
+            import_ray()  # fail now, not after planning
+        except ImportError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    epochs, train_limit, test_limit = _resolved_limits()
+    try:
+        planned = build_grid(
+            FLAGS.datasets, FLAGS.grid, epochs=epochs, seeds=FLAGS.seeds, seeds_rows=FLAGS.seeds_rows,
+            methods=FLAGS.methods, alphas=_floats("alphas", FLAGS.alphas),
+            sp_batch_sizes=_ints("sp_batch_sizes", FLAGS.sp_batch_sizes),
+            hp_batch_sizes=_ints("hp_batch_sizes", FLAGS.hp_batch_sizes),
+            l0_lambdas=_floats("l0_lambdas", FLAGS.l0_lambdas), batch_growth=FLAGS.batch_growth,
+            train_limit=train_limit, test_limit=test_limit,
+            lenet5_lambdas=_floats("lenet5_lambdas", FLAGS.lenet5_lambdas),
+            lenet5_epochs=epochs if FLAGS.quick else FLAGS.lenet5_epochs,
+        )
+    except ValueError as err:
+        raise app.UsageError(str(err)) from err
+    out = Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, planned, command_line(sys.argv))
+
+    pending, skipped, stale = [], [], []
+    for run in planned:
+        state = status(out / run.name, run.config.epochs)
+        mismatch = _config_mismatch(out / run.name, run.config)
+        if mismatch:
+            stale.append((run.name, mismatch))
+            continue
+        if state == "finished":
+            skipped.append(run.name)
+        else:
+            pending.append(run)
+        if FLAGS.dry_run:
+            print(f"{state:<28} {run.name}")
+    print(
+        f"{len(planned)} runs planned in {out}: {len(skipped)} finished (skipped), {len(pending)} to run"
+        + (f", {len(stale)} with a different config.json (left alone)" if stale else "")
+        + (f"; backend {FLAGS.backend}, {FLAGS.jobs} at a time" if pending and not FLAGS.dry_run else ""),
+        flush=True,
+    )
+    for name, mismatch in stale:
+        print(f"  {name}: its config.json differs ({'; '.join(mismatch[:3])}); move the folder away to rerun it", file=sys.stderr)
+    if FLAGS.dry_run or not pending:
+        return 1 if stale else 0
+    t0 = time.perf_counter()
+    try:
+        codes = _execute(pending, out)
+    except KeyboardInterrupt:
+        print(f"stopped after {time.perf_counter() - t0:.0f}s; finished runs are kept, the others resume from their "
+              "last checkpoint when the same command runs again", file=sys.stderr)
+        return 130
+    if codes is None:
+        return 3
+    failed = sorted(name for name, code in codes.items() if code != 0)
+    print(f"done in {time.perf_counter() - t0:.0f}s: {len(codes) - len(failed)} finished, {len(failed)} failed", flush=True)
+    for name in failed:
+        print(f"  FAILED {name}: see {out / name / LOG_NAME}", file=sys.stderr)
+    return 1 if failed or stale else 0
+
+
+def _execute(pending: Sequence[PlannedRun], out: Path) -> dict[str, int] | None:
+    """Runs `pending` on the chosen backend; None when Ray could not start."""
+    if FLAGS.backend == "ray":
+        try:
+            codes = run_ray(pending, out, FLAGS.jobs, FLAGS.data_dir, FLAGS.ray_address)
+        except RayStartError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return None
+        return codes
+    return run_local(pending, out, FLAGS.jobs, FLAGS.data_dir)
+
+
+def run() -> None:
+    """Entry point of `tf-dynhp-reproduce`, `tools/reproduce.py` and the workers: parses the flags, calls `main`."""
+    entry = sys.modules["__main__"]
+    if entry is not sys.modules.get(__name__):
+        entry.__doc__ = __doc__  # absl's --help prints __main__'s docstring
+    for flag in FLAGS.get_flags_for_module(__name__):  # and the flags of the module named sys.argv[0]
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

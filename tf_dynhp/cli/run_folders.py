@@ -1,0 +1,265 @@
+"""Run folders of a sweep as the tools read them: status, configuration, metrics,
+history, and the groups of seeds that make one table row.
+
+A run folder is written by `tf_dynhp.runs.run` (see its docstring): its status,
+history and checkpoints are read with the library's own functions
+(`tf_dynhp.runs.is_finished`, `tf_dynhp.runs.read_history`,
+`tf_dynhp.checkpoint.list_checkpoints`). `tf_dynhp.cli.reproduce` (`tools/reproduce.py`)
+asks `run_status` which runs to skip or resume; `tools/report.py` groups the runs with
+`make_groups`. (The tools import it as `run_folders`, through `tools/run_folders.py`.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from tf_dynhp import checkpoint, runs
+from tf_dynhp.cli.paper import (
+    DYNHP_BATCH,
+    PAPER,
+    PAPER_GAMMA,
+    PAPER_GROWTH,
+    PAPER_HIDDEN,
+    PAPER_LAMBDA,
+    PAPER_LR,
+    sp_mo_kb,
+)
+
+__all__ = ["RunInfo", "Group", "run_status", "latest_epoch", "load_runs", "make_groups", "setting_key", "setting_text",
+           "setting_order"]
+
+
+def latest_epoch(run_dir: Path) -> int:
+    """Epoch of the newest checkpoint file in `<run_dir>/checkpoints` (0: none)."""
+    found = checkpoint.list_checkpoints(Path(run_dir) / "checkpoints")
+    return int(found[-1].stem.split("-")[1]) if found else 0
+
+
+def run_status(run_dir: Path, epochs: int) -> str:
+    """"finished", "unfinished, epoch k of N" or "not run yet"."""
+    run_dir = Path(run_dir)
+    if runs.is_finished(run_dir):
+        return "finished"
+    k = latest_epoch(run_dir)
+    if k or (run_dir / "config.json").exists():
+        return f"unfinished, epoch {k} of {epochs}"
+    return "not run yet"
+
+
+@dataclasses.dataclass
+class RunInfo:
+    """One run folder (or a run a sweep planned and has not started)."""
+
+    name: str
+    path: Path
+    config: dict[str, Any]
+    status: str  # "finished", "unfinished, epoch k of N", "not run yet"
+    metrics: dict[str, Any] | None
+    command: str | None
+    _history: dict[str, list[Any]] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics is not None
+
+    def history(self) -> dict[str, list[Any]] | None:
+        """`history.jsonl` as per-epoch lists (None: unfinished, or no history)."""
+        if self._history is None and self.finished and (self.path / "history.jsonl").exists():
+            self._history = runs.read_history(self.path)
+        return self._history or None
+
+    def time_to_error(self, target: float) -> tuple[float, int] | None:
+        """(training seconds, epoch) when the test error after an epoch first reached `target`
+        (sum of `epoch_seconds`, which includes the per-epoch evaluation), or None."""
+        h = self.history()
+        if not h or "val_error" not in h or "epoch_seconds" not in h:
+            return None
+        total = 0.0
+        for epoch, (err, sec) in enumerate(zip(h["val_error"], h["epoch_seconds"], strict=True), start=1):
+            total += float(sec or 0.0)
+            if err is not None and err <= target:
+                return total, epoch
+        return None
+
+
+def _normalize(config: dict[str, Any]) -> dict[str, Any]:
+    """A config.json (of any version) with every key the report reads, defaults filled in."""
+    c = dict(config)
+    hidden = c.get("hidden", list(PAPER_HIDDEN))
+    if isinstance(hidden, str):
+        hidden = [int(h) for h in hidden.split(",") if h]
+    c["hidden"] = tuple(int(h) for h in hidden)
+    c.setdefault("method", "dynhp")
+    if c.get("batch_size") is None:
+        c["batch_size"] = DYNHP_BATCH if c["method"] == "dynhp" else 100
+    for key, default in (("gamma", PAPER_GAMMA), ("l0_lambda", PAPER_LAMBDA), ("learning_rate", PAPER_LR),
+                         ("batch_growth", PAPER_GROWTH), ("budget_on", "paper"), ("seed", 1)):
+        if c.get(key) is None:
+            c[key] = default
+    c.setdefault("train_limit", None)
+    c.setdefault("test_limit", None)
+    c.setdefault("alpha_bs", None)
+    c.setdefault("budget_kb", None)
+    return c
+
+
+def _train_command(name: str, c: dict[str, Any]) -> str:
+    """A tools/train.py command reproducing a run that no sweep planned."""
+    parts = [f"--dataset={c['dataset']}"] + ([f"--arch={c['arch']}"] if c.get("arch", "mlp") != "mlp" else [])
+    parts += [f"--method={c['method']}", f"--epochs={c['epochs']}", f"--batch_size={c['batch_size']}",
+              f"--l0_lambda={c['l0_lambda']:g}", f"--seed={c['seed']}"]
+    if c["method"] == "dynhp":
+        parts += [f"--alpha_bs={c['alpha_bs']}", f"--budget_kb={c['budget_kb']}", f"--batch_growth={c['batch_growth']}"]
+    if c["train_limit"]:
+        parts.append(f"--train_limit={c['train_limit']}")
+    return "python tools/train.py " + " ".join(parts) + f" --out_dir=<runs>/{name}"
+
+
+def _read_json(path: Path) -> Any:
+    """The file's JSON, or None when it is missing or not (yet) valid JSON."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def load_runs(runs_dir: Path) -> list[RunInfo]:
+    """Every run folder under `runs_dir` and every run `sweep.json` planned."""
+    manifest: dict[str, Any] = {}
+    if (runs_dir / "sweep.json").exists():
+        manifest = json.loads((runs_dir / "sweep.json").read_text()).get("runs", {})
+    names = set(manifest)
+    if runs_dir.is_dir():
+        names |= {p.name for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").exists()}
+    out = []
+    for name in sorted(names):
+        path = runs_dir / name
+        entry = manifest.get(name, {})
+        raw = _read_json(path / "config.json") or entry.get("config")
+        if not raw or "dataset" not in raw:
+            continue
+        config = _normalize(raw)
+        state = run_status(path, config["epochs"])
+        metrics = _read_json(path / "metrics.json") if state == "finished" else None
+        if state == "finished" and metrics is None:
+            state = "metrics.json is not valid JSON"
+        command = entry.get("command") or _train_command(name, config)
+        out.append(RunInfo(name, path, config, state, metrics, command))
+    return out
+
+
+# --------------------------------------------------------------------------- groups
+def setting_key(c: dict[str, Any]) -> tuple:
+    """What must match for runs to share a table: epochs, data limits, hidden widths, learning rate."""
+    return (c["epochs"], c["train_limit"], c["test_limit"], c["hidden"], c["learning_rate"])
+
+
+def setting_text(key: tuple) -> str:
+    epochs, train_limit, test_limit, hidden, lr = key
+    data = "full data (60000 train / 10000 test images)"
+    if train_limit or test_limit:
+        data = f"{train_limit or 60000} train / {test_limit or 10000} test images"
+    extra = "" if (tuple(hidden), lr) == (PAPER_HIDDEN, PAPER_LR) else f", MLP 784-{'-'.join(map(str, hidden))}-10, lr {lr:g}"
+    return f"{epochs} epochs, {data}{extra}"
+
+
+def setting_order(key: tuple) -> tuple:
+    """Longest setting first, then the most data."""
+    epochs, train_limit, test_limit = key[0], key[1], key[2]
+    return (-epochs, -(train_limit or 10**9), -(test_limit or 10**9), str(key))
+
+
+def group_key(c: dict[str, Any]) -> tuple:
+    """Everything of a configuration but the seed."""
+    dynhp = c["method"] == "dynhp"
+    return (
+        c["dataset"], c["method"], int(c["batch_size"]), round(c["alpha_bs"], 6) if dynhp and c["alpha_bs"] is not None else None,
+        float(c["l0_lambda"]), c["batch_growth"] if dynhp else None, float(c["gamma"]),
+        round(c["budget_kb"], 1) if dynhp and c["budget_kb"] else None, c["budget_on"] if dynhp else None,
+    ) + setting_key(c)
+
+
+@dataclasses.dataclass
+class Group:
+    """The seeds of one configuration (one table row)."""
+
+    key: tuple
+    runs: list[RunInfo]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.runs[0].config
+
+    @property
+    def finished(self) -> list[RunInfo]:
+        return [r for r in self.runs if r.finished]
+
+    def values(self, key: str) -> list[float]:
+        return [float(r.metrics[key]) for r in self.finished if r.metrics.get(key) is not None]
+
+    def mean(self, key: str) -> float | None:
+        v = self.values(key)
+        return sum(v) / len(v) if v else None
+
+    def max(self, key: str) -> float | None:
+        v = self.values(key)
+        return max(v) if v else None
+
+    def std(self, key: str) -> float | None:
+        v = self.values(key)
+        if len(v) < 2:
+            return None
+        m = sum(v) / len(v)
+        return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+    def per_seed(self, text: Callable[[dict[str, Any]], str], sep: str = "/") -> str:
+        """`text(metrics)` of every finished seed in seed order, joined by `sep`; one value
+        when all seeds give the same text."""
+        found = [text(r.metrics) for r in self.finished]
+        return found[0] if len(set(found)) == 1 else sep.join(found)
+
+    def status_text(self) -> str:
+        """Empty when every seed finished; else what is missing."""
+        missing = [r for r in self.runs if not r.finished]
+        if not missing:
+            return ""
+        parts = [f"seed {r.config['seed']}: {r.status}" for r in sorted(missing, key=lambda r: r.config["seed"])]
+        return "; ".join(parts)
+
+    def seeds_text(self) -> str:
+        n, total = len(self.finished), len(self.runs)
+        return f"{n}" if n == total else f"{n} of {total}"
+
+    def is_paper_setting(self) -> bool:
+        """λ, γ and hidden widths of the paper; for DynHP also its initial batch, batch
+        growth and budget (MO of SP, `paper.sp_mo_kb`)."""
+        c = self.config
+        if c["dataset"] not in PAPER or (float(c["l0_lambda"]), float(c["gamma"]), c["hidden"]) != (PAPER_LAMBDA, PAPER_GAMMA, PAPER_HIDDEN):
+            return False
+        if c["method"] == "dynhp":
+            budget = c["budget_kb"]
+            return (c["batch_growth"] == PAPER_GROWTH and int(c["batch_size"]) == DYNHP_BATCH and c["budget_on"] == "paper"
+                    and budget is not None and abs(budget - sp_mo_kb(c["dataset"], "mlp", c["hidden"])) < 0.5)
+        return c["method"] in ("sp", "hp")
+
+    def label(self) -> str:
+        c = self.config
+        if c["method"] == "dynhp":
+            return f"DynHP α_bs={c['alpha_bs']:.3f}"
+        return f"{c['method'].upper()} bs={c['batch_size']}"
+
+
+def make_groups(runs: Iterable[RunInfo]) -> list[Group]:
+    """The runs grouped by `group_key` (seeds together), each group in seed order."""
+    by_key: dict[tuple, list[RunInfo]] = defaultdict(list)
+    for r in runs:
+        by_key[group_key(r.config)].append(r)
+    return [Group(k, sorted(v, key=lambda r: r.config["seed"])) for k, v in by_key.items()]
