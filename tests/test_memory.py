@@ -175,3 +175,19 @@ def test_max_batch_for_mo_at_the_edges():
     assert memory.max_batch_for_mo(memory.floats_to_kb(n_w + dim - 1), n_w, dim) == 0
     assert memory.max_batch_for_mo(memory.floats_to_kb(n_w + dim), n_w, dim) == 1
     assert memory.max_batch_for_mo(1e6, n_w, dim) == (256_000_000 - n_w) // dim  # large budgets: no search
+
+
+def test_max_batch_for_full_below_the_fixed_part_is_zero():
+    model = make_mlp(input_shape=(12,), hidden=(7,), classes=3)
+    fixed = memory.memory_full_kb(model, 0)
+    assert memory.max_batch_for_full(fixed * 0.99, model) == 0
+    assert memory.max_batch_for_full(fixed, model) == 0
+
+
+def test_layer_activation_floats_counts_a_gather_by_default():
+    """Called on its own, a SelectFeatures is a layer of the model (spatial=True by default)."""
+    from tf_dynhp.layers import SelectFeatures
+
+    layer = SelectFeatures([0, 2, 3])
+    assert memory.layer_activation_floats(layer, (8,), (3,)) == 3
+    assert memory.layer_activation_floats(layer, (8,), (3,), spatial=False) == 0

@@ -78,7 +78,7 @@ def test_flatten_after_select_features_is_refused():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4, 3)), keras.layers.Reshape((12,)), SelectFeatures([0, 5]),
                               keras.layers.Reshape((2, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="right after SelectFeatures"):
+    with pytest.raises(ValueError, match=r"by tf_dynhp\. A Flatten/Reshape right after SelectFeatures is not supported; select after reshaping\. Supported"):
         unit_axes(_body(model))
 
 
@@ -87,6 +87,14 @@ def test_reshape_mixing_units_after_a_weighted_layer_is_refused_naming_it():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6), keras.layers.Reshape((3, 2), name="mixer"),
                               keras.layers.Flatten(), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match=r"'mixer'.*\(6,\) to \(3, 2\)"):
+        unit_axes(_body(model))
+
+
+def test_the_error_names_the_reshape_that_mixes_not_the_flatten_before_it():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(3, 3), keras.layers.Flatten(name="flat"),
+                              keras.layers.Reshape((6, 2), name="mixer"), keras.layers.Flatten(), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"Layer 'mixer'.*\(12,\) to \(6, 2\)"):
         unit_axes(_body(model))
 
 
@@ -154,6 +162,9 @@ def test_effective_keep_never_empties_an_axis():
     _check(effective_keep(_axes(), [None, None, None, []]), [[0, 1], np.arange(3), np.arange(12), [0], np.arange(3)])
     scores = [None, None, None, np.array([0.1, 0.9, 0.3, 0.2])]
     _check(effective_keep(_axes(), [None, None, None, []], scores), [[0, 1], np.arange(3), np.arange(12), [1], np.arange(3)])
+    # An axis of one unit: that unit stays.
+    one = [UnitAxis(1, producer="dense"), UnitAxis(2, producer="dense")]
+    _check(effective_keep(one, [[]]), [[0], [0, 1]])
     # Emptying the rows keeps the best-scored row, and through it its channel only.
     scores = [None, None, np.arange(12) / 12.0]
     _check(effective_keep(_axes(), [None, None, []], scores), [[0, 1], [2], [11], np.arange(4), np.arange(3)])
