@@ -82,6 +82,8 @@ out = {
                                    l0_lambdas=[0.1], batch_growth=["epoch"], epochs=7, train_limit=100)),
     "budgets": {d: rp.budget_kb(d) for d in ("mnist", "fashion_mnist")},
     "lenet5": dump(rp.build_grid(methods=["sp"], lenet5_lambdas=[0.5], lenet5_epochs=50)),
+    "frontier": dump(rp.build_grid(grid="frontier", seeds=3)),
+    "targeted": dump(rp.build_grid(["mnist"], methods=["hp", "dynhp"], target_kb=205.0, validation_split=0.1)),
     "errors": [],
 }
 for kwargs in ({"datasets": ["cifar"]}, {"batch_growth": ["fast"]}, {"methods": ["dense"]}, {"seeds_rows": ["hp_best"]},
@@ -110,6 +112,24 @@ def test_lenet5_rows(grids):
     assert lenet[0]["budget_kb"] == pytest.approx(4 * (431080 + 512 * 784) / 1024)
     assert lenet[1]["budget_kb"] == pytest.approx(4 * (431080 + 128 * 784) / 1024)
     assert "lenet5" in lenet[0]["name"] and all("lenet5" not in r["name"] for r in grids["lenet5"] if r["arch"] == "mlp")
+
+
+def test_frontier_grid_targets_the_papers_sizes(grids):
+    """Issue 16: DynHP at the sizes the paper publishes, each with its row's alpha_bs (HP's
+    sizes with the best one), 3 seeds at the headline targets, names encoding the target."""
+    rows = [(r["dataset"], r["target_kb"], r["alpha_bs"], r["seed"]) for r in grids["frontier"]]
+    mnist = sorted({(t, a) for d, t, a, _ in rows if d == "mnist"})
+    assert mnist == [(178.0, 0.975), (205.0, 0.973), (206.0, 0.972), (217.0, 0.974), (398.0, 0.972), (572.0, 0.971)]
+    fashion = sorted({(t, a) for d, t, a, _ in rows if d == "fashion_mnist"})
+    assert fashion == [(124.0, 0.989), (135.0, 0.988), (236.0, 0.98), (252.0, 0.987), (415.0, 0.98), (430.0, 0.979)]
+    seeds = {(d, t): sorted(s for d2, t2, _, s in rows if (d2, t2) == (d, t)) for d, t, _, _ in rows}
+    assert {k for k, v in seeds.items() if v == [1, 2, 3]} == {("mnist", 205.0), ("mnist", 178.0), ("fashion_mnist", 135.0)}
+    assert all(v in ([1], [1, 2, 3]) for v in seeds.values())
+    assert all(r["method"] == "dynhp" and f"-t{r['target_kb']:g}-" in r["name"] for r in grids["frontier"])
+    assert grids["frontier"][0]["budget_kb"] == pytest.approx(grids["budgets"]["mnist"])
+    targeted = grids["targeted"]
+    assert {r["method"] for r in targeted} == {"hp", "dynhp"}
+    assert all(r["target_kb"] == 205.0 and r["validation_split"] == 0.1 and "-t205-vs0.1-" in r["name"] for r in targeted)
 
 
 def test_paper_rows_are_the_rows_of_tables_2_and_3(grids):

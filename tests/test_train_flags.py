@@ -58,3 +58,9 @@ def test_without_out_dir_says_nothing_is_saved(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[0] == "No --out_dir given: nothing is saved (no run folder, no checkpoints, no model)."
     assert "test_error" in done.stdout
+
+
+@pytest.mark.parametrize("flag", ["--target_kb=0", "--target_kb=-5", "--validation_split=1", "--validation_split=-0.1", "--verbose=3"])
+def test_target_and_validation_flags_are_checked_at_parse_time(flag):
+    done = train(flag, "--epochs=1", timeout=60)
+    assert done.returncode != 0 and "Invalid value received for --" in done.stderr and "Traceback" not in done.stderr

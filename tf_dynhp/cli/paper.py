@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = [
     "PAPER_TABLES", "PAPER", "DATASET_TITLES", "PAPER_LAMBDA", "PAPER_GAMMA", "PAPER_GROWTH", "PAPER_HIDDEN",
-    "PAPER_LR", "DYNHP_BATCH", "PAPER_MEMORY_UNIT_KB", "sp_mo_kb",
+    "PAPER_LR", "DYNHP_BATCH", "FRONTIER_TARGETS", "PAPER_MEMORY_UNIT_KB", "sp_mo_kb",
 ]
 
 #: Table 2 (MNIST) and Table 3 (Fashion-MNIST), 2000 epochs, lambda 0.01, gamma 0.5. Per
@@ -93,6 +93,26 @@ def _settings(dataset: str, row_alphas: Sequence[float]) -> dict[str, Any]:
 PAPER: dict[str, dict[str, Any]] = {
     "mnist": _settings("mnist", (0.971, 0.972, 0.975)),
     "fashion_mnist": _settings("fashion_mnist", (0.980, 0.988, 0.989)),
+}
+
+
+def _frontier(dataset: str, alphas: Sequence[float], headline: Sequence[float]) -> list[tuple[float, float, bool]]:
+    """(target KB, alpha_bs, headline) at the sizes the paper publishes: its DynHP rows of
+    `alphas` with their own alpha_bs, and its HP row with the best alpha_bs. The tables'
+    MBytes are 1000 KB (`tf_dynhp.memory.KB_PER_MB`)."""
+    rows = PAPER_TABLES[dataset]["rows"]
+    out = [(round(r[5] * 1000, 6), r[2], r[2] in headline) for r in rows if r[0] == "dynhp" and r[2] in alphas]
+    hp = _row(dataset, "hp")
+    out.append((round(hp[5] * 1000, 6), PAPER[dataset]["best_alpha"], False))
+    return out
+
+
+#: `--grid=frontier` of `tf_dynhp.cli.reproduce` (issue 16): MNIST 572, 398, 205, 217,
+#: 178 KB (DynHP) and 206 (HP); Fashion-MNIST 430, 415, 252, 135, 124 (DynHP) and 236
+#: (HP). Headline targets (3 seeds): MNIST 205 and 178, Fashion-MNIST 135.
+FRONTIER_TARGETS: dict[str, list[tuple[float, float, bool]]] = {
+    "mnist": _frontier("mnist", (0.971, 0.972, 0.973, 0.974, 0.975), (0.973, 0.975)),
+    "fashion_mnist": _frontier("fashion_mnist", (0.979, 0.980, 0.987, 0.988, 0.989), (0.988,)),
 }
 
 

@@ -16,6 +16,13 @@ Grids (`PAPER` of tf_dynhp/cli/paper.py holds the paper's settings):
   batch of 16 under the budget = MO of the data set's best SP configuration
   (`tf_dynhp.memory.mo_kb(model, batch_size=512 or 128)`: 2609.4 KB, 1433.4 KB);
   l0_lambda 0.01, gamma 0.5, batch_growth "step_mean".
+* ``frontier`` (issue 16): DynHP with `target_kb` at the model sizes the paper
+  publishes (`FRONTIER_TARGETS`, read from `PAPER_TABLES`): MNIST 572, 398, 205,
+  217, 178 KB with the alpha_bs of each DynHP row and HP's 206 KB with the best
+  alpha_bs; Fashion-MNIST 430, 415, 252, 135, 124 KB likewise and HP's 236 KB. Seeds
+  1..`--seeds` (default 3 with this grid) at the headline targets (MNIST 205 and
+  178, Fashion-MNIST 135), seed 1 elsewhere. SP's runs of `paper_rows` are the
+  memory reference.
 * ``full``: every alpha_bs of Tables 2-3 (MNIST 0.971..0.975, Fashion-MNIST
   0.979..0.989, step 0.001; Figures 5-6 draw subsets of these), SP and HP at every
   batch of Figures 3-4 {16, 32, 64, 100, 128, 256, 512}, each at l0_lambda
@@ -72,7 +79,7 @@ from absl import app, flags
 from tf_dynhp._checks import invalid, write_atomic
 from tf_dynhp.batching import BATCH_GROWTH_MODES
 from tf_dynhp.cli.paper import DYNHP_BATCH as DYNHP_INITIAL_BATCH
-from tf_dynhp.cli.paper import PAPER, PAPER_GAMMA, PAPER_HIDDEN, sp_mo_kb
+from tf_dynhp.cli.paper import FRONTIER_TARGETS, PAPER, PAPER_GAMMA, PAPER_HIDDEN, sp_mo_kb
 from tf_dynhp.cli.paper import PAPER_LAMBDA as PAPER_L0_LAMBDA
 from tf_dynhp.cli.run_folders import run_status
 
@@ -84,7 +91,9 @@ WORKER_MODULE = "tf_dynhp.cli.reproduce"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("datasets", ["mnist", "fashion_mnist"], "Data sets: mnist, fashion_mnist.")
-flags.DEFINE_enum("grid", "paper_rows", ["paper_rows", "full"], "paper_rows: the rows of Tables 2-3; full: every axis of Figures 3-6 (see the module docstring).")
+flags.DEFINE_enum("grid", "paper_rows", ["paper_rows", "full", "frontier"], "paper_rows: the rows of Tables 2-3; full: every axis of Figures 3-6; frontier: DynHP with target_kb at the paper's published sizes (see the module docstring).")
+flags.DEFINE_float("target_kb", None, "Size target (KB) of every hp/dynhp row of the grid (fit(target_kb=...)); run names get -t<KB>.")
+flags.DEFINE_float("validation_split", 0.0, "Fraction of each training set held out as per-epoch validation data (RunConfig.validation_split).")
 flags.DEFINE_integer("epochs", 200, "Epochs of every run (the paper trained 2000); --quick: 2 unless given.")
 flags.DEFINE_integer("seeds", 1, "Run seeds 1..N of the rows named in --seeds_rows (the others: seed 1).")
 flags.DEFINE_list("seeds_rows", ["all"], "Rows that get --seeds seeds: all, or some of sp, hp, dynhp, dynhp_best.")
@@ -151,6 +160,10 @@ def run_name(config: Any) -> str:
         parts.append(f"g{config.gamma:g}")
     if tuple(config.hidden) != PAPER_HIDDEN:
         parts.append("h" + "x".join(str(h) for h in config.hidden))
+    if getattr(config, "target_kb", None) is not None:
+        parts.append(f"t{config.target_kb:g}")
+    if getattr(config, "validation_split", 0.0):
+        parts.append(f"vs{config.validation_split:g}")
     parts.append(f"e{config.epochs}")
     if config.train_limit or config.test_limit:
         parts.append(f"n{config.train_limit or 'all'}x{config.test_limit or 'all'}")
@@ -196,6 +209,8 @@ def build_grid(
     test_limit: int | None = None,
     lenet5_lambdas: Sequence[float] | None = None,
     lenet5_epochs: int = 50,
+    target_kb: float | None = None,
+    validation_split: float = 0.0,
 ) -> list[PlannedRun]:
     """The runs of a sweep, in the order they are started.
 
@@ -212,6 +227,8 @@ def build_grid(
         lenet5_lambdas: adds, per data set and lambda, a DynHP LeNet-5-Caffe row (issue 8;
             best alpha_bs, budget = MO of LeNet-5 at the data set's SP batch).
         lenet5_epochs: epochs of the LeNet-5 rows.
+        target_kb: size target of every hp/dynhp row (grids paper_rows and full).
+        validation_split: `RunConfig.validation_split` of every run.
 
     Returns:
         PlannedRun list (names unique).
@@ -225,8 +242,8 @@ def build_grid(
     for d in datasets:
         if d not in PAPER:
             raise invalid("datasets", f"names from {list(PAPER)}", ",".join(datasets))
-    if grid not in ("paper_rows", "full"):
-        raise invalid("grid", "'paper_rows' or 'full'", grid)
+    if grid not in ("paper_rows", "full", "frontier"):
+        raise invalid("grid", "'paper_rows', 'full' or 'frontier'", grid)
     for m in methods:
         if m not in METHODS:
             raise invalid("methods", f"names from {list(METHODS)}", ",".join(methods))
@@ -242,7 +259,8 @@ def build_grid(
         if g not in BATCH_GROWTHS:
             raise invalid("batch_growth", f"names from {list(BATCH_GROWTHS)}", ",".join(growths))
     lambdas = list(l0_lambdas) if l0_lambdas is not None else (list(L0_LAMBDAS) if grid == "full" else [PAPER_L0_LAMBDA])
-    common = {"epochs": int(epochs), "gamma": PAPER_GAMMA, "train_limit": train_limit, "test_limit": test_limit}
+    common = {"epochs": int(epochs), "gamma": PAPER_GAMMA, "train_limit": train_limit, "test_limit": test_limit,
+              "validation_split": float(validation_split)}
 
     planned: list[PlannedRun] = []
 
@@ -252,6 +270,19 @@ def build_grid(
             config = RunConfig(**common, **kwargs, seed=seed)
             planned.append(PlannedRun(run_name(config), row, config))
 
+    if grid == "frontier":
+        for dataset in datasets:
+            paper = PAPER[dataset]
+            for kb, alpha, headline in FRONTIER_TARGETS[dataset]:
+                n = seeds if headline else 1
+                for seed in range(1, n + 1):
+                    config = RunConfig(
+                        **common, dataset=dataset, method="dynhp", batch_size=DYNHP_INITIAL_BATCH, l0_lambda=PAPER_L0_LAMBDA,
+                        alpha_bs=float(alpha), budget_kb=budget_kb(dataset), budget_batch=paper["sp_batch"],
+                        batch_growth="step_mean", target_kb=float(kb), seed=seed,
+                    )
+                    planned.append(PlannedRun(run_name(config), "frontier", config))
+        return planned
     for dataset in datasets:
         paper = PAPER[dataset]
         full = grid == "full"
@@ -265,7 +296,8 @@ def build_grid(
                     add("sp", dataset=dataset, method="sp", batch_size=int(b), l0_lambda=float(lam), budget_batch=paper["sp_batch"])
             if "hp" in methods:
                 for b in hp_batches:
-                    add("hp", dataset=dataset, method="hp", batch_size=int(b), l0_lambda=float(lam), budget_batch=paper["sp_batch"])
+                    add("hp", dataset=dataset, method="hp", batch_size=int(b), l0_lambda=float(lam), budget_batch=paper["sp_batch"],
+                        target_kb=target_kb)
             if "dynhp" in methods:
                 for growth in growths:
                     for a in dyn_alphas:
@@ -273,6 +305,7 @@ def build_grid(
                         add(
                             row, dataset=dataset, method="dynhp", batch_size=DYNHP_INITIAL_BATCH, l0_lambda=float(lam),
                             alpha_bs=float(a), budget_kb=budget, budget_batch=paper["sp_batch"], batch_growth=growth,
+                            target_kb=target_kb,
                         )
     for dataset in datasets:
         paper = PAPER[dataset]
@@ -545,6 +578,7 @@ def main(argv: list[str]) -> int:
             train_limit=train_limit, test_limit=test_limit,
             lenet5_lambdas=_floats("lenet5_lambdas", FLAGS.lenet5_lambdas),
             lenet5_epochs=epochs if FLAGS.quick else FLAGS.lenet5_epochs,
+            target_kb=FLAGS.target_kb, validation_split=FLAGS.validation_split,
         )
     except ValueError as err:
         raise app.UsageError(str(err)) from err

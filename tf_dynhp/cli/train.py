@@ -51,7 +51,11 @@ flags.DEFINE_enum("on_nonfinite", "raise", ["raise", "rollback"], "What to do on
 flags.DEFINE_enum("gate_kernel", "auto", ["auto", "fused", "tf"],
                   "How L0Dense samples its gates in training: the fused CPU kernel (compiled on first use), "
                   "TensorFlow ops, or the kernel when it builds (see tf_dynhp/fused.py).")
-flags.DEFINE_integer("verbose", 1, "0 silent, 1 one line per epoch.")
+flags.DEFINE_integer("verbose", 1, "0 silent, 1 a progress bar and one line per epoch, 2 one line per epoch.")
+flags.DEFINE_float("target_kb", None, "Size of the stripped model at most, in KB (hp, dynhp): --l0_lambda starts a multiplier "
+                   "driven by the size (see tf_dynhp/target.py). The run folder name of tools/reproduce.py encodes it.")
+flags.DEFINE_float("validation_split", 0.0, "Fraction of the training set held out as per-epoch validation data "
+                   "(0: the test set is shown per epoch, as the paper's figures; nothing is selected on it).")
 
 
 # ------------------------------------------------------------------ flag checks at parse time
@@ -75,7 +79,9 @@ _expect("gamma", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
 _expect("l0_lambda", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
 _expect("droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
 _expect("input_droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
-_expect("verbose", "0 or 1", lambda v: v in (0, 1))
+_expect("verbose", "0, 1 or 2", lambda v: v in (0, 1, 2))
+_expect("target_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
+_expect("validation_split", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
         lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
 flags.register_multi_flags_validator(
@@ -104,7 +110,7 @@ def main(argv):
 _CONFIG_FLAGS = (
     "dataset", "arch", "method", "epochs", "batch_size", "l0_lambda", "learning_rate", "alpha_bs", "budget_kb",
     "budget_batch", "budget_on", "gamma", "batch_growth", "train_limit", "seed", "steps_per_execution",
-    "droprate_init", "input_droprate_init", "on_nonfinite", "gate_kernel",
+    "droprate_init", "input_droprate_init", "on_nonfinite", "gate_kernel", "target_kb", "validation_split",
 )
 
 
