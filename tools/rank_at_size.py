@@ -1,0 +1,126 @@
+r"""Accuracy at a given size (issue 16 item 2): candidate recipes ranked at one target.
+
+    python tools/rank_at_size.py --dataset=mnist --target_kb=205 --alpha_bs=0.973 --epochs=20 --seeds=3 \
+        --candidates=base,cosine,deadline50 --out=results/rank_at_size/mnist-t205-e20.md
+
+Every candidate trains the paper's 784-300-100 MLP with `tf_dynhp.fit(method="dynhp",
+target_kb=...)` (budget: MO of SP at the data set's SP batch) on the full training
+set, for each seed; the test error is read at the final epoch (nothing is selected
+on the test set). Candidates:
+
+* ``base``: the defaults (fixed learning rate 1e-3, target forced from a quarter of
+  the epochs on).
+* ``cosine``: the learning rate decays to 0 on a cosine over the run
+  (`keras.callbacks.LearningRateScheduler`).
+* ``deadline50``: the target forced from half of the epochs on (`target_deadline=0.5`).
+* ``cosine_deadline50``: both.
+
+It prints (and writes to `--out`) a Markdown table: final size, test error mean ±
+std over the seeds, mean MO, seconds, with the command that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("dataset", "mnist", ["mnist", "fashion_mnist"], "Data set.")
+flags.DEFINE_string("data_dir", None, "Data folder (see tf_dynhp.datasets.load).")
+flags.DEFINE_float("target_kb", 205.0, "Size target in KB.")
+flags.DEFINE_float("alpha_bs", 0.973, "alpha_bs of DynHP.")
+flags.DEFINE_integer("epochs", 20, "Epochs of every run.")
+flags.DEFINE_integer("seeds", 3, "Seeds 1..N of every candidate.")
+flags.DEFINE_list("candidates", ["base", "cosine", "deadline50"], "Recipes to compare (see the module docstring).")
+flags.DEFINE_integer("train_limit", None, "Use only the first N training images (smoke runs).")
+flags.DEFINE_string("out", None, "Markdown file to write the table to (and <out>.json with every run).")
+
+CANDIDATES = {
+    "base": dict(cosine=False, target_deadline=0.25),
+    "cosine": dict(cosine=True, target_deadline=0.25),
+    "deadline50": dict(cosine=False, target_deadline=0.5),
+    "cosine_deadline50": dict(cosine=True, target_deadline=0.5),
+}
+
+
+def _one(name: str, seed: int, data) -> dict:
+    import keras
+    import numpy as np
+
+    import tf_dynhp
+    from tf_dynhp.cli.paper import PAPER_LR, sp_mo_kb
+
+    recipe = CANDIDATES[name]
+    (x, y), (xt, yt) = data
+    keras.utils.set_random_seed(seed)
+    model = tf_dynhp.runs.build_mlp((300, 100))
+    callbacks = []
+    if recipe["cosine"]:
+        epochs = FLAGS.epochs
+        callbacks.append(keras.callbacks.LearningRateScheduler(lambda e, lr: PAPER_LR * 0.5 * (1 + math.cos(math.pi * e / epochs))))
+    t0 = time.perf_counter()
+    result = tf_dynhp.fit(
+        model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,
+        target_kb=FLAGS.target_kb, target_deadline=recipe["target_deadline"], validation_data=(xt, yt), seed=seed,
+        verbose=0, callbacks=callbacks, learning_rate=PAPER_LR,
+    )
+    seconds = time.perf_counter() - t0
+    pred = np.argmax(result.model.predict(xt, batch_size=2000, verbose=0), -1)
+    return {
+        "candidate": name, "seed": seed, "test_error": float(100 * np.mean(pred != yt)),
+        "model_kb": tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(result.model)),
+        "mean_mo_kb": float(np.mean(result.history["memory_kb"])), "seconds": seconds,
+        "units": [int(u) for u in result.history["active_units"][-1]],
+    }
+
+
+def main(argv):
+    del argv
+    import numpy as np
+
+    from tf_dynhp import _checks, datasets
+
+    for name in FLAGS.candidates:
+        if name not in CANDIDATES:
+            raise app.UsageError(f"--candidates: unknown {name!r}; expected some of {list(CANDIDATES)}")
+    (x, y), test = datasets.load(FLAGS.dataset, FLAGS.data_dir, download=False)
+    if FLAGS.train_limit:
+        x, y = x[: FLAGS.train_limit], y[: FLAGS.train_limit]
+    runs = []
+    for name in FLAGS.candidates:
+        for seed in range(1, FLAGS.seeds + 1):
+            runs.append(_one(name, seed, ((x, y), test)))
+            print(json.dumps(runs[-1]), flush=True)
+    command = "python tools/rank_at_size.py " + " ".join(sys.argv[1:])
+    lines = [
+        f"Accuracy at {FLAGS.target_kb:g} KB, {FLAGS.dataset}, DynHP alpha_bs {FLAGS.alpha_bs}, {FLAGS.epochs} epochs, "
+        f"{FLAGS.seeds} seed(s), final epoch, made by `{command}`:",
+        "",
+        "| candidate | final size KB | test error % (mean ± std) | mean MO KB | units (seed 1) | seconds per run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in FLAGS.candidates:
+        rs = [r for r in runs if r["candidate"] == name]
+        err = np.array([r["test_error"] for r in rs])
+        lines.append(
+            f"| {name} | {max(r['model_kb'] for r in rs):.1f} | {err.mean():.2f} ± {err.std(ddof=1) if len(rs) > 1 else 0:.2f} | "
+            f"{np.mean([r['mean_mo_kb'] for r in rs]):.1f} | {'-'.join(map(str, rs[0]['units']))} | {np.mean([r['seconds'] for r in rs]):.0f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if FLAGS.out:
+        Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
+        _checks.write_atomic(FLAGS.out, text)
+        _checks.write_atomic(FLAGS.out + ".json", json.dumps(runs, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)
