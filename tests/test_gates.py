@@ -78,6 +78,11 @@ def test_log_alpha_init_mean():
     assert gates.log_alpha_init_mean(0.2) == pytest.approx(math.log(4.0))
     with pytest.raises(ValueError, match="droprate_init"):
         gates.log_alpha_init_mean(1.0)
+    with pytest.raises(ValueError) as info:
+        gates.log_alpha_init_mean(0.0)
+    assert str(info.value) == (
+        "Invalid value received for argument `droprate_init`. Expected a float in (0, 1). Received: droprate_init=0.0"
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -86,8 +86,20 @@ def test_reshape_mixing_units_after_a_weighted_layer_is_refused_naming_it():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6), keras.layers.Reshape((3, 2), name="mixer"),
                               keras.layers.Flatten(), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match=r"'mixer'.*\(6,\) to \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"'mixer'.*\(6,\) to \(3, 2\)") as info:
         unit_axes(_body(model))
+    assert (
+        "It reshapes (6,) to (3, 2), mixing the units of the last axis, which pruning removes; only reshapes "
+        "that keep each unit a whole slice (e.g. Flatten) are supported after a Conv2D/Dense layer. Supported"
+    ) in str(info.value)
+
+
+def test_unit_axes_of_a_body_ending_in_an_index_map():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 2)), keras.layers.Dense(3), keras.layers.Flatten()])
+    axes, layer_axes = unit_axes(_body(model))
+    assert [a.size for a in axes] == [2, 3, 12] and layer_axes == [(0, 1), (1, 2)]
+    np.testing.assert_array_equal(axes[2].index_map, np.arange(12) % 3)
 
 
 def test_the_error_names_the_reshape_that_mixes_not_the_flatten_before_it():
@@ -150,6 +162,13 @@ def test_effective_keep_backward_a_channel_nobody_reads_goes():
     _check(effective_keep(_axes(), [None, None, rows]), [[0, 1], [0, 2], rows, np.arange(4), np.arange(3)])
 
 
+def test_effective_keep_backward_at_any_position():
+    """The backward pass visits every axis: here the index-map axis is the fourth of five."""
+    axes = [UnitAxis(2), UnitAxis(4, producer="dense"), UnitAxis(3, producer="conv"),
+            UnitAxis(6, source=2, index_map=np.arange(6) % 3), UnitAxis(2, producer="dense")]
+    _check(effective_keep(axes, [None, None, None, [0, 2, 3, 5]]), [[0, 1], np.arange(4), [0, 2], [0, 2, 3, 5], [0, 1]])
+
+
 def test_effective_keep_backward_only_prunes_produced_axes():
     axes = _axes()
     axes[1] = UnitAxis(3)  # no producer (e.g. the model input): its units stay
@@ -175,6 +194,8 @@ def test_effective_keep_rejects_out_of_range_and_mixed_axes():
         effective_keep(_axes(), [None, [0, 3]])
     with pytest.raises(ValueError, match=r"out of range for a unit axis of size 2"):
         effective_keep(_axes(), [[-1]])
+    with pytest.raises(ValueError, match=r"^Keep indices \[0 1 2 3 4\]\.\.\. are out of range for a unit axis of size 3\.$"):
+        effective_keep(_axes(), [None, [0, 1, 2, 3, 4, 5, 6]])
     mixed = [UnitAxis(6, producer="dense"), UnitAxis(6, source=0, index_map=None), UnitAxis(2, producer="dense")]
     _check(effective_keep(mixed, []), [np.arange(6), np.arange(6), np.arange(2)])
     with pytest.raises(ValueError, match="Unit axis 0 cannot be pruned: the layer after it mixes its units"):
