@@ -22,7 +22,7 @@ import numpy as np
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.model import GatedModel
 from tf_dynhp.surgery import build_chain_model, rebuild_body, transfer_optimizer
-from tf_dynhp.units import effective_keep, unit_axes
+from tf_dynhp.units import effective_keep, plan_outcome, unit_axes
 
 __all__ = ["compile_core", "core_from", "assemble_core", "is_spatial", "full_model", "prune_plan", "rebuild_core"]
 
@@ -89,14 +89,7 @@ def prune_plan(core: GatedModel, gate_open: list[np.ndarray], count: float, gamm
         wanted.append(survive)
         scores.append(rate)
     eff = effective_keep(axes, wanted + [None], scores + [None])
-    keep: list[np.ndarray | None] = []
-    pruned: list[int] = []
-    floors: list[bool] = []
-    for axis, e in zip(axes[:-1], eff):
-        keep.append(e if e.size < axis.size else None)
-        pruned.append(int(axis.size - e.size))
-        floors.append(bool(axis.gated_by) and e.size == 1)
-    return keep, pruned, floors
+    return plan_outcome(axes, eff)
 
 
 def rebuild_core(core: GatedModel, keep: list[np.ndarray | None]) -> GatedModel:

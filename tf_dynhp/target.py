@@ -45,7 +45,7 @@ import numpy as np
 from keras import ops
 
 from tf_dynhp.kinds import CONV_TYPES, WEIGHTED_TYPES
-from tf_dynhp.units import UnitAxis, effective_keep, unit_axes
+from tf_dynhp.units import UnitAxis, effective_keep, plan_outcome, unit_axes
 
 __all__ = ["update_lambda", "weights_of_sizes", "smallest_weights", "plan_to_target", "expected_weights"]
 
@@ -164,14 +164,7 @@ def plan_to_target(
                 lo = mid + 1
         m = lo
     eff, _ = _plan(axes, layer_axes, body, rates, removed[:m])
-    keep: list[np.ndarray | None] = []
-    pruned: list[int] = []
-    floors: list[bool] = []
-    for axis, e in zip(axes[:-1], eff):
-        keep.append(e if e.size < axis.size else None)
-        pruned.append(int(axis.size - e.size))
-        floors.append(bool(axis.gated_by) and e.size == 1)
-    return keep, pruned, floors
+    return plan_outcome(axes, eff)
 
 
 def expected_weights(body: Sequence[Any]) -> Any:

@@ -31,7 +31,7 @@ from tf_dynhp.kinds import (
 )
 from tf_dynhp.layers import SelectFeatures
 
-__all__ = ["UnitAxis", "IndexRun", "index_run", "unit_axes", "effective_keep"]
+__all__ = ["UnitAxis", "IndexRun", "index_run", "unit_axes", "effective_keep", "plan_outcome"]
 
 
 @dataclasses.dataclass
@@ -232,3 +232,17 @@ def effective_keep(
             want[a.source] = np.intersect1d(want[a.source], sources)
     forward()
     return eff
+
+
+def plan_outcome(axes: Sequence[UnitAxis], eff: Sequence[np.ndarray]) -> tuple[list[np.ndarray | None], list[int], list[bool]]:
+    """What a consistent plan (`effective_keep`) does to each unit axis but the output:
+    (keep indices, None where nothing is pruned; pruned count; whether a gated axis is
+    at its floor of one unit)."""
+    keep: list[np.ndarray | None] = []
+    pruned: list[int] = []
+    floors: list[bool] = []
+    for axis, e in zip(axes[:-1], eff):
+        keep.append(e if e.size < axis.size else None)
+        pruned.append(int(axis.size - e.size))
+        floors.append(bool(axis.gated_by) and e.size == 1)
+    return keep, pruned, floors
