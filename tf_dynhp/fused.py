@@ -373,6 +373,7 @@ def _fsync_file(path: str) -> None:
 
 
 _LOADED: dict[str, Any] = {}  # per cache folder: the op module loaded in this process
+_BY_DIGEST: dict[str, Any] = {}  # per library digest: TensorFlow registers ops once per process
 _OPS = ("tf_dynhp_hard_concrete_gate", "tf_dynhp_hard_concrete_gate_grad")
 
 
@@ -395,14 +396,19 @@ def load_kernel(cache_dir: str | os.PathLike | None = None, announce: Callable[[
     problem = _unverified(path)
     if problem is not None:  # changed since build_kernel verified it
         raise KernelBuildError(f"Not loading the kernel: {problem}")
+    digest = _sha256(path)
+    if digest in _BY_DIGEST:  # the same library from another cache folder: its ops are registered already
+        _LOADED[folder] = _BY_DIGEST[digest]
+        return _LOADED[folder]
     try:
         module = tf.load_op_library(str(path))
     except Exception as err:  # tf.errors.NotFoundError and friends
         raise KernelBuildError(f"Loading {path} failed: {err}") from err
     missing = [op for op in _OPS if not hasattr(module, op)]
     if missing:
-        raise KernelBuildError(f"{path} loaded but lacks the op(s) {missing}: not a tf_dynhp kernel")
-    _LOADED[folder] = module
+        other = " (another build of the kernel was loaded in this process first)" if _BY_DIGEST else ""
+        raise KernelBuildError(f"{path} loaded but lacks the op(s) {missing}: not a tf_dynhp kernel{other}")
+    _LOADED[folder] = _BY_DIGEST[digest] = module
     return module
 
 
