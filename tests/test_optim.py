@@ -71,15 +71,6 @@ def test_fused_adam_equals_keras_adam(make_optimizer, request):
         assert np.max(np.abs(w_fused[2])) == pytest.approx(gates.LOG_ALPHA_MAX, rel=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Library bug (issue 17): optim.apply_gradients builds beta_1, beta_2 and epsilon with "
-    "tf.cast(python_float, float64), which rounds them through float32 (0.999 -> 0.99900001287), so "
-    "in float64 the fused Adam's moment updates differ from Keras' by 1.3e-5 relative. Keras uses the "
-    "exact 1 - beta in the moment updates and float32-rounded betas only in the bias-correction powers; "
-    "tf.constant(beta, dtype) for beta1/beta2/epsilon and tf.cast(beta, dtype) for the powers makes the "
-    "two paths bit-identical (checked on a scratch copy).",
-)
 @pytest.mark.parametrize("make_optimizer", MAKERS, ids=["constant_lr", "schedule"])
 def test_fused_adam_equals_keras_adam_float64(make_optimizer):
     """float64 has room for Keras' scalars: the paths must agree to rounding."""

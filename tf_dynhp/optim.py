@@ -72,11 +72,13 @@ def apply_gradients(optimizer: keras.optimizers.Optimizer, grads: Sequence[Any],
         dtype = variable.dtype
         if dtype not in scalars:
             t = tf.cast(step, dtype)
-            beta_1 = tf.cast(optimizer.beta_1, dtype)
-            beta_2 = tf.cast(optimizer.beta_2, dtype)
+            # The moments' factors exactly in the variable's dtype (tf.cast of a Python
+            # float goes through float32: 0.999 -> 0.9990000128746 in float64); the
+            # bias-correction powers as Keras' Adam computes them.
+            beta_1, beta_2 = tf.constant(optimizer.beta_1, dtype), tf.constant(optimizer.beta_2, dtype)
             scalars[dtype] = dict(
-                beta1_power=tf.pow(beta_1, t), beta2_power=tf.pow(beta_2, t), lr=tf.cast(learning_rate, dtype),
-                beta1=beta_1, beta2=beta_2, epsilon=tf.cast(optimizer.epsilon, dtype),
+                beta1_power=tf.pow(tf.cast(optimizer.beta_1, dtype), t), beta2_power=tf.pow(tf.cast(optimizer.beta_2, dtype), t),
+                lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2, epsilon=tf.constant(optimizer.epsilon, dtype),
             )
         index = optimizer._get_variable_index(variable)
         tf.raw_ops.ResourceApplyAdam(
