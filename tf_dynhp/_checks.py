@@ -82,10 +82,13 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | Callable[[Any], No
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
         raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
+    producing = False
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
-                data(f)
+                producing = True
+                data(f)  # its own errors (a failed download, a bad digest) pass as they are
+                producing = False
             else:
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
@@ -96,7 +99,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | Callable[[Any], No
     except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and not producing:
             raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
         raise
     fsync_dir(folder)

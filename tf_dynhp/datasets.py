@@ -44,6 +44,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tf_dynhp._checks import write_atomic
+
 __all__ = ["load", "read_idx", "find_dataset_dir"]
 
 #: Environment variable naming a data folder (or a parent of data folders).
@@ -303,28 +305,22 @@ def _download(spec: _Spec, cache: Path) -> Path:
     Raises:
         OSError: (or `http.client.HTTPException`, `ValueError`) on failure.
     """
-    import shutil
-    import tempfile
     import urllib.request
 
     def fetch(url: str, target: Path, sha256: str | None) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         print(f"Downloading data from {url}", file=sys.stderr)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as r:
-                shutil.copyfileobj(r, out, _CHUNK)
-            if sha256 is not None:
-                digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-                if digest != sha256:
-                    raise ValueError(
-                        f"{url}: expected SHA-256 {sha256}, received a file "
-                        f"with SHA-256 {digest}"
-                    )
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        def copy(out) -> None:  # into write_atomic's temporary file; a bad digest leaves nothing
+            digest = hashlib.sha256()
+            with urllib.request.urlopen(url, timeout=60) as r:
+                for chunk in iter(lambda: r.read(_CHUNK), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if sha256 is not None and digest.hexdigest() != sha256:
+                raise ValueError(f"{url}: expected SHA-256 {sha256}, received a file with SHA-256 {digest.hexdigest()}")
+
+        write_atomic(target, copy)
 
     if spec.npz:
         target = cache / spec.npz

@@ -31,13 +31,15 @@ import dataclasses
 import math
 import numbers
 import os
-import secrets
+
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
+
+from tf_dynhp._checks import write_atomic
 
 __all__ = [
     "QUANTIZATIONS",
@@ -215,16 +217,10 @@ def _check_out_path(path: _PathLike) -> Path:
 
 
 def _atomic_write(path: Path, content: bytes) -> None:
-    """Writes `content` to a fresh temporary file in `path`'s folder, then renames it onto `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # "x": never clobber; permissions follow the umask
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
+    """`_checks.write_atomic`, the file readable as the umask allows (a model to ship)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    write_atomic(path, content, mode=0o666 & ~umask)
 
 
 def _resolve_quantization(quantization: Any) -> str:
