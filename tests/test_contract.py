@@ -265,3 +265,11 @@ def test_per_layer_l0_lambda_reaches_each_layer(mnist):
     assert [layer.l0_lambda for layer in result.gated_model.layers if isinstance(layer, tf_dynhp.L0Dense)] == [0.2, 0.0]
     with pytest.raises(ValueError, match="one number"):
         tf_dynhp.fit(model, x[:200], y[:200], l0_lambda=[0.2, 0.0], target_kb=10.0, **{**QUICK, "method": "hp"})
+
+
+def test_tensorboard_callback_writes_its_logs(mnist, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tools extra installs tensorboard")
+    (x, y), (xt, yt) = mnist
+    tf_dynhp.fit(_mlp(), x[:300], y[:300], validation_data=(xt[:100], yt[:100]),
+                 callbacks=[keras.callbacks.TensorBoard(str(tmp_path / "tb"))], **{**QUICK, "epochs": 2})
+    assert list((tmp_path / "tb" / "train").glob("events.out.tfevents.*"))
