@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from tf_dynhp._checks import real_number
+
 __all__ = ["BATCH_GROWTH_MODES", "check_alpha_bs", "growth", "batch_increment", "next_batch_size"]
 
 BATCH_GROWTH_MODES = ("step_mean", "step", "epoch")
@@ -32,12 +34,7 @@ BATCH_GROWTH_MODES = ("step_mean", "step", "epoch")
 
 def check_alpha_bs(alpha_bs: float) -> float:
     """Validates the smoothing parameter of Eq. 8 (alpha_bs in [0, 1])."""
-    if isinstance(alpha_bs, bool) or not isinstance(alpha_bs, (int, float)) or not 0.0 <= alpha_bs <= 1.0:
-        raise ValueError(
-            "Invalid value received for argument `alpha_bs`. Expected a float in [0, 1]. "
-            f"Received: alpha_bs={alpha_bs!r}"
-        )
-    return float(alpha_bs)
+    return real_number("alpha_bs", alpha_bs, "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 
 
 def growth(ratio: Any, alpha_bs: float, batch: Any = 1.0, floor: Callable[[Any], Any] = math.floor) -> Any:

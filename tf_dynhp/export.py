@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import keras
 import numpy as np
 
-from tf_dynhp._checks import write_atomic
+from tf_dynhp._checks import invalid, write_atomic
 
 __all__ = [
     "QUANTIZATIONS",
@@ -176,8 +176,7 @@ def _custom_ops(ops: Sequence[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- argument checks
-def _invalid(name: str, expected: str, value: Any) -> ValueError:
-    return ValueError(f"Invalid value received for argument `{name}`. Expected {expected}. Received: {name}={value!r}")
+_invalid = invalid
 
 
 def _check_model(model: Any) -> None:

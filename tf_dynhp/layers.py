@@ -18,6 +18,7 @@ from keras import ops
 import tensorflow as tf
 
 from tf_dynhp import fused, gates
+from tf_dynhp._checks import invalid, positive_int
 
 __all__ = ["L0Dense", "L0Conv2D", "SelectFeatures", "GatedForward"]
 
@@ -83,21 +84,10 @@ def _check_in(name: str, value: Any, low: float, high: float, *, closed_low: boo
     ok_low = value >= low if closed_low else value > low
     ok_high = value <= high if closed_high else value < high
     if not (isinstance(value, (int, float)) and ok_low and ok_high):
-        left = "[" if closed_low else "("
-        right = "]" if closed_high else ")"
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a float in "
-            f"{left}{low}, {high}{right}. Received: {name}={value!r}"
-        )
+        raise invalid(name, f"a float in {'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}", value)
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a positive "
-            f"integer. Received: {name}={value!r}"
-        )
-    return int(value)
+_positive_int = positive_int
 
 
 def _int_pair(name: str, value: Any) -> tuple[int, int]:

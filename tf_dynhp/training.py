@@ -496,10 +496,3 @@ def fit(
     # -------------------------------------------------------------- epoch loop
     run.set_data(tf.constant(x_train), tf.constant(y_train))
     return run.fit_epochs(val, callbacks, settings, getattr(model, "name", "model"))
-
-
-# Names tests of other modules still import from here while they move (issue 14).
-from tf_dynhp.loop import Accumulators as _Accumulators  # noqa: E402
-from tf_dynhp.loop import make_epoch_runner as _make_epoch_runner  # noqa: E402
-from tf_dynhp.data import epoch_order as _epoch_order  # noqa: E402
-from tf_dynhp.pruning import core_from as _core_from  # noqa: E402,F811
