@@ -98,7 +98,7 @@ def test_tf_data_input_equals_numpy_input(mnist_small):
 
 
 def test_verbose_prints_one_line_per_epoch(mnist_small, capsys):
-    _fit(mnist_small, "sp", epochs=2, verbose=1)
+    _fit(mnist_small, "sp", epochs=2, verbose=2)
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("Epoch ")]
     assert len(lines) == 2 and "val_error" in lines[0] and "MO " in lines[0] and "active" in lines[0]
 
@@ -203,7 +203,7 @@ Y = np.arange(10) % 10
         (X, Y, _bad(batch_size=0), ValueError, "batch_size"),
         (X, Y, _bad(l0_lambda=-0.1), ValueError, "l0_lambda"),
         (X, Y, _bad(gamma=1.0), ValueError, "gamma"),
-        (X, Y, _bad(method="dynhp", budget_kb=3000.0), ValueError, "alpha_bs"),
+        (X, Y, _bad(method="dynhp", alpha_bs="0.9", budget_kb=3000.0), ValueError, "alpha_bs"),
         (X, Y, _bad(method="dynhp", alpha_bs=0.97), ValueError, "budget_kb"),
         (X, Y, _bad(method="dynhp", alpha_bs=1.5, budget_kb=3000.0), ValueError, "alpha_bs"),
         (X, Y, _bad(method="dynhp", alpha_bs=0.97, budget_kb=-1.0), ValueError, "budget_kb"),
@@ -211,7 +211,7 @@ Y = np.arange(10) % 10
         (X, Y, _bad(budget_on="device"), ValueError, "budget_on"),
         (X, Y, _bad(batch_growth="fast"), ValueError, "batch_growth"),
         (X, Y, _bad(optimizer="nadamx"), ValueError, "optimizer"),
-        (X, Y, _bad(method="hp", callbacks=[keras.callbacks.EarlyStopping(restore_best_weights=True)]), ValueError, "restore_best_weights"),
+        (X, Y, _bad(method="hp", callbacks=[keras.callbacks.BackupAndRestore("/nonexistent/backup")]), ValueError, "BackupAndRestore"),
         (X, None, _bad(), ValueError, "labels"),
     ],
 )

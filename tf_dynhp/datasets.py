@@ -44,8 +44,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tf_dynhp._checks import write_atomic
-
 __all__ = ["load", "read_idx", "find_dataset_dir"]
 
 #: Environment variable naming a data folder (or a parent of data folders).
@@ -306,6 +304,8 @@ def _download(spec: _Spec, cache: Path) -> Path:
         OSError: (or `http.client.HTTPException`, `ValueError`) on failure.
     """
     import urllib.request
+
+    from tf_dynhp._checks import write_atomic  # noqa: PLC0415 - keeps this module's import light
 
     def fetch(url: str, target: Path, sha256: str | None) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
