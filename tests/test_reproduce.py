@@ -515,3 +515,19 @@ def test_summarize_takes_the_references_of_the_runs_dataset(tmp_path):
     rows = {line.split("|")[1].strip(): line for line in
             _ok(_run("summarize.py", "--sp_mo_kb=1000", "--dense_kb=2000", str(fashion))).splitlines()}
     assert "| 716.7 (71.7%) |" in rows["f"] and "| 520.7 (26.0%) |" in rows["f"]
+
+
+def test_long_runs_section_says_whether_the_papers_size_is_reached(tmp_path):
+    """Issue 16 item 5: each 2000-epoch row against the paper's row of the same method (and
+    alpha_bs), the verdict computed; unfinished runs listed with their status."""
+    _, run_folders, report = _tools()
+    hp = _fake_run(tmp_path / "hp", "hp", [1.5, 1.4], [1.0, 1.0], {"test_error": 1.38, "model_kb": 416.8, "layer_sizes": [339, 240, 100],
+                                                                    "epochs_run": 2000}, epochs=2000)
+    dyn = _fake_run(tmp_path / "dyn", "dynhp", [1.5], [1.0], {"test_error": 1.50, "model_kb": 170.0, "epochs_run": 2000},
+                    epochs=2000, alpha_bs=0.975)
+    late = run_folders.RunInfo("late", tmp_path / "late", {**dyn.config}, "unfinished, epoch 1138 of 2000", None, None)
+    text = "\n".join(report.long_runs_section([hp, dyn, late]))
+    assert "| 1.38 (1.41) | 416.8 (206) |" in text
+    assert "HP: after 2000 epochs the model does not reach (2.0x its size) the paper's 206 KB; its error 1.38% is at or below the paper's 1.41%." in text
+    assert "DYNHP α 0.975: after 2000 epochs the model reaches the paper's 178 KB; its error 1.50% is above the paper's 1.43%." in text
+    assert "| late | 2000 | | | | | unfinished, epoch 1138 of 2000 |" in text

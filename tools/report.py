@@ -43,6 +43,7 @@ from report_tables import (  # noqa: E402
     all_runs_table,
     commands,
     lenet_section,
+    long_runs_section,
     observations,
     paper_table,
     targets_section,
@@ -55,6 +56,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("runs", "runs/", "Folder of run folders (tools/reproduce.py --out).")
 flags.DEFINE_string("out", "RESULTS.md", "Markdown file to write.")
 flags.DEFINE_string("figures", None, "Folder for the PNG figures (default: `figures` beside --out).")
+flags.DEFINE_string("long_runs", None, "Folder of the 2000-epoch runs of the paper's protocol (issue 16), e.g. results/long2000.")
 flags.DEFINE_string("benchmark", None, "Markdown of tools/benchmark.py to include (default: <runs>/benchmark.md if present).")
 
 
@@ -62,7 +64,8 @@ def _rel(path: Path, start: Path) -> str:
     return os.path.relpath(path, start).replace(os.sep, "/")
 
 
-def build_report(runs_dir: Path, out: Path, figures_dir: Path, benchmark: Path | None, command: str) -> dict[str, Any]:
+def build_report(runs_dir: Path, out: Path, figures_dir: Path, benchmark: Path | None, command: str,
+                 long_runs: Path | None = None) -> dict[str, Any]:
     """Writes RESULTS.md and the figures; returns a summary (counts, figure paths)."""
     runs = load_runs(runs_dir)
     cnn_runs = [r for r in runs if r.config.get("arch", "mlp") != "mlp"]
@@ -164,6 +167,8 @@ def build_report(runs_dir: Path, out: Path, figures_dir: Path, benchmark: Path |
 
     if cnn_runs:
         lines += lenet_section(cnn_runs)
+    if long_runs is not None and long_runs.is_dir():
+        lines += long_runs_section(load_runs(long_runs))
     if missing:
         lines += ["## Runs not finished", "", "| run | status |", "|---|---|"]
         lines += [f"| {r.name} | {r.status} |" for r in missing]
@@ -189,7 +194,7 @@ def main(argv: list[str]) -> int:
     command = "python tools/report.py " + " ".join(a for a in sys.argv[1:])
     out = Path(FLAGS.out)
     figures = Path(FLAGS.figures) if FLAGS.figures else out.parent / "figures"
-    summary = build_report(runs_dir, out, figures, benchmark, command.strip())
+    summary = build_report(runs_dir, out, figures, benchmark, command.strip(), Path(FLAGS.long_runs) if FLAGS.long_runs else None)
     print(f"wrote {out}: {summary['runs']} runs ({summary['finished']} finished), {summary['tables']} tables, "
           f"{len(summary['figures'])} figures in {figures}" + (f", benchmark from {summary['benchmark']}" if "benchmark" in summary else ""))
     for name, state in summary["missing"]:

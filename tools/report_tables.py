@@ -468,3 +468,42 @@ def observations(dataset: str, groups: Sequence[Group]) -> list[str]:
     return out
 
 
+
+
+def long_runs_section(long_runs: Sequence[RunInfo]) -> list[str]:
+    """Issue 16 item 5: the paper's own protocol (2000 epochs, λ 0.01) once per method, against
+    the paper's published size and error for the same row; every sentence computed here."""
+    lines = ["## The paper's protocol: 2000 epochs at λ = 0.01 (issue 16)", "",
+             "Does the paper's epoch count, with our reading of λ, reach the paper's sizes? One seed per row, "
+             "final epoch; the paper's numbers from `PAPER_TABLES`.", ""]
+    cmds = sorted({r.command for r in long_runs if r.command})
+    if cmds:
+        lines += ["```bash", *cmds, "```", ""]
+    lines += ["| run | epochs | test error % (paper) | model KB (paper) | size at epoch 200 / 500 / 1000 / 1500 | units | status |",
+              "|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for r in long_runs:
+        c, m = r.config, r.metrics or {}
+        rows = PAPER_TABLES.get(c["dataset"], {}).get("rows", [])
+        paper = next((p for p in rows if p[0] == c["method"] and (c["method"] != "dynhp" or abs(p[2] - (c.get("alpha_bs") or 0)) < 1e-9)), None)
+        p_err = f" ({paper[3]:.2f})" if paper else ""
+        p_kb = f" ({paper[5] * KB_PER_MB:.0f})" if paper else ""
+        if not r.finished:
+            lines.append(f"| {r.name} | {c['epochs']} | | | | | {r.status} |")
+            continue
+        h = r.history() or {}
+        sizes = h.get("model_kb") or []
+        at = " / ".join(f"{sizes[e - 1]:.0f}" if len(sizes) >= e else "–" for e in (200, 500, 1000, 1500))
+        units = "-".join(str(u) for u in (m.get("layer_sizes") or []))
+        lines.append(f"| {r.name} | {m.get('epochs_run')} | {m['test_error']:.2f}{p_err} | {m['model_kb']:.1f}{p_kb} | {at} | {units} | finished |")
+        if paper:
+            paper_kb = paper[5] * KB_PER_MB
+            size_word = "reaches" if m["model_kb"] <= paper_kb else f"does not reach ({m['model_kb'] / paper_kb:.1f}x its size)"
+            err_word = "at or below" if m["test_error"] <= paper[3] else "above"
+            verdicts.append(f"* {c['method'].upper()}{' α ' + str(c.get('alpha_bs')) if c['method'] == 'dynhp' else ''}: after "
+                            f"{m.get('epochs_run')} epochs the model {size_word} the paper's {paper_kb:.0f} KB; its error "
+                            f"{m['test_error']:.2f}% is {err_word} the paper's {paper[3]:.2f}%.")
+    lines.append("")
+    if verdicts:
+        lines += verdicts + [""]
+    return lines
