@@ -531,3 +531,27 @@ def test_long_runs_section_says_whether_the_papers_size_is_reached(tmp_path):
     assert "HP: after 2000 epochs the model does not reach (2.0x its size) the paper's 206 KB; its error 1.38% is at or below the paper's 1.41%." in text
     assert "DYNHP α 0.975: after 2000 epochs the model reaches the paper's 178 KB; its error 1.50% is above the paper's 1.43%." in text
     assert "| late | 2000 | | | | | unfinished, epoch 1138 of 2000 |" in text
+
+
+def test_frontier_section_at_the_papers_size(tmp_path):
+    """Issue 16 item 4: one row per target with our size and error beside the paper's error at
+    that size, the saving vs SP, and by how much a target is missed."""
+    paper, run_folders, report = _tools()
+    sp = _fake_run(tmp_path / "sp", "sp", [3.0, 1.9], [2.0, 2.0],
+                   {"test_error": 1.5, "model_kb": 1041.4453125, "training_memory_mb": 10.0, "train_seconds": 100.0})
+    budget = paper.sp_mo_kb("mnist")
+    seeds = [_fake_run(tmp_path / f"t205s{s}", "dynhp", [2.2, 1.9], [1.0, 1.0],
+                       {"test_error": e, "model_kb": 204.0, "training_memory_mb": 2.0, "train_seconds": 50.0},
+                       alpha_bs=0.973, budget_kb=budget, target_kb=205.0, seed=s) for s, e in ((1, 1.38), (2, 1.40), (3, 1.42))]
+    big = _fake_run(tmp_path / "t572", "dynhp", [2.5], [1.0],
+                    {"test_error": 1.6, "model_kb": 500.0, "training_memory_mb": 4.0, "train_seconds": 60.0},
+                    alpha_bs=0.971, budget_kb=budget, target_kb=572.0)
+    groups = run_folders.make_groups([sp, *seeds, big])
+    assert len([g for g in groups if g.config.get("target_kb") == 205.0]) == 1  # the seeds form one row
+    text = "\n".join(report.frontier_section("mnist", groups))
+    row205 = next(line for line in text.splitlines() if line.startswith("| 205 |"))
+    assert "| 0.973 | 3 | 204.0 | 1.40 ± 0.02 | 1.40 (DYNHP α 0.973) | 2.0 | 80.0 |" in row205 and row205.endswith("| yes |")
+    row572 = next(line for line in text.splitlines() if line.startswith("| 572 |"))
+    assert "12.6% under (more than 3%)" in row572 and "1.50 (DYNHP α 0.971)" in row572
+    # the targeted rows are not mistaken for the paper's DynHP rows
+    assert all(not g.is_paper_setting() for g in groups if g.config.get("target_kb"))

@@ -42,6 +42,7 @@ from report_figures import figures_for  # noqa: E402
 from report_tables import (  # noqa: E402
     all_runs_table,
     commands,
+    frontier_section,
     lenet_section,
     long_runs_section,
     observations,
@@ -139,6 +140,7 @@ def build_report(runs_dir: Path, out: Path, figures_dir: Path, benchmark: Path |
                 lines += [f"Training time of these {len(secs)} finished runs: {sum(secs) / 3600:.1f} hours of run time in all "
                           "(`train s` summed over the runs).", ""]
             summary["tables"] += 1
+            lines += frontier_section(dataset, sgroups)
             tlines = targets_section(dataset, sgroups)
             if tlines:
                 lines += [f"### Targets ({title}, {setting_text(setting)})", ""] + tlines

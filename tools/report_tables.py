@@ -507,3 +507,56 @@ def long_runs_section(long_runs: Sequence[RunInfo]) -> list[str]:
     if verdicts:
         lines += verdicts + [""]
     return lines
+
+
+#: Issue 16's targets at the paper's size (200 epochs, 3 seeds): (dataset, target KB) ->
+#: (error at most %, training-memory saving vs SP at least %).
+SIZE_TARGETS = {("mnist", 205.0): (1.40, 75.0), ("mnist", 178.0): (1.43, 75.0), ("fashion_mnist", 135.0): (10.23, 65.0)}
+
+
+def frontier_section(dataset: str, groups: Sequence[Group]) -> list[str]:
+    """Issue 16: the `target_kb` rows "at the paper's size": target, our final size, our error
+    (mean ± std), the paper's error at that size, training memory and saving vs SP, wall time
+    and time to the data set's error milestone beside SP's; where a target is missed, by how much."""
+    rows = [g for g in groups if g.config.get("target_kb") is not None and g.finished]
+    if not rows:
+        return []
+    sp = _paper_sp(groups)
+    published = {round(r[5] * KB_PER_MB, 6): r for r in PAPER_TABLES.get(dataset, {}).get("rows", [])}
+    milestone = TIME_TARGET_ERROR.get(dataset)
+    sp_mem = sp.mean("training_memory_mb") if sp else None
+    head = (f"SP (bs {sp.config['batch_size']}, same epochs): {_mean_std(sp, 'test_error', '.2f')}% error, "
+            f"{sp_mem:.1f} MB training memory, {sp.mean('train_seconds'):.0f} s, {milestone:g}% error after {time_to_error_text(sp)}."
+            if sp else "No finished SP run of the paper's setting in this folder: savings are not computed.")
+    lines = [f"### At the paper's size (`fit(target_kb=...)`, issue 16)", "", head, "",
+             "| target KB | α_bs | seeds | final KB (max) | error % | paper's error % (row) | training memory MB | saving vs SP % "
+             f"| wall s | to {milestone:g}% | target met? |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for g in sorted(rows, key=lambda g: (g.config["target_kb"], g.config["alpha_bs"] or 0)):
+        c = g.config
+        target = float(c["target_kb"])
+        paper = published.get(round(target, 6))
+        paper_text = f"{paper[3]:.2f} ({paper[0].upper()}{' α ' + format(paper[2], '.3f') if paper[2] else ''})" if paper else "–"
+        mem = g.mean("training_memory_mb")
+        saving = 100 * (1 - mem / sp_mem) if (sp_mem and mem is not None) else None
+        final = g.max("model_kb")
+        verdicts = []
+        if final is not None and final > target:
+            verdicts.append(f"size over by {final - target:.1f} KB")
+        if final is not None and final < 0.97 * target:
+            verdicts.append(f"size {100 * (1 - final / target):.1f}% under (more than 3%)")
+        goal = SIZE_TARGETS.get((dataset, target))
+        err = g.mean("test_error")
+        if goal is not None and err is not None and err > goal[0]:
+            verdicts.append(f"error over by {err - goal[0]:.2f} points")
+        if goal is not None and saving is not None and saving < goal[1]:
+            verdicts.append(f"memory saving short by {goal[1] - saving:.1f} points")
+        met = "yes" if not verdicts else "no: " + "; ".join(verdicts)
+        lines.append(
+            f"| {target:g} | {c['alpha_bs']:.3f} | {len(g.finished)} | {final:.1f} | {_mean_std(g, 'test_error', '.2f')} | {paper_text} "
+            f"| {_num(mem, '.1f')} | {_num(saving, '.1f')} | {_num(g.mean('train_seconds'), '.0f')} | {time_to_error_text(g)} | {met} |"
+        )
+    lines += ["", "Error targets (issue 16, 3 seeds): "
+              + "; ".join(f"{d} {t:g} KB: ≤ {e:.2f}%, memory saving ≥ {m:.0f}%" for (d, t), (e, m) in SIZE_TARGETS.items() if d == dataset)
+              + ". Final epoch, nothing selected on the test set.", ""]
+    return lines

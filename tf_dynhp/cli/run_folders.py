@@ -106,6 +106,8 @@ def _normalize(config: dict[str, Any]) -> dict[str, Any]:
     c.setdefault("test_limit", None)
     c.setdefault("alpha_bs", None)
     c.setdefault("budget_kb", None)
+    c.setdefault("target_kb", None)
+    c.setdefault("validation_split", 0.0)
     return c
 
 
@@ -184,6 +186,7 @@ def group_key(c: dict[str, Any]) -> tuple:
         c["dataset"], c["method"], int(c["batch_size"]), round(c["alpha_bs"], 6) if dynhp and c["alpha_bs"] is not None else None,
         float(c["l0_lambda"]), c["batch_growth"] if dynhp else None, float(c["gamma"]),
         round(c["budget_kb"], 1) if dynhp and c["budget_kb"] else None, c["budget_on"] if dynhp else None,
+        c.get("target_kb"), c.get("validation_split") or 0.0,
     ) + setting_key(c)
 
 
@@ -242,6 +245,8 @@ class Group:
         """λ, γ and hidden widths of the paper; for DynHP also its initial batch, batch
         growth and budget (MO of SP, `paper.sp_mo_kb`)."""
         c = self.config
+        if c.get("target_kb") is not None or c.get("validation_split"):
+            return False  # fit(target_kb=...) rows are the frontier's (issue 16), not the tables'
         if c["dataset"] not in PAPER or (float(c["l0_lambda"]), float(c["gamma"]), c["hidden"]) != (PAPER_LAMBDA, PAPER_GAMMA, PAPER_HIDDEN):
             return False
         if c["method"] == "dynhp":
