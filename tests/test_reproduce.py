@@ -241,6 +241,7 @@ def test_quick_sweep_runs_two_jobs_into_run_folders(sweep):
         assert len(_history(folder)) == 2
         log = (folder / "train.log").read_text()
         assert "Epoch 2/2" in log
+        assert "\x1b[" not in log and "━" not in log  # a file gets the one-line-per-epoch log, no progress bar
         assert "threads: intra_op=1 inter_op=1 OMP=1" in log  # jobs > 1: one thread per worker
     assert _metrics(out / DYNHP_NAME)["budget_kb"] == pytest.approx(2609.4, abs=0.05)
     assert _metrics(out / SP_NAME)["mean_memory_kb"] == pytest.approx(2609.4, abs=0.05)  # MO of SP at 512

@@ -414,7 +414,7 @@ def _run_worker(config_json: str, run_dir: str, data_dir: str | None) -> None:
     print(f"run {Path(run_dir).name}: {config.method} on {config.dataset}, {config.epochs} epochs, seed {config.seed}; "
           f"threads: intra_op={intra or 'default'} inter_op={inter or 'default'} OMP={os.environ.get('OMP_NUM_THREADS', 'default')}",
           flush=True)
-    runs.run(config, run_dir, data_dir=data_dir, resume=True, verbose=1)
+    runs.run(config, run_dir, data_dir=data_dir, resume=True, verbose=2)  # one line per epoch: the log is a file, not a terminal
 
 
 def _summary(run_dir: Path) -> str:
