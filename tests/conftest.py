@@ -50,3 +50,16 @@ def make_mlp(input_shape=(28, 28), hidden=(32, 16), classes=10, dtype=None, acti
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def load_gate_kernel():
+    """The fused gate kernel's op module (compiled on first use into the current cache folder).
+    Skipped only on a machine without a C++ compiler; a failing compilation fails."""
+    from tf_dynhp import fused
+
+    try:
+        return fused.load_kernel()
+    except fused.KernelBuildError as err:
+        if str(err).startswith("No C++ compiler found"):
+            pytest.skip(str(err))
+        raise
