@@ -40,6 +40,27 @@ def test_unknown_arch_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_cosine_lr_decay_reaches_the_optimizer(mnist):
+    """RunConfig.lr_decay="cosine": epoch e trains at lr (1 + cos(pi e / epochs)) / 2; a bad name is refused first."""
+    (cb,) = runs.lr_callbacks("cosine", 1e-3, 4)
+    assert [cb.schedule(e, None) for e in range(4)] == pytest.approx([1e-3, 1e-3 * (1 + np.cos(np.pi / 4)) / 2, 5e-4,
+                                                                      1e-3 * (1 + np.cos(3 * np.pi / 4)) / 2])
+    assert runs.lr_callbacks("none", 1e-3, 4) == []
+
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    (x, y), _ = mnist
+    tf_dynhp.fit(tf_dynhp.runs.build_mlp((8,)), x[:200], y[:200], method="hp", epochs=3, batch_size=50, verbose=0,
+                 callbacks=runs.lr_callbacks("cosine", 1e-3, 3) + [Watch()])
+    assert seen == pytest.approx([1e-3, 7.5e-4, 2.5e-4], rel=1e-5)
+    with pytest.raises(ValueError, match="lr_decay.*'none', 'cosine'.*'step'"):
+        runs.run(runs.RunConfig(lr_decay="step"), None, data=((None, None), (None, None)), verbose=0)
+
+
 # ------------------------------------------------------------------ one run per folder
 ROOT = Path(__file__).resolve().parents[1]
 

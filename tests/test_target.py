@@ -25,6 +25,16 @@ def test_multiplier_rises_above_target_decays_below_and_is_never_negative():
     assert max(lams) == lams[5] and lams[-1] < 0.01 * lams[5] and min(lams) >= 0
 
 
+def test_multiplier_never_falls_below_its_floor():
+    assert target.update_lambda(0.3, 99.0, 100.0, 0.05, floor=0.2) == pytest.approx(0.2)  # would halve to 0.15
+    assert target.update_lambda(0.01, 500.0, 100.0, 0.05, floor=0.02) == pytest.approx(0.21)  # above: the plain step
+    assert target.update_lambda(0.0, 50.0, 100.0, 0.05, floor=0.02) == pytest.approx(0.02)
+    lams = [0.01]
+    for size in [1000, 400, 120, 90, 90, 90, 90, 90, 90, 90, 90, 90]:
+        lams.append(target.update_lambda(lams[-1], size, 100.0, 0.05, floor=0.01))
+    assert min(lams) == pytest.approx(0.01) and lams[-1] == pytest.approx(0.01) and max(lams) > 0.05
+
+
 # --------------------------------------------------------------------------- sizes and plans
 def _gated(model, seed=0):
     from tf_dynhp.pruning import core_from
@@ -124,6 +134,8 @@ def test_target_refusals(mnist):
         tf_dynhp.fit(model, x[:64], y[:64], target_kb=10.0, method="sp", epochs=1, verbose=0)
     with pytest.raises(ValueError, match="Invalid value received for argument `target_kb`"):
         tf_dynhp.fit(model, x[:64], y[:64], target_kb=-3, **FAST)
+    with pytest.raises(ValueError, match="Invalid value received for argument `lambda_floor`"):
+        tf_dynhp.fit(model, x[:64], y[:64], target_kb=10.0, lambda_floor=-0.1, **FAST)
     with pytest.warns(RuntimeWarning, match="not below the model's size"):
         result = tf_dynhp.fit(model, x[:64], y[:64], target_kb=1e6, **{**FAST, "epochs": 1})
     assert "target_kb" not in result.history
@@ -152,6 +164,20 @@ def test_one_trace_and_exact_resume_under_a_target(mnist, tmp_path):
     with pytest.raises(ValueError, match="target_kb"):
         tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, resume=True,
                      **{**kw, "target_kb": goal * 0.9})
+
+
+def test_floor_holds_the_multiplier_in_the_run_and_in_the_checkpoint(mnist, tmp_path):
+    (x, y), _ = mnist
+    goal = 0.2 * memory.floats_to_kb(memory.weight_count(_mlp(hidden=(40, 20), input_shape=(28, 28))))
+    kw = dict(target_kb=goal, **FAST)
+    folder = tmp_path / "ck"
+    result = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], lambda_floor=0.05,
+                          checkpoint_dir=folder, **kw)
+    assert result.history["l0_lambda"][0] == pytest.approx(0.05)  # starts at max(l0_lambda, floor)
+    assert min(result.history["l0_lambda"]) >= 0.05 and result.state.l0_lambda >= 0.05
+    with pytest.raises(ValueError, match="lambda_floor"):  # another floor is another run
+        tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, resume=True,
+                     lambda_floor=0.0, **{**kw, "epochs": FAST["epochs"] + 1})
 
 
 class _StopAfter(keras.callbacks.Callback):

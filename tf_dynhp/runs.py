@@ -35,10 +35,12 @@ import numpy as np
 
 from tf_dynhp._checks import invalid, write_atomic
 
-__all__ = ["ARCHS", "RunConfig", "RunFolderError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
+__all__ = ["ARCHS", "LR_DECAYS", "RunConfig", "lr_callbacks", "RunFolderError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
 
 #: Architectures of `RunConfig.arch`: the paper's MLP family (`hidden`) and LeNet-5-Caffe.
 ARCHS = ("mlp", "lenet5")
+#: Learning-rate schedules of `RunConfig.lr_decay`.
+LR_DECAYS = ("none", "cosine")
 
 
 @dataclasses.dataclass
@@ -77,6 +79,10 @@ class RunConfig:
     # (anything selected on it never saw the test set); 0: the test set is the per-epoch
     # validation data, as the paper's figures show it (nothing is selected on it).
     validation_split: float = 0.0
+    # Learning-rate schedule over the run (`LR_DECAYS`): "none" keeps `learning_rate`;
+    # "cosine" decays it to 0 on a half cosine over `epochs` (a Keras LearningRateScheduler).
+    lr_decay: str = "none"
+    lambda_floor: float = 0.0  # fit(lambda_floor=...): the size multiplier's floor under a target
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -113,6 +119,20 @@ def build_lenet5(input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 
         ],
         name="lenet5",
     )
+
+
+def lr_callbacks(lr_decay: str, learning_rate: float, epochs: int) -> list[Any]:
+    """The Keras callbacks of a learning-rate schedule (`LR_DECAYS`): none, or for
+    "cosine" a `LearningRateScheduler` setting epoch e (0-based) to
+    `learning_rate * (1 + cos(pi * e / epochs)) / 2`. It depends on the epoch index
+    only, so a resumed run gets the same rates."""
+    import keras
+
+    if lr_decay == "none":
+        return []
+    if lr_decay == "cosine":
+        return [keras.callbacks.LearningRateScheduler(lambda e, lr: learning_rate * 0.5 * (1.0 + math.cos(math.pi * e / epochs)))]
+    raise invalid("lr_decay", f"one of {list(LR_DECAYS)}", lr_decay)
 
 
 def build_model(config: RunConfig):
@@ -275,6 +295,8 @@ def run(
     """
     if config.arch not in ARCHS:
         raise invalid("arch", f"one of {list(ARCHS)}", config.arch)
+    if config.lr_decay not in LR_DECAYS:
+        raise invalid("lr_decay", f"one of {list(LR_DECAYS)}", config.lr_decay)
     if resume and overwrite:
         raise ValueError("`resume=True` continues the run in `out_dir`, `overwrite=True` deletes it: pass one of them.")
     if out_dir is None:
@@ -324,7 +346,8 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
             steps_per_execution=config.steps_per_execution, verbose=verbose,
             droprate_init=config.droprate_init, input_droprate_init=config.input_droprate_init,
             checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
-            gate_kernel=config.gate_kernel, target_kb=config.target_kb,
+            gate_kernel=config.gate_kernel, target_kb=config.target_kb, lambda_floor=config.lambda_floor,
+            callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs),
         )
     except tf_dynhp.NonFiniteError as err:
         if out_dir is not None:  # the folder keeps the last good model (no metrics.json: unfinished)

@@ -50,19 +50,22 @@ from tf_dynhp.units import UnitAxis, effective_keep, plan_outcome, unit_axes
 __all__ = ["update_lambda", "weights_of_sizes", "smallest_weights", "plan_to_target", "expected_weights"]
 
 
-def update_lambda(lam: float, size_kb: float, target_kb: float, step: float) -> float:
+def update_lambda(lam: float, size_kb: float, target_kb: float, step: float, floor: float = 0.0) -> float:
     """One update of the multiplier at an epoch boundary.
 
     Above the target, a dual-ascent step: `lam + step * (size_kb / target_kb - 1)`.
     At or below it, `lam / 2`. Hard pruning is a ratchet (units never come back) and
     stops at the target, so the size then sits just under it, where the plain
     dual-ascent step is ~0 and λ would stay at its peak, pressing on gates that can
-    no longer be removed; halving lets it fall back toward 0 in a few epochs.
-    Never negative.
+    no longer be removed; halving lets it fall back toward `floor` in a few epochs.
+    Never below `floor` (default 0: λ falls back toward 0, the plain multiplier; a
+    floor > 0 keeps some of the L0 penalty, and the gates' noise, on the model that
+    has reached its size).
     """
+    floor = max(0.0, float(floor))
     if size_kb > target_kb:
-        return max(0.0, float(lam) + float(step) * (float(size_kb) / float(target_kb) - 1.0))
-    return max(0.0, float(lam) * 0.5)
+        return max(floor, float(lam) + float(step) * (float(size_kb) / float(target_kb) - 1.0))
+    return max(floor, float(lam) * 0.5)
 
 
 def _kernel_area(layer: Any) -> int:

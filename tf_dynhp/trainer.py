@@ -62,6 +62,7 @@ class FitConfig:
     checkpoint_dir: Any = None
     target_kb: float | None = None  # fit(target_kb=...): see tf_dynhp.target
     lambda_step: float = 0.05
+    lambda_floor: float = 0.0
     target_epoch: int = 0  # from the end of this epoch (1-based) on, the target is forced
 
 
@@ -318,7 +319,9 @@ class Trainer:
         pruned, floors, rebuild_seconds = self.prune(stats, epoch)
         if self.size_lambda is not None:  # the multiplier follows the size the user gets
             record["l0_lambda"] = state.l0_lambda
-            state.l0_lambda = target.update_lambda(state.l0_lambda, memory.floats_to_kb(self.weights()), self.config.target_kb, self.config.lambda_step)
+            cfg = self.config
+            size_kb = memory.floats_to_kb(self.weights())
+            state.l0_lambda = target.update_lambda(state.l0_lambda, size_kb, cfg.target_kb, cfg.lambda_step, cfg.lambda_floor)
             self.size_lambda.assign(state.l0_lambda)
             record["expected_kb"] = memory.floats_to_kb(float(target.expected_weights(self.core.body)))
             record["target_kb"] = self.config.target_kb

@@ -182,6 +182,7 @@ def fit(
     trace_once: bool = True,
     target_kb: float | None = None,
     lambda_step: float = 0.05,
+    lambda_floor: float = 0.0,
     target_deadline: float = 0.25,
 ) -> FitResult:
     """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
@@ -269,6 +270,10 @@ def fit(
             refused, naming that size; one at or above the model's size is a warning.
             History: `l0_lambda`, `expected_kb`, `target_kb` per epoch.
         lambda_step: step of the multiplier's update per epoch (see `tf_dynhp.target`).
+        lambda_floor: the multiplier never falls below this (default 0: it decays
+            toward 0 once the model is at the target; > 0 keeps that much L0 penalty,
+            and the gates' noise, on the model at its size). λ starts at
+            max(`l0_lambda`, `lambda_floor`).
         target_deadline: fraction of `epochs` (in (0, 1]) after which every epoch
             boundary forces the model to the target (default a quarter: reaching the
             size early also keeps the training memory low).
@@ -343,6 +348,7 @@ def fit(
             )
         target_kb = real_number("target_kb", target_kb, "a positive number of KB (1024 bytes) or None", lambda v: v > 0)
         lambda_step = real_number("lambda_step", lambda_step, "a float > 0", lambda v: v > 0)
+        lambda_floor = real_number("lambda_floor", lambda_floor, "a float >= 0", lambda v: v >= 0)
         target_deadline = real_number("target_deadline", target_deadline, "a float in (0, 1]", lambda v: 0 < v <= 1)
     if not isinstance(trace_once, bool):
         raise _invalid("trace_once", "True or False", trace_once)
@@ -423,7 +429,7 @@ def fit(
         method=method, seed=seed, batch_size=batch_size, candidate_batch_size=batch_size,
         alive=[list(range(axis.size)) for axis in axes[:-1]],
         original_inputs=[axis.size for axis in axes[:-1]], gate_kernel=gate_kernel,
-        l0_lambda=float(l0_lambda) if target_kb is not None else None,
+        l0_lambda=max(float(l0_lambda), float(lambda_floor)) if target_kb is not None else None,
     )
     if features is not None:
         state.alive[0] = [int(i) for i in features]
@@ -438,6 +444,8 @@ def fit(
         "gate_kernel": gate_kernel,
         "target_kb": target_kb,
         "lambda_step": float(lambda_step) if target_kb is not None else None,
+        # Only when set: checkpoints written before the floor existed resume unchanged.
+        "lambda_floor": float(lambda_floor) if target_kb is not None and lambda_floor else None,
         "target_deadline": float(target_deadline) if target_kb is not None else None,
         # Hashing the data costs ~0.3 s per 60k images: only runs that checkpoint need it.
         "data": fingerprint(x_train, y_train) if checkpoint_dir is not None else None,
@@ -450,7 +458,7 @@ def fit(
         method=method, epochs=epochs, gamma=float(gamma), budget_kb=budget_kb, budget_on=budget_on,
         alpha_bs=alpha_bs or 0.0, batch_growth=batch_growth, steps_per_execution=steps_per_execution,
         loss_fn=loss_fn, trace_once=trace_once, on_nonfinite=on_nonfinite, verbose=verbose, checkpoint_dir=checkpoint_dir,
-        target_kb=target_kb, lambda_step=float(lambda_step), target_epoch=max(1, math.ceil(target_deadline * epochs)),
+        target_kb=target_kb, lambda_step=float(lambda_step), lambda_floor=float(lambda_floor), target_epoch=max(1, math.ceil(target_deadline * epochs)),
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 

@@ -14,6 +14,14 @@ on the test set). Candidates:
   (`keras.callbacks.LearningRateScheduler`).
 * ``deadline50``: the target forced from half of the epochs on (`target_deadline=0.5`).
 * ``cosine_deadline50``: both.
+* ``floor``: the size multiplier never falls below its start, 0.01 (`lambda_floor=0.01`),
+  so the model at its size keeps an L0 penalty and noisy gates.
+* ``cosine_floor``: ``cosine`` and ``floor``.
+* ``step01``: a slower multiplier (`lambda_step=0.01` instead of 0.05): the target is
+  reached later, after the gates have seen more of the data.
+* ``wd``: Louizos et al.'s expected-L2 term with the reference code's strength,
+  5e-4 per weight (`weight_decay=5e-4 * N`, N the training-set size: `L0Dense`
+  divides the penalty by N).
 
 It prints (and writes to `--out`) a Markdown table: final size, test error mean ±
 std over the seeds, mean MO, seconds, with the command that made it.
@@ -22,7 +30,6 @@ std over the seeds, mean MO, seconds, with the command that made it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -44,10 +51,14 @@ flags.DEFINE_integer("train_limit", None, "Use only the first N training images 
 flags.DEFINE_string("out", None, "Markdown file to write the table to (and <out>.json with every run).")
 
 CANDIDATES = {
-    "base": dict(cosine=False, target_deadline=0.25),
-    "cosine": dict(cosine=True, target_deadline=0.25),
-    "deadline50": dict(cosine=False, target_deadline=0.5),
-    "cosine_deadline50": dict(cosine=True, target_deadline=0.5),
+    "base": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0),
+    "cosine": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0),
+    "deadline50": dict(cosine=False, target_deadline=0.5, lambda_floor=0.0),
+    "cosine_deadline50": dict(cosine=True, target_deadline=0.5, lambda_floor=0.0),
+    "floor": dict(cosine=False, target_deadline=0.25, lambda_floor=0.01),
+    "cosine_floor": dict(cosine=True, target_deadline=0.25, lambda_floor=0.01),
+    "step01": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, lambda_step=0.01),
+    "wd": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, weight_decay_per_weight=5e-4),
 }
 
 
@@ -62,14 +73,13 @@ def _one(name: str, seed: int, data) -> dict:
     (x, y), (xt, yt) = data
     keras.utils.set_random_seed(seed)
     model = tf_dynhp.runs.build_mlp((300, 100))
-    callbacks = []
-    if recipe["cosine"]:
-        epochs = FLAGS.epochs
-        callbacks.append(keras.callbacks.LearningRateScheduler(lambda e, lr: PAPER_LR * 0.5 * (1 + math.cos(math.pi * e / epochs))))
+    callbacks = tf_dynhp.runs.lr_callbacks("cosine" if recipe["cosine"] else "none", PAPER_LR, FLAGS.epochs)
     t0 = time.perf_counter()
     result = tf_dynhp.fit(
         model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,
-        target_kb=FLAGS.target_kb, target_deadline=recipe["target_deadline"], validation_data=(xt, yt), seed=seed,
+        target_kb=FLAGS.target_kb, target_deadline=recipe["target_deadline"],
+        lambda_floor=recipe["lambda_floor"], lambda_step=recipe.get("lambda_step", 0.05),
+        weight_decay=recipe.get("weight_decay_per_weight", 0.0) * len(x), validation_data=(xt, yt), seed=seed,
         verbose=0, callbacks=callbacks, learning_rate=PAPER_LR,
     )
     seconds = time.perf_counter() - t0
