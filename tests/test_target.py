@@ -64,6 +64,31 @@ def test_weights_of_sizes_counts_like_the_model():
         assert target.weights_of_sizes(core.body, layer_axes, [a.size for a in axes]) == memory.weight_count(core.weighted_layers)
 
 
+def test_expected_weights_against_numpy_both_forms():
+    """MLP 64-30-20-10 with random gate logits: the coupled count (a weight goes when either
+    end closes) and the outgoing count (Eq. 5's: a gate weighs what it feeds)."""
+    core = _gated(_mlp())
+    rng = np.random.default_rng(0)
+    p = []
+    for layer in core.gated_layers:
+        layer.log_alpha.assign(rng.normal(0.0, 2.0, layer.log_alpha.shape).astype("float32"))
+        p.append(np.asarray(tf_dynhp.gates.prob_open(layer.log_alpha.numpy())))
+    s_in, s_h1, s_h2 = (float(np.sum(q)) for q in p)
+    coupled = (s_in * s_h1 + s_h1) + (s_h1 * s_h2 + s_h2) + (s_h2 * 10 + 10)
+    outgoing = s_in * 30 + s_h1 * 20 + s_h2 * 10
+    assert float(target.expected_weights(core.body)) == pytest.approx(coupled, rel=1e-5)
+    assert float(target.expected_weights(core.body, "outgoing")) == pytest.approx(outgoing, rel=1e-5)
+    with pytest.raises(ValueError, match="'coupled', 'outgoing'.*'l1'"):
+        target.expected_weights(core.body, "l1")
+
+
+def test_expected_weights_of_an_open_cnn_is_its_size():
+    core = _gated(_cnn())
+    for layer in core.gated_layers:
+        layer.log_alpha.assign(np.full(layer.log_alpha.shape, 30.0, "float32"))  # every gate open
+    assert float(target.expected_weights(core.body)) == pytest.approx(memory.weight_count(core.weighted_layers), rel=1e-5)
+
+
 def test_smallest_model_is_one_unit_per_axis():
     core = _gated(_mlp(hidden=(30, 20)))
     # 1 input -> 1 -> 1 -> 10: (1*1 + 1) + (1*1 + 1) + (1*10 + 10)
@@ -136,6 +161,8 @@ def test_target_refusals(mnist):
         tf_dynhp.fit(model, x[:64], y[:64], target_kb=-3, **FAST)
     with pytest.raises(ValueError, match="Invalid value received for argument `lambda_floor`"):
         tf_dynhp.fit(model, x[:64], y[:64], target_kb=10.0, lambda_floor=-0.1, **FAST)
+    with pytest.raises(ValueError, match="Invalid value received for argument `size_penalty`"):
+        tf_dynhp.fit(model, x[:64], y[:64], target_kb=10.0, size_penalty="l1", **FAST)
     with pytest.warns(RuntimeWarning, match="not below the model's size"):
         result = tf_dynhp.fit(model, x[:64], y[:64], target_kb=1e6, **{**FAST, "epochs": 1})
     assert "target_kb" not in result.history
@@ -166,18 +193,23 @@ def test_one_trace_and_exact_resume_under_a_target(mnist, tmp_path):
                      **{**kw, "target_kb": goal * 0.9})
 
 
-def test_floor_holds_the_multiplier_in_the_run_and_in_the_checkpoint(mnist, tmp_path):
+def test_floor_and_penalty_form_hold_in_the_run_and_in_the_checkpoint(mnist, tmp_path):
     (x, y), _ = mnist
     goal = 0.2 * memory.floats_to_kb(memory.weight_count(_mlp(hidden=(40, 20), input_shape=(28, 28))))
     kw = dict(target_kb=goal, **FAST)
     folder = tmp_path / "ck"
     result = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], lambda_floor=0.05,
-                          checkpoint_dir=folder, **kw)
+                          size_penalty="outgoing", checkpoint_dir=folder, **kw)
     assert result.history["l0_lambda"][0] == pytest.approx(0.05)  # starts at max(l0_lambda, floor)
     assert min(result.history["l0_lambda"]) >= 0.05 and result.state.l0_lambda >= 0.05
+    assert memory.floats_to_kb(memory.weight_count(result.model)) <= goal
+    more = {**kw, "epochs": FAST["epochs"] + 1}
     with pytest.raises(ValueError, match="lambda_floor"):  # another floor is another run
         tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, resume=True,
-                     lambda_floor=0.0, **{**kw, "epochs": FAST["epochs"] + 1})
+                     lambda_floor=0.0, size_penalty="outgoing", **more)
+    with pytest.raises(ValueError, match="size_penalty"):  # another penalty too
+        tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, resume=True,
+                     lambda_floor=0.05, **more)
 
 
 class _StopAfter(keras.callbacks.Callback):

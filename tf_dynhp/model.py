@@ -159,7 +159,7 @@ class GatedModel(keras.Model):
         terms = [layer.penalty() for layer in self.gated_layers]
         if getattr(self, "size_lambda", None) is not None and terms:
             dtype = terms[0].dtype
-            expected = ops.cast(target.expected_weights(self.body), dtype)
+            expected = ops.cast(target.expected_weights(self.body, getattr(self, "size_penalty", "coupled")), dtype)
             terms.append(ops.cast(self.size_lambda, dtype) * expected / float(self.dataset_size))
         return ops.sum(ops.stack(terms)) if terms else 0.0
 

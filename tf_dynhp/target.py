@@ -47,7 +47,11 @@ from keras import ops
 from tf_dynhp.kinds import CONV_TYPES, WEIGHTED_TYPES
 from tf_dynhp.units import UnitAxis, effective_keep, plan_outcome, unit_axes
 
-__all__ = ["update_lambda", "weights_of_sizes", "smallest_weights", "plan_to_target", "expected_weights"]
+__all__ = ["SIZE_PENALTIES", "update_lambda", "weights_of_sizes", "smallest_weights", "plan_to_target", "expected_weights"]
+
+
+#: Forms of the differentiable size penalty (`expected_weights`; `fit(size_penalty=...)`).
+SIZE_PENALTIES = ("coupled", "outgoing")
 
 
 def update_lambda(lam: float, size_kb: float, target_kb: float, step: float, floor: float = 0.0) -> float:
@@ -170,9 +174,16 @@ def plan_to_target(
     return plan_outcome(axes, eff)
 
 
-def expected_weights(body: Sequence[Any]) -> Any:
+def expected_weights(body: Sequence[Any], form: str = "coupled") -> Any:
     """The differentiable expected weight count of the body, across coupled axes (see
     the module docstring), from the gates' open probabilities (Eq. 4).
+
+    `form="outgoing"` counts instead, as Eq. 5 and Louizos et al. do, each gate's
+    outgoing weights only: every layer's output axis at its current size (p = 1),
+    so the biases are constants and drop out. The real size (what follows λ) is
+    the same in both forms; they differ in which axis the penalty presses hardest:
+    a hidden unit weighs its incoming and outgoing weights when coupled, only its
+    outgoing ones here, like an input feature.
 
     Sizes of ungated axes are read from the variables (a step traced once serves every
     pruned size); the flattened-row maps of a CNN are read from the model's shapes,
@@ -196,11 +207,16 @@ def expected_weights(body: Sequence[Any]) -> Any:
             return ops.sum(expected[i])
         return ops.cast(_dynamic_dim(layer.kernel, side), "float32")
 
+    if form not in SIZE_PENALTIES:
+        raise ValueError(f"size penalty form: expected one of {list(SIZE_PENALTIES)}; received {form!r}.")
     terms = []
     for layer, (a_in, a_out) in zip(body, layer_axes):
         if not isinstance(layer, WEIGHTED_TYPES):
             continue
         e_in = total(a_in, layer, -2)
+        if form == "outgoing":
+            terms.append(float(_kernel_area(layer)) * e_in * ops.cast(_dynamic_dim(layer.kernel, -1), "float32"))
+            continue
         e_out = total(a_out, layer, -1)
         terms.append(float(_kernel_area(layer)) * e_in * e_out + (e_out if getattr(layer, "use_bias", False) else 0.0))
     return ops.sum(ops.stack([ops.cast(t, "float32") for t in terms]))

@@ -63,6 +63,7 @@ class FitConfig:
     target_kb: float | None = None  # fit(target_kb=...): see tf_dynhp.target
     lambda_step: float = 0.05
     lambda_floor: float = 0.0
+    size_penalty: str = "coupled"  # tf_dynhp.target.SIZE_PENALTIES
     target_epoch: int = 0  # from the end of this epoch (1-based) on, the target is forced
 
 
@@ -150,6 +151,7 @@ class Trainer:
         core.loss_fn = self.config.loss_fn
         core.gate_kernel = self.state.gate_kernel
         core.size_lambda = self.size_lambda
+        core.size_penalty = self.config.size_penalty
         if self.size_lambda is not None:
             core.dataset_size = core.gated_layers[0].dataset_size
         old, self.core = getattr(self, "core", None), core
@@ -323,7 +325,7 @@ class Trainer:
             size_kb = memory.floats_to_kb(self.weights())
             state.l0_lambda = target.update_lambda(state.l0_lambda, size_kb, cfg.target_kb, cfg.lambda_step, cfg.lambda_floor)
             self.size_lambda.assign(state.l0_lambda)
-            record["expected_kb"] = memory.floats_to_kb(float(target.expected_weights(self.core.body)))
+            record["expected_kb"] = memory.floats_to_kb(float(target.expected_weights(self.core.body)))  # always the coupled count: a size
             record["target_kb"] = self.config.target_kb
         if state.method == "sp":  # expected open gates per unit axis (its size where no gate sits)
             axes, _ = unit_axes(self.core.body)

@@ -183,6 +183,7 @@ def fit(
     target_kb: float | None = None,
     lambda_step: float = 0.05,
     lambda_floor: float = 0.0,
+    size_penalty: str = "coupled",
     target_deadline: float = 0.25,
 ) -> FitResult:
     """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
@@ -274,6 +275,10 @@ def fit(
             toward 0 once the model is at the target; > 0 keeps that much L0 penalty,
             and the gates' noise, on the model at its size). λ starts at
             max(`l0_lambda`, `lambda_floor`).
+        size_penalty: the differentiable size λ multiplies under a target
+            (`tf_dynhp.target.expected_weights`): "coupled" (default; a unit's
+            incoming and outgoing weights) or "outgoing" (Eq. 5's and Louizos et al.'s
+            count: a gate weighs the weights it feeds).
         target_deadline: fraction of `epochs` (in (0, 1]) after which every epoch
             boundary forces the model to the target (default a quarter: reaching the
             size early also keeps the training memory low).
@@ -349,6 +354,8 @@ def fit(
         target_kb = real_number("target_kb", target_kb, "a positive number of KB (1024 bytes) or None", lambda v: v > 0)
         lambda_step = real_number("lambda_step", lambda_step, "a float > 0", lambda v: v > 0)
         lambda_floor = real_number("lambda_floor", lambda_floor, "a float >= 0", lambda v: v >= 0)
+        if size_penalty not in target.SIZE_PENALTIES:
+            raise _invalid("size_penalty", f"one of {list(target.SIZE_PENALTIES)}", size_penalty)
         target_deadline = real_number("target_deadline", target_deadline, "a float in (0, 1]", lambda v: 0 < v <= 1)
     if not isinstance(trace_once, bool):
         raise _invalid("trace_once", "True or False", trace_once)
@@ -446,6 +453,7 @@ def fit(
         "lambda_step": float(lambda_step) if target_kb is not None else None,
         # Only when set: checkpoints written before the floor existed resume unchanged.
         "lambda_floor": float(lambda_floor) if target_kb is not None and lambda_floor else None,
+        "size_penalty": size_penalty if target_kb is not None and size_penalty != "coupled" else None,
         "target_deadline": float(target_deadline) if target_kb is not None else None,
         # Hashing the data costs ~0.3 s per 60k images: only runs that checkpoint need it.
         "data": fingerprint(x_train, y_train) if checkpoint_dir is not None else None,
@@ -458,7 +466,8 @@ def fit(
         method=method, epochs=epochs, gamma=float(gamma), budget_kb=budget_kb, budget_on=budget_on,
         alpha_bs=alpha_bs or 0.0, batch_growth=batch_growth, steps_per_execution=steps_per_execution,
         loss_fn=loss_fn, trace_once=trace_once, on_nonfinite=on_nonfinite, verbose=verbose, checkpoint_dir=checkpoint_dir,
-        target_kb=target_kb, lambda_step=float(lambda_step), lambda_floor=float(lambda_floor), target_epoch=max(1, math.ceil(target_deadline * epochs)),
+        target_kb=target_kb, lambda_step=float(lambda_step), lambda_floor=float(lambda_floor),
+        size_penalty=size_penalty, target_epoch=max(1, math.ceil(target_deadline * epochs)),
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 

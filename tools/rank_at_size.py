@@ -22,6 +22,10 @@ on the test set). Candidates:
 * ``wd``: Louizos et al.'s expected-L2 term with the reference code's strength,
   5e-4 per weight (`weight_decay=5e-4 * N`, N the training-set size: `L0Dense`
   divides the penalty by N).
+* ``outgoing``: the size penalty counts each gate's outgoing weights only
+  (`size_penalty="outgoing"`, Eq. 5's and Louizos et al.'s form) instead of a unit's
+  incoming and outgoing ones: it presses input features as hard as hidden units.
+* ``cosine_outgoing``: ``cosine`` and ``outgoing``.
 
 It prints (and writes to `--out`) a Markdown table: final size, test error mean ±
 std over the seeds, mean MO, seconds, with the command that made it.
@@ -59,6 +63,8 @@ CANDIDATES = {
     "cosine_floor": dict(cosine=True, target_deadline=0.25, lambda_floor=0.01),
     "step01": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, lambda_step=0.01),
     "wd": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, weight_decay_per_weight=5e-4),
+    "outgoing": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing"),
+    "cosine_outgoing": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing"),
 }
 
 
@@ -79,7 +85,8 @@ def _one(name: str, seed: int, data) -> dict:
         model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,
         target_kb=FLAGS.target_kb, target_deadline=recipe["target_deadline"],
         lambda_floor=recipe["lambda_floor"], lambda_step=recipe.get("lambda_step", 0.05),
-        weight_decay=recipe.get("weight_decay_per_weight", 0.0) * len(x), validation_data=(xt, yt), seed=seed,
+        weight_decay=recipe.get("weight_decay_per_weight", 0.0) * len(x), size_penalty=recipe.get("size_penalty", "coupled"),
+        validation_data=(xt, yt), seed=seed,
         verbose=0, callbacks=callbacks, learning_rate=PAPER_LR,
     )
     seconds = time.perf_counter() - t0
