@@ -83,6 +83,7 @@ class RunConfig:
     # "cosine" decays it to 0 on a half cosine over `epochs` (a Keras LearningRateScheduler).
     lr_decay: str = "none"
     lambda_floor: float = 0.0  # fit(lambda_floor=...): the size multiplier's floor under a target
+    size_penalty: str = "coupled"  # fit(size_penalty=...): what the size multiplier presses under a target
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -347,6 +348,7 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
             droprate_init=config.droprate_init, input_droprate_init=config.input_droprate_init,
             checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
             gate_kernel=config.gate_kernel, target_kb=config.target_kb, lambda_floor=config.lambda_floor,
+            size_penalty=config.size_penalty,
             callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs),
         )
     except tf_dynhp.NonFiniteError as err:

@@ -239,15 +239,19 @@ def figures_for(dataset: str, setting: tuple, groups: Sequence[Group], folder: P
         markers = {"sp": "s", "hp": "^", "dynhp": "o", "dense": "x"}
         colors = {"sp": "C0", "hp": "C1", "dynhp": "C2", "dense": "C3"}
         seen: set[str] = set()
+        names = {"sp": "SP, ours (stripped after training)", "hp": "HP, ours", "dynhp": "DynHP, ours"}
         for g in finished:
             m = g.config["method"]
+            # fit(target_kb=...) runs (issue 16): stars, so they stand beside the paper's points at the same sizes.
+            kind = m + ("+target" if g.config.get("target_kb") is not None else "")
+            marker, size = ("*", 70) if kind.endswith("+target") else (markers.get(m, "o"), 25)
             for r in g.finished:
                 if any(r.metrics.get(k) is None for k in ("model_kb", "mean_memory_kb", "test_error")):
                     continue
-                label = None if m in seen else {"sp": "SP, ours (stripped after training)", "hp": "HP, ours", "dynhp": "DynHP, ours"}.get(m, m)
-                seen.add(m)
-                axes[0].scatter(r.metrics["model_kb"], r.metrics["test_error"], marker=markers.get(m, "o"), color=colors.get(m, "C4"), label=label, s=25)
-                axes[1].scatter(r.metrics["mean_memory_kb"], r.metrics["test_error"], marker=markers.get(m, "o"), color=colors.get(m, "C4"), s=25)
+                label = None if kind in seen else names.get(m, m) + (", target_kb" if kind.endswith("+target") else "")
+                seen.add(kind)
+                axes[0].scatter(r.metrics["model_kb"], r.metrics["test_error"], marker=marker, color=colors.get(m, "C4"), label=label, s=size)
+                axes[1].scatter(r.metrics["mean_memory_kb"], r.metrics["test_error"], marker=marker, color=colors.get(m, "C4"), s=size)
         paper = PAPER_TABLES[dataset]
         for i, (m, _b, _a, err, _de, size_mb, _ds, mem, _dm) in enumerate(paper["rows"]):
             label = f"paper ({paper['table']}, published)" if i == 0 else None
@@ -261,6 +265,6 @@ def figures_for(dataset: str, setting: tuple, groups: Sequence[Group], folder: P
         axes[0].legend(fontsize=7)
         fig.suptitle(f"{title}: error vs model size and vs training memory, every run ({epochs_note}); hollow: paper (2000 epochs)", fontsize=10)
         out.append((f"Trade-off frontier ({title}, not in the paper): final test error against final model size and "
-                    "against mean MO per epoch, every finished run of this setting; hollow black markers: the paper's "
-                    "published points (square SP, triangle HP, circle DynHP).", _save(fig, folder / f"frontier_{dataset}.png")))
+                    "against mean MO per epoch, every finished run of this setting (stars: `fit(target_kb=...)` runs, at the "
+                    "paper's published sizes); hollow black markers: the paper's published points (square SP, triangle HP, circle DynHP).", _save(fig, folder / f"frontier_{dataset}.png")))
     return out

@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = [
     "PAPER_TABLES", "PAPER", "DATASET_TITLES", "PAPER_LAMBDA", "PAPER_GAMMA", "PAPER_GROWTH", "PAPER_HIDDEN",
-    "PAPER_LR", "DYNHP_BATCH", "FRONTIER_TARGETS", "PAPER_MEMORY_UNIT_KB", "sp_mo_kb",
+    "PAPER_LR", "DYNHP_BATCH", "FRONTIER_TARGETS", "TARGET_RECIPE", "PLAIN_RECIPE", "recipe_for", "PAPER_MEMORY_UNIT_KB", "sp_mo_kb",
 ]
 
 #: Table 2 (MNIST) and Table 3 (Fashion-MNIST), 2000 epochs, lambda 0.01, gamma 0.5. Per
@@ -114,6 +114,24 @@ FRONTIER_TARGETS: dict[str, list[tuple[float, float, bool]]] = {
     "mnist": _frontier("mnist", (0.971, 0.972, 0.973, 0.974, 0.975), (0.973, 0.975)),
     "fashion_mnist": _frontier("fashion_mnist", (0.979, 0.980, 0.987, 0.988, 0.989), (0.988,)),
 }
+
+
+#: The training recipe of every `fit(target_kb=...)` run of the tools (`--grid=frontier`, and
+#: `tools/train.py --target_kb` where its flags are not given): the RunConfig fields the
+#: ranking at equal size chose (issue 16 item 2; WORKSPACE.md "Accuracy at a given size").
+TARGET_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled"}
+#: The same fields of a run without a target (RunConfig's defaults).
+PLAIN_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled"}
+
+
+def recipe_for(target_kb: float | None, **given: Any) -> dict[str, Any]:
+    """The recipe fields of a run: those `given` (not None), else `TARGET_RECIPE`'s with a
+    target, else `PLAIN_RECIPE`'s (`tools/train.py --lr_decay --lambda_floor --size_penalty`)."""
+    unknown = set(given) - set(PLAIN_RECIPE)
+    if unknown:
+        raise TypeError(f"recipe_for: unknown fields {sorted(unknown)}; expected some of {list(PLAIN_RECIPE)}")
+    base = TARGET_RECIPE if target_kb is not None else PLAIN_RECIPE
+    return {k: (base[k] if given.get(k) is None else given[k]) for k in PLAIN_RECIPE}
 
 
 @functools.cache

@@ -79,7 +79,7 @@ from absl import app, flags
 from tf_dynhp._checks import invalid, write_atomic
 from tf_dynhp.batching import BATCH_GROWTH_MODES
 from tf_dynhp.cli.paper import DYNHP_BATCH as DYNHP_INITIAL_BATCH
-from tf_dynhp.cli.paper import FRONTIER_TARGETS, PAPER, PAPER_GAMMA, PAPER_HIDDEN, sp_mo_kb
+from tf_dynhp.cli.paper import FRONTIER_TARGETS, PAPER, PAPER_GAMMA, PAPER_HIDDEN, TARGET_RECIPE, sp_mo_kb
 from tf_dynhp.cli.paper import PAPER_LAMBDA as PAPER_L0_LAMBDA
 from tf_dynhp.cli.run_folders import run_status
 
@@ -164,6 +164,12 @@ def run_name(config: Any) -> str:
         parts.append(f"t{config.target_kb:g}")
     if getattr(config, "validation_split", 0.0):
         parts.append(f"vs{config.validation_split:g}")
+    if getattr(config, "lr_decay", "none") != "none":  # the training recipe, where it is not the plain one
+        parts.append(config.lr_decay)
+    if getattr(config, "size_penalty", "coupled") != "coupled":
+        parts.append(config.size_penalty)
+    if getattr(config, "lambda_floor", 0.0):
+        parts.append(f"fl{config.lambda_floor:g}")
     parts.append(f"e{config.epochs}")
     if config.train_limit or config.test_limit:
         parts.append(f"n{config.train_limit or 'all'}x{config.test_limit or 'all'}")
@@ -263,6 +269,7 @@ def build_grid(
               "validation_split": float(validation_split)}
 
     planned: list[PlannedRun] = []
+    recipe = TARGET_RECIPE if target_kb is not None else {}  # how every targeted row trains
 
     def add(row: str, **kwargs: Any) -> None:
         n = seeds if row in rows else 1
@@ -279,7 +286,7 @@ def build_grid(
                     config = RunConfig(
                         **common, dataset=dataset, method="dynhp", batch_size=DYNHP_INITIAL_BATCH, l0_lambda=PAPER_L0_LAMBDA,
                         alpha_bs=float(alpha), budget_kb=budget_kb(dataset), budget_batch=paper["sp_batch"],
-                        batch_growth="step_mean", target_kb=float(kb), seed=seed,
+                        batch_growth="step_mean", target_kb=float(kb), seed=seed, **TARGET_RECIPE,
                     )
                     planned.append(PlannedRun(run_name(config), "frontier", config))
         return planned
@@ -297,7 +304,7 @@ def build_grid(
             if "hp" in methods:
                 for b in hp_batches:
                     add("hp", dataset=dataset, method="hp", batch_size=int(b), l0_lambda=float(lam), budget_batch=paper["sp_batch"],
-                        target_kb=target_kb)
+                        target_kb=target_kb, **recipe)
             if "dynhp" in methods:
                 for growth in growths:
                     for a in dyn_alphas:
@@ -305,7 +312,7 @@ def build_grid(
                         add(
                             row, dataset=dataset, method="dynhp", batch_size=DYNHP_INITIAL_BATCH, l0_lambda=float(lam),
                             alpha_bs=float(a), budget_kb=budget, budget_batch=paper["sp_batch"], batch_growth=growth,
-                            target_kb=target_kb,
+                            target_kb=target_kb, **recipe,
                         )
     for dataset in datasets:
         paper = PAPER[dataset]

@@ -54,6 +54,12 @@ flags.DEFINE_enum("gate_kernel", "auto", ["auto", "fused", "tf"],
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 a progress bar and one line per epoch, 2 one line per epoch.")
 flags.DEFINE_float("target_kb", None, "Size of the stripped model at most, in KB (hp, dynhp): --l0_lambda starts a multiplier "
                    "driven by the size (see tf_dynhp/target.py). The run folder name of tools/reproduce.py encodes it.")
+flags.DEFINE_enum("lr_decay", None, ["none", "cosine"], "Learning-rate schedule: none, or cosine to 0 over the epochs "
+                  "(default: the target-size recipe's with --target_kb, see tf_dynhp.cli.paper.TARGET_RECIPE; else none).")
+flags.DEFINE_float("lambda_floor", None, "With --target_kb: the size multiplier never falls below this "
+                   "(default: the target-size recipe's).")
+flags.DEFINE_enum("size_penalty", None, ["coupled", "outgoing"], "With --target_kb: what the size multiplier presses "
+                  "(coupled: a unit's incoming and outgoing weights; outgoing: Eq. 5's count; default: the target-size recipe's).")
 flags.DEFINE_float("validation_split", 0.0, "Fraction of the training set held out as per-epoch validation data "
                    "(0: the test set is shown per epoch, as the paper's figures; nothing is selected on it).")
 
@@ -82,6 +88,7 @@ _expect("input_droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
 _expect("verbose", "0, 1 or 2", lambda v: v in (0, 1, 2))
 _expect("target_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
 _expect("validation_split", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
+_expect("lambda_floor", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
 _expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
         lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
 flags.register_multi_flags_validator(
@@ -99,6 +106,11 @@ def main(argv):
     from tf_dynhp import runs
 
     config = runs.RunConfig(**{name: FLAGS[name].value for name in _CONFIG_FLAGS})
+    from tf_dynhp.cli.paper import recipe_for
+
+    for name, value in recipe_for(FLAGS.target_kb, lr_decay=FLAGS.lr_decay, lambda_floor=FLAGS.lambda_floor,
+                                  size_penalty=FLAGS.size_penalty).items():
+        setattr(config, name, value)
     config.hidden = [int(h) for h in FLAGS.hidden.split(",") if h]
     try:
         runs.run(config, FLAGS.out_dir, data_dir=FLAGS.data_dir, resume=FLAGS.resume, verbose=FLAGS.verbose,
