@@ -196,6 +196,33 @@ def test_early_stopping_on_val_accuracy_with_keras_default_mode_and_restoring_th
         assert 100 * np.mean(pred != yt[:100]) == pytest.approx(err, abs=1e-9)
 
 
+def test_an_ema_optimizer_leaves_its_averages_in_the_model_as_keras_fit_does(mnist):
+    """Adam(use_ema=True): the averages are carried across the rebuilds (sliced like the
+    weights) and, at the end, are the model's weights (keras.Model.fit's
+    `finalize_variable_values`); without it the raw weights of the last step."""
+    (x, y), (xt, yt) = mnist
+    seen = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen["raw"] = [v.numpy().copy() for v in self.model.trainable_variables]
+
+        def on_train_end(self, logs=None):
+            opt = self.model.optimizer
+            seen["averages"] = [opt._model_variables_moving_average[opt._get_variable_index(v)].numpy().copy()
+                                for v in self.model.trainable_variables]
+            seen["final"] = [v.numpy().copy() for v in self.model.trainable_variables]
+
+    opt = keras.optimizers.Adam(1e-3, use_ema=True, ema_momentum=0.9)
+    result = tf_dynhp.fit(_mlp(), x[:600], y[:600], method="hp", epochs=3, batch_size=50, seed=1, verbose=0, optimizer=opt,
+                          callbacks=[Capture(), ClosePlan(0)])
+    assert any(not np.array_equal(a, b) for a, b in zip(seen["raw"], seen["averages"]))
+    for a, b in zip(seen["final"], seen["averages"]):
+        np.testing.assert_array_equal(a, b)
+    last_kernel = [v for v in seen["final"] if v.ndim == 2][-1]  # the output layer's units are never pruned
+    np.testing.assert_array_equal(result.gated_model.layers[-1].kernel.numpy(), last_kernel)
+
+
 def test_csv_logger_writes_epoch_once(mnist, tmp_path):
     (x, y), _ = mnist
     path = tmp_path / "log.csv"

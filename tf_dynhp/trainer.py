@@ -475,6 +475,10 @@ class Trainer:
                 epoch += 1
                 if getattr(self.core, "stop_training", False):
                     break
+            # As keras.Model.fit: an optimizer with `use_ema` leaves the moving averages in
+            # the model at the end (checkpoints keep the raw weights and the averages, so a
+            # resumed run ends the same), before `on_train_end` (EarlyStopping may restore).
+            self.core.optimizer.finalize_variable_values(self.core.trainable_variables)
             cb_list.on_train_end()
         finally:
             for cb in restorers:

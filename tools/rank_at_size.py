@@ -26,6 +26,10 @@ on the test set). Candidates:
   (`size_penalty="outgoing"`, Eq. 5's and Louizos et al.'s form) instead of a unit's
   incoming and outgoing ones: it presses input features as hard as hidden units.
 * ``cosine_outgoing``: ``cosine`` and ``outgoing``.
+* ``ema``: the model ends with the exponential moving average of its weights (Adam with
+  `use_ema=True, ema_momentum=0.999`, as the L0 reference code evaluates with
+  `beta_ema=0.999`; `fit` finalizes it as `keras.Model.fit` does).
+* ``cosine_ema``: ``cosine`` and ``ema``.
 
 It prints (and writes to `--out`) a Markdown table: final size, test error mean ±
 std over the seeds, mean MO, seconds, with the command that made it.
@@ -65,6 +69,8 @@ CANDIDATES = {
     "wd": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, weight_decay_per_weight=5e-4),
     "outgoing": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing"),
     "cosine_outgoing": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing"),
+    "ema": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, ema_momentum=0.999),
+    "cosine_ema": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, ema_momentum=0.999),
 }
 
 
@@ -80,6 +86,8 @@ def _one(name: str, seed: int, data) -> dict:
     keras.utils.set_random_seed(seed)
     model = tf_dynhp.runs.build_mlp((300, 100))
     callbacks = tf_dynhp.runs.lr_callbacks("cosine" if recipe["cosine"] else "none", PAPER_LR, FLAGS.epochs)
+    ema = recipe.get("ema_momentum")
+    optimizer = keras.optimizers.Adam(PAPER_LR, use_ema=True, ema_momentum=ema) if ema else "adam"
     t0 = time.perf_counter()
     result = tf_dynhp.fit(
         model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,
@@ -87,7 +95,7 @@ def _one(name: str, seed: int, data) -> dict:
         lambda_floor=recipe["lambda_floor"], lambda_step=recipe.get("lambda_step", 0.05),
         weight_decay=recipe.get("weight_decay_per_weight", 0.0) * len(x), size_penalty=recipe.get("size_penalty", "coupled"),
         validation_data=(xt, yt), seed=seed,
-        verbose=0, callbacks=callbacks, learning_rate=PAPER_LR,
+        verbose=0, callbacks=callbacks, learning_rate=PAPER_LR, optimizer=optimizer,
     )
     seconds = time.perf_counter() - t0
     pred = np.argmax(result.model.predict(xt, batch_size=2000, verbose=0), -1)
