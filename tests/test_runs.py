@@ -57,6 +57,9 @@ def test_cosine_lr_decay_reaches_the_optimizer(mnist):
     tf_dynhp.fit(tf_dynhp.runs.build_mlp((8,)), x[:200], y[:200], method="hp", epochs=3, batch_size=50, verbose=0,
                  callbacks=runs.lr_callbacks("cosine", 1e-3, 3) + [Watch()])
     assert seen == pytest.approx([1e-3, 7.5e-4, 2.5e-4], rel=1e-5)
+    opt = runs.optimizer(runs.RunConfig(ema_momentum=0.99, learning_rate=2e-3))
+    assert opt.use_ema and opt.ema_momentum == 0.99 and float(opt.learning_rate) == pytest.approx(2e-3)
+    assert runs.optimizer(runs.RunConfig()) == "adam"
     with pytest.raises(ValueError, match="lr_decay.*'none', 'cosine'.*'step'"):
         runs.run(runs.RunConfig(lr_decay="step"), None, data=((None, None), (None, None)), verbose=0)
 

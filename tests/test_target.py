@@ -35,6 +35,16 @@ def test_multiplier_never_falls_below_its_floor():
     assert min(lams) == pytest.approx(0.01) and lams[-1] == pytest.approx(0.01) and max(lams) > 0.05
 
 
+def test_cubic_schedule_falls_from_the_start_to_the_target_by_the_deadline():
+    aims = [target.scheduled_kb(100.0, 500.0, e, 4, "cubic") for e in range(6)]
+    assert aims == pytest.approx([100 + 400 * 0.75**3, 100 + 400 * 0.5**3, 100 + 400 * 0.25**3, 100.0, 100.0, 100.0])
+    assert all(a > b for a, b in zip(aims[:3], aims[1:4]))
+    assert target.scheduled_kb(100.0, 500.0, 0, 4, "constant") == 100.0
+    assert target.scheduled_kb(100.0, 80.0, 0, 4, "cubic") == 100.0  # a model already under its target
+    with pytest.raises(ValueError, match="'constant', 'cubic'.*'linear'"):
+        target.scheduled_kb(100.0, 500.0, 0, 4, "linear")
+
+
 # --------------------------------------------------------------------------- sizes and plans
 def _gated(model, seed=0):
     from tf_dynhp.pruning import core_from
@@ -210,6 +220,21 @@ def test_floor_and_penalty_form_hold_in_the_run_and_in_the_checkpoint(mnist, tmp
     with pytest.raises(ValueError, match="size_penalty"):  # another penalty too
         tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, resume=True,
                      lambda_floor=0.05, **more)
+
+
+def test_a_cubic_schedule_prunes_no_faster_than_it_says(mnist):
+    (x, y), _ = mnist
+    model = _mlp(hidden=(40, 20), input_shape=(28, 28))
+    dense_kb = memory.floats_to_kb(memory.weight_count(model))
+    goal = 0.1 * dense_kb
+    kw = {**FAST, "epochs": 8, "l0_lambda": 3.0, "learning_rate": 0.03}  # gates close within 2 epochs (a constant target: 10.3 KB at epoch 3)
+    result = tf_dynhp.fit(model, x[:1000], y[:1000], target_kb=goal, target_schedule="cubic", target_deadline=0.5, **kw)
+    one_unit_kb = memory.floats_to_kb(784 + 20 + 1)  # the most one unit of this model carries (a first hidden unit)
+    for e, size in enumerate(result.history["model_kb"]):
+        assert size >= target.scheduled_kb(goal, dense_kb, e, 4, "cubic") - one_unit_kb, e
+    assert memory.floats_to_kb(memory.weight_count(result.model)) <= goal
+    with pytest.raises(ValueError, match="Invalid value received for argument `target_schedule`"):
+        tf_dynhp.fit(model, x[:64], y[:64], target_kb=goal, target_schedule="linear", **FAST)
 
 
 class _StopAfter(keras.callbacks.Callback):

@@ -35,7 +35,7 @@ import numpy as np
 
 from tf_dynhp._checks import invalid, write_atomic
 
-__all__ = ["ARCHS", "LR_DECAYS", "RunConfig", "lr_callbacks", "RunFolderError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
+__all__ = ["ARCHS", "LR_DECAYS", "RunConfig", "lr_callbacks", "optimizer", "RunFolderError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
 
 #: Architectures of `RunConfig.arch`: the paper's MLP family (`hidden`) and LeNet-5-Caffe.
 ARCHS = ("mlp", "lenet5")
@@ -84,6 +84,10 @@ class RunConfig:
     lr_decay: str = "none"
     lambda_floor: float = 0.0  # fit(lambda_floor=...): the size multiplier's floor under a target
     size_penalty: str = "coupled"  # fit(size_penalty=...): what the size multiplier presses under a target
+    target_schedule: str = "constant"  # fit(target_schedule=...): the size aimed at over the run
+    # > 0: Adam keeps an exponential moving average of the weights with this momentum and
+    # the model ends with it (keras.optimizers.Adam(use_ema=True)); None: no average.
+    ema_momentum: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -134,6 +138,15 @@ def lr_callbacks(lr_decay: str, learning_rate: float, epochs: int) -> list[Any]:
     if lr_decay == "cosine":
         return [keras.callbacks.LearningRateScheduler(lambda e, lr: learning_rate * 0.5 * (1.0 + math.cos(math.pi * e / epochs)))]
     raise invalid("lr_decay", f"one of {list(LR_DECAYS)}", lr_decay)
+
+
+def optimizer(config: RunConfig):
+    """Adam at `config.learning_rate` (fit's "adam"), with the moving average of `config.ema_momentum`."""
+    import keras
+
+    if config.ema_momentum is None:
+        return "adam"
+    return keras.optimizers.Adam(config.learning_rate, use_ema=True, ema_momentum=float(config.ema_momentum))
 
 
 def build_model(config: RunConfig):
@@ -348,7 +361,8 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
             droprate_init=config.droprate_init, input_droprate_init=config.input_droprate_init,
             checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
             gate_kernel=config.gate_kernel, target_kb=config.target_kb, lambda_floor=config.lambda_floor,
-            size_penalty=config.size_penalty,
+            size_penalty=config.size_penalty, target_schedule=config.target_schedule,
+            optimizer=optimizer(config),
             callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs),
         )
     except tf_dynhp.NonFiniteError as err:

@@ -47,7 +47,30 @@ from keras import ops
 from tf_dynhp.kinds import CONV_TYPES, WEIGHTED_TYPES
 from tf_dynhp.units import UnitAxis, effective_keep, plan_outcome, unit_axes
 
-__all__ = ["SIZE_PENALTIES", "update_lambda", "weights_of_sizes", "smallest_weights", "plan_to_target", "expected_weights"]
+__all__ = ["SIZE_PENALTIES", "TARGET_SCHEDULES", "scheduled_kb", "update_lambda", "weights_of_sizes", "smallest_weights", "plan_to_target", "expected_weights"]
+
+
+#: How the size the controller aims at moves over the run (`scheduled_kb`; `fit(target_schedule=...)`).
+TARGET_SCHEDULES = ("constant", "cubic")
+
+
+def scheduled_kb(target_kb: float, start_kb: float, epoch: int, ramp_epochs: int, schedule: str = "constant") -> float:
+    """The size the controller aims at, at the boundary that ends epoch `epoch` (0-based).
+
+    "constant": `target_kb` from the first epoch on (λ rises at once; a 5x model
+    loses most of its units in its first few epochs). "cubic": the gradual-pruning
+    schedule of Zhu & Gupta (2017, "To prune, or not to prune", Eq. 1; tfmot's
+    `PolynomialDecay` with power 3): from `start_kb` down to `target_kb` by the end of
+    epoch `ramp_epochs`, `target + (start - target) * (1 - t)^3` with
+    `t = (epoch + 1) / ramp_epochs`: fast at first, while the network is redundant,
+    slower as it nears the target. Never below `target_kb`.
+    """
+    if schedule not in TARGET_SCHEDULES:
+        raise ValueError(f"target schedule: expected one of {list(TARGET_SCHEDULES)}; received {schedule!r}.")
+    if schedule == "constant" or start_kb <= target_kb:
+        return float(target_kb)
+    t = min(1.0, (int(epoch) + 1) / max(int(ramp_epochs), 1))
+    return float(target_kb) + (float(start_kb) - float(target_kb)) * (1.0 - t) ** 3
 
 
 #: Forms of the differentiable size penalty (`expected_weights`; `fit(size_penalty=...)`).

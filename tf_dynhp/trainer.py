@@ -64,6 +64,8 @@ class FitConfig:
     lambda_step: float = 0.05
     lambda_floor: float = 0.0
     size_penalty: str = "coupled"  # tf_dynhp.target.SIZE_PENALTIES
+    target_schedule: str = "constant"  # tf_dynhp.target.TARGET_SCHEDULES
+    start_kb: float = 0.0  # the model's size before any pruning (where a "cubic" schedule starts)
     target_epoch: int = 0  # from the end of this epoch (1-based) on, the target is forced
 
 
@@ -266,7 +268,7 @@ class Trainer:
             return [0] * n_axes, [False] * n_axes, 0.0
         state, cfg = self.state, self.config
         if cfg.target_kb is not None:
-            target_weights = int(math.floor(cfg.target_kb * memory.BYTES_PER_KB / memory.BYTES_PER_FLOAT))
+            target_weights = int(math.floor(self.aim_kb(epoch) * memory.BYTES_PER_KB / memory.BYTES_PER_FLOAT))
             keep, pruned, floors = target.plan_to_target(
                 self.core.body, self.core.gated_layers, stats["gate_open"], stats["count"], cfg.gamma,
                 target_weights, force=epoch + 1 >= cfg.target_epoch,
@@ -285,6 +287,12 @@ class Trainer:
         rebuild_seconds = time.perf_counter() - t_rebuild
         self.trace()
         return pruned, floors, rebuild_seconds
+
+    def aim_kb(self, epoch: int) -> float:
+        """The size the boundary ending epoch `epoch` (0-based) prunes to and λ follows:
+        `target_kb`, or on a "cubic" schedule a size falling to it by `target_epoch`."""
+        cfg = self.config
+        return target.scheduled_kb(cfg.target_kb, cfg.start_kb, epoch, cfg.target_epoch, cfg.target_schedule)
 
     def grow_batch(self, stats: dict[str, Any]) -> None:
         """DynHP's batch for the next epoch: the candidate of Eq. 8, capped by what the
@@ -323,7 +331,7 @@ class Trainer:
             record["l0_lambda"] = state.l0_lambda
             cfg = self.config
             size_kb = memory.floats_to_kb(self.weights())
-            state.l0_lambda = target.update_lambda(state.l0_lambda, size_kb, cfg.target_kb, cfg.lambda_step, cfg.lambda_floor)
+            state.l0_lambda = target.update_lambda(state.l0_lambda, size_kb, self.aim_kb(epoch), cfg.lambda_step, cfg.lambda_floor)
             self.size_lambda.assign(state.l0_lambda)
             record["expected_kb"] = memory.floats_to_kb(float(target.expected_weights(self.core.body)))  # always the coupled count: a size
             record["target_kb"] = self.config.target_kb

@@ -184,6 +184,7 @@ def fit(
     lambda_step: float = 0.05,
     lambda_floor: float = 0.0,
     size_penalty: str = "coupled",
+    target_schedule: str = "constant",
     target_deadline: float = 0.25,
 ) -> FitResult:
     """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
@@ -279,6 +280,11 @@ def fit(
             (`tf_dynhp.target.expected_weights`): "coupled" (default; a unit's
             incoming and outgoing weights) or "outgoing" (Eq. 5's and Louizos et al.'s
             count: a gate weighs the weights it feeds).
+        target_schedule: the size the controller aims at over the run
+            (`tf_dynhp.target.scheduled_kb`): "constant" (default; `target_kb` from the
+            first epoch) or "cubic" (Zhu & Gupta's gradual schedule, as tfmot's
+            `PolynomialDecay`: from the model's size down to `target_kb` by the
+            `target_deadline`).
         target_deadline: fraction of `epochs` (in (0, 1]) after which every epoch
             boundary forces the model to the target (default a quarter: reaching the
             size early also keeps the training memory low).
@@ -354,6 +360,8 @@ def fit(
         target_kb = real_number("target_kb", target_kb, "a positive number of KB (1024 bytes) or None", lambda v: v > 0)
         lambda_step = real_number("lambda_step", lambda_step, "a float > 0", lambda v: v > 0)
         lambda_floor = real_number("lambda_floor", lambda_floor, "a float >= 0", lambda v: v >= 0)
+        if target_schedule not in target.TARGET_SCHEDULES:
+            raise _invalid("target_schedule", f"one of {list(target.TARGET_SCHEDULES)}", target_schedule)
         if size_penalty not in target.SIZE_PENALTIES:
             raise _invalid("size_penalty", f"one of {list(target.SIZE_PENALTIES)}", size_penalty)
         target_deadline = real_number("target_deadline", target_deadline, "a float in (0, 1]", lambda v: 0 < v <= 1)
@@ -405,8 +413,8 @@ def fit(
             input_droprate_init=input_droprate_init, dataset_size=n_train, seed=seed,
         )
     core, features, input_shape = core_from(gated)
+    have_kb = memory.floats_to_kb(memory.weight_count(core.weighted_layers))
     if target_kb is not None:
-        have_kb = memory.floats_to_kb(memory.weight_count(core.weighted_layers))
         least_kb = memory.floats_to_kb(target.smallest_weights(core.body))
         if target_kb < least_kb:
             raise ValueError(
@@ -454,6 +462,7 @@ def fit(
         # Only when set: checkpoints written before the floor existed resume unchanged.
         "lambda_floor": float(lambda_floor) if target_kb is not None and lambda_floor else None,
         "size_penalty": size_penalty if target_kb is not None and size_penalty != "coupled" else None,
+        "target_schedule": target_schedule if target_kb is not None and target_schedule != "constant" else None,
         "target_deadline": float(target_deadline) if target_kb is not None else None,
         # Hashing the data costs ~0.3 s per 60k images: only runs that checkpoint need it.
         "data": fingerprint(x_train, y_train) if checkpoint_dir is not None else None,
@@ -467,7 +476,7 @@ def fit(
         alpha_bs=alpha_bs or 0.0, batch_growth=batch_growth, steps_per_execution=steps_per_execution,
         loss_fn=loss_fn, trace_once=trace_once, on_nonfinite=on_nonfinite, verbose=verbose, checkpoint_dir=checkpoint_dir,
         target_kb=target_kb, lambda_step=float(lambda_step), lambda_floor=float(lambda_floor),
-        size_penalty=size_penalty, target_epoch=max(1, math.ceil(target_deadline * epochs)),
+        size_penalty=size_penalty, target_schedule=target_schedule, start_kb=have_kb, target_epoch=max(1, math.ceil(target_deadline * epochs)),
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 

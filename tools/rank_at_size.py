@@ -30,6 +30,10 @@ on the test set). Candidates:
   `use_ema=True, ema_momentum=0.999`, as the L0 reference code evaluates with
   `beta_ema=0.999`; `fit` finalizes it as `keras.Model.fit` does).
 * ``cosine_ema``: ``cosine`` and ``ema``.
+* ``cubic``: the size aimed at falls from the dense size to the target on Zhu & Gupta's
+  cubic schedule by the deadline (`target_schedule="cubic"`), instead of the target
+  from the first epoch.
+* ``cubic_ema``: ``cubic`` and ``ema``.
 
 It prints (and writes to `--out`) a Markdown table: final size, test error mean ±
 std over the seeds, mean MO, seconds, with the command that made it.
@@ -71,6 +75,8 @@ CANDIDATES = {
     "cosine_outgoing": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing"),
     "ema": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, ema_momentum=0.999),
     "cosine_ema": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, ema_momentum=0.999),
+    "cubic": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, target_schedule="cubic"),
+    "cubic_ema": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, target_schedule="cubic", ema_momentum=0.999),
 }
 
 
@@ -94,6 +100,7 @@ def _one(name: str, seed: int, data) -> dict:
         target_kb=FLAGS.target_kb, target_deadline=recipe["target_deadline"],
         lambda_floor=recipe["lambda_floor"], lambda_step=recipe.get("lambda_step", 0.05),
         weight_decay=recipe.get("weight_decay_per_weight", 0.0) * len(x), size_penalty=recipe.get("size_penalty", "coupled"),
+        target_schedule=recipe.get("target_schedule", "constant"),
         validation_data=(xt, yt), seed=seed,
         verbose=0, callbacks=callbacks, learning_rate=PAPER_LR, optimizer=optimizer,
     )

@@ -119,19 +119,25 @@ FRONTIER_TARGETS: dict[str, list[tuple[float, float, bool]]] = {
 #: The training recipe of every `fit(target_kb=...)` run of the tools (`--grid=frontier`, and
 #: `tools/train.py --target_kb` where its flags are not given): the RunConfig fields the
 #: ranking at equal size chose (issue 16 item 2; WORKSPACE.md "Accuracy at a given size").
-TARGET_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled"}
+TARGET_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled",
+                                 "target_schedule": "constant", "ema_momentum": None}
 #: The same fields of a run without a target (RunConfig's defaults).
-PLAIN_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled"}
+PLAIN_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled",
+                                "target_schedule": "constant", "ema_momentum": None}
 
 
 def recipe_for(target_kb: float | None, **given: Any) -> dict[str, Any]:
     """The recipe fields of a run: those `given` (not None), else `TARGET_RECIPE`'s with a
-    target, else `PLAIN_RECIPE`'s (`tools/train.py --lr_decay --lambda_floor --size_penalty`)."""
+    target, else `PLAIN_RECIPE`'s (`tools/train.py --lr_decay --lambda_floor --size_penalty
+    --target_schedule --ema_momentum`; an `ema_momentum` of 0 means none)."""
     unknown = set(given) - set(PLAIN_RECIPE)
     if unknown:
         raise TypeError(f"recipe_for: unknown fields {sorted(unknown)}; expected some of {list(PLAIN_RECIPE)}")
     base = TARGET_RECIPE if target_kb is not None else PLAIN_RECIPE
-    return {k: (base[k] if given.get(k) is None else given[k]) for k in PLAIN_RECIPE}
+    out = {k: (base[k] if given.get(k) is None else given[k]) for k in PLAIN_RECIPE}
+    if not out["ema_momentum"]:
+        out["ema_momentum"] = None
+    return out
 
 
 @functools.cache

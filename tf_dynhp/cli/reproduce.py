@@ -170,6 +170,10 @@ def run_name(config: Any) -> str:
         parts.append(config.size_penalty)
     if getattr(config, "lambda_floor", 0.0):
         parts.append(f"fl{config.lambda_floor:g}")
+    if getattr(config, "target_schedule", "constant") != "constant":
+        parts.append(config.target_schedule)
+    if getattr(config, "ema_momentum", None):
+        parts.append(f"ema{config.ema_momentum:g}")
     parts.append(f"e{config.epochs}")
     if config.train_limit or config.test_limit:
         parts.append(f"n{config.train_limit or 'all'}x{config.test_limit or 'all'}")

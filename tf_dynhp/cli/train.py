@@ -60,6 +60,11 @@ flags.DEFINE_float("lambda_floor", None, "With --target_kb: the size multiplier 
                    "(default: the target-size recipe's).")
 flags.DEFINE_enum("size_penalty", None, ["coupled", "outgoing"], "With --target_kb: what the size multiplier presses "
                   "(coupled: a unit's incoming and outgoing weights; outgoing: Eq. 5's count; default: the target-size recipe's).")
+flags.DEFINE_enum("target_schedule", None, ["constant", "cubic"], "With --target_kb: the size aimed at over the run "
+                  "(constant: the target from the first epoch; cubic: from the dense size down to it, Zhu & Gupta; "
+                  "default: the target-size recipe's).")
+flags.DEFINE_float("ema_momentum", None, "Adam keeps a moving average of the weights with this momentum and the model "
+                   "ends with it (0: none; default: the target-size recipe's with --target_kb, else none).")
 flags.DEFINE_float("validation_split", 0.0, "Fraction of the training set held out as per-epoch validation data "
                    "(0: the test set is shown per epoch, as the paper's figures; nothing is selected on it).")
 
@@ -89,6 +94,7 @@ _expect("verbose", "0, 1 or 2", lambda v: v in (0, 1, 2))
 _expect("target_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
 _expect("validation_split", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("lambda_floor", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
+_expect("ema_momentum", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
         lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
 flags.register_multi_flags_validator(
@@ -109,7 +115,8 @@ def main(argv):
     from tf_dynhp.cli.paper import recipe_for
 
     for name, value in recipe_for(FLAGS.target_kb, lr_decay=FLAGS.lr_decay, lambda_floor=FLAGS.lambda_floor,
-                                  size_penalty=FLAGS.size_penalty).items():
+                                  size_penalty=FLAGS.size_penalty, target_schedule=FLAGS.target_schedule,
+                                  ema_momentum=FLAGS.ema_momentum).items():
         setattr(config, name, value)
     config.hidden = [int(h) for h in FLAGS.hidden.split(",") if h]
     try:
