@@ -34,6 +34,7 @@ on the test set). Candidates:
   cubic schedule by the deadline (`target_schedule="cubic"`), instead of the target
   from the first epoch.
 * ``cubic_ema``: ``cubic`` and ``ema``.
+* ``cosine_outgoing_cubic``: ``cosine``, ``outgoing`` and ``cubic``.
 
 It prints (and writes to `--out`) a Markdown table: final size, test error mean ±
 std over the seeds, mean MO, seconds, with the command that made it.
@@ -77,6 +78,7 @@ CANDIDATES = {
     "cosine_ema": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, ema_momentum=0.999),
     "cubic": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, target_schedule="cubic"),
     "cubic_ema": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, target_schedule="cubic", ema_momentum=0.999),
+    "cosine_outgoing_cubic": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing", target_schedule="cubic"),
 }
 
 
