@@ -12,7 +12,8 @@ data come as an .npz file) and writes its measurements as JSON.
 
 Request keys: data (.npz with x_train, y_train, x_test, y_test, calibration),
 hidden, epochs, batch_size, learning_rate, final_sparsity, end_fraction
-(share of the training steps over which sparsity ramps up), seed, out_dir.
+(share of the training steps over which sparsity ramps up), seed, out_dir, and optionally
+lr_decay ("none" or "cosine": the DynHP run's learning-rate schedule).
 """
 
 from __future__ import annotations
@@ -72,8 +73,12 @@ def main(request_path: str, result_path: str) -> int:
             records.append({"epoch": epoch + 1, "elapsed": time.perf_counter() - self.t0, "error": error})
 
     t0 = time.perf_counter()
+    schedule = []
+    if req.get("lr_decay", "none") == "cosine":  # the DynHP run's schedule (tf_dynhp.runs.lr_callbacks)
+        lr0 = float(req["learning_rate"])
+        schedule.append(keras.callbacks.LearningRateScheduler(lambda e, lr: lr0 * 0.5 * (1.0 + math.cos(math.pi * e / epochs))))
     pruned.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0,
-               callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), Clock()])
+               callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *schedule, Clock()])
     train_seconds = time.perf_counter() - t0
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     probs = stripped.predict(xt, batch_size=2000, verbose=0)

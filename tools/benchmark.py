@@ -10,7 +10,8 @@ says which data set, its configuration and its final architecture):
    its timings are measured under the same conditions (`--noretrain_dynhp` reads
    the folder's own numbers instead).
 2. **Keras dense**: plain `keras.Model.fit` of the same dense MLP (784-300-100-10),
-   Adam at the same learning rate, `--batch_size`.
+   Adam at the same learning rate and schedule (`RunConfig.lr_decay` of the DynHP run:
+   every row decays as DynHP does), `--batch_size`.
 3. **DynHP architecture, dense from scratch**: the run's final model
    (`model.keras`: the same kept input pixels and layer sizes as `metrics.json`
    `layer_sizes`) re-initialized and trained densely.
@@ -94,15 +95,17 @@ def _kernel_count(model) -> int:
     return sum(int(layer.kernel.shape[0] * layer.kernel.shape[1]) for layer in parse_chain(model).body if isinstance(layer, DENSE_TYPES))
 
 
-def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed: int) -> dict[str, Any]:
-    """Plain `model.fit` (Adam, sparse cross-entropy), test error after every epoch."""
+def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed: int, lr_decay: str = "none") -> dict[str, Any]:
+    """Plain `model.fit` (Adam, sparse cross-entropy, the DynHP run's learning-rate schedule
+    `tf_dynhp.runs.lr_callbacks`), test error after every epoch."""
     import keras
     import numpy as np
 
-    from tf_dynhp import memory
+    from tf_dynhp import memory, runs
 
     (x, y), (xt, yt) = data
     keras.utils.set_random_seed(seed)
+    schedule = runs.lr_callbacks(lr_decay, learning_rate, epochs)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   steps_per_execution=FLAGS.steps_per_execution, jit_compile=False)
     records: list[dict[str, float]] = []
@@ -117,7 +120,7 @@ def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed
                              "error": 100.0 * float(np.mean(np.argmax(probs, -1) != yt))})
 
     t0 = time.perf_counter()
-    model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[Clock()])
+    model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[*schedule, Clock()])
     seconds = time.perf_counter() - t0
     mo = memory.mo_kb(model, batch)
     return {
@@ -185,7 +188,7 @@ def ensure_tfmot_venv(venv: Path) -> tuple[str | None, str]:
 
 
 def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, learning_rate: float, sparsity: float,
-              seed: int, tmp: Path) -> dict[str, Any]:
+              seed: int, tmp: Path, lr_decay: str = "none") -> dict[str, Any]:
     """Runs tools/_tfmot_baseline.py in the venv and reads its JSON back."""
     import numpy as np
 
@@ -193,7 +196,8 @@ def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, l
     npz = tmp / "tfmot_data.npz"
     np.savez(npz, x_train=x, y_train=y, x_test=xt, y_test=yt, calibration=calibration)
     request = {"data": str(npz), "hidden": list(hidden), "epochs": epochs, "batch_size": batch, "learning_rate": learning_rate,
-               "final_sparsity": sparsity, "end_fraction": FLAGS.tfmot_ramp, "seed": seed, "out_dir": str(tmp / "tfmot")}
+               "final_sparsity": sparsity, "end_fraction": FLAGS.tfmot_ramp, "seed": seed, "out_dir": str(tmp / "tfmot"),
+               "lr_decay": lr_decay}
     (tmp / "tfmot_request.json").write_text(json.dumps(request))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -290,7 +294,8 @@ def main(argv: list[str]) -> int:
 
         print("[2/4] Keras dense", flush=True)
         keras.utils.set_random_seed(FLAGS.seed)
-        dense = train_keras(runs.build_mlp(config.hidden), data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed)
+        lr_decay = getattr(config, "lr_decay", "none")  # every row trains on the DynHP run's schedule
+        dense = train_keras(runs.build_mlp(config.hidden), data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay)
         dense["name"] = f"Keras dense 784-{'-'.join(map(str, config.hidden))}-10 (bs={FLAGS.batch_size})"
         rows.append(dense)
 
@@ -298,7 +303,7 @@ def main(argv: list[str]) -> int:
         final = keras.models.load_model(run_dir / "model.keras", compile=False)
         keras.utils.set_random_seed(FLAGS.seed)
         scratch_model = keras.models.clone_model(final)  # same layers and kept pixels, fresh weights
-        scratch = train_keras(scratch_model, data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed)
+        scratch = train_keras(scratch_model, data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay)
         sizes = json.loads((run_dir / "metrics.json").read_text()).get("layer_sizes")
         scratch["name"] = f"DynHP architecture {'-'.join(map(str, sizes or []))}-10, dense from scratch (bs={FLAGS.batch_size})"
         rows.append(scratch)
@@ -315,7 +320,8 @@ def main(argv: list[str]) -> int:
                 notes.append(f"tfmot row left out: the virtualenv could not be built here ({why.splitlines()[0]}).")
             else:
                 try:
-                    t = run_tfmot(python, data, calibration, config.hidden, epochs, FLAGS.batch_size, config.learning_rate, sparsity, FLAGS.seed, tmp)
+                    t = run_tfmot(python, data, calibration, config.hidden, epochs, FLAGS.batch_size, config.learning_rate, sparsity, FLAGS.seed, tmp,
+                                  lr_decay)
                 except (RuntimeError, subprocess.TimeoutExpired, OSError, json.JSONDecodeError) as err:
                     print(f"tfmot row left out: {err}", flush=True)
                     notes.append(f"tfmot row left out: {str(err).splitlines()[0]}")
