@@ -61,6 +61,8 @@ flags.DEFINE_integer("epochs", 20, "Epochs of every run.")
 flags.DEFINE_integer("seeds", 3, "Seeds 1..N of every candidate.")
 flags.DEFINE_list("candidates", ["base", "cosine", "deadline50"], "Recipes to compare (see the module docstring).")
 flags.DEFINE_integer("train_limit", None, "Use only the first N training images (smoke runs).")
+flags.DEFINE_list("from_runs", None, "Train nothing: build the table from these earlier `<out>.json` files or logs "
+                  "(one JSON object per line), e.g. candidates run in separate processes.")
 flags.DEFINE_string("out", None, "Markdown file to write the table to (and <out>.json with every run).")
 
 CANDIDATES = {
@@ -116,39 +118,68 @@ def _one(name: str, seed: int, data) -> dict:
     }
 
 
-def main(argv):
-    del argv
+def read_runs(paths: list[str]) -> list[dict]:
+    """The runs of earlier `--out` files (`<out>.json`) or logs (one JSON object per line),
+    the first of each (candidate, seed) kept."""
+    runs, seen = [], set()
+    for path in paths:
+        text = Path(path).read_text()
+        try:
+            found = json.loads(text)
+        except ValueError:
+            found = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        for r in found if isinstance(found, list) else [found]:
+            if (r["candidate"], r["seed"]) not in seen:
+                seen.add((r["candidate"], r["seed"]))
+                runs.append(r)
+    return runs
+
+
+def table(runs: list[dict], candidates: list[str], command: str) -> str:
+    """The Markdown table of `runs`, one row per candidate, in the order given."""
     import numpy as np
 
+    seeds = sorted({r["seed"] for r in runs})
+    lines = [
+        f"Accuracy at {FLAGS.target_kb:g} KB, {FLAGS.dataset}, DynHP alpha_bs {FLAGS.alpha_bs}, {FLAGS.epochs} epochs, "
+        f"seeds {', '.join(map(str, seeds))}, final epoch, made by `{command}`:",
+        "",
+        "| candidate | seeds | final size KB (max) | test error % (mean ± std) | per seed | mean MO KB | units (first seed) | seconds per run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in candidates:
+        rs = sorted((r for r in runs if r["candidate"] == name), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        err = np.array([r["test_error"] for r in rs])
+        lines.append(
+            f"| {name} | {len(rs)} | {max(r['model_kb'] for r in rs):.1f} | {err.mean():.2f} ± {err.std(ddof=1) if len(rs) > 1 else 0:.2f} | "
+            f"{', '.join(f'{e:.2f}' for e in err)} | {np.mean([r['mean_mo_kb'] for r in rs]):.1f} | "
+            f"{'-'.join(map(str, rs[0]['units']))} | {np.mean([r['seconds'] for r in rs]):.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
     from tf_dynhp import _checks, datasets
 
     for name in FLAGS.candidates:
         if name not in CANDIDATES:
             raise app.UsageError(f"--candidates: unknown {name!r}; expected some of {list(CANDIDATES)}")
-    (x, y), test = datasets.load(FLAGS.dataset, FLAGS.data_dir, download=False)
-    if FLAGS.train_limit:
-        x, y = x[: FLAGS.train_limit], y[: FLAGS.train_limit]
-    runs = []
-    for name in FLAGS.candidates:
-        for seed in range(1, FLAGS.seeds + 1):
-            runs.append(_one(name, seed, ((x, y), test)))
-            print(json.dumps(runs[-1]), flush=True)
     command = "python tools/rank_at_size.py " + " ".join(sys.argv[1:])
-    lines = [
-        f"Accuracy at {FLAGS.target_kb:g} KB, {FLAGS.dataset}, DynHP alpha_bs {FLAGS.alpha_bs}, {FLAGS.epochs} epochs, "
-        f"{FLAGS.seeds} seed(s), final epoch, made by `{command}`:",
-        "",
-        "| candidate | final size KB | test error % (mean ± std) | mean MO KB | units (seed 1) | seconds per run |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name in FLAGS.candidates:
-        rs = [r for r in runs if r["candidate"] == name]
-        err = np.array([r["test_error"] for r in rs])
-        lines.append(
-            f"| {name} | {max(r['model_kb'] for r in rs):.1f} | {err.mean():.2f} ± {err.std(ddof=1) if len(rs) > 1 else 0:.2f} | "
-            f"{np.mean([r['mean_mo_kb'] for r in rs]):.1f} | {'-'.join(map(str, rs[0]['units']))} | {np.mean([r['seconds'] for r in rs]):.0f} |"
-        )
-    text = "\n".join(lines) + "\n"
+    if FLAGS.from_runs:
+        runs = read_runs(FLAGS.from_runs)
+    else:
+        (x, y), test = datasets.load(FLAGS.dataset, FLAGS.data_dir, download=False)
+        if FLAGS.train_limit:
+            x, y = x[: FLAGS.train_limit], y[: FLAGS.train_limit]
+        runs = []
+        for name in FLAGS.candidates:
+            for seed in range(1, FLAGS.seeds + 1):
+                runs.append(_one(name, seed, ((x, y), test)))
+                print(json.dumps(runs[-1]), flush=True)
+    text = table(runs, FLAGS.candidates, command)
     print(text)
     if FLAGS.out:
         Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
