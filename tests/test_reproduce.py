@@ -83,6 +83,7 @@ out = {
     "budgets": {d: rp.budget_kb(d) for d in ("mnist", "fashion_mnist")},
     "lenet5": dump(rp.build_grid(methods=["sp"], lenet5_lambdas=[0.5], lenet5_epochs=50)),
     "frontier": dump(rp.build_grid(grid="frontier", seeds=3)),
+    "headline": dump(rp.build_grid(grid="frontier", seeds=3, frontier_targets=[205, 135])),
     "targeted": dump(rp.build_grid(["mnist"], methods=["hp", "dynhp"], target_kb=205.0, validation_split=0.1)),
     "errors": [],
 }
@@ -130,6 +131,8 @@ def test_frontier_grid_targets_the_papers_sizes(grids):
     targeted = grids["targeted"]
     assert {r["method"] for r in targeted} == {"hp", "dynhp"}
     assert all(r["target_kb"] == 205.0 and r["validation_split"] == 0.1 and "-t205-vs0.1-" in r["name"] for r in targeted)
+    assert sorted({(r["dataset"], r["target_kb"]) for r in grids["headline"]}) == [("fashion_mnist", 135.0), ("mnist", 205.0)]
+    assert len(grids["headline"]) == 6 and all(r["name"] in {f["name"] for f in grids["frontier"]} for r in grids["headline"])
     # Every targeted row trains with the one target-size recipe, and untargeted rows with the plain one.
     from tf_dynhp.cli.paper import TARGET_RECIPE
 

@@ -92,6 +92,8 @@ WORKER_MODULE = "tf_dynhp.cli.reproduce"
 FLAGS = flags.FLAGS
 flags.DEFINE_list("datasets", ["mnist", "fashion_mnist"], "Data sets: mnist, fashion_mnist.")
 flags.DEFINE_enum("grid", "paper_rows", ["paper_rows", "full", "frontier"], "paper_rows: the rows of Tables 2-3; full: every axis of Figures 3-6; frontier: DynHP with target_kb at the paper's published sizes (see the module docstring).")
+flags.DEFINE_list("frontier_targets", None, "--grid=frontier: run only these targets (KB), e.g. the headline 205,178,135 first; "
+                  "the rest resume later with the same --out.")
 flags.DEFINE_float("target_kb", None, "Size target (KB) of every hp/dynhp row of the grid (fit(target_kb=...)); run names get -t<KB>.")
 flags.DEFINE_float("validation_split", 0.0, "Fraction of each training set held out as per-epoch validation data (RunConfig.validation_split).")
 flags.DEFINE_integer("epochs", 200, "Epochs of every run (the paper trained 2000); --quick: 2 unless given.")
@@ -221,6 +223,7 @@ def build_grid(
     lenet5_epochs: int = 50,
     target_kb: float | None = None,
     validation_split: float = 0.0,
+    frontier_targets: Sequence[float] | None = None,
 ) -> list[PlannedRun]:
     """The runs of a sweep, in the order they are started.
 
@@ -239,6 +242,7 @@ def build_grid(
         lenet5_epochs: epochs of the LeNet-5 rows.
         target_kb: size target of every hp/dynhp row (grids paper_rows and full).
         validation_split: `RunConfig.validation_split` of every run.
+        frontier_targets: grid "frontier": only these of its targets (None: all).
 
     Returns:
         PlannedRun list (names unique).
@@ -285,6 +289,8 @@ def build_grid(
         for dataset in datasets:
             paper = PAPER[dataset]
             for kb, alpha, headline in FRONTIER_TARGETS[dataset]:
+                if frontier_targets is not None and not any(abs(kb - float(t)) < 1e-6 for t in frontier_targets):
+                    continue
                 n = seeds if headline else 1
                 for seed in range(1, n + 1):
                     config = RunConfig(
@@ -590,6 +596,7 @@ def main(argv: list[str]) -> int:
             lenet5_lambdas=_floats("lenet5_lambdas", FLAGS.lenet5_lambdas),
             lenet5_epochs=epochs if FLAGS.quick else FLAGS.lenet5_epochs,
             target_kb=FLAGS.target_kb, validation_split=FLAGS.validation_split,
+            frontier_targets=_floats("frontier_targets", FLAGS.frontier_targets),
         )
     except ValueError as err:
         raise app.UsageError(str(err)) from err
