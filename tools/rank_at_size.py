@@ -34,7 +34,9 @@ on the test set). Candidates:
   cubic schedule by the deadline (`target_schedule="cubic"`), instead of the target
   from the first epoch.
 * ``cubic_ema``: ``cubic`` and ``ema``.
-* ``cosine_outgoing_cubic``: ``cosine``, ``outgoing`` and ``cubic``.
+* ``cosine_outgoing_cubic``: ``cosine``, ``outgoing`` and ``cubic`` (the tools' target recipe).
+* ``coc_wd``, ``coc_floor``: that recipe with ``wd``'s weight decay, or with ``floor``'s
+  λ floor (regularizers for the epochs after the target is reached, when λ decays to 0).
 
 It prints (and writes to `--out`) a Markdown table: final size, test error mean ±
 std over the seeds, mean MO, seconds, with the command that made it.
@@ -81,6 +83,9 @@ CANDIDATES = {
     "cubic": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, target_schedule="cubic"),
     "cubic_ema": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, target_schedule="cubic", ema_momentum=0.999),
     "cosine_outgoing_cubic": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing", target_schedule="cubic"),
+    "coc_wd": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing", target_schedule="cubic",
+                   weight_decay_per_weight=5e-4),
+    "coc_floor": dict(cosine=True, target_deadline=0.25, lambda_floor=0.01, size_penalty="outgoing", target_schedule="cubic"),
 }
 
 
