@@ -5,8 +5,11 @@ r"""Accuracy at a given size (issue 16 item 2): candidate recipes ranked at one 
 
 Every candidate trains the paper's 784-300-100 MLP with `tf_dynhp.fit(method="dynhp",
 target_kb=...)` (budget: MO of SP at the data set's SP batch) on the full training
-set, for each seed; the test error is read at the final epoch (nothing is selected
-on the test set). Candidates:
+set less its last `--holdout` images, for each seed. The candidates are ranked on the
+error on those held-out training images (a validation split, issue 16 item 3), read at
+the final epoch; the test error is shown beside it for information and chooses nothing.
+(`--holdout=0` trains on the full set and shows the test error only: the tables of
+`results/rank_at_size` made before the hold-out existed are of that kind.) Candidates:
 
 * ``base``: the defaults (fixed learning rate 1e-3, target forced from a quarter of
   the epochs on).
@@ -37,9 +40,10 @@ on the test set). Candidates:
 * ``cosine_outgoing_cubic``: ``cosine``, ``outgoing`` and ``cubic`` (the tools' target recipe).
 * ``coc_wd``, ``coc_floor``: that recipe with ``wd``'s weight decay, or with ``floor``'s
   λ floor (regularizers for the epochs after the target is reached, when λ decays to 0).
+* ``coc_wd1e3``: that recipe with twice ``wd``'s weight decay (1e-3 per weight).
 
-It prints (and writes to `--out`) a Markdown table: final size, test error mean ±
-std over the seeds, mean MO, seconds, with the command that made it.
+It prints (and writes to `--out`) a Markdown table: final size, validation and test
+error mean ± std over the seeds, mean MO, seconds, with the command that made it.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ flags.DEFINE_integer("epochs", 20, "Epochs of every run.")
 flags.DEFINE_integer("seeds", 3, "Seeds 1..N of every candidate.")
 flags.DEFINE_list("candidates", ["base", "cosine", "deadline50"], "Recipes to compare (see the module docstring).")
 flags.DEFINE_integer("train_limit", None, "Use only the first N training images (smoke runs).")
+flags.DEFINE_integer("holdout", 10000, "Hold out the last N training images as the validation split the candidates "
+                     "are ranked on; 0 trains on all of them and shows the test error only.", lower_bound=0)
 flags.DEFINE_list("from_runs", None, "Train nothing: build the table from these earlier `<out>.json` files or logs "
                   "(one JSON object per line), e.g. candidates run in separate processes.")
 flags.DEFINE_string("out", None, "Markdown file to write the table to (and <out>.json with every run).")
@@ -86,6 +92,8 @@ CANDIDATES = {
     "coc_wd": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing", target_schedule="cubic",
                    weight_decay_per_weight=5e-4),
     "coc_floor": dict(cosine=True, target_deadline=0.25, lambda_floor=0.01, size_penalty="outgoing", target_schedule="cubic"),
+    "coc_wd1e3": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing", target_schedule="cubic",
+                      weight_decay_per_weight=1e-3),
 }
 
 
@@ -97,7 +105,7 @@ def _one(name: str, seed: int, data) -> dict:
     from tf_dynhp.cli.paper import PAPER_LR, sp_mo_kb
 
     recipe = CANDIDATES[name]
-    (x, y), (xt, yt) = data
+    (x, y), (xv, yv), (xt, yt) = data
     keras.utils.set_random_seed(seed)
     model = tf_dynhp.runs.build_mlp((300, 100))
     callbacks = tf_dynhp.runs.lr_callbacks("cosine" if recipe["cosine"] else "none", PAPER_LR, FLAGS.epochs)
@@ -110,13 +118,16 @@ def _one(name: str, seed: int, data) -> dict:
         lambda_floor=recipe["lambda_floor"], lambda_step=recipe.get("lambda_step", 0.05),
         weight_decay=recipe.get("weight_decay_per_weight", 0.0) * len(x), size_penalty=recipe.get("size_penalty", "coupled"),
         target_schedule=recipe.get("target_schedule", "constant"),
-        validation_data=(xt, yt), seed=seed,
+        validation_data=(xv, yv) if len(xv) else None, seed=seed,
         verbose=0, callbacks=callbacks, learning_rate=PAPER_LR, optimizer=optimizer,
     )
     seconds = time.perf_counter() - t0
-    pred = np.argmax(result.model.predict(xt, batch_size=2000, verbose=0), -1)
+    def error(images, labels):
+        return float(100 * np.mean(np.argmax(result.model.predict(images, batch_size=2000, verbose=0), -1) != labels))
+
     return {
-        "candidate": name, "seed": seed, "test_error": float(100 * np.mean(pred != yt)),
+        "candidate": name, "seed": seed, "test_error": error(xt, yt),
+        "val_error": error(xv, yv) if len(xv) else None, "train_images": int(len(x)),
         "model_kb": tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(result.model)),
         "mean_mo_kb": float(np.mean(result.history["memory_kb"])), "seconds": seconds,
         "units": [int(u) for u in result.history["active_units"][-1]],
@@ -140,26 +151,45 @@ def read_runs(paths: list[str]) -> list[dict]:
     return runs
 
 
+def _mean_std(values) -> str:
+    return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0:.2f}"
+
+
 def table(runs: list[dict], candidates: list[str], command: str) -> str:
     """The Markdown table of `runs`, one row per candidate, in the order given."""
     import numpy as np
 
     seeds = sorted({r["seed"] for r in runs})
+    held_out = all(r.get("val_error") is not None for r in runs)
     lines = [
         f"Accuracy at {FLAGS.target_kb:g} KB, {FLAGS.dataset}, DynHP alpha_bs {FLAGS.alpha_bs}, {FLAGS.epochs} epochs, "
         f"seeds {', '.join(map(str, seeds))}, final epoch, made by `{command}`:",
         "",
-        "| candidate | seeds | final size KB (max) | test error % (mean ± std) | per seed | mean MO KB | units (first seed) | seconds per run |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    if held_out:
+        lines += [
+            f"Trained on the first {runs[0]['train_images']} training images; ranked on the validation error (the "
+            "held-out rest of the training set); the test error chooses nothing.",
+            "",
+            "| candidate | seeds | final size KB (max) | validation error % (mean ± std) | per seed | test error % (mean ± std) "
+            "| mean MO KB | units (first seed) | seconds per run |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += [
+            "| candidate | seeds | final size KB (max) | test error % (mean ± std) | per seed | mean MO KB | units (first seed) | seconds per run |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
     for name in candidates:
         rs = sorted((r for r in runs if r["candidate"] == name), key=lambda r: r["seed"])
         if not rs:
             continue
-        err = np.array([r["test_error"] for r in rs])
+        err = np.array([r["val_error" if held_out else "test_error"] for r in rs])
+        test = np.array([r["test_error"] for r in rs])
         lines.append(
-            f"| {name} | {len(rs)} | {max(r['model_kb'] for r in rs):.1f} | {err.mean():.2f} ± {err.std(ddof=1) if len(rs) > 1 else 0:.2f} | "
-            f"{', '.join(f'{e:.2f}' for e in err)} | {np.mean([r['mean_mo_kb'] for r in rs]):.1f} | "
+            f"| {name} | {len(rs)} | {max(r['model_kb'] for r in rs):.1f} | {_mean_std(err)} | "
+            f"{', '.join(f'{e:.2f}' for e in err)} | {_mean_std(test) + ' | ' if held_out else ''}"
+            f"{np.mean([r['mean_mo_kb'] for r in rs]):.1f} | "
             f"{'-'.join(map(str, rs[0]['units']))} | {np.mean([r['seconds'] for r in rs]):.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -179,10 +209,15 @@ def main(argv):
         (x, y), test = datasets.load(FLAGS.dataset, FLAGS.data_dir, download=False)
         if FLAGS.train_limit:
             x, y = x[: FLAGS.train_limit], y[: FLAGS.train_limit]
+        if FLAGS.holdout >= len(x):
+            raise app.UsageError(f"--holdout={FLAGS.holdout}: expected fewer than the {len(x)} training images")
+        cut = len(x) - FLAGS.holdout
+        held = (x[cut:], y[cut:])
+        x, y = x[:cut], y[:cut]
         runs = []
         for name in FLAGS.candidates:
             for seed in range(1, FLAGS.seeds + 1):
-                runs.append(_one(name, seed, ((x, y), test)))
+                runs.append(_one(name, seed, ((x, y), held, test)))
                 print(json.dumps(runs[-1]), flush=True)
     text = table(runs, FLAGS.candidates, command)
     print(text)
