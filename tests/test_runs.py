@@ -64,6 +64,24 @@ def test_cosine_lr_decay_reaches_the_optimizer(mnist):
         runs.run(runs.RunConfig(lr_decay="step"), None, data=((None, None), (None, None)), verbose=0)
 
 
+def test_weight_decay_per_weight_reaches_fit_times_the_examples_fit_trains_on(mnist, monkeypatch):
+    """RunConfig.weight_decay_per_weight is per weight in the mean loss; L0Dense divides its
+    penalty by the training examples, so fit gets it times those left after validation_split."""
+    seen = {}
+
+    def fake_fit(model, x, y, **kwargs):
+        seen.update(kwargs, n=len(x))
+        raise KeyboardInterrupt  # stop before any training
+
+    monkeypatch.setattr(tf_dynhp, "fit", fake_fit)
+    data = mnist[0][0][:300], mnist[0][1][:300]
+    for split, n_fit in ((0.0, 300), (0.2, 240)):
+        with pytest.raises(KeyboardInterrupt):
+            runs.run(runs.RunConfig(method="hp", hidden=(8,), weight_decay_per_weight=5e-4, validation_split=split),
+                     None, data=(data, mnist[1]), verbose=0)
+        assert seen["n"] == 300 and seen["weight_decay"] == pytest.approx(5e-4 * n_fit)
+
+
 # ------------------------------------------------------------------ one run per folder
 ROOT = Path(__file__).resolve().parents[1]
 

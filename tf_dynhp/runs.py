@@ -88,6 +88,10 @@ class RunConfig:
     # > 0: Adam keeps an exponential moving average of the weights with this momentum and
     # the model ends with it (keras.optimizers.Adam(use_ema=True)); None: no average.
     ema_momentum: float | None = None
+    # L2 strength per weight in the mean training loss (Louizos et al.'s expected-L2 term,
+    # their code's 5e-4): fit gets weight_decay = this x the number of training examples,
+    # since L0Dense divides its penalty by that number (Eq. 5's 1/N).
+    weight_decay_per_weight: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -362,6 +366,7 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
             checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
             gate_kernel=config.gate_kernel, target_kb=config.target_kb, lambda_floor=config.lambda_floor,
             size_penalty=config.size_penalty, target_schedule=config.target_schedule,
+            weight_decay=config.weight_decay_per_weight * (len(x) - int(len(x) * config.validation_split)),
             optimizer=optimizer(config),
             callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs),
         )

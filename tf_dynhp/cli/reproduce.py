@@ -176,6 +176,8 @@ def run_name(config: Any) -> str:
         parts.append(config.target_schedule)
     if getattr(config, "ema_momentum", None):
         parts.append(f"ema{config.ema_momentum:g}")
+    if getattr(config, "weight_decay_per_weight", 0.0):
+        parts.append(f"wd{config.weight_decay_per_weight:g}")
     parts.append(f"e{config.epochs}")
     if config.train_limit or config.test_limit:
         parts.append(f"n{config.train_limit or 'all'}x{config.test_limit or 'all'}")

@@ -65,6 +65,9 @@ flags.DEFINE_enum("target_schedule", None, ["constant", "cubic"], "With --target
                   "default: the target-size recipe's).")
 flags.DEFINE_float("ema_momentum", None, "Adam keeps a moving average of the weights with this momentum and the model "
                    "ends with it (0: none; default: the target-size recipe's with --target_kb, else none).")
+flags.DEFINE_float("weight_decay_per_weight", None, "L2 strength per weight in the mean loss (Louizos et al.'s "
+                   "expected-L2 term; fit gets it times the training-set size; default: the target-size recipe's "
+                   "with --target_kb, else 0).")
 flags.DEFINE_float("validation_split", 0.0, "Fraction of the training set held out as per-epoch validation data "
                    "(0: the test set is shown per epoch, as the paper's figures; nothing is selected on it).")
 
@@ -95,6 +98,7 @@ _expect("target_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and
 _expect("validation_split", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("lambda_floor", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
 _expect("ema_momentum", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
+_expect("weight_decay_per_weight", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
 _expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
         lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
 flags.register_multi_flags_validator(
@@ -116,7 +120,8 @@ def main(argv):
 
     for name, value in recipe_for(FLAGS.target_kb, lr_decay=FLAGS.lr_decay, lambda_floor=FLAGS.lambda_floor,
                                   size_penalty=FLAGS.size_penalty, target_schedule=FLAGS.target_schedule,
-                                  ema_momentum=FLAGS.ema_momentum).items():
+                                  ema_momentum=FLAGS.ema_momentum,
+                                  weight_decay_per_weight=FLAGS.weight_decay_per_weight).items():
         setattr(config, name, value)
     config.hidden = [int(h) for h in FLAGS.hidden.split(",") if h]
     try:
