@@ -569,11 +569,15 @@ def test_frontier_section_at_the_papers_size(tmp_path):
     big = _fake_run(tmp_path / "t572", "dynhp", [2.5], [1.0],
                     {"test_error": 1.6, "model_kb": 500.0, "training_memory_mb": 4.0, "train_seconds": 60.0},
                     alpha_bs=0.971, budget_kb=budget, target_kb=572.0)
-    groups = run_folders.make_groups([sp, *seeds, big])
-    assert len([g for g in groups if g.config.get("target_kb") == 205.0]) == 1  # the seeds form one row
+    other = _fake_run(tmp_path / "t205wd", "dynhp", [2.2, 1.9], [1.0, 1.0],
+                      {"test_error": 1.5, "model_kb": 204.5, "training_memory_mb": 2.0, "train_seconds": 50.0},
+                      alpha_bs=0.973, budget_kb=budget, target_kb=205.0, lr_decay="cosine", weight_decay_per_weight=5e-4)
+    groups = run_folders.make_groups([sp, *seeds, big, other])
+    assert len([g for g in groups if g.config.get("target_kb") == 205.0]) == 2  # the seeds form one row, another recipe another
     text = "\n".join(report.frontier_section("mnist", groups))
-    row205 = next(line for line in text.splitlines() if line.startswith("| 205 |"))
-    assert "| 0.973 | 3 | 204.0 | 1.40 ± 0.02 | 1.40 (DYNHP α 0.973) | 2.0 | 80.0 |" in row205 and row205.endswith("| yes |")
+    row205, row205wd = [line for line in text.splitlines() if line.startswith("| 205 |")]
+    assert "| 0.973 | plain | 3 | 204.0 | 1.40 ± 0.02 | 1.40 (DYNHP α 0.973) | 2.0 | 80.0 |" in row205 and row205.endswith("| yes |")
+    assert "| 0.973 | cosine + wd0.0005 | 1 | 204.5 | 1.50 |" in row205wd and "error over by 0.10 points" in row205wd
     row572 = next(line for line in text.splitlines() if line.startswith("| 572 |"))
     assert "12.6% under (more than 3%)" in row572 and "1.50 (DYNHP α 0.971)" in row572
     # the targeted rows are not mistaken for the paper's DynHP rows

@@ -20,7 +20,7 @@ import functools
 import math
 from collections.abc import Iterable, Sequence
 
-from paper import PAPER, PAPER_GAMMA, PAPER_LAMBDA, PAPER_MEMORY_UNIT_KB, PAPER_TABLES
+from paper import PAPER, PAPER_GAMMA, PAPER_LAMBDA, PAPER_MEMORY_UNIT_KB, PAPER_TABLES, recipe_parts
 from run_folders import Group, RunInfo
 
 from tf_dynhp import memory, runs
@@ -532,10 +532,10 @@ def frontier_section(dataset: str, groups: Sequence[Group]) -> list[str]:
             f"{sp_mem:.1f} MB training memory, {sp.mean('train_seconds'):.0f} s, {milestone:g}% error after {time_to_error_text(sp)}."
             if sp else "No finished SP run of the paper's setting in this folder: savings are not computed.")
     lines = [f"### At the paper's size (`fit(target_kb=...)`, issue 16)", "", head, "",
-             "| target KB | α_bs | seeds | final KB (max) | error % | paper's error % (row) | training memory MB | saving vs SP % "
+             "| target KB | α_bs | recipe | seeds | final KB (max) | error % | paper's error % (row) | training memory MB | saving vs SP % "
              f"| wall s | to {milestone:g}% | targets met? (size within 3% under; error and memory where issue 16 sets them) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for g in sorted(rows, key=lambda g: (g.config["target_kb"], g.config["alpha_bs"] or 0)):
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for g in sorted(rows, key=lambda g: (g.config["target_kb"], g.config["alpha_bs"] or 0, recipe_parts(g.config))):
         c = g.config
         target = float(c["target_kb"])
         paper = published.get(round(target, 6))
@@ -556,7 +556,7 @@ def frontier_section(dataset: str, groups: Sequence[Group]) -> list[str]:
             verdicts.append(f"memory saving short by {goal[1] - saving:.1f} points")
         met = "yes" if not verdicts else "no: " + "; ".join(verdicts)
         lines.append(
-            f"| {target:g} | {c['alpha_bs']:.3f} | {len(g.finished)} | {final:.1f} | {_mean_std(g, 'test_error', '.2f')} | {paper_text} "
+            f"| {target:g} | {c['alpha_bs']:.3f} | {' + '.join(recipe_parts(c)) or 'plain'} | {len(g.finished)} | {final:.1f} | {_mean_std(g, 'test_error', '.2f')} | {paper_text} "
             f"| {_num(mem, '.1f')} | {_num(saving, '.1f')} | {_num(g.mean('train_seconds'), '.0f')} | {time_to_error_text(g)} | {met} |"
         )
     lines += ["", "Error targets (issue 16, 3 seeds): "

@@ -12,12 +12,12 @@ paper's SP configuration.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
     "PAPER_TABLES", "PAPER", "DATASET_TITLES", "PAPER_LAMBDA", "PAPER_GAMMA", "PAPER_GROWTH", "PAPER_HIDDEN",
-    "PAPER_LR", "DYNHP_BATCH", "FRONTIER_TARGETS", "TARGET_RECIPE", "PLAIN_RECIPE", "recipe_for", "PAPER_MEMORY_UNIT_KB", "sp_mo_kb",
+    "PAPER_LR", "DYNHP_BATCH", "FRONTIER_TARGETS", "TARGET_RECIPE", "PLAIN_RECIPE", "recipe_for", "recipe_parts", "PAPER_MEMORY_UNIT_KB", "sp_mo_kb",
 ]
 
 #: Table 2 (MNIST) and Table 3 (Fashion-MNIST), 2000 epochs, lambda 0.01, gamma 0.5. Per
@@ -142,6 +142,26 @@ def recipe_for(target_kb: float | None, **given: Any) -> dict[str, Any]:
     if not out["ema_momentum"]:
         out["ema_momentum"] = None
     return out
+
+
+def recipe_parts(config: Mapping[str, Any]) -> list[str]:
+    """The recipe fields of a run `config` (a RunConfig's dict or a run folder's config.json)
+    that are not `PLAIN_RECIPE`'s, as short words in a fixed order: what run folder names
+    append, and what RESULTS.md shows to tell two recipes at one target apart."""
+    parts = []
+    if config.get("lr_decay", "none") != "none":
+        parts.append(config["lr_decay"])
+    if config.get("size_penalty", "coupled") != "coupled":
+        parts.append(config["size_penalty"])
+    if config.get("lambda_floor") or 0.0:
+        parts.append(f"fl{config['lambda_floor']:g}")
+    if config.get("target_schedule", "constant") != "constant":
+        parts.append(config["target_schedule"])
+    if config.get("ema_momentum"):
+        parts.append(f"ema{config['ema_momentum']:g}")
+    if config.get("weight_decay_per_weight") or 0.0:
+        parts.append(f"wd{config['weight_decay_per_weight']:g}")
+    return parts
 
 
 @functools.cache

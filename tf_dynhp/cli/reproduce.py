@@ -79,7 +79,7 @@ from absl import app, flags
 from tf_dynhp._checks import invalid, write_atomic
 from tf_dynhp.batching import BATCH_GROWTH_MODES
 from tf_dynhp.cli.paper import DYNHP_BATCH as DYNHP_INITIAL_BATCH
-from tf_dynhp.cli.paper import FRONTIER_TARGETS, PAPER, PAPER_GAMMA, PAPER_HIDDEN, TARGET_RECIPE, sp_mo_kb
+from tf_dynhp.cli.paper import FRONTIER_TARGETS, PAPER, PAPER_GAMMA, PAPER_HIDDEN, TARGET_RECIPE, recipe_parts, sp_mo_kb
 from tf_dynhp.cli.paper import PAPER_LAMBDA as PAPER_L0_LAMBDA
 from tf_dynhp.cli.run_folders import run_status
 
@@ -166,18 +166,7 @@ def run_name(config: Any) -> str:
         parts.append(f"t{config.target_kb:g}")
     if getattr(config, "validation_split", 0.0):
         parts.append(f"vs{config.validation_split:g}")
-    if getattr(config, "lr_decay", "none") != "none":  # the training recipe, where it is not the plain one
-        parts.append(config.lr_decay)
-    if getattr(config, "size_penalty", "coupled") != "coupled":
-        parts.append(config.size_penalty)
-    if getattr(config, "lambda_floor", 0.0):
-        parts.append(f"fl{config.lambda_floor:g}")
-    if getattr(config, "target_schedule", "constant") != "constant":
-        parts.append(config.target_schedule)
-    if getattr(config, "ema_momentum", None):
-        parts.append(f"ema{config.ema_momentum:g}")
-    if getattr(config, "weight_decay_per_weight", 0.0):
-        parts.append(f"wd{config.weight_decay_per_weight:g}")
+    parts += recipe_parts(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else vars(config))
     parts.append(f"e{config.epochs}")
     if config.train_limit or config.test_limit:
         parts.append(f"n{config.train_limit or 'all'}x{config.test_limit or 'all'}")

@@ -28,6 +28,7 @@ from tf_dynhp.cli.paper import (
     PAPER_HIDDEN,
     PAPER_LAMBDA,
     PAPER_LR,
+    recipe_parts,
     sp_mo_kb,
 )
 
@@ -180,13 +181,14 @@ def setting_order(key: tuple) -> tuple:
 
 
 def group_key(c: dict[str, Any]) -> tuple:
-    """Everything of a configuration but the seed."""
+    """Everything of a configuration but the seed (the training recipe too: two recipes at one
+    target are two rows, never one row's seeds)."""
     dynhp = c["method"] == "dynhp"
     return (
         c["dataset"], c["method"], int(c["batch_size"]), round(c["alpha_bs"], 6) if dynhp and c["alpha_bs"] is not None else None,
         float(c["l0_lambda"]), c["batch_growth"] if dynhp else None, float(c["gamma"]),
         round(c["budget_kb"], 1) if dynhp and c["budget_kb"] else None, c["budget_on"] if dynhp else None,
-        c.get("target_kb"), c.get("validation_split") or 0.0,
+        c.get("target_kb"), c.get("validation_split") or 0.0, tuple(recipe_parts(c)),
     ) + setting_key(c)
 
 
