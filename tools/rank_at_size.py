@@ -73,27 +73,28 @@ flags.DEFINE_list("from_runs", None, "Train nothing: build the table from these 
                   "(one JSON object per line), e.g. candidates run in separate processes.")
 flags.DEFINE_string("out", None, "Markdown file to write the table to (and <out>.json with every run).")
 
+_BASE = dict(cosine=False, target_deadline=0.25, lambda_floor=0.0)
+_COS = dict(_BASE, cosine=True)
+_COC = dict(_COS, size_penalty="outgoing", target_schedule="cubic")  # the tools' target recipe before weight decay
 CANDIDATES = {
-    "base": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0),
-    "cosine": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0),
-    "deadline50": dict(cosine=False, target_deadline=0.5, lambda_floor=0.0),
-    "cosine_deadline50": dict(cosine=True, target_deadline=0.5, lambda_floor=0.0),
-    "floor": dict(cosine=False, target_deadline=0.25, lambda_floor=0.01),
-    "cosine_floor": dict(cosine=True, target_deadline=0.25, lambda_floor=0.01),
-    "step01": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, lambda_step=0.01),
-    "wd": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, weight_decay_per_weight=5e-4),
-    "outgoing": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing"),
-    "cosine_outgoing": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing"),
-    "ema": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, ema_momentum=0.999),
-    "cosine_ema": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, ema_momentum=0.999),
-    "cubic": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, target_schedule="cubic"),
-    "cubic_ema": dict(cosine=False, target_deadline=0.25, lambda_floor=0.0, target_schedule="cubic", ema_momentum=0.999),
-    "cosine_outgoing_cubic": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing", target_schedule="cubic"),
-    "coc_wd": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing", target_schedule="cubic",
-                   weight_decay_per_weight=5e-4),
-    "coc_floor": dict(cosine=True, target_deadline=0.25, lambda_floor=0.01, size_penalty="outgoing", target_schedule="cubic"),
-    "coc_wd1e3": dict(cosine=True, target_deadline=0.25, lambda_floor=0.0, size_penalty="outgoing", target_schedule="cubic",
-                      weight_decay_per_weight=1e-3),
+    "base": _BASE,
+    "cosine": _COS,
+    "deadline50": dict(_BASE, target_deadline=0.5),
+    "cosine_deadline50": dict(_COS, target_deadline=0.5),
+    "floor": dict(_BASE, lambda_floor=0.01),
+    "cosine_floor": dict(_COS, lambda_floor=0.01),
+    "step01": dict(_BASE, lambda_step=0.01),
+    "wd": dict(_BASE, weight_decay_per_weight=5e-4),
+    "outgoing": dict(_BASE, size_penalty="outgoing"),
+    "cosine_outgoing": dict(_COS, size_penalty="outgoing"),
+    "ema": dict(_BASE, ema_momentum=0.999),
+    "cosine_ema": dict(_COS, ema_momentum=0.999),
+    "cubic": dict(_BASE, target_schedule="cubic"),
+    "cubic_ema": dict(_BASE, target_schedule="cubic", ema_momentum=0.999),
+    "cosine_outgoing_cubic": _COC,
+    "coc_wd": dict(_COC, weight_decay_per_weight=5e-4),
+    "coc_floor": dict(_COC, lambda_floor=0.01),
+    "coc_wd1e3": dict(_COC, weight_decay_per_weight=1e-3),
 }
 
 
