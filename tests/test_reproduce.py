@@ -387,6 +387,20 @@ def test_report_on_an_empty_folder_says_so(tmp_path):
 
 
 # --------------------------------------------------------------------------- benchmark
+def test_benchmark_baselines_get_the_dynhp_runs_l2_term():
+    """benchmark.with_l2: every Dense kernel and bias of a baseline pays 0.5 * wd * ||w||^2, the
+    DynHP run's expected-L2 term with its gates open; wd 0 leaves the model as it is."""
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import numpy as np, keras, benchmark as b; from tf_dynhp import runs; "
+              "m = runs.build_mlp((6,), input_shape=(4, 4)); assert b.with_l2(m, 0.0) is m; "
+              "r = b.with_l2(m, 1e-2); r(np.zeros((1, 4, 4), 'float32')); "
+              "want = 0.5 * 1e-2 * sum(float(np.sum(np.square(w))) for w in r.get_weights()); "
+              "got = float(sum(keras.ops.convert_to_numpy(l) for l in r.losses)); "
+              "print(len(r.losses), got, want)")
+    done = subprocess.run([sys.executable, "-c", script, str(TOOLS)], capture_output=True, text=True, cwd=REPO, env=_env(), timeout=120)
+    count, got, want = _ok(done).split()[-3:]
+    assert int(count) == 4 and float(got) == pytest.approx(float(want), rel=1e-5) and float(want) > 0
+
+
 def test_benchmark_quick_without_tfmot(sweep, report_input, tmp_path):
     out, _ = sweep
     bench = report_input / "benchmark.md"

@@ -13,7 +13,8 @@ data come as an .npz file) and writes its measurements as JSON.
 Request keys: data (.npz with x_train, y_train, x_test, y_test, calibration),
 hidden, epochs, batch_size, learning_rate, final_sparsity, end_fraction
 (share of the training steps over which sparsity ramps up), seed, out_dir, and optionally
-lr_decay ("none" or "cosine": the DynHP run's learning-rate schedule).
+lr_decay ("none" or "cosine": the DynHP run's learning-rate schedule) and
+weight_decay_per_weight (the DynHP run's L2 term, 0.5 * it * ||w||^2 on every kernel and bias).
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ def main(request_path: str, result_path: str) -> int:
     x, y, xt, yt, calibration = (data[k] for k in ("x_train", "y_train", "x_test", "y_test", "calibration"))
     keras.utils.set_random_seed(int(req["seed"]))
     layers = [keras.Input(x.shape[1:]), keras.layers.Flatten()]
-    layers += [keras.layers.Dense(int(h), activation="relu") for h in req["hidden"]]
-    layers.append(keras.layers.Dense(10, activation="softmax"))
+    wd = float(req.get("weight_decay_per_weight") or 0.0)
+    l2 = dict(kernel_regularizer=keras.regularizers.l2(0.5 * wd), bias_regularizer=keras.regularizers.l2(0.5 * wd)) if wd else {}
+    layers += [keras.layers.Dense(int(h), activation="relu", **l2) for h in req["hidden"]]
+    layers.append(keras.layers.Dense(10, activation="softmax", **l2))
     model = keras.Sequential(layers)
 
     batch, epochs = int(req["batch_size"]), int(req["epochs"])

@@ -11,7 +11,8 @@ says which data set, its configuration and its final architecture):
    the folder's own numbers instead).
 2. **Keras dense**: plain `keras.Model.fit` of the same dense MLP (784-300-100-10),
    Adam at the same learning rate and schedule (`RunConfig.lr_decay` of the DynHP run:
-   every row decays as DynHP does), `--batch_size`.
+   every row decays as DynHP does) and the same L2 term (`RunConfig.weight_decay_per_weight`:
+   0.5 * it * ||w||^2 on every kernel and bias, as Keras `L2` regularizers), `--batch_size`.
 3. **DynHP architecture, dense from scratch**: the run's final model
    (`model.keras`: the same kept input pixels and layer sizes as `metrics.json`
    `layer_sizes`) re-initialized and trained densely.
@@ -95,9 +96,27 @@ def _kernel_count(model) -> int:
     return sum(int(layer.kernel.shape[0] * layer.kernel.shape[1]) for layer in parse_chain(model).body if isinstance(layer, DENSE_TYPES))
 
 
-def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed: int, lr_decay: str = "none") -> dict[str, Any]:
+def with_l2(model, weight_decay_per_weight: float):
+    """`model` with Keras `L2(0.5 * weight_decay_per_weight)` on every Dense kernel and bias
+    (the DynHP run's expected-L2 term once its gates are open; fresh weights), or `model`."""
+    import keras
+
+    if not weight_decay_per_weight:
+        return model
+    l2 = {"kernel_regularizer": keras.regularizers.L2(0.5 * weight_decay_per_weight),
+          "bias_regularizer": keras.regularizers.L2(0.5 * weight_decay_per_weight)}
+
+    def clone(layer):
+        config = layer.get_config()
+        return layer.__class__.from_config({**config, **l2} if isinstance(layer, keras.layers.Dense) else config)
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed: int, lr_decay: str = "none",
+                weight_decay_per_weight: float = 0.0) -> dict[str, Any]:
     """Plain `model.fit` (Adam, sparse cross-entropy, the DynHP run's learning-rate schedule
-    `tf_dynhp.runs.lr_callbacks`), test error after every epoch."""
+    `tf_dynhp.runs.lr_callbacks` and L2 term `with_l2`), test error after every epoch."""
     import keras
     import numpy as np
 
@@ -105,6 +124,7 @@ def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed
 
     (x, y), (xt, yt) = data
     keras.utils.set_random_seed(seed)
+    model = with_l2(model, weight_decay_per_weight)
     schedule = runs.lr_callbacks(lr_decay, learning_rate, epochs)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   steps_per_execution=FLAGS.steps_per_execution, jit_compile=False)
@@ -188,7 +208,7 @@ def ensure_tfmot_venv(venv: Path) -> tuple[str | None, str]:
 
 
 def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, learning_rate: float, sparsity: float,
-              seed: int, tmp: Path, lr_decay: str = "none") -> dict[str, Any]:
+              seed: int, tmp: Path, lr_decay: str = "none", weight_decay_per_weight: float = 0.0) -> dict[str, Any]:
     """Runs tools/_tfmot_baseline.py in the venv and reads its JSON back."""
     import numpy as np
 
@@ -197,7 +217,7 @@ def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, l
     np.savez(npz, x_train=x, y_train=y, x_test=xt, y_test=yt, calibration=calibration)
     request = {"data": str(npz), "hidden": list(hidden), "epochs": epochs, "batch_size": batch, "learning_rate": learning_rate,
                "final_sparsity": sparsity, "end_fraction": FLAGS.tfmot_ramp, "seed": seed, "out_dir": str(tmp / "tfmot"),
-               "lr_decay": lr_decay}
+               "lr_decay": lr_decay, "weight_decay_per_weight": weight_decay_per_weight}
     (tmp / "tfmot_request.json").write_text(json.dumps(request))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -294,8 +314,10 @@ def main(argv: list[str]) -> int:
 
         print("[2/4] Keras dense", flush=True)
         keras.utils.set_random_seed(FLAGS.seed)
-        lr_decay = getattr(config, "lr_decay", "none")  # every row trains on the DynHP run's schedule
-        dense = train_keras(runs.build_mlp(config.hidden), data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay)
+        lr_decay = getattr(config, "lr_decay", "none")  # every row trains on the DynHP run's schedule and L2 term
+        wd = getattr(config, "weight_decay_per_weight", 0.0)
+        dense = train_keras(runs.build_mlp(config.hidden), data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay,
+                            wd)
         dense["name"] = f"Keras dense 784-{'-'.join(map(str, config.hidden))}-10 (bs={FLAGS.batch_size})"
         rows.append(dense)
 
@@ -303,7 +325,7 @@ def main(argv: list[str]) -> int:
         final = keras.models.load_model(run_dir / "model.keras", compile=False)
         keras.utils.set_random_seed(FLAGS.seed)
         scratch_model = keras.models.clone_model(final)  # same layers and kept pixels, fresh weights
-        scratch = train_keras(scratch_model, data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay)
+        scratch = train_keras(scratch_model, data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay, wd)
         sizes = json.loads((run_dir / "metrics.json").read_text()).get("layer_sizes")
         scratch["name"] = f"DynHP architecture {'-'.join(map(str, sizes or []))}-10, dense from scratch (bs={FLAGS.batch_size})"
         rows.append(scratch)
@@ -321,7 +343,7 @@ def main(argv: list[str]) -> int:
             else:
                 try:
                     t = run_tfmot(python, data, calibration, config.hidden, epochs, FLAGS.batch_size, config.learning_rate, sparsity, FLAGS.seed, tmp,
-                                  lr_decay)
+                                  lr_decay, wd)
                 except (RuntimeError, subprocess.TimeoutExpired, OSError, json.JSONDecodeError) as err:
                     print(f"tfmot row left out: {err}", flush=True)
                     notes.append(f"tfmot row left out: {str(err).splitlines()[0]}")
