@@ -41,6 +41,10 @@ the final epoch; the test error is shown beside it for information and chooses n
 * ``coc_wd``, ``coc_floor``: that recipe with ``wd``'s weight decay, or with ``floor``'s
   λ floor (regularizers for the epochs after the target is reached, when λ decays to 0).
 * ``coc_wd1e3``: that recipe with twice ``wd``'s weight decay (1e-3 per weight).
+* ``coc_adamw01``, ``coc_adamw04``: that recipe with decoupled weight decay instead
+  (`keras.optimizers.AdamW`, `weight_decay` 0.01 or 0.04, the gates' `log_alpha`
+  excluded): it shrinks the weights without pushing any gate closed, so `strip` removes
+  nothing the size controller did not.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -95,6 +99,8 @@ CANDIDATES = {
     "coc_wd": dict(_COC, weight_decay_per_weight=5e-4),
     "coc_floor": dict(_COC, lambda_floor=0.01),
     "coc_wd1e3": dict(_COC, weight_decay_per_weight=1e-3),
+    "coc_adamw01": dict(_COC, adamw=0.01),
+    "coc_adamw04": dict(_COC, adamw=0.04),
 }
 
 
@@ -112,6 +118,9 @@ def _one(name: str, seed: int, data) -> dict:
     callbacks = tf_dynhp.runs.lr_callbacks("cosine" if recipe["cosine"] else "none", PAPER_LR, FLAGS.epochs)
     ema = recipe.get("ema_momentum")
     optimizer = keras.optimizers.Adam(PAPER_LR, use_ema=True, ema_momentum=ema) if ema else "adam"
+    if recipe.get("adamw"):
+        optimizer = keras.optimizers.AdamW(PAPER_LR, weight_decay=recipe["adamw"])
+        optimizer.exclude_from_weight_decay(var_names=["log_alpha"])
     t0 = time.perf_counter()
     result = tf_dynhp.fit(
         model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,
