@@ -139,7 +139,7 @@ def test_frontier_grid_targets_the_papers_sizes(grids):
     for r in grids["frontier"] + targeted:
         assert {k: r[k] for k in TARGET_RECIPE} == TARGET_RECIPE, r["name"]
     plain = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled", "target_schedule": "constant", "ema_momentum": None,
-             "weight_decay_per_weight": 0.0}
+             "weight_decay_per_weight": 0.0, "decoupled_weight_decay": 0.0}
     assert all({k: r[k] for k in plain} == plain for r in grids["paper"])
 
 
@@ -147,11 +147,11 @@ def test_run_names_show_a_recipe_that_is_not_the_plain_one():
     script = ("import sys; sys.path.insert(0, sys.argv[1]); import reproduce as rp; from tf_dynhp.runs import RunConfig; "
               "print(rp.run_name(RunConfig(alpha_bs=0.973, target_kb=205.0, lr_decay='none', size_penalty='coupled', lambda_floor=0.0))); "
               "print(rp.run_name(RunConfig(alpha_bs=0.973, target_kb=205.0, lr_decay='cosine', size_penalty='outgoing', lambda_floor=0.01, "
-              "target_schedule='cubic', ema_momentum=0.999, weight_decay_per_weight=5e-4)))")
+              "target_schedule='cubic', ema_momentum=0.999, weight_decay_per_weight=5e-4, decoupled_weight_decay=0.01)))")
     done = subprocess.run([sys.executable, "-c", script, str(TOOLS)], capture_output=True, text=True, cwd=REPO, env=_env(), timeout=120)
     plain, name = _ok(done).strip().splitlines()[-2:]
     assert "cosine" not in plain and "outgoing" not in plain and "-fl" not in plain
-    assert "-t205-cosine-outgoing-fl0.01-cubic-ema0.999-wd0.0005-" in name
+    assert "-t205-cosine-outgoing-fl0.01-cubic-ema0.999-wd0.0005-adamw0.01-" in name
 
 
 def test_paper_rows_are_the_rows_of_tables_2_and_3(grids):

@@ -123,17 +123,19 @@ FRONTIER_TARGETS: dict[str, list[tuple[float, float, bool]]] = {
 #: learning-rate decay, Eq. 5's outgoing count as the size penalty and the cubic schedule
 #: together beat the plain recipe (no λ floor, no weight average: neither helped).
 TARGET_RECIPE: dict[str, Any] = {"lr_decay": "cosine", "lambda_floor": 0.0, "size_penalty": "outgoing",
-                                 "target_schedule": "cubic", "ema_momentum": None, "weight_decay_per_weight": 0.0}
+                                 "target_schedule": "cubic", "ema_momentum": None, "weight_decay_per_weight": 0.0,
+                                 "decoupled_weight_decay": 0.0}
 #: The same fields of a run without a target (RunConfig's defaults).
 PLAIN_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled",
-                                "target_schedule": "constant", "ema_momentum": None, "weight_decay_per_weight": 0.0}
+                                "target_schedule": "constant", "ema_momentum": None, "weight_decay_per_weight": 0.0,
+                                "decoupled_weight_decay": 0.0}
 
 
 def recipe_for(target_kb: float | None, **given: Any) -> dict[str, Any]:
     """The recipe fields of a run: those `given` (not None), else `TARGET_RECIPE`'s with a
     target, else `PLAIN_RECIPE`'s (`tools/train.py --lr_decay --lambda_floor --size_penalty
-    --target_schedule --ema_momentum --weight_decay_per_weight`; an `ema_momentum` of 0 means
-    none)."""
+    --target_schedule --ema_momentum --weight_decay_per_weight --decoupled_weight_decay`; an
+    `ema_momentum` of 0 means none)."""
     unknown = set(given) - set(PLAIN_RECIPE)
     if unknown:
         raise TypeError(f"recipe_for: unknown fields {sorted(unknown)}; expected some of {list(PLAIN_RECIPE)}")
@@ -161,6 +163,8 @@ def recipe_parts(config: Mapping[str, Any]) -> list[str]:
         parts.append(f"ema{config['ema_momentum']:g}")
     if config.get("weight_decay_per_weight") or 0.0:
         parts.append(f"wd{config['weight_decay_per_weight']:g}")
+    if config.get("decoupled_weight_decay") or 0.0:
+        parts.append(f"adamw{config['decoupled_weight_decay']:g}")
     return parts
 
 

@@ -68,6 +68,8 @@ flags.DEFINE_float("ema_momentum", None, "Adam keeps a moving average of the wei
 flags.DEFINE_float("weight_decay_per_weight", None, "L2 strength per weight in the mean loss (Louizos et al.'s "
                    "expected-L2 term; fit gets it times the training-set size; default: the target-size recipe's "
                    "with --target_kb, else 0).")
+flags.DEFINE_float("decoupled_weight_decay", None, "AdamW's weight_decay instead of Adam (decoupled decay of the "
+                   "weights, the gates excluded; 0: Adam; default: the target-size recipe's with --target_kb, else 0).")
 flags.DEFINE_float("validation_split", 0.0, "Fraction of the training set held out as per-epoch validation data "
                    "(0: the test set is shown per epoch, as the paper's figures; nothing is selected on it).")
 
@@ -99,6 +101,7 @@ _expect("validation_split", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("lambda_floor", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
 _expect("ema_momentum", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("weight_decay_per_weight", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
+_expect("decoupled_weight_decay", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
 _expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
         lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
 flags.register_multi_flags_validator(
@@ -121,7 +124,8 @@ def main(argv):
     for name, value in recipe_for(FLAGS.target_kb, lr_decay=FLAGS.lr_decay, lambda_floor=FLAGS.lambda_floor,
                                   size_penalty=FLAGS.size_penalty, target_schedule=FLAGS.target_schedule,
                                   ema_momentum=FLAGS.ema_momentum,
-                                  weight_decay_per_weight=FLAGS.weight_decay_per_weight).items():
+                                  weight_decay_per_weight=FLAGS.weight_decay_per_weight,
+                                  decoupled_weight_decay=FLAGS.decoupled_weight_decay).items():
         setattr(config, name, value)
     config.hidden = [int(h) for h in FLAGS.hidden.split(",") if h]
     try:
