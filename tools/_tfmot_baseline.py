@@ -14,7 +14,8 @@ Request keys: data (.npz with x_train, y_train, x_test, y_test, calibration),
 hidden, epochs, batch_size, learning_rate, final_sparsity, end_fraction
 (share of the training steps over which sparsity ramps up), seed, out_dir, and optionally
 lr_decay ("none" or "cosine": the DynHP run's learning-rate schedule) and
-weight_decay_per_weight (the DynHP run's L2 term, 0.5 * it * ||w||^2 on every kernel and bias).
+weight_decay_per_weight (the DynHP run's L2 term, 0.5 * it * ||w||^2 on every kernel and bias)
+and decoupled_weight_decay (the DynHP run's AdamW weight_decay; 0: Adam).
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ def main(request_path: str, result_path: str) -> int:
     )
     pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
     # UpdatePruningStep counts steps in a batch callback: one step per execution.
-    pruned.compile(optimizer=keras.optimizers.Adam(float(req["learning_rate"])), loss="sparse_categorical_crossentropy")
+    decay = float(req.get("decoupled_weight_decay") or 0.0)
+    adam = (keras.optimizers.AdamW(float(req["learning_rate"]), weight_decay=decay) if decay
+            else keras.optimizers.Adam(float(req["learning_rate"])))
+    pruned.compile(optimizer=adam, loss="sparse_categorical_crossentropy")
 
     records = []
 

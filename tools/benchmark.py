@@ -11,8 +11,9 @@ says which data set, its configuration and its final architecture):
    the folder's own numbers instead).
 2. **Keras dense**: plain `keras.Model.fit` of the same dense MLP (784-300-100-10),
    Adam at the same learning rate and schedule (`RunConfig.lr_decay` of the DynHP run:
-   every row decays as DynHP does) and the same L2 term (`RunConfig.weight_decay_per_weight`:
-   0.5 * it * ||w||^2 on every kernel and bias, as Keras `L2` regularizers), `--batch_size`.
+   every row decays as DynHP does), the same L2 term (`RunConfig.weight_decay_per_weight`:
+   0.5 * it * ||w||^2 on every kernel and bias, as Keras `L2` regularizers) and the same
+   optimizer (AdamW with the run's `decoupled_weight_decay`, else Adam), `--batch_size`.
 3. **DynHP architecture, dense from scratch**: the run's final model
    (`model.keras`: the same kept input pixels and layer sizes as `metrics.json`
    `layer_sizes`) re-initialized and trained densely.
@@ -114,9 +115,10 @@ def with_l2(model, weight_decay_per_weight: float):
 
 
 def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed: int, lr_decay: str = "none",
-                weight_decay_per_weight: float = 0.0) -> dict[str, Any]:
-    """Plain `model.fit` (Adam, sparse cross-entropy, the DynHP run's learning-rate schedule
-    `tf_dynhp.runs.lr_callbacks` and L2 term `with_l2`), test error after every epoch."""
+                weight_decay_per_weight: float = 0.0, decoupled_weight_decay: float = 0.0) -> dict[str, Any]:
+    """Plain `model.fit` (Adam, or AdamW with `decoupled_weight_decay`; sparse cross-entropy;
+    the DynHP run's learning-rate schedule `tf_dynhp.runs.lr_callbacks` and L2 term `with_l2`),
+    test error after every epoch."""
     import keras
     import numpy as np
 
@@ -126,7 +128,9 @@ def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed
     keras.utils.set_random_seed(seed)
     model = with_l2(model, weight_decay_per_weight)
     schedule = runs.lr_callbacks(lr_decay, learning_rate, epochs)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+    adam = (keras.optimizers.AdamW(learning_rate, weight_decay=decoupled_weight_decay) if decoupled_weight_decay
+            else keras.optimizers.Adam(learning_rate))
+    model.compile(optimizer=adam, loss="sparse_categorical_crossentropy",
                   steps_per_execution=FLAGS.steps_per_execution, jit_compile=False)
     records: list[dict[str, float]] = []
 
@@ -208,7 +212,8 @@ def ensure_tfmot_venv(venv: Path) -> tuple[str | None, str]:
 
 
 def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, learning_rate: float, sparsity: float,
-              seed: int, tmp: Path, lr_decay: str = "none", weight_decay_per_weight: float = 0.0) -> dict[str, Any]:
+              seed: int, tmp: Path, lr_decay: str = "none", weight_decay_per_weight: float = 0.0,
+              decoupled_weight_decay: float = 0.0) -> dict[str, Any]:
     """Runs tools/_tfmot_baseline.py in the venv and reads its JSON back."""
     import numpy as np
 
@@ -217,7 +222,8 @@ def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, l
     np.savez(npz, x_train=x, y_train=y, x_test=xt, y_test=yt, calibration=calibration)
     request = {"data": str(npz), "hidden": list(hidden), "epochs": epochs, "batch_size": batch, "learning_rate": learning_rate,
                "final_sparsity": sparsity, "end_fraction": FLAGS.tfmot_ramp, "seed": seed, "out_dir": str(tmp / "tfmot"),
-               "lr_decay": lr_decay, "weight_decay_per_weight": weight_decay_per_weight}
+               "lr_decay": lr_decay, "weight_decay_per_weight": weight_decay_per_weight,
+               "decoupled_weight_decay": decoupled_weight_decay}
     (tmp / "tfmot_request.json").write_text(json.dumps(request))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -316,8 +322,9 @@ def main(argv: list[str]) -> int:
         keras.utils.set_random_seed(FLAGS.seed)
         lr_decay = getattr(config, "lr_decay", "none")  # every row trains on the DynHP run's schedule and L2 term
         wd = getattr(config, "weight_decay_per_weight", 0.0)
+        dwd = getattr(config, "decoupled_weight_decay", 0.0)
         dense = train_keras(runs.build_mlp(config.hidden), data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay,
-                            wd)
+                            wd, dwd)
         dense["name"] = f"Keras dense 784-{'-'.join(map(str, config.hidden))}-10 (bs={FLAGS.batch_size})"
         rows.append(dense)
 
@@ -325,7 +332,7 @@ def main(argv: list[str]) -> int:
         final = keras.models.load_model(run_dir / "model.keras", compile=False)
         keras.utils.set_random_seed(FLAGS.seed)
         scratch_model = keras.models.clone_model(final)  # same layers and kept pixels, fresh weights
-        scratch = train_keras(scratch_model, data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay, wd)
+        scratch = train_keras(scratch_model, data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay, wd, dwd)
         sizes = json.loads((run_dir / "metrics.json").read_text()).get("layer_sizes")
         scratch["name"] = f"DynHP architecture {'-'.join(map(str, sizes or []))}-10, dense from scratch (bs={FLAGS.batch_size})"
         rows.append(scratch)
@@ -343,7 +350,7 @@ def main(argv: list[str]) -> int:
             else:
                 try:
                     t = run_tfmot(python, data, calibration, config.hidden, epochs, FLAGS.batch_size, config.learning_rate, sparsity, FLAGS.seed, tmp,
-                                  lr_decay, wd)
+                                  lr_decay, wd, dwd)
                 except (RuntimeError, subprocess.TimeoutExpired, OSError, json.JSONDecodeError) as err:
                     print(f"tfmot row left out: {err}", flush=True)
                     notes.append(f"tfmot row left out: {str(err).splitlines()[0]}")
