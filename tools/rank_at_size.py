@@ -181,13 +181,13 @@ def table(runs: list[dict], candidates: list[str], command: str) -> str:
             f"Trained on the first {runs[0]['train_images']} training images; ranked on the validation error (the "
             "held-out rest of the training set); the test error chooses nothing.",
             "",
-            "| candidate | seeds | final size KB (max) | validation error % (mean ± std) | per seed | test error % (mean ± std) "
+            "| candidate | seeds | final size KB (min-max) | validation error % (mean ± std) | per seed | test error % (mean ± std) "
             "| mean MO KB | units (first seed) | seconds per run |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
     else:
         lines += [
-            "| candidate | seeds | final size KB (max) | test error % (mean ± std) | per seed | mean MO KB | units (first seed) | seconds per run |",
+            "| candidate | seeds | final size KB (min-max) | test error % (mean ± std) | per seed | mean MO KB | units (first seed) | seconds per run |",
             "|---|---|---|---|---|---|---|---|",
         ]
     for name in candidates:
@@ -197,7 +197,7 @@ def table(runs: list[dict], candidates: list[str], command: str) -> str:
         err = np.array([r["val_error" if held_out else "test_error"] for r in rs])
         test = np.array([r["test_error"] for r in rs])
         lines.append(
-            f"| {name} | {len(rs)} | {max(r['model_kb'] for r in rs):.1f} | {_mean_std(err)} | "
+            f"| {name} | {len(rs)} | {min(r['model_kb'] for r in rs):.1f}-{max(r['model_kb'] for r in rs):.1f} | {_mean_std(err)} | "
             f"{', '.join(f'{e:.2f}' for e in err)} | {_mean_std(test) + ' | ' if held_out else ''}"
             f"{np.mean([r['mean_mo_kb'] for r in rs]):.1f} | "
             f"{'-'.join(map(str, rs[0]['units']))} | {np.mean([r['seconds'] for r in rs]):.0f} |"
