@@ -203,6 +203,36 @@ def test_one_trace_and_exact_resume_under_a_target(mnist, tmp_path):
                      **{**kw, "target_kb": goal * 0.9})
 
 
+def test_the_target_recipes_adamw_resumes_exactly_through_prunes(mnist, tmp_path):
+    """The tools' target recipe trains with AdamW (gates excluded from its decay): a run
+    stopped after 2 epochs and resumed equals the uninterrupted one to the bit, and the decay
+    acts (the weights differ from Adam's)."""
+    from tf_dynhp import runs
+
+    (x, y), _ = mnist
+    goal = 0.2 * memory.floats_to_kb(memory.weight_count(_mlp(hidden=(40, 20), input_shape=(28, 28))))
+    kw = dict(target_kb=goal, size_penalty="outgoing", target_schedule="cubic", **{**FAST, "epochs": 4})
+
+    def adamw():
+        return runs.optimizer(runs.RunConfig(decoupled_weight_decay=0.05, learning_rate=FAST.get("learning_rate", 1e-3)))
+
+    a = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], optimizer=adamw(), **kw)
+    assert sum(sum(p) for p in a.history["pruned_units"][:2]) > 0  # the stop comes after a prune
+    folder = tmp_path / "ck"
+    tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], optimizer=adamw(), checkpoint_dir=folder,
+                 callbacks=[_StopAfter(2)], **kw)
+    c = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], optimizer=adamw(), checkpoint_dir=folder,
+                     resume=True, **kw)
+    for key in a.history:
+        if key not in RUNTIME_KEYS:
+            assert c.history[key] == a.history[key], key
+    for u, v in zip(a.gated_model.weights, c.gated_model.weights):
+        np.testing.assert_array_equal(u.numpy(), v.numpy())
+    plain = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], **kw)
+    assert any(not np.array_equal(u.numpy(), v.numpy()) for u, v in zip(a.model.weights, plain.model.weights)
+               if u.shape == v.shape) or a.history["active_units"] != plain.history["active_units"]
+
+
 def test_floor_and_penalty_form_hold_in_the_run_and_in_the_checkpoint(mnist, tmp_path):
     (x, y), _ = mnist
     goal = 0.2 * memory.floats_to_kb(memory.weight_count(_mlp(hidden=(40, 20), input_shape=(28, 28))))
