@@ -561,5 +561,7 @@ def frontier_section(dataset: str, groups: Sequence[Group]) -> list[str]:
         )
     lines += ["", "Error targets (issue 16, 3 seeds): "
               + "; ".join(f"{d} {t:g} KB: ≤ {e:.2f}%, memory saving ≥ {m:.0f}%" for (d, t), (e, m) in SIZE_TARGETS.items() if d == dataset)
-              + ". Final epoch, nothing selected on the test set.", ""]
+              + ". Final epoch, nothing selected on the test set: the tools' target recipe "
+              "(`tf_dynhp.cli.paper.TARGET_RECIPE`, the recipe column) was chosen on a validation split held out of the training "
+              "set (`tools/rank_at_size.py`, WORKSPACE.md \"Accuracy at a given size\").", ""]
     return lines
