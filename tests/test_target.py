@@ -216,8 +216,16 @@ def test_the_target_recipes_adamw_resumes_exactly_through_prunes(mnist, tmp_path
     def adamw():
         return runs.optimizer(runs.RunConfig(decoupled_weight_decay=0.05, learning_rate=FAST.get("learning_rate", 1e-3)))
 
-    a = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], optimizer=adamw(), **kw)
+    class Spared(keras.callbacks.Callback):  # the optimizer of every epoch (rebuilt after each prune)
+        seen: list = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            opt = self.model.optimizer
+            self.seen.append([(opt._use_weight_decay(v), "log_alpha" in v.path) for v in opt._trainable_variables])
+
+    a = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], optimizer=adamw(), callbacks=[Spared()], **kw)
     assert sum(sum(p) for p in a.history["pruned_units"][:2]) > 0  # the stop comes after a prune
+    assert len(Spared.seen) == 4 and all(decayed != gate for epoch in Spared.seen for decayed, gate in epoch)
     folder = tmp_path / "ck"
     tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], optimizer=adamw(), checkpoint_dir=folder,
                  callbacks=[_StopAfter(2)], **kw)
@@ -231,6 +239,17 @@ def test_the_target_recipes_adamw_resumes_exactly_through_prunes(mnist, tmp_path
     plain = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], **kw)
     assert any(not np.array_equal(u.numpy(), v.numpy()) for u, v in zip(a.model.weights, plain.model.weights)
                if u.shape == v.shape) or a.history["active_units"] != plain.history["active_units"]
+
+
+def test_weight_decay_exclusions_by_identity_are_refused(mnist):
+    """`exclude_from_weight_decay(var_list=...)` names variables fit replaces: refused, naming
+    the way that works (var_names)."""
+    (x, y), _ = mnist
+    model = _mlp(hidden=(8,), input_shape=(28, 28))
+    opt = keras.optimizers.AdamW(1e-3, weight_decay=0.01)
+    opt.exclude_from_weight_decay(var_list=[model.layers[-1].bias])
+    with pytest.raises(ValueError, match=r"exclude_from_weight_decay\(var_names="):
+        tf_dynhp.fit(model, x[:64], y[:64], optimizer=opt, **FAST)
 
 
 def test_floor_and_penalty_form_hold_in_the_run_and_in_the_checkpoint(mnist, tmp_path):

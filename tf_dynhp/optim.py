@@ -28,7 +28,31 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-__all__ = ["fused_adam_supported", "apply_gradients"]
+__all__ = ["fused_adam_supported", "apply_gradients", "clone_optimizer", "check_weight_decay_exclusions"]
+
+
+def check_weight_decay_exclusions(optimizer: Any) -> None:
+    """Refuses `exclude_from_weight_decay(var_list=...)`: it names variables by identity,
+    and `fit` trains new ones (the gated layers, then every rebuild), so the exclusion
+    would silently stop applying. `var_names=[...]` (matched on variable names) is kept."""
+    if getattr(optimizer, "_exclude_from_weight_decay", None):
+        raise ValueError(
+            f"Invalid value received for argument `optimizer`: {type(optimizer).__name__} excludes variables from "
+            "weight decay by identity (`exclude_from_weight_decay(var_list=...)`), but tf_dynhp.fit trains new "
+            "variables (gated layers, rebuilt after every prune), which that list would not name. Expected "
+            "`exclude_from_weight_decay(var_names=[...])`, e.g. var_names=['log_alpha'] for the gates, ['bias']."
+        )
+
+
+def clone_optimizer(optimizer: Any) -> Any:
+    """A fresh, unbuilt copy of `optimizer`: its config, plus what `get_config` leaves out
+    and a rebuilt model must keep, the `exclude_from_weight_decay(var_names=...)` pattern
+    (AdamW and every optimizer with `weight_decay`)."""
+    new = type(optimizer).from_config(optimizer.get_config())
+    pattern = getattr(optimizer, "_exclude_from_weight_decay_pattern", None)
+    if pattern is not None:
+        new._exclude_from_weight_decay_pattern = pattern
+    return new
 
 
 def fused_adam_supported(optimizer: Any) -> bool:

@@ -43,6 +43,7 @@ from tf_dynhp.kinds import (
     layer_kind,
 )
 from tf_dynhp.layers import L0Conv2D, L0Dense, SelectFeatures
+from tf_dynhp.optim import clone_optimizer
 from tf_dynhp.units import IndexRun, UnitAxis, effective_keep, index_run, unit_axes
 
 __all__ = [
@@ -289,7 +290,7 @@ def transfer_optimizer(optimizer: keras.optimizers.Optimizer, var_map: VariableM
     Raises:
         ValueError: an optimizer slot whose shape is not its variable's.
     """
-    new_opt = type(optimizer).from_config(optimizer.get_config())
+    new_opt = clone_optimizer(optimizer)  # from_config, keeping the weight-decay exclusions
     new_opt.build(list(new_variables))
     if not optimizer.built:
         return new_opt

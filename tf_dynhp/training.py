@@ -44,6 +44,7 @@ from tf_dynhp.data import as_arrays, fingerprint
 from tf_dynhp.kinds import GATED_TYPES
 from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import classifier_head
+from tf_dynhp.optim import check_weight_decay_exclusions, clone_optimizer
 from tf_dynhp.pruning import compile_core, core_from
 from tf_dynhp.state import TrainerState
 from tf_dynhp.trainer import FitConfig, FitResult, NonFiniteError, Trainer, check_settings
@@ -83,8 +84,9 @@ def _resolve_optimizer(optimizer: Any, learning_rate: float) -> keras.optimizers
             raise _invalid("optimizer", "a Keras optimizer or its name ('adam', 'sgd', ...)", optimizer) from err
         return opt
     if isinstance(optimizer, keras.optimizers.Optimizer):
+        check_weight_decay_exclusions(optimizer)
         if optimizer.built:
-            return type(optimizer).from_config(optimizer.get_config())
+            return clone_optimizer(optimizer)
         return optimizer
     raise _invalid("optimizer", "a Keras optimizer or its name ('adam', 'sgd', ...)", optimizer)
 
