@@ -92,8 +92,8 @@ class RunConfig:
     # their code's 5e-4): fit gets weight_decay = this x the number of training examples,
     # since L0Dense divides its penalty by that number (Eq. 5's 1/N).
     weight_decay_per_weight: float = 0.0
-    # > 0: AdamW's decoupled weight decay (Loshchilov & Hutter) with this `weight_decay`,
-    # the gates' log_alpha excluded; 0: Adam.
+    # > 0: AdamW's decoupled weight decay (Loshchilov & Hutter) with this `weight_decay`, on
+    # every variable; 0: Adam.
     decoupled_weight_decay: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,16 +149,16 @@ def lr_callbacks(lr_decay: str, learning_rate: float, epochs: int) -> list[Any]:
 
 def optimizer(config: RunConfig):
     """Adam at `config.learning_rate` (fit's "adam"), with the moving average of
-    `config.ema_momentum`; AdamW with `config.decoupled_weight_decay` (the gates' `log_alpha`
-    excluded: the decay shrinks weights, it never pushes a gate closed)."""
+    `config.ema_momentum`; AdamW with `config.decoupled_weight_decay`, on every variable (the
+    gates' `log_alpha` too: their decay toward 0 pulls a gate toward P(open) ~0.83, never
+    closed). That is what the ranked and frontier runs did: they meant to exclude the gates,
+    but before the `clone_optimizer` fix the exclusion was lost at the first prune."""
     import keras
 
     ema = {} if config.ema_momentum is None else {"use_ema": True, "ema_momentum": float(config.ema_momentum)}
     decay = getattr(config, "decoupled_weight_decay", 0.0)
     if decay:
-        adamw = keras.optimizers.AdamW(config.learning_rate, weight_decay=float(decay), **ema)
-        adamw.exclude_from_weight_decay(var_names=["log_alpha"])
-        return adamw
+        return keras.optimizers.AdamW(config.learning_rate, weight_decay=float(decay), **ema)
     if not ema:
         return "adam"
     return keras.optimizers.Adam(config.learning_rate, **ema)

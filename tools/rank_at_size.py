@@ -42,9 +42,11 @@ the final epoch; the test error is shown beside it for information and chooses n
   λ floor (regularizers for the epochs after the target is reached, when λ decays to 0).
 * ``coc_wd1e3``: that recipe with twice ``wd``'s weight decay (1e-3 per weight).
 * ``coc_adamw01``, ``coc_adamw04``: that recipe with decoupled weight decay instead
-  (`keras.optimizers.AdamW`, `weight_decay` 0.01 or 0.04, the gates' `log_alpha`
-  excluded): it shrinks the weights without pushing any gate closed, so `strip` removes
-  nothing the size controller did not.
+  (`keras.optimizers.AdamW`, `weight_decay` 0.01 or 0.04, on every variable: it pulls
+  the gates' `log_alpha` toward 0, i.e. toward open, and closes none). The ranked runs
+  (commit 7d2a498) meant to exclude `log_alpha`, but `fit` lost that exclusion at the
+  first prune (fixed since, `tf_dynhp.optim.clone_optimizer`): they decayed the gates
+  from epoch 2 on, which this candidate now does from the start.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -120,7 +122,6 @@ def _one(name: str, seed: int, data) -> dict:
     optimizer = keras.optimizers.Adam(PAPER_LR, use_ema=True, ema_momentum=ema) if ema else "adam"
     if recipe.get("adamw"):
         optimizer = keras.optimizers.AdamW(PAPER_LR, weight_decay=recipe["adamw"])
-        optimizer.exclude_from_weight_decay(var_names=["log_alpha"])
     t0 = time.perf_counter()
     result = tf_dynhp.fit(
         model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,

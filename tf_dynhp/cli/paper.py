@@ -123,7 +123,7 @@ FRONTIER_TARGETS: dict[str, list[tuple[float, float, bool]]] = {
 #: decay, Eq. 5's outgoing count as the size penalty and the cubic schedule together beat
 #: the plain recipe (no λ floor, no weight average: neither helped). At 200 epochs, ranked
 #: on a validation split held out of the training set, AdamW's decoupled weight decay
-#: (0.01, gates excluded) on top of them beat the expected-L2 term, a λ floor and nothing.
+#: (0.01, on every variable) on top of them beat the expected-L2 term, a λ floor and nothing.
 TARGET_RECIPE: dict[str, Any] = {"lr_decay": "cosine", "lambda_floor": 0.0, "size_penalty": "outgoing",
                                  "target_schedule": "cubic", "ema_momentum": None, "weight_decay_per_weight": 0.0,
                                  "decoupled_weight_decay": 0.01}

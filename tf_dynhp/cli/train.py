@@ -68,8 +68,8 @@ flags.DEFINE_float("ema_momentum", None, "Adam keeps a moving average of the wei
 flags.DEFINE_float("weight_decay_per_weight", None, "L2 strength per weight in the mean loss (Louizos et al.'s "
                    "expected-L2 term; fit gets it times the training-set size; default: the target-size recipe's "
                    "with --target_kb, else 0).")
-flags.DEFINE_float("decoupled_weight_decay", None, "AdamW's weight_decay instead of Adam (decoupled decay of the "
-                   "weights, the gates excluded; 0: Adam; default: the target-size recipe's with --target_kb, else 0).")
+flags.DEFINE_float("decoupled_weight_decay", None, "AdamW's weight_decay instead of Adam (decoupled decay of every "
+                   "variable; 0: Adam; default: the target-size recipe's with --target_kb, else 0).")
 flags.DEFINE_float("validation_split", 0.0, "Fraction of the training set held out as per-epoch validation data "
                    "(0: the test set is shown per epoch, as the paper's figures; nothing is selected on it).")
 
