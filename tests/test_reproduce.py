@@ -386,6 +386,23 @@ def test_report_on_an_empty_folder_says_so(tmp_path):
     assert (tmp_path / "elsewhere" / "figures").is_dir()
 
 
+# --------------------------------------------------------------------------- rank_at_size
+def test_rank_at_size_ranks_on_a_held_out_split_of_the_training_set(tmp_path):
+    """Issue 16 item 3: candidates train without the last --holdout training images and are
+    ranked on them; the test error is shown beside and chooses nothing."""
+    out = tmp_path / "rank.md"
+    _ok(_run("rank_at_size.py", "--train_limit=600", "--holdout=200", "--epochs=1", "--seeds=1", "--target_kb=300",
+             "--candidates=base,coc_adamw01", f"--out={out}", timeout=600))
+    runs = json.loads(Path(str(out) + ".json").read_text())
+    assert [r["candidate"] for r in runs] == ["base", "coc_adamw01"]
+    assert all(r["train_images"] == 400 and 0 <= r["val_error"] <= 100 and r["model_kb"] <= 300 for r in runs)
+    text = out.read_text()
+    assert "Trained on the first 400 training images; ranked on the validation error" in text
+    assert "| validation error % (mean ± std) |" in text
+    bad = _run("rank_at_size.py", "--train_limit=600", "--holdout=600", "--epochs=1", "--candidates=base", timeout=300)
+    assert bad.returncode != 0 and "--holdout=600: expected fewer than the 600 training images" in bad.stderr + bad.stdout
+
+
 # --------------------------------------------------------------------------- benchmark
 def test_benchmark_baselines_get_the_dynhp_runs_l2_term():
     """benchmark.with_l2: every Dense kernel and bias of a baseline pays 0.5 * wd * ||w||^2, the
