@@ -118,10 +118,8 @@ def _one(name: str, seed: int, data) -> dict:
     keras.utils.set_random_seed(seed)
     model = tf_dynhp.runs.build_mlp((300, 100))
     callbacks = tf_dynhp.runs.lr_callbacks("cosine" if recipe["cosine"] else "none", PAPER_LR, FLAGS.epochs)
-    ema = recipe.get("ema_momentum")
-    optimizer = keras.optimizers.Adam(PAPER_LR, use_ema=True, ema_momentum=ema) if ema else "adam"
-    if recipe.get("adamw"):
-        optimizer = keras.optimizers.AdamW(PAPER_LR, weight_decay=recipe["adamw"])
+    optimizer = tf_dynhp.runs.optimizer(tf_dynhp.runs.RunConfig(
+        learning_rate=PAPER_LR, ema_momentum=recipe.get("ema_momentum"), decoupled_weight_decay=recipe.get("adamw", 0.0)))
     t0 = time.perf_counter()
     result = tf_dynhp.fit(
         model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,

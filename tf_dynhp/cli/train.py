@@ -119,13 +119,9 @@ def main(argv):
     from tf_dynhp import runs
 
     config = runs.RunConfig(**{name: FLAGS[name].value for name in _CONFIG_FLAGS})
-    from tf_dynhp.cli.paper import recipe_for
+    from tf_dynhp.cli.paper import PLAIN_RECIPE, recipe_for
 
-    for name, value in recipe_for(FLAGS.target_kb, lr_decay=FLAGS.lr_decay, lambda_floor=FLAGS.lambda_floor,
-                                  size_penalty=FLAGS.size_penalty, target_schedule=FLAGS.target_schedule,
-                                  ema_momentum=FLAGS.ema_momentum,
-                                  weight_decay_per_weight=FLAGS.weight_decay_per_weight,
-                                  decoupled_weight_decay=FLAGS.decoupled_weight_decay).items():
+    for name, value in recipe_for(FLAGS.target_kb, **{field: FLAGS[field].value for field in PLAIN_RECIPE}).items():
         setattr(config, name, value)
     config.hidden = [int(h) for h in FLAGS.hidden.split(",") if h]
     try:
