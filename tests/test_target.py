@@ -296,3 +296,41 @@ class _StopAfter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 >= self.epochs:
             self.model.stop_training = True
+
+
+def test_dropout_between_gated_layers_is_deterministic_and_resumes_exactly(mnist, tmp_path):
+    """`Dropout` layers of the user's model (`runs.build_mlp(dropout=...)`) pass through every
+    prune: they act in training (the losses differ from the same model without them), a
+    second run with the seed is identical, and a run stopped after 2 epochs (after a prune)
+    and resumed equals the uninterrupted one to the bit (the dropout masks' seed state is
+    part of the checkpoint)."""
+    from tf_dynhp import runs
+
+    (x, y), _ = mnist
+    goal = 0.2 * memory.floats_to_kb(memory.weight_count(runs.build_mlp((40, 20))))
+    kw = dict(target_kb=goal, **FAST)
+
+    def model(rate):
+        keras.utils.set_random_seed(0)
+        return runs.build_mlp((40, 20), dropout=rate)
+
+    a = tf_dynhp.fit(model(0.3), x[:600], y[:600], **kw)
+    assert [type(layer).__name__ for layer in a.model.layers].count("Dropout") == 2
+    assert sum(sum(p) for p in a.history["pruned_units"][:2]) > 0
+    b = tf_dynhp.fit(model(0.3), x[:600], y[:600], **kw)
+    plain = tf_dynhp.fit(model(0.0), x[:600], y[:600], **kw)
+    assert a.history["loss"] == b.history["loss"] and a.history["loss"] != plain.history["loss"]
+    folder = tmp_path / "ck"
+    tf_dynhp.fit(model(0.3), x[:600], y[:600], checkpoint_dir=folder, callbacks=[_StopAfter(2)], **kw)
+    c = tf_dynhp.fit(model(0.3), x[:600], y[:600], checkpoint_dir=folder, resume=True, **kw)
+    for key in a.history:
+        if key not in RUNTIME_KEYS:
+            assert c.history[key] == a.history[key], key
+    for u, v in zip(a.gated_model.weights, c.gated_model.weights):
+        np.testing.assert_array_equal(u.numpy(), v.numpy())
+    with pytest.raises(ValueError, match="dropout"):
+        runs.build_mlp((4,), dropout=1.0)
+    built = runs.build_model(runs.RunConfig(hidden=(6, 5), dropout=0.2))  # what tools/train.py --dropout builds
+    assert [layer.rate for layer in built.layers if isinstance(layer, keras.layers.Dropout)] == [0.2, 0.2]
+    with pytest.raises(ValueError, match="dropout"):
+        runs.build_model(runs.RunConfig(arch="lenet5", dropout=0.2))

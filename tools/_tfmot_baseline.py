@@ -15,7 +15,8 @@ hidden, epochs, batch_size, learning_rate, final_sparsity, end_fraction
 (share of the training steps over which sparsity ramps up), seed, out_dir, and optionally
 lr_decay ("none" or "cosine": the DynHP run's learning-rate schedule) and
 weight_decay_per_weight (the DynHP run's L2 term, 0.5 * it * ||w||^2 on every kernel and bias)
-and decoupled_weight_decay (the DynHP run's AdamW weight_decay; 0: Adam).
+and decoupled_weight_decay (the DynHP run's AdamW weight_decay; 0: Adam) and dropout (the DynHP
+run's Dropout rate after every hidden layer; 0: none).
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ def main(request_path: str, result_path: str) -> int:
     layers = [keras.Input(x.shape[1:]), keras.layers.Flatten()]
     wd = float(req.get("weight_decay_per_weight") or 0.0)
     l2 = dict(kernel_regularizer=keras.regularizers.l2(0.5 * wd), bias_regularizer=keras.regularizers.l2(0.5 * wd)) if wd else {}
-    layers += [keras.layers.Dense(int(h), activation="relu", **l2) for h in req["hidden"]]
+    dropout = float(req.get("dropout") or 0.0)
+    for h in req["hidden"]:
+        layers.append(keras.layers.Dense(int(h), activation="relu", **l2))
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout))
     layers.append(keras.layers.Dense(10, activation="softmax", **l2))
     model = keras.Sequential(layers)
 

@@ -13,7 +13,8 @@ says which data set, its configuration and its final architecture):
    Adam at the same learning rate and schedule (`RunConfig.lr_decay` of the DynHP run:
    every row decays as DynHP does), the same L2 term (`RunConfig.weight_decay_per_weight`:
    0.5 * it * ||w||^2 on every kernel and bias, as Keras `L2` regularizers) and the same
-   optimizer (AdamW with the run's `decoupled_weight_decay`, else Adam), `--batch_size`.
+   optimizer (AdamW with the run's `decoupled_weight_decay`, else Adam), the same
+   `Dropout` layers (`RunConfig.dropout`), `--batch_size`.
 3. **DynHP architecture, dense from scratch**: the run's final model
    (`model.keras`: the same kept input pixels and layer sizes as `metrics.json`
    `layer_sizes`) re-initialized and trained densely.
@@ -213,7 +214,7 @@ def ensure_tfmot_venv(venv: Path) -> tuple[str | None, str]:
 
 def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, learning_rate: float, sparsity: float,
               seed: int, tmp: Path, lr_decay: str = "none", weight_decay_per_weight: float = 0.0,
-              decoupled_weight_decay: float = 0.0) -> dict[str, Any]:
+              decoupled_weight_decay: float = 0.0, dropout: float = 0.0) -> dict[str, Any]:
     """Runs tools/_tfmot_baseline.py in the venv and reads its JSON back."""
     import numpy as np
 
@@ -223,7 +224,7 @@ def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, l
     request = {"data": str(npz), "hidden": list(hidden), "epochs": epochs, "batch_size": batch, "learning_rate": learning_rate,
                "final_sparsity": sparsity, "end_fraction": FLAGS.tfmot_ramp, "seed": seed, "out_dir": str(tmp / "tfmot"),
                "lr_decay": lr_decay, "weight_decay_per_weight": weight_decay_per_weight,
-               "decoupled_weight_decay": decoupled_weight_decay}
+               "decoupled_weight_decay": decoupled_weight_decay, "dropout": dropout}
     (tmp / "tfmot_request.json").write_text(json.dumps(request))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -323,7 +324,8 @@ def main(argv: list[str]) -> int:
         lr_decay = getattr(config, "lr_decay", "none")  # every row trains on the DynHP run's schedule and L2 term
         wd = getattr(config, "weight_decay_per_weight", 0.0)
         dwd = getattr(config, "decoupled_weight_decay", 0.0)
-        dense = train_keras(runs.build_mlp(config.hidden), data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay,
+        dropout = getattr(config, "dropout", 0.0) or 0.0
+        dense = train_keras(runs.build_mlp(config.hidden, dropout=dropout), data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay,
                             wd, dwd)
         dense["name"] = f"Keras dense 784-{'-'.join(map(str, config.hidden))}-10 (bs={FLAGS.batch_size})"
         rows.append(dense)
@@ -350,7 +352,7 @@ def main(argv: list[str]) -> int:
             else:
                 try:
                     t = run_tfmot(python, data, calibration, config.hidden, epochs, FLAGS.batch_size, config.learning_rate, sparsity, FLAGS.seed, tmp,
-                                  lr_decay, wd, dwd)
+                                  lr_decay, wd, dwd, dropout)
                 except (RuntimeError, subprocess.TimeoutExpired, OSError, json.JSONDecodeError) as err:
                     print(f"tfmot row left out: {err}", flush=True)
                     notes.append(f"tfmot row left out: {str(err).splitlines()[0]}")

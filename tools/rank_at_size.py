@@ -47,6 +47,9 @@ the final epoch; the test error is shown beside it for information and chooses n
   (commit 7d2a498) meant to exclude `log_alpha`, but `fit` lost that exclusion at the
   first prune (fixed since, `tf_dynhp.optim.clone_optimizer`): they decayed the gates
   from epoch 2 on, which this candidate now does from the start.
+* ``coca_do02``, ``coca_do04``: ``coc_adamw01`` (the tools' recipe) with `Dropout(0.2)` or
+  `Dropout(0.4)` after each hidden layer (Srivastava et al. 2014): the model overfits once
+  its size is reached (training loss near 0, validation loss rising).
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -103,6 +106,8 @@ CANDIDATES = {
     "coc_wd1e3": dict(_COC, weight_decay_per_weight=1e-3),
     "coc_adamw01": dict(_COC, adamw=0.01),
     "coc_adamw04": dict(_COC, adamw=0.04),
+    "coca_do02": dict(_COC, adamw=0.01, dropout=0.2),
+    "coca_do04": dict(_COC, adamw=0.01, dropout=0.4),
 }
 
 
@@ -116,7 +121,7 @@ def _one(name: str, seed: int, data) -> dict:
     recipe = CANDIDATES[name]
     (x, y), (xv, yv), (xt, yt) = data
     keras.utils.set_random_seed(seed)
-    model = tf_dynhp.runs.build_mlp((300, 100))
+    model = tf_dynhp.runs.build_mlp((300, 100), dropout=recipe.get("dropout", 0.0))
     callbacks = tf_dynhp.runs.lr_callbacks("cosine" if recipe["cosine"] else "none", PAPER_LR, FLAGS.epochs)
     optimizer = tf_dynhp.runs.optimizer(tf_dynhp.runs.RunConfig(
         learning_rate=PAPER_LR, ema_momentum=recipe.get("ema_momentum"), decoupled_weight_decay=recipe.get("adamw", 0.0)))

@@ -126,17 +126,18 @@ FRONTIER_TARGETS: dict[str, list[tuple[float, float, bool]]] = {
 #: (0.01, on every variable) on top of them beat the expected-L2 term, a λ floor and nothing.
 TARGET_RECIPE: dict[str, Any] = {"lr_decay": "cosine", "lambda_floor": 0.0, "size_penalty": "outgoing",
                                  "target_schedule": "cubic", "ema_momentum": None, "weight_decay_per_weight": 0.0,
-                                 "decoupled_weight_decay": 0.01}
+                                 "decoupled_weight_decay": 0.01, "dropout": 0.0}
 #: The same fields of a run without a target (RunConfig's defaults).
 PLAIN_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled",
                                 "target_schedule": "constant", "ema_momentum": None, "weight_decay_per_weight": 0.0,
-                                "decoupled_weight_decay": 0.0}
+                                "decoupled_weight_decay": 0.0, "dropout": 0.0}
 
 
 def recipe_for(target_kb: float | None, **given: Any) -> dict[str, Any]:
     """The recipe fields of a run: those `given` (not None), else `TARGET_RECIPE`'s with a
     target, else `PLAIN_RECIPE`'s (`tools/train.py --lr_decay --lambda_floor --size_penalty
-    --target_schedule --ema_momentum --weight_decay_per_weight --decoupled_weight_decay`; an
+    --target_schedule --ema_momentum --weight_decay_per_weight --decoupled_weight_decay
+    --dropout`; an
     `ema_momentum` of 0 means none)."""
     unknown = set(given) - set(PLAIN_RECIPE)
     if unknown:
@@ -167,6 +168,8 @@ def recipe_parts(config: Mapping[str, Any]) -> list[str]:
         parts.append(f"wd{config['weight_decay_per_weight']:g}")
     if config.get("decoupled_weight_decay") or 0.0:
         parts.append(f"adamw{config['decoupled_weight_decay']:g}")
+    if config.get("dropout") or 0.0:
+        parts.append(f"do{config['dropout']:g}")
     return parts
 
 
