@@ -68,7 +68,8 @@ def test_recipe_flags_default_to_the_target_recipe_only_with_a_target():
     assert recipe_for(None, lr_decay=None, lambda_floor=None, size_penalty=None) == PLAIN_RECIPE
     assert recipe_for(205.0, lr_decay=None, lambda_floor=None, size_penalty=None) == TARGET_RECIPE
     given = {"lr_decay": "cosine", "lambda_floor": 0.02, "size_penalty": "outgoing", "target_schedule": "cubic", "ema_momentum": 0.99,
-             "weight_decay_per_weight": 5e-4, "decoupled_weight_decay": 0.01, "dropout": 0.2}
+             "weight_decay_per_weight": 5e-4, "decoupled_weight_decay": 0.01, "dropout": 0.2,
+             "target_deadline": 0.5}
     assert recipe_for(205.0, **given) == given and recipe_for(None, **given) == given
     assert recipe_for(None, lr_decay="cosine") == {**PLAIN_RECIPE, "lr_decay": "cosine"}
     assert recipe_for(205.0, ema_momentum=0.0)["ema_momentum"] is None  # 0: no average

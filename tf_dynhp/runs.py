@@ -85,6 +85,7 @@ class RunConfig:
     lambda_floor: float = 0.0  # fit(lambda_floor=...): the size multiplier's floor under a target
     size_penalty: str = "coupled"  # fit(size_penalty=...): what the size multiplier presses under a target
     target_schedule: str = "constant"  # fit(target_schedule=...): the size aimed at over the run
+    target_deadline: float = 0.25  # fit(target_deadline=...): the fraction of epochs by which the target is reached
     # > 0: Adam keeps an exponential moving average of the weights with this momentum and
     # the model ends with it (keras.optimizers.Adam(use_ema=True)); None: no average.
     ema_momentum: float | None = None
@@ -390,6 +391,7 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
             checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
             gate_kernel=config.gate_kernel, target_kb=config.target_kb, lambda_floor=config.lambda_floor,
             size_penalty=config.size_penalty, target_schedule=config.target_schedule,
+            target_deadline=config.target_deadline,
             weight_decay=config.weight_decay_per_weight * (len(x) - int(len(x) * config.validation_split)),
             optimizer=optimizer(config),
             callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs),

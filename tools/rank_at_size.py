@@ -50,8 +50,9 @@ the final epoch; the test error is shown beside it for information and chooses n
 * ``coca_do02``, ``coca_do04``: ``coc_adamw01`` (the tools' recipe) with `Dropout(0.2)` or
   `Dropout(0.4)` after each hidden layer (Srivastava et al. 2014): the model overfits once
   its size is reached (training loss near 0, validation loss rising).
-* ``coca_dl50``: ``coc_adamw01`` with the target reached by half of the epochs
-  (`target_deadline=0.5`) instead of a quarter: a slower cubic descent to the size.
+* ``coca_dl50``, ``coca_dl75``: ``coc_adamw01`` with the target reached by half or three
+  quarters of the epochs (`target_deadline` 0.5 or 0.75) instead of a quarter: a slower
+  cubic descent to the size.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -111,6 +112,7 @@ CANDIDATES = {
     "coca_do02": dict(_COC, adamw=0.01, dropout=0.2),
     "coca_do04": dict(_COC, adamw=0.01, dropout=0.4),
     "coca_dl50": dict(_COC, adamw=0.01, target_deadline=0.5),
+    "coca_dl75": dict(_COC, adamw=0.01, target_deadline=0.75),
 }
 
 

@@ -126,18 +126,19 @@ FRONTIER_TARGETS: dict[str, list[tuple[float, float, bool]]] = {
 #: (0.01, on every variable) on top of them beat the expected-L2 term, a λ floor and nothing.
 TARGET_RECIPE: dict[str, Any] = {"lr_decay": "cosine", "lambda_floor": 0.0, "size_penalty": "outgoing",
                                  "target_schedule": "cubic", "ema_momentum": None, "weight_decay_per_weight": 0.0,
-                                 "decoupled_weight_decay": 0.01, "dropout": 0.0}
+                                 "decoupled_weight_decay": 0.01, "dropout": 0.0,
+                                 "target_deadline": 0.25}
 #: The same fields of a run without a target (RunConfig's defaults).
 PLAIN_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled",
                                 "target_schedule": "constant", "ema_momentum": None, "weight_decay_per_weight": 0.0,
-                                "decoupled_weight_decay": 0.0, "dropout": 0.0}
+                                "decoupled_weight_decay": 0.0, "dropout": 0.0, "target_deadline": 0.25}
 
 
 def recipe_for(target_kb: float | None, **given: Any) -> dict[str, Any]:
     """The recipe fields of a run: those `given` (not None), else `TARGET_RECIPE`'s with a
     target, else `PLAIN_RECIPE`'s (`tools/train.py --lr_decay --lambda_floor --size_penalty
     --target_schedule --ema_momentum --weight_decay_per_weight --decoupled_weight_decay
-    --dropout`; an
+    --dropout --target_deadline`; an
     `ema_momentum` of 0 means none)."""
     unknown = set(given) - set(PLAIN_RECIPE)
     if unknown:
@@ -162,6 +163,8 @@ def recipe_parts(config: Mapping[str, Any]) -> list[str]:
         parts.append(f"fl{config['lambda_floor']:g}")
     if config.get("target_schedule", "constant") != "constant":
         parts.append(config["target_schedule"])
+    if config.get("target_kb") is not None and config.get("target_deadline", 0.25) != 0.25:
+        parts.append(f"dl{config['target_deadline']:g}")
     if config.get("ema_momentum"):
         parts.append(f"ema{config['ema_momentum']:g}")
     if config.get("weight_decay_per_weight") or 0.0:

@@ -70,6 +70,8 @@ flags.DEFINE_float("weight_decay_per_weight", None, "L2 strength per weight in t
                    "with --target_kb, else 0).")
 flags.DEFINE_float("decoupled_weight_decay", None, "AdamW's weight_decay instead of Adam (decoupled decay of every "
                    "variable; 0: Adam; default: the target-size recipe's with --target_kb, else 0).")
+flags.DEFINE_float("target_deadline", None, "With --target_kb: the fraction of the epochs by which the model is "
+                   "brought down to the target (default: the target-size recipe's).")
 flags.DEFINE_float("dropout", None, "Dropout rate after every hidden layer of the MLP (0: none; default: the "
                    "target-size recipe's with --target_kb, else 0).")
 flags.DEFINE_float("validation_split", 0.0, "Fraction of the training set held out as per-epoch validation data "
@@ -104,6 +106,7 @@ _expect("lambda_floor", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
 _expect("ema_momentum", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("weight_decay_per_weight", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
 _expect("decoupled_weight_decay", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
+_expect("target_deadline", "a float in (0, 1]", lambda v: 0.0 < v <= 1.0)
 _expect("dropout", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
         lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
