@@ -123,11 +123,13 @@ FRONTIER_TARGETS: dict[str, list[tuple[float, float, bool]]] = {
 #: decay, Eq. 5's outgoing count as the size penalty and the cubic schedule together beat
 #: the plain recipe (no λ floor, no weight average: neither helped). At 200 epochs, ranked
 #: on a validation split held out of the training set, AdamW's decoupled weight decay
-#: (0.01, on every variable) on top of them beat the expected-L2 term, a λ floor and nothing.
+#: (0.01, on every variable) on top of them beat the expected-L2 term, a λ floor and nothing;
+#: then, on the same split, reaching the target by half of the epochs (`target_deadline`
+#: 0.5) beat a quarter (MNIST) and tied it (Fashion-MNIST), and Dropout 0.2 lost on both.
 TARGET_RECIPE: dict[str, Any] = {"lr_decay": "cosine", "lambda_floor": 0.0, "size_penalty": "outgoing",
                                  "target_schedule": "cubic", "ema_momentum": None, "weight_decay_per_weight": 0.0,
                                  "decoupled_weight_decay": 0.01, "dropout": 0.0,
-                                 "target_deadline": 0.25}
+                                 "target_deadline": 0.5}
 #: The same fields of a run without a target (RunConfig's defaults).
 PLAIN_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled",
                                 "target_schedule": "constant", "ema_momentum": None, "weight_decay_per_weight": 0.0,
