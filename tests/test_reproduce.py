@@ -610,6 +610,9 @@ def test_frontier_section_at_the_papers_size(tmp_path):
     assert "| 0.973 | plain | 3 | 204.0 | 1.40 ± 0.02 | 1.40 (DYNHP α 0.973) | 2.0 | 80.0 |" in row205 and row205.endswith("| yes |")
     assert "| 0.973 | cosine + wd0.0005 | 1 | 204.5 | 1.50 |" in row205wd and "error over by 0.10 points" in row205wd
     assert "chosen on a validation split held out of the training set" in text
+    # every row here is another recipe than today's TARGET_RECIPE: the table says so
+    today = " + ".join(paper.recipe_parts({**paper.TARGET_RECIPE, "target_kb": 1.0}))
+    assert f"Rows at 205, 572 KB were trained with another recipe than today's ({today})" in text
     row572 = next(line for line in text.splitlines() if line.startswith("| 572 |"))
     assert "12.6% under (more than 3%)" in row572 and "1.50 (DYNHP α 0.971)" in row572
     # the targeted rows are not mistaken for the paper's DynHP rows
