@@ -47,7 +47,7 @@ the final epoch; the test error is shown beside it for information and chooses n
   (commit 7d2a498) meant to exclude `log_alpha`, but `fit` lost that exclusion at the
   first prune (fixed since, `tf_dynhp.optim.clone_optimizer`): they decayed the gates
   from epoch 2 on, which this candidate now does from the start.
-* ``coca_do02``, ``coca_do04``: ``coc_adamw01`` (the tools' recipe) with `Dropout(0.2)` or
+* ``coca_do02``, ``coca_do04``: ``coc_adamw01`` (the tools' recipe before ``coca_dl50``) with `Dropout(0.2)` or
   `Dropout(0.4)` after each hidden layer (Srivastava et al. 2014): the model overfits once
   its size is reached (training loss near 0, validation loss rising).
 * ``coca_dl50``, ``coca_dl75``: ``coc_adamw01`` with the target reached by half or three
