@@ -193,11 +193,7 @@ def test_one_trace_and_exact_resume_under_a_target(mnist, tmp_path):
     tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, **{**kw, "epochs": 4},
                  callbacks=[_StopAfter(2)])
     c = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, resume=True, **kw)
-    for key in a.history:
-        if key not in RUNTIME_KEYS:
-            assert c.history[key] == a.history[key], key
-    for u, v in zip(a.model.weights, c.model.weights):
-        np.testing.assert_array_equal(u.numpy(), v.numpy())
+    _assert_same_run(c, a, a.model, c.model)
     with pytest.raises(ValueError, match="target_kb"):
         tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, resume=True,
                      **{**kw, "target_kb": goal * 0.9})
@@ -233,11 +229,7 @@ def test_adamw_exclusions_and_exact_resume_through_prunes(mnist, tmp_path):
                  callbacks=[_StopAfter(2)], **kw)
     c = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], optimizer=adamw(), checkpoint_dir=folder,
                      resume=True, **kw)
-    for key in a.history:
-        if key not in RUNTIME_KEYS:
-            assert c.history[key] == a.history[key], key
-    for u, v in zip(a.gated_model.weights, c.gated_model.weights):
-        np.testing.assert_array_equal(u.numpy(), v.numpy())
+    _assert_same_run(c, a, a.gated_model, c.gated_model)
     plain = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], **kw)
     assert any(not np.array_equal(u.numpy(), v.numpy()) for u, v in zip(a.model.weights, plain.model.weights)
                if u.shape == v.shape) or a.history["active_units"] != plain.history["active_units"]
@@ -288,6 +280,16 @@ def test_a_cubic_schedule_prunes_no_faster_than_it_says(mnist):
         tf_dynhp.fit(model, x[:64], y[:64], target_kb=goal, target_schedule="linear", **FAST)
 
 
+def _assert_same_run(c, a, model_a, model_c):
+    """`c` (a resumed run) equals `a` on every history key but the runtime ones, and the two
+    models' weights are bit-identical."""
+    for key in a.history:
+        if key not in RUNTIME_KEYS:
+            assert c.history[key] == a.history[key], key
+    for u, v in zip(model_a.weights, model_c.weights):
+        np.testing.assert_array_equal(u.numpy(), v.numpy())
+
+
 class _StopAfter(keras.callbacks.Callback):
     def __init__(self, epochs):
         super().__init__()
@@ -323,11 +325,7 @@ def test_dropout_between_gated_layers_is_deterministic_and_resumes_exactly(mnist
     folder = tmp_path / "ck"
     tf_dynhp.fit(model(0.3), x[:600], y[:600], checkpoint_dir=folder, callbacks=[_StopAfter(2)], **kw)
     c = tf_dynhp.fit(model(0.3), x[:600], y[:600], checkpoint_dir=folder, resume=True, **kw)
-    for key in a.history:
-        if key not in RUNTIME_KEYS:
-            assert c.history[key] == a.history[key], key
-    for u, v in zip(a.gated_model.weights, c.gated_model.weights):
-        np.testing.assert_array_equal(u.numpy(), v.numpy())
+    _assert_same_run(c, a, a.gated_model, c.gated_model)
     with pytest.raises(ValueError, match="dropout"):
         runs.build_mlp((4,), dropout=1.0)
     built = runs.build_model(runs.RunConfig(hidden=(6, 5), dropout=0.2))  # what tools/train.py --dropout builds
