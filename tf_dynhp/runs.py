@@ -177,12 +177,11 @@ def optimizer(config: RunConfig):
 
 def build_model(config: RunConfig):
     """The untrained model of `config.arch` (the Keras seed must be set first)."""
-    dropout = getattr(config, "dropout", 0.0) or 0.0
     if config.arch == "mlp":
-        return build_mlp(config.hidden, dropout=dropout)
+        return build_mlp(config.hidden, dropout=config.dropout)
     if config.arch == "lenet5":
-        if dropout:
-            raise invalid("dropout", "0 with arch='lenet5' (build_mlp's option)", dropout)
+        if config.dropout:
+            raise invalid("dropout", "0 with arch='lenet5' (build_mlp's option)", config.dropout)
         return build_lenet5()
     raise invalid("arch", f"one of {list(ARCHS)}", config.arch)
 

@@ -165,7 +165,8 @@ def recipe_parts(config: Mapping[str, Any]) -> list[str]:
         parts.append(f"fl{config['lambda_floor']:g}")
     if config.get("target_schedule", "constant") != "constant":
         parts.append(config["target_schedule"])
-    if config.get("target_kb") is not None and config.get("target_deadline", 0.25) != 0.25:
+    default_deadline = PLAIN_RECIPE["target_deadline"]  # fit's
+    if config.get("target_kb") is not None and config.get("target_deadline", default_deadline) != default_deadline:
         parts.append(f"dl{config['target_deadline']:g}")
     if config.get("ema_momentum"):
         parts.append(f"ema{config['ema_momentum']:g}")
