@@ -134,10 +134,13 @@ def test_frontier_grid_targets_the_papers_sizes(grids):
     assert sorted({(r["dataset"], r["target_kb"]) for r in grids["headline"]}) == [("fashion_mnist", 135.0), ("mnist", 205.0)]
     assert len(grids["headline"]) == 6 and all(r["name"] in {f["name"] for f in grids["frontier"]} for r in grids["headline"])
     # Every targeted row trains with the one target-size recipe, and untargeted rows with the plain one.
-    from tf_dynhp.cli.paper import TARGET_RECIPE
+    from tf_dynhp.cli.paper import TARGET_RECIPE, target_recipe
 
     for r in grids["frontier"] + targeted:
-        assert {k: r[k] for k in TARGET_RECIPE} == TARGET_RECIPE, r["name"]
+        recipe = target_recipe(r["dataset"])
+        assert {k: r[k] for k in recipe} == recipe, r["name"]
+        assert {k: recipe[k] for k in TARGET_RECIPE if not k.startswith("augment_")} == {
+            k: v for k, v in TARGET_RECIPE.items() if not k.startswith("augment_")}
     plain = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled", "target_schedule": "constant", "ema_momentum": None,
              "weight_decay_per_weight": 0.0, "decoupled_weight_decay": 0.0}
     assert all({k: r[k] for k in plain} == plain for r in grids["paper"])
@@ -147,11 +150,11 @@ def test_run_names_show_a_recipe_that_is_not_the_plain_one():
     script = ("import sys; sys.path.insert(0, sys.argv[1]); import reproduce as rp; from tf_dynhp.runs import RunConfig; "
               "print(rp.run_name(RunConfig(alpha_bs=0.973, target_kb=205.0, lr_decay='none', size_penalty='coupled', lambda_floor=0.0))); "
               "print(rp.run_name(RunConfig(alpha_bs=0.973, target_kb=205.0, lr_decay='cosine', size_penalty='outgoing', lambda_floor=0.01, "
-              "target_schedule='cubic', ema_momentum=0.999, weight_decay_per_weight=5e-4, decoupled_weight_decay=0.01, dropout=0.2, target_deadline=0.5)))")
+              "target_schedule='cubic', ema_momentum=0.999, weight_decay_per_weight=5e-4, decoupled_weight_decay=0.01, dropout=0.2, target_deadline=0.5, augment_shift=2, augment_flip=True)))")
     done = subprocess.run([sys.executable, "-c", script, str(TOOLS)], capture_output=True, text=True, cwd=REPO, env=_env(), timeout=120)
     plain, name = _ok(done).strip().splitlines()[-2:]
     assert "cosine" not in plain and "outgoing" not in plain and "-fl" not in plain
-    assert "-t205-cosine-outgoing-fl0.01-cubic-dl0.5-ema0.999-wd0.0005-adamw0.01-do0.2-" in name
+    assert "-t205-cosine-outgoing-fl0.01-cubic-dl0.5-ema0.999-wd0.0005-adamw0.01-do0.2-sh2-flip-" in name
 
 
 def test_paper_rows_are_the_rows_of_tables_2_and_3(grids):
@@ -610,8 +613,8 @@ def test_frontier_section_at_the_papers_size(tmp_path):
     assert "| 0.973 | plain | 3 | 204.0 | 1.40 ± 0.02 | 1.40 (DYNHP α 0.973) | 2.0 | 80.0 |" in row205 and row205.endswith("| yes |")
     assert "| 0.973 | cosine + wd0.0005 | 1 | 204.5 | 1.50 |" in row205wd and "error over by 0.10 points" in row205wd
     assert "chosen on a validation split held out of the training set" in text
-    # every row here is another recipe than today's TARGET_RECIPE: the table says so
-    today = " + ".join(paper.recipe_parts({**paper.TARGET_RECIPE, "target_kb": 1.0}))
+    # every row here is another recipe than today's MNIST recipe: the table says so
+    today = " + ".join(paper.recipe_parts({**paper.target_recipe("mnist"), "target_kb": 1.0}))
     assert f"Rows at 205, 572 KB were trained with another recipe than today's ({today})" in text
     row572 = next(line for line in text.splitlines() if line.startswith("| 572 |"))
     assert "12.6% under (more than 3%)" in row572 and "1.50 (DYNHP α 0.971)" in row572

@@ -11,7 +11,7 @@ Importing the package registers the `L0Dense`, `L0Conv2D`, `SelectFeatures` and
 `GatedModel` classes with Keras, so saved `.keras` files load back.
 """
 
-from tf_dynhp import batching, checkpoint, datasets, export, fused, gates, memory, runs, storage
+from tf_dynhp import augment, batching, checkpoint, datasets, export, fused, gates, memory, runs, storage
 from tf_dynhp.batching import batch_increment, next_batch_size
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.convert import strip, to_l0
@@ -32,6 +32,7 @@ __all__ = [
     "NonFiniteError",
     "SelectFeatures",
     "TrainerState",
+    "augment",
     "batch_increment",
     "batching",
     "checkpoint",

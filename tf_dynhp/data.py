@@ -127,19 +127,55 @@ class FeatureSelection:
     them all (kept features only ever shrink, and a rollback or resume restores
     features of this run). Only the selection is kept in memory, not the full inputs
     beside it. Images (convolutional chains) are never selected (`features` None).
+
+    With an `augment` function (`tf_dynhp.augment`), the full images are kept instead,
+    and `epoch_inputs(epoch)` transforms them for each epoch, then takes the kept
+    features: the transform needs every pixel, also those the model no longer reads.
     """
 
     def __init__(self) -> None:
         self.x = self.y = None
         self.features: np.ndarray | None = None
+        self.augment = None
+        self.images: np.ndarray | None = None
+        self.seed = 0
+        self.flat = True
 
-    def set_data(self, x_all: tf.Tensor, y_all: tf.Tensor, features: np.ndarray | None) -> None:
-        """The training set, all features (flattened) or images; then `select(features)`."""
+    def set_data(self, x_all: tf.Tensor, y_all: tf.Tensor, features: np.ndarray | None,
+                 augment: Any = None, image_shape: tuple[int, ...] | None = None, seed: int = 0) -> None:
+        """The training set, all features (flattened) or images; then `select(features)`.
+        With `augment`, `image_shape` is one example's shape as the function receives it."""
         self.y = y_all
+        self.augment, self.seed = augment, int(seed)
+        if augment is not None:
+            self.flat = len(x_all.shape) == 2  # a dense-first chain reads flattened features
+            self.images = np.asarray(x_all).reshape((-1,) + tuple(image_shape))
+            self.x, self.features = None, None
+            self.select(features)
+            return
         self.x, self.features = x_all, None
         self.select(features)
 
+    def __len__(self) -> int:
+        return 0 if self.y is None else int(self.y.shape[0])
+
+    def epoch_inputs(self, epoch: int) -> tf.Tensor:
+        """The inputs of epoch `epoch` (0-based): the selection, or with `augment` the
+        epoch's transform of the images (a function of the seed and the epoch only)."""
+        if self.augment is None:
+            return self.x
+        from tf_dynhp import augment as aug
+
+        images = aug.check_output(self.augment(self.images, aug.epoch_rng(self.seed, epoch)), self.images)
+        if not self.flat:
+            return tf.constant(images)
+        flat = images.reshape(len(images), -1)
+        return tf.constant(flat if self.features is None else flat[:, self.features])
+
     def select(self, features: np.ndarray | None) -> None:
+        if self.augment is not None:  # the full images stay; epoch_inputs takes the features
+            self.features = None if features is None else np.asarray(features, dtype=np.int64)
+            return
         if self.x is None:
             return
         want = None if features is None else np.asarray(features, dtype=np.int64)

@@ -35,7 +35,7 @@ import numpy as np
 
 from tf_dynhp._checks import invalid, write_atomic
 
-__all__ = ["ARCHS", "LR_DECAYS", "RunConfig", "lr_callbacks", "optimizer", "RunFolderError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
+__all__ = ["ARCHS", "LR_DECAYS", "RunConfig", "augmentation", "lr_callbacks", "optimizer", "RunFolderError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
 
 #: Architectures of `RunConfig.arch`: the paper's MLP family (`hidden`) and LeNet-5-Caffe.
 ARCHS = ("mlp", "lenet5")
@@ -98,6 +98,11 @@ class RunConfig:
     decoupled_weight_decay: float = 0.0
     # > 0: `Dropout` with this rate after every hidden layer of the MLP (`build_mlp`); "mlp" only.
     dropout: float = 0.0
+    # Data augmentation (`tf_dynhp.augment.RandomShift`, fit's `augment`): every epoch moves
+    # each training image by up to this many pixels per axis (0: none) and, with
+    # `augment_flip`, mirrors a random half of them left-right.
+    augment_shift: int = 0
+    augment_flip: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -142,6 +147,15 @@ def build_lenet5(input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 
         ],
         name="lenet5",
     )
+
+
+def augmentation(config: RunConfig) -> Any:
+    """`fit`'s `augment` for `config`: a `tf_dynhp.augment.RandomShift`, or None."""
+    from tf_dynhp.augment import RandomShift
+
+    if not (config.augment_shift or config.augment_flip):
+        return None
+    return RandomShift(int(config.augment_shift), bool(config.augment_flip))
 
 
 def lr_callbacks(lr_decay: str, learning_rate: float, epochs: int) -> list[Any]:
@@ -390,7 +404,7 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
             checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
             gate_kernel=config.gate_kernel, target_kb=config.target_kb, lambda_floor=config.lambda_floor,
             size_penalty=config.size_penalty, target_schedule=config.target_schedule,
-            target_deadline=config.target_deadline,
+            target_deadline=config.target_deadline, augment=augmentation(config),
             weight_decay=config.weight_decay_per_weight * (len(x) - int(len(x) * config.validation_split)),
             optimizer=optimizer(config),
             callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs),

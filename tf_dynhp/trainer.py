@@ -67,6 +67,7 @@ class FitConfig:
     target_schedule: str = "constant"  # tf_dynhp.target.TARGET_SCHEDULES
     start_kb: float = 0.0  # the model's size before any pruning (where a "cubic" schedule starts)
     target_epoch: int = 0  # from the end of this epoch (1-based) on, the target is forced
+    augment: Callable | None = None  # fit(augment=...): see tf_dynhp.augment
 
 
 @dataclasses.dataclass
@@ -187,7 +188,8 @@ class Trainer:
 
     def set_data(self, x_all: tf.Tensor, y_all: tf.Tensor) -> None:
         """The training set, all features (flattened) or images."""
-        self.data.set_data(x_all, y_all, self.features)
+        self.data.set_data(x_all, y_all, self.features, augment=self.config.augment,
+                           image_shape=self.input_shape, seed=self.state.seed)
 
     def trace(self) -> None:
         """Traces the functions of a new core (nothing to do when it took over the storage)."""
@@ -219,7 +221,7 @@ class Trainer:
 
     # -- one epoch
     def steps_per_epoch(self) -> int:
-        return -(-int(self.data.x.shape[0]) // self.state.batch_size)
+        return -(-len(self.data) // self.state.batch_size)
 
     def train_epoch(self, epoch: int, on_call: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Runs the compiled steps of epoch `epoch`; returns the accumulated statistics.
@@ -227,7 +229,7 @@ class Trainer:
         `on_call(call, steps)`, if given, runs after each compiled call (`steps`: the
         epoch's steps so far): the batch hooks of callbacks and the progress bar."""
         self.acc.reset()
-        x_all, y_all = self.data.x, self.data.y
+        x_all, y_all = self.data.epoch_inputs(epoch), self.data.y
         spe = self.config.steps_per_execution
         order = tf.constant(epoch_order(self.state.seed, epoch, int(x_all.shape[0])).astype(np.int64))
         batch = tf.constant(self.state.batch_size, tf.int64)

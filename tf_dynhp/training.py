@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_dynhp import augment as augment_lib
 from tf_dynhp import batching, fused, memory, target
 from tf_dynhp import checkpoint as ckpt
 from tf_dynhp._checks import invalid as _invalid
@@ -188,6 +189,7 @@ def fit(
     size_penalty: str = "coupled",
     target_schedule: str = "constant",
     target_deadline: float = 0.25,
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
 ) -> FitResult:
     """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
 
@@ -290,6 +292,13 @@ def fit(
         target_deadline: fraction of `epochs` (in (0, 1]) after which every epoch
             boundary forces the model to the target (default a quarter: reaching the
             size early also keeps the training memory low).
+        augment: None, or a function `augment(images, rng) -> images` called at the
+            start of every epoch on the whole training set (images shaped like the
+            model's input, NumPy) with `tf_dynhp.augment.epoch_rng(seed, epoch)`; the
+            epoch trains on what it returns (same shape). E.g.
+            `tf_dynhp.augment.RandomShift(2, flip=True)`. The images of an epoch depend
+            on (seed, epoch) only: identical seeds give identical runs, and a resume
+            is exact. Not in the paper. Needs image inputs (rank >= 2).
 
     Returns:
         A `FitResult`: `.model` (stripped plain Keras model), `.history` (per-epoch
@@ -367,6 +376,8 @@ def fit(
         if size_penalty not in target.SIZE_PENALTIES:
             raise _invalid("size_penalty", f"one of {list(target.SIZE_PENALTIES)}", size_penalty)
         target_deadline = real_number("target_deadline", target_deadline, "a float in (0, 1]", lambda v: 0 < v <= 1)
+    if augment is not None and not callable(augment):
+        raise _invalid("augment", "None or a function (images, rng) -> images, e.g. tf_dynhp.augment.RandomShift(2)", augment)
     if not isinstance(trace_once, bool):
         raise _invalid("trace_once", "True or False", trace_once)
     loss_fn = _resolve_loss(loss)
@@ -378,6 +389,11 @@ def fit(
     if method == "dense" and any(isinstance(layer, GATED_TYPES) for layer in chain.body):
         raise ValueError("method='dense' trains plain Dense/Conv2D layers; this model has gated (L0Dense/L0Conv2D) layers: pass tf_dynhp.strip(model).")
     num_classes, _ = classifier_head(chain.body)
+    if augment is not None and len(chain.input_shape) < 2:
+        raise ValueError(
+            f"`augment` transforms images; this model's input has shape {tuple(chain.input_shape)}. Give the "
+            "model image inputs (e.g. keras.Input((28, 28)) then Flatten), or pass augment=None."
+        )
 
     # -------------------------------------------------------------------- data
     x_train, y_train = as_arrays(x, y, chain.input_shape, num_classes, "x")
@@ -466,6 +482,7 @@ def fit(
         "size_penalty": size_penalty if target_kb is not None and size_penalty != "coupled" else None,
         "target_schedule": target_schedule if target_kb is not None and target_schedule != "constant" else None,
         "target_deadline": float(target_deadline) if target_kb is not None else None,
+        "augment": augment_lib.describe(augment),
         # Hashing the data costs ~0.3 s per 60k images: only runs that checkpoint need it.
         "data": fingerprint(x_train, y_train) if checkpoint_dir is not None else None,
     }
@@ -479,6 +496,7 @@ def fit(
         loss_fn=loss_fn, trace_once=trace_once, on_nonfinite=on_nonfinite, verbose=verbose, checkpoint_dir=checkpoint_dir,
         target_kb=target_kb, lambda_step=float(lambda_step), lambda_floor=float(lambda_floor),
         size_penalty=size_penalty, target_schedule=target_schedule, start_kb=have_kb, target_epoch=max(1, math.ceil(target_deadline * epochs)),
+        augment=augment,
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 

@@ -53,6 +53,10 @@ the final epoch; the test error is shown beside it for information and chooses n
 * ``coca_dl50``, ``coca_dl75``: ``coc_adamw01`` with the target reached by half or three
   quarters of the epochs (`target_deadline` 0.5 or 0.75) instead of a quarter: a slower
   cubic descent to the size.
+* ``coca_dl50_sh1``, ``coca_dl50_sh2``, ``coca_dl50_flip``, ``coca_dl50_sh1flip``,
+  ``coca_dl50_sh2flip``: ``coca_dl50`` (the tools' recipe) with data augmentation
+  (`fit(augment=tf_dynhp.augment.RandomShift(...))`): every epoch each training image
+  moves by up to 1 or 2 pixels per axis, and/or a random half is mirrored left-right.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -113,6 +117,11 @@ CANDIDATES = {
     "coca_do04": dict(_COC, adamw=0.01, dropout=0.4),
     "coca_dl50": dict(_COC, adamw=0.01, target_deadline=0.5),
     "coca_dl75": dict(_COC, adamw=0.01, target_deadline=0.75),
+    "coca_dl50_sh1": dict(_COC, adamw=0.01, target_deadline=0.5, augment_shift=1),
+    "coca_dl50_sh2": dict(_COC, adamw=0.01, target_deadline=0.5, augment_shift=2),
+    "coca_dl50_flip": dict(_COC, adamw=0.01, target_deadline=0.5, augment_flip=True),
+    "coca_dl50_sh1flip": dict(_COC, adamw=0.01, target_deadline=0.5, augment_shift=1, augment_flip=True),
+    "coca_dl50_sh2flip": dict(_COC, adamw=0.01, target_deadline=0.5, augment_shift=2, augment_flip=True),
 }
 
 
@@ -138,6 +147,8 @@ def _one(name: str, seed: int, data) -> dict:
         weight_decay=recipe.get("weight_decay_per_weight", 0.0) * len(x), size_penalty=recipe.get("size_penalty", "coupled"),
         target_schedule=recipe.get("target_schedule", "constant"),
         validation_data=(xv, yv) if len(xv) else None, seed=seed,
+        augment=tf_dynhp.runs.augmentation(tf_dynhp.runs.RunConfig(
+            augment_shift=recipe.get("augment_shift", 0), augment_flip=recipe.get("augment_flip", False))),
         verbose=0, callbacks=callbacks, learning_rate=PAPER_LR, optimizer=optimizer,
     )
     seconds = time.perf_counter() - t0

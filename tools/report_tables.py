@@ -20,7 +20,7 @@ import functools
 import math
 from collections.abc import Iterable, Sequence
 
-from paper import PAPER, PAPER_GAMMA, PAPER_LAMBDA, PAPER_MEMORY_UNIT_KB, PAPER_TABLES, TARGET_RECIPE, recipe_parts
+from paper import PAPER, PAPER_GAMMA, PAPER_LAMBDA, PAPER_MEMORY_UNIT_KB, PAPER_TABLES, recipe_parts, target_recipe
 from run_folders import Group, RunInfo
 
 from tf_dynhp import memory, runs
@@ -562,9 +562,9 @@ def frontier_section(dataset: str, groups: Sequence[Group]) -> list[str]:
     lines += ["", "Error targets (issue 16, 3 seeds): "
               + "; ".join(f"{d} {t:g} KB: ≤ {e:.2f}%, memory saving ≥ {m:.0f}%" for (d, t), (e, m) in SIZE_TARGETS.items() if d == dataset)
               + ". Final epoch, nothing selected on the test set: the tools' target recipe "
-              "(`tf_dynhp.cli.paper.TARGET_RECIPE`, the recipe column) was chosen on a validation split held out of the training "
+              "(`tf_dynhp.cli.paper.target_recipe`, the recipe column) was chosen on a validation split held out of the training "
               "set (`tools/rank_at_size.py`, WORKSPACE.md \"Accuracy at a given size\")."]
-    today = " + ".join(recipe_parts({**TARGET_RECIPE, "target_kb": 1.0}))
+    today = " + ".join(recipe_parts({**target_recipe(dataset), "target_kb": 1.0}))
     older = sorted({float(g.config["target_kb"]) for g in rows if " + ".join(recipe_parts(g.config)) != today})
     if older:
         lines += ["", f"Rows at {', '.join(f'{t:g}' for t in older)} KB were trained with another recipe than today's "

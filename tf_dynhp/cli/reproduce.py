@@ -79,7 +79,7 @@ from absl import app, flags
 from tf_dynhp._checks import invalid, write_atomic
 from tf_dynhp.batching import BATCH_GROWTH_MODES
 from tf_dynhp.cli.paper import DYNHP_BATCH as DYNHP_INITIAL_BATCH
-from tf_dynhp.cli.paper import FRONTIER_TARGETS, PAPER, PAPER_GAMMA, PAPER_HIDDEN, TARGET_RECIPE, recipe_parts, sp_mo_kb
+from tf_dynhp.cli.paper import FRONTIER_TARGETS, PAPER, PAPER_GAMMA, PAPER_HIDDEN, recipe_parts, sp_mo_kb, target_recipe
 from tf_dynhp.cli.paper import PAPER_LAMBDA as PAPER_L0_LAMBDA
 from tf_dynhp.cli.run_folders import run_status
 
@@ -268,7 +268,6 @@ def build_grid(
               "validation_split": float(validation_split)}
 
     planned: list[PlannedRun] = []
-    recipe = TARGET_RECIPE if target_kb is not None else {}  # how every targeted row trains
 
     def add(row: str, **kwargs: Any) -> None:
         n = seeds if row in rows else 1
@@ -287,7 +286,7 @@ def build_grid(
                     config = RunConfig(
                         **common, dataset=dataset, method="dynhp", batch_size=DYNHP_INITIAL_BATCH, l0_lambda=PAPER_L0_LAMBDA,
                         alpha_bs=float(alpha), budget_kb=budget_kb(dataset), budget_batch=paper["sp_batch"],
-                        batch_growth="step_mean", target_kb=float(kb), seed=seed, **TARGET_RECIPE,
+                        batch_growth="step_mean", target_kb=float(kb), seed=seed, **target_recipe(dataset),
                     )
                     planned.append(PlannedRun(run_name(config), "frontier", config))
         return planned
@@ -298,6 +297,7 @@ def build_grid(
         hp_batches = list(hp_batch_sizes) if hp_batch_sizes is not None else (list(BATCH_GRID) if full else [paper["hp_batch"]])
         dyn_alphas = list(alphas) if alphas is not None else list(paper["table_alphas"] if full else paper["row_alphas"])
         budget = budget_kb(dataset) if "dynhp" in methods and dyn_alphas else None
+        recipe = target_recipe(dataset) if target_kb is not None else {}  # how every targeted row trains
         for lam in lambdas:
             if "sp" in methods:
                 for b in sp_batches:

@@ -55,7 +55,7 @@ flags.DEFINE_integer("verbose", 1, "0 silent, 1 a progress bar and one line per 
 flags.DEFINE_float("target_kb", None, "Size of the stripped model at most, in KB (hp, dynhp): --l0_lambda starts a multiplier "
                    "driven by the size (see tf_dynhp/target.py). The run folder name of tools/reproduce.py encodes it.")
 flags.DEFINE_enum("lr_decay", None, ["none", "cosine"], "Learning-rate schedule: none, or cosine to 0 over the epochs "
-                  "(default: the target-size recipe's with --target_kb, see tf_dynhp.cli.paper.TARGET_RECIPE; else none).")
+                  "(default: the target-size recipe's with --target_kb, see tf_dynhp.cli.paper.target_recipe; else none).")
 flags.DEFINE_float("lambda_floor", None, "With --target_kb: the size multiplier never falls below this "
                    "(default: the target-size recipe's).")
 flags.DEFINE_enum("size_penalty", None, ["coupled", "outgoing"], "With --target_kb: what the size multiplier presses "
@@ -74,6 +74,10 @@ flags.DEFINE_float("target_deadline", None, "With --target_kb: the fraction of t
                    "brought down to the target (default: the target-size recipe's).")
 flags.DEFINE_float("dropout", None, "Dropout rate after every hidden layer of the MLP (0: none; default: the "
                    "target-size recipe's with --target_kb, else 0).")
+flags.DEFINE_integer("augment_shift", None, "Data augmentation: every epoch moves each training image by up to this "
+                     "many pixels per axis (0: none; default: the target-size recipe's with --target_kb, else 0).")
+flags.DEFINE_bool("augment_flip", None, "Data augmentation: every epoch mirrors a random half of the training images "
+                  "left-right (default: the target-size recipe's with --target_kb, else no).")
 flags.DEFINE_float("validation_split", 0.0, "Fraction of the training set held out as per-epoch validation data "
                    "(0: the test set is shown per epoch, as the paper's figures; nothing is selected on it).")
 
@@ -108,6 +112,7 @@ _expect("weight_decay_per_weight", "a float >= 0", lambda v: v >= 0 and math.isf
 _expect("decoupled_weight_decay", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
 _expect("target_deadline", "a float in (0, 1]", lambda v: 0.0 < v <= 1.0)
 _expect("dropout", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
+_expect("augment_shift", "an integer >= 0", lambda v: v >= 0)
 _expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
         lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
 flags.register_multi_flags_validator(
@@ -127,7 +132,7 @@ def main(argv):
     config = runs.RunConfig(**{name: FLAGS[name].value for name in _CONFIG_FLAGS})
     from tf_dynhp.cli.paper import PLAIN_RECIPE, recipe_for
 
-    for name, value in recipe_for(FLAGS.target_kb, **{field: FLAGS[field].value for field in PLAIN_RECIPE}).items():
+    for name, value in recipe_for(FLAGS.target_kb, dataset=FLAGS.dataset, **{field: FLAGS[field].value for field in PLAIN_RECIPE}).items():
         setattr(config, name, value)
     config.hidden = [int(h) for h in FLAGS.hidden.split(",") if h]
     try:

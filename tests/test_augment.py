@@ -1,0 +1,151 @@
+"""`fit(augment=...)` and `tf_dynhp.augment`: the shift against a pixel-by-pixel NumPy
+reference, the draws, the refusals, and runs that stay identical for a seed and
+resume exactly while input features are pruned."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import tf_dynhp
+from tf_dynhp import augment, memory
+from tf_dynhp.data import FeatureSelection
+from tf_dynhp.training import RUNTIME_KEYS
+
+
+def _shift_reference(images, dy, dx):
+    out = np.zeros_like(images)
+    n, h, w = images.shape[:3]
+    for i in range(n):
+        for r in range(h):
+            for c in range(w):
+                if 0 <= r - dy[i] < h and 0 <= c - dx[i] < w:
+                    out[i, r, c] = images[i, r - dy[i], c - dx[i]]
+    return out
+
+
+@pytest.mark.parametrize("shape", [(40, 6, 5), (40, 6, 5, 3)])
+def test_shift_matches_a_pixel_by_pixel_reference(shape):
+    rng = np.random.default_rng(0)
+    images = rng.random(shape).astype(np.float32)
+    dy = rng.integers(-7, 8, shape[0])  # some shifts move the whole image out
+    dx = rng.integers(-3, 4, shape[0])
+    np.testing.assert_array_equal(augment.shift_images(images, dy, dx), _shift_reference(images, dy, dx))
+
+
+def test_random_shift_draws_in_range_mirrors_about_half_and_is_a_function_of_the_generator():
+    rng = np.random.default_rng(1)
+    images = rng.random((400, 7, 7)).astype(np.float32) + 1.0  # no zero pixels: a shift shows as zeros
+    out = augment.RandomShift(2, flip=True)(images, augment.epoch_rng(5, 3))
+    again = augment.RandomShift(2, flip=True)(images, augment.epoch_rng(5, 3))
+    other = augment.RandomShift(2, flip=True)(images, augment.epoch_rng(5, 4))
+    np.testing.assert_array_equal(out, again)
+    assert not np.array_equal(out, other)
+    mirrored = 0
+    for i in range(len(images)):
+        found = [
+            (a, b, f)
+            for f in (False, True)
+            for a in range(-2, 3)
+            for b in range(-2, 3)
+            if np.array_equal(out[i], _shift_reference((images[i : i + 1, :, ::-1] if f else images[i : i + 1]), [a], [b])[0])
+        ]
+        assert found, i  # every output is one shift (and mirror) of its input
+        mirrored += found[0][2]
+    assert 140 < mirrored < 260
+    np.testing.assert_array_equal(augment.RandomShift(0)(images, augment.epoch_rng(0, 0)), images)
+    assert augment.RandomShift(2, flip=True).get_config() == {"class": "RandomShift", "max_shift": 2, "flip": True}
+
+
+@pytest.mark.parametrize("kwargs,match", [({"max_shift": -1}, "max_shift"), ({"max_shift": 1.5}, "max_shift"),
+                                          ({"flip": "yes"}, "flip")])
+def test_random_shift_refuses_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        augment.RandomShift(**kwargs)
+
+
+def test_epoch_inputs_take_the_kept_features_of_the_augmented_images():
+    rng = np.random.default_rng(2)
+    images = rng.random((30, 6, 6)).astype(np.float32)
+    shift = augment.RandomShift(1, flip=True)
+    data = FeatureSelection()
+    data.set_data(images.reshape(30, -1), np.zeros(30, np.int32), np.arange(36), augment=shift, image_shape=(6, 6), seed=4)
+    features = np.array([0, 7, 8, 20, 35])
+    data.select(features)
+    expected = shift(images, augment.epoch_rng(4, 2)).reshape(30, -1)[:, features]
+    np.testing.assert_array_equal(data.epoch_inputs(2).numpy(), expected)
+    assert len(data) == 30
+
+
+def _mlp(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(40, activation="relu"),
+                             keras.layers.Dense(20, activation="relu"), keras.layers.Dense(10, activation="softmax")])
+
+
+FAST = dict(method="dynhp", alpha_bs=0.95, budget_kb=1e5, epochs=4, batch_size=32, seed=2, verbose=0)
+
+
+class _StopAfter(keras.callbacks.Callback):
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 >= self.epochs:
+            self.model.stop_training = True
+
+
+def test_augmented_run_is_identical_for_a_seed_and_resumes_exactly_through_prunes(mnist, tmp_path):
+    (x, y), _ = mnist
+    # gamma 0.9 (gates open less than 90% of the epoch go) prunes input features from epoch 1 on
+    kw = dict(l0_lambda=0.5, gamma=0.9, droprate_init=0.2, learning_rate=3e-3, augment=augment.RandomShift(2, flip=True),
+              **{**FAST, "batch_size": 20})
+    a = tf_dynhp.fit(_mlp(), x[:2000], y[:2000], **kw)
+    b = tf_dynhp.fit(_mlp(), x[:2000], y[:2000], **kw)
+    plain = tf_dynhp.fit(_mlp(), x[:2000], y[:2000], **{**kw, "augment": None})
+    assert a.history["active_units"][2][0] < 784  # input features were pruned before the resume point
+    for key in a.history:
+        if key not in RUNTIME_KEYS:
+            assert a.history[key] == b.history[key], key
+    assert a.history["loss"] != plain.history["loss"]
+    folder = tmp_path / "ck"
+    tf_dynhp.fit(_mlp(), x[:2000], y[:2000], checkpoint_dir=folder, callbacks=[_StopAfter(3)], **kw)
+    c = tf_dynhp.fit(_mlp(), x[:2000], y[:2000], checkpoint_dir=folder, resume=True, **kw)
+    for key in a.history:
+        if key not in RUNTIME_KEYS:
+            assert c.history[key] == a.history[key], key
+    for u, v in zip(a.model.weights, c.model.weights):
+        np.testing.assert_array_equal(u.numpy(), v.numpy())
+    with pytest.raises(ValueError, match="augment"):  # another augmentation is another run
+        tf_dynhp.fit(_mlp(), x[:2000], y[:2000], checkpoint_dir=folder, resume=True,
+                     **{**kw, "augment": augment.RandomShift(1)})
+
+
+def test_augment_on_a_cnn_trains_on_shifted_images(mnist):
+    (x, y), _ = mnist
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation="relu"),
+                              keras.layers.MaxPooling2D(4), keras.layers.Flatten(), keras.layers.Dense(10)])
+    seen = []
+
+    def spy(images, rng):
+        seen.append(images.shape)
+        return augment.RandomShift(1)(images, rng)
+
+    result = tf_dynhp.fit(model, x[:256, :, :, None], y[:256], augment=spy, **{**FAST, "epochs": 2})
+    assert seen == [(256, 28, 28, 1)] * 2 and len(result.history["loss"]) == 2
+
+
+def test_augment_refusals_name_the_argument(mnist):
+    (x, y), _ = mnist
+    flat = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10)])
+    with pytest.raises(ValueError, match=r"`augment` transforms images; this model's input has shape \(784,\)"):
+        tf_dynhp.fit(flat, x[:64].reshape(64, -1), y[:64], augment=augment.RandomShift(1), **FAST)
+    with pytest.raises(ValueError, match="augment"):
+        tf_dynhp.fit(_mlp(), x[:64], y[:64], augment="shift", **FAST)
+    with pytest.raises(ValueError, match=r"`augment` returned images of shape \(64, 28\)"):
+        tf_dynhp.fit(_mlp(), x[:64], y[:64], augment=lambda images, rng: images[:, 0], **FAST)
+    with pytest.raises(ValueError, match="non-finite"):
+        tf_dynhp.fit(_mlp(), x[:64], y[:64], augment=lambda images, rng: images * np.nan, **FAST)
