@@ -7,8 +7,9 @@ Trains the dense MLP with `tfmot.sparsity.keras.prune_low_magnitude` and a
 `PolynomialDecay` schedule from 0 to the requested final sparsity (every Dense
 kernel), strips the wrappers, and exports it fairly: TFLite with
 `tf.lite.Optimize.EXPERIMENTAL_SPARSITY` (float32) and with full-integer int8
-plus sparsity, each with its gzip size. It imports nothing from tf_dynhp (the
-data come as an .npz file) and writes its measurements as JSON.
+plus sparsity, each with its gzip size. It imports nothing from the tf_dynhp package
+(the data come as an .npz file; the augmentation is `tf_dynhp/augment.py`, NumPy only,
+loaded from its file) and writes its measurements as JSON.
 
 Request keys: data (.npz with x_train, y_train, x_test, y_test, calibration),
 hidden, epochs, batch_size, learning_rate, final_sparsity, end_fraction
@@ -16,7 +17,9 @@ hidden, epochs, batch_size, learning_rate, final_sparsity, end_fraction
 lr_decay ("none" or "cosine": the DynHP run's learning-rate schedule) and
 weight_decay_per_weight (the DynHP run's L2 term, 0.5 * it * ||w||^2 on every kernel and bias)
 and decoupled_weight_decay (the DynHP run's AdamW weight_decay; 0: Adam) and dropout (the DynHP
-run's Dropout rate after every hidden layer; 0: none).
+run's Dropout rate after every hidden layer; 0: none) and augment (the DynHP run's
+`RandomShift.get_config()`, or null) with augment_module (the path of tf_dynhp/augment.py):
+each epoch then trains on the images DynHP's epoch saw, one `fit` call per epoch.
 """
 
 from __future__ import annotations
@@ -34,6 +37,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def _sizes(content: bytes) -> tuple[int, int]:
     return len(content), len(gzip.compress(content, compresslevel=9))
+
+
+def _augmentation(req):
+    """(the request's augmentation, that module's `epoch_rng`), built by tf_dynhp/augment.py
+    loaded from its file (the package itself needs Keras 3); (None, None) without one."""
+    if not req.get("augment"):
+        return None, None
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tf_dynhp_augment", req["augment_module"])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    config = dict(req["augment"])
+    if config.pop("class") != "RandomShift":
+        raise ValueError(f"unknown augmentation {req['augment']!r}")
+    return module.RandomShift(**config), module.epoch_rng
 
 
 def main(request_path: str, result_path: str) -> int:
@@ -76,8 +96,11 @@ def main(request_path: str, result_path: str) -> int:
     records = []
 
     class Clock(keras.callbacks.Callback):
+        t0 = None
+
         def on_train_begin(self, logs=None):
-            self.t0 = time.perf_counter()
+            if self.t0 is None:  # the first of the per-epoch fit calls
+                self.t0 = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
             probs = self.model.predict(xt, batch_size=2000, verbose=0)
@@ -89,8 +112,14 @@ def main(request_path: str, result_path: str) -> int:
     if req.get("lr_decay", "none") == "cosine":  # the DynHP run's schedule (tf_dynhp.runs.lr_callbacks)
         lr0 = float(req["learning_rate"])
         schedule.append(keras.callbacks.LearningRateScheduler(lambda e, lr: lr0 * 0.5 * (1.0 + math.cos(math.pi * e / epochs))))
-    pruned.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0,
-               callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *schedule, Clock()])
+    callbacks = [tfmot.sparsity.keras.UpdatePruningStep(), *schedule, Clock()]
+    augment, epoch_rng = _augmentation(req)
+    if augment is None:
+        pruned.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=callbacks)
+    else:
+        for epoch in range(epochs):
+            pruned.fit(augment(x, epoch_rng(int(req["seed"]), epoch)), y, batch_size=batch, initial_epoch=epoch, epochs=epoch + 1,
+                       shuffle=True, verbose=0, callbacks=callbacks)
     train_seconds = time.perf_counter() - t0
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     probs = stripped.predict(xt, batch_size=2000, verbose=0)

@@ -14,7 +14,8 @@ says which data set, its configuration and its final architecture):
    every row decays as DynHP does), the same L2 term (`RunConfig.weight_decay_per_weight`:
    0.5 * it * ||w||^2 on every kernel and bias, as Keras `L2` regularizers) and the same
    optimizer (AdamW with the run's `decoupled_weight_decay`, else Adam), the same
-   `Dropout` layers (`RunConfig.dropout`), `--batch_size`.
+   `Dropout` layers (`RunConfig.dropout`), the same data augmentation (`RunConfig.augment_shift`,
+   `augment_flip`: each epoch the images DynHP's epoch saw), `--batch_size`.
 3. **DynHP architecture, dense from scratch**: the run's final model
    (`model.keras`: the same kept input pixels and layer sizes as `metrics.json`
    `layer_sizes`) re-initialized and trained densely.
@@ -116,10 +117,12 @@ def with_l2(model, weight_decay_per_weight: float):
 
 
 def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed: int, lr_decay: str = "none",
-                weight_decay_per_weight: float = 0.0, decoupled_weight_decay: float = 0.0) -> dict[str, Any]:
+                weight_decay_per_weight: float = 0.0, decoupled_weight_decay: float = 0.0, augment=None) -> dict[str, Any]:
     """Plain `model.fit` (Adam, or AdamW with `decoupled_weight_decay`; sparse cross-entropy;
     the DynHP run's learning-rate schedule `tf_dynhp.runs.lr_callbacks` and L2 term `with_l2`),
-    test error after every epoch."""
+    test error after every epoch. With `augment` (the DynHP run's, `tf_dynhp.runs.augmentation`)
+    every epoch trains on `augment(x, tf_dynhp.augment.epoch_rng(seed, epoch))`, the images
+    DynHP's epoch saw: one `fit` call per epoch (`initial_epoch`), so the schedule runs on."""
     import keras
     import numpy as np
 
@@ -136,16 +139,27 @@ def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed
     records: list[dict[str, float]] = []
 
     class Clock(keras.callbacks.Callback):
+        t0 = None
+
         def on_train_begin(self, logs=None):
-            self.t0 = time.perf_counter()
+            if self.t0 is None:  # the first of the per-epoch fit calls
+                self.t0 = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
             probs = self.model.predict(xt, batch_size=2000, verbose=0)
             records.append({"epoch": epoch + 1, "elapsed": time.perf_counter() - self.t0,
                              "error": 100.0 * float(np.mean(np.argmax(probs, -1) != yt))})
 
+    clock = Clock()
     t0 = time.perf_counter()
-    model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[*schedule, Clock()])
+    if augment is None:
+        model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[*schedule, clock])
+    else:
+        from tf_dynhp.augment import epoch_rng
+
+        for epoch in range(epochs):
+            model.fit(augment(x, epoch_rng(seed, epoch)), y, batch_size=batch, initial_epoch=epoch, epochs=epoch + 1,
+                      shuffle=True, verbose=0, callbacks=[*schedule, clock])
     seconds = time.perf_counter() - t0
     mo = memory.mo_kb(model, batch)
     return {
@@ -214,7 +228,7 @@ def ensure_tfmot_venv(venv: Path) -> tuple[str | None, str]:
 
 def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, learning_rate: float, sparsity: float,
               seed: int, tmp: Path, lr_decay: str = "none", weight_decay_per_weight: float = 0.0,
-              decoupled_weight_decay: float = 0.0, dropout: float = 0.0) -> dict[str, Any]:
+              decoupled_weight_decay: float = 0.0, dropout: float = 0.0, augment: dict | None = None) -> dict[str, Any]:
     """Runs tools/_tfmot_baseline.py in the venv and reads its JSON back."""
     import numpy as np
 
@@ -224,7 +238,8 @@ def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, l
     request = {"data": str(npz), "hidden": list(hidden), "epochs": epochs, "batch_size": batch, "learning_rate": learning_rate,
                "final_sparsity": sparsity, "end_fraction": FLAGS.tfmot_ramp, "seed": seed, "out_dir": str(tmp / "tfmot"),
                "lr_decay": lr_decay, "weight_decay_per_weight": weight_decay_per_weight,
-               "decoupled_weight_decay": decoupled_weight_decay, "dropout": dropout}
+               "decoupled_weight_decay": decoupled_weight_decay, "dropout": dropout, "augment": augment,
+               "augment_module": str(REPO / "tf_dynhp" / "augment.py")}
     (tmp / "tfmot_request.json").write_text(json.dumps(request))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -325,8 +340,9 @@ def main(argv: list[str]) -> int:
         wd = getattr(config, "weight_decay_per_weight", 0.0)
         dwd = getattr(config, "decoupled_weight_decay", 0.0)
         dropout = getattr(config, "dropout", 0.0) or 0.0
+        augment = runs.augmentation(config)
         dense = train_keras(runs.build_mlp(config.hidden, dropout=dropout), data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay,
-                            wd, dwd)
+                            wd, dwd, augment)
         dense["name"] = f"Keras dense 784-{'-'.join(map(str, config.hidden))}-10 (bs={FLAGS.batch_size})"
         rows.append(dense)
 
@@ -334,7 +350,8 @@ def main(argv: list[str]) -> int:
         final = keras.models.load_model(run_dir / "model.keras", compile=False)
         keras.utils.set_random_seed(FLAGS.seed)
         scratch_model = keras.models.clone_model(final)  # same layers and kept pixels, fresh weights
-        scratch = train_keras(scratch_model, data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay, wd, dwd)
+        scratch = train_keras(scratch_model, data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay, wd, dwd,
+                              augment)
         sizes = json.loads((run_dir / "metrics.json").read_text()).get("layer_sizes")
         scratch["name"] = f"DynHP architecture {'-'.join(map(str, sizes or []))}-10, dense from scratch (bs={FLAGS.batch_size})"
         rows.append(scratch)
@@ -352,7 +369,7 @@ def main(argv: list[str]) -> int:
             else:
                 try:
                     t = run_tfmot(python, data, calibration, config.hidden, epochs, FLAGS.batch_size, config.learning_rate, sparsity, FLAGS.seed, tmp,
-                                  lr_decay, wd, dwd, dropout)
+                                  lr_decay, wd, dwd, dropout, None if augment is None else augment.get_config())
                 except (RuntimeError, subprocess.TimeoutExpired, OSError, json.JSONDecodeError) as err:
                     print(f"tfmot row left out: {err}", flush=True)
                     notes.append(f"tfmot row left out: {str(err).splitlines()[0]}")
