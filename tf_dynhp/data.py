@@ -7,7 +7,8 @@ the kept input features.
 * `epoch_order` is the seeded shuffle of one epoch, a function of (seed, epoch) only,
   so a resumed run sees the same batches.
 * `FeatureSelection` holds the training inputs with only the features the pruned
-  model still reads (hard pruning of input features shrinks every later batch).
+  model still reads (hard pruning of input features shrinks every later batch), or,
+  with `fit(augment=...)`, the full images and each epoch's transform of them.
 * `fingerprint` identifies a training set in a checkpoint's settings.
 """
 

@@ -6,7 +6,8 @@ Data flow of one run (one module per step)::
         user model --to_l0 (convert)--> gated model --core_from (pruning)--> GatedModel core
         data (data.as_arrays): arrays or tf.data -> float32 (N, features), int32 labels
     Trainer (trainer): the epoch loop, callbacks, checkpoints
-        epoch:    seeded order (data.epoch_order) -> compiled runner (loop): gather batch b_i
+        epoch:    [augment: the epoch's images (augment.epoch_rng), kept features taken]
+                  seeded order (data.epoch_order) -> compiled runner (loop): gather batch b_i
                   (and kept features), train_stats -> accumulated losses, open-gate counts
                   (Eq. 6), Eq. 8 increments (batching.growth)
         boundary: evaluate; prune (pruning.prune_plan, Eq. 7; hp/dynhp) -> rebuild core +
