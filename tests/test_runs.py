@@ -120,6 +120,8 @@ def test_target_deadline_dropout_and_augment_reach_fit_and_the_model(mnist, monk
         runs.run(runs.RunConfig(method="dynhp", hidden=(8,)), None, data=(data, mnist[1]), verbose=0)
     assert seen["target_deadline"] == 0.25 and "Dropout" not in seen["layers"]  # fit's default, no dropout
     assert seen["augment"] is None
+    with pytest.raises(ValueError, match="augment_shift"):
+        runs.augmentation(runs.RunConfig(augment_shift=-1))
 
 
 # ------------------------------------------------------------------ one run per folder

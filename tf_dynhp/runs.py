@@ -153,6 +153,8 @@ def augmentation(config: RunConfig) -> Any:
     """`fit`'s `augment` for `config`: a `tf_dynhp.augment.RandomShift`, or None."""
     from tf_dynhp.augment import RandomShift
 
+    if isinstance(config.augment_shift, bool) or not isinstance(config.augment_shift, (int, np.integer)) or config.augment_shift < 0:
+        raise invalid("augment_shift", "an integer >= 0", config.augment_shift)
     if not (config.augment_shift or config.augment_flip):
         return None
     return RandomShift(int(config.augment_shift), bool(config.augment_flip))
