@@ -63,3 +63,27 @@ def load_gate_kernel():
         if str(err).startswith("No C++ compiler found"):
             pytest.skip(str(err))
         raise
+
+
+def stop_after(epochs: int):
+    """A Keras callback that stops `fit` after `epochs` epochs: a run cut short, to resume."""
+    import keras
+
+    class StopAfter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 >= epochs:
+                self.model.stop_training = True
+
+    return StopAfter()
+
+
+def assert_same_run(c, a, model_a, model_c):
+    """`c` (a resumed run) equals `a` on every history key but the runtime ones, and the two
+    models' weights are bit-identical."""
+    from tf_dynhp.training import RUNTIME_KEYS
+
+    for key in a.history:
+        if key not in RUNTIME_KEYS:
+            assert c.history[key] == a.history[key], key
+    for u, v in zip(model_a.weights, model_c.weights, strict=True):
+        np.testing.assert_array_equal(u.numpy(), v.numpy())

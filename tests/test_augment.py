@@ -7,9 +7,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from conftest import assert_same_run, stop_after
 
 import tf_dynhp
-from tf_dynhp import augment, memory
+from tf_dynhp import augment
 from tf_dynhp.data import FeatureSelection
 from tf_dynhp.training import RUNTIME_KEYS
 
@@ -87,16 +88,6 @@ def _mlp(seed=0):
 FAST = dict(method="dynhp", alpha_bs=0.95, budget_kb=1e5, epochs=4, batch_size=32, seed=2, verbose=0)
 
 
-class _StopAfter(keras.callbacks.Callback):
-    def __init__(self, epochs):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 >= self.epochs:
-            self.model.stop_training = True
-
-
 def test_augmented_run_is_identical_for_a_seed_and_resumes_exactly_through_prunes(mnist, tmp_path):
     (x, y), _ = mnist
     # gamma 0.9 (gates open less than 90% of the epoch go) prunes input features from epoch 1 on
@@ -111,13 +102,9 @@ def test_augmented_run_is_identical_for_a_seed_and_resumes_exactly_through_prune
             assert a.history[key] == b.history[key], key
     assert a.history["loss"] != plain.history["loss"]
     folder = tmp_path / "ck"
-    tf_dynhp.fit(_mlp(), x[:2000], y[:2000], checkpoint_dir=folder, callbacks=[_StopAfter(3)], **kw)
+    tf_dynhp.fit(_mlp(), x[:2000], y[:2000], checkpoint_dir=folder, callbacks=[stop_after(3)], **kw)
     c = tf_dynhp.fit(_mlp(), x[:2000], y[:2000], checkpoint_dir=folder, resume=True, **kw)
-    for key in a.history:
-        if key not in RUNTIME_KEYS:
-            assert c.history[key] == a.history[key], key
-    for u, v in zip(a.model.weights, c.model.weights):
-        np.testing.assert_array_equal(u.numpy(), v.numpy())
+    assert_same_run(c, a, a.model, c.model)
     with pytest.raises(ValueError, match="augment"):  # another augmentation is another run
         tf_dynhp.fit(_mlp(), x[:2000], y[:2000], checkpoint_dir=folder, resume=True,
                      **{**kw, "augment": augment.RandomShift(1)})

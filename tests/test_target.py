@@ -6,6 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from conftest import assert_same_run, stop_after
 
 import tf_dynhp
 from tf_dynhp import memory, target
@@ -191,9 +192,9 @@ def test_one_trace_and_exact_resume_under_a_target(mnist, tmp_path):
     # Resume after 2 epochs: same run, multiplier included (state and checkpoint settings).
     folder = tmp_path / "ck"
     tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, **{**kw, "epochs": 4},
-                 callbacks=[_StopAfter(2)])
+                 callbacks=[stop_after(2)])
     c = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, resume=True, **kw)
-    _assert_same_run(c, a, a.model, c.model)
+    assert_same_run(c, a, a.model, c.model)
     with pytest.raises(ValueError, match="target_kb"):
         tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], checkpoint_dir=folder, resume=True,
                      **{**kw, "target_kb": goal * 0.9})
@@ -226,10 +227,10 @@ def test_adamw_exclusions_and_exact_resume_through_prunes(mnist, tmp_path):
     assert len(Spared.seen) == 4 and all(decayed != gate for epoch in Spared.seen for decayed, gate in epoch)
     folder = tmp_path / "ck"
     tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], optimizer=adamw(), checkpoint_dir=folder,
-                 callbacks=[_StopAfter(2)], **kw)
+                 callbacks=[stop_after(2)], **kw)
     c = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], optimizer=adamw(), checkpoint_dir=folder,
                      resume=True, **kw)
-    _assert_same_run(c, a, a.gated_model, c.gated_model)
+    assert_same_run(c, a, a.gated_model, c.gated_model)
     plain = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:600], y[:600], **kw)
     assert any(not np.array_equal(u.numpy(), v.numpy()) for u, v in zip(a.model.weights, plain.model.weights)
                if u.shape == v.shape) or a.history["active_units"] != plain.history["active_units"]
@@ -280,26 +281,6 @@ def test_a_cubic_schedule_prunes_no_faster_than_it_says(mnist):
         tf_dynhp.fit(model, x[:64], y[:64], target_kb=goal, target_schedule="linear", **FAST)
 
 
-def _assert_same_run(c, a, model_a, model_c):
-    """`c` (a resumed run) equals `a` on every history key but the runtime ones, and the two
-    models' weights are bit-identical."""
-    for key in a.history:
-        if key not in RUNTIME_KEYS:
-            assert c.history[key] == a.history[key], key
-    for u, v in zip(model_a.weights, model_c.weights):
-        np.testing.assert_array_equal(u.numpy(), v.numpy())
-
-
-class _StopAfter(keras.callbacks.Callback):
-    def __init__(self, epochs):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 >= self.epochs:
-            self.model.stop_training = True
-
-
 def test_dropout_between_gated_layers_is_deterministic_and_resumes_exactly(mnist, tmp_path):
     """`Dropout` layers of the user's model (`runs.build_mlp(dropout=...)`) pass through every
     prune: they act in training (the losses differ from the same model without them), a
@@ -323,9 +304,9 @@ def test_dropout_between_gated_layers_is_deterministic_and_resumes_exactly(mnist
     plain = tf_dynhp.fit(model(0.0), x[:600], y[:600], **kw)
     assert a.history["loss"] == b.history["loss"] and a.history["loss"] != plain.history["loss"]
     folder = tmp_path / "ck"
-    tf_dynhp.fit(model(0.3), x[:600], y[:600], checkpoint_dir=folder, callbacks=[_StopAfter(2)], **kw)
+    tf_dynhp.fit(model(0.3), x[:600], y[:600], checkpoint_dir=folder, callbacks=[stop_after(2)], **kw)
     c = tf_dynhp.fit(model(0.3), x[:600], y[:600], checkpoint_dir=folder, resume=True, **kw)
-    _assert_same_run(c, a, a.gated_model, c.gated_model)
+    assert_same_run(c, a, a.gated_model, c.gated_model)
     with pytest.raises(ValueError, match="dropout"):
         runs.build_mlp((4,), dropout=1.0)
     built = runs.build_model(runs.RunConfig(hidden=(6, 5), dropout=0.2))  # what tools/train.py --dropout builds
