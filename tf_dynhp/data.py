@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tf_dynhp import augment as aug
+
 __all__ = ["as_arrays", "epoch_order", "fingerprint", "FeatureSelection"]
 
 
@@ -165,8 +167,6 @@ class FeatureSelection:
         epoch's transform of the images (a function of the seed and the epoch only)."""
         if self.augment is None:
             return self.x
-        from tf_dynhp import augment as aug
-
         images = aug.check_output(self.augment(self.images, aug.epoch_rng(self.seed, epoch)), self.images)
         if not self.flat:
             return tf.constant(images)
