@@ -11,7 +11,7 @@ Importing the package registers the `L0Dense`, `L0Conv2D`, `SelectFeatures` and
 `GatedModel` classes with Keras, so saved `.keras` files load back.
 """
 
-from tf_dynhp import augment, batching, checkpoint, datasets, export, fused, gates, memory, runs, storage
+from tf_dynhp import augment, batching, checkpoint, datasets, export, fused, gates, losses, memory, runs, storage
 from tf_dynhp.batching import batch_increment, next_batch_size
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.convert import strip, to_l0
@@ -41,6 +41,7 @@ __all__ = [
     "fit",
     "fused",
     "gates",
+    "losses",
     "memory",
     "next_batch_size",
     "parse_chain",

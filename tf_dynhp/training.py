@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dynhp import augment as augment_lib
-from tf_dynhp import batching, fused, memory, target
+from tf_dynhp import batching, fused, losses, memory, target
 from tf_dynhp import checkpoint as ckpt
 from tf_dynhp._checks import invalid as _invalid
 from tf_dynhp._checks import positive_int as _positive_int
@@ -472,7 +472,7 @@ def fit(
     settings = {
         "method": method, "batch_size": batch_size, "l0_lambda": l0_lambda, "alpha_bs": alpha_bs,
         "gamma": float(gamma), "budget_kb": budget_kb, "budget_on": budget_on, "batch_growth": batch_growth,
-        "optimizer": {k: v for k, v in core.optimizer.get_config().items() if k != "name"}, "seed": seed, "loss": repr(loss),
+        "optimizer": {k: v for k, v in core.optimizer.get_config().items() if k != "name"}, "seed": seed, "loss": losses.describe(loss),
         "weight_decay": float(weight_decay), "droprate_init": float(droprate_init),
         "input_droprate_init": float(input_droprate_init), "model": _model_signature(chain),
         "gate_kernel": gate_kernel,

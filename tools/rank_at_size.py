@@ -57,6 +57,10 @@ the final epoch; the test error is shown beside it for information and chooses n
   ``coca_dl50_sh2flip``: ``coca_dl50`` (the tools' recipe) with data augmentation
   (`fit(augment=tf_dynhp.augment.RandomShift(...))`): every epoch each training image
   moves by up to 1 or 2 pixels per axis, and/or a random half is mirrored left-right.
+* ``coca_dl50_ls1``, ``coca_dl50_sh1_ls1``, ``coca_dl50_sh2_ls1``: ``coca_dl50``, without
+  or with 1 or 2 pixel shifts, trained on label-smoothed targets
+  (`tf_dynhp.losses.SparseCategoricalCrossentropy(label_smoothing=0.1)`): against the
+  overconfidence of the small model on its training set once its size is reached.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -122,6 +126,9 @@ CANDIDATES = {
     "coca_dl50_flip": dict(_COC, adamw=0.01, target_deadline=0.5, augment_flip=True),
     "coca_dl50_sh1flip": dict(_COC, adamw=0.01, target_deadline=0.5, augment_shift=1, augment_flip=True),
     "coca_dl50_sh2flip": dict(_COC, adamw=0.01, target_deadline=0.5, augment_shift=2, augment_flip=True),
+    "coca_dl50_ls1": dict(_COC, adamw=0.01, target_deadline=0.5, label_smoothing=0.1),
+    "coca_dl50_sh1_ls1": dict(_COC, adamw=0.01, target_deadline=0.5, augment_shift=1, label_smoothing=0.1),
+    "coca_dl50_sh2_ls1": dict(_COC, adamw=0.01, target_deadline=0.5, augment_shift=2, label_smoothing=0.1),
 }
 
 
@@ -149,6 +156,7 @@ def _one(name: str, seed: int, data) -> dict:
         validation_data=(xv, yv) if len(xv) else None, seed=seed,
         augment=tf_dynhp.runs.augmentation(tf_dynhp.runs.RunConfig(
             augment_shift=recipe.get("augment_shift", 0), augment_flip=recipe.get("augment_flip", False))),
+        loss=tf_dynhp.losses.SparseCategoricalCrossentropy(recipe["label_smoothing"]) if recipe.get("label_smoothing") else None,
         verbose=0, callbacks=callbacks, learning_rate=PAPER_LR, optimizer=optimizer,
     )
     seconds = time.perf_counter() - t0

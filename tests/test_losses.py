@@ -1,0 +1,83 @@
+"""`tf_dynhp.losses`: label-smoothed cross-entropy on class ids against a NumPy reference,
+its refusals and serialization, and a `fit` with a Keras loss object that resumes (the
+checkpoint settings once held the loss' `repr`, a memory address)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import assert_same_run, stop_after
+
+import tf_dynhp
+from tf_dynhp import losses
+
+
+def _reference(labels, probs, smoothing):
+    classes = probs.shape[-1]
+    target = np.full(probs.shape, smoothing / classes)
+    target[np.arange(len(labels)), labels] += 1 - smoothing
+    return -(target * np.log(probs)).sum(-1)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_per_example_loss_matches_a_numpy_reference(smoothing, from_logits):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(12, 5)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    labels = rng.integers(0, 5, 12)
+    loss = losses.SparseCategoricalCrossentropy(label_smoothing=smoothing, from_logits=from_logits)
+    got = np.asarray(loss.call(labels, logits if from_logits else probs))
+    np.testing.assert_allclose(got, _reference(labels, probs, smoothing), rtol=1e-5)
+    np.testing.assert_allclose(float(loss(labels, logits if from_logits else probs)), got.mean(), rtol=1e-5)
+
+
+def test_without_smoothing_it_is_keras_sparse_categorical_crossentropy():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(10), 30).astype(np.float32)
+    labels = rng.integers(0, 10, (30, 1))  # Keras also takes (n, 1) ids
+    np.testing.assert_allclose(np.asarray(losses.SparseCategoricalCrossentropy().call(labels, probs)),
+                               np.asarray(keras.losses.sparse_categorical_crossentropy(labels, probs)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, True, "0.1", None])
+def test_refuses_a_smoothing_outside_0_1_naming_it(bad):
+    with pytest.raises(ValueError, match="label_smoothing.*received"):
+        losses.SparseCategoricalCrossentropy(label_smoothing=bad)
+
+
+def test_serializes_and_describes_itself_stably():
+    loss = losses.SparseCategoricalCrossentropy(label_smoothing=0.2, from_logits=True)
+    back = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(back) is type(loss) and back.get_config() == loss.get_config()
+    assert losses.describe(loss) == losses.describe(losses.SparseCategoricalCrossentropy(0.2, from_logits=True))
+    assert losses.describe(loss) != losses.describe(losses.SparseCategoricalCrossentropy(0.1, from_logits=True))
+    assert "0x" not in str(losses.describe(keras.losses.CategoricalCrossentropy()))
+    assert losses.describe(None) == "None" and losses.describe("mse") == "'mse'"  # what checkpoints always held
+
+
+def _mlp():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(24, activation="relu"),
+                             keras.layers.Dense(10, activation="softmax")])
+
+
+def test_fit_with_smoothing_trains_differs_from_plain_and_resumes_exactly(mnist, tmp_path):
+    (x, y), _ = mnist
+    kw = dict(method="dynhp", alpha_bs=0.95, budget_kb=1e5, epochs=3, batch_size=32, seed=3, verbose=0,
+              loss=losses.SparseCategoricalCrossentropy(label_smoothing=0.1))
+    a = tf_dynhp.fit(_mlp(), x[:1500], y[:1500], **kw)
+    plain = tf_dynhp.fit(_mlp(), x[:1500], y[:1500], **{**kw, "loss": None})
+    assert a.history["data_loss"][-1] < a.history["data_loss"][0]
+    # A smoothed target has entropy > 0: its loss stays above the plain one.
+    assert a.history["data_loss"][-1] > plain.history["data_loss"][-1]
+    folder = tmp_path / "ck"
+    tf_dynhp.fit(_mlp(), x[:1500], y[:1500], checkpoint_dir=folder, callbacks=[stop_after(1)], **kw)
+    # A new loss object with the same config is the same run.
+    c = tf_dynhp.fit(_mlp(), x[:1500], y[:1500], checkpoint_dir=folder, resume=True,
+                     **{**kw, "loss": losses.SparseCategoricalCrossentropy(label_smoothing=0.1)})
+    assert_same_run(c, a, a.model, c.model)
+    with pytest.raises(ValueError, match="loss"):
+        tf_dynhp.fit(_mlp(), x[:1500], y[:1500], checkpoint_dir=folder, resume=True,
+                     **{**kw, "loss": losses.SparseCategoricalCrossentropy(label_smoothing=0.2)})
