@@ -100,9 +100,9 @@ def test_weight_decay_per_weight_reaches_fit_times_the_examples_fit_trains_on(mn
         assert seen["n"] == 300 and seen["weight_decay"] == pytest.approx(5e-4 * n_fit)
 
 
-def test_target_deadline_dropout_and_augment_reach_fit_and_the_model(mnist, monkeypatch):
+def test_target_deadline_dropout_augment_and_smoothing_reach_fit_and_the_model(mnist, monkeypatch):
     """RunConfig.target_deadline is fit's; RunConfig.dropout puts Dropout layers in the model fit gets;
-    augment_shift / augment_flip become fit's `augment`."""
+    augment_shift / augment_flip become fit's `augment`; label_smoothing its `loss`."""
     seen = {}
 
     def fake_fit(model, x, y, **kwargs):
@@ -113,13 +113,15 @@ def test_target_deadline_dropout_and_augment_reach_fit_and_the_model(mnist, monk
     data = mnist[0][0][:300], mnist[0][1][:300]
     with pytest.raises(KeyboardInterrupt):
         runs.run(runs.RunConfig(method="dynhp", hidden=(8, 6), target_kb=5.0, target_deadline=0.5, dropout=0.2,
-                                augment_shift=2, augment_flip=True), None, data=(data, mnist[1]), verbose=0)
+                                augment_shift=2, augment_flip=True, label_smoothing=0.1), None, data=(data, mnist[1]),
+                                verbose=0)
     assert seen["target_deadline"] == 0.5 and seen["layers"].count("Dropout") == 2
     assert seen["augment"] == tf_dynhp.augment.RandomShift(2, flip=True)
+    assert isinstance(seen["loss"], tf_dynhp.losses.SparseCategoricalCrossentropy) and seen["loss"].label_smoothing == 0.1
     with pytest.raises(KeyboardInterrupt):
         runs.run(runs.RunConfig(method="dynhp", hidden=(8,)), None, data=(data, mnist[1]), verbose=0)
     assert seen["target_deadline"] == 0.25 and "Dropout" not in seen["layers"]  # fit's default, no dropout
-    assert seen["augment"] is None
+    assert seen["augment"] is None and seen["loss"] is None
     with pytest.raises(ValueError, match="augment_shift"):
         runs.augmentation(runs.RunConfig(augment_shift=-1))
 

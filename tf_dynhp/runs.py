@@ -35,7 +35,7 @@ import numpy as np
 
 from tf_dynhp._checks import invalid, write_atomic
 
-__all__ = ["ARCHS", "LR_DECAYS", "RunConfig", "augmentation", "lr_callbacks", "optimizer", "RunFolderError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
+__all__ = ["ARCHS", "LR_DECAYS", "RunConfig", "augmentation", "loss", "lr_callbacks", "optimizer", "RunFolderError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
 
 #: Architectures of `RunConfig.arch`: the paper's MLP family (`hidden`) and LeNet-5-Caffe.
 ARCHS = ("mlp", "lenet5")
@@ -103,6 +103,9 @@ class RunConfig:
     # `augment_flip`, mirrors a random half of them left-right.
     augment_shift: int = 0
     augment_flip: bool = False
+    # > 0: the cross-entropy's targets are label-smoothed by this share (fit's `loss`:
+    # `tf_dynhp.losses.SparseCategoricalCrossentropy(label_smoothing=...)`); 0: plain.
+    label_smoothing: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -147,6 +150,13 @@ def build_lenet5(input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 
         ],
         name="lenet5",
     )
+
+
+def loss(config: RunConfig) -> Any:
+    """`fit`'s `loss` for `config`: label-smoothed cross-entropy, or None (fit's default)."""
+    from tf_dynhp.losses import SparseCategoricalCrossentropy
+
+    return SparseCategoricalCrossentropy(config.label_smoothing) if config.label_smoothing else None
 
 
 def augmentation(config: RunConfig) -> Any:
@@ -406,7 +416,7 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
             checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
             gate_kernel=config.gate_kernel, target_kb=config.target_kb, lambda_floor=config.lambda_floor,
             size_penalty=config.size_penalty, target_schedule=config.target_schedule,
-            target_deadline=config.target_deadline, augment=augmentation(config),
+            target_deadline=config.target_deadline, augment=augmentation(config), loss=loss(config),
             weight_decay=config.weight_decay_per_weight * (len(x) - int(len(x) * config.validation_split)),
             optimizer=optimizer(config),
             callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs),

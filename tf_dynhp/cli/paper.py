@@ -129,7 +129,8 @@ FRONTIER_TARGETS: dict[str, list[tuple[float, float, bool]]] = {
 TARGET_RECIPE: dict[str, Any] = {"lr_decay": "cosine", "lambda_floor": 0.0, "size_penalty": "outgoing",
                                  "target_schedule": "cubic", "ema_momentum": None, "weight_decay_per_weight": 0.0,
                                  "decoupled_weight_decay": 0.01, "dropout": 0.0,
-                                 "target_deadline": 0.5, "augment_shift": 0, "augment_flip": False}
+                                 "target_deadline": 0.5, "augment_shift": 0, "augment_flip": False,
+                                 "label_smoothing": 0.0}
 #: The data augmentation of the target recipe, per data set (`target_recipe`): label-preserving
 #: transforms differ between data sets (a mirrored digit is another digit). Ranked on the
 #: validation split at 200 epochs, 3 seeds (WORKSPACE.md "Accuracy at a given size"): on
@@ -143,7 +144,7 @@ TARGET_AUGMENT: dict[str, dict[str, Any]] = {
 PLAIN_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled",
                                 "target_schedule": "constant", "ema_momentum": None, "weight_decay_per_weight": 0.0,
                                 "decoupled_weight_decay": 0.0, "dropout": 0.0, "target_deadline": 0.25,
-                                "augment_shift": 0, "augment_flip": False}
+                                "augment_shift": 0, "augment_flip": False, "label_smoothing": 0.0}
 
 
 def target_recipe(dataset: str | None) -> dict[str, Any]:
@@ -156,7 +157,7 @@ def recipe_for(target_kb: float | None, dataset: str | None = None, **given: Any
     """The recipe fields of a run: those `given` (not None), else `target_recipe(dataset)`'s
     with a target, else `PLAIN_RECIPE`'s (`tools/train.py --lr_decay --lambda_floor --size_penalty
     --target_schedule --ema_momentum --weight_decay_per_weight --decoupled_weight_decay
-    --dropout --target_deadline --augment_shift --augment_flip`; an
+    --dropout --target_deadline --augment_shift --augment_flip --label_smoothing`; an
     `ema_momentum` of 0 means none)."""
     unknown = set(given) - set(PLAIN_RECIPE)
     if unknown:
@@ -196,6 +197,8 @@ def recipe_parts(config: Mapping[str, Any]) -> list[str]:
         parts.append(f"sh{int(config['augment_shift'])}")
     if config.get("augment_flip"):
         parts.append("flip")
+    if config.get("label_smoothing") or 0.0:
+        parts.append(f"ls{config['label_smoothing']:g}")
     return parts
 
 
