@@ -84,7 +84,9 @@ flags.DEFINE_string("data_dir", None, "Data folder (see tf_dynhp.datasets.load).
 flags.DEFINE_float("target_kb", 205.0, "Size target in KB.")
 flags.DEFINE_float("alpha_bs", 0.973, "alpha_bs of DynHP.")
 flags.DEFINE_integer("epochs", 20, "Epochs of every run.")
-flags.DEFINE_integer("seeds", 3, "Seeds 1..N of every candidate.")
+flags.DEFINE_integer("seeds", 3, "Number of seeds of every candidate: first_seed, first_seed + 1, ...")
+flags.DEFINE_integer("first_seed", 1, "The first seed (split the seeds of one ranking across processes, then "
+                     "merge their `<out>.json` with --from_runs).")
 flags.DEFINE_list("candidates", ["base", "cosine", "deadline50"], "Recipes to compare (see the module docstring).")
 flags.DEFINE_integer("train_limit", None, "Use only the first N training images (smoke runs).")
 flags.DEFINE_integer("holdout", 10000, "Hold out the last N training images as the validation split the candidates "
@@ -254,7 +256,7 @@ def main(argv):
         x, y = x[:cut], y[:cut]
         runs = []
         for name in FLAGS.candidates:
-            for seed in range(1, FLAGS.seeds + 1):
+            for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds):
                 runs.append(_one(name, seed, ((x, y), held, test)))
                 print(json.dumps(runs[-1]), flush=True)
     text = table(runs, FLAGS.candidates, command)
