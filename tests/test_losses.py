@@ -81,3 +81,22 @@ def test_fit_with_smoothing_trains_differs_from_plain_and_resumes_exactly(mnist,
     with pytest.raises(ValueError, match="loss"):
         tf_dynhp.fit(_mlp(), x[:1500], y[:1500], checkpoint_dir=folder, resume=True,
                      **{**kw, "loss": losses.SparseCategoricalCrossentropy(label_smoothing=0.2)})
+
+
+@pytest.mark.parametrize("trace_once", [True, False])
+def test_fit_refuses_a_loss_that_is_not_per_example_before_an_epoch_ends(mnist, trace_once):
+    """A mean loss would train, but Eq. 8's gradient variance (per example) would be silently wrong."""
+    (x, y), _ = mnist
+    ended = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            ended.append(epoch)
+
+    def mean_loss(labels, probs):
+        return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(labels, probs))
+
+    with pytest.raises(ValueError, match=r"one value per example, shape \(batch,\); it returned shape \(\)"):
+        tf_dynhp.fit(_mlp(), x[:300], y[:300], method="dynhp", alpha_bs=0.9, budget_kb=1e5, epochs=2, verbose=0,
+                     loss=mean_loss, trace_once=trace_once, callbacks=[Spy()])
+    assert ended == []
