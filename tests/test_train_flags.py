@@ -71,6 +71,8 @@ def test_recipe_flags_default_to_the_target_recipe_only_with_a_target():
     assert recipe_for(205.0, dataset="mnist") == {**TARGET_RECIPE, **TARGET_AUGMENT["mnist"]} == target_recipe("mnist")
     assert target_recipe("mnist")["augment_shift"] > 0 and not target_recipe("mnist")["augment_flip"]
     assert recipe_for(205.0, dataset="mnist", augment_shift=0)["augment_shift"] == 0
+    assert all(set(extra) <= set(PLAIN_RECIPE) for extra in TARGET_AUGMENT.values())  # fields a RunConfig has
+    assert target_recipe("emnist") == TARGET_RECIPE  # a data set it does not name: no augmentation
     assert recipe_for(None, dataset="mnist") == PLAIN_RECIPE
     given = {"lr_decay": "cosine", "lambda_floor": 0.02, "size_penalty": "outgoing", "target_schedule": "cubic", "ema_momentum": 0.99,
              "weight_decay_per_weight": 5e-4, "decoupled_weight_decay": 0.01, "dropout": 0.2,
