@@ -4,6 +4,8 @@ checkpoint settings once held the loss' `repr`, a memory address)."""
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -55,6 +57,10 @@ def test_serializes_and_describes_itself_stably():
     assert losses.describe(loss) != losses.describe(losses.SparseCategoricalCrossentropy(0.1, from_logits=True))
     assert "0x" not in str(losses.describe(keras.losses.CategoricalCrossentropy()))
     assert losses.describe(None) == "None" and losses.describe("mse") == "'mse'"  # what checkpoints always held
+    smooth = functools.partial(keras.losses.categorical_crossentropy, label_smoothing=0.1)
+    assert losses.describe(smooth) == losses.describe(functools.partial(keras.losses.categorical_crossentropy, label_smoothing=0.1))
+    assert losses.describe(smooth) != losses.describe(functools.partial(keras.losses.categorical_crossentropy, label_smoothing=0.2))
+    assert "0x" not in str(losses.describe(smooth))
 
 
 def _mlp():

@@ -14,6 +14,7 @@ resume).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import keras
@@ -56,10 +57,13 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):
 
 def describe(loss: Any) -> Any:
     """What a checkpoint's settings record of `fit`'s `loss`: the `repr` of None or of a
-    name (as checkpoints always did), a Keras loss' class and config, else a function's
-    qualified name."""
+    name (as checkpoints always did), a Keras loss' class and config, a
+    `functools.partial`'s function and arguments, else a function's qualified name (two
+    lambdas look alike: give a resumed run a named function or a Keras loss)."""
     if loss is None or isinstance(loss, str):
         return repr(loss)
     if isinstance(loss, keras.losses.Loss):
         return {"class_name": type(loss).__qualname__, "config": loss.get_config()}
+    if isinstance(loss, functools.partial):
+        return {"partial": describe(loss.func), "args": repr(loss.args), "keywords": repr(sorted(loss.keywords.items()))}
     return f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__qualname__)}"
