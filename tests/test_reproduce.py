@@ -441,6 +441,16 @@ def test_benchmark_baselines_see_the_images_of_the_dynhp_runs_epochs():
     assert _ok(done).split()[-6:] == ["3", "True", "3", "True", "True", "True"]
 
 
+def test_benchmark_baselines_train_on_the_dynhp_runs_label_smoothing():
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import numpy as np, benchmark as b; from tf_dynhp import runs, losses; "
+              "b.FLAGS(['benchmark']); x = np.random.default_rng(0).random((32, 4, 4)).astype('float32'); y = np.arange(32) % 10\n"
+              "for s in (0.0, 0.1):\n"
+              "    loss = b.train_keras(runs.build_mlp((5,), input_shape=(4, 4)), ((x, y), (x, y)), 1, 16, 1e-3, 0, label_smoothing=s)['model'].loss\n"
+              "    print(type(loss).__name__, getattr(loss, 'label_smoothing', None))")
+    done = subprocess.run([sys.executable, "-c", script, str(TOOLS)], capture_output=True, text=True, cwd=REPO, env=_env(), timeout=300)
+    assert _ok(done).strip().splitlines()[-2:] == ["str None", "SparseCategoricalCrossentropy 0.1"]
+
+
 def test_benchmark_quick_without_tfmot(sweep, report_input, tmp_path):
     out, _ = sweep
     bench = report_input / "benchmark.md"

@@ -91,7 +91,13 @@ def main(request_path: str, result_path: str) -> int:
     decay = float(req.get("decoupled_weight_decay") or 0.0)
     adam = (keras.optimizers.AdamW(float(req["learning_rate"]), weight_decay=decay) if decay
             else keras.optimizers.Adam(float(req["learning_rate"])))
-    pruned.compile(optimizer=adam, loss="sparse_categorical_crossentropy")
+    smoothing = float(req.get("label_smoothing") or 0.0)
+
+    def smoothed(y_true, y_pred):  # the DynHP run's tf_dynhp.losses.SparseCategoricalCrossentropy
+        target = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), tf.shape(y_pred)[-1])
+        return keras.losses.categorical_crossentropy(target, y_pred, label_smoothing=smoothing)
+
+    pruned.compile(optimizer=adam, loss=smoothed if smoothing else "sparse_categorical_crossentropy")
 
     records = []
 

@@ -15,7 +15,8 @@ says which data set, its configuration and its final architecture):
    0.5 * it * ||w||^2 on every kernel and bias, as Keras `L2` regularizers) and the same
    optimizer (AdamW with the run's `decoupled_weight_decay`, else Adam), the same
    `Dropout` layers (`RunConfig.dropout`), the same data augmentation (`RunConfig.augment_shift`,
-   `augment_flip`: each epoch the images DynHP's epoch saw), `--batch_size`.
+   `augment_flip`: each epoch the images DynHP's epoch saw), the same label smoothing
+   (`RunConfig.label_smoothing`), `--batch_size`.
 3. **DynHP architecture, dense from scratch**: the run's final model
    (`model.keras`: the same kept input pixels and layer sizes as `metrics.json`
    `layer_sizes`) re-initialized and trained densely.
@@ -117,12 +118,15 @@ def with_l2(model, weight_decay_per_weight: float):
 
 
 def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed: int, lr_decay: str = "none",
-                weight_decay_per_weight: float = 0.0, decoupled_weight_decay: float = 0.0, augment=None) -> dict[str, Any]:
+                weight_decay_per_weight: float = 0.0, decoupled_weight_decay: float = 0.0, augment=None,
+                label_smoothing: float = 0.0) -> dict[str, Any]:
     """Plain `model.fit` (Adam, or AdamW with `decoupled_weight_decay`; sparse cross-entropy;
     the DynHP run's learning-rate schedule `tf_dynhp.runs.lr_callbacks` and L2 term `with_l2`),
     test error after every epoch. With `augment` (the DynHP run's, `tf_dynhp.runs.augmentation`)
     every epoch trains on `augment(x, tf_dynhp.augment.epoch_rng(seed, epoch))`, the images
-    DynHP's epoch saw: one `fit` call per epoch (`initial_epoch`), so the schedule runs on."""
+    DynHP's epoch saw: one `fit` call per epoch (`initial_epoch`), so the schedule runs on.
+    With `label_smoothing` (the run's `RunConfig.label_smoothing`) the cross-entropy is
+    `tf_dynhp.losses.SparseCategoricalCrossentropy(label_smoothing)`, as in the DynHP run."""
     import keras
     import numpy as np
 
@@ -134,7 +138,8 @@ def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed
     schedule = runs.lr_callbacks(lr_decay, learning_rate, epochs)
     adam = (keras.optimizers.AdamW(learning_rate, weight_decay=decoupled_weight_decay) if decoupled_weight_decay
             else keras.optimizers.Adam(learning_rate))
-    model.compile(optimizer=adam, loss="sparse_categorical_crossentropy",
+    loss = runs.loss(runs.RunConfig(label_smoothing=label_smoothing)) or "sparse_categorical_crossentropy"
+    model.compile(optimizer=adam, loss=loss,
                   steps_per_execution=FLAGS.steps_per_execution, jit_compile=False)
     records: list[dict[str, float]] = []
 
@@ -228,7 +233,8 @@ def ensure_tfmot_venv(venv: Path) -> tuple[str | None, str]:
 
 def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, learning_rate: float, sparsity: float,
               seed: int, tmp: Path, lr_decay: str = "none", weight_decay_per_weight: float = 0.0,
-              decoupled_weight_decay: float = 0.0, dropout: float = 0.0, augment: dict | None = None) -> dict[str, Any]:
+              decoupled_weight_decay: float = 0.0, dropout: float = 0.0, augment: dict | None = None,
+              label_smoothing: float = 0.0) -> dict[str, Any]:
     """Runs tools/_tfmot_baseline.py in the venv and reads its JSON back."""
     import numpy as np
 
@@ -239,7 +245,7 @@ def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, l
                "final_sparsity": sparsity, "end_fraction": FLAGS.tfmot_ramp, "seed": seed, "out_dir": str(tmp / "tfmot"),
                "lr_decay": lr_decay, "weight_decay_per_weight": weight_decay_per_weight,
                "decoupled_weight_decay": decoupled_weight_decay, "dropout": dropout, "augment": augment,
-               "augment_module": str(REPO / "tf_dynhp" / "augment.py")}
+               "augment_module": str(REPO / "tf_dynhp" / "augment.py"), "label_smoothing": label_smoothing}
     (tmp / "tfmot_request.json").write_text(json.dumps(request))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -341,8 +347,9 @@ def main(argv: list[str]) -> int:
         dwd = getattr(config, "decoupled_weight_decay", 0.0)
         dropout = getattr(config, "dropout", 0.0) or 0.0
         augment = runs.augmentation(config)
+        smoothing = getattr(config, "label_smoothing", 0.0) or 0.0
         dense = train_keras(runs.build_mlp(config.hidden, dropout=dropout), data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay,
-                            wd, dwd, augment)
+                            wd, dwd, augment, smoothing)
         dense["name"] = f"Keras dense 784-{'-'.join(map(str, config.hidden))}-10 (bs={FLAGS.batch_size})"
         rows.append(dense)
 
@@ -351,7 +358,7 @@ def main(argv: list[str]) -> int:
         keras.utils.set_random_seed(FLAGS.seed)
         scratch_model = keras.models.clone_model(final)  # same layers and kept pixels, fresh weights
         scratch = train_keras(scratch_model, data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay, wd, dwd,
-                              augment)
+                              augment, smoothing)
         sizes = json.loads((run_dir / "metrics.json").read_text()).get("layer_sizes")
         scratch["name"] = f"DynHP architecture {'-'.join(map(str, sizes or []))}-10, dense from scratch (bs={FLAGS.batch_size})"
         rows.append(scratch)
@@ -369,7 +376,7 @@ def main(argv: list[str]) -> int:
             else:
                 try:
                     t = run_tfmot(python, data, calibration, config.hidden, epochs, FLAGS.batch_size, config.learning_rate, sparsity, FLAGS.seed, tmp,
-                                  lr_decay, wd, dwd, dropout, None if augment is None else augment.get_config())
+                                  lr_decay, wd, dwd, dropout, None if augment is None else augment.get_config(), smoothing)
                 except (RuntimeError, subprocess.TimeoutExpired, OSError, json.JSONDecodeError) as err:
                     print(f"tfmot row left out: {err}", flush=True)
                     notes.append(f"tfmot row left out: {str(err).splitlines()[0]}")
