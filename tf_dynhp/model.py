@@ -150,14 +150,14 @@ class GatedModel(keras.Model):
 
     def per_example_loss(self, y, outputs, logits):
         if self.loss_fn is not None:
-            losses = self.loss_fn(y, outputs)
-            if len(getattr(losses, "shape", ())) != 1:
+            values = self.loss_fn(y, outputs)
+            if len(getattr(values, "shape", ())) != 1:
                 # A mean would train, but the gradient variance of Eq. 8 (per example) would be wrong.
                 raise ValueError(
                     "`loss` must return one value per example, shape (batch,); it returned shape "
-                    f"{tuple(getattr(losses, 'shape', ()))}. Return the unreduced losses (a keras.losses.Loss "
+                    f"{tuple(getattr(values, 'shape', ()))}. Return the unreduced losses (a keras.losses.Loss "
                     "object is reduced by fit itself).")
-            return losses
+            return values
         return ops.sparse_categorical_crossentropy(y, logits, from_logits=True)
 
     def penalty(self):

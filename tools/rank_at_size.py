@@ -146,8 +146,10 @@ def _one(name: str, seed: int, data) -> dict:
     keras.utils.set_random_seed(seed)
     model = tf_dynhp.runs.build_mlp((300, 100), dropout=recipe.get("dropout", 0.0))
     callbacks = tf_dynhp.runs.lr_callbacks("cosine" if recipe["cosine"] else "none", PAPER_LR, FLAGS.epochs)
-    optimizer = tf_dynhp.runs.optimizer(tf_dynhp.runs.RunConfig(
-        learning_rate=PAPER_LR, ema_momentum=recipe.get("ema_momentum"), decoupled_weight_decay=recipe.get("adamw", 0.0)))
+    config = tf_dynhp.runs.RunConfig(  # what runs.optimizer / augmentation / loss build the run's pieces from
+        learning_rate=PAPER_LR, ema_momentum=recipe.get("ema_momentum"), decoupled_weight_decay=recipe.get("adamw", 0.0),
+        augment_shift=recipe.get("augment_shift", 0), augment_flip=recipe.get("augment_flip", False),
+        label_smoothing=recipe.get("label_smoothing", 0.0))
     t0 = time.perf_counter()
     result = tf_dynhp.fit(
         model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,
@@ -156,10 +158,8 @@ def _one(name: str, seed: int, data) -> dict:
         weight_decay=recipe.get("weight_decay_per_weight", 0.0) * len(x), size_penalty=recipe.get("size_penalty", "coupled"),
         target_schedule=recipe.get("target_schedule", "constant"),
         validation_data=(xv, yv) if len(xv) else None, seed=seed,
-        augment=tf_dynhp.runs.augmentation(tf_dynhp.runs.RunConfig(
-            augment_shift=recipe.get("augment_shift", 0), augment_flip=recipe.get("augment_flip", False))),
-        loss=tf_dynhp.losses.SparseCategoricalCrossentropy(recipe["label_smoothing"]) if recipe.get("label_smoothing") else None,
-        verbose=0, callbacks=callbacks, learning_rate=PAPER_LR, optimizer=optimizer,
+        augment=tf_dynhp.runs.augmentation(config), loss=tf_dynhp.runs.loss(config),
+        verbose=0, callbacks=callbacks, learning_rate=PAPER_LR, optimizer=tf_dynhp.runs.optimizer(config),
     )
     seconds = time.perf_counter() - t0
     def error(images, labels):
