@@ -4,6 +4,9 @@ resume exactly while input features are pruned."""
 
 from __future__ import annotations
 
+import functools
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -108,6 +111,22 @@ def test_augmented_run_is_identical_for_a_seed_and_resumes_exactly_through_prune
     with pytest.raises(ValueError, match="augment"):  # another augmentation is another run
         tf_dynhp.fit(_mlp(), x[:2000], y[:2000], checkpoint_dir=folder, resume=True,
                      **{**kw, "augment": augment.RandomShift(1)})
+
+
+def _noise(images, rng, scale=0.1):
+    return images + scale * rng.standard_normal(images.shape).astype(np.float32)
+
+
+def test_describe_tells_augmentations_apart_as_a_resume_must():
+    # a checkpoint refuses a resume whose augmentation's description differs
+    assert augment.describe(None) is None
+    assert augment.describe(augment.RandomShift(1)) != augment.describe(augment.RandomShift(2))
+    assert augment.describe(_noise) == "_noise"  # a plain function: its name, as checkpoints always recorded
+    one, other = functools.partial(_noise, scale=0.1), functools.partial(_noise, scale=0.2)
+    assert augment.describe(one) == augment.describe(functools.partial(_noise, scale=0.1))
+    assert augment.describe(one) != augment.describe(other)
+    assert augment.describe(functools.partial(_noise, rng=None)) != augment.describe(one)
+    json.dumps(augment.describe(one))  # checkpoint settings are JSON
 
 
 def test_augment_on_a_cnn_trains_on_shifted_images(mnist):

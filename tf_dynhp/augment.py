@@ -20,6 +20,7 @@ their label in a mirror.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -98,11 +99,16 @@ class RandomShift:
 
 def describe(augment: Callable | None) -> Any:
     """What a checkpoint's settings record of `augment`: its `get_config()` when it has
-    one, else its qualified name; None without augmentation."""
+    one, a `functools.partial`'s function and arguments (two partials of one function
+    with other arguments are other augmentations), else its qualified name; None
+    without augmentation."""
     if augment is None:
         return None
     if hasattr(augment, "get_config"):
         return augment.get_config()
+    if isinstance(augment, functools.partial):
+        return {"partial": describe(augment.func), "args": repr(augment.args),
+                "keywords": repr(sorted(augment.keywords.items()))}
     return getattr(augment, "__qualname__", type(augment).__qualname__)
 
 
