@@ -82,6 +82,32 @@ def test_epoch_inputs_take_the_kept_features_of_the_augmented_images():
     assert len(data) == 30
 
 
+def test_augmented_epochs_round_up():
+    assert [augment.augmented_epochs(u, 200) for u in (1.0, 0.75, 0.5, 0.001)] == [200, 150, 100, 1]
+    assert augment.augmented_epochs(0.3, 4) == 2
+
+
+def test_epoch_inputs_are_the_images_as_they_are_from_augment_epochs_on():
+    rng = np.random.default_rng(3)
+    images = rng.random((20, 5, 5)).astype(np.float32)
+    calls = []
+
+    def spy(batch, rng):
+        calls.append(1)
+        return augment.RandomShift(1)(batch, rng)
+
+    data = FeatureSelection()
+    data.set_data(images.reshape(20, -1), np.zeros(20, np.int32), np.arange(25), augment=spy, image_shape=(5, 5),
+                  seed=1, augment_epochs=2)
+    features = np.array([1, 6, 12, 24])
+    data.select(features)
+    np.testing.assert_array_equal(data.epoch_inputs(1).numpy(),
+                                  augment.RandomShift(1)(images, augment.epoch_rng(1, 1)).reshape(20, -1)[:, features])
+    for epoch in (2, 5):
+        np.testing.assert_array_equal(data.epoch_inputs(epoch).numpy(), images.reshape(20, -1)[:, features])
+    assert len(calls) == 1
+
+
 def _mlp(seed=0):
     keras.utils.set_random_seed(seed)
     return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(40, activation="relu"),
@@ -142,6 +168,38 @@ def test_augment_on_a_cnn_trains_on_shifted_images(mnist):
 
     result = tf_dynhp.fit(model, x[:256, :, :, None], y[:256], augment=spy, **{**FAST, "epochs": 2})
     assert seen == [(256, 28, 28, 1)] * 2 and len(result.history["loss"]) == 2
+
+
+def test_augment_until_transforms_the_first_epochs_only_and_is_part_of_the_run(mnist, tmp_path):
+    (x, y), _ = mnist
+    epochs_seen = []
+
+    def spy(images, rng):
+        epochs_seen.append(1)
+        return augment.RandomShift(1)(images, rng)
+
+    kw = dict(FAST, augment=augment.RandomShift(1))
+    half = tf_dynhp.fit(_mlp(), x[:256], y[:256], **{**kw, "augment_until": 0.5})
+    full = tf_dynhp.fit(_mlp(), x[:256], y[:256], **kw)
+    plain = tf_dynhp.fit(_mlp(), x[:256], y[:256], **{**kw, "augment": None})
+    # the first ceil(0.5 * 4) = 2 epochs are the augmented run's, then the epochs differ from it
+    assert half.history["loss"][:2] == full.history["loss"][:2]
+    assert half.history["loss"][2:] != full.history["loss"][2:]
+    assert half.history["loss"][0] != plain.history["loss"][0]
+    tf_dynhp.fit(_mlp(), x[:256], y[:256], **{**kw, "augment": spy, "augment_until": 0.3})
+    assert len(epochs_seen) == 2  # ceil(0.3 * 4)
+    # without augment it changes nothing
+    assert tf_dynhp.fit(_mlp(), x[:256], y[:256], **{**kw, "augment": None, "augment_until": 0.5}).history["loss"] == \
+        plain.history["loss"]
+    folder = tmp_path / "ck"
+    tf_dynhp.fit(_mlp(), x[:256], y[:256], checkpoint_dir=folder, callbacks=[stop_after(1)], **{**kw, "augment_until": 0.5})
+    resumed = tf_dynhp.fit(_mlp(), x[:256], y[:256], checkpoint_dir=folder, resume=True, **{**kw, "augment_until": 0.5})
+    assert_same_run(resumed, half, half.model, resumed.model)
+    with pytest.raises(ValueError, match="augment_until"):  # another final phase is another run
+        tf_dynhp.fit(_mlp(), x[:256], y[:256], checkpoint_dir=folder, resume=True, **{**kw, "augment_until": 0.75})
+    for bad in (0, 1.5, True, "0.5", float("nan")):
+        with pytest.raises(ValueError, match=r"`augment_until`.*\(0, 1\]"):
+            tf_dynhp.fit(_mlp(), x[:64], y[:64], **{**kw, "augment_until": bad})
 
 
 def test_augment_refusals_name_the_argument(mnist):

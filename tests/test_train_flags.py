@@ -61,22 +61,22 @@ def test_without_out_dir_says_nothing_is_saved(tmp_path):
 
 
 def test_recipe_flags_default_to_the_target_recipe_only_with_a_target():
-    from tf_dynhp.cli.paper import PLAIN_RECIPE, TARGET_AUGMENT, TARGET_RECIPE, recipe_for, target_recipe
+    from tf_dynhp.cli.paper import PLAIN_RECIPE, TARGET_BY_DATASET, TARGET_RECIPE, recipe_for, target_recipe
     from tf_dynhp.runs import RunConfig
 
     assert PLAIN_RECIPE == {k: getattr(RunConfig(), k) for k in PLAIN_RECIPE}
     assert recipe_for(None, lr_decay=None, lambda_floor=None, size_penalty=None) == PLAIN_RECIPE
     assert recipe_for(205.0, lr_decay=None, lambda_floor=None, size_penalty=None) == TARGET_RECIPE
     # the data set adds its augmentation (a mirror is no transform for digits)
-    assert recipe_for(205.0, dataset="mnist") == {**TARGET_RECIPE, **TARGET_AUGMENT["mnist"]} == target_recipe("mnist")
+    assert recipe_for(205.0, dataset="mnist") == {**TARGET_RECIPE, **TARGET_BY_DATASET["mnist"]} == target_recipe("mnist")
     assert target_recipe("mnist")["augment_shift"] > 0 and not target_recipe("mnist")["augment_flip"]
     assert recipe_for(205.0, dataset="mnist", augment_shift=0)["augment_shift"] == 0
-    assert all(set(extra) <= set(PLAIN_RECIPE) for extra in TARGET_AUGMENT.values())  # fields a RunConfig has
+    assert all(set(extra) <= set(PLAIN_RECIPE) for extra in TARGET_BY_DATASET.values())  # fields a RunConfig has
     assert target_recipe("emnist") == TARGET_RECIPE  # a data set it does not name: no augmentation
     assert recipe_for(None, dataset="mnist") == PLAIN_RECIPE
     given = {"lr_decay": "cosine", "lambda_floor": 0.02, "size_penalty": "outgoing", "target_schedule": "cubic", "ema_momentum": 0.99,
              "weight_decay_per_weight": 5e-4, "decoupled_weight_decay": 0.01, "dropout": 0.2,
-             "target_deadline": 0.5, "augment_shift": 2, "augment_flip": True, "label_smoothing": 0.1}
+             "target_deadline": 0.5, "augment_shift": 2, "augment_flip": True, "augment_until": 0.75, "label_smoothing": 0.1}
     assert recipe_for(205.0, **given) == given and recipe_for(None, **given) == given
     assert recipe_for(None, lr_decay="cosine") == {**PLAIN_RECIPE, "lr_decay": "cosine"}
     assert recipe_for(205.0, ema_momentum=0.0)["ema_momentum"] is None  # 0: no average
@@ -88,7 +88,7 @@ def test_recipe_choices_are_checked_at_parse_time(flag):
     assert done.returncode != 0 and "should be one of" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("flag", ["--lambda_floor=-1", "--ema_momentum=1", "--weight_decay_per_weight=-1", "--decoupled_weight_decay=-0.1", "--target_kb=0", "--target_kb=-5", "--validation_split=1", "--validation_split=-0.1", "--verbose=3", "--augment_shift=-1", "--label_smoothing=1", "--label_smoothing=-0.1"])
+@pytest.mark.parametrize("flag", ["--lambda_floor=-1", "--ema_momentum=1", "--weight_decay_per_weight=-1", "--decoupled_weight_decay=-0.1", "--target_kb=0", "--target_kb=-5", "--validation_split=1", "--validation_split=-0.1", "--verbose=3", "--augment_shift=-1", "--augment_until=0", "--augment_until=1.5", "--label_smoothing=1", "--label_smoothing=-0.1"])
 def test_target_and_validation_flags_are_checked_at_parse_time(flag):
     done = train(flag, "--epochs=1", timeout=60)
     assert done.returncode != 0 and "Invalid value received for --" in done.stderr and "Traceback" not in done.stderr

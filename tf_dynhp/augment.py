@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["RandomShift", "shift_images", "epoch_rng", "describe", "check_output"]
+__all__ = ["RandomShift", "shift_images", "epoch_rng", "augmented_epochs", "describe", "check_output"]
 
 # Mixed into the generator's seed so the augmentation draws are independent of the
 # epoch order (`tf_dynhp.data.epoch_order` draws from default_rng([seed, epoch])).
@@ -95,6 +96,13 @@ class RandomShift:
 
     def get_config(self) -> dict[str, Any]:
         return {"class": "RandomShift", "max_shift": int(self.max_shift), "flip": bool(self.flip)}
+
+
+def augmented_epochs(augment_until: float, epochs: int) -> int:
+    """How many epochs, from the first, train on `augment`'s images with
+    `fit(augment_until=...)`: `ceil(augment_until * epochs)`; the rest train on the
+    images as they are."""
+    return math.ceil(augment_until * epochs)
 
 
 def describe(augment: Callable | None) -> Any:

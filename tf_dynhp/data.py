@@ -134,6 +134,8 @@ class FeatureSelection:
     With an `augment` function (`tf_dynhp.augment`), the full images are kept instead,
     and `epoch_inputs(epoch)` transforms them for each epoch, then takes the kept
     features: the transform needs every pixel, also those the model no longer reads.
+    From epoch `augment_epochs` on (0-based; `fit(augment_until=...)`) the images are
+    taken as they are.
     """
 
     def __init__(self) -> None:
@@ -143,13 +145,16 @@ class FeatureSelection:
         self.images: np.ndarray | None = None
         self.seed = 0
         self.flat = True
+        self.augment_epochs: int | None = None
 
     def set_data(self, x_all: tf.Tensor, y_all: tf.Tensor, features: np.ndarray | None,
-                 augment: Any = None, image_shape: tuple[int, ...] | None = None, seed: int = 0) -> None:
+                 augment: Any = None, image_shape: tuple[int, ...] | None = None, seed: int = 0,
+                 augment_epochs: int | None = None) -> None:
         """The training set, all features (flattened) or images; then `select(features)`.
-        With `augment`, `image_shape` is one example's shape as the function receives it."""
+        With `augment`, `image_shape` is one example's shape as the function receives it,
+        and `augment_epochs` the number of epochs it transforms (None: all)."""
         self.y = y_all
-        self.augment, self.seed = augment, int(seed)
+        self.augment, self.seed, self.augment_epochs = augment, int(seed), augment_epochs
         if augment is not None:
             self.flat = len(x_all.shape) == 2  # a dense-first chain reads flattened features
             self.images = np.asarray(x_all).reshape((-1,) + tuple(image_shape))
@@ -164,10 +169,14 @@ class FeatureSelection:
 
     def epoch_inputs(self, epoch: int) -> tf.Tensor:
         """The inputs of epoch `epoch` (0-based): the selection, or with `augment` the
-        epoch's transform of the images (a function of the seed and the epoch only)."""
+        epoch's transform of the images (a function of the seed and the epoch only), the
+        images as they are from epoch `augment_epochs` on."""
         if self.augment is None:
             return self.x
-        images = aug.check_output(self.augment(self.images, aug.epoch_rng(self.seed, epoch)), self.images)
+        if self.augment_epochs is not None and epoch >= self.augment_epochs:
+            images = self.images
+        else:
+            images = aug.check_output(self.augment(self.images, aug.epoch_rng(self.seed, epoch)), self.images)
         if not self.flat:
             return tf.constant(images)
         flat = images.reshape(len(images), -1)

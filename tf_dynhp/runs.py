@@ -103,6 +103,9 @@ class RunConfig:
     # `augment_flip`, mirrors a random half of them left-right.
     augment_shift: int = 0
     augment_flip: bool = False
+    # Fraction of the epochs, from the first, trained on the augmented images (fit's
+    # `augment_until`); the rest train on the images as they are. 1: every epoch.
+    augment_until: float = 1.0
     # > 0: the cross-entropy's targets are label-smoothed by this share (fit's `loss`:
     # `tf_dynhp.losses.SparseCategoricalCrossentropy(label_smoothing=...)`); 0: plain.
     label_smoothing: float = 0.0
@@ -416,7 +419,8 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
             checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
             gate_kernel=config.gate_kernel, target_kb=config.target_kb, lambda_floor=config.lambda_floor,
             size_penalty=config.size_penalty, target_schedule=config.target_schedule,
-            target_deadline=config.target_deadline, augment=augmentation(config), loss=loss(config),
+            target_deadline=config.target_deadline, augment=augmentation(config), augment_until=config.augment_until,
+            loss=loss(config),
             weight_decay=config.weight_decay_per_weight * (len(x) - int(len(x) * config.validation_split)),
             optimizer=optimizer(config),
             callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs),

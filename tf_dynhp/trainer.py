@@ -68,6 +68,7 @@ class FitConfig:
     start_kb: float = 0.0  # the model's size before any pruning (where a "cubic" schedule starts)
     target_epoch: int = 0  # from the end of this epoch (1-based) on, the target is forced
     augment: Callable | None = None  # fit(augment=...): see tf_dynhp.augment
+    augment_epochs: int | None = None  # fit(augment_until=...): epochs (from the first) that augment transforms
 
 
 @dataclasses.dataclass
@@ -189,7 +190,8 @@ class Trainer:
     def set_data(self, x_all: tf.Tensor, y_all: tf.Tensor) -> None:
         """The training set, all features (flattened) or images."""
         self.data.set_data(x_all, y_all, self.features, augment=self.config.augment,
-                           image_shape=self.input_shape, seed=self.state.seed)
+                           image_shape=self.input_shape, seed=self.state.seed,
+                           augment_epochs=self.config.augment_epochs)
 
     def trace(self) -> None:
         """Traces the functions of a new core (nothing to do when it took over the storage)."""

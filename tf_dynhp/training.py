@@ -191,6 +191,7 @@ def fit(
     target_schedule: str = "constant",
     target_deadline: float = 0.25,
     augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+    augment_until: float = 1.0,
 ) -> FitResult:
     """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
 
@@ -300,6 +301,12 @@ def fit(
             `tf_dynhp.augment.RandomShift(2, flip=True)`. The images of an epoch depend
             on (seed, epoch) only: identical seeds give identical runs, and a resume
             is exact. Not in the paper. Needs image inputs (rank >= 2).
+        augment_until: fraction of `epochs` (in (0, 1]) that `augment` transforms,
+            from the first: the first `ceil(augment_until * epochs)` epochs train on
+            `augment`'s images, the rest on the images as they are (default 1: every
+            epoch). A final phase on the images as they are fits the small model to
+            the undistorted images the test set holds (WORKSPACE.md, "Data
+            augmentation"). Without `augment` it changes nothing.
 
     Returns:
         A `FitResult`: `.model` (stripped plain Keras model), `.history` (per-epoch
@@ -379,6 +386,7 @@ def fit(
         target_deadline = real_number("target_deadline", target_deadline, "a float in (0, 1]", lambda v: 0 < v <= 1)
     if augment is not None and not callable(augment):
         raise _invalid("augment", "None or a function (images, rng) -> images, e.g. tf_dynhp.augment.RandomShift(2)", augment)
+    augment_until = real_number("augment_until", augment_until, "a float in (0, 1]", lambda v: 0 < v <= 1)
     if not isinstance(trace_once, bool):
         raise _invalid("trace_once", "True or False", trace_once)
     loss_fn = _resolve_loss(loss)
@@ -484,6 +492,8 @@ def fit(
         "target_schedule": target_schedule if target_kb is not None and target_schedule != "constant" else None,
         "target_deadline": float(target_deadline) if target_kb is not None else None,
         "augment": augment_lib.describe(augment),
+        # Only when it shortens the augmentation: checkpoints written before it resume unchanged.
+        "augment_until": float(augment_until) if augment is not None and augment_until < 1 else None,
         # Hashing the data costs ~0.3 s per 60k images: only runs that checkpoint need it.
         "data": fingerprint(x_train, y_train) if checkpoint_dir is not None else None,
     }
@@ -498,6 +508,7 @@ def fit(
         target_kb=target_kb, lambda_step=float(lambda_step), lambda_floor=float(lambda_floor),
         size_penalty=size_penalty, target_schedule=target_schedule, start_kb=have_kb, target_epoch=max(1, math.ceil(target_deadline * epochs)),
         augment=augment,
+        augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if augment is not None and augment_until < 1 else None,
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 

@@ -19,7 +19,9 @@ weight_decay_per_weight (the DynHP run's L2 term, 0.5 * it * ||w||^2 on every ke
 and decoupled_weight_decay (the DynHP run's AdamW weight_decay; 0: Adam) and dropout (the DynHP
 run's Dropout rate after every hidden layer; 0: none) and augment (the DynHP run's
 `RandomShift.get_config()`, or null) with augment_module (the path of tf_dynhp/augment.py):
-each epoch then trains on the images DynHP's epoch saw, one `fit` call per epoch.
+each epoch then trains on the images DynHP's epoch saw, one `fit` call per epoch, and
+augment_epochs (the DynHP run's `augment_until` in epochs; null: every epoch): from that
+epoch on, the images as they are.
 """
 
 from __future__ import annotations
@@ -123,8 +125,10 @@ def main(request_path: str, result_path: str) -> int:
     if augment is None:
         pruned.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=callbacks)
     else:
+        last = req.get("augment_epochs")
         for epoch in range(epochs):
-            pruned.fit(augment(x, epoch_rng(int(req["seed"]), epoch)), y, batch_size=batch, initial_epoch=epoch, epochs=epoch + 1,
+            images = x if last is not None and epoch >= last else augment(x, epoch_rng(int(req["seed"]), epoch))
+            pruned.fit(images, y, batch_size=batch, initial_epoch=epoch, epochs=epoch + 1,
                        shuffle=True, verbose=0, callbacks=callbacks)
     train_seconds = time.perf_counter() - t0
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)

@@ -119,12 +119,13 @@ def with_l2(model, weight_decay_per_weight: float):
 
 def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed: int, lr_decay: str = "none",
                 weight_decay_per_weight: float = 0.0, decoupled_weight_decay: float = 0.0, augment=None,
-                label_smoothing: float = 0.0) -> dict[str, Any]:
+                label_smoothing: float = 0.0, augment_epochs: int | None = None) -> dict[str, Any]:
     """Plain `model.fit` (Adam, or AdamW with `decoupled_weight_decay`; sparse cross-entropy;
     the DynHP run's learning-rate schedule `tf_dynhp.runs.lr_callbacks` and L2 term `with_l2`),
     test error after every epoch. With `augment` (the DynHP run's, `tf_dynhp.runs.augmentation`)
     every epoch trains on `augment(x, tf_dynhp.augment.epoch_rng(seed, epoch))`, the images
-    DynHP's epoch saw: one `fit` call per epoch (`initial_epoch`), so the schedule runs on.
+    DynHP's epoch saw: one `fit` call per epoch (`initial_epoch`), so the schedule runs on;
+    from epoch `augment_epochs` on (the run's `augment_until`) the images as they are.
     With `label_smoothing` (the run's `RunConfig.label_smoothing`) the cross-entropy is
     `tf_dynhp.losses.SparseCategoricalCrossentropy(label_smoothing)`, as in the DynHP run."""
     import keras
@@ -163,7 +164,8 @@ def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed
         from tf_dynhp.augment import epoch_rng
 
         for epoch in range(epochs):
-            model.fit(augment(x, epoch_rng(seed, epoch)), y, batch_size=batch, initial_epoch=epoch, epochs=epoch + 1,
+            images = x if augment_epochs is not None and epoch >= augment_epochs else augment(x, epoch_rng(seed, epoch))
+            model.fit(images, y, batch_size=batch, initial_epoch=epoch, epochs=epoch + 1,
                       shuffle=True, verbose=0, callbacks=[*schedule, clock])
     seconds = time.perf_counter() - t0
     mo = memory.mo_kb(model, batch)
@@ -234,7 +236,7 @@ def ensure_tfmot_venv(venv: Path) -> tuple[str | None, str]:
 def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, learning_rate: float, sparsity: float,
               seed: int, tmp: Path, lr_decay: str = "none", weight_decay_per_weight: float = 0.0,
               decoupled_weight_decay: float = 0.0, dropout: float = 0.0, augment: dict | None = None,
-              label_smoothing: float = 0.0) -> dict[str, Any]:
+              label_smoothing: float = 0.0, augment_epochs: int | None = None) -> dict[str, Any]:
     """Runs tools/_tfmot_baseline.py in the venv and reads its JSON back."""
     import numpy as np
 
@@ -245,7 +247,8 @@ def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, l
                "final_sparsity": sparsity, "end_fraction": FLAGS.tfmot_ramp, "seed": seed, "out_dir": str(tmp / "tfmot"),
                "lr_decay": lr_decay, "weight_decay_per_weight": weight_decay_per_weight,
                "decoupled_weight_decay": decoupled_weight_decay, "dropout": dropout, "augment": augment,
-               "augment_module": str(REPO / "tf_dynhp" / "augment.py"), "label_smoothing": label_smoothing}
+               "augment_module": str(REPO / "tf_dynhp" / "augment.py"), "label_smoothing": label_smoothing,
+               "augment_epochs": augment_epochs}
     (tmp / "tfmot_request.json").write_text(json.dumps(request))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -347,9 +350,11 @@ def main(argv: list[str]) -> int:
         dwd = getattr(config, "decoupled_weight_decay", 0.0)
         dropout = getattr(config, "dropout", 0.0) or 0.0
         augment = runs.augmentation(config)
+        until = getattr(config, "augment_until", 1.0)
+        augment_epochs = None if until >= 1 else tf_dynhp.augment.augmented_epochs(until, epochs)
         smoothing = getattr(config, "label_smoothing", 0.0) or 0.0
         dense = train_keras(runs.build_mlp(config.hidden, dropout=dropout), data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay,
-                            wd, dwd, augment, smoothing)
+                            wd, dwd, augment, smoothing, augment_epochs)
         dense["name"] = f"Keras dense 784-{'-'.join(map(str, config.hidden))}-10 (bs={FLAGS.batch_size})"
         rows.append(dense)
 
@@ -358,7 +363,7 @@ def main(argv: list[str]) -> int:
         keras.utils.set_random_seed(FLAGS.seed)
         scratch_model = keras.models.clone_model(final)  # same layers and kept pixels, fresh weights
         scratch = train_keras(scratch_model, data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay, wd, dwd,
-                              augment, smoothing)
+                              augment, smoothing, augment_epochs)
         sizes = json.loads((run_dir / "metrics.json").read_text()).get("layer_sizes")
         scratch["name"] = f"DynHP architecture {'-'.join(map(str, sizes or []))}-10, dense from scratch (bs={FLAGS.batch_size})"
         rows.append(scratch)
@@ -376,7 +381,8 @@ def main(argv: list[str]) -> int:
             else:
                 try:
                     t = run_tfmot(python, data, calibration, config.hidden, epochs, FLAGS.batch_size, config.learning_rate, sparsity, FLAGS.seed, tmp,
-                                  lr_decay, wd, dwd, dropout, None if augment is None else augment.get_config(), smoothing)
+                                  lr_decay, wd, dwd, dropout, None if augment is None else augment.get_config(), smoothing,
+                                  augment_epochs)
                 except (RuntimeError, subprocess.TimeoutExpired, OSError, json.JSONDecodeError) as err:
                     print(f"tfmot row left out: {err}", flush=True)
                     notes.append(f"tfmot row left out: {str(err).splitlines()[0]}")

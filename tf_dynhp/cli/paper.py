@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = [
     "PAPER_TABLES", "PAPER", "DATASET_TITLES", "PAPER_LAMBDA", "PAPER_GAMMA", "PAPER_GROWTH", "PAPER_HIDDEN",
-    "PAPER_LR", "DYNHP_BATCH", "FRONTIER_TARGETS", "TARGET_RECIPE", "TARGET_AUGMENT", "PLAIN_RECIPE", "target_recipe", "recipe_for", "recipe_parts", "PAPER_MEMORY_UNIT_KB", "sp_mo_kb",
+    "PAPER_LR", "DYNHP_BATCH", "FRONTIER_TARGETS", "TARGET_RECIPE", "TARGET_BY_DATASET", "PLAIN_RECIPE", "target_recipe", "recipe_for", "recipe_parts", "PAPER_MEMORY_UNIT_KB", "sp_mo_kb",
 ]
 
 #: Table 2 (MNIST) and Table 3 (Fashion-MNIST), 2000 epochs, lambda 0.01, gamma 0.5. Per
@@ -130,7 +130,7 @@ TARGET_RECIPE: dict[str, Any] = {"lr_decay": "cosine", "lambda_floor": 0.0, "siz
                                  "target_schedule": "cubic", "ema_momentum": None, "weight_decay_per_weight": 0.0,
                                  "decoupled_weight_decay": 0.01, "dropout": 0.0,
                                  "target_deadline": 0.5, "augment_shift": 0, "augment_flip": False,
-                                 "label_smoothing": 0.0}
+                                 "augment_until": 1.0, "label_smoothing": 0.0}
 #: The data augmentation of the target recipe, per data set (`target_recipe`): label-preserving
 #: transforms differ between data sets (a mirrored digit is another digit). Ranked on the
 #: validation split at 200 epochs, 3 seeds (WORKSPACE.md "Accuracy at a given size"): on
@@ -138,7 +138,7 @@ TARGET_RECIPE: dict[str, Any] = {"lr_decay": "cosine", "lambda_floor": 0.0, "siz
 #: from 1.45 ± 0.06% to 0.93 ± 0.12%. On Fashion-MNIST at 135 KB, shifts of up to 1 pixel
 #: won (10.76 ± 0.16% -> see WORKSPACE.md); 2 pixels lost (12.20%, one seed), and neither
 #: the mirror nor label smoothing on top of the 1-pixel shift helped (one seed each).
-TARGET_AUGMENT: dict[str, dict[str, Any]] = {
+TARGET_BY_DATASET: dict[str, dict[str, Any]] = {
     "mnist": {"augment_shift": 2, "augment_flip": False},
     "fashion_mnist": {"augment_shift": 1, "augment_flip": False},
 }
@@ -146,20 +146,20 @@ TARGET_AUGMENT: dict[str, dict[str, Any]] = {
 PLAIN_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled",
                                 "target_schedule": "constant", "ema_momentum": None, "weight_decay_per_weight": 0.0,
                                 "decoupled_weight_decay": 0.0, "dropout": 0.0, "target_deadline": 0.25,
-                                "augment_shift": 0, "augment_flip": False, "label_smoothing": 0.0}
+                                "augment_shift": 0, "augment_flip": False, "augment_until": 1.0, "label_smoothing": 0.0}
 
 
 def target_recipe(dataset: str | None) -> dict[str, Any]:
-    """`TARGET_RECIPE` with the data set's augmentation (`TARGET_AUGMENT`; none for a data
+    """`TARGET_RECIPE` with the data set's own fields (`TARGET_BY_DATASET`; none for a data
     set it does not name)."""
-    return {**TARGET_RECIPE, **TARGET_AUGMENT.get(str(dataset), {})}
+    return {**TARGET_RECIPE, **TARGET_BY_DATASET.get(str(dataset), {})}
 
 
 def recipe_for(target_kb: float | None, dataset: str | None = None, **given: Any) -> dict[str, Any]:
     """The recipe fields of a run: those `given` (not None), else `target_recipe(dataset)`'s
     with a target, else `PLAIN_RECIPE`'s (`tools/train.py --lr_decay --lambda_floor --size_penalty
     --target_schedule --ema_momentum --weight_decay_per_weight --decoupled_weight_decay
-    --dropout --target_deadline --augment_shift --augment_flip --label_smoothing`; an
+    --dropout --target_deadline --augment_shift --augment_flip --augment_until --label_smoothing`; an
     `ema_momentum` of 0 means none)."""
     unknown = set(given) - set(PLAIN_RECIPE)
     if unknown:
@@ -199,6 +199,8 @@ def recipe_parts(config: Mapping[str, Any]) -> list[str]:
         parts.append(f"sh{int(config['augment_shift'])}")
     if config.get("augment_flip"):
         parts.append("flip")
+    if (config.get("augment_shift") or config.get("augment_flip")) and config.get("augment_until", 1.0) < 1:
+        parts.append(f"au{config['augment_until']:g}")
     if config.get("label_smoothing") or 0.0:
         parts.append(f"ls{config['label_smoothing']:g}")
     return parts

@@ -78,6 +78,9 @@ flags.DEFINE_integer("augment_shift", None, "Data augmentation: every epoch move
                      "many pixels per axis (0: none; default: the target-size recipe's with --target_kb, else 0).")
 flags.DEFINE_bool("augment_flip", None, "Data augmentation: every epoch mirrors a random half of the training images "
                   "left-right (default: the target-size recipe's with --target_kb, else no).")
+flags.DEFINE_float("augment_until", None, "Fraction of the epochs, from the first, that train on the augmented "
+                   "images; the rest train on the images as they are (1: every epoch; default: the target-size "
+                   "recipe's with --target_kb, else 1).")
 flags.DEFINE_float("label_smoothing", None, "Label smoothing of the cross-entropy's targets "
                    "(tf_dynhp.losses.SparseCategoricalCrossentropy; 0: none; default: the target-size recipe's with "
                    "--target_kb, else 0).")
@@ -116,6 +119,7 @@ _expect("decoupled_weight_decay", "a float >= 0", lambda v: v >= 0 and math.isfi
 _expect("target_deadline", "a float in (0, 1]", lambda v: 0.0 < v <= 1.0)
 _expect("dropout", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("augment_shift", "an integer >= 0", lambda v: v >= 0)
+_expect("augment_until", "a float in (0, 1]", lambda v: 0.0 < v <= 1.0)
 _expect("label_smoothing", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
         lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
