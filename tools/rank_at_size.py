@@ -73,7 +73,8 @@ the final epoch; the test error is shown beside it for information and chooses n
 * ``coc_dl50_sh1_coupled``: ``coc_dl50_sh1`` with the coupled size penalty (a unit's
   incoming and outgoing weights, `size_penalty="coupled"`) instead of ``outgoing``.
 * ``coc_dl50_sh1_clean50``: ``coc_dl50_sh1_clean25`` with the last half of the epochs
-  unshifted (from the deadline on); ``coc_dl50_sh1_coupled_clean25``: both of the above.
+  unshifted (from the deadline on); ``coc_dl50_sh1_coupled_clean25``: both of the above;
+  ``coc_dl50_sh1_coupled_clean50``: the coupled penalty with the last half unshifted.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -151,6 +152,7 @@ CANDIDATES = {
     "coc_dl50_sh1_coupled": dict(_COC, target_deadline=0.5, augment_shift=1, size_penalty="coupled"),
     "coc_dl50_sh1_clean50": dict(_COC, target_deadline=0.5, augment_shift=1, clean_last=0.5),
     "coc_dl50_sh1_coupled_clean25": dict(_COC, target_deadline=0.5, augment_shift=1, size_penalty="coupled", clean_last=0.25),
+    "coc_dl50_sh1_coupled_clean50": dict(_COC, target_deadline=0.5, augment_shift=1, size_penalty="coupled", clean_last=0.5),
 }
 
 
