@@ -68,7 +68,7 @@ the final epoch; the test error is shown beside it for information and chooses n
   training accuracy under the shifts and sampled gates is about its validation accuracy),
   so these take regularization away or give the final model more steps.
 * ``coc_dl50_sh1_clean25``: ``coc_dl50_sh1`` trained on the images as they are (no shift)
-  for the last quarter of the epochs, after its size is reached: the shifts' bias against
+  for the last quarter of the epochs (`fit(augment_until=0.75)`), after its size is reached: the shifts' bias against
   the unshifted test images is then fitted away at a small learning rate.
 * ``coc_dl50_sh1_coupled``: ``coc_dl50_sh1`` with the coupled size penalty (a unit's
   incoming and outgoing weights, `size_penalty="coupled"`) instead of ``outgoing``.
@@ -148,24 +148,12 @@ CANDIDATES = {
     "coc_dl50_sh1": dict(_COC, target_deadline=0.5, augment_shift=1),
     "coca_dl50_sh1_lr2": dict(_COC, adamw=0.01, target_deadline=0.5, augment_shift=1, learning_rate=2e-3),
     "coca_dl25_sh1": dict(_COC, adamw=0.01, target_deadline=0.25, augment_shift=1),
-    "coc_dl50_sh1_clean25": dict(_COC, target_deadline=0.5, augment_shift=1, clean_last=0.25),
+    "coc_dl50_sh1_clean25": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75),
     "coc_dl50_sh1_coupled": dict(_COC, target_deadline=0.5, augment_shift=1, size_penalty="coupled"),
-    "coc_dl50_sh1_clean50": dict(_COC, target_deadline=0.5, augment_shift=1, clean_last=0.5),
-    "coc_dl50_sh1_coupled_clean25": dict(_COC, target_deadline=0.5, augment_shift=1, size_penalty="coupled", clean_last=0.25),
-    "coc_dl50_sh1_coupled_clean50": dict(_COC, target_deadline=0.5, augment_shift=1, size_penalty="coupled", clean_last=0.5),
+    "coc_dl50_sh1_clean50": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.5),
+    "coc_dl50_sh1_coupled_clean25": dict(_COC, target_deadline=0.5, augment_shift=1, size_penalty="coupled", augment_until=0.75),
+    "coc_dl50_sh1_coupled_clean50": dict(_COC, target_deadline=0.5, augment_shift=1, size_penalty="coupled", augment_until=0.5),
 }
-
-
-class _ThenClean:
-    """`augment` for the first `epochs` calls (`fit` calls it once per epoch), then the
-    images as they are."""
-
-    def __init__(self, augment, epochs: int):
-        self.augment, self.epochs, self.calls = augment, epochs, 0
-
-    def __call__(self, images, rng):
-        self.calls += 1
-        return self.augment(images, rng) if self.calls <= self.epochs else images
 
 
 def _one(name: str, seed: int, data) -> dict:
@@ -184,10 +172,7 @@ def _one(name: str, seed: int, data) -> dict:
     config = tf_dynhp.runs.RunConfig(  # what runs.optimizer / augmentation / loss build the run's pieces from
         learning_rate=learning_rate, ema_momentum=recipe.get("ema_momentum"), decoupled_weight_decay=recipe.get("adamw", 0.0),
         augment_shift=recipe.get("augment_shift", 0), augment_flip=recipe.get("augment_flip", False),
-        label_smoothing=recipe.get("label_smoothing", 0.0))
-    augment = tf_dynhp.runs.augmentation(config)
-    if recipe.get("clean_last"):
-        augment = _ThenClean(augment, round(FLAGS.epochs * (1 - recipe["clean_last"])))
+        augment_until=recipe.get("augment_until", 1.0), label_smoothing=recipe.get("label_smoothing", 0.0))
     t0 = time.perf_counter()
     result = tf_dynhp.fit(
         model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,
@@ -196,7 +181,8 @@ def _one(name: str, seed: int, data) -> dict:
         weight_decay=recipe.get("weight_decay_per_weight", 0.0) * len(x), size_penalty=recipe.get("size_penalty", "coupled"),
         target_schedule=recipe.get("target_schedule", "constant"),
         validation_data=(xv, yv) if len(xv) else None, seed=seed,
-        augment=augment, loss=tf_dynhp.runs.loss(config),
+        augment=tf_dynhp.runs.augmentation(config), augment_until=config.augment_until,
+        loss=tf_dynhp.runs.loss(config),
         verbose=0, callbacks=callbacks, learning_rate=learning_rate, optimizer=tf_dynhp.runs.optimizer(config),
     )
     seconds = time.perf_counter() - t0
