@@ -85,6 +85,7 @@ def test_epoch_inputs_take_the_kept_features_of_the_augmented_images():
 def test_augmented_epochs_round_up():
     assert [augment.augmented_epochs(u, 200) for u in (1.0, 0.75, 0.5, 0.001)] == [200, 150, 100, 1]
     assert augment.augmented_epochs(0.3, 4) == 2
+    assert augment.augmented_epochs(0.55, 100) == 55 and augment.augmented_epochs(0.07, 100) == 7  # not 56, 8
 
 
 def test_epoch_inputs_are_the_images_as_they_are_from_augment_epochs_on():
@@ -153,6 +154,11 @@ def test_describe_tells_augmentations_apart_as_a_resume_must():
     assert augment.describe(one) != augment.describe(other)
     assert augment.describe(functools.partial(_noise, rng=None)) != augment.describe(one)
     json.dumps(augment.describe(one))  # checkpoint settings are JSON
+    big = np.zeros(5000, np.float32)
+    other_big = big.copy()
+    other_big[2500] = 1  # repr shows neither: "[0., 0., 0., ..., 0., 0., 0.]"
+    assert augment.describe(functools.partial(_noise, scale=big)) != augment.describe(functools.partial(_noise, scale=other_big))
+    assert augment.describe(functools.partial(_noise, scale=big)) == augment.describe(functools.partial(_noise, scale=big.copy()))
 
 
 def test_augment_on_a_cnn_trains_on_shifted_images(mnist):

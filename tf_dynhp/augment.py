@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 from typing import Any, Callable
 
@@ -101,8 +102,17 @@ class RandomShift:
 def augmented_epochs(augment_until: float, epochs: int) -> int:
     """How many epochs, from the first, train on `augment`'s images with
     `fit(augment_until=...)`: `ceil(augment_until * epochs)`; the rest train on the
-    images as they are."""
-    return math.ceil(augment_until * epochs)
+    images as they are. The product is rounded to 9 decimals first, so a fraction that
+    floating point cannot hold exactly (0.55 * 100 = 55.000000000000007) gives 55, not 56."""
+    return math.ceil(round(augment_until * epochs, 9))
+
+
+def _argument(value: Any) -> Any:
+    """A partial's argument as `describe` records it: an array by shape, dtype and a hash
+    of its bytes (its `repr` elides all but a few values), anything else as it is."""
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.shape, str(value.dtype), hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest())
+    return value
 
 
 def describe(augment: Callable | None) -> Any:
@@ -115,8 +125,8 @@ def describe(augment: Callable | None) -> Any:
     if hasattr(augment, "get_config"):
         return augment.get_config()
     if isinstance(augment, functools.partial):
-        return {"partial": describe(augment.func), "args": repr(augment.args),
-                "keywords": repr(sorted(augment.keywords.items()))}
+        return {"partial": describe(augment.func), "args": repr([_argument(a) for a in augment.args]),
+                "keywords": repr(sorted((k, _argument(v)) for k, v in augment.keywords.items()))}
     return getattr(augment, "__qualname__", type(augment).__qualname__)
 
 

@@ -306,7 +306,8 @@ def fit(
             `augment`'s images, the rest on the images as they are (default 1: every
             epoch). A final phase on the images as they are fits the small model to
             the undistorted images the test set holds (WORKSPACE.md, "Data
-            augmentation"). Without `augment` it changes nothing.
+            augmentation"). Without `augment` it changes nothing. A fraction, like
+            `target_deadline`: a run resumed with more `epochs` moves the switch.
 
     Returns:
         A `FitResult`: `.model` (stripped plain Keras model), `.history` (per-epoch

@@ -15,7 +15,8 @@ says which data set, its configuration and its final architecture):
    0.5 * it * ||w||^2 on every kernel and bias, as Keras `L2` regularizers) and the same
    optimizer (AdamW with the run's `decoupled_weight_decay`, else Adam), the same
    `Dropout` layers (`RunConfig.dropout`), the same data augmentation (`RunConfig.augment_shift`,
-   `augment_flip`: each epoch the images DynHP's epoch saw), the same label smoothing
+   `augment_flip`: each epoch the images DynHP's epoch saw, unshifted from the same epoch on
+   with `RunConfig.augment_until`), the same label smoothing
    (`RunConfig.label_smoothing`), `--batch_size`.
 3. **DynHP architecture, dense from scratch**: the run's final model
    (`model.keras`: the same kept input pixels and layer sizes as `metrics.json`

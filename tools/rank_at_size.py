@@ -62,7 +62,7 @@ the final epoch; the test error is shown beside it for information and chooses n
   (`tf_dynhp.losses.SparseCategoricalCrossentropy(label_smoothing=0.1)`): against the
   overconfidence of the small model on its training set once its size is reached.
 * ``coc_dl50_sh1``, ``coca_dl50_sh1_lr2``, ``coca_dl25_sh1``: ``coca_dl50_sh1`` (the tools'
-  Fashion-MNIST recipe) without the decoupled weight decay (plain Adam), with twice the
+  Fashion-MNIST recipe before ``coc_dl50_sh1_clean25``) without the decoupled weight decay (plain Adam), with twice the
   paper's learning rate (2e-3, still cosine-decayed), or with the target reached by a
   quarter of the epochs: with the shifts the model at its size no longer overfits (its
   training accuracy under the shifts and sampled gates is about its validation accuracy),
