@@ -61,6 +61,10 @@ def test_serializes_and_describes_itself_stably():
     assert losses.describe(smooth) == losses.describe(functools.partial(keras.losses.categorical_crossentropy, label_smoothing=0.1))
     assert losses.describe(smooth) != losses.describe(functools.partial(keras.losses.categorical_crossentropy, label_smoothing=0.2))
     assert "0x" not in str(losses.describe(smooth))
+    weights, other = np.ones(2000, np.float32), np.ones(2000, np.float32)
+    other[1000] = 2  # repr shows neither: "[1., 1., 1., ..., 1., 1., 1.]"
+    assert losses.describe(functools.partial(keras.losses.mean_squared_error, w=weights)) != \
+        losses.describe(functools.partial(keras.losses.mean_squared_error, w=other))
 
 
 def _mlp():

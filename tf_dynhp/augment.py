@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["RandomShift", "shift_images", "epoch_rng", "augmented_epochs", "describe", "check_output"]
+__all__ = ["RandomShift", "shift_images", "epoch_rng", "augmented_epochs", "describe", "describe_partial", "check_output"]
 
 # Mixed into the generator's seed so the augmentation draws are independent of the
 # epoch order (`tf_dynhp.data.epoch_order` draws from default_rng([seed, epoch])).
@@ -108,11 +108,20 @@ def augmented_epochs(augment_until: float, epochs: int) -> int:
 
 
 def _argument(value: Any) -> Any:
-    """A partial's argument as `describe` records it: an array by shape, dtype and a hash
-    of its bytes (its `repr` elides all but a few values), anything else as it is."""
+    """A partial's argument as `describe_partial` records it: an array by shape, dtype and
+    a hash of its bytes (its `repr` elides all but a few values), anything else as it is."""
     if isinstance(value, np.ndarray):
         return ("ndarray", value.shape, str(value.dtype), hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest())
     return value
+
+
+def describe_partial(partial: functools.partial, describe_func: Callable[[Any], Any]) -> dict[str, Any]:
+    """A `functools.partial` as checkpoint settings record it: `describe_func(partial.func)`
+    and the `repr` of its arguments (arrays by content, `_argument`), so two partials of one
+    function with other arguments differ. `describe` and `tf_dynhp.losses.describe` both
+    use it; it lives here because this module stays NumPy-only."""
+    return {"partial": describe_func(partial.func), "args": repr(tuple(_argument(a) for a in partial.args)),
+            "keywords": repr(sorted((k, _argument(v)) for k, v in partial.keywords.items()))}
 
 
 def describe(augment: Callable | None) -> Any:
@@ -125,8 +134,7 @@ def describe(augment: Callable | None) -> Any:
     if hasattr(augment, "get_config"):
         return augment.get_config()
     if isinstance(augment, functools.partial):
-        return {"partial": describe(augment.func), "args": repr([_argument(a) for a in augment.args]),
-                "keywords": repr(sorted((k, _argument(v)) for k, v in augment.keywords.items()))}
+        return describe_partial(augment, describe)
     return getattr(augment, "__qualname__", type(augment).__qualname__)
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from tf_dynhp import augment
+
 __all__ = ["SparseCategoricalCrossentropy", "describe"]
 
 
@@ -65,5 +67,5 @@ def describe(loss: Any) -> Any:
     if isinstance(loss, keras.losses.Loss):
         return {"class_name": type(loss).__qualname__, "config": loss.get_config()}
     if isinstance(loss, functools.partial):
-        return {"partial": describe(loss.func), "args": repr(loss.args), "keywords": repr(sorted(loss.keywords.items()))}
+        return augment.describe_partial(loss, describe)
     return f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__qualname__)}"

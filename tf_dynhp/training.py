@@ -388,6 +388,7 @@ def fit(
     if augment is not None and not callable(augment):
         raise _invalid("augment", "None or a function (images, rng) -> images, e.g. tf_dynhp.augment.RandomShift(2)", augment)
     augment_until = real_number("augment_until", augment_until, "a float in (0, 1]", lambda v: 0 < v <= 1)
+    final_phase = augment is not None and augment_until < 1  # some last epochs train on the images as they are
     if not isinstance(trace_once, bool):
         raise _invalid("trace_once", "True or False", trace_once)
     loss_fn = _resolve_loss(loss)
@@ -494,7 +495,7 @@ def fit(
         "target_deadline": float(target_deadline) if target_kb is not None else None,
         "augment": augment_lib.describe(augment),
         # Only when it shortens the augmentation: checkpoints written before it resume unchanged.
-        "augment_until": float(augment_until) if augment is not None and augment_until < 1 else None,
+        "augment_until": augment_until if final_phase else None,
         # Hashing the data costs ~0.3 s per 60k images: only runs that checkpoint need it.
         "data": fingerprint(x_train, y_train) if checkpoint_dir is not None else None,
     }
@@ -509,7 +510,7 @@ def fit(
         target_kb=target_kb, lambda_step=float(lambda_step), lambda_floor=float(lambda_floor),
         size_penalty=size_penalty, target_schedule=target_schedule, start_kb=have_kb, target_epoch=max(1, math.ceil(target_deadline * epochs)),
         augment=augment,
-        augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if augment is not None and augment_until < 1 else None,
+        augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if final_phase else None,
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 
