@@ -88,6 +88,16 @@ def test_augmented_epochs_round_up():
     assert augment.augmented_epochs(0.55, 100) == 55 and augment.augmented_epochs(0.07, 100) == 7  # not 56, 8
 
 
+def test_epoch_images_is_the_epochs_transform_until_augment_epochs():
+    images = np.random.default_rng(0).random((6, 4, 4)).astype(np.float32)
+    shift = augment.RandomShift(1)
+    np.testing.assert_array_equal(augment.epoch_images(shift, images, 7, 2), shift(images, augment.epoch_rng(7, 2)))
+    np.testing.assert_array_equal(augment.epoch_images(shift, images, 7, 2, augment_epochs=3), shift(images, augment.epoch_rng(7, 2)))
+    assert augment.epoch_images(shift, images, 7, 3, augment_epochs=3) is images
+    with pytest.raises(ValueError, match="shape"):
+        augment.epoch_images(lambda x, rng: x[:1], images, 7, 0)
+
+
 def test_epoch_inputs_are_the_images_as_they_are_from_augment_epochs_on():
     rng = np.random.default_rng(3)
     images = rng.random((20, 5, 5)).astype(np.float32)

@@ -428,8 +428,9 @@ def test_benchmark_baselines_get_the_dynhp_runs_l2_term():
 
 def test_benchmark_baselines_see_the_images_of_the_dynhp_runs_epochs():
     """With the run's augmentation, train_keras trains epoch e on augment(x, epoch_rng(seed, e)),
-    the images DynHP's epoch e saw, and the tfmot helper rebuilds the same RandomShift from
-    its config and tf_dynhp/augment.py's file alone (its venv has no Keras 3)."""
+    the images DynHP's epoch e saw, and the images as they are from `augment_epochs` on; the
+    tfmot helper rebuilds the same RandomShift and `epoch_images` from its config and
+    tf_dynhp/augment.py's file alone (its venv has no Keras 3)."""
     script = ("import sys, json; sys.path.insert(0, sys.argv[1]); import numpy as np, benchmark as b, _tfmot_baseline as t; "
               "from tf_dynhp import runs, augment; b.FLAGS(['benchmark']); "
               "shift = augment.RandomShift(1, flip=True); seen = []\n"
@@ -438,12 +439,13 @@ def test_benchmark_baselines_see_the_images_of_the_dynhp_runs_epochs():
               "x = np.random.default_rng(0).random((64, 6, 6)).astype('float32'); y = np.arange(64) % 10\n"
               "r = b.train_keras(runs.build_mlp((5,), input_shape=(6, 6)), ((x, y), (x, y)), 3, 16, 1e-3, 7, augment=spy)\n"
               "ok = all(np.array_equal(s, shift(x, augment.epoch_rng(7, e))) for e, s in enumerate(seen))\n"
-              "rebuilt, rng_of = t._augmentation({'augment': shift.get_config(), 'augment_module': sys.argv[2]})\n"
-              "print(len(seen), ok, len(r['epochs']), rebuilt.get_config() == shift.get_config(), np.array_equal(rebuilt(x, rng_of(7, 2)), seen[2]), "
-              "t._augmentation({'augment': None}) == (None, None))")
+              "rebuilt, images_of = t._augmentation({'augment': shift.get_config(), 'augment_module': sys.argv[2]})\n"
+              "b.train_keras(runs.build_mlp((5,), input_shape=(6, 6)), ((x, y), (x, y)), 3, 16, 1e-3, 7, augment=spy, augment_epochs=2)\n"
+              "print(len(seen), ok, len(r['epochs']), rebuilt.get_config() == shift.get_config(), np.array_equal(images_of(rebuilt, x, 7, 2), seen[2]), "
+              "images_of(rebuilt, x, 7, 2, 2) is x, t._augmentation({'augment': None}) == (None, None))")
     done = subprocess.run([sys.executable, "-c", script, str(TOOLS), str(REPO / "tf_dynhp" / "augment.py")],
                           capture_output=True, text=True, cwd=REPO, env=_env(), timeout=300)
-    assert _ok(done).split()[-6:] == ["3", "True", "3", "True", "True", "True"]
+    assert _ok(done).split()[-7:] == ["5", "True", "3", "True", "True", "True", "True"]  # 3 + 2: no augment call in the final phase
 
 
 def test_benchmark_baselines_train_on_the_dynhp_runs_label_smoothing():

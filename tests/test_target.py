@@ -36,6 +36,12 @@ def test_multiplier_never_falls_below_its_floor():
     assert min(lams) == pytest.approx(0.01) and lams[-1] == pytest.approx(0.01) and max(lams) > 0.05
 
 
+def test_deadline_epoch_rounds_the_fraction_up_and_is_at_least_one():
+    assert [target.deadline_epoch(d, 200) for d in (0.25, 0.5, 1.0, 0.001)] == [50, 100, 200, 1]
+    assert target.deadline_epoch(0.3, 4) == 2 and target.deadline_epoch(0.01, 20) == 1
+    assert target.deadline_epoch(0.55, 100) == 55 and target.deadline_epoch(0.07, 100) == 7  # not 56, 8
+
+
 def test_cubic_schedule_falls_from_the_start_to_the_target_by_the_deadline():
     aims = [target.scheduled_kb(100.0, 500.0, e, 4, "cubic") for e in range(6)]
     assert aims == pytest.approx([100 + 400 * 0.75**3, 100 + 400 * 0.5**3, 100 + 400 * 0.25**3, 100.0, 100.0, 100.0])

@@ -27,7 +27,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["RandomShift", "shift_images", "epoch_rng", "augmented_epochs", "describe", "describe_partial", "check_output"]
+__all__ = ["RandomShift", "shift_images", "epoch_rng", "augmented_epochs", "epoch_images", "describe", "describe_partial",
+           "check_output"]
 
 # Mixed into the generator's seed so the augmentation draws are independent of the
 # epoch order (`tf_dynhp.data.epoch_order` draws from default_rng([seed, epoch])).
@@ -105,6 +106,18 @@ def augmented_epochs(augment_until: float, epochs: int) -> int:
     images as they are. The product is rounded to 9 decimals first, so a fraction that
     floating point cannot hold exactly (0.55 * 100 = 55.000000000000007) gives 55, not 56."""
     return math.ceil(round(augment_until * epochs, 9))
+
+
+def epoch_images(augment: Callable, images: np.ndarray, seed: int, epoch: int,
+                 augment_epochs: int | None = None) -> np.ndarray:
+    """The training images of epoch `epoch` (0-based) of a run seeded `seed`:
+    `augment(images, epoch_rng(seed, epoch))` (checked by `check_output`), or `images`
+    as they are from epoch `augment_epochs` on (`augmented_epochs`; None: every epoch is
+    augmented). `fit`, the benchmark's Keras baselines and its tfmot helper all draw
+    their epochs here, so the three see the same images."""
+    if augment_epochs is not None and epoch >= augment_epochs:
+        return images
+    return check_output(augment(images, epoch_rng(seed, epoch)), images)
 
 
 def _argument(value: Any) -> Any:

@@ -173,10 +173,7 @@ class FeatureSelection:
         images as they are from epoch `augment_epochs` on."""
         if self.augment is None:
             return self.x
-        if self.augment_epochs is not None and epoch >= self.augment_epochs:
-            images = self.images
-        else:
-            images = aug.check_output(self.augment(self.images, aug.epoch_rng(self.seed, epoch)), self.images)
+        images = aug.epoch_images(self.augment, self.images, self.seed, epoch, self.augment_epochs)
         if not self.flat:
             return tf.constant(images)
         flat = images.reshape(len(images), -1)

@@ -47,11 +47,19 @@ from keras import ops
 from tf_dynhp.kinds import CONV_TYPES, WEIGHTED_TYPES
 from tf_dynhp.units import UnitAxis, effective_keep, plan_outcome, unit_axes
 
-__all__ = ["SIZE_PENALTIES", "TARGET_SCHEDULES", "scheduled_kb", "update_lambda", "weights_of_sizes", "smallest_weights", "plan_to_target", "expected_weights"]
+__all__ = ["SIZE_PENALTIES", "TARGET_SCHEDULES", "deadline_epoch", "scheduled_kb", "update_lambda", "weights_of_sizes", "smallest_weights", "plan_to_target", "expected_weights"]
 
 
 #: How the size the controller aims at moves over the run (`scheduled_kb`; `fit(target_schedule=...)`).
 TARGET_SCHEDULES = ("constant", "cubic")
+
+
+def deadline_epoch(target_deadline: float, epochs: int) -> int:
+    """The number of epochs after which every epoch boundary forces the model to the
+    target (`fit(target_deadline=...)`): `ceil(target_deadline * epochs)`, at least 1.
+    The product is rounded to 9 decimals first, as `tf_dynhp.augment.augmented_epochs`
+    does, so 0.55 of 100 epochs is 55 (floating point holds 55.000000000000007), not 56."""
+    return max(1, math.ceil(round(float(target_deadline) * int(epochs), 9)))
 
 
 def scheduled_kb(target_kb: float, start_kb: float, epoch: int, ramp_epochs: int, schedule: str = "constant") -> float:

@@ -508,7 +508,7 @@ def fit(
         alpha_bs=alpha_bs or 0.0, batch_growth=batch_growth, steps_per_execution=steps_per_execution,
         loss_fn=loss_fn, trace_once=trace_once, on_nonfinite=on_nonfinite, verbose=verbose, checkpoint_dir=checkpoint_dir,
         target_kb=target_kb, lambda_step=float(lambda_step), lambda_floor=float(lambda_floor),
-        size_penalty=size_penalty, target_schedule=target_schedule, start_kb=have_kb, target_epoch=max(1, math.ceil(target_deadline * epochs)),
+        size_penalty=size_penalty, target_schedule=target_schedule, start_kb=have_kb, target_epoch=target.deadline_epoch(target_deadline, epochs),
         augment=augment,
         augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if final_phase else None,
     )

@@ -42,7 +42,7 @@ def _sizes(content: bytes) -> tuple[int, int]:
 
 
 def _augmentation(req):
-    """(the request's augmentation, that module's `epoch_rng`), built by tf_dynhp/augment.py
+    """(the request's augmentation, that module's `epoch_images`), built by tf_dynhp/augment.py
     loaded from its file (the package itself needs Keras 3); (None, None) without one."""
     if not req.get("augment"):
         return None, None
@@ -55,7 +55,7 @@ def _augmentation(req):
     config = dict(req["augment"])
     if config.pop("class") != "RandomShift":
         raise ValueError(f"unknown augmentation {req['augment']!r}")
-    return module.RandomShift(**config), module.epoch_rng
+    return module.RandomShift(**config), module.epoch_images
 
 
 def main(request_path: str, result_path: str) -> int:
@@ -121,13 +121,12 @@ def main(request_path: str, result_path: str) -> int:
         lr0 = float(req["learning_rate"])
         schedule.append(keras.callbacks.LearningRateScheduler(lambda e, lr: lr0 * 0.5 * (1.0 + math.cos(math.pi * e / epochs))))
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep(), *schedule, Clock()]
-    augment, epoch_rng = _augmentation(req)
+    augment, epoch_images = _augmentation(req)
     if augment is None:
         pruned.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=callbacks)
     else:
-        last = req.get("augment_epochs")
         for epoch in range(epochs):
-            images = x if last is not None and epoch >= last else augment(x, epoch_rng(int(req["seed"]), epoch))
+            images = epoch_images(augment, x, int(req["seed"]), epoch, req.get("augment_epochs"))
             pruned.fit(images, y, batch_size=batch, initial_epoch=epoch, epochs=epoch + 1,
                        shuffle=True, verbose=0, callbacks=callbacks)
     train_seconds = time.perf_counter() - t0

@@ -162,10 +162,10 @@ def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed
     if augment is None:
         model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[*schedule, clock])
     else:
-        from tf_dynhp.augment import epoch_rng
+        from tf_dynhp.augment import epoch_images
 
         for epoch in range(epochs):
-            images = x if augment_epochs is not None and epoch >= augment_epochs else augment(x, epoch_rng(seed, epoch))
+            images = epoch_images(augment, x, seed, epoch, augment_epochs)
             model.fit(images, y, batch_size=batch, initial_epoch=epoch, epochs=epoch + 1,
                       shuffle=True, verbose=0, callbacks=[*schedule, clock])
     seconds = time.perf_counter() - t0
