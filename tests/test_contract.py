@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import assert_same_run, stop_after
 
 import tf_dynhp
 from tf_dynhp.training import RUNTIME_KEYS
@@ -221,6 +222,23 @@ def test_an_ema_optimizer_leaves_its_averages_in_the_model_as_keras_fit_does(mni
         np.testing.assert_array_equal(a, b)
     last_kernel = [v for v in seen["final"] if v.ndim == 2][-1]  # the output layer's units are never pruned
     np.testing.assert_array_equal(result.gated_model.layers[-1].kernel.numpy(), last_kernel)
+
+
+def test_an_ema_run_resumes_exactly_through_prunes(mnist, tmp_path):
+    """The moving averages are optimizer state: a run stopped after its prunes and resumed
+    from its checkpoint ends as the run that was never stopped, final averages included."""
+    (x, y), _ = mnist
+
+    def run(*callbacks, **kw):
+        return tf_dynhp.fit(_mlp(), x[:600], y[:600], method="hp", epochs=5, batch_size=50, seed=1, verbose=0,
+                            optimizer=keras.optimizers.Adam(1e-3, use_ema=True, ema_momentum=0.9),
+                            callbacks=[ClosePlan(0), *callbacks], **kw)
+
+    a = run()
+    run(stop_after(3), checkpoint_dir=tmp_path)
+    c = run(checkpoint_dir=tmp_path, resume=True)
+    assert a.history["active_units"][-1] != a.history["active_units"][0]
+    assert_same_run(c, a, a.model, c.model)
 
 
 def test_csv_logger_writes_epoch_once(mnist, tmp_path):
