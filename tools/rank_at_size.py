@@ -84,6 +84,10 @@ the final epoch; the test error is shown beside it for information and chooses n
   reference's `beta_ema`). Ranked in a second round, after the test error of
   ``coc_dl50_sh1_clean25`` on the full training set was known; they are chosen on the
   validation split like the first round.
+* ``coc_dl40_sh1_clean25``, ``coc_dl60_sh1_clean25``: that recipe with the size reached by
+  40% or 60% of the epochs instead of half (`target_deadline`; half was chosen on
+  Fashion-MNIST before the shifts and the unshifted phase): more epochs at the final size,
+  or a slower descent to it. Third round, chosen the same way.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -165,6 +169,8 @@ CANDIDATES = {
     "coc_dl50_sh1_clean10": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.9),
     "coc_dl50_sh1_clean25_lr05": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75, learning_rate=5e-4),
     "coc_dl50_sh1_clean25_ema": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75, ema_momentum=0.999),
+    "coc_dl40_sh1_clean25": dict(_COC, target_deadline=0.4, augment_shift=1, augment_until=0.75),
+    "coc_dl60_sh1_clean25": dict(_COC, target_deadline=0.6, augment_shift=1, augment_until=0.75),
 }
 
 
