@@ -86,6 +86,7 @@ def test_augmented_epochs_round_up():
     assert [augment.augmented_epochs(u, 200) for u in (1.0, 0.75, 0.5, 0.001)] == [200, 150, 100, 1]
     assert augment.augmented_epochs(0.3, 4) == 2
     assert augment.augmented_epochs(0.55, 100) == 55 and augment.augmented_epochs(0.07, 100) == 7  # not 56, 8
+    assert augment.augmented_epochs(1e-11, 10) == 1  # at least the first epoch, as the docstring says
 
 
 def test_epoch_images_is_the_epochs_transform_until_augment_epochs():
@@ -171,6 +172,77 @@ def test_describe_tells_augmentations_apart_as_a_resume_must():
     assert augment.describe(functools.partial(_noise, scale=big)) == augment.describe(functools.partial(_noise, scale=big.copy()))
 
 
+def _make_scale(scale):
+    def scale_images(images, rng):
+        return images * scale
+
+    return scale_images
+
+
+class _Noise:
+    def __init__(self, scale):
+        self.scale = scale
+
+    def __call__(self, images, rng):
+        return _noise(images, rng, self.scale)
+
+
+class _Config:
+    def __init__(self, scale):
+        self.scale = scale
+
+
+def _noise_of(images, rng, config=None):
+    return _noise(images, rng, config.scale)
+
+
+def test_describe_tells_lambdas_closures_and_callable_objects_apart():
+    """What only a name recorded before: every lambda is `<lambda>`, two closures of one
+    factory share a name, two objects of one class too; a resume with another of them
+    was accepted. Objects whose repr is an address are described by their attributes
+    (two equal configs are one), a random generator by its identity (its state is not
+    in the checkpoint: a resume in another process is refused, saying why)."""
+    d = augment.describe
+    assert d(lambda images, rng: images) != d(lambda images, rng: images + 3.0)
+    assert d(lambda images, rng: images) == d(lambda images, rng: images)  # the same code, written twice
+    assert d(_make_scale(0.1)) == d(_make_scale(0.1)) != d(_make_scale(5.0))
+    assert d(_Noise(0.1)) == d(_Noise(0.1)) != d(_Noise(5.0))
+    assert d(functools.partial(_noise_of, config=_Config(0.1))) == d(functools.partial(_noise_of, config=_Config(0.1)))
+    assert d(functools.partial(_noise_of, config=_Config(0.1))) != d(functools.partial(_noise_of, config=_Config(0.2)))
+    held = d(functools.partial(_noise, scale=np.random.default_rng(0)))
+    assert held != d(functools.partial(_noise, scale=np.random.default_rng(0))) and "not in the checkpoint" in json.dumps(held)
+    for value in (_make_scale(0.1), _Noise(0.1), lambda images, rng: images):
+        json.dumps(d(value))
+
+
+def test_descriptions_read_the_same_in_another_process():
+    """A resume runs in a new process: a description must not hold memory addresses."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import functools, importlib.util, json, sys\n"
+              "spec = importlib.util.spec_from_file_location('aug', sys.argv[1]); a = importlib.util.module_from_spec(spec)\n"
+              "sys.modules['aug'] = a; spec.loader.exec_module(a)\n"
+              "class Config:\n    def __init__(self, k): self.k = k\n"
+              "def make(k):\n    return lambda x, rng: x * k\n"
+              "def noise(x, rng, config=None): return x\n"
+              "print(json.dumps([a.describe(make(0.5)), a.describe(lambda x, rng: x[:, ::-1]), "
+              "a.describe(functools.partial(noise, config=Config(2)))], sort_keys=True))")
+    path = str(Path(augment.__file__))
+    runs = [subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=120) for _ in range(2)]
+    assert runs[0].returncode == 0, runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout and "0x" not in runs[0].stdout
+
+
+def test_a_resume_with_another_lambda_is_refused(mnist, tmp_path):
+    (x, y), _ = mnist
+    tf_dynhp.fit(_mlp(), x[:128], y[:128], checkpoint_dir=tmp_path, augment=lambda images, rng: images, **{**FAST, "epochs": 1})
+    with pytest.raises(ValueError, match="was made with augment="):
+        tf_dynhp.fit(_mlp(), x[:128], y[:128], checkpoint_dir=tmp_path, resume=True,
+                     augment=lambda images, rng: images * 0.5, **{**FAST, "epochs": 2})
+
+
 def test_augment_on_a_cnn_trains_on_shifted_images(mnist):
     (x, y), _ = mnist
     keras.utils.set_random_seed(0)
@@ -213,9 +285,22 @@ def test_augment_until_transforms_the_first_epochs_only_and_is_part_of_the_run(m
     assert_same_run(resumed, half, half.model, resumed.model)
     with pytest.raises(ValueError, match="augment_until"):  # another final phase is another run
         tf_dynhp.fit(_mlp(), x[:256], y[:256], checkpoint_dir=folder, resume=True, **{**kw, "augment_until": 0.75})
+    with pytest.raises(ValueError, match=r"this run has augment_until=None \(the default\)"):
+        tf_dynhp.fit(_mlp(), x[:256], y[:256], checkpoint_dir=folder, resume=True, **kw)
     for bad in (0, 1.5, True, "0.5", float("nan")):
         with pytest.raises(ValueError, match=r"`augment_until`.*\(0, 1\]"):
             tf_dynhp.fit(_mlp(), x[:64], y[:64], **{**kw, "augment_until": bad})
+
+
+def test_a_broken_augment_fails_before_an_earlier_runs_checkpoints_are_removed(mnist, tmp_path):
+    from tf_dynhp import checkpoint
+
+    (x, y), _ = mnist
+    tf_dynhp.fit(_mlp(), x[:64], y[:64], checkpoint_dir=tmp_path, **{**FAST, "epochs": 1})
+    kept = checkpoint.list_checkpoints(tmp_path)
+    with pytest.raises(ValueError, match=r"`augment` returned images of shape"):
+        tf_dynhp.fit(_mlp(), x[:64], y[:64], checkpoint_dir=tmp_path, augment=lambda images, rng: images[:, :-1], **FAST)
+    assert kept and checkpoint.list_checkpoints(tmp_path) == kept
 
 
 def test_augment_refusals_name_the_argument(mnist):

@@ -65,6 +65,9 @@ def test_serializes_and_describes_itself_stably():
     other[1000] = 2  # repr shows neither: "[1., 1., 1., ..., 1., 1., 1.]"
     assert losses.describe(functools.partial(keras.losses.mean_squared_error, w=weights)) != \
         losses.describe(functools.partial(keras.losses.mean_squared_error, w=other))
+    named = keras.losses.sparse_categorical_crossentropy  # a named function: module and name, as checkpoints always held
+    assert losses.describe(named) == "keras.src.losses.losses.sparse_categorical_crossentropy"
+    assert losses.describe(lambda y, p: keras.losses.mse(y, p)) != losses.describe(lambda y, p: 2 * keras.losses.mse(y, p))
 
 
 def _mlp():

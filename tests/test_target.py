@@ -180,6 +180,10 @@ def test_target_refusals(mnist):
         tf_dynhp.fit(model, x[:64], y[:64], target_kb=10.0, lambda_floor=-0.1, **FAST)
     with pytest.raises(ValueError, match="Invalid value received for argument `size_penalty`"):
         tf_dynhp.fit(model, x[:64], y[:64], target_kb=10.0, size_penalty="l1", **FAST)
+    for bad in (0, 2, -1, float("nan"), float("inf"), None, "0.5"):  # with or without a target
+        for kw in ({"target_kb": 10.0}, {}):
+            with pytest.raises(ValueError, match=r"`target_deadline`.*\(0, 1\]"):
+                tf_dynhp.fit(model, x[:64], y[:64], target_deadline=bad, **kw, **FAST)
     with pytest.warns(RuntimeWarning, match="not below the model's size"):
         result = tf_dynhp.fit(model, x[:64], y[:64], target_kb=1e6, **{**FAST, "epochs": 1})
     assert "target_kb" not in result.history

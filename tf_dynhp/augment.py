@@ -3,7 +3,8 @@ random transform of the training images.
 
 `fit` reads its training set into arrays once (a `tf.data` map would be frozen at that
 read), so augmentation is a function `augment(images, rng) -> images` that `fit` calls
-at the start of every epoch on the whole training set, with `epoch_rng(seed, epoch)`:
+at the start of every augmented epoch (all, or the first ones with
+`fit(augment_until=...)`) on the whole training set, with `epoch_rng(seed, epoch)`:
 the images of an epoch are a function of (seed, epoch) only, like the epoch's order
 (`tf_dynhp.data.epoch_order`), so two runs with one seed are identical and a resumed
 run sees the images the uninterrupted one saw. Hard pruning of input features keeps
@@ -23,12 +24,15 @@ import dataclasses
 import functools
 import hashlib
 import math
+import os
+import random
+import types
 from typing import Any, Callable
 
 import numpy as np
 
 __all__ = ["RandomShift", "shift_images", "epoch_rng", "augmented_epochs", "epoch_images", "describe", "describe_partial",
-           "check_output"]
+           "describe_callable", "check_output"]
 
 # Mixed into the generator's seed so the augmentation draws are independent of the
 # epoch order (`tf_dynhp.data.epoch_order` draws from default_rng([seed, epoch])).
@@ -102,10 +106,10 @@ class RandomShift:
 
 def augmented_epochs(augment_until: float, epochs: int) -> int:
     """How many epochs, from the first, train on `augment`'s images with
-    `fit(augment_until=...)`: `ceil(augment_until * epochs)`; the rest train on the
-    images as they are. The product is rounded to 9 decimals first, so a fraction that
-    floating point cannot hold exactly (0.55 * 100 = 55.000000000000007) gives 55, not 56."""
-    return math.ceil(round(augment_until * epochs, 9))
+    `fit(augment_until=...)`: `ceil(augment_until * epochs)`, at least 1; the rest train
+    on the images as they are. The product is rounded to 9 decimals first, so a fraction
+    that floating point cannot hold exactly (0.55 * 100 = 55.000000000000007) gives 55, not 56."""
+    return max(1, math.ceil(round(augment_until * epochs, 9)))
 
 
 def epoch_images(augment: Callable, images: np.ndarray, seed: int, epoch: int,
@@ -120,19 +124,82 @@ def epoch_images(augment: Callable, images: np.ndarray, seed: int, epoch: int,
     return check_output(augment(images, epoch_rng(seed, epoch)), images)
 
 
-def _argument(value: Any) -> Any:
-    """A partial's argument as `describe_partial` records it: an array by shape, dtype and
-    a hash of its bytes (its `repr` elides all but a few values), anything else as it is."""
+#: How deep `_argument` looks into objects, closures and functions it describes.
+_DEPTH = 3
+_GENERATORS = (np.random.Generator, np.random.RandomState, np.random.BitGenerator, random.Random)
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """A short sha256 of a function's code: bytecode, the names it uses, its constants
+    (nested functions by their own digest). Line numbers are left out, so the same
+    function moved in its file is the same; a changed body is another."""
+    h = hashlib.sha256(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        h.update((_code_digest(const) if isinstance(const, types.CodeType) else repr(const)).encode())
+    return h.hexdigest()[:16]
+
+
+def _argument(value: Any, depth: int = 0) -> Any:
+    """A partial's argument, a closure's cell or an object's attribute as the checkpoint
+    settings record it: two values that would give other images must differ, and one
+    value must read the same in another process (a resume). So an array is recorded by
+    shape, dtype and a hash of its bytes (its `repr` elides all but a few values); a
+    function or module by name (and a lambda's or closure's content, `describe_callable`);
+    an object whose `repr` is its memory address by its class and attributes; a random
+    generator by a random token, with the reason: its state is not in the checkpoint, so
+    a resume is always refused, saying why. Anything else as it is (its `repr`)."""
     if isinstance(value, np.ndarray):
         return ("ndarray", value.shape, str(value.dtype), hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest())
+    if isinstance(value, _GENERATORS):
+        return (type(value).__qualname__, "a random generator held by the function: its state is not in the checkpoint "
+                "(draw from the rng fit passes instead)", os.urandom(8).hex())
+    if isinstance(value, types.ModuleType):
+        return ("module", value.__name__)
+    if depth >= _DEPTH:
+        return value
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type, functools.partial)):
+        if isinstance(value, functools.partial):
+            return describe_partial(value, lambda f: _argument(f, depth + 1))
+        name = f"{getattr(value, '__module__', None) or ''}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+        return describe_callable(value, name, depth + 1)
+    if type(value).__repr__ is object.__repr__ and hasattr(value, "__dict__"):
+        return (type(value).__qualname__, tuple(sorted((k, _argument(v, depth + 1)) for k, v in vars(value).items())))
     return value
+
+
+def describe_callable(func: Callable, name: str, depth: int = 0) -> Any:
+    """A function or callable object as checkpoint settings record it: `name` alone when
+    that tells it apart (a named function of a module, a class, a builtin), else `name`
+    with what does: a lambda's code (every lambda is named `<lambda>`), a closure's
+    captured values (`make_shift(1)` and `make_shift(2)` share a name), a bound method's
+    object, or a callable object's attributes (`Noise(0.1)` and `Noise(5.0)` share a
+    class). Values through `_argument`. `describe` and `tf_dynhp.losses.describe` use it."""
+    details: dict[str, Any] = {}
+    if isinstance(func, types.MethodType):
+        details["self"] = repr(_argument(func.__self__, depth))
+    elif isinstance(func, types.FunctionType):
+        if func.__name__ == "<lambda>":
+            details["code"] = _code_digest(func.__code__)
+        if func.__closure__:
+            cells = []
+            for cell in func.__closure__:
+                try:
+                    cells.append(_argument(cell.cell_contents, depth))
+                except ValueError:  # a cell not yet filled
+                    cells.append("<empty>")
+            details["closure"] = repr(tuple(cells))
+    elif not isinstance(func, (type, types.BuiltinFunctionType)) and hasattr(func, "__dict__"):
+        details["state"] = repr(sorted((k, _argument(v, depth)) for k, v in vars(func).items()))
+    return {"callable": name, **details} if details else name
 
 
 def describe_partial(partial: functools.partial, describe_func: Callable[[Any], Any]) -> dict[str, Any]:
     """A `functools.partial` as checkpoint settings record it: `describe_func(partial.func)`
-    and the `repr` of its arguments (arrays by content, `_argument`), so two partials of one
-    function with other arguments differ. `describe` and `tf_dynhp.losses.describe` both
-    use it; it lives here because this module stays NumPy-only."""
+    and the `repr` of its arguments (through `_argument`: arrays by content, objects by
+    attributes), so two partials of one function with other arguments differ. `describe`
+    and `tf_dynhp.losses.describe` both use it; it lives here because this module stays
+    NumPy-only."""
     return {"partial": describe_func(partial.func), "args": repr(tuple(_argument(a) for a in partial.args)),
             "keywords": repr(sorted((k, _argument(v)) for k, v in partial.keywords.items()))}
 
@@ -140,15 +207,16 @@ def describe_partial(partial: functools.partial, describe_func: Callable[[Any], 
 def describe(augment: Callable | None) -> Any:
     """What a checkpoint's settings record of `augment`: its `get_config()` when it has
     one, a `functools.partial`'s function and arguments (two partials of one function
-    with other arguments are other augmentations), else its qualified name; None
-    without augmentation."""
+    with other arguments are other augmentations), else its qualified name, with a
+    lambda's code, a closure's values or a callable object's attributes
+    (`describe_callable`); None without augmentation."""
     if augment is None:
         return None
     if hasattr(augment, "get_config"):
         return augment.get_config()
     if isinstance(augment, functools.partial):
         return describe_partial(augment, describe)
-    return getattr(augment, "__qualname__", type(augment).__qualname__)
+    return describe_callable(augment, getattr(augment, "__qualname__", type(augment).__qualname__))
 
 
 def check_output(out: Any, images: np.ndarray) -> np.ndarray:

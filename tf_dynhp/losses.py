@@ -60,12 +60,13 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):
 def describe(loss: Any) -> Any:
     """What a checkpoint's settings record of `fit`'s `loss`: the `repr` of None or of a
     name (as checkpoints always did), a Keras loss' class and config, a
-    `functools.partial`'s function and arguments, else a function's qualified name (two
-    lambdas look alike: give a resumed run a named function or a Keras loss)."""
+    `functools.partial`'s function and arguments, else a function's module and qualified
+    name (as checkpoints always did for a named function), with a lambda's code, a
+    closure's values or a callable object's attributes (`augment.describe_callable`)."""
     if loss is None or isinstance(loss, str):
         return repr(loss)
     if isinstance(loss, keras.losses.Loss):
         return {"class_name": type(loss).__qualname__, "config": loss.get_config()}
     if isinstance(loss, functools.partial):
         return augment.describe_partial(loss, describe)
-    return f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__qualname__)}"
+    return augment.describe_callable(loss, f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__qualname__)}")

@@ -119,9 +119,15 @@ def check_settings(path: Any, saved: dict[str, Any], current: dict[str, Any]) ->
     for key in sorted(set(saved) | set(current)):
         if json.dumps(saved.get(key), sort_keys=True) != json.dumps(current.get(key), sort_keys=True, default=str):
             raise ValueError(
-                f"Checkpoint {path} was made with {key}={saved.get(key)!r}; this run has "
-                f"{key}={current.get(key)!r}. Resume with the same settings, or use another checkpoint_dir."
+                f"Checkpoint {path} was made with {key}={_shown(saved.get(key))}; this run has "
+                f"{key}={_shown(current.get(key))}. Resume with the same settings, or use another checkpoint_dir."
             )
+
+
+def _shown(value: Any) -> str:
+    """A setting as `check_settings` names it: None is what the settings hold for an
+    argument at its default (e.g. augment_until=1), so it says so."""
+    return "None (the default)" if value is None else repr(value)
 
 
 class Trainer:

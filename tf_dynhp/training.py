@@ -295,9 +295,11 @@ def fit(
             boundary forces the model to the target (default a quarter: reaching the
             size early also keeps the training memory low).
         augment: None, or a function `augment(images, rng) -> images` called at the
-            start of every epoch on the whole training set (images shaped like the
-            model's input, NumPy) with `tf_dynhp.augment.epoch_rng(seed, epoch)`; the
-            epoch trains on what it returns (same shape). E.g.
+            start of every augmented epoch (all of them, or the first ones with
+            `augment_until`) on the whole training set (images shaped like the model's
+            input: a read-only float32 NumPy array, uint8 data as 0-255 values) with
+            `tf_dynhp.augment.epoch_rng(seed, epoch)`; the epoch trains on the new
+            array it returns (same shape; float32 after the cast). E.g.
             `tf_dynhp.augment.RandomShift(2, flip=True)`. The images of an epoch depend
             on (seed, epoch) only: identical seeds give identical runs, and a resume
             is exact. Not in the paper. Needs image inputs (rank >= 2).
@@ -384,7 +386,8 @@ def fit(
             raise _invalid("target_schedule", f"one of {list(target.TARGET_SCHEDULES)}", target_schedule)
         if size_penalty not in target.SIZE_PENALTIES:
             raise _invalid("size_penalty", f"one of {list(target.SIZE_PENALTIES)}", size_penalty)
-        target_deadline = real_number("target_deadline", target_deadline, "a float in (0, 1]", lambda v: 0 < v <= 1)
+    # Checked with or without a target, as augment_until is: a bad value fails here, naming it.
+    target_deadline = real_number("target_deadline", target_deadline, "a float in (0, 1]", lambda v: 0 < v <= 1)
     if augment is not None and not callable(augment):
         raise _invalid("augment", "None or a function (images, rng) -> images, e.g. tf_dynhp.augment.RandomShift(2)", augment)
     augment_until = real_number("augment_until", augment_until, "a float in (0, 1]", lambda v: 0 < v <= 1)
@@ -543,6 +546,8 @@ def fit(
                 if verbose:
                     print(f"Resumed from {path} (epoch {run.state.epoch})", flush=True)
         elif ckpt.list_checkpoints(checkpoint_dir):
+            if augment is not None:  # a broken augment fails at epoch 0: fail before removing anything
+                augment_lib.epoch_images(augment, np.asarray(x_train).reshape((-1,) + tuple(input_shape)), seed, 0)
             # A new run: checkpoints of an earlier run here must not be resumed later by mistake.
             removed = ckpt.remove_checkpoints(checkpoint_dir)
             warnings.warn(
