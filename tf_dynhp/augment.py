@@ -174,7 +174,8 @@ def describe_callable(func: Callable, name: str, depth: int = 0) -> Any:
     with what does: a lambda's code (every lambda is named `<lambda>`), a closure's
     captured values (`make_shift(1)` and `make_shift(2)` share a name), a bound method's
     object, or a callable object's attributes (`Noise(0.1)` and `Noise(5.0)` share a
-    class). Values through `_argument`. `describe` and `tf_dynhp.losses.describe` use it."""
+    class). Values through `_argument`. Global variables a function reads are not
+    recorded. `describe` and `tf_dynhp.losses.describe` use it."""
     details: dict[str, Any] = {}
     if isinstance(func, types.MethodType):
         details["self"] = repr(_argument(func.__self__, depth))
