@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tf_dynhp
 from conftest import make_mlp
@@ -55,6 +56,15 @@ def _two_inputs():
     return keras.Model([a, b], keras.layers.Dense(10, activation="softmax")(h))
 
 
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__(name="sub")
+        self.dense = keras.layers.Dense(10)
+
+    def call(self, images):
+        return self.dense(keras.ops.reshape(images, (-1, 784)))
+
+
 X = np.random.default_rng(0).random((20, 28, 28)).astype("float32")
 Y = np.arange(20) % 10
 MLP_KB = 4 * (784 * 8 + 8 + 8 * 10 + 10) / 1024  # make_mlp(hidden=(8,))
@@ -71,6 +81,7 @@ FIT_CASES = [
     ("LSTM model", dict(model=_lstm), ValueError, r"'rnn' of class LSTM"),
     ("BatchNormalization", dict(model=_batchnorm), ValueError, r"'bn' of class BatchNormalization"),
     ("two inputs", dict(model=_two_inputs), ValueError, r"2 inputs"),
+    ("subclassed model", dict(model=_Subclassed), ValueError, r"'sub' is a subclassed keras.Model \(_Subclassed\).*Sequential"),
     ("budget negative", dict(budget_kb=-5.0), ValueError, r"`budget_kb`"),
     ("budget zero", dict(budget_kb=0.0), ValueError, r"`budget_kb`"),
     ("budget below the model", dict(budget_kb=MLP_KB * 0.9), ValueError, r"`budget_kb`=.* cannot hold the model"),
@@ -79,6 +90,11 @@ FIT_CASES = [
     ("gamma 0", dict(gamma=0.0), ValueError, r"`gamma`"),
     ("gamma 1", dict(gamma=1.0), ValueError, r"`gamma`"),
     ("checkpoint_dir is a file", dict(checkpoint_dir="FILE"), OSError, r"checkpoint_dir '.*model.tflite/ck' is not writable"),
+    ("one-hot loss name", dict(loss="categorical_crossentropy"), ValueError, r"`loss`.*integer class labels"),
+    ("one-hot loss object", dict(loss=keras.losses.CategoricalCrossentropy()), ValueError, r"`loss`.*integer class labels"),
+    ("TerminateOnNaN", dict(callbacks=[keras.callbacks.TerminateOnNaN()]), ValueError, r"TerminateOnNaN has no effect.*on_nonfinite"),
+    ("dataset of dicts", dict(x=tf.data.Dataset.from_tensor_slices(({"image": X}, Y)), y=None), ValueError,
+     r"`x` is a tf.data.Dataset whose elements are \(\{'image'.*pairs of tensors"),
 ]
 
 

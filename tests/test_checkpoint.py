@@ -179,6 +179,29 @@ def test_foreign_checkpoint_is_refused(tmp_path, mnist_small, change, match):
         tf_dynhp.fit(model, xs, ys, epochs=2, checkpoint_dir=tmp_path, resume=True, **kw)
 
 
+def test_refusal_names_every_differing_setting_and_the_optimizer_field(tmp_path, mnist_small):
+    (x, y), _ = mnist_small
+    kw = dict(FAST, budget_kb=_budget())
+    tf_dynhp.fit(_model(), x[:200], y[:200], epochs=1, checkpoint_dir=tmp_path, **kw)
+    with pytest.raises(ValueError, match=r"made with method='dynhp'; this run has method='hp'\. Also different: .*alpha_bs"):
+        tf_dynhp.fit(_model(), x[:200], y[:200], epochs=2, checkpoint_dir=tmp_path, resume=True,
+                     **{**kw, "method": "hp", "alpha_bs": None})
+    with pytest.raises(ValueError, match=r"made with optimizer\.learning_rate=0\.00499\d*; this run has optimizer\.learning_rate=0\.00100\d*\. Resume"):
+        tf_dynhp.fit(_model(), x[:200], y[:200], epochs=2, checkpoint_dir=tmp_path, resume=True, **{**kw, "learning_rate": 1e-3})
+
+
+def test_an_unseeded_run_resumes_with_the_seed_it_drew(tmp_path, mnist_small):
+    (x, y), _ = mnist_small
+    kw = dict(FAST, budget_kb=_budget(), seed=None)
+    first = tf_dynhp.fit(_model(), x[:200], y[:200], epochs=1, checkpoint_dir=tmp_path, **kw)
+    resumed = tf_dynhp.fit(_model(), x[:200], y[:200], epochs=2, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert resumed.state.epoch == 2 and resumed.state.seed == first.state.seed
+    assert resumed.history["loss"][0] == first.history["loss"][0]  # the first epoch is the checkpoint's
+    with pytest.warns(RuntimeWarning, match=r"at or past epochs=1: nothing to train"):
+        again = tf_dynhp.fit(_model(), x[:200], y[:200], epochs=1, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert again.state.epoch == 2
+
+
 def test_resume_needs_checkpoint_dir(mnist_small):
     (x, y), _ = mnist_small
     with pytest.raises(ValueError, match="checkpoint_dir"):

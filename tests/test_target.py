@@ -189,6 +189,26 @@ def test_target_refusals(mnist):
     assert "target_kb" not in result.history
 
 
+def test_early_stopping_restores_only_a_model_within_the_target(mnist, capsys):
+    """By `loss` (penalty included: it rises with λ while the model is above the target),
+    the first, unpruned epoch is EarlyStopping's best; the restored model must still fit
+    the target: the best epoch among those whose model does."""
+    (x, y), _ = mnist
+    model = _mlp(hidden=(40, 20), input_shape=(28, 28))
+    goal = 0.2 * memory.floats_to_kb(memory.weight_count(model))
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=10, restore_best_weights=True)
+    result = tf_dynhp.fit(model, x[:600], y[:600], target_kb=goal, target_schedule="cubic", target_deadline=1.0,
+                          callbacks=[stop], **{**FAST, "epochs": 5, "verbose": 2})
+    sizes, loss = result.history["model_kb"], result.history["loss"]
+    assert stop.best_epoch == 0 and sizes[0] > goal  # Keras' best is the large first model
+    assert memory.floats_to_kb(memory.weight_count(result.model)) <= goal
+    fitting = [e for e, kb in enumerate(sizes) if kb <= goal]
+    chosen = min(fitting, key=lambda e: loss[e])
+    assert result.state.epoch == chosen + 1
+    if chosen + 1 != len(loss):
+        assert "among the models within target_kb" in capsys.readouterr().out
+
+
 def test_one_trace_and_exact_resume_under_a_target(mnist, tmp_path):
     (x, y), _ = mnist
     goal = 0.2 * memory.floats_to_kb(memory.weight_count(_mlp(hidden=(40, 20), input_shape=(28, 28))))

@@ -109,6 +109,12 @@ def _ordered_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The model's layers in order, checking that they form a single chain."""
     if not isinstance(model, keras.Model):
         raise TypeError(f"Expected a keras.Model (Sequential or functional). Received: {type(model).__name__}")
+    if not isinstance(model, keras.Sequential) and not getattr(model, "inputs", None):
+        raise ValueError(
+            f"Model '{model.name}' is a subclassed keras.Model ({type(model).__name__}): tf_dynhp reads and rebuilds a "
+            "model's layers from its graph, which a subclassed model's `call` hides. Build the same network as a "
+            "keras.Sequential or a functional keras.Model (keras.Input(...) first)."
+        )
     if not model.built:
         raise ValueError(
             f"Model '{model.name}' is not built: give it an input shape "

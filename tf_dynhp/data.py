@@ -30,10 +30,11 @@ def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ..
     batch included) into two arrays. Batched or not is read from `element_spec`: x of
     rank len(input_shape) is one example, of rank len(input_shape) + 1 a batch."""
     spec = dataset.element_spec
-    if not isinstance(spec, tuple) or len(spec) != 2:
+    if not isinstance(spec, tuple) or len(spec) != 2 or not all(isinstance(part, tf.TensorSpec) for part in spec):
         raise ValueError(
             f"`{what}` is a tf.data.Dataset whose elements are {spec}; expected (features, label) "
-            "pairs, e.g. tensorflow_datasets.load(..., as_supervised=True)."
+            "pairs of tensors (no dicts, no sample weights), e.g. tensorflow_datasets.load(..., "
+            "as_supervised=True), or `.map(lambda d: (d['image'], d['label']))`."
         )
     if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
         raise ValueError(

@@ -114,14 +114,37 @@ def graph_constants(core: GatedModel) -> list[Any]:
     ]
 
 
+#: Settings named first when several differ: what a user changes on purpose.
+_FIRST = ("method", "model", "data")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _difference(key: str, saved: Any, current: Any) -> tuple[str, str]:
+    """How one differing setting reads in the refusal: a dict (the optimizer's config,
+    the model) by the fields that differ only."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        fields = [k for k in sorted(set(saved) | set(current)) if _json(saved.get(k)) != _json(current.get(k))]
+        if fields:
+            return (", ".join(f"{key}.{k}={_shown(saved.get(k))}" for k in fields),
+                    ", ".join(f"{key}.{k}={_shown(current.get(k))}" for k in fields))
+    return f"{key}={_shown(saved)}", f"{key}={_shown(current)}"
+
+
 def check_settings(path: Any, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Refuses a checkpoint made by another model, data set or hyper-parameters."""
-    for key in sorted(set(saved) | set(current)):
-        if json.dumps(saved.get(key), sort_keys=True) != json.dumps(current.get(key), sort_keys=True, default=str):
-            raise ValueError(
-                f"Checkpoint {path} was made with {key}={_shown(saved.get(key))}; this run has "
-                f"{key}={_shown(current.get(key))}. Resume with the same settings, or use another checkpoint_dir."
-            )
+    """Refuses a checkpoint made by another model, data set or hyper-parameters, naming
+    every setting that differs (the method, model and data first)."""
+    keys = sorted(set(saved) | set(current), key=lambda k: (_FIRST.index(k) if k in _FIRST else len(_FIRST), k))
+    differ = [k for k in keys if _json(saved.get(k)) != _json(current.get(k))]
+    if differ:
+        was, has = _difference(differ[0], saved.get(differ[0]), current.get(differ[0]))
+        also = f" Also different: {', '.join(differ[1:])}." if differ[1:] else ""
+        raise ValueError(
+            f"Checkpoint {path} was made with {was}; this run has {has}.{also} Resume with the same settings, "
+            "or use another checkpoint_dir."
+        )
 
 
 def _shown(value: Any) -> str:
@@ -424,7 +447,8 @@ class Trainer:
         flattened, selected input features (dense-first chains) or on the images, not
         the user's model; it is compiled with an `accuracy` metric. An
         `EarlyStopping(restore_best_weights=True)` gets the best epoch's model back,
-        possibly larger than the last (restored from a snapshot: shapes change).
+        possibly larger than the last (restored from a snapshot: shapes change); under
+        `target_kb` the best epoch whose model fits the target (`track_best`).
         """
         cfg = self.config
         last_good = self.snapshot()
@@ -433,7 +457,7 @@ class Trainer:
         restorers = [cb for cb in callbacks if isinstance(cb, keras.callbacks.EarlyStopping) and cb.restore_best_weights]
         for cb in restorers:  # we restore the best epoch ourselves (its shapes may differ)
             cb.restore_best_weights = False
-        best: dict[int, tuple[int, Any]] = {}
+        best: dict[int, tuple[int, Any, Any]] = {}
         model_seen = self.core
         try:
             cb_list.on_train_begin()
@@ -486,10 +510,9 @@ class Trainer:
                     ckpt.write_checkpoint(cfg.checkpoint_dir, self.state.epoch, arrays, {**meta, "settings": settings})
                 if cfg.verbose:
                     print(format_line(record, cfg.epochs, self.state.gate_kernel if self.state.method != "dense" else None), file=sys.stdout, flush=True)
-                cb_list.on_epoch_end(epoch, scalar_logs(record))
-                for cb in restorers:
-                    if cb.best_epoch == epoch:
-                        best[id(cb)] = (epoch, last_good)
+                logs = scalar_logs(record)
+                cb_list.on_epoch_end(epoch, logs)
+                self.track_best(restorers, best, epoch, logs, last_good)
                 epoch += 1
                 if getattr(self.core, "stop_training", False):
                     break
@@ -503,9 +526,30 @@ class Trainer:
                 cb.restore_best_weights = True
         for cb in restorers:
             if id(cb) in best and best[id(cb)][0] + 1 != self.state.epoch:
-                self.restore_best(*best[id(cb)], cb.monitor)
+                self.restore_best(*best[id(cb)][:2], cb.monitor)
                 break
         return self.result(model_name)
+
+    def track_best(self, restorers: list[keras.callbacks.EarlyStopping], best: dict[int, tuple[int, Any, Any]],
+                   epoch: int, logs: dict[str, Any], snapshot: tuple[dict[str, np.ndarray], dict[str, Any]]) -> None:
+        """Keeps, per `EarlyStopping(restore_best_weights=True)`, the epoch to restore:
+        the callback's best epoch; under `target_kb`, the best among the epochs whose
+        model fits the target (by the callback's own comparison, `min_delta` included),
+        so the restored model keeps the size guarantee. (Above the target the penalty
+        weight rises and the logged `loss` with it: by `loss`, the largest early model
+        would always be the best.)"""
+        target_kb = self.config.target_kb
+        fits = target_kb is None or memory.floats_to_kb(self.weights()) <= target_kb
+        for cb in restorers:
+            if target_kb is None:
+                if cb.best_epoch == epoch:
+                    best[id(cb)] = (epoch, snapshot, None)
+                continue
+            value = logs.get(cb.monitor)
+            if not fits or value is None or epoch < cb.start_from_epoch:
+                continue
+            if id(cb) not in best or bool(cb._is_improvement(value, best[id(cb)][2])):
+                best[id(cb)] = (epoch, snapshot, value)
 
     def restore_best(self, epoch: int, snapshot: tuple[dict[str, np.ndarray], dict[str, Any]], monitor: str) -> None:
         """EarlyStopping(restore_best_weights=True): the model and state of the end of
@@ -517,5 +561,6 @@ class Trainer:
         best_kb = memory.floats_to_kb(self.weights())
         if self.config.verbose:
             larger = f", larger than the last epoch's {last_kb:.1f} KB" if best_kb > last_kb else ""
-            print(f"Restored the model of the end of epoch {epoch + 1}, the best by {monitor}: "
+            among = "" if self.config.target_kb is None else f" among the models within target_kb={self.config.target_kb:g}"
+            print(f"Restored the model of the end of epoch {epoch + 1}, the best by {monitor}{among}: "
                   f"{best_kb:.1f} KB{larger}.", flush=True)

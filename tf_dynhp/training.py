@@ -67,9 +67,25 @@ RUNTIME_KEYS = TIMING_KEYS + ("retraces",)
 
 
 # --------------------------------------------------------------------------- resolvers
+#: Keras losses of one-hot labels (names, classes, functions); fit trains on integer class labels.
+_ONE_HOT_LOSSES = frozenset({
+    "categorical_crossentropy", "CategoricalCrossentropy", "categorical_focal_crossentropy", "CategoricalFocalCrossentropy",
+    "categorical_hinge", "CategoricalHinge", "kl_divergence", "KLDivergence", "kld", "KLD",
+})
+
+
 def _resolve_loss(loss: Any) -> Callable | None:
     if loss is None or loss == "sparse_categorical_crossentropy":
         return None
+    if isinstance(loss, str):
+        name = loss
+    elif isinstance(loss, keras.losses.Loss):
+        name = type(loss).__name__
+    else:
+        name = getattr(loss, "__name__", None) if getattr(loss, "__module__", "").startswith("keras") else None
+    if name in _ONE_HOT_LOSSES:
+        raise _invalid("loss", "a loss of integer class labels (fit trains on them: y holds class indices), e.g. "
+                       "'sparse_categorical_crossentropy' or tf_dynhp.losses.SparseCategoricalCrossentropy", loss)
     fn = keras.losses.get(loss)
     if isinstance(fn, keras.losses.Loss):
         return fn.call  # unreduced, per example
@@ -134,6 +150,12 @@ def _check_callbacks(callbacks: Sequence[Any] | None, method: str) -> list[Any]:
     for cb in callbacks:
         if not isinstance(cb, keras.callbacks.Callback):
             raise TypeError(f"`callbacks` must hold keras.callbacks.Callback instances, received {type(cb).__name__}.")
+        if isinstance(cb, keras.callbacks.TerminateOnNaN):
+            raise ValueError(
+                "TerminateOnNaN has no effect in tf_dynhp.fit: a non-finite loss or gradient is found inside the "
+                "compiled steps, and `on_nonfinite` decides: 'raise' (default) stops with a NonFiniteError holding "
+                "the last good model (`.last_good`), 'rollback' goes back an epoch with a smaller learning rate."
+            )
         if isinstance(cb, keras.callbacks.BackupAndRestore):
             raise ValueError(
                 "BackupAndRestore cannot restore a tf_dynhp run (its layer shapes, batch size and pruning "
@@ -234,6 +256,8 @@ def fit(
             validation data: what an EarlyStopping may select on without touching the
             test set.
         seed: makes two runs identical (sets Keras' seeds and TF op determinism).
+            None: drawn at random; `resume=True` goes on with the seed its
+            checkpoint was made with.
         verbose: 0 silent; 1 (or "auto") a Keras progress bar inside each epoch, then the
             epoch line; 2 the epoch line only, as `keras.Model.fit`.
         callbacks: Keras callbacks, called as `keras.Model.fit` calls them (`set_params`,
@@ -244,7 +268,8 @@ def fit(
             a dense-first chain, on the images of a CNN), not the user's model; a
             `ModelCheckpoint` saves that core. For files to ship, use `result.model`.
             `EarlyStopping(restore_best_weights=True)` gets the best epoch's model back
-            (a snapshot, possibly larger than the last; the log says so). Data used to
+            (a snapshot, possibly larger than the last; the log says so; with
+            `target_kb`, the best among the epochs whose model fits it). Data used to
             select an epoch is validation data: never pass the test set here if you
             report on it. `BackupAndRestore` is refused: use `checkpoint_dir`/`resume`.
         steps_per_execution: train steps per compiled call.
@@ -431,8 +456,13 @@ def fit(
     n_train = len(x_train)
 
     # ------------------------------------------------------------- seeds, core
+    found = None  # the checkpoint a resume starts from, read once
+    if seed is None and resume and checkpoint_dir is not None:
+        # An unseeded run drew its seed at random: its resume goes on with that seed.
+        found = ckpt.latest_checkpoint(checkpoint_dir)
     if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**31 - 1))
+        drawn = None if found is None else found[2].get("settings", {}).get("seed")
+        seed = int(drawn) if drawn is not None else int(np.random.SeedSequence().entropy % (2**31 - 1))
     else:
         seed = int(seed)
         keras.utils.set_random_seed(seed)
@@ -451,7 +481,8 @@ def fit(
         if target_kb < least_kb:
             raise ValueError(
                 f"`target_kb`={target_kb} is smaller than the smallest model hard pruning can leave of "
-                f"'{getattr(model, 'name', 'model')}' (one unit per layer): {least_kb:.2f} KB."
+                f"'{getattr(model, 'name', 'model')}' (one unit per layer): {target.smallest_weights(core.body)} weights, "
+                f"{least_kb:.4g} KB."
             )
         if target_kb >= have_kb:
             warnings.warn(
@@ -538,13 +569,20 @@ def fit(
     if checkpoint_dir is not None:
         ckpt.probe_writable(checkpoint_dir)  # a clear error now, not after an hour
         if resume:
-            found = ckpt.latest_checkpoint(checkpoint_dir)
+            found = found or ckpt.latest_checkpoint(checkpoint_dir)
             if found is not None:
                 path, arrays, meta = found
                 check_settings(path, meta["settings"], settings)
                 run.restore(arrays, meta)
                 if verbose:
                     print(f"Resumed from {path} (epoch {run.state.epoch})", flush=True)
+                if run.state.epoch >= epochs:
+                    warnings.warn(
+                        f"Resumed from {path} after epoch {run.state.epoch}, at or past epochs={epochs}: nothing to "
+                        f"train; the result is that checkpoint's model, with its {run.state.epoch} epochs of history.",
+                        RuntimeWarning, stacklevel=2)
+            elif verbose:
+                print(f"No checkpoint in {checkpoint_dir} to resume from: training from the start.", flush=True)
         elif ckpt.list_checkpoints(checkpoint_dir):
             if augment is not None:  # a broken augment fails at epoch 0: fail before removing anything
                 augment_lib.epoch_images(augment, np.asarray(x_train).reshape((-1,) + tuple(input_shape)), seed, 0)
