@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -197,9 +198,12 @@ def test_an_unseeded_run_resumes_with_the_seed_it_drew(tmp_path, mnist_small):
     resumed = tf_dynhp.fit(_model(), x[:200], y[:200], epochs=2, checkpoint_dir=tmp_path, resume=True, **kw)
     assert resumed.state.epoch == 2 and resumed.state.seed == first.state.seed
     assert resumed.history["loss"][0] == first.history["loss"][0]  # the first epoch is the checkpoint's
-    with pytest.warns(RuntimeWarning, match=r"at or past epochs=1: nothing to train"):
+    with pytest.warns(RuntimeWarning, match=r"past epochs=1: nothing to train"):
         again = tf_dynhp.fit(_model(), x[:200], y[:200], epochs=1, checkpoint_dir=tmp_path, resume=True, **kw)
     assert again.state.epoch == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a finished run resumed with its own epochs: nothing to say
+        tf_dynhp.fit(_model(), x[:200], y[:200], epochs=2, checkpoint_dir=tmp_path, resume=True, **kw)
 
 
 def test_resume_needs_checkpoint_dir(mnist_small):

@@ -576,9 +576,9 @@ def fit(
                 run.restore(arrays, meta)
                 if verbose:
                     print(f"Resumed from {path} (epoch {run.state.epoch})", flush=True)
-                if run.state.epoch >= epochs:
+                if run.state.epoch > epochs:  # (== epochs: a finished run resumed, e.g. by a grid; nothing to say)
                     warnings.warn(
-                        f"Resumed from {path} after epoch {run.state.epoch}, at or past epochs={epochs}: nothing to "
+                        f"Resumed from {path} after epoch {run.state.epoch}, past epochs={epochs}: nothing to "
                         f"train; the result is that checkpoint's model, with its {run.state.epoch} epochs of history.",
                         RuntimeWarning, stacklevel=2)
             elif verbose:
