@@ -154,6 +154,9 @@ class Record(keras.callbacks.Callback):
         super().set_model(model)
         self.calls.append(("set_model", id(model)))
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self.calls.append(("begin", batch))
+
     def on_train_batch_end(self, batch, logs=None):
         self.calls.append(("batch", batch, sorted(logs)))
 
@@ -173,10 +176,27 @@ def test_callbacks_get_keras_contract(mnist):
     # set_model: once at the start, then only after the rebuilds (the plan prunes at epochs 2 and 3)
     assert 2 <= kinds.count("set_model") <= 3
     batches = [c for c in rec.calls if c[0] == "batch"]
-    assert batches[0][1] == 0 and batches[0][2] == ["accuracy", "loss"] and len([b for b in batches[:3]]) == 3
+    assert batches[0][2] == ["accuracy", "loss"]
+    # as keras.Model.fit with steps_per_execution=4: begin at a call's first step, end at its last (0-based)
+    assert [c[1] for c in rec.calls if c[0] == "begin"][:3] == [0, 4, 8] and [b[1] for b in batches[:3]] == [3, 7, 11]
+    assert kinds.index("begin") < kinds.index("batch")
     logs = [c[2] for c in rec.calls if c[0] == "epoch"]
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "val_error"} <= set(logs[0]) and "epoch" not in logs[0]
     assert logs[0]["val_accuracy"] == pytest.approx(1 - logs[0]["val_error"] / 100)
+
+
+def test_stop_training_in_a_batch_hook_ends_the_epoch_after_that_call(mnist):
+    (x, y), _ = mnist
+
+    class StopAtStep(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch >= 3:
+                self.model.stop_training = True
+
+    rec = Record()
+    result = tf_dynhp.fit(_mlp(), x[:600], y[:600], method="hp", epochs=3, batch_size=50, seed=1, verbose=0,
+                          steps_per_execution=2, callbacks=[StopAtStep(), rec])
+    assert [c[1] for c in rec.calls if c[0] == "batch"] == [1, 3] and len(result.history["loss"]) == 1
 
 
 def test_early_stopping_on_val_accuracy_with_keras_default_mode_and_restoring_the_best(mnist, capsys):

@@ -254,11 +254,14 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return -(-len(self.data) // self.state.batch_size)
 
-    def train_epoch(self, epoch: int, on_call: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    def train_epoch(self, epoch: int, on_call: Callable[[int, int], None] | None = None,
+                    before_call: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Runs the compiled steps of epoch `epoch`; returns the accumulated statistics.
 
-        `on_call(call, steps)`, if given, runs after each compiled call (`steps`: the
-        epoch's steps so far): the batch hooks of callbacks and the progress bar."""
+        `before_call(steps)` and `on_call(call, steps)`, if given, run before and after
+        each compiled call (`steps`: the epoch's steps before it, or so far): the batch
+        hooks of callbacks and the progress bar. A `stop_training` set on the model
+        during the epoch ends it after the current call, as `keras.Model.fit` does."""
         self.acc.reset()
         x_all, y_all = self.data.epoch_inputs(epoch), self.data.y
         spe = self.config.steps_per_execution
@@ -266,12 +269,14 @@ class Trainer:
         batch = tf.constant(self.state.batch_size, tf.int64)
         start, call, steps = 0, 0, 0
         while True:
+            if before_call is not None and start < int(x_all.shape[0]):
+                before_call(steps)
             done = int(self.runner(x_all, y_all, order, tf.constant(start, tf.int64), batch))
             steps += done
             if on_call is not None and done:
                 on_call(call, steps)
             call += 1
-            if done != spe:
+            if done != spe or getattr(self.core, "stop_training", False):
                 break
             start += spe * self.state.batch_size
         return self.acc.read()
@@ -441,7 +446,7 @@ class Trainer:
         (`settings` are written into each) and the non-finite policy; returns the result.
 
         Callbacks follow Keras' contract: `set_params` once, `set_model` whenever the
-        model changes (a rebuild), batch hooks after every compiled call, epoch logs
+        model changes (a rebuild), batch hooks around every compiled call, epoch logs
         under Keras' names (`loss`, `accuracy`, `val_loss`, `val_accuracy`) plus ours.
         `callback.model` is the model being trained: the core (`GatedModel`) on the
         flattened, selected input features (dense-first chains) or on the images, not
@@ -473,11 +478,14 @@ class Trainer:
 
                 def on_call(call: int, steps: int, bar=bar) -> None:
                     logs = self.running_logs()
-                    cb_list.on_train_batch_end(call, logs)
+                    cb_list.on_train_batch_end(steps - 1, logs)  # as Keras: the call's last step (0-based)
                     if bar is not None:
                         bar.update(min(steps, bar.target), values=list(logs.items()))
 
-                stats = self.train_epoch(epoch, on_call)
+                def before_call(steps: int) -> None:
+                    cb_list.on_train_batch_begin(steps)  # as Keras: the call's first step
+
+                stats = self.train_epoch(epoch, on_call, before_call)
                 if stats["nonfinite"]:
                     step = int(stats["nonfinite"])
                     message = f"Non-finite loss or gradient in epoch {epoch + 1}, step {step}"

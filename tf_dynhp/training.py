@@ -261,8 +261,8 @@ def fit(
         verbose: 0 silent; 1 (or "auto") a Keras progress bar inside each epoch, then the
             epoch line; 2 the epoch line only, as `keras.Model.fit`.
         callbacks: Keras callbacks, called as `keras.Model.fit` calls them (`set_params`,
-            `set_model` when a rebuild makes a new model, batch hooks after every
-            compiled call, epoch logs `loss`, `accuracy`, `val_loss`, `val_accuracy`
+            `set_model` when a rebuild makes a new model, batch hooks around every
+            compiled call (indices of its first and last step, as Keras), epoch logs `loss`, `accuracy`, `val_loss`, `val_accuracy`
             and ours, per-layer lists as `key_0`, `key_1`, ...). `callback.model` is the
             model trained: the core `GatedModel` (on the flattened, selected features of
             a dense-first chain, on the images of a CNN), not the user's model; a
