@@ -3,6 +3,8 @@ pipelines, precision, callbacks, progress). Each test reproduces a reported fail
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -194,9 +196,24 @@ def test_stop_training_in_a_batch_hook_ends_the_epoch_after_that_call(mnist):
                 self.model.stop_training = True
 
     rec = Record()
-    result = tf_dynhp.fit(_mlp(), x[:600], y[:600], method="hp", epochs=3, batch_size=50, seed=1, verbose=0,
+    # gamma 0.9: the boundary of the stopped epoch prunes, so the run goes on with a new core: still stopped
+    result = tf_dynhp.fit(_mlp(), x[:600], y[:600], method="hp", epochs=3, batch_size=50, seed=1, verbose=0, gamma=0.9,
                           steps_per_execution=2, callbacks=[StopAtStep(), rec])
+    assert any(result.history["pruned_units"][0])
     assert [c[1] for c in rec.calls if c[0] == "batch"] == [1, 3] and len(result.history["loss"]) == 1
+
+
+def test_early_stopping_restores_nothing_it_never_scored(mnist, capsys):
+    """As Keras: without its metric (no validation data) or before `start_from_epoch`,
+    EarlyStopping has no best epoch to restore; the last model is the result."""
+    (x, y), _ = mnist
+    for stop in (keras.callbacks.EarlyStopping(monitor="val_loss", restore_best_weights=True),
+                 keras.callbacks.EarlyStopping(monitor="loss", start_from_epoch=5, restore_best_weights=True)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras warns that val_loss is not available
+            result = tf_dynhp.fit(_mlp(), x[:300], y[:300], method="dynhp", alpha_bs=0.9, budget_kb=1e5, epochs=3,
+                                  batch_size=50, seed=1, verbose=2, callbacks=[stop])
+        assert result.state.epoch == 3 and "Restored" not in capsys.readouterr().out
 
 
 def test_early_stopping_on_val_accuracy_with_keras_default_mode_and_restoring_the_best(mnist, capsys):

@@ -486,6 +486,7 @@ class Trainer:
                     cb_list.on_train_batch_begin(steps)  # as Keras: the call's first step
 
                 stats = self.train_epoch(epoch, on_call, before_call)
+                stopped = bool(getattr(self.core, "stop_training", False))  # a batch hook's; a prune makes a new core
                 if stats["nonfinite"]:
                     step = int(stats["nonfinite"])
                     message = f"Non-finite loss or gradient in epoch {epoch + 1}, step {step}"
@@ -520,9 +521,9 @@ class Trainer:
                     print(format_line(record, cfg.epochs, self.state.gate_kernel if self.state.method != "dense" else None), file=sys.stdout, flush=True)
                 logs = scalar_logs(record)
                 cb_list.on_epoch_end(epoch, logs)
-                self.track_best(restorers, best, epoch, logs, last_good)
+                self.track_best(restorers, best, epoch, logs, last_good, pruned=any(record.get("pruned_units") or []))
                 epoch += 1
-                if getattr(self.core, "stop_training", False):
+                if stopped or getattr(self.core, "stop_training", False):
                     break
             # As keras.Model.fit: an optimizer with `use_ema` leaves the moving averages in
             # the model at the end (checkpoints keep the raw weights and the averages, so a
@@ -539,22 +540,26 @@ class Trainer:
         return self.result(model_name)
 
     def track_best(self, restorers: list[keras.callbacks.EarlyStopping], best: dict[int, tuple[int, Any, Any]],
-                   epoch: int, logs: dict[str, Any], snapshot: tuple[dict[str, np.ndarray], dict[str, Any]]) -> None:
+                   epoch: int, logs: dict[str, Any], snapshot: tuple[dict[str, np.ndarray], dict[str, Any]],
+                   pruned: bool = False) -> None:
         """Keeps, per `EarlyStopping(restore_best_weights=True)`, the epoch to restore:
-        the callback's best epoch; under `target_kb`, the best among the epochs whose
-        model fits the target (by the callback's own comparison, `min_delta` included),
-        so the restored model keeps the size guarantee. (Above the target the penalty
-        weight rises and the logged `loss` with it: by `loss`, the largest early model
-        would always be the best.)"""
+        the callback's best epoch (only an epoch it scored: with its metric logged and
+        from `start_from_epoch` on, as Keras); under `target_kb`, the best among the
+        epochs whose model fits the target and was not pruned at that epoch's end (the
+        logs score the model before the boundary's prune: the snapshot must be that
+        model), by the callback's own comparison, `min_delta` included, so the restored
+        model keeps the size guarantee. (Above the target the penalty weight rises and
+        the logged `loss` with it: by `loss`, the largest early model would always be
+        the best.)"""
         target_kb = self.config.target_kb
-        fits = target_kb is None or memory.floats_to_kb(self.weights()) <= target_kb
+        fits = target_kb is None or (memory.floats_to_kb(self.weights()) <= target_kb and not pruned)
         for cb in restorers:
+            value = logs.get(cb.monitor)
+            if not fits or value is None or epoch < cb.start_from_epoch:
+                continue
             if target_kb is None:
                 if cb.best_epoch == epoch:
                     best[id(cb)] = (epoch, snapshot, None)
-                continue
-            value = logs.get(cb.monitor)
-            if not fits or value is None or epoch < cb.start_from_epoch:
                 continue
             if id(cb) not in best or bool(cb._is_improvement(value, best[id(cb)][2])):
                 best[id(cb)] = (epoch, snapshot, value)

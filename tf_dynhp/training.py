@@ -79,10 +79,10 @@ def _resolve_loss(loss: Any) -> Callable | None:
         return None
     if isinstance(loss, str):
         name = loss
-    elif isinstance(loss, keras.losses.Loss):
-        name = type(loss).__name__
+    elif isinstance(loss, keras.losses.Loss):  # Keras' own classes: a user's may share a name
+        name = type(loss).__name__ if (type(loss).__module__ or "").startswith("keras") else None
     else:
-        name = getattr(loss, "__name__", None) if getattr(loss, "__module__", "").startswith("keras") else None
+        name = getattr(loss, "__name__", None) if (getattr(loss, "__module__", None) or "").startswith("keras") else None
     if name in _ONE_HOT_LOSSES:
         raise _invalid("loss", "a loss of integer class labels (fit trains on them: y holds class indices), e.g. "
                        "'sparse_categorical_crossentropy' or tf_dynhp.losses.SparseCategoricalCrossentropy", loss)
