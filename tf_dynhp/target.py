@@ -44,6 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 from keras import ops
 
+from tf_dynhp import augment
 from tf_dynhp.kinds import CONV_TYPES, WEIGHTED_TYPES
 from tf_dynhp.units import UnitAxis, effective_keep, plan_outcome, unit_axes
 
@@ -56,10 +57,10 @@ TARGET_SCHEDULES = ("constant", "cubic")
 
 def deadline_epoch(target_deadline: float, epochs: int) -> int:
     """The number of epochs after which every epoch boundary forces the model to the
-    target (`fit(target_deadline=...)`): `ceil(target_deadline * epochs)`, at least 1.
-    The product is rounded to 9 decimals first, as `tf_dynhp.augment.augmented_epochs`
-    does, so 0.55 of 100 epochs is 55 (floating point holds 55.000000000000007), not 56."""
-    return max(1, math.ceil(round(float(target_deadline) * int(epochs), 9)))
+    target (`fit(target_deadline=...)`): `ceil(target_deadline * epochs)`, at least 1,
+    by the one rule for a fraction of the epochs, `tf_dynhp.augment.augmented_epochs`
+    (0.55 of 100 epochs is 55, not the 56 floating point would give)."""
+    return augment.augmented_epochs(float(target_deadline), int(epochs))
 
 
 def scheduled_kb(target_kb: float, start_kb: float, epoch: int, ramp_epochs: int, schedule: str = "constant") -> float:

@@ -477,12 +477,12 @@ def fit(
     core, features, input_shape = core_from(gated)
     have_kb = memory.floats_to_kb(memory.weight_count(core.weighted_layers))
     if target_kb is not None:
-        least_kb = memory.floats_to_kb(target.smallest_weights(core.body))
+        least = target.smallest_weights(core.body)
+        least_kb = memory.floats_to_kb(least)
         if target_kb < least_kb:
             raise ValueError(
                 f"`target_kb`={target_kb} is smaller than the smallest model hard pruning can leave of "
-                f"'{getattr(model, 'name', 'model')}' (one unit per layer): {target.smallest_weights(core.body)} weights, "
-                f"{least_kb:.4g} KB."
+                f"'{getattr(model, 'name', 'model')}' (one unit per layer): {least} weights, {least_kb:.4g} KB."
             )
         if target_kb >= have_kb:
             warnings.warn(
