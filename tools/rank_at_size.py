@@ -88,6 +88,13 @@ the final epoch; the test error is shown beside it for information and chooses n
   40% or 60% of the epochs instead of half (`target_deadline`; half was chosen on
   Fashion-MNIST before the shifts and the unshifted phase): more epochs at the final size,
   or a slower descent to it. Third round, chosen the same way.
+* ``coc_dl50_sh1_clean25_wd``, ``coc_dl50_sh1_clean25_floor``, ``coc_dl50_sh1_clean25_g03``,
+  ``coc_dl50_sh1_clean25_g07``: that recipe with regularizers for the epochs at the final
+  size, where the unshifted phase's training loss falls below the validation loss
+  (``wd``'s expected-L2 term, 5e-4 per weight, Louizos et al.'s; or ``floor``'s λ floor
+  0.01, which keeps the L0 penalty and the gates' noise on), or with another pruning
+  threshold γ (0.3 or 0.7 instead of Eq. 7's 0.5: which units fall below it, and so which
+  are removed on the way down to the size). Fourth round, chosen the same way.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -171,6 +178,10 @@ CANDIDATES = {
     "coc_dl50_sh1_clean25_ema": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75, ema_momentum=0.999),
     "coc_dl40_sh1_clean25": dict(_COC, target_deadline=0.4, augment_shift=1, augment_until=0.75),
     "coc_dl60_sh1_clean25": dict(_COC, target_deadline=0.6, augment_shift=1, augment_until=0.75),
+    "coc_dl50_sh1_clean25_wd": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75, weight_decay_per_weight=5e-4),
+    "coc_dl50_sh1_clean25_floor": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75, lambda_floor=0.01),
+    "coc_dl50_sh1_clean25_g03": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75, gamma=0.3),
+    "coc_dl50_sh1_clean25_g07": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75, gamma=0.7),
 }
 
 
@@ -194,7 +205,7 @@ def _one(name: str, seed: int, data) -> dict:
     t0 = time.perf_counter()
     result = tf_dynhp.fit(
         model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,
-        target_kb=FLAGS.target_kb, target_deadline=recipe["target_deadline"],
+        target_kb=FLAGS.target_kb, target_deadline=recipe["target_deadline"], gamma=recipe.get("gamma", 0.5),
         lambda_floor=recipe["lambda_floor"], lambda_step=recipe.get("lambda_step", 0.05),
         weight_decay=recipe.get("weight_decay_per_weight", 0.0) * len(x), size_penalty=recipe.get("size_penalty", "coupled"),
         target_schedule=recipe.get("target_schedule", "constant"),
