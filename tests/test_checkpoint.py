@@ -259,6 +259,42 @@ def test_nonfinite_rollback_recovers(mnist_small):
     assert all(np.all(np.isfinite(w.numpy())) for w in result.gated_model.weights)
 
 
+class StopInEpoch(keras.callbacks.Callback):
+    """Sets `stop_training` in a batch hook of epoch `epoch` (0-based) on its `visit`-th run."""
+
+    def __init__(self, epoch, visit):
+        super().__init__()
+        self.epoch, self.visit, self.seen, self.current = epoch, visit, 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+        if epoch == self.epoch:
+            self.seen += 1
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.current == self.epoch and self.seen == self.visit:
+            self.model.stop_training = True
+
+
+def test_nonfinite_rollback_then_stop_in_the_retried_epoch_ends_the_run(mnist_small):
+    # The rollback rebuilds the core: the callbacks must be given the new one, or the
+    # stop they set in the retried epoch lands on the old core and the run goes on.
+    (x, y), _ = mnist_small
+    with pytest.warns(RuntimeWarning, match="rolled back to the end of epoch 1, learning rate halved"):
+        result = tf_dynhp.fit(_model(), x, y, epochs=4, callbacks=[Corrupt([0]), StopInEpoch(1, visit=2)],
+                              on_nonfinite="rollback", budget_kb=_budget(), **FAST)
+    assert len(result.history["loss"]) == 2
+
+
+def test_nonfinite_rollback_after_a_stop_in_the_failed_epoch_does_not_retry(mnist_small):
+    (x, y), _ = mnist_small
+    with pytest.warns(RuntimeWarning, match="a callback stopped training during the failed epoch, so it is not retried"):
+        result = tf_dynhp.fit(_model(), x, y, epochs=4, callbacks=[Corrupt([0]), StopInEpoch(1, visit=1)],
+                              on_nonfinite="rollback", budget_kb=_budget(), **FAST)
+    assert len(result.history["loss"]) == 1 and result.state.epoch == 1
+    assert all(np.all(np.isfinite(w.numpy())) for w in result.gated_model.weights)
+
+
 def test_nonfinite_rollback_halves_lr_then_gives_up(mnist_small):
     (x, y), _ = mnist_small
     with pytest.warns(RuntimeWarning, match="rolled back") as record:

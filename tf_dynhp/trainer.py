@@ -492,7 +492,12 @@ class Trainer:
                     message = f"Non-finite loss or gradient in epoch {epoch + 1}, step {step}"
                     if cfg.on_nonfinite == "rollback" and tries < 3:
                         tries += 1
-                        self.restore(*last_good)
+                        self.restore(*last_good)  # a new core: the callbacks must see it (their stop_training lands on it)
+                        cb_list.set_model(self.core)
+                        model_seen = self.core
+                        if stopped:  # a callback asked to stop during the failed epoch: no retry
+                            warnings.warn(f"{message}: rolled back to the end of epoch {epoch}; a callback stopped training during the failed epoch, so it is not retried.", RuntimeWarning, stacklevel=2)
+                            break
                         lr = self.core.optimizer.learning_rate
                         lr.assign(lr * 0.5**tries)
                         self.trace()

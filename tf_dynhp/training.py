@@ -280,7 +280,8 @@ def fit(
             checkpoint of other settings, model or data is refused, naming the setting).
         on_nonfinite: "raise" (stop with `NonFiniteError`, whose `last_good` holds the
             model of the last good epoch) or "rollback" (restore the last good epoch,
-            halve the learning rate, go on; give up after 3 tries).
+            halve the learning rate, go on; give up after 3 tries; a callback that set
+            `stop_training` during the failed epoch ends the run at the last good epoch).
         gate_kernel: how `L0Dense` samples its per-example gates in training:
             "fused" (one compiled CPU kernel, `tf_dynhp.fused`; float32 models),
             "tf" (TensorFlow ops, `tf_dynhp.gates.gated_product`) or "auto" (default:
