@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,6 +205,25 @@ def test_an_unseeded_run_resumes_with_the_seed_it_drew(tmp_path, mnist_small):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a finished run resumed with its own epochs: nothing to say
         tf_dynhp.fit(_model(), x[:200], y[:200], epochs=2, checkpoint_dir=tmp_path, resume=True, **kw)
+
+
+def test_a_seeded_run_resumed_without_its_seed_is_seeded_as_with_it(tmp_path, mnist_small):
+    # fit(seed=7) seeds Keras (Python, NumPy, TF) and op determinism; a resume that
+    # adopts the checkpoint's seed must do the same, or its run differs from one resumed
+    # with seed=7: the global NumPy state after the call tells them apart.
+    (x, y), _ = mnist_small
+    kw = dict(FAST, budget_kb=_budget())
+    tf_dynhp.fit(_model(), x[:200], y[:200], epochs=1, checkpoint_dir=tmp_path / "run", **kw)
+    draws, losses = [], []
+    for seed in (7, None):
+        folder = tmp_path / f"resume-{seed}"
+        shutil.copytree(tmp_path / "run", folder)
+        model = _model()
+        np.random.seed(999)
+        resumed = tf_dynhp.fit(model, x[:200], y[:200], epochs=2, checkpoint_dir=folder, resume=True, **{**kw, "seed": seed})
+        draws.append(np.random.random())
+        losses.append(resumed.history["loss"])
+    assert losses[0] == losses[1] and draws[0] == draws[1]
 
 
 def test_resume_needs_checkpoint_dir(mnist_small):

@@ -116,6 +116,10 @@ def graph_constants(core: GatedModel) -> list[Any]:
 
 #: Settings named first when several differ: what a user changes on purpose.
 _FIRST = ("method", "model", "data")
+#: Recorded in the checkpoint settings but not compared: whether the caller passed the
+#: seed (`fit` seeds Keras and TF op determinism then; a resume without `seed` from such a
+#: checkpoint does the same), not a choice that makes another run.
+_UNCOMPARED = ("seeded",)
 
 
 def _json(value: Any) -> str:
@@ -136,7 +140,7 @@ def _difference(key: str, saved: Any, current: Any) -> tuple[str, str]:
 def check_settings(path: Any, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuses a checkpoint made by another model, data set or hyper-parameters, naming
     every setting that differs (the method, model and data first)."""
-    keys = sorted(set(saved) | set(current), key=lambda k: (_FIRST.index(k) if k in _FIRST else len(_FIRST), k))
+    keys = sorted((set(saved) | set(current)) - set(_UNCOMPARED), key=lambda k: (_FIRST.index(k) if k in _FIRST else len(_FIRST), k))
     differ = [k for k in keys if _json(saved.get(k)) != _json(current.get(k))]
     if differ:
         was, has = _difference(differ[0], saved.get(differ[0]), current.get(differ[0]))

@@ -257,7 +257,8 @@ def fit(
             test set.
         seed: makes two runs identical (sets Keras' seeds and TF op determinism).
             None: drawn at random; `resume=True` goes on with the seed its
-            checkpoint was made with.
+            checkpoint was made with (and seeds Keras and op determinism if that
+            run was given its seed).
         verbose: 0 silent; 1 (or "auto") a Keras progress bar inside each epoch, then the
             epoch line; 2 the epoch line only, as `keras.Model.fit`.
         callbacks: Keras callbacks, called as `keras.Model.fit` calls them (`set_params`,
@@ -461,10 +462,15 @@ def fit(
     if seed is None and resume and checkpoint_dir is not None:
         # An unseeded run drew its seed at random: its resume goes on with that seed.
         found = ckpt.latest_checkpoint(checkpoint_dir)
+    seeded = seed is not None
     if seed is None:
-        drawn = None if found is None else found[2].get("settings", {}).get("seed")
+        saved = {} if found is None else found[2].get("settings", {})
+        drawn = saved.get("seed")
+        # A checkpoint of a run its caller seeded: go on seeded the same way (older
+        # checkpoints do not say, and go on as unseeded runs, as before).
+        seeded = bool(saved.get("seeded"))
         seed = int(drawn) if drawn is not None else int(np.random.SeedSequence().entropy % (2**31 - 1))
-    else:
+    if seeded:
         seed = int(seed)
         keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
@@ -517,7 +523,7 @@ def fit(
     settings = {
         "method": method, "batch_size": batch_size, "l0_lambda": l0_lambda, "alpha_bs": alpha_bs,
         "gamma": float(gamma), "budget_kb": budget_kb, "budget_on": budget_on, "batch_growth": batch_growth,
-        "optimizer": {k: v for k, v in core.optimizer.get_config().items() if k != "name"}, "seed": seed, "loss": losses.describe(loss),
+        "optimizer": {k: v for k, v in core.optimizer.get_config().items() if k != "name"}, "seed": seed, "seeded": seeded, "loss": losses.describe(loss),
         "weight_decay": float(weight_decay), "droprate_init": float(droprate_init),
         "input_droprate_init": float(input_droprate_init), "model": _model_signature(chain),
         "gate_kernel": gate_kernel,
