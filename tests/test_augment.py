@@ -87,6 +87,9 @@ def test_augmented_epochs_round_up():
     assert augment.augmented_epochs(0.3, 4) == 2
     assert augment.augmented_epochs(0.55, 100) == 55 and augment.augmented_epochs(0.07, 100) == 7  # not 56, 8
     assert augment.augmented_epochs(1e-11, 10) == 1  # at least the first epoch, as the docstring says
+    assert augment.augmented_epochs(np.float32(0.55), 100) == 55  # holds 0.550000011920929: not 56
+    assert augment.augmented_epochs(float(np.float32(0.55)), 100) == 55  # as fit's checks hand it on
+    assert augment.augmented_epochs(0.5501, 100) == 56  # a fraction that means more than 55 epochs still does
 
 
 def test_epoch_images_is_the_epochs_transform_until_augment_epochs():

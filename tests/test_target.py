@@ -40,6 +40,7 @@ def test_deadline_epoch_rounds_the_fraction_up_and_is_at_least_one():
     assert [target.deadline_epoch(d, 200) for d in (0.25, 0.5, 1.0, 0.001)] == [50, 100, 200, 1]
     assert target.deadline_epoch(0.3, 4) == 2 and target.deadline_epoch(0.01, 20) == 1
     assert target.deadline_epoch(0.55, 100) == 55 and target.deadline_epoch(0.07, 100) == 7  # not 56, 8
+    assert target.deadline_epoch(np.float32(0.55), 100) == 55 and target.deadline_epoch(np.float32(0.07), 100) == 7
 
 
 def test_cubic_schedule_falls_from_the_start_to_the_target_by_the_deadline():

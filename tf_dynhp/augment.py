@@ -107,9 +107,15 @@ class RandomShift:
 def augmented_epochs(augment_until: float, epochs: int) -> int:
     """How many epochs, from the first, train on `augment`'s images with
     `fit(augment_until=...)`: `ceil(augment_until * epochs)`, at least 1; the rest train
-    on the images as they are. The product is rounded to 9 decimals first, so a fraction
-    that floating point cannot hold exactly (0.55 * 100 = 55.000000000000007) gives 55, not 56."""
-    return max(1, math.ceil(round(augment_until * epochs, 9)))
+    on the images as they are. A product within a millionth (relative) of a whole number
+    is that number, so a fraction that floating point cannot hold exactly gives the
+    epoch it names: 0.55 * 100 = 55.000000000000007 gives 55, not 56, and so does a
+    float32 0.55 (0.550000011920929, also once `fit` has made it a Python float)."""
+    product = float(augment_until) * epochs
+    nearest = round(product)
+    if abs(product - nearest) <= 1e-6 * max(1.0, abs(product)):
+        product = nearest
+    return max(1, math.ceil(product))
 
 
 def epoch_images(augment: Callable, images: np.ndarray, seed: int, epoch: int,

@@ -60,7 +60,7 @@ def deadline_epoch(target_deadline: float, epochs: int) -> int:
     target (`fit(target_deadline=...)`): `ceil(target_deadline * epochs)`, at least 1,
     by the one rule for a fraction of the epochs, `tf_dynhp.augment.augmented_epochs`
     (0.55 of 100 epochs is 55, not the 56 floating point would give)."""
-    return augment.augmented_epochs(float(target_deadline), int(epochs))
+    return augment.augmented_epochs(target_deadline, int(epochs))
 
 
 def scheduled_kb(target_kb: float, start_kb: float, epoch: int, ramp_epochs: int, schedule: str = "constant") -> float:
