@@ -131,6 +131,28 @@ def test_mixed_precision_and_distribution_strategies_are_refused_by_name(mnist):
             tf_dynhp.fit(_mlp(), x[:64], y[:64], **QUICK)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "cnn1"])
+def test_float64_models_train_with_dynhp_and_a_size_target(mnist, kind):
+    # A float64 model's layers get the float32 data: the variance of Eq. 8 and the
+    # expected size of the target's penalty mixed the two dtypes and crashed the trace.
+    (x, y), _ = mnist
+    keras.utils.set_random_seed(0)
+    shape = (28, 28) if kind == "mlp" else (28, 28, 1)
+    layers = [keras.Input(shape, dtype="float64")]
+    if kind == "cnn1":
+        layers += [keras.layers.Conv2D(6, 5, activation="relu", dtype="float64"), keras.layers.MaxPooling2D(2, dtype="float64")]
+    layers += [keras.layers.Flatten(dtype="float64"), keras.layers.Dense(24, activation="relu", dtype="float64"),
+               keras.layers.Dense(10, activation="softmax", dtype="float64")]
+    model = keras.Sequential(layers)
+    x = x[:300] if kind == "mlp" else x[:300, ..., None]
+    dense_kb = tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(model))
+    result = tf_dynhp.fit(model, x, y[:300], method="dynhp", alpha_bs=0.9, budget_kb=1e5, epochs=2, batch_size=32,
+                          target_kb=0.5 * dense_kb, target_deadline=0.5, seed=1, verbose=0)
+    assert all(np.isfinite(result.history["loss"])) and all(v >= 0 for v in result.history["variance_ratio"])
+    assert tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(result.model)) <= 0.5 * dense_kb
+    assert {w.dtype for w in result.model.weights} == {"float64"}
+
+
 # --------------------------------------------------------------------------- item 10
 @pytest.mark.parametrize("setting,value", [("kernel_regularizer", keras.regularizers.L2(10.0)),
                                            ("kernel_constraint", keras.constraints.NonNeg()),

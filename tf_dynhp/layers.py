@@ -536,6 +536,7 @@ class L0Conv2D(_HardConcreteLayer):
             outputs), `pre_activation` is `conv(inputs) + bias` before the gate,
             `gate_open` has shape (batch, filters).
         """
+        inputs = ops.cast(inputs, self.compute_dtype)  # float32 data into a float64 layer (conv2d does not promote)
         z = ops.cast(self._gates(ops.shape(inputs)[0], training, noise), inputs.dtype)
         pre = self.convolve(inputs)
         gated = pre * ops.expand_dims(ops.expand_dims(z, 1), 1)

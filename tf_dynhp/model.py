@@ -220,12 +220,12 @@ class GatedModel(keras.Model):
                 # d(mean loss)/dY = D / B, so D = B * g_pre; the mean gradients are the
                 # step's own kernel/bias gradients without the penalty's share.
                 g_kernel, g_bias = self._data_gradients(layer, grad_of)
+                d = g_pre * ops.cast(batch, g_pre.dtype)  # in the layer's dtype (float64 models)
                 if isinstance(layer, CONV_TYPES):
-                    variance_l1 = variance_l1 + conv_variance_l1(
-                        a, g_pre * batch, layer.kernel.shape[:2], layer.strides, layer.padding, g_kernel, g_bias
-                    )
+                    term = conv_variance_l1(a, d, layer.kernel.shape[:2], layer.strides, layer.padding, g_kernel, g_bias)
                 else:
-                    variance_l1 = variance_l1 + dense_variance_l1(a, g_pre * batch, g_kernel, g_bias)
+                    term = dense_variance_l1(a, d, g_kernel, g_bias)
+                variance_l1 = variance_l1 + ops.cast(term, x.dtype)
         predicted = ops.argmax(logits, axis=-1)
         correct = ops.sum(ops.cast(ops.equal(ops.cast(predicted, "int64"), ops.cast(y, "int64")), x.dtype))
         gate_open = [c for _, _, c in per_layer if c is not None]

@@ -234,9 +234,9 @@ def expected_weights(body: Sequence[Any], form: str = "coupled") -> Any:
             p = copied if p is None else p * copied
         expected[i] = p
 
-    def total(i: int, layer: Any, side: int) -> Any:
+    def total(i: int, layer: Any, side: int) -> Any:  # float32 whatever the layers' dtype (float64 models)
         if expected[i] is not None:
-            return ops.sum(expected[i])
+            return ops.cast(ops.sum(expected[i]), "float32")
         return ops.cast(_dynamic_dim(layer.kernel, side), "float32")
 
     if form not in SIZE_PENALTIES:

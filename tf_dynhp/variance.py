@@ -57,7 +57,11 @@ def dense_variance_l1(a, d, mean_kernel_grad, mean_bias_grad=None):
     # sum_i ||g_i||^2 over kernel and bias: ||A_i||^2 ||D_i||^2 + ||D_i||^2 (the bias
     # gradient of example i is D_i). Raw TensorFlow ops, few of them: tracing costs per op
     # (once per run; once per rebuild with fit(trace_once=False)).
-    a, d = tf.convert_to_tensor(a), tf.convert_to_tensor(d)
+    d = tf.convert_to_tensor(d)
+    a = tf.cast(a, d.dtype)  # one dtype, d's (a float64 model's layers may get float32 inputs)
+    mean_kernel_grad = tf.cast(mean_kernel_grad, d.dtype)
+    if mean_bias_grad is not None:
+        mean_bias_grad = tf.cast(mean_bias_grad, d.dtype)
     b = tf.cast(tf.shape(a)[0], a.dtype)
     row_a = tf.reduce_sum(tf.square(a), axis=1)
     mean_sq = tf.reduce_sum(tf.square(mean_kernel_grad))
@@ -121,6 +125,11 @@ def conv_variance_l1(
         Scalar sum over all parameters of the per-example gradient variance
         (unbiased; B = 1 gives 0).
     """
+    d = tf.convert_to_tensor(d)
+    inputs = tf.cast(inputs, d.dtype)  # one dtype, d's, as in dense_variance_l1
+    mean_kernel_grad = tf.cast(mean_kernel_grad, d.dtype)
+    if mean_bias_grad is not None:
+        mean_bias_grad = tf.cast(mean_bias_grad, d.dtype)
     patches = conv_patches(inputs, kernel_size, strides, padding)
     b_int = tf.shape(inputs)[0]
     d_flat = tf.reshape(d, (b_int, -1, tf.shape(d)[-1]))
