@@ -114,6 +114,28 @@ def test_an_infinite_dataset_is_refused_at_once(mnist):
         tf_dynhp.fit(_mlp(), x[:64], y[:64], validation_data=ds, **QUICK)
 
 
+def test_a_dataset_of_unknown_cardinality_is_read_only_up_to_a_bound(mnist):
+    # `.repeat().filter(...)` has unknown (not infinite) cardinality: it was read until
+    # the machine ran out of memory. A finite filtered one is read whole.
+    (x, y), _ = mnist
+    base = tf.data.Dataset.from_tensor_slices((x[:64], y[:64]))
+    endless = base.repeat().filter(lambda a, b: b < 10)
+    assert int(endless.cardinality()) == int(tf.data.UNKNOWN_CARDINALITY)
+    with pytest.raises(ValueError, match=r"`x` is a tf.data.Dataset of unknown cardinality that has given \d+ examples .*probably infinite"):
+        tf_dynhp.data._materialize(endless, "x", (28, 28), max_bytes=2**20)
+    finite = base.filter(lambda a, b: b < 5)
+    xs, ys = tf_dynhp.data._materialize(finite, "x", (28, 28), max_bytes=2**20)
+    assert len(xs) == len(ys) == int(np.sum(y[:64] < 5))
+
+
+def test_a_dataset_of_unknown_rank_is_refused_by_name(mnist):
+    (x, y), _ = mnist
+    ds = tf.data.Dataset.from_generator(lambda: ((x[i], y[i]) for i in range(8)),
+                                        output_signature=(tf.TensorSpec(None, tf.float32), tf.TensorSpec(None, tf.uint8)))
+    with pytest.raises(ValueError, match=r"features shaped of unknown rank; the model expects examples of shape \(28, 28\)"):
+        tf_dynhp.fit(_mlp(), ds, **QUICK)
+
+
 # --------------------------------------------------------------------------- item 3
 def test_mixed_precision_and_distribution_strategies_are_refused_by_name(mnist):
     (x, y), _ = mnist

@@ -15,6 +15,7 @@ the kept input features.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import numpy as np
@@ -25,10 +26,24 @@ from tf_dynhp import augment as aug
 __all__ = ["as_arrays", "epoch_order", "fingerprint", "FeatureSelection"]
 
 
-def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _memory_bytes() -> int:
+    """Physical memory of this machine in bytes (8 GiB where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - platforms without sysconf
+        return 8 * 2**30
+
+
+def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ...],
+                 max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Reads a finite dataset of (x, y) examples or batches (`ds.batch(n)`, short last
     batch included) into two arrays. Batched or not is read from `element_spec`: x of
-    rank len(input_shape) is one example, of rank len(input_shape) + 1 a batch."""
+    rank len(input_shape) is one example, of rank len(input_shape) + 1 a batch.
+
+    A dataset of unknown cardinality (e.g. `.repeat().filter(...)`, which tf.data
+    cannot tell from a finite filtered one) is read up to `max_bytes` (default: half of
+    the machine's memory); past that it is refused as probably infinite, rather than
+    read until the machine runs out of memory."""
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) != 2 or not all(isinstance(part, tf.TensorSpec) for part in spec):
         raise ValueError(
@@ -42,18 +57,29 @@ def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ..
             "pass it without `.repeat()`."
         )
     x_shape = spec[0].shape
+    shown = tuple(x_shape) if x_shape.rank is not None else "of unknown rank"
     rank = len(input_shape)
     if x_shape.rank == rank + 1 and x_shape[1:].is_compatible_with(input_shape):
         dataset = dataset.unbatch()
     elif x_shape.rank != rank or not x_shape.is_compatible_with(input_shape):
         raise ValueError(
-            f"`{what}` is a tf.data.Dataset of features shaped {tuple(x_shape)}; the model expects examples "
+            f"`{what}` is a tf.data.Dataset of features shaped {shown}; the model expects examples "
             f"of shape {tuple(input_shape)} (or batches of them, shape {(None,) + tuple(input_shape)})."
         )
-    xs, ys = [], []
+    unknown = int(dataset.cardinality()) == int(tf.data.UNKNOWN_CARDINALITY)
+    limit = (max_bytes if max_bytes is not None else _memory_bytes() // 2) if unknown else None
+    xs, ys, read = [], [], 0
     for xb, yb in dataset.batch(4096).as_numpy_iterator():
         xs.append(xb)
         ys.append(yb)
+        read += xb.nbytes + yb.nbytes
+        if limit is not None and read > limit:
+            raise ValueError(
+                f"`{what}` is a tf.data.Dataset of unknown cardinality that has given {sum(len(b) for b in ys)} "
+                f"examples ({read / 2**20:.0f} MiB) without ending: it is probably infinite (a `.repeat()` "
+                "before `.filter()`?). fit reads the data set into memory once per run: pass it without "
+                "`.repeat()`."
+            )
     if not xs:
         raise ValueError(f"`{what}` is an empty tf.data.Dataset; expected at least one example.")
     return np.concatenate(xs), np.concatenate(ys)
