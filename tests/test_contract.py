@@ -175,6 +175,24 @@ def test_float64_models_train_with_dynhp_and_a_size_target(mnist, kind):
     assert {w.dtype for w in result.model.weights} == {"float64"}
 
 
+@pytest.mark.parametrize("method", ["dense", "dynhp"])
+def test_the_models_returned_keep_the_name_of_the_users_input(mnist, tmp_path, method):
+    # They were built on a new Input named by Keras: predict({"pixels": x}), which the
+    # user's model takes, failed on them.
+    (x, y), (xt, _) = mnist
+    keras.utils.set_random_seed(0)
+    pixels = keras.Input((28, 28), name="pixels")
+    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(pixels))
+    model = keras.Model(pixels, keras.layers.Dense(10, activation="softmax")(hidden))
+    result = tf_dynhp.fit(model, x[:200], y[:200], method=method, alpha_bs=0.9, budget_kb=1e5, epochs=1, batch_size=50,
+                          seed=1, verbose=0)
+    for returned in (result.model, result.gated_model):
+        assert returned.inputs[0].name == "pixels"
+        np.testing.assert_array_equal(returned.predict({"pixels": xt[:4]}, verbose=0), returned.predict(xt[:4], verbose=0))
+    result.model.save(tmp_path / "m.keras")
+    assert keras.models.load_model(tmp_path / "m.keras").inputs[0].name == "pixels"
+
+
 # --------------------------------------------------------------------------- item 10
 @pytest.mark.parametrize("setting,value", [("kernel_regularizer", keras.regularizers.L2(10.0)),
                                            ("kernel_constraint", keras.constraints.NonNeg()),

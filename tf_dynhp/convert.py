@@ -91,7 +91,7 @@ def to_l0(
     new_layers, _, load = rebuild_body(chain.body, None, convert="l0", l0_kwargs=layer_kwargs)
     out = build_chain_model(
         chain.input_shape, new_layers, chain.features, name=f"{chain.name}_l0", dtype=model.inputs[0].dtype,
-        spatial=chain.spatial,
+        spatial=chain.spatial, input_name=model.inputs[0].name,
     )
     load()
     return out
@@ -177,7 +177,7 @@ def strip(model: keras.Model) -> keras.Model:
     new_layers, _, load = rebuild_body(chain.body, keep, convert="dense", weight_transform=fold)
     out = build_chain_model(
         chain.input_shape, new_layers, features, name=f"{chain.name}_stripped", dtype=model.inputs[0].dtype,
-        spatial=chain.spatial,
+        spatial=chain.spatial, input_name=model.inputs[0].name,
     )
     load()
     return out

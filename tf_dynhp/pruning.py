@@ -50,10 +50,13 @@ def is_spatial(core: GatedModel) -> bool:
     return len(core.inputs[0].shape) > 2
 
 
-def full_model(core: GatedModel, features: np.ndarray | None, input_shape: tuple[int, ...], name: str) -> keras.Model:
-    """The core's layers behind the original input: Input -> [Flatten -> SelectFeatures] -> layers."""
+def full_model(core: GatedModel, features: np.ndarray | None, input_shape: tuple[int, ...], name: str,
+               input_name: str | None = None) -> keras.Model:
+    """The core's layers behind the original input: Input (named `input_name`, the
+    user's model's) -> [Flatten -> SelectFeatures] -> layers."""
     layers, _, load = rebuild_body(core.body, None, convert="same")
-    model = build_chain_model(input_shape, layers, features, name=name, dtype=core.inputs[0].dtype, spatial=is_spatial(core))
+    model = build_chain_model(input_shape, layers, features, name=name, dtype=core.inputs[0].dtype, spatial=is_spatial(core),
+                              input_name=input_name)
     load()
     return model
 

@@ -79,6 +79,7 @@ def build_chain_model(
     name: str | None = None,
     dtype: Any = None,
     spatial: bool = False,
+    input_name: str | None = None,
 ) -> keras.Model:
     """Builds the functional model `Input -> [Flatten] -> [SelectFeatures] -> body`.
 
@@ -90,11 +91,13 @@ def build_chain_model(
         dtype: dtype of the input tensor (defaults to Keras' float type).
         spatial: a convolutional chain: `Input -> body`, no flatten head (`features`
             must be None).
+        input_name: name of the Input (the user's model's, so that `predict({name: x})`
+            and exported signatures keep it); None: Keras' default.
 
     Returns:
         A built `keras.Model`.
     """
-    inputs = keras.Input(shape=tuple(input_shape), dtype=dtype)
+    inputs = keras.Input(shape=tuple(input_shape), dtype=dtype, name=input_name)
     x = inputs
     if spatial:
         if features is not None:

@@ -69,6 +69,7 @@ class FitConfig:
     target_epoch: int = 0  # from the end of this epoch (1-based) on, the target is forced
     augment: Callable | None = None  # fit(augment=...): see tf_dynhp.augment
     augment_epochs: int | None = None  # fit(augment_until=...): epochs (from the first) that augment transforms
+    input_name: str | None = None  # the user's model's Input name, kept by result.model and gated_model
 
 
 @dataclasses.dataclass
@@ -436,7 +437,8 @@ class Trainer:
     # -- results
     def result(self, model_name: str) -> FitResult:
         method = self.state.method
-        gated_full = full_model(self.core, self.features, self.input_shape, name=f"{model_name}_{method}")
+        gated_full = full_model(self.core, self.features, self.input_shape, name=f"{model_name}_{method}",
+                                input_name=self.config.input_name)
         stripped = strip(gated_full) if method != "dense" else gated_full
         return FitResult(model=stripped, gated_model=gated_full, history=self.state.history, state=self.state)
 

@@ -552,6 +552,7 @@ def fit(
         size_penalty=size_penalty, target_schedule=target_schedule, start_kb=have_kb, target_epoch=target.deadline_epoch(target_deadline, epochs),
         augment=augment,
         augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if final_phase else None,
+        input_name=model.inputs[0].name,
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 
