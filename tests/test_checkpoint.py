@@ -315,6 +315,36 @@ def test_nonfinite_rollback_after_a_stop_in_the_failed_epoch_does_not_retry(mnis
     assert all(np.all(np.isfinite(w.numpy())) for w in result.gated_model.weights)
 
 
+class NanAtStart(keras.callbacks.Callback):
+    """Writes NaN into the first kernel at the start of the given epochs, on their first try."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.at = set(epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch in self.at:
+            self.at.discard(epoch)
+            kernel = self.model.dense_layers[0].kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+def test_each_rollback_halves_the_rate_it_restores_and_a_resume_after_one_is_exact(tmp_path, mnist_small):
+    # The try count ran over the whole run: the second failure (after good epochs)
+    # restored 0.0025 and multiplied it by 0.25, and a resume (count back at 0) differed.
+    (x, y), _ = mnist_small
+    kw = dict(FAST, budget_kb=_budget(), on_nonfinite="rollback")
+    with pytest.warns(RuntimeWarning) as record:
+        whole = tf_dynhp.fit(_model(), x, y, epochs=6, callbacks=[NanAtStart([2, 4])], **kw)
+    rolled = [str(w.message) for w in record if "rolled back" in str(w.message)]
+    assert len(rolled) == 2 and "halved to 0.0025 (try 1 of 3)" in rolled[0] and "halved to 0.00125 (try 1 of 3)" in rolled[1]
+    with pytest.warns(RuntimeWarning, match="rolled back"):
+        tf_dynhp.fit(_model(), x, y, epochs=4, callbacks=[NanAtStart([2])], checkpoint_dir=tmp_path, **kw)
+    with pytest.warns(RuntimeWarning, match="halved to 0.00125"):
+        resumed = tf_dynhp.fit(_model(), x, y, epochs=6, callbacks=[NanAtStart([4])], checkpoint_dir=tmp_path, resume=True, **kw)
+    assert resumed.history["loss"] == whole.history["loss"]
+
+
 def test_nonfinite_rollback_halves_lr_then_gives_up(mnist_small):
     (x, y), _ = mnist_small
     with pytest.warns(RuntimeWarning, match="rolled back") as record:

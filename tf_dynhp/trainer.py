@@ -517,6 +517,7 @@ class Trainer:
                         "exception's `last_good`" + (f" and in the checkpoints of {checkpoint_dir}." if checkpoint_dir and failed.state.epoch else "."),
                         last_good=failed,
                     )
+                tries = 0  # a good epoch: the next failure starts from its snapshot, with 3 tries of its own
                 record = self.end_epoch(stats, epoch, val)
                 if self.core is not model_seen:
                     cb_list.set_model(self.core)

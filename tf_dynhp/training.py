@@ -281,7 +281,8 @@ def fit(
             checkpoint of other settings, model or data is refused, naming the setting).
         on_nonfinite: "raise" (stop with `NonFiniteError`, whose `last_good` holds the
             model of the last good epoch) or "rollback" (restore the last good epoch,
-            halve the learning rate, go on; give up after 3 tries; a callback that set
+            halve the learning rate it restores, go on; give up after 3 failed tries in a
+            row, the count starting again after a good epoch; a callback that set
             `stop_training` during the failed epoch ends the run at the last good epoch).
         gate_kernel: how `L0Dense` samples its per-example gates in training:
             "fused" (one compiled CPU kernel, `tf_dynhp.fused`; float32 models),
