@@ -116,6 +116,38 @@ def test_keep_counts_only_valid_checkpoints(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["epoch-00003.dynhp", "epoch-00004.dynhp"]
 
 
+def test_a_damaged_file_under_the_name_being_written_is_moved_aside_not_replaced(tmp_path):
+    # A resume skips a damaged newest checkpoint, then writes that epoch again: the
+    # damaged file was replaced in silence, although damaged files are never deleted.
+    for epoch in (3, 4):
+        ckpt.write_checkpoint(tmp_path, epoch, {"a": np.zeros(3)}, {"epoch": epoch})
+    _damage(tmp_path / "epoch-00004.dynhp")
+    with pytest.warns(RuntimeWarning, match=r"epoch-00004.dynhp is damaged .*moved aside to epoch-00004.dynhp.damaged"):
+        ckpt.write_checkpoint(tmp_path, 4, {"a": np.ones(3)}, {"epoch": 4})
+    assert (tmp_path / "epoch-00004.dynhp.damaged").exists()
+    assert ckpt.latest_checkpoint(tmp_path)[2] == {"epoch": 4}
+
+
+def test_temporary_files_of_an_interrupted_write_are_removed_by_the_next_write(tmp_path):
+    stale = tmp_path / ".epoch-00002.dynhp.k3j9x1.tmp"  # what a kill during write_atomic leaves
+    stale.write_bytes(b"half a checkpoint")
+    ckpt.write_checkpoint(tmp_path, 2, {"a": np.zeros(3)}, {"epoch": 2})
+    assert not stale.exists() and [p.name for p in tmp_path.iterdir()] == ["epoch-00002.dynhp"]
+
+
+def test_a_second_fit_on_a_checkpoint_dir_in_use_is_refused_and_removes_nothing(tmp_path, mnist_small):
+    # Two fits on one folder removed each other's checkpoints (a new run clears the
+    # folder) and interleaved their files; the second now stops at once.
+    (x, y), _ = mnist_small
+    kw = dict(FAST, budget_kb=_budget())
+    tf_dynhp.fit(_model(), x[:200], y[:200], epochs=1, checkpoint_dir=tmp_path, **kw)
+    with ckpt.folder_lock(tmp_path, "held by the test"):  # as another process's fit holds it
+        with pytest.raises(ckpt.FolderInUseError, match=f"checkpoint_dir {tmp_path} is in use: another fit"):
+            tf_dynhp.fit(_model(), x[:200], y[:200], epochs=1, checkpoint_dir=tmp_path, **kw)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["epoch-00001.dynhp"]
+    tf_dynhp.fit(_model(), x[:200], y[:200], epochs=2, checkpoint_dir=tmp_path, resume=True, **kw)  # released
+
+
 def test_full_disk_names_the_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch):
     import errno
 

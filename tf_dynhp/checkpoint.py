@@ -22,11 +22,18 @@ exist but none verifies, `latest_checkpoint` raises `CheckpointError` naming the
 The newest `keep` *valid* checkpoints are kept: a damaged file is never counted
 among them and never deleted. It is moved aside to ``epoch-NNNNN.dynhp.damaged``
 (with a warning naming it) when the next checkpoint is written, and left there for
-the user to inspect or delete; no resume, count or cleanup looks at it again.
+the user to inspect or delete; no resume, count or cleanup looks at it again (also
+when the file under the name being written is damaged: a resume went past it). The
+temporary file of a write a kill interrupted is deleted by the next write.
+
+`folder_lock` holds an exclusive `flock` on a folder: `fit` holds its
+`checkpoint_dir`'s (a second `fit` there raises `FolderInUseError` at once; it would
+remove or interleave the first one's checkpoints), `tf_dynhp.runs` its run folder's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -43,6 +50,8 @@ from tf_dynhp._checks import fsync_dir, positive_int, write_atomic
 
 __all__ = [
     "CheckpointError",
+    "FolderInUseError",
+    "folder_lock",
     "write_checkpoint",
     "read_checkpoint",
     "list_checkpoints",
@@ -53,10 +62,16 @@ __all__ = [
 
 MAGIC = b"DYNHPCK1"
 _NAME = re.compile(r"^epoch-(\d{5,})\.dynhp$")
+#: What `_checks.write_atomic` writes a checkpoint to before renaming it.
+_TEMPORARY = re.compile(r"^\.epoch-\d{5,}\.dynhp\..*\.tmp$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is not readable (bad magic, checksum, truncated)."""
+
+
+class FolderInUseError(RuntimeError):
+    """Another process holds the folder's lock (`folder_lock`): it is writing there."""
 
 
 def probe_writable(folder: str | os.PathLike) -> Path:
@@ -76,6 +91,28 @@ def probe_writable(folder: str | os.PathLike) -> Path:
     except OSError as err:
         raise OSError(err.errno, f"checkpoint_dir '{path}' is not writable: {err.strerror or err}") from err
     return path
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, in_use: str | Exception):
+    """Holds an exclusive `flock` on the folder `folder` while the block runs (no lock
+    file: the lock dies with the process, a kill leaves nothing to clean). Another
+    holder makes it raise `in_use` at once (a message: as `FolderInUseError`). No-op
+    where `fcntl` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise (FolderInUseError(in_use) if isinstance(in_use, str) else in_use) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_checkpoint(folder: str | os.PathLike, epoch: int, arrays: dict[str, np.ndarray], meta: dict[str, Any], keep: int = 2) -> Path:
@@ -110,6 +147,8 @@ def write_checkpoint(folder: str | os.PathLike, epoch: int, arrays: dict[str, np
         f.write(hashlib.sha256(payload).digest())
         f.write(payload)
 
+    if final.exists() and _damage(final) is not None:  # a damaged file of this epoch (a resume went past it)
+        _warn_moved(final, _damage(final))
     write_atomic(final, fill)
     _remember_valid(final)
     _clean_up(folder, keep)
@@ -156,14 +195,23 @@ def _move_aside(path: Path) -> Path:
     return target
 
 
+def _warn_moved(path: Path, problem: str) -> None:
+    moved = _move_aside(path)
+    warnings.warn(f"Checkpoint {path} is damaged ({problem}): moved aside to {moved.name}, not counted, not deleted.", RuntimeWarning, stacklevel=4)
+
+
 def _clean_up(folder: Path, keep: int) -> None:
-    """Keeps the newest `keep` valid checkpoints, deletes older valid ones, moves damaged ones aside."""
+    """Keeps the newest `keep` valid checkpoints, deletes older valid ones, moves damaged
+    ones aside, and deletes the temporary files of writes a kill interrupted (`fit` holds
+    the folder's lock: no other writer's file is among them)."""
+    for path in folder.iterdir():
+        if _TEMPORARY.match(path.name):
+            path.unlink(missing_ok=True)
     valid = 0
     for path in reversed(list_checkpoints(folder)):
         problem = _damage(path)
         if problem is not None:
-            moved = _move_aside(path)
-            warnings.warn(f"Checkpoint {path} is damaged ({problem}): moved aside to {moved.name}, not counted, not deleted.", RuntimeWarning, stacklevel=3)
+            _warn_moved(path, problem)
             continue
         valid += 1
         if valid > keep:

@@ -23,7 +23,6 @@ A folder never holds two runs:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -245,27 +244,13 @@ RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.keras", "gat
 RESUMABLE_CHANGES = ("epochs", "on_nonfinite")
 
 
-@contextlib.contextmanager
 def _locked(out_dir: str):
-    """Holds an exclusive `flock` on the folder `out_dir` (no lock file: the lock dies with
-    the process). No-op where `fcntl` does not exist."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunFolderError(
-                f"Run folder {out_dir} is in use: another run (tools/train.py, tools/reproduce.py or runs.run) "
-                "is writing into it. Wait for it to end, or choose another folder."
-            ) from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+    """The folder lock of `out_dir` (`tf_dynhp.checkpoint.folder_lock`)."""
+    from tf_dynhp import checkpoint
+
+    return checkpoint.folder_lock(out_dir, RunFolderError(
+        f"Run folder {out_dir} is in use: another run (tools/train.py, tools/reproduce.py or runs.run) "
+        "is writing into it. Wait for it to end, or choose another folder."))
 
 
 def _previous_files(out_dir: str) -> list[str]:

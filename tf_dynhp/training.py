@@ -25,6 +25,7 @@ The methods:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -276,7 +277,9 @@ def fit(
         steps_per_execution: train steps per compiled call.
         weight_decay, droprate_init, input_droprate_init: `L0Dense` arguments.
         checkpoint_dir: folder for an atomic checkpoint after every epoch (the last
-            two are kept; see `tf_dynhp.checkpoint`). Checked for writability first.
+            two are kept; see `tf_dynhp.checkpoint`). Checked for writability first,
+            and locked while `fit` runs: a second `fit` on it raises
+            `tf_dynhp.checkpoint.FolderInUseError` before touching it.
         resume: continue from the newest valid checkpoint in `checkpoint_dir` (a
             checkpoint of other settings, model or data is refused, naming the setting).
         on_nonfinite: "raise" (stop with `NonFiniteError`, whose `last_good` holds the
@@ -575,36 +578,42 @@ def fit(
     # ------------------------------------------------------- checkpoint, resume
     if resume and checkpoint_dir is None:
         raise ValueError("`resume=True` needs `checkpoint_dir`, the folder the checkpoints were written to.")
+    lock = contextlib.nullcontext()
     if checkpoint_dir is not None:
         ckpt.probe_writable(checkpoint_dir)  # a clear error now, not after an hour
-        if resume:
-            found = found or ckpt.latest_checkpoint(checkpoint_dir)
-            if found is not None:
-                path, arrays, meta = found
-                check_settings(path, meta["settings"], settings)
-                run.restore(arrays, meta)
-                if verbose:
-                    print(f"Resumed from {path} (epoch {run.state.epoch})", flush=True)
-                if run.state.epoch > epochs:  # (== epochs: a finished run resumed, e.g. by a grid; nothing to say)
-                    warnings.warn(
-                        f"Resumed from {path} after epoch {run.state.epoch}, past epochs={epochs}: nothing to "
-                        f"train; the result is that checkpoint's model, with its {run.state.epoch} epochs of history.",
-                        RuntimeWarning, stacklevel=2)
-            elif verbose:
-                print(f"No checkpoint in {checkpoint_dir} to resume from: training from the start.", flush=True)
-        elif ckpt.list_checkpoints(checkpoint_dir):
-            if augment is not None:  # a broken augment fails at epoch 0: fail before removing anything
-                augment_lib.epoch_images(augment, np.asarray(x_train).reshape((-1,) + tuple(input_shape)), seed, 0)
-            # A new run: checkpoints of an earlier run here must not be resumed later by mistake.
-            removed = ckpt.remove_checkpoints(checkpoint_dir)
-            warnings.warn(
-                f"Starting a new run in {checkpoint_dir}: removed {removed} checkpoint(s) of an earlier run "
-                "(pass resume=True to continue it instead).", RuntimeWarning, stacklevel=2,
-            )
-    run.trace()  # the first model, or the one a resume restored
-    if run.state.epoch == 0:
-        run.state.first_trace_seconds = run.trace_seconds  # not a retrace: Keras' fit traces once too
+        # One writer at a time: a second fit here would remove or interleave this one's checkpoints.
+        lock = ckpt.folder_lock(checkpoint_dir, f"checkpoint_dir {checkpoint_dir} is in use: another fit is writing its "
+                                "checkpoints there. Wait for it to end, or choose another folder.")
+    with lock:
+        if checkpoint_dir is not None:
+            if resume:
+                found = found or ckpt.latest_checkpoint(checkpoint_dir)
+                if found is not None:
+                    path, arrays, meta = found
+                    check_settings(path, meta["settings"], settings)
+                    run.restore(arrays, meta)
+                    if verbose:
+                        print(f"Resumed from {path} (epoch {run.state.epoch})", flush=True)
+                    if run.state.epoch > epochs:  # (== epochs: a finished run resumed, e.g. by a grid; nothing to say)
+                        warnings.warn(
+                            f"Resumed from {path} after epoch {run.state.epoch}, past epochs={epochs}: nothing to "
+                            f"train; the result is that checkpoint's model, with its {run.state.epoch} epochs of history.",
+                            RuntimeWarning, stacklevel=2)
+                elif verbose:
+                    print(f"No checkpoint in {checkpoint_dir} to resume from: training from the start.", flush=True)
+            elif ckpt.list_checkpoints(checkpoint_dir):
+                if augment is not None:  # a broken augment fails at epoch 0: fail before removing anything
+                    augment_lib.epoch_images(augment, np.asarray(x_train).reshape((-1,) + tuple(input_shape)), seed, 0)
+                # A new run: checkpoints of an earlier run here must not be resumed later by mistake.
+                removed = ckpt.remove_checkpoints(checkpoint_dir)
+                warnings.warn(
+                    f"Starting a new run in {checkpoint_dir}: removed {removed} checkpoint(s) of an earlier run "
+                    "(pass resume=True to continue it instead).", RuntimeWarning, stacklevel=2,
+                )
+        run.trace()  # the first model, or the one a resume restored
+        if run.state.epoch == 0:
+            run.state.first_trace_seconds = run.trace_seconds  # not a retrace: Keras' fit traces once too
 
-    # -------------------------------------------------------------- epoch loop
-    run.set_data(tf.constant(x_train), tf.constant(y_train))
-    return run.fit_epochs(val, callbacks, settings, getattr(model, "name", "model"))
+        # -------------------------------------------------------------- epoch loop
+        run.set_data(tf.constant(x_train), tf.constant(y_train))
+        return run.fit_epochs(val, callbacks, settings, getattr(model, "name", "model"))
