@@ -204,6 +204,53 @@ def test_layer_settings_the_rebuild_would_drop_are_refused(mnist, setting, value
             tf_dynhp.fit(_mlp(**{setting: value}), x[:64], y[:64], **{**QUICK, "method": method, "budget_kb": 1e5})
 
 
+@keras.saving.register_keras_serializable(package="tf_dynhp_tests")
+def doubled_relu(t):
+    return keras.ops.relu(t) * 2.0
+
+
+def _plain_relu(t):
+    return keras.ops.relu(t)
+
+
+@pytest.mark.parametrize("activation", [_plain_relu, lambda t: keras.ops.relu(t)])
+def test_an_activation_keras_cannot_rebuild_is_refused_naming_the_layer(mnist, activation):
+    # It crashed deep in the conversion (Keras' "Could not locate function").
+    (x, y), _ = mnist
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(8, activation=activation, name="odd"),
+                              keras.layers.Dense(10, activation="softmax")])
+    with pytest.raises(ValueError, match=r"Layer 'odd' has activation .*register_keras_serializable"):
+        tf_dynhp.fit(model, x[:64], y[:64], **QUICK)
+
+
+def test_a_registered_activation_trains_and_survives_the_rebuild(mnist):
+    (x, y), (xt, _) = mnist
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(8, activation=doubled_relu),
+                              keras.layers.Dense(10, activation="softmax")])
+    result = tf_dynhp.fit(model, x[:64], y[:64], **{**QUICK, "method": "hp"})
+    assert result.model.layers[-2].activation is doubled_relu
+    np.testing.assert_allclose(result.model.predict(xt[:4], verbose=0), result.gated_model.predict(xt[:4], verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_loss_scale_optimizer_is_refused_naming_the_optimizer_it_wraps(mnist):
+    # Loss scaling is for mixed precision, refused too; with "hp" it crashed at the first rebuild.
+    (x, y), _ = mnist
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3))
+    with pytest.raises(ValueError, match=r"LossScaleOptimizer .*pass the optimizer it wraps \(optimizer.inner_optimizer, a Adam\)"):
+        tf_dynhp.fit(_mlp(), x[:64], y[:64], **{**QUICK, "method": "hp", "optimizer": optimizer})
+
+
+def test_a_frozen_layer_is_refused_naming_it(mnist):
+    # fit trained it anyway (its kernel moved by 0.06 where keras.Model.fit leaves it).
+    (x, y), _ = mnist
+    model = _mlp()
+    model.layers[1].trainable = False
+    for method in ("dense", "dynhp"):
+        with pytest.raises(ValueError, match=f"Layer '{model.layers[1].name}' is frozen"):
+            tf_dynhp.fit(model, x[:64], y[:64], **{**QUICK, "method": method, "budget_kb": 1e5})
+
+
 # --------------------------------------------------------------------------- item 4
 class Record(keras.callbacks.Callback):
     def __init__(self):

@@ -102,6 +102,11 @@ def _resolve_optimizer(optimizer: Any, learning_rate: float) -> keras.optimizers
         except ValueError as err:
             raise _invalid("optimizer", "a Keras optimizer or its name ('adam', 'sgd', ...)", optimizer) from err
         return opt
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ValueError(
+            "optimizer: a LossScaleOptimizer scales the loss for mixed precision, which tf_dynhp.fit does not "
+            f"support; pass the optimizer it wraps (optimizer.inner_optimizer, a {type(optimizer.inner_optimizer).__name__})."
+        )
     if isinstance(optimizer, keras.optimizers.Optimizer):
         check_weight_decay_exclusions(optimizer)
         if optimizer.built:
@@ -135,8 +140,29 @@ def _check_environment(model: keras.Model) -> None:
 
 
 def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
-    """Refuses regularizers and constraints: the rebuilt layers would silently drop them."""
+    """Refuses what the rebuilt layers would silently lose or change: regularizers and
+    constraints, a frozen layer (`trainable=False`: `fit` trains and prunes every
+    weighted layer), and an activation Keras cannot rebuild from its config (a plain
+    Python function or lambda not registered as serializable)."""
     for layer in body:
+        if not layer.trainable and layer.weights:
+            raise ValueError(
+                f"Layer '{layer.name}' is frozen (trainable=False); tf_dynhp.fit trains and prunes every layer "
+                "with weights and would change it. Unfreeze it, or train the rest of the model apart."
+            )
+        activation = getattr(layer, "activation", None)
+        if activation is not None and "activation" in layer.get_config():
+            try:  # as the rebuild reads it: the layer's config, through keras.activations.get
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # Keras' lambda warning: the error below says more
+                    keras.activations.get(layer.get_config()["activation"])
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"Layer '{layer.name}' has activation {getattr(activation, '__name__', activation)!r}, which Keras "
+                    "cannot rebuild from the layer's config, and tf_dynhp rebuilds every layer it prunes. Use a "
+                    "Keras activation, or register the function with "
+                    f"@keras.saving.register_keras_serializable() (model.save needs that too). Keras said: {err}"
+                ) from None
         for setting in _DROPPED_SETTINGS:
             if getattr(layer, setting, None) is not None:
                 raise ValueError(
