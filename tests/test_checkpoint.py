@@ -258,6 +258,15 @@ def test_a_seeded_run_resumed_without_its_seed_is_seeded_as_with_it(tmp_path, mn
     assert losses[0] == losses[1] and draws[0] == draws[1]
 
 
+def test_a_resume_with_stateful_keras_callbacks_says_they_start_afresh(tmp_path, mnist_small):
+    (x, y), _ = mnist_small
+    kw = dict(FAST, budget_kb=_budget())
+    tf_dynhp.fit(_model(), x[:200], y[:200], epochs=1, checkpoint_dir=tmp_path, **kw)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", patience=1)
+    with pytest.warns(RuntimeWarning, match=r"Resuming after epoch 1 with ReduceLROnPlateau: their own state .* start afresh"):
+        tf_dynhp.fit(_model(), x[:200], y[:200], epochs=2, checkpoint_dir=tmp_path, resume=True, callbacks=[plateau], **kw)
+
+
 def test_resume_needs_checkpoint_dir(mnist_small):
     (x, y), _ = mnist_small
     with pytest.raises(ValueError, match="checkpoint_dir"):

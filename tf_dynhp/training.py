@@ -620,6 +620,15 @@ def fit(
                     run.restore(arrays, meta)
                     if verbose:
                         print(f"Resumed from {path} (epoch {run.state.epoch})", flush=True)
+                    stateful = [type(cb).__name__ for cb in callbacks or []
+                                if isinstance(cb, (keras.callbacks.ReduceLROnPlateau, keras.callbacks.EarlyStopping))]
+                    if stateful and run.state.epoch:
+                        warnings.warn(
+                            f"Resuming after epoch {run.state.epoch} with {', '.join(stateful)}: their own state (best "
+                            "value, epochs waited, a stop) is not in the checkpoint, as with Keras' BackupAndRestore, "
+                            "and a learning rate ReduceLROnPlateau sets at an epoch's end reaches the next checkpoint "
+                            "only: they start afresh, so the resumed run may differ from an uninterrupted one.",
+                            RuntimeWarning, stacklevel=2)
                     if run.state.epoch > epochs:  # (== epochs: a finished run resumed, e.g. by a grid; nothing to say)
                         warnings.warn(
                             f"Resumed from {path} after epoch {run.state.epoch}, past epochs={epochs}: nothing to "
