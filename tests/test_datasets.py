@@ -716,3 +716,11 @@ def test_module_import_is_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['find_dataset_dir', 'load', 'read_idx'] []"
+
+
+def test_labels_outside_the_ten_classes_are_refused_naming_the_file(tmp_path, places):
+    folder = tmp_path / "label11"
+    make_fake_dataset(folder)
+    write(folder / "t10k-labels-idx1-ubyte.gz", idx_bytes(np.array([0, 11, 3], np.uint8)), compress=True)
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\.gz: expected labels in \[0, 10\) .*received labels in \[0, 11\]"):
+        ds.load("mnist", folder, download=False, **places)

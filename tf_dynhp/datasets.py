@@ -63,6 +63,8 @@ TEST_LABELS = "t10k-labels-idx1-ubyte"
 IDX_FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 
 IMAGE_SHAPE = (28, 28)
+#: Both data sets have ten classes, labels 0-9.
+NUM_CLASSES = 10
 
 # IDX type code -> big-endian numpy dtype.
 _IDX_DTYPES = {
@@ -557,6 +559,11 @@ def _validate_split(
             f"{labels_src}: images/labels count mismatch: expected "
             f"{images.shape[0]} labels (one per image in {images_src}), "
             f"received {labels.shape[0]}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise ValueError(
+            f"{labels_src}: expected labels in [0, {NUM_CLASSES}) (the {NUM_CLASSES} classes of MNIST and "
+            f"Fashion-MNIST), received labels in [{int(labels.min())}, {int(labels.max())}]"
         )
     x = np.divide(images, np.float32(255.0), dtype=np.float32)
     return x, labels
