@@ -198,8 +198,9 @@ def test_early_stopping_restores_only_a_model_within_the_target(mnist, capsys):
     model = _mlp(hidden=(40, 20), input_shape=(28, 28))
     goal = 0.2 * memory.floats_to_kb(memory.weight_count(model))
     stop = keras.callbacks.EarlyStopping(monitor="loss", patience=10, restore_best_weights=True)
-    result = tf_dynhp.fit(model, x[:600], y[:600], target_kb=goal, target_schedule="cubic", target_deadline=1.0,
-                          callbacks=[stop], **{**FAST, "epochs": 5, "verbose": 2})
+    with pytest.warns(RuntimeWarning, match="forces the size only at the end of the last epoch"):
+        result = tf_dynhp.fit(model, x[:600], y[:600], target_kb=goal, target_schedule="cubic", target_deadline=1.0,
+                              callbacks=[stop], **{**FAST, "epochs": 5, "verbose": 2})
     sizes, loss, pruned = result.history["model_kb"], result.history["loss"], result.history["pruned_units"]
     assert stop.best_epoch == 0 and sizes[0] > goal  # Keras' best is the large first model
     assert memory.floats_to_kb(memory.weight_count(result.model)) <= goal
@@ -345,3 +346,13 @@ def test_dropout_between_gated_layers_is_deterministic_and_resumes_exactly(mnist
     assert [layer.rate for layer in built.layers if isinstance(layer, keras.layers.Dropout)] == [0.2, 0.2]
     with pytest.raises(ValueError, match="dropout"):
         runs.build_model(runs.RunConfig(arch="lenet5", dropout=0.2))
+
+
+def test_a_deadline_at_the_last_epoch_warns_that_the_model_is_never_trained_at_its_size(mnist):
+    # The cut then lands after the last evaluation: the logs score the larger model,
+    # and the one returned was never trained at its size.
+    (x, y), _ = mnist
+    model = _mlp(hidden=(40, 20), input_shape=(28, 28))
+    goal = 0.2 * memory.floats_to_kb(memory.weight_count(model))
+    with pytest.warns(RuntimeWarning, match=r"`target_deadline`=0.9 of 3 epochs forces the size only at the end of the last epoch"):
+        tf_dynhp.fit(model, x[:300], y[:300], target_kb=goal, target_deadline=0.9, **{**FAST, "epochs": 3})

@@ -350,7 +350,8 @@ def fit(
             `target_deadline`).
         target_deadline: fraction of `epochs` (in (0, 1]) after which every epoch
             boundary forces the model to the target (default a quarter: reaching the
-            size early also keeps the training memory low).
+            size early also keeps the training memory low). One that leaves no epoch
+            after it warns: the model returned would never be trained at its size.
         augment: None, or a function `augment(images, rng) -> images` called at the
             start of every augmented epoch (all of them, or the first ones with
             `augment_until`) on the whole training set (images shaped like the model's
@@ -527,6 +528,13 @@ def fit(
                 f"method={method!r} training, no size target.", RuntimeWarning, stacklevel=2,
             )
             target_kb = None
+        elif target.deadline_epoch(target_deadline, epochs) >= epochs:
+            warnings.warn(
+                f"`target_deadline`={target_deadline:g} of {epochs} epochs forces the size only at the end of the "
+                "last epoch: the returned model is never trained at that size, and the last epoch's logs score "
+                "the model before the cut. Leave epochs after the deadline (the default is 0.25).",
+                RuntimeWarning, stacklevel=2,
+            )
     dense_gated = [] if method == "dense" else [layer for layer in core.gated_layers if isinstance(layer, L0Dense)]
     gate_kernel = fused.resolve_gate_kernel(gate_kernel, announce=print if verbose else None, layers=dense_gated)
     for layer in core.gated_layers:
