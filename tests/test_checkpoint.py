@@ -265,6 +265,9 @@ def test_a_resume_with_stateful_keras_callbacks_says_they_start_afresh(tmp_path,
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", patience=1)
     with pytest.warns(RuntimeWarning, match=r"Resuming after epoch 1 with ReduceLROnPlateau: their own state .* start afresh"):
         tf_dynhp.fit(_model(), x[:200], y[:200], epochs=2, checkpoint_dir=tmp_path, resume=True, callbacks=[plateau], **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a finished run resumed: nothing trains, nothing to say
+        tf_dynhp.fit(_model(), x[:200], y[:200], epochs=2, checkpoint_dir=tmp_path, resume=True, callbacks=[plateau], **kw)
 
 
 def test_resume_needs_checkpoint_dir(mnist_small):
@@ -384,6 +387,34 @@ def test_each_rollback_halves_the_rate_it_restores_and_a_resume_after_one_is_exa
     with pytest.warns(RuntimeWarning, match="halved to 0.00125"):
         resumed = tf_dynhp.fit(_model(), x, y, epochs=6, callbacks=[NanAtStart([4])], checkpoint_dir=tmp_path, resume=True, **kw)
     assert resumed.history["loss"] == whole.history["loss"]
+
+
+class FirstBatchRates(keras.callbacks.Callback):
+    """The learning rate at the first batch of every epoch run (retries included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates, self.fresh = [], False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.fresh = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.fresh:
+            self.rates.append(round(float(self.model.optimizer.learning_rate.numpy()), 8))
+            self.fresh = False
+
+
+def test_a_retry_runs_at_half_the_rate_a_scheduler_sets(mnist_small):
+    # The rate was cut before the retried epoch's on_epoch_begin, where a
+    # LearningRateScheduler set it back: the retry ran at the full rate.
+    (x, y), _ = mnist_small
+    rates = FirstBatchRates()
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.005)
+    with pytest.warns(RuntimeWarning, match=r"rolled back to the end of epoch 1, learning rate halved to 0.0025 \(try 1 of 3\)"):
+        tf_dynhp.fit(_model(), x, y, epochs=3, callbacks=[schedule, NanAtStart([1]), rates], on_nonfinite="rollback",
+                     budget_kb=_budget(), **FAST)
+    assert rates.rates == [0.005, 0.005, 0.0025, 0.005]  # epoch 1, epoch 2 (fails), its retry, epoch 3
 
 
 def test_nonfinite_rollback_halves_lr_then_gives_up(mnist_small):

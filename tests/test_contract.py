@@ -126,6 +126,11 @@ def test_a_dataset_of_unknown_cardinality_is_read_only_up_to_a_bound(mnist):
     finite = base.filter(lambda a, b: b < 5)
     xs, ys = tf_dynhp.data._materialize(finite, "x", (28, 28), max_bytes=2**20)
     assert len(xs) == len(ys) == int(np.sum(y[:64] < 5))
+    # A batched dataset of known size is read whole past the bound (unbatch() alone
+    # would report an unknown cardinality).
+    batched = tf.data.Dataset.from_tensor_slices((x[:1000], y[:1000])).batch(32)
+    xs, _ = tf_dynhp.data._materialize(batched, "x", (28, 28), max_bytes=2**20)
+    assert len(xs) == 1000 and xs.nbytes > 2**20
 
 
 def test_a_dataset_of_unknown_rank_is_refused_by_name(mnist):
@@ -173,6 +178,19 @@ def test_float64_models_train_with_dynhp_and_a_size_target(mnist, kind):
     assert all(np.isfinite(result.history["loss"])) and all(v >= 0 for v in result.history["variance_ratio"])
     assert tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(result.model)) <= 0.5 * dense_kb
     assert {w.dtype for w in result.model.weights} == {"float64"}
+
+
+
+def test_a_float64_cnn_trains_dense_too(mnist):
+    # The plain Conv2D of method="dense" got the float32 data (tf.nn.conv2d does not promote).
+    (x, y), _ = mnist
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1), dtype="float64"),
+                              keras.layers.Conv2D(4, 3, activation="relu", dtype="float64"),
+                              keras.layers.MaxPooling2D(2, dtype="float64"), keras.layers.Flatten(dtype="float64"),
+                              keras.layers.Dense(10, activation="softmax", dtype="float64")])
+    result = tf_dynhp.fit(model, x[:200, ..., None], y[:200], **{**QUICK, "method": "dense"})
+    assert np.isfinite(result.history["loss"][0]) and {w.dtype for w in result.model.weights} == {"float64"}
 
 
 @pytest.mark.parametrize("method", ["dense", "dynhp"])

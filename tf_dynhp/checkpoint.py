@@ -55,6 +55,7 @@ __all__ = [
     "write_checkpoint",
     "read_checkpoint",
     "list_checkpoints",
+    "listing",
     "latest_checkpoint",
     "probe_writable",
     "remove_checkpoints",
@@ -148,7 +149,7 @@ def write_checkpoint(folder: str | os.PathLike, epoch: int, arrays: dict[str, np
         f.write(payload)
 
     if final.exists() and _damage(final) is not None:  # a damaged file of this epoch (a resume went past it)
-        _warn_moved(final, _damage(final))
+        _warn_moved(final, _damage(final), stacklevel=3)
     write_atomic(final, fill)
     _remember_valid(final)
     _clean_up(folder, keep)
@@ -195,9 +196,10 @@ def _move_aside(path: Path) -> Path:
     return target
 
 
-def _warn_moved(path: Path, problem: str) -> None:
+def _warn_moved(path: Path, problem: str, stacklevel: int = 4) -> None:
+    """Moves a damaged `path` aside, warning at the caller of `write_checkpoint`."""
     moved = _move_aside(path)
-    warnings.warn(f"Checkpoint {path} is damaged ({problem}): moved aside to {moved.name}, not counted, not deleted.", RuntimeWarning, stacklevel=4)
+    warnings.warn(f"Checkpoint {path} is damaged ({problem}): moved aside to {moved.name}, not counted, not deleted.", RuntimeWarning, stacklevel=stacklevel)
 
 
 def _clean_up(folder: Path, keep: int) -> None:
@@ -249,6 +251,19 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def listing(folder: str | os.PathLike) -> list[tuple[str, int, int]]:
+    """(name, size, mtime in ns) of every checkpoint file of `folder`, oldest first: tells
+    whether the folder changed between two looks."""
+    out = []
+    for path in list_checkpoints(folder):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out.append((path.name, st.st_size, st.st_mtime_ns))
+    return out
 
 
 def remove_checkpoints(folder: str | os.PathLike) -> int:

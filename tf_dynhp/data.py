@@ -27,11 +27,21 @@ __all__ = ["as_arrays", "epoch_order", "fingerprint", "FeatureSelection"]
 
 
 def _memory_bytes() -> int:
-    """Physical memory of this machine in bytes (8 GiB where the OS does not say)."""
+    """Memory this process may use, in bytes: the machine's, or a smaller cgroup limit (a
+    container's `--memory`); 8 GiB where the OS does not say."""
     try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+        total = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, OSError, ValueError):  # pragma: no cover - platforms without sysconf
-        return 8 * 2**30
+        total = 8 * 2**30
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # cgroup v2, v1
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
 
 
 def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ...],
@@ -56,6 +66,7 @@ def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ..
             f"`{what}` is an infinite tf.data.Dataset (it repeats); fit reads the data set once per run: "
             "pass it without `.repeat()`."
         )
+    unknown = int(dataset.cardinality()) == int(tf.data.UNKNOWN_CARDINALITY)  # before unbatch(), which never knows
     x_shape = spec[0].shape
     shown = tuple(x_shape) if x_shape.rank is not None else "of unknown rank"
     rank = len(input_shape)
@@ -66,7 +77,6 @@ def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ..
             f"`{what}` is a tf.data.Dataset of features shaped {shown}; the model expects examples "
             f"of shape {tuple(input_shape)} (or batches of them, shape {(None,) + tuple(input_shape)})."
         )
-    unknown = int(dataset.cardinality()) == int(tf.data.UNKNOWN_CARDINALITY)
     limit = (max_bytes if max_bytes is not None else _memory_bytes() // 2) if unknown else None
     xs, ys, read = [], [], 0
     for xb, yb in dataset.batch(4096).as_numpy_iterator():

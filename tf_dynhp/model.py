@@ -139,6 +139,7 @@ class GatedModel(keras.Model):
                 per_layer.append((h, pre, None))
                 h, logits = layer.activation(pre), pre
             elif isinstance(layer, keras.layers.Conv2D):
+                h = ops.cast(h, layer.compute_dtype)  # float32 data into a float64 layer (conv2d does not promote)
                 pre = conv2d(h, layer.kernel, layer.strides, layer.padding)
                 if layer.use_bias:
                     pre = pre + layer.bias

@@ -472,11 +472,15 @@ class Trainer:
         model_seen = self.core
         try:
             cb_list.on_train_begin()
-            tries = 0
+            tries, retry = 0, ""
             epoch = self.state.epoch
             while epoch < cfg.epochs:
                 t0 = time.perf_counter()
                 cb_list.on_epoch_begin(epoch)
+                if tries:  # a retry: half the rate of the previous try, after a scheduler's on_epoch_begin has set it
+                    lr = self.core.optimizer.learning_rate
+                    lr.assign(lr * 0.5**tries)
+                    warnings.warn(f"{retry}, learning rate halved to {float(lr.numpy()):.3g} (try {tries} of 3).", RuntimeWarning, stacklevel=2)
                 bar = None
                 if cfg.verbose == 1:
                     print(f"Epoch {epoch + 1}/{cfg.epochs}", flush=True)
@@ -504,10 +508,8 @@ class Trainer:
                         if stopped:  # a callback asked to stop during the failed epoch: no retry
                             warnings.warn(f"{message}: rolled back to the end of epoch {epoch}; a callback stopped training during the failed epoch, so it is not retried.", RuntimeWarning, stacklevel=2)
                             break
-                        lr = self.core.optimizer.learning_rate
-                        lr.assign(lr * 0.5**tries)
                         self.trace()
-                        warnings.warn(f"{message}: rolled back to the end of epoch {epoch}, learning rate halved to {float(lr.numpy()):.3g} (try {tries} of 3).", RuntimeWarning, stacklevel=2)
+                        retry = f"{message}: rolled back to the end of epoch {epoch}"  # the rate is cut when the retry begins
                         continue
                     failed = self.result_from(last_good, model_name)
                     checkpoint_dir = cfg.checkpoint_dir

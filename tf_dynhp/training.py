@@ -309,9 +309,10 @@ def fit(
         resume: continue from the newest valid checkpoint in `checkpoint_dir` (a
             checkpoint of other settings, model or data is refused, naming the setting).
         on_nonfinite: "raise" (stop with `NonFiniteError`, whose `last_good` holds the
-            model of the last good epoch) or "rollback" (restore the last good epoch,
-            halve the learning rate it restores, go on; give up after 3 failed tries in a
-            row, the count starting again after a good epoch; a callback that set
+            model of the last good epoch) or "rollback" (restore the last good epoch and
+            retry it at half the rate of the previous try, the rate a scheduler's
+            `on_epoch_begin` sets included; give up after 3 failed tries in a row, the
+            count starting again after a good epoch; a callback that set
             `stop_training` during the failed epoch ends the run at the last good epoch).
         gate_kernel: how `L0Dense` samples its per-example gates in training:
             "fused" (one compiled CPU kernel, `tf_dynhp.fused`; float32 models),
@@ -492,6 +493,7 @@ def fit(
     found = None  # the checkpoint a resume starts from, read once
     if seed is None and resume and checkpoint_dir is not None:
         # An unseeded run drew its seed at random: its resume goes on with that seed.
+        seen = ckpt.listing(checkpoint_dir)
         found = ckpt.latest_checkpoint(checkpoint_dir)
     seeded = seed is not None
     if seed is None:
@@ -621,6 +623,8 @@ def fit(
     with lock:
         if checkpoint_dir is not None:
             if resume:
+                if found is not None and ckpt.listing(checkpoint_dir) != seen:
+                    found = None  # read before the lock, and another fit has written since: read again
                 found = found or ckpt.latest_checkpoint(checkpoint_dir)
                 if found is not None:
                     path, arrays, meta = found
@@ -630,7 +634,7 @@ def fit(
                         print(f"Resumed from {path} (epoch {run.state.epoch})", flush=True)
                     stateful = [type(cb).__name__ for cb in callbacks or []
                                 if isinstance(cb, (keras.callbacks.ReduceLROnPlateau, keras.callbacks.EarlyStopping))]
-                    if stateful and run.state.epoch:
+                    if stateful and 0 < run.state.epoch < epochs:
                         warnings.warn(
                             f"Resuming after epoch {run.state.epoch} with {', '.join(stateful)}: their own state (best "
                             "value, epochs waited, a stop) is not in the checkpoint, as with Keras' BackupAndRestore, "
