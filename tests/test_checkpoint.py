@@ -288,17 +288,26 @@ def test_absurd_lambda_cannot_prune_everything(mnist_small):
 
 
 class Corrupt(keras.callbacks.Callback):
-    """Writes NaN into the first kernel at the end of the given epochs (a hardware fault)."""
+    """Writes NaN into the first kernel (a hardware fault) at the end of the given epochs,
+    or with `at_start` at their start; once per epoch, so a retry of it runs clean."""
 
-    def __init__(self, epochs):
+    def __init__(self, epochs, at_start=False):
         super().__init__()
-        self.at = set(epochs)
+        self.at, self.at_start = set(epochs), at_start
 
-    def on_epoch_end(self, epoch, logs=None):
+    def _corrupt(self, epoch):
         if epoch in self.at:
             self.at.discard(epoch)
             kernel = self.model.dense_layers[0].kernel
             kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.at_start:
+            self._corrupt(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.at_start:
+            self._corrupt(epoch)
 
 
 def test_nonfinite_raise_names_epoch_and_step_and_keeps_last_good(tmp_path, mnist_small):
@@ -359,33 +368,19 @@ def test_nonfinite_rollback_after_a_stop_in_the_failed_epoch_does_not_retry(mnis
     assert all(np.all(np.isfinite(w.numpy())) for w in result.gated_model.weights)
 
 
-class NanAtStart(keras.callbacks.Callback):
-    """Writes NaN into the first kernel at the start of the given epochs, on their first try."""
-
-    def __init__(self, epochs):
-        super().__init__()
-        self.at = set(epochs)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch in self.at:
-            self.at.discard(epoch)
-            kernel = self.model.dense_layers[0].kernel
-            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
-
-
 def test_each_rollback_halves_the_rate_it_restores_and_a_resume_after_one_is_exact(tmp_path, mnist_small):
     # The try count ran over the whole run: the second failure (after good epochs)
     # restored 0.0025 and multiplied it by 0.25, and a resume (count back at 0) differed.
     (x, y), _ = mnist_small
     kw = dict(FAST, budget_kb=_budget(), on_nonfinite="rollback")
     with pytest.warns(RuntimeWarning) as record:
-        whole = tf_dynhp.fit(_model(), x, y, epochs=6, callbacks=[NanAtStart([2, 4])], **kw)
+        whole = tf_dynhp.fit(_model(), x, y, epochs=6, callbacks=[Corrupt([2, 4], at_start=True)], **kw)
     rolled = [str(w.message) for w in record if "rolled back" in str(w.message)]
     assert len(rolled) == 2 and "halved to 0.0025 (try 1 of 3)" in rolled[0] and "halved to 0.00125 (try 1 of 3)" in rolled[1]
     with pytest.warns(RuntimeWarning, match="rolled back"):
-        tf_dynhp.fit(_model(), x, y, epochs=4, callbacks=[NanAtStart([2])], checkpoint_dir=tmp_path, **kw)
+        tf_dynhp.fit(_model(), x, y, epochs=4, callbacks=[Corrupt([2], at_start=True)], checkpoint_dir=tmp_path, **kw)
     with pytest.warns(RuntimeWarning, match="halved to 0.00125"):
-        resumed = tf_dynhp.fit(_model(), x, y, epochs=6, callbacks=[NanAtStart([4])], checkpoint_dir=tmp_path, resume=True, **kw)
+        resumed = tf_dynhp.fit(_model(), x, y, epochs=6, callbacks=[Corrupt([4], at_start=True)], checkpoint_dir=tmp_path, resume=True, **kw)
     assert resumed.history["loss"] == whole.history["loss"]
 
 
@@ -412,7 +407,7 @@ def test_a_retry_runs_at_half_the_rate_a_scheduler_sets(mnist_small):
     rates = FirstBatchRates()
     schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.005)
     with pytest.warns(RuntimeWarning, match=r"rolled back to the end of epoch 1, learning rate halved to 0.0025 \(try 1 of 3\)"):
-        tf_dynhp.fit(_model(), x, y, epochs=3, callbacks=[schedule, NanAtStart([1]), rates], on_nonfinite="rollback",
+        tf_dynhp.fit(_model(), x, y, epochs=3, callbacks=[schedule, Corrupt([1], at_start=True), rates], on_nonfinite="rollback",
                      budget_kb=_budget(), **FAST)
     assert rates.rates == [0.005, 0.005, 0.0025, 0.005]  # epoch 1, epoch 2 (fails), its retry, epoch 3
 
