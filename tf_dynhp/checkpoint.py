@@ -148,8 +148,9 @@ def write_checkpoint(folder: str | os.PathLike, epoch: int, arrays: dict[str, np
         f.write(hashlib.sha256(payload).digest())
         f.write(payload)
 
-    if final.exists() and _damage(final) is not None:  # a damaged file of this epoch (a resume went past it)
-        _warn_moved(final, _damage(final), stacklevel=3)
+    problem = _damage(final) if final.exists() else None
+    if problem is not None:  # a damaged file of this epoch (a resume went past it)
+        _warn_moved(final, problem, stacklevel=3)
     write_atomic(final, fill)
     _remember_valid(final)
     _clean_up(folder, keep)

@@ -151,11 +151,12 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
                 "with weights and would change it. Unfreeze it, or train the rest of the model apart."
             )
         activation = getattr(layer, "activation", None)
-        if activation is not None and "activation" in layer.get_config():
+        config = layer.get_config() if activation is not None else {}
+        if "activation" in config:
             try:  # as the rebuild reads it: the layer's config, through keras.activations.get
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # Keras' lambda warning: the error below says more
-                    keras.activations.get(layer.get_config()["activation"])
+                    keras.activations.get(config["activation"])
             except (TypeError, ValueError) as err:
                 raise ValueError(
                     f"Layer '{layer.name}' has activation {getattr(activation, '__name__', activation)!r}, which Keras "
