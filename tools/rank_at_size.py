@@ -132,6 +132,7 @@ flags.DEFINE_string("out", None, "Markdown file to write the table to (and <out>
 _BASE = dict(cosine=False, target_deadline=0.25, lambda_floor=0.0)
 _COS = dict(_BASE, cosine=True)
 _COC = dict(_COS, size_penalty="outgoing", target_schedule="cubic")  # the tools' target recipe before weight decay
+_FASHION = dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75)  # coc_dl50_sh1_clean25, the Fashion-MNIST recipe
 CANDIDATES = {
     "base": _BASE,
     "cosine": _COS,
@@ -168,20 +169,20 @@ CANDIDATES = {
     "coc_dl50_sh1": dict(_COC, target_deadline=0.5, augment_shift=1),
     "coca_dl50_sh1_lr2": dict(_COC, adamw=0.01, target_deadline=0.5, augment_shift=1, learning_rate=2e-3),
     "coca_dl25_sh1": dict(_COC, adamw=0.01, target_deadline=0.25, augment_shift=1),
-    "coc_dl50_sh1_clean25": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75),
+    "coc_dl50_sh1_clean25": _FASHION,
     "coc_dl50_sh1_coupled": dict(_COC, target_deadline=0.5, augment_shift=1, size_penalty="coupled"),
     "coc_dl50_sh1_clean50": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.5),
     "coc_dl50_sh1_coupled_clean25": dict(_COC, target_deadline=0.5, augment_shift=1, size_penalty="coupled", augment_until=0.75),
     "coc_dl50_sh1_coupled_clean50": dict(_COC, target_deadline=0.5, augment_shift=1, size_penalty="coupled", augment_until=0.5),
-    "coc_dl50_sh1_clean10": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.9),
-    "coc_dl50_sh1_clean25_lr05": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75, learning_rate=5e-4),
-    "coc_dl50_sh1_clean25_ema": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75, ema_momentum=0.999),
-    "coc_dl40_sh1_clean25": dict(_COC, target_deadline=0.4, augment_shift=1, augment_until=0.75),
-    "coc_dl60_sh1_clean25": dict(_COC, target_deadline=0.6, augment_shift=1, augment_until=0.75),
-    "coc_dl50_sh1_clean25_wd": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75, weight_decay_per_weight=5e-4),
-    "coc_dl50_sh1_clean25_floor": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75, lambda_floor=0.01),
-    "coc_dl50_sh1_clean25_g03": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75, gamma=0.3),
-    "coc_dl50_sh1_clean25_g07": dict(_COC, target_deadline=0.5, augment_shift=1, augment_until=0.75, gamma=0.7),
+    "coc_dl50_sh1_clean10": dict(_FASHION, augment_until=0.9),
+    "coc_dl50_sh1_clean25_lr05": dict(_FASHION, learning_rate=5e-4),
+    "coc_dl50_sh1_clean25_ema": dict(_FASHION, ema_momentum=0.999),
+    "coc_dl40_sh1_clean25": dict(_FASHION, target_deadline=0.4),
+    "coc_dl60_sh1_clean25": dict(_FASHION, target_deadline=0.6),
+    "coc_dl50_sh1_clean25_wd": dict(_FASHION, weight_decay_per_weight=5e-4),
+    "coc_dl50_sh1_clean25_floor": dict(_FASHION, lambda_floor=0.01),
+    "coc_dl50_sh1_clean25_g03": dict(_FASHION, gamma=0.3),
+    "coc_dl50_sh1_clean25_g07": dict(_FASHION, gamma=0.7),
 }
 
 
