@@ -92,7 +92,7 @@ def build_chain_model(
         spatial: a convolutional chain: `Input -> body`, no flatten head (`features`
             must be None).
         input_name: name of the Input (the user's model's, so that `predict({name: x})`
-            and exported signatures keep it); None: Keras' default.
+            works on the rebuilt model as on it); None: Keras' default.
 
     Returns:
         A built `keras.Model`.
