@@ -270,6 +270,19 @@ def test_a_resume_with_stateful_keras_callbacks_says_they_start_afresh(tmp_path,
         tf_dynhp.fit(_model(), x[:200], y[:200], epochs=2, checkpoint_dir=tmp_path, resume=True, callbacks=[plateau], **kw)
 
 
+def test_a_resume_on_a_shuffling_dataset_is_refused_with_the_cause(tmp_path, mnist_small):
+    # A `.shuffle()`d pipeline reads in another order each time: the data's fingerprint
+    # differs and the resume is refused; the refusal says why and what to do.
+    import tensorflow as tf
+
+    (x, y), _ = mnist_small
+    ds = tf.data.Dataset.from_tensor_slices((x[:200], y[:200])).shuffle(200).batch(32)
+    kw = dict(FAST, budget_kb=_budget())
+    tf_dynhp.fit(_model(), ds, epochs=1, checkpoint_dir=tmp_path, **kw)
+    with pytest.raises(ValueError, match=r"made with data=.*`x` is a tf.data.Dataset: one with `.shuffle\(\)` .*drop the `.shuffle\(\)`"):
+        tf_dynhp.fit(_model(), ds, epochs=2, checkpoint_dir=tmp_path, resume=True, **kw)
+
+
 def test_resume_needs_checkpoint_dir(mnist_small):
     (x, y), _ = mnist_small
     with pytest.raises(ValueError, match="checkpoint_dir"):

@@ -138,16 +138,18 @@ def _difference(key: str, saved: Any, current: Any) -> tuple[str, str]:
     return f"{key}={_shown(saved)}", f"{key}={_shown(current)}"
 
 
-def check_settings(path: Any, saved: dict[str, Any], current: dict[str, Any]) -> None:
+def check_settings(path: Any, saved: dict[str, Any], current: dict[str, Any], hints: dict[str, str] | None = None) -> None:
     """Refuses a checkpoint made by another model, data set or hyper-parameters, naming
-    every setting that differs (the method, model and data first)."""
+    every setting that differs (the method, model and data first), with `hints[key]`
+    for the first one when the caller knows a likely cause."""
     keys = sorted((set(saved) | set(current)) - set(_UNCOMPARED), key=lambda k: (_FIRST.index(k) if k in _FIRST else len(_FIRST), k))
     differ = [k for k in keys if _json(saved.get(k)) != _json(current.get(k))]
     if differ:
         was, has = _difference(differ[0], saved.get(differ[0]), current.get(differ[0]))
         also = f" Also different: {', '.join(differ[1:])}." if differ[1:] else ""
+        hint = f" {hints[differ[0]]}" if hints and differ[0] in hints else ""
         raise ValueError(
-            f"Checkpoint {path} was made with {was}; this run has {has}.{also} Resume with the same settings, "
+            f"Checkpoint {path} was made with {was}; this run has {has}.{also}{hint} Resume with the same settings, "
             "or use another checkpoint_dir."
         )
 

@@ -629,7 +629,10 @@ def fit(
                 found = found or ckpt.latest_checkpoint(checkpoint_dir)
                 if found is not None:
                     path, arrays, meta = found
-                    check_settings(path, meta["settings"], settings)
+                    shuffled = ("`x` is a tf.data.Dataset: one with `.shuffle()` holds the examples in another order at "
+                                "every read; fit shuffles each epoch itself, so drop the `.shuffle()`.")
+                    check_settings(path, meta["settings"], settings,
+                                   hints={"data": shuffled} if isinstance(x, tf.data.Dataset) else None)
                     run.restore(arrays, meta)
                     if verbose:
                         print(f"Resumed from {path} (epoch {run.state.epoch})", flush=True)
