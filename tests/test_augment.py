@@ -317,3 +317,26 @@ def test_augment_refusals_name_the_argument(mnist):
         tf_dynhp.fit(_mlp(), x[:64], y[:64], augment=lambda images, rng: images[:, 0], **FAST)
     with pytest.raises(ValueError, match="non-finite"):
         tf_dynhp.fit(_mlp(), x[:64], y[:64], augment=lambda images, rng: images * np.nan, **FAST)
+
+
+def test_random_shift_fraction_moves_only_that_share_and_keeps_the_old_draws_at_one():
+    """`fraction` < 1 moves about that share of the images (the rest are returned as they
+    are) and is recorded; `fraction=1` draws exactly as before the argument existed."""
+    rng = np.random.default_rng(0)
+    images = rng.random((4000, 6, 6)).astype(np.float32)
+    half = augment.RandomShift(1, fraction=0.5)(images, augment.epoch_rng(3, 2))
+    unmoved = np.all(half == images, axis=(1, 2))
+    # Unmoved: the kept half, plus the moved ones that drew (0, 0) (1/9 of them).
+    assert abs(unmoved.mean() - (0.5 + 0.5 / 9)) < 0.03
+    assert augment.RandomShift(1, fraction=0.5).get_config()["fraction"] == 0.5
+    assert "fraction" not in augment.RandomShift(1).get_config()
+    gen = augment.epoch_rng(3, 2)
+    dy, dx = gen.integers(-1, 2, 4000), gen.integers(-1, 2, 4000)
+    np.testing.assert_array_equal(augment.RandomShift(1)(images, augment.epoch_rng(3, 2)), augment.shift_images(images, dy, dx))
+    np.testing.assert_array_equal(augment.RandomShift(1, fraction=0.0)(images, augment.epoch_rng(3, 2)), images)
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, "half", None, True, float("nan")])
+def test_random_shift_refuses_a_bad_fraction(fraction):
+    with pytest.raises(ValueError, match="fraction"):
+        augment.RandomShift(1, fraction=fraction)

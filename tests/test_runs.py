@@ -46,6 +46,14 @@ def test_cosine_lr_decay_reaches_the_optimizer(mnist):
     assert [cb.schedule(e, None) for e in range(4)] == pytest.approx([1e-3, 1e-3 * (1 + np.cos(np.pi / 4)) / 2, 5e-4,
                                                                       1e-3 * (1 + np.cos(3 * np.pi / 4)) / 2])
     assert runs.lr_callbacks("none", 1e-3, 4) == []
+    (restart,) = runs.lr_callbacks("cosine", 1e-3, 6, restart_epoch=2)
+    assert [restart.schedule(e, None) for e in range(6)] == pytest.approx(
+        [1e-3, 1e-3 * (1 + np.cos(np.pi / 6)) / 2, 1e-3] + [1e-3 * (1 + np.cos(np.pi * k / 4)) / 2 for k in (1, 2, 3)])
+    for bad in (0, 6, 2.0, True):
+        with pytest.raises(ValueError, match="restart_epoch"):
+            runs.lr_callbacks("cosine", 1e-3, 6, restart_epoch=bad)
+    with pytest.raises(ValueError, match="restart_epoch"):
+        runs.lr_callbacks("none", 1e-3, 6, restart_epoch=2)
 
     seen = []
 

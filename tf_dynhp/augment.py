@@ -74,18 +74,26 @@ class RandomShift:
     `max_shift`] along each spatial axis (zero fill) and, with `flip`, mirrors a random
     half of them left-right.
 
+    `fraction` < 1 moves only that share of the images, drawn anew every epoch (the
+    others keep their place, so part of every epoch is the test images' distribution);
+    the draws of `fraction=1` are those of the class before `fraction` existed.
+
     `fit(augment=RandomShift(2, flip=True))`; `get_config()` is what a checkpoint
     records, so a resume with another augmentation is refused.
     """
 
     max_shift: int = 2
     flip: bool = False
+    fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, (int, np.integer)) or self.max_shift < 0:
             raise ValueError(f"`max_shift` must be an int >= 0; received {self.max_shift!r}.")
         if not isinstance(self.flip, (bool, np.bool_)):
             raise ValueError(f"`flip` must be a bool; received {self.flip!r}.")
+        if (isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float, np.integer, np.floating))
+                or not 0.0 <= float(self.fraction) <= 1.0):
+            raise ValueError(f"`fraction` must be a number in [0, 1]; received {self.fraction!r}.")
 
     def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         images = np.asarray(images)
@@ -95,13 +103,20 @@ class RandomShift:
         s = int(self.max_shift)
         dy = rng.integers(-s, s + 1, n)
         dx = rng.integers(-s, s + 1, n)
+        if float(self.fraction) < 1.0:
+            kept = rng.random(n) >= float(self.fraction)
+            dy[kept] = 0
+            dx[kept] = 0
         if self.flip:
             mirrored = rng.random(n) < 0.5
             images = np.where(mirrored.reshape((n,) + (1,) * (images.ndim - 1)), images[:, :, ::-1], images)
         return shift_images(images, dy, dx) if s else np.array(images)
 
     def get_config(self) -> dict[str, Any]:
-        return {"class": "RandomShift", "max_shift": int(self.max_shift), "flip": bool(self.flip)}
+        config = {"class": "RandomShift", "max_shift": int(self.max_shift), "flip": bool(self.flip)}
+        if float(self.fraction) < 1.0:  # absent at 1, so checkpoints from before `fraction` still resume
+            config["fraction"] = float(self.fraction)
+        return config
 
 
 def augmented_epochs(augment_until: float, epochs: int) -> int:

@@ -105,6 +105,8 @@ class RunConfig:
     # Fraction of the epochs, from the first, trained on the augmented images (fit's
     # `augment_until`); the rest train on the images as they are. 1: every epoch.
     augment_until: float = 1.0
+    # Share of the images moved each augmented epoch (`RandomShift(fraction=...)`); 1: all.
+    augment_fraction: float = 1.0
     # > 0: the cross-entropy's targets are label-smoothed by this share (fit's `loss`:
     # `tf_dynhp.losses.SparseCategoricalCrossentropy(label_smoothing=...)`); 0: plain.
     label_smoothing: float = 0.0
@@ -169,21 +171,40 @@ def augmentation(config: RunConfig) -> Any:
         raise invalid("augment_shift", "an integer >= 0", config.augment_shift)
     if not (config.augment_shift or config.augment_flip):
         return None
-    return RandomShift(int(config.augment_shift), bool(config.augment_flip))
+    return RandomShift(int(config.augment_shift), bool(config.augment_flip), config.augment_fraction)
 
 
-def lr_callbacks(lr_decay: str, learning_rate: float, epochs: int) -> list[Any]:
+def lr_callbacks(lr_decay: str, learning_rate: float, epochs: int, restart_epoch: int | None = None) -> list[Any]:
     """The Keras callbacks of a learning-rate schedule (`LR_DECAYS`): none, or for
     "cosine" a `LearningRateScheduler` setting epoch e (0-based) to
     `learning_rate * (1 + cos(pi * e / epochs)) / 2`. It depends on the epoch index
-    only, so a resumed run gets the same rates."""
+    only, so a resumed run gets the same rates.
+
+    `restart_epoch` (cosine only; 0 < restart_epoch < epochs): a warm restart there
+    (Loshchilov & Hutter 2017, "SGDR"): from that epoch on the rate starts again at
+    `learning_rate` and decays on a cosine to 0 over the epochs left; the epochs before
+    it are unchanged. With `target_deadline`'s epoch, the model at its final size gets a
+    whole anneal of its own."""
     import keras
 
     if lr_decay == "none":
+        if restart_epoch is not None:
+            raise invalid("restart_epoch", 'None with lr_decay="none"', restart_epoch)
         return []
-    if lr_decay == "cosine":
+    if lr_decay != "cosine":
+        raise invalid("lr_decay", f"one of {list(LR_DECAYS)}", lr_decay)
+    if restart_epoch is None:
         return [keras.callbacks.LearningRateScheduler(lambda e, lr: learning_rate * 0.5 * (1.0 + math.cos(math.pi * e / epochs)))]
-    raise invalid("lr_decay", f"one of {list(LR_DECAYS)}", lr_decay)
+    if isinstance(restart_epoch, bool) or not isinstance(restart_epoch, (int, np.integer)) or not 0 < restart_epoch < epochs:
+        raise invalid("restart_epoch", f"None or an integer in (0, {epochs})", restart_epoch)
+    start, rest = int(restart_epoch), int(epochs) - int(restart_epoch)
+
+    def rate(e: int, lr: Any) -> float:
+        if e < start:
+            return learning_rate * 0.5 * (1.0 + math.cos(math.pi * e / epochs))
+        return learning_rate * 0.5 * (1.0 + math.cos(math.pi * (e - start) / rest))
+
+    return [keras.callbacks.LearningRateScheduler(rate)]
 
 
 def optimizer(config: RunConfig):

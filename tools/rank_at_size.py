@@ -95,6 +95,14 @@ the final epoch; the test error is shown beside it for information and chooses n
   0.01, which keeps the L0 penalty and the gates' noise on), or with another pruning
   threshold γ (0.3 or 0.7 instead of Eq. 7's 0.5: which units fall below it, and so which
   are removed on the way down to the size). Fourth round, chosen the same way.
+* ``coc_dl50_sh1half_clean25``: that recipe with only a random half of the images shifted
+  each augmented epoch (`RandomShift(1, fraction=0.5)`): half of every epoch keeps the
+  unshifted test distribution, which the unshifted last quarter otherwise has to fit back.
+* ``coc_dl50_sh1_clean25_restart``: that recipe with a warm restart of the cosine at the
+  deadline (`runs.lr_callbacks(..., restart_epoch=)`, Loshchilov & Hutter's SGDR): the
+  descent to the size is unchanged, then the model at its size gets a whole anneal from
+  the paper's learning rate to 0 instead of the second half of one. Fifth round, chosen
+  the same way.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -183,6 +191,8 @@ CANDIDATES = {
     "coc_dl50_sh1_clean25_floor": dict(_FASHION, lambda_floor=0.01),
     "coc_dl50_sh1_clean25_g03": dict(_FASHION, gamma=0.3),
     "coc_dl50_sh1_clean25_g07": dict(_FASHION, gamma=0.7),
+    "coc_dl50_sh1half_clean25": dict(_FASHION, augment_fraction=0.5),
+    "coc_dl50_sh1_clean25_restart": dict(_FASHION, lr_restart=True),
 }
 
 
@@ -198,11 +208,13 @@ def _one(name: str, seed: int, data) -> dict:
     keras.utils.set_random_seed(seed)
     model = tf_dynhp.runs.build_mlp((300, 100), dropout=recipe.get("dropout", 0.0))
     learning_rate = recipe.get("learning_rate", PAPER_LR)
-    callbacks = tf_dynhp.runs.lr_callbacks("cosine" if recipe["cosine"] else "none", learning_rate, FLAGS.epochs)
+    restart = tf_dynhp.target.deadline_epoch(recipe["target_deadline"], FLAGS.epochs) if recipe.get("lr_restart") else None
+    callbacks = tf_dynhp.runs.lr_callbacks("cosine" if recipe["cosine"] else "none", learning_rate, FLAGS.epochs, restart)
     config = tf_dynhp.runs.RunConfig(  # what runs.optimizer / augmentation / loss build the run's pieces from
         learning_rate=learning_rate, ema_momentum=recipe.get("ema_momentum"), decoupled_weight_decay=recipe.get("adamw", 0.0),
         augment_shift=recipe.get("augment_shift", 0), augment_flip=recipe.get("augment_flip", False),
-        augment_until=recipe.get("augment_until", 1.0), label_smoothing=recipe.get("label_smoothing", 0.0))
+        augment_until=recipe.get("augment_until", 1.0), augment_fraction=recipe.get("augment_fraction", 1.0),
+        label_smoothing=recipe.get("label_smoothing", 0.0))
     t0 = time.perf_counter()
     result = tf_dynhp.fit(
         model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,
