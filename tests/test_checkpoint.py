@@ -195,6 +195,23 @@ def test_resume_in_process_equals_uninterrupted(tmp_path, mnist_small):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_a_checkpoint_renamed_to_another_epoch_is_skipped_not_taken_as_newest(tmp_path, mnist_small):
+    """A file whose name says another epoch than it holds (copied by hand to a higher
+    number) used to be taken as the newest; it is now skipped with a warning, and moved
+    aside by the next write, and the resume equals the uninterrupted run."""
+    (x, y), _ = mnist_small
+    full = tf_dynhp.fit(_model(), x, y, epochs=3, budget_kb=_budget(), **FAST)
+    tf_dynhp.fit(_model(), x, y, epochs=2, checkpoint_dir=tmp_path, budget_kb=_budget(), **FAST)
+    shutil.copy(tmp_path / "epoch-00001.dynhp", tmp_path / "epoch-00009.dynhp")
+    with pytest.raises(ckpt.CheckpointError, match="says epoch 9 but it holds epoch 1"):
+        ckpt.read_checkpoint(tmp_path / "epoch-00009.dynhp")
+    with pytest.warns(RuntimeWarning, match="epoch-00009.dynhp.*says epoch 9 but it holds epoch 1") as seen:
+        resumed = tf_dynhp.fit(_model(), x, y, epochs=3, checkpoint_dir=tmp_path, resume=True, budget_kb=_budget(), **FAST)
+    assert any("moved aside" in str(w.message) for w in seen)
+    assert _strip(resumed.history) == _strip(full.history)
+    assert (tmp_path / "epoch-00009.dynhp.damaged").exists()
+
+
 @pytest.mark.parametrize("change,match", [({"gamma": 0.8}, "gamma"), ({"l0_lambda": 0.1}, "l0_lambda"), ("model", "model"), ("data", "data")])
 def test_foreign_checkpoint_is_refused(tmp_path, mnist_small, change, match):
     (x, y), _ = mnist_small

@@ -17,7 +17,9 @@ never a broken one under a final name (an `OSError`, e.g. a full disk, names the
 checkpoint being written). A truncated or corrupted file fails its checksum and is
 skipped (with a warning naming it) in favour of the previous one; when checkpoints
 exist but none verifies, `latest_checkpoint` raises `CheckpointError` naming them
-(a resume must not silently restart from epoch 0).
+(a resume must not silently restart from epoch 0). A file whose name says another
+epoch than the one it holds (renamed or copied by hand; the files are ordered by
+name) is damaged in the same way.
 
 The newest `keep` *valid* checkpoints are kept: a damaged file is never counted
 among them and never deleted. It is moved aside to ``epoch-NNNNN.dynhp.damaged``
@@ -183,8 +185,27 @@ def _damage(path: Path) -> str | None:
         return f"not a tf_dynhp checkpoint (expected magic {MAGIC!r}, file of {len(data)} bytes)"
     if hashlib.sha256(data[len(MAGIC) + 32 :]).digest() != data[len(MAGIC) : len(MAGIC) + 32]:
         return f"checksum mismatch (truncated or corrupted file of {len(data)} bytes)"
-    _remember_valid(path)
-    return None
+    try:
+        with np.load(io.BytesIO(data[len(MAGIC) + 32 :]), allow_pickle=False) as npz:
+            meta = json.loads(npz["__meta__"].tobytes().decode("utf-8"))
+    except (OSError, ValueError, KeyError) as err:
+        return f"unreadable contents ({err})"
+    problem = _epoch_problem(path, meta)
+    if problem is None:
+        _remember_valid(path)
+    return problem
+
+
+def _epoch_problem(path: Path, meta: Any) -> str | None:
+    """What is wrong when a checkpoint's file name names another epoch than the one it
+    holds (a file renamed or copied by hand): the files are ordered by the name, so it
+    would be taken for a newer or older checkpoint than it is."""
+    match = _NAME.match(path.name)
+    state = meta.get("state") if isinstance(meta, dict) else None
+    held = state.get("epoch") if isinstance(state, dict) else None
+    if match is None or not isinstance(held, int) or held == int(match.group(1)):
+        return None
+    return f"its name says epoch {int(match.group(1))} but it holds epoch {held}: renamed or copied by hand"
 
 
 def _move_aside(path: Path) -> Path:
@@ -242,6 +263,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
+    problem = _epoch_problem(path, meta)
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}")
     return arrays, meta
 
 
