@@ -46,14 +46,18 @@ def test_cosine_lr_decay_reaches_the_optimizer(mnist):
     assert [cb.schedule(e, None) for e in range(4)] == pytest.approx([1e-3, 1e-3 * (1 + np.cos(np.pi / 4)) / 2, 5e-4,
                                                                       1e-3 * (1 + np.cos(3 * np.pi / 4)) / 2])
     assert runs.lr_callbacks("none", 1e-3, 4) == []
-    (restart,) = runs.lr_callbacks("cosine", 1e-3, 6, restart_epoch=2)
+    (restart,) = runs.lr_callbacks("cosine_restart", 1e-3, 6, restart_epoch=2)
     assert [restart.schedule(e, None) for e in range(6)] == pytest.approx(
         [1e-3, 1e-3 * (1 + np.cos(np.pi / 6)) / 2, 1e-3] + [1e-3 * (1 + np.cos(np.pi * k / 4)) / 2 for k in (1, 2, 3)])
-    for bad in (0, 6, 2.0, True):
+    for bad in (None, 0, 6, 2.0, True):
         with pytest.raises(ValueError, match="restart_epoch"):
-            runs.lr_callbacks("cosine", 1e-3, 6, restart_epoch=bad)
-    with pytest.raises(ValueError, match="restart_epoch"):
-        runs.lr_callbacks("none", 1e-3, 6, restart_epoch=2)
+            runs.lr_callbacks("cosine_restart", 1e-3, 6, restart_epoch=bad)
+    for other in ("none", "cosine"):
+        with pytest.raises(ValueError, match="restart_epoch"):
+            runs.lr_callbacks(other, 1e-3, 6, restart_epoch=2)
+    # a run restarts at its target deadline's epoch (fit's rule for a fraction of the epochs)
+    assert runs.restart_epoch("cosine_restart", 0.5, 200) == 100 and runs.restart_epoch("cosine_restart", 0.55, 100) == 55
+    assert runs.restart_epoch("cosine", 0.5, 200) is None
 
     seen = []
 
@@ -132,6 +136,14 @@ def test_target_deadline_dropout_augment_and_smoothing_reach_fit_and_the_model(m
     assert seen["augment"] is None and seen["loss"] is None
     with pytest.raises(ValueError, match="augment_shift"):
         runs.augmentation(runs.RunConfig(augment_shift=-1))
+    # lr_decay="cosine_restart" restarts at the target deadline's epoch; augment_fraction reaches RandomShift
+    with pytest.raises(KeyboardInterrupt):
+        runs.run(runs.RunConfig(method="dynhp", hidden=(8,), epochs=10, target_kb=5.0, target_deadline=0.4,
+                                lr_decay="cosine_restart", augment_shift=1, augment_fraction=0.5), None,
+                 data=(data, mnist[1]), verbose=0)
+    (schedule,) = seen["callbacks"]
+    assert [schedule.schedule(e, None) for e in (3, 4)] == pytest.approx([1e-3 * (1 + np.cos(0.3 * np.pi)) / 2, 1e-3])
+    assert seen["augment"] == tf_dynhp.augment.RandomShift(1, fraction=0.5)
 
 
 # ------------------------------------------------------------------ one run per folder

@@ -34,12 +34,12 @@ import numpy as np
 
 from tf_dynhp._checks import invalid, write_atomic
 
-__all__ = ["ARCHS", "LR_DECAYS", "RunConfig", "augmentation", "loss", "lr_callbacks", "optimizer", "RunFolderError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
+__all__ = ["ARCHS", "LR_DECAYS", "RunConfig", "augmentation", "loss", "lr_callbacks", "restart_epoch", "optimizer", "RunFolderError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
 
 #: Architectures of `RunConfig.arch`: the paper's MLP family (`hidden`) and LeNet-5-Caffe.
 ARCHS = ("mlp", "lenet5")
 #: Learning-rate schedules of `RunConfig.lr_decay`.
-LR_DECAYS = ("none", "cosine")
+LR_DECAYS = ("none", "cosine", "cosine_restart")
 
 
 @dataclasses.dataclass
@@ -79,7 +79,8 @@ class RunConfig:
     # validation data, as the paper's figures show it (nothing is selected on it).
     validation_split: float = 0.0
     # Learning-rate schedule over the run (`LR_DECAYS`): "none" keeps `learning_rate`;
-    # "cosine" decays it to 0 on a half cosine over `epochs` (a Keras LearningRateScheduler).
+    # "cosine" decays it to 0 on a half cosine over `epochs` (a Keras LearningRateScheduler);
+    # "cosine_restart" starts a second one at the `target_deadline` epoch (`lr_callbacks`).
     lr_decay: str = "none"
     lambda_floor: float = 0.0  # fit(lambda_floor=...): the size multiplier's floor under a target
     size_penalty: str = "coupled"  # fit(size_penalty=...): what the size multiplier presses under a target
@@ -174,29 +175,40 @@ def augmentation(config: RunConfig) -> Any:
     return RandomShift(int(config.augment_shift), bool(config.augment_flip), config.augment_fraction)
 
 
+def restart_epoch(lr_decay: str, target_deadline: float, epochs: int) -> int | None:
+    """Where "cosine_restart" starts its second cosine: the epoch by which a size target
+    is reached (`tf_dynhp.target.deadline_epoch(target_deadline, epochs)`); None for the
+    other schedules."""
+    from tf_dynhp.target import deadline_epoch
+
+    return deadline_epoch(target_deadline, epochs) if lr_decay == "cosine_restart" else None
+
+
 def lr_callbacks(lr_decay: str, learning_rate: float, epochs: int, restart_epoch: int | None = None) -> list[Any]:
     """The Keras callbacks of a learning-rate schedule (`LR_DECAYS`): none, or for
     "cosine" a `LearningRateScheduler` setting epoch e (0-based) to
     `learning_rate * (1 + cos(pi * e / epochs)) / 2`. It depends on the epoch index
     only, so a resumed run gets the same rates.
 
-    `restart_epoch` (cosine only; 0 < restart_epoch < epochs): a warm restart there
-    (Loshchilov & Hutter 2017, "SGDR"): from that epoch on the rate starts again at
-    `learning_rate` and decays on a cosine to 0 over the epochs left; the epochs before
-    it are unchanged. With `target_deadline`'s epoch, the model at its final size gets a
-    whole anneal of its own."""
+    "cosine_restart" (with `restart_epoch`, 0 < restart_epoch < epochs; `restart_epoch()`
+    gives the target deadline's) is "cosine" with a warm restart there (Loshchilov & Hutter
+    2017, "SGDR"): from that epoch on the rate starts again at `learning_rate` and decays on
+    a cosine to 0 over the epochs left; the epochs before it are "cosine"'s. Restarted at
+    the size target's deadline, the model at its final size gets a whole anneal of its own.
+    """
     import keras
 
-    if lr_decay == "none":
-        if restart_epoch is not None:
-            raise invalid("restart_epoch", 'None with lr_decay="none"', restart_epoch)
-        return []
-    if lr_decay != "cosine":
+    if lr_decay not in LR_DECAYS:
         raise invalid("lr_decay", f"one of {list(LR_DECAYS)}", lr_decay)
-    if restart_epoch is None:
+    if lr_decay != "cosine_restart":
+        if restart_epoch is not None:
+            raise invalid("restart_epoch", f'None with lr_decay="{lr_decay}" (it is "cosine_restart"\'s)', restart_epoch)
+        if lr_decay == "none":
+            return []
         return [keras.callbacks.LearningRateScheduler(lambda e, lr: learning_rate * 0.5 * (1.0 + math.cos(math.pi * e / epochs)))]
     if isinstance(restart_epoch, bool) or not isinstance(restart_epoch, (int, np.integer)) or not 0 < restart_epoch < epochs:
-        raise invalid("restart_epoch", f"None or an integer in (0, {epochs})", restart_epoch)
+        raise invalid("restart_epoch", f'an integer in (0, {epochs}) with lr_decay="cosine_restart" (the epochs: {epochs})',
+                      restart_epoch)
     start, rest = int(restart_epoch), int(epochs) - int(restart_epoch)
 
     def rate(e: int, lr: Any) -> float:
@@ -429,7 +441,8 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
             loss=loss(config),
             weight_decay=config.weight_decay_per_weight * (len(x) - int(len(x) * config.validation_split)),
             optimizer=optimizer(config),
-            callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs),
+            callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs,
+                                   restart_epoch(config.lr_decay, config.target_deadline, config.epochs)),
         )
     except tf_dynhp.NonFiniteError as err:
         if out_dir is not None:  # the folder keeps the last good model (no metrics.json: unfinished)

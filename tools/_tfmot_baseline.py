@@ -14,7 +14,8 @@ loaded from its file) and writes its measurements as JSON.
 Request keys: data (.npz with x_train, y_train, x_test, y_test, calibration),
 hidden, epochs, batch_size, learning_rate, final_sparsity, end_fraction
 (share of the training steps over which sparsity ramps up), seed, out_dir, and optionally
-lr_decay ("none" or "cosine": the DynHP run's learning-rate schedule) and
+lr_decay ("none", "cosine" or "cosine_restart": the DynHP run's learning-rate schedule, with
+restart_epoch for the last) and
 weight_decay_per_weight (the DynHP run's L2 term, 0.5 * it * ||w||^2 on every kernel and bias)
 and decoupled_weight_decay (the DynHP run's AdamW weight_decay; 0: Adam) and dropout (the DynHP
 run's Dropout rate after every hidden layer; 0: none) and augment (the DynHP run's
@@ -117,9 +118,19 @@ def main(request_path: str, result_path: str) -> int:
 
     t0 = time.perf_counter()
     schedule = []
-    if req.get("lr_decay", "none") == "cosine":  # the DynHP run's schedule (tf_dynhp.runs.lr_callbacks)
-        lr0 = float(req["learning_rate"])
+    lr_decay, lr0, start = req.get("lr_decay", "none"), float(req["learning_rate"]), req.get("restart_epoch")
+    if lr_decay == "cosine":  # the DynHP run's schedule (tf_dynhp.runs.lr_callbacks)
         schedule.append(keras.callbacks.LearningRateScheduler(lambda e, lr: lr0 * 0.5 * (1.0 + math.cos(math.pi * e / epochs))))
+    elif lr_decay == "cosine_restart":  # "cosine", restarted at epoch `restart_epoch`
+
+        def rate(e, lr):
+            if e < start:
+                return lr0 * 0.5 * (1.0 + math.cos(math.pi * e / epochs))
+            return lr0 * 0.5 * (1.0 + math.cos(math.pi * (e - start) / (epochs - start)))
+
+        schedule.append(keras.callbacks.LearningRateScheduler(rate))
+    elif lr_decay != "none":
+        raise ValueError(f"unknown lr_decay {lr_decay!r}; expected none, cosine or cosine_restart")
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep(), *schedule, Clock()]
     augment, epoch_images = _augmentation(req)
     if augment is None:

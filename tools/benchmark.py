@@ -120,7 +120,8 @@ def with_l2(model, weight_decay_per_weight: float):
 
 def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed: int, lr_decay: str = "none",
                 weight_decay_per_weight: float = 0.0, decoupled_weight_decay: float = 0.0, augment=None,
-                label_smoothing: float = 0.0, augment_epochs: int | None = None) -> dict[str, Any]:
+                label_smoothing: float = 0.0, augment_epochs: int | None = None,
+                restart_epoch: int | None = None) -> dict[str, Any]:
     """Plain `model.fit` (Adam, or AdamW with `decoupled_weight_decay`; sparse cross-entropy;
     the DynHP run's learning-rate schedule `tf_dynhp.runs.lr_callbacks` and L2 term `with_l2`),
     test error after every epoch. With `augment` (the DynHP run's, `tf_dynhp.runs.augmentation`)
@@ -137,7 +138,7 @@ def train_keras(model, data, epochs: int, batch: int, learning_rate: float, seed
     (x, y), (xt, yt) = data
     keras.utils.set_random_seed(seed)
     model = with_l2(model, weight_decay_per_weight)
-    schedule = runs.lr_callbacks(lr_decay, learning_rate, epochs)
+    schedule = runs.lr_callbacks(lr_decay, learning_rate, epochs, restart_epoch)
     adam = (keras.optimizers.AdamW(learning_rate, weight_decay=decoupled_weight_decay) if decoupled_weight_decay
             else keras.optimizers.Adam(learning_rate))
     loss = runs.loss(runs.RunConfig(label_smoothing=label_smoothing)) or "sparse_categorical_crossentropy"
@@ -237,7 +238,8 @@ def ensure_tfmot_venv(venv: Path) -> tuple[str | None, str]:
 def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, learning_rate: float, sparsity: float,
               seed: int, tmp: Path, lr_decay: str = "none", weight_decay_per_weight: float = 0.0,
               decoupled_weight_decay: float = 0.0, dropout: float = 0.0, augment: dict | None = None,
-              label_smoothing: float = 0.0, augment_epochs: int | None = None) -> dict[str, Any]:
+              label_smoothing: float = 0.0, augment_epochs: int | None = None,
+              restart_epoch: int | None = None) -> dict[str, Any]:
     """Runs tools/_tfmot_baseline.py in the venv and reads its JSON back."""
     import numpy as np
 
@@ -249,7 +251,7 @@ def run_tfmot(python: str, data, calibration, hidden, epochs: int, batch: int, l
                "lr_decay": lr_decay, "weight_decay_per_weight": weight_decay_per_weight,
                "decoupled_weight_decay": decoupled_weight_decay, "dropout": dropout, "augment": augment,
                "augment_module": str(REPO / "tf_dynhp" / "augment.py"), "label_smoothing": label_smoothing,
-               "augment_epochs": augment_epochs}
+               "augment_epochs": augment_epochs, "restart_epoch": restart_epoch}
     (tmp / "tfmot_request.json").write_text(json.dumps(request))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -347,6 +349,7 @@ def main(argv: list[str]) -> int:
         print("[2/4] Keras dense", flush=True)
         keras.utils.set_random_seed(FLAGS.seed)
         lr_decay = getattr(config, "lr_decay", "none")  # every row trains on the DynHP run's schedule and L2 term
+        restart = runs.restart_epoch(lr_decay, getattr(config, "target_deadline", 0.25), epochs)
         wd = getattr(config, "weight_decay_per_weight", 0.0)
         dwd = getattr(config, "decoupled_weight_decay", 0.0)
         dropout = getattr(config, "dropout", 0.0) or 0.0
@@ -355,7 +358,7 @@ def main(argv: list[str]) -> int:
         augment_epochs = None if until >= 1 else tf_dynhp.augment.augmented_epochs(until, epochs)
         smoothing = getattr(config, "label_smoothing", 0.0) or 0.0
         dense = train_keras(runs.build_mlp(config.hidden, dropout=dropout), data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay,
-                            wd, dwd, augment, smoothing, augment_epochs)
+                            wd, dwd, augment, smoothing, augment_epochs, restart)
         dense["name"] = f"Keras dense 784-{'-'.join(map(str, config.hidden))}-10 (bs={FLAGS.batch_size})"
         rows.append(dense)
 
@@ -364,7 +367,7 @@ def main(argv: list[str]) -> int:
         keras.utils.set_random_seed(FLAGS.seed)
         scratch_model = keras.models.clone_model(final)  # same layers and kept pixels, fresh weights
         scratch = train_keras(scratch_model, data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay, wd, dwd,
-                              augment, smoothing, augment_epochs)
+                              augment, smoothing, augment_epochs, restart)
         sizes = json.loads((run_dir / "metrics.json").read_text()).get("layer_sizes")
         scratch["name"] = f"DynHP architecture {'-'.join(map(str, sizes or []))}-10, dense from scratch (bs={FLAGS.batch_size})"
         rows.append(scratch)
@@ -383,7 +386,7 @@ def main(argv: list[str]) -> int:
                 try:
                     t = run_tfmot(python, data, calibration, config.hidden, epochs, FLAGS.batch_size, config.learning_rate, sparsity, FLAGS.seed, tmp,
                                   lr_decay, wd, dwd, dropout, None if augment is None else augment.get_config(), smoothing,
-                                  augment_epochs)
+                                  augment_epochs, restart)
                 except (RuntimeError, subprocess.TimeoutExpired, OSError, json.JSONDecodeError) as err:
                     print(f"tfmot row left out: {err}", flush=True)
                     notes.append(f"tfmot row left out: {str(err).splitlines()[0]}")

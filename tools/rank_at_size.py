@@ -99,7 +99,7 @@ the final epoch; the test error is shown beside it for information and chooses n
   each augmented epoch (`RandomShift(1, fraction=0.5)`): half of every epoch keeps the
   unshifted test distribution, which the unshifted last quarter otherwise has to fit back.
 * ``coc_dl50_sh1_clean25_restart``: that recipe with a warm restart of the cosine at the
-  deadline (`runs.lr_callbacks(..., restart_epoch=)`, Loshchilov & Hutter's SGDR): the
+  deadline (`lr_decay="cosine_restart"`, `runs.lr_callbacks`, Loshchilov & Hutter's SGDR): the
   descent to the size is unchanged, then the model at its size gets a whole anneal from
   the paper's learning rate to 0 instead of the second half of one. Fifth round, chosen
   the same way.
@@ -208,8 +208,9 @@ def _one(name: str, seed: int, data) -> dict:
     keras.utils.set_random_seed(seed)
     model = tf_dynhp.runs.build_mlp((300, 100), dropout=recipe.get("dropout", 0.0))
     learning_rate = recipe.get("learning_rate", PAPER_LR)
-    restart = tf_dynhp.target.deadline_epoch(recipe["target_deadline"], FLAGS.epochs) if recipe.get("lr_restart") else None
-    callbacks = tf_dynhp.runs.lr_callbacks("cosine" if recipe["cosine"] else "none", learning_rate, FLAGS.epochs, restart)
+    lr_decay = ("cosine_restart" if recipe.get("lr_restart") else "cosine") if recipe["cosine"] else "none"
+    restart = tf_dynhp.runs.restart_epoch(lr_decay, recipe["target_deadline"], FLAGS.epochs)
+    callbacks = tf_dynhp.runs.lr_callbacks(lr_decay, learning_rate, FLAGS.epochs, restart)
     config = tf_dynhp.runs.RunConfig(  # what runs.optimizer / augmentation / loss build the run's pieces from
         learning_rate=learning_rate, ema_momentum=recipe.get("ema_momentum"), decoupled_weight_decay=recipe.get("adamw", 0.0),
         augment_shift=recipe.get("augment_shift", 0), augment_flip=recipe.get("augment_flip", False),

@@ -140,10 +140,14 @@ TARGET_RECIPE: dict[str, Any] = {"lr_decay": "cosine", "lambda_floor": 0.0, "siz
 #: On Fashion-MNIST at 135 KB, shifts of up to 1 pixel won (10.76 ± 0.16% -> 10.41 ± 0.22%;
 #: 2 pixels, the mirror and label smoothing lost); with them the model no longer overfits,
 #: and Adam without the decoupled weight decay, trained on the images as they are for the
-#: last quarter of the epochs (`augment_until` 0.75), took it to 9.98 ± 0.14%.
+#: last quarter of the epochs (`augment_until` 0.75), took it to 9.98 ± 0.14%; a warm
+#: restart of the cosine at the deadline (`lr_decay` "cosine_restart") to 9.96 ± 0.19% in a
+#: fifth round (a margin within the seeds' spread: chosen by the rule fixed before the runs,
+#: the lowest validation mean).
 TARGET_BY_DATASET: dict[str, dict[str, Any]] = {
     "mnist": {"augment_shift": 2, "augment_flip": False},
-    "fashion_mnist": {"augment_shift": 1, "augment_flip": False, "augment_until": 0.75, "decoupled_weight_decay": 0.0},
+    "fashion_mnist": {"augment_shift": 1, "augment_flip": False, "augment_until": 0.75, "decoupled_weight_decay": 0.0,
+                      "lr_decay": "cosine_restart"},
 }
 #: The same fields of a run without a target (RunConfig's defaults).
 PLAIN_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled",

@@ -54,7 +54,8 @@ flags.DEFINE_enum("gate_kernel", "auto", ["auto", "fused", "tf"],
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 a progress bar and one line per epoch, 2 one line per epoch.")
 flags.DEFINE_float("target_kb", None, "Size of the stripped model at most, in KB (hp, dynhp): --l0_lambda starts a multiplier "
                    "driven by the size (see tf_dynhp/target.py). The run folder name of tools/reproduce.py encodes it.")
-flags.DEFINE_enum("lr_decay", None, ["none", "cosine"], "Learning-rate schedule: none, or cosine to 0 over the epochs "
+flags.DEFINE_enum("lr_decay", None, ["none", "cosine", "cosine_restart"], "Learning-rate schedule: none, cosine to 0 over the epochs, "
+                  "or cosine_restart: that with a second cosine from the --target_deadline epoch on "
                   "(default: the target-size recipe's with --target_kb, see tf_dynhp.cli.paper.target_recipe; else none).")
 flags.DEFINE_float("lambda_floor", None, "With --target_kb: the size multiplier never falls below this "
                    "(default: the target-size recipe's).")
