@@ -92,6 +92,9 @@ def test_decoupled_weight_decay_shrinks_every_variable():
     np.testing.assert_allclose(log_alpha, before[2] * (1 - 0.5 * 0.1), rtol=1e-6)
     with pytest.raises(ValueError, match="lr_decay.*'none', 'cosine'.*'step'"):
         runs.run(runs.RunConfig(lr_decay="step"), None, data=((None, None), (None, None)), verbose=0)
+    with pytest.raises(ValueError, match="cosine_restart.*target_deadline=1.0 of 10 epochs is epoch 10"):
+        runs.run(runs.RunConfig(lr_decay="cosine_restart", epochs=10, target_deadline=1.0), None,
+                 data=((None, None), (None, None)), verbose=0)
 
 
 def test_weight_decay_per_weight_reaches_fit_times_the_examples_fit_trains_on(mnist, monkeypatch):

@@ -386,6 +386,11 @@ def run(
         raise invalid("arch", f"one of {list(ARCHS)}", config.arch)
     if config.lr_decay not in LR_DECAYS:
         raise invalid("lr_decay", f"one of {list(LR_DECAYS)}", config.lr_decay)
+    restart = restart_epoch(config.lr_decay, config.target_deadline, config.epochs)
+    if restart is not None and not 0 < restart < config.epochs:
+        raise ValueError(f'lr_decay="cosine_restart" restarts the cosine at the target_deadline epoch, which must leave '
+                         f'epochs after it: target_deadline={config.target_deadline!r} of {config.epochs} epochs is epoch '
+                         f'{restart}; expected a target_deadline giving an epoch in (0, {config.epochs}).')
     if resume and overwrite:
         raise ValueError("`resume=True` continues the run in `out_dir`, `overwrite=True` deletes it: pass one of them.")
     if out_dir is None:
