@@ -334,6 +334,12 @@ def test_random_shift_fraction_moves_only_that_share_and_keeps_the_old_draws_at_
     dy, dx = gen.integers(-1, 2, 4000), gen.integers(-1, 2, 4000)
     np.testing.assert_array_equal(augment.RandomShift(1)(images, augment.epoch_rng(3, 2)), augment.shift_images(images, dy, dx))
     np.testing.assert_array_equal(augment.RandomShift(1, fraction=0.0)(images, augment.epoch_rng(3, 2)), images)
+    # the fraction bounds the mirror too, and is recorded as a Python float (equal objects, equal configs)
+    np.testing.assert_array_equal(augment.RandomShift(0, flip=True, fraction=0.0)(images, augment.epoch_rng(3, 2)), images)
+    mirrored = augment.RandomShift(0, flip=True, fraction=0.5)(images, augment.epoch_rng(3, 2))
+    assert abs(np.mean(np.any(mirrored != images, axis=(1, 2))) - 0.25) < 0.03
+    assert type(augment.RandomShift(1, fraction=np.float32(0.5)).fraction) is float
+    assert augment.RandomShift(1, fraction=np.float32(0.5)).get_config() == augment.RandomShift(1, fraction=0.5).get_config()
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.5, "half", None, True, float("nan")])

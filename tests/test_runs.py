@@ -49,9 +49,17 @@ def test_cosine_lr_decay_reaches_the_optimizer(mnist):
     (restart,) = runs.lr_callbacks("cosine_restart", 1e-3, 6, restart_epoch=2)
     assert [restart.schedule(e, None) for e in range(6)] == pytest.approx(
         [1e-3, 1e-3 * (1 + np.cos(np.pi / 6)) / 2, 1e-3] + [1e-3 * (1 + np.cos(np.pi * k / 4)) / 2 for k in (1, 2, 3)])
-    for bad in (None, 0, 6, 2.0, True):
+    for bad in (None, 0, -1, 2.0, True):
         with pytest.raises(ValueError, match="restart_epoch"):
             runs.lr_callbacks("cosine_restart", 1e-3, 6, restart_epoch=bad)
+    # a restart at or past the last epoch (a run too short for epochs after its deadline) is plain cosine
+    (late,) = runs.lr_callbacks("cosine_restart", 1e-3, 4, restart_epoch=4)
+    assert [late.schedule(e, None) for e in range(4)] == pytest.approx([cb.schedule(e, None) for e in range(4)])
+    for deadline in (float("nan"), float("inf"), 0.0, "half", None):
+        with pytest.raises(ValueError, match="target_deadline"):
+            runs.restart_epoch("cosine_restart", deadline, 10)
+    with pytest.raises(ValueError, match="lr_decay"):
+        runs.restart_epoch("step", 0.5, 10)
     for other in ("none", "cosine"):
         with pytest.raises(ValueError, match="restart_epoch"):
             runs.lr_callbacks(other, 1e-3, 6, restart_epoch=2)
@@ -92,8 +100,8 @@ def test_decoupled_weight_decay_shrinks_every_variable():
     np.testing.assert_allclose(log_alpha, before[2] * (1 - 0.5 * 0.1), rtol=1e-6)
     with pytest.raises(ValueError, match="lr_decay.*'none', 'cosine'.*'step'"):
         runs.run(runs.RunConfig(lr_decay="step"), None, data=((None, None), (None, None)), verbose=0)
-    with pytest.raises(ValueError, match="cosine_restart.*target_deadline=1.0 of 10 epochs is epoch 10"):
-        runs.run(runs.RunConfig(lr_decay="cosine_restart", epochs=10, target_deadline=1.0), None,
+    with pytest.raises(ValueError, match="target_deadline.*nan"):
+        runs.run(runs.RunConfig(lr_decay="cosine_restart", epochs=10, target_deadline=float("nan")), None,
                  data=((None, None), (None, None)), verbose=0)
 
 
@@ -139,6 +147,11 @@ def test_target_deadline_dropout_augment_and_smoothing_reach_fit_and_the_model(m
     assert seen["augment"] is None and seen["loss"] is None
     with pytest.raises(ValueError, match="augment_shift"):
         runs.augmentation(runs.RunConfig(augment_shift=-1))
+    for bad in (1.5, float("nan"), "half"):
+        with pytest.raises(ValueError, match="augment_fraction"):
+            runs.augmentation(runs.RunConfig(augment_shift=1, augment_fraction=bad))
+    with pytest.raises(ValueError, match="augment_fraction.*without augment_shift or augment_flip"):
+        runs.augmentation(runs.RunConfig(augment_fraction=0.5))
     # lr_decay="cosine_restart" restarts at the target deadline's epoch; augment_fraction reaches RandomShift
     with pytest.raises(KeyboardInterrupt):
         runs.run(runs.RunConfig(method="dynhp", hidden=(8,), epochs=10, target_kb=5.0, target_deadline=0.4,

@@ -76,7 +76,8 @@ def test_recipe_flags_default_to_the_target_recipe_only_with_a_target():
     assert recipe_for(None, dataset="mnist") == PLAIN_RECIPE
     given = {"lr_decay": "cosine", "lambda_floor": 0.02, "size_penalty": "outgoing", "target_schedule": "cubic", "ema_momentum": 0.99,
              "weight_decay_per_weight": 5e-4, "decoupled_weight_decay": 0.01, "dropout": 0.2,
-             "target_deadline": 0.5, "augment_shift": 2, "augment_flip": True, "augment_until": 0.75, "label_smoothing": 0.1}
+             "target_deadline": 0.5, "augment_shift": 2, "augment_flip": True, "augment_until": 0.75, "augment_fraction": 0.5,
+             "label_smoothing": 0.1}
     assert recipe_for(205.0, **given) == given and recipe_for(None, **given) == given
     assert recipe_for(None, lr_decay="cosine") == {**PLAIN_RECIPE, "lr_decay": "cosine"}
     assert recipe_for(205.0, ema_momentum=0.0)["ema_momentum"] is None  # 0: no average
@@ -88,7 +89,31 @@ def test_recipe_choices_are_checked_at_parse_time(flag):
     assert done.returncode != 0 and "should be one of" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("flag", ["--lambda_floor=-1", "--ema_momentum=1", "--weight_decay_per_weight=-1", "--decoupled_weight_decay=-0.1", "--target_kb=0", "--target_kb=-5", "--validation_split=1", "--validation_split=-0.1", "--verbose=3", "--augment_shift=-1", "--augment_until=0", "--augment_until=1.5", "--label_smoothing=1", "--label_smoothing=-0.1"])
+@pytest.mark.parametrize("flag", ["--lambda_floor=-1", "--ema_momentum=1", "--weight_decay_per_weight=-1", "--decoupled_weight_decay=-0.1", "--target_kb=0", "--target_kb=-5", "--validation_split=1", "--validation_split=-0.1", "--verbose=3", "--augment_shift=-1", "--augment_until=0", "--augment_until=1.5", "--augment_fraction=-0.1", "--augment_fraction=1.5", "--label_smoothing=1", "--label_smoothing=-0.1"])
 def test_target_and_validation_flags_are_checked_at_parse_time(flag):
     done = train(flag, "--epochs=1", timeout=60)
     assert done.returncode != 0 and "Invalid value received for --" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_run_folder_whose_checkpoints_all_name_other_epochs_is_one_error_line_and_its_status_skips_them(tmp_path):
+    """A --resume on a run folder whose checkpoints are all damaged (here: copied to another
+    epoch's name) ends with one `error:` line, no traceback; the folder's status (what
+    reproduce and the reports print) counts only the checkpoints a resume would use."""
+    if not DATA_ROOT.exists():
+        pytest.skip("datasets not found")
+    from tf_dynhp.cli.run_folders import run_status
+
+    out = tmp_path / "run"
+    args = (f"--data_dir={DATA_ROOT / 'mnist'}", "--method=hp", "--train_limit=100", "--hidden=8", "--gate_kernel=tf",
+            "--steps_per_execution=1", "--verbose=0", f"--out_dir={out}")
+    done = train(*args, "--epochs=2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (out / "metrics.json").unlink()  # as if killed before it finished
+    ckpts = out / "checkpoints"
+    assert run_status(out, 3) == "unfinished, epoch 2 of 3"
+    (ckpts / "epoch-00002.dynhp").rename(ckpts / "epoch-00007.dynhp")
+    assert run_status(out, 3) == "unfinished, epoch 1 of 3"  # not "epoch 7": that file holds epoch 2
+    (ckpts / "epoch-00001.dynhp").rename(ckpts / "epoch-00008.dynhp")
+    done = train(*args, "--epochs=3", "--resume")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "error: No valid checkpoint" in done.stderr and "says epoch 8 but it holds epoch 1" in done.stderr

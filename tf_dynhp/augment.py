@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+import numbers
 import os
 import random
 import types
@@ -74,9 +75,10 @@ class RandomShift:
     `max_shift`] along each spatial axis (zero fill) and, with `flip`, mirrors a random
     half of them left-right.
 
-    `fraction` < 1 moves only that share of the images, drawn anew every epoch (the
-    others keep their place, so part of every epoch is the test images' distribution);
-    the draws of `fraction=1` are those of the class before `fraction` existed.
+    `fraction` < 1 transforms (moves, and with `flip` may mirror) only that share of the
+    images, drawn anew every epoch; the others stay as they are, so part of every epoch is
+    the test images' distribution. The draws of `fraction=1` are those of the class before
+    `fraction` existed.
 
     `fit(augment=RandomShift(2, flip=True))`; `get_config()` is what a checkpoint
     records, so a resume with another augmentation is refused.
@@ -91,9 +93,10 @@ class RandomShift:
             raise ValueError(f"`max_shift` must be an int >= 0; received {self.max_shift!r}.")
         if not isinstance(self.flip, (bool, np.bool_)):
             raise ValueError(f"`flip` must be a bool; received {self.flip!r}.")
-        if (isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float, np.integer, np.floating))
-                or not 0.0 <= float(self.fraction) <= 1.0):
+        if isinstance(self.fraction, (bool, np.bool_)) or not isinstance(self.fraction, numbers.Real) or not 0.0 <= float(self.fraction) <= 1.0:
             raise ValueError(f"`fraction` must be a number in [0, 1]; received {self.fraction!r}.")
+        # A Python float, so that equal augmentations record equal configs (np.float32(0.3) is not 0.3).
+        object.__setattr__(self, "fraction", float(self.fraction))
 
     def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         images = np.asarray(images)
@@ -103,18 +106,21 @@ class RandomShift:
         s = int(self.max_shift)
         dy = rng.integers(-s, s + 1, n)
         dx = rng.integers(-s, s + 1, n)
-        if float(self.fraction) < 1.0:
-            kept = rng.random(n) >= float(self.fraction)
+        kept = None
+        if self.fraction < 1.0:
+            kept = rng.random(n) >= self.fraction
             dy[kept] = 0
             dx[kept] = 0
         if self.flip:
             mirrored = rng.random(n) < 0.5
+            if kept is not None:
+                mirrored &= ~kept
             images = np.where(mirrored.reshape((n,) + (1,) * (images.ndim - 1)), images[:, :, ::-1], images)
         return shift_images(images, dy, dx) if s else np.array(images)
 
     def get_config(self) -> dict[str, Any]:
         config = {"class": "RandomShift", "max_shift": int(self.max_shift), "flip": bool(self.flip)}
-        if float(self.fraction) < 1.0:  # absent at 1, so checkpoints from before `fraction` still resume
+        if self.fraction < 1.0:  # absent at 1, so checkpoints from before `fraction` still resume
             config["fraction"] = float(self.fraction)
         return config
 

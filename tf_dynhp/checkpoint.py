@@ -57,6 +57,7 @@ __all__ = [
     "write_checkpoint",
     "read_checkpoint",
     "list_checkpoints",
+    "valid_checkpoints",
     "listing",
     "latest_checkpoint",
     "probe_writable",
@@ -278,6 +279,12 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def valid_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The checkpoint files of `folder` that verify (checksum, and the epoch they hold is
+    the one their name says), oldest first; a damaged one is left where it is."""
+    return [p for p in list_checkpoints(folder) if _damage(p) is None]
+
+
 def listing(folder: str | os.PathLike) -> list[tuple[str, int, int]]:
     """(name, size, mtime in ns) of every checkpoint file of `folder`, oldest first: tells
     whether the folder changed between two looks."""
@@ -323,7 +330,8 @@ def latest_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict[str, np.nda
         listing = "\n".join(f"  - {problem}" for problem in damaged)
         raise CheckpointError(
             f"No valid checkpoint in {Path(folder)}: all {len(damaged)} checkpoint file(s) are damaged:\n{listing}\n"
-            "Resuming would start again from epoch 0. Restore them from a backup, or move them away "
-            "and start a new run (without resume)."
+            "Resuming would start again from epoch 0. Restore them from a backup, rename a file whose name "
+            "says another epoch than it holds to the epoch it holds, or move them away and start a new run "
+            "(without resume; a run folder of tools/train.py or tf_dynhp.runs: with --overwrite / overwrite=True)."
         )
     return None

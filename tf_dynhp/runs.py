@@ -170,18 +170,32 @@ def augmentation(config: RunConfig) -> Any:
 
     if isinstance(config.augment_shift, bool) or not isinstance(config.augment_shift, (int, np.integer)) or config.augment_shift < 0:
         raise invalid("augment_shift", "an integer >= 0", config.augment_shift)
+    fraction = config.augment_fraction
+    if isinstance(fraction, (bool, np.bool_)) or not isinstance(fraction, (int, float, np.integer, np.floating)) or not 0.0 <= fraction <= 1.0:
+        raise invalid("augment_fraction", "a number in [0, 1]", fraction)
     if not (config.augment_shift or config.augment_flip):
+        if fraction != 1.0:
+            raise invalid("augment_fraction", "1 without augment_shift or augment_flip (it is the share of the images they "
+                          "transform)", fraction)
         return None
     return RandomShift(int(config.augment_shift), bool(config.augment_flip), config.augment_fraction)
 
 
 def restart_epoch(lr_decay: str, target_deadline: float, epochs: int) -> int | None:
     """Where "cosine_restart" starts its second cosine: the epoch by which a size target
-    is reached (`tf_dynhp.target.deadline_epoch(target_deadline, epochs)`); None for the
-    other schedules."""
+    is reached (`tf_dynhp.target.deadline_epoch(target_deadline, epochs)`; at `epochs` or
+    later when the deadline is the last epoch: no restart in the run); None for the other
+    schedules."""
     from tf_dynhp.target import deadline_epoch
 
-    return deadline_epoch(target_deadline, epochs) if lr_decay == "cosine_restart" else None
+    if lr_decay not in LR_DECAYS:
+        raise invalid("lr_decay", f"one of {list(LR_DECAYS)}", lr_decay)
+    if lr_decay != "cosine_restart":
+        return None
+    if (isinstance(target_deadline, bool) or not isinstance(target_deadline, (int, float, np.integer, np.floating))
+            or not 0.0 < float(target_deadline) <= 1.0):
+        raise invalid("target_deadline", "a fraction of the epochs in (0, 1]", target_deadline)
+    return deadline_epoch(float(target_deadline), epochs)
 
 
 def lr_callbacks(lr_decay: str, learning_rate: float, epochs: int, restart_epoch: int | None = None) -> list[Any]:
@@ -190,11 +204,13 @@ def lr_callbacks(lr_decay: str, learning_rate: float, epochs: int, restart_epoch
     `learning_rate * (1 + cos(pi * e / epochs)) / 2`. It depends on the epoch index
     only, so a resumed run gets the same rates.
 
-    "cosine_restart" (with `restart_epoch`, 0 < restart_epoch < epochs; `restart_epoch()`
-    gives the target deadline's) is "cosine" with a warm restart there (Loshchilov & Hutter
-    2017, "SGDR"): from that epoch on the rate starts again at `learning_rate` and decays on
-    a cosine to 0 over the epochs left; the epochs before it are "cosine"'s. Restarted at
-    the size target's deadline, the model at its final size gets a whole anneal of its own.
+    "cosine_restart" (with `restart_epoch` > 0; `restart_epoch()` gives the target
+    deadline's) is "cosine" with a warm restart there (Loshchilov & Hutter 2017, "SGDR"):
+    from that epoch on the rate starts again at `learning_rate` and decays on a cosine to 0
+    over the epochs left; the epochs before it are "cosine"'s. Restarted at the size
+    target's deadline, the model at its final size gets a whole anneal of its own. A
+    `restart_epoch` at or past `epochs` (a run too short to have epochs after its
+    deadline) leaves plain "cosine": there is nothing to restart.
     """
     import keras
 
@@ -206,10 +222,9 @@ def lr_callbacks(lr_decay: str, learning_rate: float, epochs: int, restart_epoch
         if lr_decay == "none":
             return []
         return [keras.callbacks.LearningRateScheduler(lambda e, lr: learning_rate * 0.5 * (1.0 + math.cos(math.pi * e / epochs)))]
-    if isinstance(restart_epoch, bool) or not isinstance(restart_epoch, (int, np.integer)) or not 0 < restart_epoch < epochs:
-        raise invalid("restart_epoch", f'an integer in (0, {epochs}) with lr_decay="cosine_restart" (the epochs: {epochs})',
-                      restart_epoch)
-    start, rest = int(restart_epoch), int(epochs) - int(restart_epoch)
+    if isinstance(restart_epoch, bool) or not isinstance(restart_epoch, (int, np.integer)) or restart_epoch <= 0:
+        raise invalid("restart_epoch", 'an integer > 0 with lr_decay="cosine_restart"', restart_epoch)
+    start, rest = int(restart_epoch), max(int(epochs) - int(restart_epoch), 1)
 
     def rate(e: int, lr: Any) -> float:
         if e < start:
@@ -386,11 +401,8 @@ def run(
         raise invalid("arch", f"one of {list(ARCHS)}", config.arch)
     if config.lr_decay not in LR_DECAYS:
         raise invalid("lr_decay", f"one of {list(LR_DECAYS)}", config.lr_decay)
-    restart = restart_epoch(config.lr_decay, config.target_deadline, config.epochs)
-    if restart is not None and not 0 < restart < config.epochs:
-        raise ValueError(f'lr_decay="cosine_restart" restarts the cosine at the target_deadline epoch, which must leave '
-                         f'epochs after it: target_deadline={config.target_deadline!r} of {config.epochs} epochs is epoch '
-                         f'{restart}; expected a target_deadline giving an epoch in (0, {config.epochs}).')
+    restart_epoch(config.lr_decay, config.target_deadline, config.epochs)  # refuses a bad target_deadline before any work
+    augmentation(config)  # and bad augment_* fields
     if resume and overwrite:
         raise ValueError("`resume=True` continues the run in `out_dir`, `overwrite=True` deletes it: pass one of them.")
     if out_dir is None:

@@ -55,7 +55,8 @@ flags.DEFINE_integer("verbose", 1, "0 silent, 1 a progress bar and one line per 
 flags.DEFINE_float("target_kb", None, "Size of the stripped model at most, in KB (hp, dynhp): --l0_lambda starts a multiplier "
                    "driven by the size (see tf_dynhp/target.py). The run folder name of tools/reproduce.py encodes it.")
 flags.DEFINE_enum("lr_decay", None, ["none", "cosine", "cosine_restart"], "Learning-rate schedule: none, cosine to 0 over the epochs, "
-                  "or cosine_restart: that with a second cosine from the --target_deadline epoch on "
+                  "or cosine_restart: that with a second cosine from the --target_deadline epoch on (without "
+                  "--target_kb too: a quarter of the epochs by default; none when that epoch is the last) "
                   "(default: the target-size recipe's with --target_kb, see tf_dynhp.cli.paper.target_recipe; else none).")
 flags.DEFINE_float("lambda_floor", None, "With --target_kb: the size multiplier never falls below this "
                    "(default: the target-size recipe's).")
@@ -82,6 +83,9 @@ flags.DEFINE_bool("augment_flip", None, "Data augmentation: every epoch mirrors 
 flags.DEFINE_float("augment_until", None, "Fraction of the epochs, from the first, that train on the augmented "
                    "images; the rest train on the images as they are (1: every epoch; default: the target-size "
                    "recipe's with --target_kb, else 1).")
+flags.DEFINE_float("augment_fraction", None, "Share of the training images the augmentation transforms each augmented "
+                   "epoch (tf_dynhp.augment.RandomShift's fraction; 1: all; default: the target-size recipe's with "
+                   "--target_kb, else 1).")
 flags.DEFINE_float("label_smoothing", None, "Label smoothing of the cross-entropy's targets "
                    "(tf_dynhp.losses.SparseCategoricalCrossentropy; 0: none; default: the target-size recipe's with "
                    "--target_kb, else 0).")
@@ -121,6 +125,7 @@ _expect("target_deadline", "a float in (0, 1]", lambda v: 0.0 < v <= 1.0)
 _expect("dropout", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("augment_shift", "an integer >= 0", lambda v: v >= 0)
 _expect("augment_until", "a float in (0, 1]", lambda v: 0.0 < v <= 1.0)
+_expect("augment_fraction", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 _expect("label_smoothing", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
         lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
@@ -137,6 +142,7 @@ def main(argv):
             raise app.UsageError("--resume needs --out_dir, the run folder to continue.")
         print("No --out_dir given: nothing is saved (no run folder, no checkpoints, no model).", flush=True)
     from tf_dynhp import runs
+    from tf_dynhp.checkpoint import CheckpointError
 
     config = runs.RunConfig(**{name: FLAGS[name].value for name in _CONFIG_FLAGS})
     from tf_dynhp.cli.paper import PLAIN_RECIPE, recipe_for
@@ -147,7 +153,7 @@ def main(argv):
     try:
         runs.run(config, FLAGS.out_dir, data_dir=FLAGS.data_dir, resume=FLAGS.resume, verbose=FLAGS.verbose,
                  overwrite=FLAGS.overwrite)
-    except runs.RunFolderError as err:
+    except (runs.RunFolderError, CheckpointError) as err:
         sys.exit(f"error: {err}")
 
 
