@@ -471,6 +471,45 @@ def test_export_tool_all_variants(models, tmp_path):
     assert float(rows["pruned none"].group(4)) == pytest.approx(0.8630, abs=0.005)  # golden, 1000 images
 
 
+def _export_tool(tmp_path, *flags):
+    return subprocess.run([sys.executable, str(REPO / "tools" / "export.py"), f"--data_dir={DATA_ROOT}", *flags],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+def test_export_tool_takes_a_model_on_flat_inputs_and_refuses_bad_flags_before_writing(mnist, tmp_path):
+    """A model on flat (784,) inputs gets the 28x28 test and calibration images flattened
+    (it crashed in the interpreter with a GATHER index error); an --out that is a folder,
+    --eval_limit=0 and --calibration_examples=0 are refused with one line, nothing written."""
+    x_train, y_train, _, _ = mnist
+    keras.utils.set_random_seed(0)
+    flat = keras.Sequential([keras.Input((784,), name="pixels"), keras.layers.Dense(8, activation="relu"),
+                             keras.layers.Dense(10, activation="softmax")])
+    result = tf_dynhp.fit(flat, x_train[:600].reshape(600, -1), y_train[:600], method="hp", epochs=2, batch_size=50,
+                          target_kb=2.0, seed=0, verbose=0)
+    assert any(isinstance(layer, SelectFeatures) for layer in result.model.layers)  # pixels were removed: the GATHER case
+    result.model.save(tmp_path / "flat.keras")
+    (tmp_path / "out").mkdir()
+    done = _export_tool(tmp_path, f"--model={tmp_path / 'flat.keras'}", f"--out={tmp_path / 'out' / 'flat.tflite'}",
+                        "--quantization=int8", "--eval_limit=500")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["flat.tflite", "flat_export.json"]
+    for flag, expected in (("--eval_limit=0", "--eval_limit: expected an integer >= 1"),
+                           ("--calibration_examples=0", "--calibration_examples: expected an integer >= 1"),
+                           (f"--out={tmp_path / 'out'}", "that is a folder")):
+        done = _export_tool(tmp_path, f"--model={tmp_path / 'flat.keras'}", f"--out={tmp_path / 'out' / 'x.tflite'}", flag)
+        assert done.returncode != 0 and expected in done.stderr and "Traceback" not in done.stderr, (flag, done.stderr[-2000:])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["flat.tflite", "flat_export.json"]
+
+
+def test_a_float64_model_is_refused_by_name_before_conversion(tmp_path, no_conversion):
+    """fit trains float64 models; TFLite's builtin ops take float32: one line naming the
+    dtype and the weight (the converter failed with 40 lines of MLIR)."""
+    model = keras.Sequential([keras.Input((4,), dtype="float64"), keras.layers.Dense(3, dtype="float64", name="d64")])
+    with pytest.raises(ValueError, match=r"expects float32 weights; received float64 in '.*d64/kernel'"):
+        export.to_tflite(model, tmp_path / "m.tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- a stripped CNN
 @pytest.fixture(scope="module")
 def stripped_cnn(mnist):
@@ -513,6 +552,9 @@ def test_trainable_export_refuses_a_cnn_naming_the_conv_layer(stripped_cnn, tmp_
     with pytest.raises(ValueError, match=f"Layer '{name}' of class Conv2D.*Dense stacks only"):
         export.to_trainable_tflite(stripped_cnn, tmp_path / "t.tflite")
     assert not (tmp_path / "t.tflite").exists()
+    export.check_exportable(stripped_cnn)  # for inference it is fine; tools/export.py asks this before writing
+    with pytest.raises(ValueError, match=f"Layer '{name}' of class Conv2D"):
+        export.check_exportable(stripped_cnn, trainable=True)
 
 
 def test_int8_per_tensor_is_smaller_and_as_accurate(exported, models, mnist, tmp_path):

@@ -48,6 +48,7 @@ __all__ = [
     "ExportReport",
     "to_tflite",
     "to_trainable_tflite",
+    "check_exportable",
     "tflite_ops",
     "set_dense_weights",
 ]
@@ -198,6 +199,27 @@ def _check_model(model: Any) -> None:
             f"Model '{model.name}': every input dimension but the batch must be known; received input shape "
             f"{tuple(inputs[0].shape)}."
         )
+    other = [w for w in model.weights if keras.backend.standardize_dtype(w.dtype) != "float32"]
+    if other:  # the TFLite builtin ops take float32 (the converter fails deep in MLIR on float64 MatMuls)
+        raise ValueError(
+            f"Model '{model.name}': TFLite export expects float32 weights; received {other[0].dtype} in "
+            f"'{other[0].path}'. Rebuild the model in float32 (e.g. keras.config.set_floatx('float32') before "
+            "building it) and copy the weights over with set_weights."
+        )
+
+
+def check_exportable(model: Any, trainable: bool = False) -> None:
+    """Refuses, before any conversion, a model `to_tflite` cannot export (not a built
+    one-input, one-output float32 Keras model) and, with `trainable`, one
+    `to_trainable_tflite` cannot (not a plain Dense stack).
+
+    Raises:
+        TypeError, ValueError: as `to_tflite` / `to_trainable_tflite` would, naming the
+            model or layer.
+    """
+    _check_model(model)
+    if trainable:
+        _read_dense_stack(model)
 
 
 def _check_out_path(path: _PathLike) -> Path:

@@ -44,6 +44,8 @@ flags.DEFINE_string("trainable_out", None, "Also write an on-device training mod
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer of --trainable_out.")
 flags.DEFINE_float("learning_rate", None, "Learning rate of --trainable_out (default: Keras' default).")
 flags.DEFINE_integer("seed", 0, "Seed of the calibration sample.")
+flags.register_validator("calibration_examples", lambda v: v >= 1, "--calibration_examples: expected an integer >= 1")
+flags.register_validator("eval_limit", lambda v: v is None or v >= 1, "--eval_limit: expected an integer >= 1 (leave it out for all)")
 flags.DEFINE_bool("per_channel", True, "Weight scales per output unit (default) or per tensor (--noper_channel: smaller file).")
 
 
@@ -59,6 +61,20 @@ def _load_keras(path: str):
         print(f"{path}: gated model (L0Dense/L0Conv2D layers); stripping it first")
         model = tf_dynhp.strip(model)
     return model
+
+
+def _as_input(x, model, what: str):
+    """The data set's images `x` in the model's input shape (a channel axis for a CNN, flat
+    rows for a model on flat inputs): any shape of as many values per example."""
+    import numpy as np  # noqa: PLC0415
+
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    if tuple(x.shape[1:]) == shape:
+        return x
+    if int(np.prod(x.shape[1:])) == int(np.prod(shape)):
+        return x.reshape((len(x),) + shape)
+    raise app.UsageError(f"--model={FLAGS.model} takes inputs of shape {shape} ({int(np.prod(shape))} values); the "
+                         f"--dataset={FLAGS.dataset} {what} are {tuple(x.shape[1:])} ({int(np.prod(x.shape[1:]))} values)")
 
 
 def _accuracy(path: str, x, y) -> float:
@@ -88,6 +104,8 @@ def main(argv: list[str]) -> int:
     out = Path(FLAGS.out).expanduser()
     if not out.parent.is_dir():
         raise app.UsageError(f"--out={FLAGS.out}: the folder {out.parent} does not exist")
+    if out.is_dir():
+        raise app.UsageError(f"--out={FLAGS.out}: expected the path of a .tflite file to write; that is a folder")
     (x_train, _), (x_test, y_test) = tf_dynhp.datasets.load(FLAGS.dataset, FLAGS.data_dir)
     if FLAGS.eval_limit:
         x_test, y_test = x_test[: FLAGS.eval_limit], y_test[: FLAGS.eval_limit]
@@ -95,8 +113,11 @@ def main(argv: list[str]) -> int:
     calibration = x_train[rng.permutation(len(x_train))[: FLAGS.calibration_examples]]
 
     model = _load_keras(FLAGS.model)
-    if tuple(int(d) for d in model.inputs[0].shape[1:]) == x_test.shape[1:] + (1,):  # a CNN on (28, 28, 1)
-        x_test, calibration = x_test[..., None], calibration[..., None]
+    x_test, calibration = _as_input(x_test, model, "test images"), _as_input(calibration, model, "training images")
+    try:  # refusals of the model (e.g. not float32, or a CNN for --trainable_out) before any file is written
+        export.check_exportable(model, trainable=bool(FLAGS.trainable_out))
+    except (TypeError, ValueError) as err:
+        raise app.UsageError(f"--model={FLAGS.model}: {err}") from err
     variants = list(export.QUANTIZATIONS) if FLAGS.quantization == "all" else [FLAGS.quantization]
     rows = []
     with tempfile.TemporaryDirectory(prefix="tf_dynhp_export_ref_") as tmp:
@@ -132,7 +153,7 @@ def main(argv: list[str]) -> int:
     summary = out.with_name(f"{out.stem}_export.json")
     resolved = {name: FLAGS[name].value for name in (
         "model", "out", "quantization", "dataset", "data_dir", "dense_model", "calibration_examples",
-        "eval_limit", "trainable_out", "optimizer", "learning_rate", "seed")}
+        "eval_limit", "trainable_out", "optimizer", "learning_rate", "seed", "per_channel")}
     summary.write_text(json.dumps({"flags": resolved, "eval_examples": len(x_test), "rows": rows}, indent=1))
     print(f"wrote {summary}")
     return 0
