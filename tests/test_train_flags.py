@@ -117,3 +117,30 @@ def test_a_run_folder_whose_checkpoints_all_name_other_epochs_is_one_error_line_
     done = train(*args, "--epochs=3", "--resume")
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "error: No valid checkpoint" in done.stderr and "says epoch 8 but it holds epoch 1" in done.stderr
+
+
+def test_the_report_command_of_an_unplanned_run_trains_the_same_configuration(tmp_path):
+    """tools/report.py prints, for a run no sweep planned, a tools/train.py command
+    (`run_folders._train_command`); it used to leave out --hidden, the learning rate,
+    gamma, the target and the recipe flags, so it trained another model. Run again, it
+    writes the same configuration (as the report reads it, `_normalize`)."""
+    if not DATA_ROOT.exists():
+        pytest.skip("datasets not found")
+    import json
+
+    from tf_dynhp.cli.run_folders import _normalize, _train_command
+
+    out = tmp_path / "first"
+    args = (f"--data_dir={DATA_ROOT / 'mnist'}", "--method=hp", "--hidden=16,8", "--learning_rate=0.002", "--gamma=0.6",
+            "--target_kb=20", "--lr_decay=none", "--augment_shift=1", "--augment_fraction=0.5", "--noaugment_flip",
+            "--ema_momentum=0", "--train_limit=100", "--epochs=2", "--gate_kernel=tf", "--steps_per_execution=1", "--verbose=0")
+    done = train(*args, f"--out_dir={out}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    first = json.loads((out / "config.json").read_text())
+    command = _train_command("again", _normalize(first))
+    assert "--hidden=16,8" in command and "--target_kb=20.0" in command and "--augment_fraction=0.5" in command
+    again = command.split()[2:-1] + [f"--data_dir={DATA_ROOT / 'mnist'}", f"--out_dir={tmp_path / 'again'}", "--verbose=0"]
+    done = train(*again)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, second = _normalize(first), _normalize(json.loads((tmp_path / "again" / "config.json").read_text()))
+    assert {k: (first[k], second.get(k)) for k in first if first[k] != second.get(k)} == {}  # (None batch: the paper's)

@@ -113,15 +113,38 @@ def _normalize(config: dict[str, Any]) -> dict[str, Any]:
     return c
 
 
+def _flag(name: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no{name}"
+    if isinstance(value, (list, tuple)):
+        return f"--{name}={','.join(str(int(v)) for v in value)}"
+    if name == "ema_momentum" and value is None:
+        return "--ema_momentum=0"  # tools/train.py's "none"
+    return f"--{name}={value}"  # a float as its shortest exact repr
+
+
 def _train_command(name: str, c: dict[str, Any]) -> str:
-    """A tools/train.py command reproducing a run that no sweep planned."""
-    parts = [f"--dataset={c['dataset']}"] + ([f"--arch={c['arch']}"] if c.get("arch", "mlp") != "mlp" else [])
-    parts += [f"--method={c['method']}", f"--epochs={c['epochs']}", f"--batch_size={c['batch_size']}",
-              f"--l0_lambda={c['l0_lambda']:g}", f"--seed={c['seed']}"]
-    if c["method"] == "dynhp":
-        parts += [f"--alpha_bs={c['alpha_bs']}", f"--budget_kb={c['budget_kb']}", f"--batch_growth={c['batch_growth']}"]
-    if c["train_limit"]:
-        parts.append(f"--train_limit={c['train_limit']}")
+    """A tools/train.py command reproducing a run that no sweep planned: every setting of
+    its config.json that differs from what tools/train.py would use without the flag
+    (RunConfig's defaults; the recipe fields from `recipe_for` of its target and data
+    set), so that the command trains the same architecture with the same recipe."""
+    from tf_dynhp.cli.paper import PLAIN_RECIPE, recipe_for
+
+    default = dataclasses.asdict(runs.RunConfig())
+    recipe = recipe_for(c.get("target_kb"), dataset=c["dataset"])
+    parts = [_flag(k, c[k]) for k in ("dataset", "method", "epochs", "seed")]
+    for key, value in c.items():
+        if key in ("dataset", "method", "epochs", "seed", "test_limit") or key not in default:
+            continue  # test_limit is no flag of tools/train.py
+        base = recipe[key] if key in PLAIN_RECIPE else default[key]
+        if key == "hidden":
+            same = [int(v) for v in value] == [int(v) for v in base]
+        elif isinstance(value, float) and isinstance(base, (int, float)) and not isinstance(base, bool):
+            same = math.isclose(value, base, rel_tol=1e-12)
+        else:
+            same = value == base
+        if not same:
+            parts.append(_flag(key, value))
     return "python tools/train.py " + " ".join(parts) + f" --out_dir=<runs>/{name}"
 
 
