@@ -276,8 +276,22 @@ def is_finished(out_dir: str | os.PathLike) -> bool:
 
 
 def read_history(out_dir: str | os.PathLike) -> dict[str, list[Any]]:
-    """`history.jsonl` of a finished run as a dict of per-epoch lists."""
-    rows = [json.loads(line) for line in open(os.path.join(out_dir, "history.jsonl"))]
+    """`history.jsonl` of a finished run as a dict of per-epoch lists.
+
+    Raises:
+        ValueError: a line is not a JSON object (names the file and the line).
+    """
+    path = os.path.join(out_dir, "history.jsonl")
+    rows = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({err}); expected one JSON object per epoch") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object per epoch; received {type(row).__name__}")
+            rows.append(row)
     return {k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}
 
 

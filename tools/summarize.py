@@ -42,13 +42,22 @@ def references(config: dict, metrics: dict) -> tuple[float | None, float | None]
 
 
 def _row(folder: str) -> str | None:
-    try:
-        with open(os.path.join(folder, "metrics.json")) as f:
-            m = json.load(f)
-        with open(os.path.join(folder, "config.json")) as f:
-            c = json.load(f)
-    except FileNotFoundError:
-        return None
+    """The folder's table row, or None (with a line on stderr saying why) for a folder that
+    is missing, unfinished (no metrics.json) or holds a damaged file."""
+    read = {}
+    for name in ("metrics.json", "config.json"):
+        path = os.path.join(folder, name)
+        try:
+            with open(path) as f:
+                read[name] = json.load(f)
+        except FileNotFoundError:
+            print(f"skipped {folder}: no {name} ({'not a run folder' if not os.path.isdir(folder) else 'unfinished'})",
+                  file=sys.stderr)
+            return None
+        except (OSError, ValueError) as err:
+            print(f"skipped {folder}: {path} is not readable JSON ({err})", file=sys.stderr)
+            return None
+    m, c = read["metrics.json"], read["config.json"]
     dense, sp = references(c, m)
     sizes = "-".join(str(s) for s in m["layer_sizes"]) if m.get("layer_sizes") else "n/a"
     batches = m["batch_sizes"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -73,7 +74,11 @@ class RunInfo:
     def history(self) -> dict[str, list[Any]] | None:
         """`history.jsonl` as per-epoch lists (None: unfinished, or no history)."""
         if self._history is None and self.finished and (self.path / "history.jsonl").exists():
-            self._history = runs.read_history(self.path)
+            try:
+                self._history = runs.read_history(self.path)
+            except ValueError as err:  # a damaged file: the run's per-epoch columns stay empty, and say why
+                warnings.warn(f"{err}: the per-epoch columns of run {self.name} are left empty", RuntimeWarning, stacklevel=2)
+                self._history = {}
         return self._history or None
 
     def time_to_error(self, target: float) -> tuple[float, int] | None:
@@ -172,6 +177,9 @@ def load_runs(runs_dir: Path) -> list[RunInfo]:
         entry = manifest.get(name, {})
         raw = _read_json(path / "config.json") or entry.get("config")
         if not raw or "dataset" not in raw:
+            if (path / "config.json").exists():
+                warnings.warn(f"{path / 'config.json'} is not a run's configuration (not valid JSON, or no 'dataset'): "
+                              f"run {name} left out", RuntimeWarning, stacklevel=2)
             continue
         config = _normalize(raw)
         state = run_status(path, config["epochs"])

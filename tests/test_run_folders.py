@@ -1,0 +1,54 @@
+"""Run folders as the report tools read them, when a file in them is damaged: the file is
+named, the run is left out or its per-epoch columns left empty, and the tools go on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tf_dynhp import runs
+from tf_dynhp.cli import run_folders
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = REPO / "results" / "sweep"
+RUN = "fashion_mnist-sp-bs128-lam0.01-e200-seed1"
+
+
+@pytest.fixture()
+def runs_dir(tmp_path):
+    """A copy of one finished run of results/sweep (config, history, metrics)."""
+    if not (SWEEP / RUN).is_dir():
+        pytest.skip(f"{SWEEP / RUN} not found")
+    shutil.copytree(SWEEP / RUN, tmp_path / RUN)
+    return tmp_path
+
+
+def test_a_half_written_history_line_is_named_and_the_report_goes_on(runs_dir):
+    history = runs_dir / RUN / "history.jsonl"
+    with history.open("a") as f:
+        f.write('{"epoch": 201, "loss": 2.7')  # a write cut short
+    with pytest.raises(ValueError, match=r"history.jsonl, line 201: not valid JSON"):
+        runs.read_history(runs_dir / RUN)
+    (info,) = run_folders.load_runs(runs_dir)
+    with pytest.warns(RuntimeWarning, match=r"line 201.*per-epoch columns of run .* left empty"):
+        assert info.history() is None
+    assert info.time_to_error(2.0) is None and info.finished  # the metrics still count
+
+
+def test_a_damaged_config_leaves_the_run_out_with_a_warning(runs_dir):
+    (runs_dir / RUN / "config.json").write_text('{"dataset": "mni')
+    with pytest.warns(RuntimeWarning, match=r"config.json is not a run's configuration.*left out"):
+        assert run_folders.load_runs(runs_dir) == []
+
+
+def test_summarize_names_what_it_skips(runs_dir, tmp_path):
+    (runs_dir / RUN / "metrics.json").write_text("{")
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "summarize.py"), str(runs_dir / RUN), str(tmp_path / "nothing")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"skipped {runs_dir / RUN}: {runs_dir / RUN / 'metrics.json'} is not readable JSON" in done.stderr
+    assert f"skipped {tmp_path / 'nothing'}: no metrics.json (not a run folder)" in done.stderr
