@@ -24,6 +24,7 @@ import os
 import secrets
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +61,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Weights and optimizer state from a `.npz` written by `save_npz`."""
-    with np.load(path) as data:
-        weights = {k: data[k] for k in data.files if not k.startswith(OPTIMIZER_PREFIX)}
-        state = {k[len(OPTIMIZER_PREFIX):]: data[k] for k in data.files if k.startswith(OPTIMIZER_PREFIX)}
+    """Weights and optimizer state from a `.npz` written by `save_npz`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a `.npz` archive of arrays (names `path`).
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--restore {path}: no such file")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"--restore {path}: expected a .npz archive written by --weights; it is not readable ({err})") from err
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"--restore {path}: expected a .npz archive written by --weights; received a single .npy array")
+    try:
+        with data:
+            weights = {k: data[k] for k in data.files if not k.startswith(OPTIMIZER_PREFIX)}
+            state = {k[len(OPTIMIZER_PREFIX):]: data[k] for k in data.files if k.startswith(OPTIMIZER_PREFIX)}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"--restore {path}: a damaged .npz archive ({err})") from err
     return weights, state
 
 
@@ -98,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.weights is not None and not Path(args.weights).resolve().parent.is_dir():
         raise FileNotFoundError(f"--weights {args.weights}: the folder {Path(args.weights).parent} does not exist")
+    if args.weights is not None and Path(args.weights).is_dir():
+        raise ValueError(f"--weights {args.weights}: expected the path of a .npz file to write; that is a folder")
     trainer = lr.Trainer(args.model, num_threads=args.threads)
     x, y = lr.load_images_labels(args.images, args.labels, args.limit)
     x, y = trainer.prepare(x), lr.check_labels(y, trainer.num_classes, args.labels)
@@ -109,9 +128,12 @@ def _run(args: argparse.Namespace) -> int:
         x_eval, y_eval, eval_name = x, y, f"{args.images} (the training files)"
     if args.restore is not None:
         weights, state = load_npz(args.restore)
-        trainer.set_weights(weights)
-        if state:
-            trainer.set_optimizer_state(state)
+        try:
+            trainer.set_weights(weights)
+            if state:
+                trainer.set_optimizer_state(state)
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"--restore {args.restore}: does not fit {args.model}: {err}") from err
         print(f"restored {len(weights)} weights and {len(state)} optimizer tensors from {args.restore}")
     batch = args.batch or trainer.fixed_batch or 32
     if trainer.fixed_batch and batch != trainer.fixed_batch:

@@ -314,6 +314,30 @@ def test_restore_with_wrong_shapes_is_rejected(device, tmp_path):
     result = run_device(device, "train_on_device.py", "--model", files["trainable"], "--images", files["train_images"],
                         "--labels", files["train_labels"], "--steps", "1", "--restore", bad, expect=2)
     assert re.search(r"error: .*kernel_1': expected shape \(\d+, \d+\), received \(\d+, 3\)", result.stderr), result.stderr
+    assert f"--restore {bad}: does not fit" in result.stderr
+
+
+@pytest.mark.parametrize("content", ["garbage", "npy", "folder"])
+def test_a_broken_restore_or_weights_file_is_one_error_line_before_training(device, tmp_path, content):
+    """--restore of a damaged .npz or of a .npy, and --weights naming a folder, end with one
+    `error:` line naming the flag and the file (they were tracebacks; the folder only after
+    every step had trained)."""
+    files = device["files"]
+    common = ("--model", files["trainable"], "--images", files["train_images"], "--labels", files["train_labels"],
+              "--steps", "1")
+    if content == "folder":
+        result = run_device(device, "train_on_device.py", *common, "--weights", tmp_path, expect=2)
+        line = one_error_line(result, f"--weights {tmp_path}", "that is a folder")
+    else:
+        path = tmp_path / "in.npz"
+        if content == "npy":
+            np.save(tmp_path / "in.npy", np.zeros(3))
+            path = tmp_path / "in.npy"
+        else:
+            path.write_bytes(b"PK\x03\x04garbage")
+        result = run_device(device, "train_on_device.py", *common, "--restore", path, expect=2)
+        line = one_error_line(result, f"--restore {path}", "expected a .npz archive")
+    assert "accuracy before" not in result.stdout, line
 
 
 # --------------------------------------------------------------------------- bad input: one line, no traceback
