@@ -36,7 +36,13 @@ def test_write_atomic_bytes_text_and_writer(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(3))
     _checks.write_atomic(tmp_path / "m", b"x", mode=0o644)
     assert (os.stat(tmp_path / "m").st_mode & 0o777) == 0o644
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "a.npy", "a.txt", "m"]  # no temporary left
+    old = os.umask(0o027)  # the default: what open() gives (it was tempfile's 0o600)
+    try:
+        _checks.write_atomic(tmp_path / "u", b"x")
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "u").st_mode & 0o777) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "a.npy", "a.txt", "m", "u"]  # no temporary left
 
 
 def test_write_atomic_keeps_the_old_file_and_no_temp_when_the_writer_fails(tmp_path):

@@ -61,6 +61,20 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _default_mode() -> int:
+    """0o666 less the umask (read without changing it where /proc tells it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str | Callable[[Any], None], *, mode: int | None = None) -> Path:
     """Writes `data` to `path` atomically and durably.
 
@@ -68,7 +82,9 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | Callable[[Any], No
         path: the final file name; its folder must exist.
         data: bytes, text (written as UTF-8), or a function that writes into the
             open binary file it is given (e.g. `np.savez`).
-        mode: permission bits of the new file (default: those `tempfile` gives, 0o600).
+        mode: permission bits of the new file (default: what `open()` would give,
+            0o666 less the process' umask, as Keras' own saves; `tempfile` alone
+            would leave 0o600, unreadable to the rest of a team's group).
 
     Returns:
         `path` as a `Path`.
@@ -93,8 +109,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | Callable[[Any], No
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, _default_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException as err:
         if os.path.exists(tmp):

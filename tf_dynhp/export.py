@@ -238,10 +238,8 @@ def _check_out_path(path: _PathLike) -> Path:
 
 
 def _atomic_write(path: Path, content: bytes) -> None:
-    """`_checks.write_atomic`, the file readable as the umask allows (a model to ship)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    write_atomic(path, content, mode=0o666 & ~umask)
+    """`_checks.write_atomic`: the file readable as the umask allows (a model to ship)."""
+    write_atomic(path, content)
 
 
 def _resolve_quantization(quantization: Any) -> str:
