@@ -98,8 +98,12 @@ def load_interpreter(path: str | os.PathLike, num_threads: int | None = None) ->
         FileNotFoundError, ValueError: see `check_tflite_file`.
     """
     path = check_tflite_file(path)
-    interpreter = _interpreter_class()(model_path=str(path), num_threads=num_threads)
-    interpreter.allocate_tensors()
+    try:
+        interpreter = _interpreter_class()(model_path=str(path), num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as err:  # e.g. a truncated file whose header survived
+        raise ValueError(f"{path}: not a loadable TFLite model ({str(err).strip().splitlines()[0]}); "
+                         "expected a complete .tflite file (a truncated copy?)") from err
     return interpreter
 
 
@@ -369,6 +373,14 @@ class Trainer:
         x = self.prepare(x)
         if self.fixed_batch and x.shape[0] != self.fixed_batch:
             raise ValueError(f"{self.path}: expected a training batch of {self.fixed_batch}, received {x.shape[0]} examples")
+        if x.shape[0] == 0:
+            raise ValueError(f"{self.path}: expected a training batch of at least one example, received 0")
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:  # Keras-style (batch, 1) class ids
+            y = y.reshape(-1)
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"{self.path}: expected labels of shape ({x.shape[0]},), one class id per example of x; "
+                             f"received shape {y.shape}")
         y = check_labels(y, self.num_classes, "training labels")
         return float(self._runners["train"](x=x, y=y)["loss"])
 

@@ -207,6 +207,26 @@ def test_garbage_tflite_is_rejected_with_the_file_name(device, tmp_path):
         assert "Traceback" not in result.stderr
 
 
+def test_a_truncated_tflite_and_mismatched_labels_are_named(device, tmp_path):
+    """A .tflite cut in half keeps its TFL3 header: the interpreter's error now names the
+    file. train_step refuses labels that do not match x's batch (the interpreter failed
+    with an XNNPack reshape error) and takes Keras-style (batch, 1) labels."""
+    files = device["files"]
+    cut = tmp_path / "cut.tflite"
+    data = Path(files["trainable"]).read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut.tflite: not a loadable TFLite model"):
+        lr.load_interpreter(cut)
+    trainer = lr.Trainer(files["trainable"])
+    x, y = lr.load_images_labels(files["train_images"], files["train_labels"], 8)
+    for bad in (y[:3], y[:0], np.stack([y, y], 1)):
+        with pytest.raises(ValueError, match=r"expected labels of shape \(4,\)"):
+            trainer.train_step(x[:4], bad[:4] if bad.ndim == 2 else bad)
+    with pytest.raises(ValueError, match="at least one example"):
+        trainer.train_step(x[:0], y[:0])
+    assert np.isfinite(trainer.train_step(x[:4], y[:4].reshape(4, 1)))
+
+
 def test_trainer_rejects_inference_model(device):
     with pytest.raises(ValueError, match=r"not a trainable model.*\['train', 'infer', 'get_weights', 'set_weights'\]"):
         lr.Trainer(device["files"]["fp32"])
