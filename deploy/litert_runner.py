@@ -138,6 +138,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     ndim = data[3]
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated IDX header: expected {header} bytes for {ndim} dimensions, received {len(data)}")
     shape = tuple(int(d) for d in np.frombuffer(data[4:header], dtype=">u4"))
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(shape) != ndim or len(data) - header != expected:
@@ -180,7 +182,8 @@ def fit_input(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndar
     """`x` (batch first) in the model's input shape `input_shape` (without the batch axis).
 
     IDX images are (n, 28, 28): a CNN taking (28, 28, 1) gets a channel axis, a model
-    taking flat (784,) inputs gets them flattened; any other shape is refused.
+    taking flat (784,) inputs gets them flattened, and in general examples of as many
+    values as the model takes are reshaped to its input; any other size is refused.
 
     Raises:
         ValueError: the shapes do not match (names `what`, expected and received shapes).
@@ -191,8 +194,8 @@ def fit_input(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndar
         return x
     if sample + (1,) == tuple(input_shape):  # (n, 28, 28) images for a (28, 28, 1) CNN
         return x.reshape(x.shape + (1,))
-    if len(input_shape) == 1 and len(sample) > 1 and int(np.prod(sample)) == int(input_shape[0]):  # flat inputs
-        return x.reshape(x.shape[0], -1)
+    if int(np.prod(sample)) == int(np.prod(input_shape)):  # flat inputs, or flat rows for an image model
+        return x.reshape((x.shape[0],) + tuple(input_shape))
     raise ValueError(
         f"{what}: expected inputs of shape (batch, {', '.join(map(str, input_shape))}), received {x.shape} "
         f"(examples of {int(np.prod(sample))} values, the model takes {int(np.prod(input_shape))})"

@@ -183,6 +183,15 @@ def test_read_idx_errors_name_the_file(tmp_path):
     short.write_bytes(bytes([0, 0, 8, 1]) + np.asarray([10], ">u4").tobytes() + b"\0" * 7)
     with pytest.raises(ValueError, match=r"short: expected 10 data bytes.*received 7"):
         lr.read_idx(short)
+    cut = tmp_path / "cut-header"
+    cut.write_bytes(bytes([0, 0, 8, 3]) + np.asarray([10], ">u4").tobytes())
+    with pytest.raises(ValueError, match=r"cut-header: truncated IDX header: expected 16 bytes for 3 dimensions, received 8"):
+        lr.read_idx(cut)
+    # examples of as many values as the model takes take its shape, flat or not; others are refused
+    assert lr.fit_input(np.zeros((4, 784)), (28, 28), "x").shape == (4, 28, 28)
+    assert lr.fit_input(np.zeros((4, 28, 28)), (784,), "x").shape == (4, 784)
+    with pytest.raises(ValueError, match=r"x: expected inputs of shape \(batch, 28, 28\), received \(4, 783\)"):
+        lr.fit_input(np.zeros((4, 783)), (28, 28), "x")
     with pytest.raises(ValueError, match="same n"):
         lr.load_images_labels(write_idx(tmp_path / "im", np.zeros((3, 2, 2), np.uint8)),
                               write_idx(tmp_path / "lb", np.zeros(4, np.uint8)))
