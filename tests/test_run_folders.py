@@ -52,3 +52,12 @@ def test_summarize_names_what_it_skips(runs_dir, tmp_path):
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert f"skipped {runs_dir / RUN}: {runs_dir / RUN / 'metrics.json'} is not readable JSON" in done.stderr
     assert f"skipped {tmp_path / 'nothing'}: no metrics.json (not a run folder)" in done.stderr
+
+
+def test_the_report_header_counts_a_damaged_run(runs_dir, tmp_path):
+    (runs_dir / RUN / "metrics.json").write_text("{")
+    out = tmp_path / "R.md"
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "report.py"), f"--runs={runs_dir}", f"--out={out}",
+                           f"--figures={tmp_path / 'fig'}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "from 1 runs in" in out.read_text() and "(0 finished, 0 unfinished, 0 not run yet, 1 damaged)" in out.read_text()
