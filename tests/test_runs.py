@@ -216,6 +216,14 @@ def test_finished_folder_is_not_mixed_with_a_new_run(mnist, tmp_path):
     assert _files(folder) == before
     with pytest.raises(ValueError, match="pass one of them"):
         runs.run(_tiny(), folder, data=mnist, verbose=0, resume=True, overwrite=True)
+    # An overwrite that fit refuses, or whose data cannot be read, costs the earlier run nothing
+    # (its files were deleted first, and a stray config.json made the folder look unfinished).
+    with pytest.raises(ValueError, match="target_kb"):
+        runs.run(_tiny(seed=2, method="sp", target_kb=1.0), folder, data=mnist, verbose=0, overwrite=True)
+    assert _files(folder) == before
+    with pytest.raises(FileNotFoundError):
+        runs.run(_tiny(seed=2), folder, data_dir=str(tmp_path / "no_data"), verbose=0, overwrite=True)
+    assert _files(folder) == before
     # Explicitly cleared: the folder holds only the new run.
     runs.run(_tiny(seed=2), folder, data=mnist, verbose=0, overwrite=True)
     assert json.loads((folder / "config.json").read_text())["seed"] == 2

@@ -18,7 +18,8 @@ A folder never holds two runs:
   unless `resume=True` with the same configuration (only `epochs` and
   `on_nonfinite` may change; resuming a finished run with more epochs first removes
   its `metrics.json`: the folder is unfinished until the new one is written), or
-  `overwrite=True`, which deletes those files (and nothing else) first.
+  `overwrite=True`, which deletes those files (and nothing else) once `fit` has
+  accepted the new run's arguments and data: a refused run costs the earlier one nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -333,18 +335,12 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _prepare_folder(out_dir: str, resume: bool, overwrite: bool) -> None:
-    """Refuses a folder holding a run unless resuming (see the module docstring), or clears it."""
-    import tf_dynhp
-
+    """Refuses a folder holding a run unless resuming or overwriting (see the module
+    docstring). Overwriting removes nothing here: `_clear_run_files` does, once `fit`
+    has accepted every argument (and `fit` itself removes the old checkpoints then), so
+    a refused run never costs the earlier one."""
     previous = _previous_files(out_dir)
-    if not previous:
-        return
-    if overwrite:
-        for name in RUN_FILES:
-            path = os.path.join(out_dir, name)
-            if os.path.exists(path):
-                os.remove(path)
-        tf_dynhp.checkpoint.remove_checkpoints(os.path.join(out_dir, "checkpoints"))
+    if not previous or overwrite:
         return
     if not resume:
         raise RunFolderError(
@@ -352,6 +348,27 @@ def _prepare_folder(out_dir: str, resume: bool, overwrite: bool) -> None:
             "(tools/train.py --resume) to continue it with the same configuration, overwrite=True "
             "(--overwrite) to delete its files and start again, or choose another folder."
         )
+
+
+def _clear_run_files(out_dir: str) -> None:
+    for name in RUN_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def _start_callback(out_dir: str, resolved: dict[str, Any], overwrite: bool) -> Any:
+    """A Keras callback whose `on_train_begin` (called by `fit` after all its checks, before
+    the first step) clears an overwritten run's files and writes the run's config.json."""
+    import keras
+
+    class _RunStart(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            if overwrite:
+                _clear_run_files(out_dir)
+            write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
+
+    return _RunStart()
 
 
 def _check_resumed_config(out_dir: str, resolved: dict[str, Any]) -> None:
@@ -451,30 +468,36 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
     if budget_kb is None and config.method == "dynhp":
         budget_kb = tf_dynhp.memory.mo_kb(model, batch_size=config.budget_batch)
     resolved = {**config.to_dict(), "budget_kb": budget_kb, "train_examples": int(len(x))}
+    start = []
     if out_dir is not None:
-        if resume:
+        if resume:  # the folder's run goes on: its config.json says so (with the new epochs) from now
             _check_resumed_config(out_dir, resolved)
-        write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
+            write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
+        else:  # a new run: its files appear once fit has accepted it
+            start = [_start_callback(out_dir, resolved, overwrite)]
     t0 = time.perf_counter()
     try:
-        result = tf_dynhp.fit(
-            model, x, y, method=config.method, epochs=config.epochs, batch_size=config.batch_size,
-            l0_lambda=config.l0_lambda, learning_rate=config.learning_rate, alpha_bs=config.alpha_bs,
-            budget_kb=budget_kb, budget_on=config.budget_on, gamma=config.gamma,
-            batch_growth=config.batch_growth, seed=config.seed,
-            validation_data=None if config.validation_split else (x_test, y_test), validation_split=config.validation_split,
-            steps_per_execution=config.steps_per_execution, verbose=verbose,
-            droprate_init=config.droprate_init, input_droprate_init=config.input_droprate_init,
-            checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
-            gate_kernel=config.gate_kernel, target_kb=config.target_kb, lambda_floor=config.lambda_floor,
-            size_penalty=config.size_penalty, target_schedule=config.target_schedule,
-            target_deadline=config.target_deadline, augment=augmentation(config), augment_until=config.augment_until,
-            loss=loss(config),
-            weight_decay=config.weight_decay_per_weight * (len(x) - int(len(x) * config.validation_split)),
-            optimizer=optimizer(config),
-            callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs,
-                                   restart_epoch(config.lr_decay, config.target_deadline, config.epochs)),
-        )
+        with warnings.catch_warnings():
+            if overwrite:  # asked for: fit removes the earlier run's checkpoints once it accepts the run
+                warnings.filterwarnings("ignore", message=r"Starting a new run in .*removed \d+ checkpoint", category=RuntimeWarning)
+            result = tf_dynhp.fit(
+                model, x, y, method=config.method, epochs=config.epochs, batch_size=config.batch_size,
+                l0_lambda=config.l0_lambda, learning_rate=config.learning_rate, alpha_bs=config.alpha_bs,
+                budget_kb=budget_kb, budget_on=config.budget_on, gamma=config.gamma,
+                batch_growth=config.batch_growth, seed=config.seed,
+                validation_data=None if config.validation_split else (x_test, y_test), validation_split=config.validation_split,
+                steps_per_execution=config.steps_per_execution, verbose=verbose,
+                droprate_init=config.droprate_init, input_droprate_init=config.input_droprate_init,
+                checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
+                gate_kernel=config.gate_kernel, target_kb=config.target_kb, lambda_floor=config.lambda_floor,
+                size_penalty=config.size_penalty, target_schedule=config.target_schedule,
+                target_deadline=config.target_deadline, augment=augmentation(config), augment_until=config.augment_until,
+                loss=loss(config),
+                weight_decay=config.weight_decay_per_weight * (len(x) - int(len(x) * config.validation_split)),
+                optimizer=optimizer(config),
+                callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs,
+                                       restart_epoch(config.lr_decay, config.target_deadline, config.epochs)) + start,
+            )
     except tf_dynhp.NonFiniteError as err:
         if out_dir is not None:  # the folder keeps the last good model (no metrics.json: unfinished)
             good = err.last_good
