@@ -183,6 +183,16 @@ def test_real_dataset(request, which, first_label, train_counts, test_counts):
 
 
 @real_data
+@real_data
+def test_a_folder_of_the_other_data_set_is_refused():
+    """data_dir names a folder of IDX files; one of MNIST's given for Fashion-MNIST (or the
+    other way round) trained on the wrong data in silence: the files look alike."""
+    with pytest.raises(ValueError, match=r"holds the mnist data set .*not fashion_mnist"):
+        ds.load("fashion_mnist", DATA_ROOT / "mnist", download=False)
+    with pytest.raises(ValueError, match=r"holds the fashion_mnist data set .*not mnist"):
+        ds.load("mnist", DATA_ROOT / "fashion-mnist", download=False)
+
+
 def test_real_mnist_matches_raw_idx(mnist):
     (x_train, y_train), (x_test, _) = mnist
     raw = ds.read_idx(DATA_ROOT / "mnist" / "t10k-images-idx3-ubyte.gz")

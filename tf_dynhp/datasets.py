@@ -651,6 +651,23 @@ def load(
     found = find_dataset_dir(
         name, data_dir, download=download, cache_dir=cache_dir, system_dir=system_dir
     )
-    if found.suffix == ".npz" and found.is_file():
-        return _load_npz(found)
-    return _load_idx_folder(found)
+    data = _load_npz(found) if found.suffix == ".npz" and found.is_file() else _load_idx_folder(found)
+    _check_not_the_other(name, found, data[0][1])
+    return data
+
+
+#: The first 32 hex digits of the SHA-256 of each data set's training labels (uint8):
+#: a folder given for one data set that holds the other is refused (the files have one
+#: format and one size, so nothing else tells them apart).
+_TRAIN_LABELS_SHA256 = {
+    "mnist": "1feba77c54802fa5339a11837ea4b286",
+    "fashion_mnist": "657fbd221bfc9f4198cc14b5619cc33e",
+}
+
+
+def _check_not_the_other(name: str, found: Path, labels: np.ndarray) -> None:
+    digest = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.uint8).tobytes()).hexdigest()[:32]
+    for other, known in _TRAIN_LABELS_SHA256.items():
+        if other != name and digest == known:
+            raise ValueError(f"{found} holds the {other} data set (its training labels are {other}'s), not {name}: "
+                             f"expected a folder of {name}'s files.")
