@@ -144,3 +144,25 @@ def test_the_report_command_of_an_unplanned_run_trains_the_same_configuration(tm
     assert done.returncode == 0, done.stderr[-2000:]
     first, second = _normalize(first), _normalize(json.loads((tmp_path / "again" / "config.json").read_text()))
     assert {k: (first[k], second.get(k)) for k in first if first[k] != second.get(k)} == {}  # (None batch: the paper's)
+
+
+def _tool(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / script), *args], capture_output=True, text=True,
+                          timeout=120, env=ENV)
+
+
+@pytest.mark.parametrize("script,args,expected", [
+    ("reproduce.py", ["--alphas=0.97,2", "--dry_run"], "Expected floats in [0, 1]. Received: alphas='2'"),
+    ("reproduce.py", ["--train_limit=-5", "--dry_run"], "Expected a positive integer. Received: train_limit=-5"),
+    ("reproduce.py", ["--validation_split=1.5", "--dry_run"], "Expected a float in [0, 1). Received: validation_split=1.5"),
+    ("benchmark.py", ["--dynhp_run=/nonexistent/run"], "--dynhp_run=/nonexistent/run: no such folder"),
+    ("benchmark.py", ["--dynhp_run=.", "--out=/dev/null/b.md"], "--out=/dev/null/b.md: its folder cannot be created"),
+    ("rank_at_size.py", ["--from_runs=/nonexistent/r.json"], "--from_runs: cannot read /nonexistent/r.json"),
+])
+def test_tools_refuse_bad_values_in_one_line_before_any_work(script, args, expected, tmp_path):
+    """Values that used to be planned (reproduce --alphas=2, --train_limit=-5 trained on
+    x[:-5]), or found out after hours of training (benchmark's --out), or a traceback."""
+    done = _tool(script, *args, f"--out={tmp_path / 'o'}" if script == "reproduce.py" else "--verbosity=0")
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert expected in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "o").exists()

@@ -77,6 +77,8 @@ flags.DEFINE_integer("seed", 1, "Seed of every row.")
 flags.DEFINE_integer("steps_per_execution", 50, "Train steps per compiled call of the Keras rows (DynHP's own default is 50; tfmot needs 1).")
 flags.DEFINE_bool("retrain_dynhp", True, "Train the DynHP configuration again here (else use the run folder's numbers).")
 flags.DEFINE_integer("calibration_examples", 300, "Training images calibrating the int8 exports.")
+for _name in ("epochs", "batch_size", "train_limit", "test_limit", "steps_per_execution", "calibration_examples"):
+    flags.register_validator(_name, lambda v: v is None or v >= 1, f"--{_name}: expected a positive integer")
 flags.DEFINE_float("tfmot_ramp", 0.8, "Share of the training steps over which tfmot's sparsity ramps to its final value.")
 
 QUICK = {"epochs": 2, "train_limit": 2000, "test_limit": 1000}
@@ -303,6 +305,15 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     run_dir = Path(FLAGS.dynhp_run)
+    if not run_dir.is_dir():
+        raise app.UsageError(f"--dynhp_run={run_dir}: no such folder")
+    out = Path(FLAGS.out)  # checked before hours of training, not after them
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise app.UsageError(f"--out={FLAGS.out}: its folder cannot be created ({err.strerror or err})") from err
+    if out.is_dir():
+        raise app.UsageError(f"--out={FLAGS.out}: expected the path of a Markdown file to write; that is a folder")
     if not (run_dir / "metrics.json").exists() or not (run_dir / "model.keras").exists():
         raise app.UsageError(f"--dynhp_run={run_dir}: not a finished run folder (expected metrics.json and model.keras)")
     saved = json.loads((run_dir / "config.json").read_text())
@@ -445,8 +456,6 @@ def main(argv: list[str]) -> int:
         *[f"* {n}" for n in notes],
         "",
     ]
-    out = Path(FLAGS.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     raw = [{k: v for k, v in r.items() if k != "model"} for r in rows]
     out.with_suffix(".json").write_text(json.dumps({"command": command, "target_error": target, "rows": raw, "notes": notes}, indent=1, default=str))

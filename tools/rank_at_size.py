@@ -233,7 +233,8 @@ def _one(name: str, seed: int, data) -> dict:
         return float(100 * np.mean(np.argmax(result.model.predict(images, batch_size=2000, verbose=0), -1) != labels))
 
     return {
-        "candidate": name, "seed": seed, "test_error": error(xt, yt),
+        "candidate": name, "seed": seed, "dataset": FLAGS.dataset, "target_kb": FLAGS.target_kb, "alpha_bs": FLAGS.alpha_bs,
+        "epochs": FLAGS.epochs, "test_error": error(xt, yt),
         "val_error": error(xv, yv) if len(xv) else None, "train_images": int(len(x)),
         "model_kb": tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(result.model)),
         "mean_mo_kb": float(np.mean(result.history["memory_kb"])), "seconds": seconds,
@@ -246,12 +247,27 @@ def read_runs(paths: list[str]) -> list[dict]:
     the first of each (candidate, seed) kept."""
     runs, seen = [], set()
     for path in paths:
-        text = Path(path).read_text()
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise app.UsageError(f"--from_runs: cannot read {path} ({err.strerror or err})") from err
         try:
             found = json.loads(text)
         except ValueError:
-            found = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+            try:
+                found = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+            except ValueError as err:
+                raise app.UsageError(f"--from_runs: {path} is neither a JSON list nor JSON lines ({err})") from err
         for r in found if isinstance(found, list) else [found]:
+            if not isinstance(r, dict) or not {"candidate", "seed", "test_error"} <= set(r):
+                raise app.UsageError(f"--from_runs: {path} holds a record that is not a run of this tool "
+                                     f"(expected 'candidate', 'seed', 'test_error'): {str(r)[:120]}")
+            # Records made since they carry them must be of the flags' ranking (older ones do not say).
+            differ = [f"{k}={r[k]!r} there, {FLAGS[k].value!r} now" for k in ("dataset", "target_kb", "alpha_bs", "epochs")
+                      if k in r and r[k] != FLAGS[k].value]
+            if differ:
+                raise app.UsageError(f"--from_runs: {path} holds runs of another ranking ({', '.join(differ)}); "
+                                     "give the flags they were made with")
             if (r["candidate"], r["seed"]) not in seen:
                 seen.add((r["candidate"], r["seed"]))
                 runs.append(r)
@@ -326,6 +342,9 @@ def main(argv):
             for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds):
                 runs.append(_one(name, seed, ((x, y), held, test)))
                 print(json.dumps(runs[-1]), flush=True)
+    if not any(r["candidate"] in FLAGS.candidates for r in runs):
+        raise app.UsageError(f"--candidates={','.join(FLAGS.candidates)}: no run of these in --from_runs "
+                             f"(they hold {sorted({r['candidate'] for r in runs})})")
     text = table(runs, FLAGS.candidates, command)
     print(text)
     if FLAGS.out:

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shlex
 import signal
@@ -116,6 +117,38 @@ flags.DEFINE_integer("lenet5_epochs", 50, "Epochs of the LeNet-5 rows (--quick: 
 flags.DEFINE_integer("train_limit", None, "Use only the first N training images (--quick: 2000).")
 flags.DEFINE_integer("test_limit", None, "Use only the first N test images (--quick: 1000).")
 flags.DEFINE_bool("dry_run", False, "Print the planned runs and their status (and write sweep.json); train nothing.")
+
+
+def _range(name: str, expected: str, ok) -> None:
+    """Refuses a flag value out of range when flags are parsed (as tools/train.py does),
+    before anything is planned; a list flag is checked item by item."""
+
+    def check(value) -> bool:
+        if value is None:
+            return True
+        for item in value if isinstance(value, list) else [value]:
+            try:
+                good = ok(float(item))
+            except ValueError:
+                good = False
+            if not good:
+                raise flags.ValidationError(f"Invalid value received for --{name}. Expected {expected}. Received: {name}={item!r}")
+        return True
+
+    flags.register_validator(name, check)
+
+
+for _name in ("epochs", "seeds", "lenet5_epochs", "train_limit", "test_limit"):
+    _range(_name, "a positive integer", lambda v: v >= 1)
+_range("alphas", "floats in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+_range("l0_lambdas", "floats >= 0", lambda v: v >= 0.0 and math.isfinite(v))
+_range("lenet5_lambdas", "floats >= 0", lambda v: v >= 0.0 and math.isfinite(v))
+_range("target_kb", "a positive number of KB", lambda v: v > 0.0 and math.isfinite(v))
+_range("frontier_targets", "positive numbers of KB", lambda v: v > 0.0 and math.isfinite(v))
+_range("validation_split", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
+_range("sp_batch_sizes", "positive integers", lambda v: v >= 1 and v == int(v))
+_range("hp_batch_sizes", "positive integers", lambda v: v >= 1 and v == int(v))
+
 flags.DEFINE_string("worker_config", None, "Internal: JSON RunConfig of the one run this worker process trains.")
 flags.DEFINE_string("worker_dir", None, "Internal: run folder of --worker_config.")
 
