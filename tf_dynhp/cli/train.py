@@ -32,7 +32,8 @@ flags.DEFINE_integer("epochs", 20, "Number of epochs.")
 flags.DEFINE_integer("batch_size", None, "(Initial) batch size; default 16 for dynhp, 100 otherwise.")
 flags.DEFINE_float("l0_lambda", 0.01, "Lambda of the expected-L0 penalty (reference scale, see L0Dense).")
 flags.DEFINE_float("learning_rate", 1e-3, "Fixed learning rate of Adam.")
-flags.DEFINE_float("alpha_bs", None, "Eq. 8 smoothing; required for dynhp (0.972 MNIST, 0.980 Fashion-MNIST).")
+flags.DEFINE_float("alpha_bs", None, "Eq. 8 smoothing of dynhp (the paper's best: 0.972 MNIST, 0.980 Fashion-MNIST; "
+                   "left out: fit's default, tf_dynhp.training.DEFAULT_ALPHA_BS = 0.972, and config.json records null).")
 flags.DEFINE_float("budget_kb", None, "Memory budget in KB; default for dynhp: MO of SP at --budget_batch.")
 flags.DEFINE_integer("budget_batch", 512, "Batch whose SP memory (MO) is the default dynhp budget (512 MNIST, 128 Fashion-MNIST in the paper).")
 flags.DEFINE_enum("budget_on", "paper", ["paper", "full"], "Budget on the paper's MO or the full footprint.")
@@ -153,7 +154,7 @@ def main(argv):
     try:
         runs.run(config, FLAGS.out_dir, data_dir=FLAGS.data_dir, resume=FLAGS.resume, verbose=FLAGS.verbose,
                  overwrite=FLAGS.overwrite)
-    except (runs.RunFolderError, CheckpointError) as err:
+    except (runs.RunFolderError, CheckpointError, FileNotFoundError) as err:  # the run folder, or no data where told
         sys.exit(f"error: {err}")
 
 
