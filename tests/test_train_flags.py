@@ -161,6 +161,10 @@ def _tool(script: str, *args: str) -> subprocess.CompletedProcess:
     ("benchmark.py", ["--dynhp_run=.", "--out=/dev/null/b.md"], "--out=/dev/null/b.md: its folder cannot be created"),
     ("rank_at_size.py", ["--from_runs=/nonexistent/r.json"], "--from_runs: cannot read /nonexistent/r.json"),
     ("train.py", ["--data_dir=/nonexistent/d", "--method=sp", "--epochs=1"], "error: Dataset 'mnist' not found in data_dir"),
+    ("train.py", ["--method=sp", "--target_kb=10", "--epochs=1", "--train_limit=100"],
+     "error: `target_kb` needs a method that removes units"),
+    ("train.py", ["--method=dynhp", "--budget_kb=1", "--epochs=1", "--train_limit=100"], "error: `budget_kb`=1.0 cannot hold"),
+    ("train.py", ["--method=sp", "--epochs=1", "extra"], "Unexpected arguments: ['extra']"),
     ("reproduce.py", ["--datasets=mnist", "--methods=sp", "--epochs=1", "--data_dir=/nonexistent/d"],
      "error: --data_dir=/nonexistent/d: Dataset 'mnist' not found"),
 ])

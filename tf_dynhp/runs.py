@@ -36,7 +36,7 @@ import numpy as np
 
 from tf_dynhp._checks import invalid, write_atomic
 
-__all__ = ["ARCHS", "LR_DECAYS", "RunConfig", "augmentation", "loss", "lr_callbacks", "restart_epoch", "optimizer", "RunFolderError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
+__all__ = ["ARCHS", "LR_DECAYS", "RunConfig", "augmentation", "loss", "lr_callbacks", "restart_epoch", "optimizer", "RunFolderError", "RunArgumentError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
 
 #: Architectures of `RunConfig.arch`: the paper's MLP family (`hidden`) and LeNet-5-Caffe.
 ARCHS = ("mlp", "lenet5")
@@ -301,6 +301,12 @@ class RunFolderError(RuntimeError):
     """A run folder is in use by another process, or holds another run's files."""
 
 
+class RunArgumentError(ValueError):
+    """`fit` refused the run's settings before training anything (e.g. a target with a
+    method that removes no units, or a budget smaller than the model): nothing was
+    written. A `ValueError`, so it is caught as one."""
+
+
 #: The files a run writes into its folder (besides `checkpoints/`).
 RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.keras", "gated_model.keras")
 #: Settings a resumed run may change: the number of epochs (to extend a run) and what
@@ -468,13 +474,19 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
     if budget_kb is None and config.method == "dynhp":
         budget_kb = tf_dynhp.memory.mo_kb(model, batch_size=config.budget_batch)
     resolved = {**config.to_dict(), "budget_kb": budget_kb, "train_examples": int(len(x))}
-    start = []
+    began = []  # set by fit's on_train_begin, after all its checks
+
+    class _Began(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            began.append(True)
+
+    start = [_Began()]
     if out_dir is not None:
         if resume:  # the folder's run goes on: its config.json says so (with the new epochs) from now
             _check_resumed_config(out_dir, resolved)
             write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
         else:  # a new run: its files appear once fit has accepted it
-            start = [_start_callback(out_dir, resolved, overwrite)]
+            start.append(_start_callback(out_dir, resolved, overwrite))
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -498,6 +510,10 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
                 callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs,
                                        restart_epoch(config.lr_decay, config.target_deadline, config.epochs)) + start,
             )
+    except (ValueError, TypeError) as err:
+        if began or isinstance(err, tf_dynhp.NonFiniteError):
+            raise
+        raise RunArgumentError(str(err)) from err
     except tf_dynhp.NonFiniteError as err:
         if out_dir is not None:  # the folder keeps the last good model (no metrics.json: unfinished)
             good = err.last_good

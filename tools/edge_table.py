@@ -53,7 +53,8 @@ def _field(pattern: str, text: str) -> str:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]} (every setting is a --flag)")
     sys.path.insert(0, str(ROOT))
     from tf_dynhp import datasets
 

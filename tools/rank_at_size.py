@@ -319,7 +319,8 @@ def table(runs: list[dict], candidates: list[str], command: str) -> str:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]} (every setting is a --flag)")
     from tf_dynhp import _checks, datasets
 
     for name in FLAGS.candidates:

@@ -31,7 +31,8 @@ flags.DEFINE_enum("method", "dynhp", ["dense", "sp", "hp", "dynhp"], "Training m
 flags.DEFINE_integer("epochs", 20, "Number of epochs.")
 flags.DEFINE_integer("batch_size", None, "(Initial) batch size; default 16 for dynhp, 100 otherwise.")
 flags.DEFINE_float("l0_lambda", 0.01, "Lambda of the expected-L0 penalty (reference scale, see L0Dense).")
-flags.DEFINE_float("learning_rate", 1e-3, "Fixed learning rate of Adam.")
+flags.DEFINE_float("learning_rate", 1e-3, "Learning rate of Adam (AdamW with --decoupled_weight_decay); fixed, or the "
+                   "start of --lr_decay's schedule (with --target_kb the recipe's, a cosine).")
 flags.DEFINE_float("alpha_bs", None, "Eq. 8 smoothing of dynhp (the paper's best: 0.972 MNIST, 0.980 Fashion-MNIST; "
                    "left out: fit's default, tf_dynhp.training.DEFAULT_ALPHA_BS = 0.972, and config.json records null).")
 flags.DEFINE_float("budget_kb", None, "Memory budget in KB; default for dynhp: MO of SP at --budget_batch.")
@@ -137,7 +138,8 @@ flags.register_multi_flags_validator(
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]} (every setting is a --flag)")
     if FLAGS.out_dir is None:
         if FLAGS.resume:
             raise app.UsageError("--resume needs --out_dir, the run folder to continue.")
@@ -154,7 +156,7 @@ def main(argv):
     try:
         runs.run(config, FLAGS.out_dir, data_dir=FLAGS.data_dir, resume=FLAGS.resume, verbose=FLAGS.verbose,
                  overwrite=FLAGS.overwrite)
-    except (runs.RunFolderError, CheckpointError, FileNotFoundError) as err:  # the run folder, or no data where told
+    except (runs.RunFolderError, runs.RunArgumentError, CheckpointError, FileNotFoundError) as err:  # before any training
         sys.exit(f"error: {err}")
 
 
