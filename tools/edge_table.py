@@ -26,9 +26,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("dynhp_model", None, "Stripped DynHP model (.keras).")
 flags.DEFINE_string("dense_model", None, "Dense reference model (.keras).")
 flags.DEFINE_string("out_dir", "runs/edge", "Folder for the .tflite files and the table.")
-flags.DEFINE_string("dataset", "mnist", "mnist or fashion_mnist.")
+flags.DEFINE_enum("dataset", "mnist", ["mnist", "fashion_mnist"], "Data set of the test images.")
 flags.DEFINE_string("data_dir", None, "Dataset folder (default: TF_DYNHP_DATA, then the usual places).")
-flags.DEFINE_integer("limit", None, "Evaluate on the first N test images only.")
+flags.DEFINE_integer("limit", None, "Evaluate on the first N test images only.", lower_bound=1)
 VARIANTS = ("none", "float16", "dynamic", "int8")
 PATTERNS = {
     "accuracy": r"accuracy: ([0-9.]+)",

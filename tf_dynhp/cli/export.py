@@ -35,7 +35,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Stripped (or gated) Keras model, .keras file.")
 flags.DEFINE_string("out", None, "Output .tflite path; with --quantization=all, the stem of every variant.")
 flags.DEFINE_enum("quantization", "none", ["none", "float16", "dynamic", "int8", "all"], "Quantization of the export.")
-flags.DEFINE_string("dataset", "mnist", "Dataset for calibration and accuracy: mnist or fashion_mnist.")
+flags.DEFINE_enum("dataset", "mnist", ["mnist", "fashion_mnist"], "Dataset for calibration and accuracy.")
 flags.DEFINE_string("data_dir", None, "Folder of the dataset (see tf_dynhp.datasets.load).")
 flags.DEFINE_string("dense_model", None, "Optional unpruned float Keras model, the reference row of the table.")
 flags.DEFINE_integer("calibration_examples", 300, "Training examples used to calibrate int8 (200-500).")
