@@ -234,6 +234,10 @@ def test_finished_folder_is_not_mixed_with_a_new_run(mnist, tmp_path):
 def test_resume_same_config_and_extension(mnist, tmp_path):
     folder = tmp_path / "run"
     runs.run(_tiny(), folder, data=mnist, verbose=0)
+    before = _files(folder)
+    with pytest.raises(runs.RunFolderError, match=r"with epochs=0: its run has trained 1 epochs"):  # a resume cannot shorten a run
+        runs.run(_tiny(epochs=0), folder, data=mnist, verbose=0, resume=True)
+    assert _files(folder) == before
     again = runs.run(_tiny(), folder, data=mnist, verbose=0, resume=True)  # the same run: nothing to train
     assert again["epochs_run"] == 1
     seen = {}

@@ -394,6 +394,16 @@ def _check_resumed_config(out_dir: str, resolved: dict[str, Any]) -> None:
             f"{' and '.join(RESUMABLE_CHANGES)} may change on resume; pass overwrite=True (--overwrite) "
             "to start a new run there, or choose another folder."
         )
+    from tf_dynhp import checkpoint
+
+    done = checkpoint.valid_checkpoints(os.path.join(out_dir, "checkpoints"))
+    trained = int(done[-1].stem.split("-")[1]) if done else 0
+    if "epochs" in resolved and trained > int(resolved["epochs"]):
+        raise RunFolderError(
+            f"Cannot resume in {out_dir} with epochs={resolved['epochs']}: its run has trained {trained} epochs, and a "
+            "resume cannot take them back (its config.json and history would disagree). Resume with at least "
+            f"epochs={trained}, or pass overwrite=True (--overwrite) to train a shorter run there."
+        )
     finished = os.path.join(out_dir, "metrics.json")
     if os.path.exists(finished) and any(not _same(saved.get(k), resolved[k]) for k in RESUMABLE_CHANGES if k in resolved):
         os.remove(finished)  # the folder's config.json is about to describe the extended run
