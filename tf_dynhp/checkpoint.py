@@ -58,6 +58,7 @@ __all__ = [
     "read_checkpoint",
     "list_checkpoints",
     "valid_checkpoints",
+    "latest_valid_epoch",
     "listing",
     "latest_checkpoint",
     "probe_writable",
@@ -174,18 +175,28 @@ def _remember_valid(path: Path) -> None:
     _VALID[str(path)] = _stamp(path)
 
 
+def _bytes_problem(data: bytes) -> str | None:
+    """What is wrong with a checkpoint file's bytes (magic, checksum), or None."""
+    if len(data) < len(MAGIC) + 32 or data[: len(MAGIC)] != MAGIC:
+        return f"not a tf_dynhp checkpoint (expected magic {MAGIC!r}, file of {len(data)} bytes)"
+    if hashlib.sha256(data[len(MAGIC) + 32 :]).digest() != data[len(MAGIC) : len(MAGIC) + 32]:
+        return f"checksum mismatch (truncated or corrupted file of {len(data)} bytes)"
+    return None
+
+
 def _damage(path: Path) -> str | None:
-    """None when `path` is a readable checkpoint with a matching checksum, else what is wrong."""
+    """None when `path` is a readable checkpoint with a matching checksum, holding the
+    epoch its name says, else what is wrong (`read_checkpoint`'s checks, reading only the
+    metadata of the payload)."""
     try:
         if _VALID.get(str(path)) == _stamp(path):
             return None
         data = path.read_bytes()
     except OSError as err:
         return f"cannot read it: {err.strerror or err}"
-    if len(data) < len(MAGIC) + 32 or data[: len(MAGIC)] != MAGIC:
-        return f"not a tf_dynhp checkpoint (expected magic {MAGIC!r}, file of {len(data)} bytes)"
-    if hashlib.sha256(data[len(MAGIC) + 32 :]).digest() != data[len(MAGIC) : len(MAGIC) + 32]:
-        return f"checksum mismatch (truncated or corrupted file of {len(data)} bytes)"
+    problem = _bytes_problem(data)
+    if problem is not None:
+        return problem
     try:
         with np.load(io.BytesIO(data[len(MAGIC) + 32 :]), allow_pickle=False) as npz:
             meta = json.loads(npz["__meta__"].tobytes().decode("utf-8"))
@@ -256,12 +267,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     """
     path = Path(path)
     data = path.read_bytes()
-    if len(data) < len(MAGIC) + 32 or data[: len(MAGIC)] != MAGIC:
-        raise CheckpointError(f"{path}: not a tf_dynhp checkpoint (expected magic {MAGIC!r}, file of {len(data)} bytes)")
-    digest, payload = data[len(MAGIC) : len(MAGIC) + 32], data[len(MAGIC) + 32 :]
-    if hashlib.sha256(payload).digest() != digest:
-        raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupted file of {len(data)} bytes)")
-    with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+    problem = _bytes_problem(data)
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}")
+    with np.load(io.BytesIO(data[len(MAGIC) + 32 :]), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
     problem = _epoch_problem(path, meta)
@@ -283,6 +292,13 @@ def valid_checkpoints(folder: str | os.PathLike) -> list[Path]:
     """The checkpoint files of `folder` that verify (checksum, and the epoch they hold is
     the one their name says), oldest first; a damaged one is left where it is."""
     return [p for p in list_checkpoints(folder) if _damage(p) is None]
+
+
+def latest_valid_epoch(folder: str | os.PathLike) -> int:
+    """The epoch of the newest valid checkpoint of `folder` (the one a resume continues
+    from), or 0 without one."""
+    found = valid_checkpoints(folder)
+    return int(_NAME.match(found[-1].name).group(1)) if found else 0
 
 
 def listing(folder: str | os.PathLike) -> list[tuple[str, int, int]]:

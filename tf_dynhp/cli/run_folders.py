@@ -40,8 +40,7 @@ __all__ = ["RunInfo", "Group", "run_status", "latest_epoch", "load_runs", "make_
 def latest_epoch(run_dir: Path) -> int:
     """Epoch of the newest valid checkpoint in `<run_dir>/checkpoints` (0: none), the one a
     resume continues from (`checkpoint.valid_checkpoints`: not one renamed to another epoch)."""
-    found = checkpoint.valid_checkpoints(Path(run_dir) / "checkpoints")
-    return int(found[-1].stem.split("-")[1]) if found else 0
+    return checkpoint.latest_valid_epoch(Path(run_dir) / "checkpoints")
 
 
 def run_status(run_dir: Path, epochs: int) -> str:
