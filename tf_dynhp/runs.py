@@ -223,10 +223,12 @@ def lr_callbacks(lr_decay: str, learning_rate: float, epochs: int, restart_epoch
             raise invalid("restart_epoch", f'None with lr_decay="{lr_decay}" (it is "cosine_restart"\'s)', restart_epoch)
         if lr_decay == "none":
             return []
-        return [keras.callbacks.LearningRateScheduler(lambda e, lr: learning_rate * 0.5 * (1.0 + math.cos(math.pi * e / epochs)))]
-    if isinstance(restart_epoch, bool) or not isinstance(restart_epoch, (int, np.integer)) or restart_epoch <= 0:
+        start = int(epochs)  # "cosine": the first cosine runs to the end
+    elif isinstance(restart_epoch, bool) or not isinstance(restart_epoch, (int, np.integer)) or restart_epoch <= 0:
         raise invalid("restart_epoch", 'an integer > 0 with lr_decay="cosine_restart"', restart_epoch)
-    start, rest = int(restart_epoch), max(int(epochs) - int(restart_epoch), 1)
+    else:
+        start = int(restart_epoch)
+    rest = max(int(epochs) - start, 1)
 
     def rate(e: int, lr: Any) -> float:
         if e < start:
@@ -363,16 +365,21 @@ def _clear_run_files(out_dir: str) -> None:
             os.remove(path)
 
 
-def _start_callback(out_dir: str, resolved: dict[str, Any], overwrite: bool) -> Any:
+def _start_callback(out_dir: str | None, resolved: dict[str, Any], overwrite: bool) -> Any:
     """A Keras callback whose `on_train_begin` (called by `fit` after all its checks, before
-    the first step) clears an overwritten run's files and writes the run's config.json."""
+    the first step) sets its `began`, and for a new run in `out_dir` clears an overwritten
+    run's files and writes the run's config.json."""
     import keras
 
     class _RunStart(keras.callbacks.Callback):
+        began = False
+
         def on_train_begin(self, logs=None):
-            if overwrite:
-                _clear_run_files(out_dir)
-            write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
+            self.began = True
+            if out_dir is not None:
+                if overwrite:
+                    _clear_run_files(out_dir)
+                write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
 
     return _RunStart()
 
@@ -396,8 +403,7 @@ def _check_resumed_config(out_dir: str, resolved: dict[str, Any]) -> None:
         )
     from tf_dynhp import checkpoint
 
-    done = checkpoint.valid_checkpoints(os.path.join(out_dir, "checkpoints"))
-    trained = int(done[-1].stem.split("-")[1]) if done else 0
+    trained = checkpoint.latest_valid_epoch(os.path.join(out_dir, "checkpoints"))
     if "epochs" in resolved and trained > int(resolved["epochs"]):
         raise RunFolderError(
             f"Cannot resume in {out_dir} with epochs={resolved['epochs']}: its run has trained {trained} epochs, and a "
@@ -446,9 +452,7 @@ def run(
     """
     if config.arch not in ARCHS:
         raise invalid("arch", f"one of {list(ARCHS)}", config.arch)
-    if config.lr_decay not in LR_DECAYS:
-        raise invalid("lr_decay", f"one of {list(LR_DECAYS)}", config.lr_decay)
-    restart_epoch(config.lr_decay, config.target_deadline, config.epochs)  # refuses a bad target_deadline before any work
+    restart_epoch(config.lr_decay, config.target_deadline, config.epochs)  # refuses a bad lr_decay or target_deadline first
     augmentation(config)  # and bad augment_* fields
     if resume and overwrite:
         raise ValueError("`resume=True` continues the run in `out_dir`, `overwrite=True` deletes it: pass one of them.")
@@ -484,19 +488,11 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
     if budget_kb is None and config.method == "dynhp":
         budget_kb = tf_dynhp.memory.mo_kb(model, batch_size=config.budget_batch)
     resolved = {**config.to_dict(), "budget_kb": budget_kb, "train_examples": int(len(x))}
-    began = []  # set by fit's on_train_begin, after all its checks
-
-    class _Began(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            began.append(True)
-
-    start = [_Began()]
-    if out_dir is not None:
-        if resume:  # the folder's run goes on: its config.json says so (with the new epochs) from now
-            _check_resumed_config(out_dir, resolved)
-            write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
-        else:  # a new run: its files appear once fit has accepted it
-            start.append(_start_callback(out_dir, resolved, overwrite))
+    if out_dir is not None and resume:  # the folder's run goes on: its config.json says so (with the new epochs) from now
+        _check_resumed_config(out_dir, resolved)
+        write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
+    # A new run's files appear once fit has accepted it (all its checks come before on_train_begin).
+    start = _start_callback(None if resume else out_dir, resolved, overwrite)
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -518,10 +514,10 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
                 weight_decay=config.weight_decay_per_weight * (len(x) - int(len(x) * config.validation_split)),
                 optimizer=optimizer(config),
                 callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs,
-                                       restart_epoch(config.lr_decay, config.target_deadline, config.epochs)) + start,
+                                       restart_epoch(config.lr_decay, config.target_deadline, config.epochs)) + [start],
             )
     except (ValueError, TypeError) as err:
-        if began or isinstance(err, tf_dynhp.NonFiniteError):
+        if start.began:
             raise
         raise RunArgumentError(str(err)) from err
     except tf_dynhp.NonFiniteError as err:
