@@ -507,6 +507,8 @@ def test_a_float64_model_is_refused_by_name_before_conversion(tmp_path, no_conve
     model = keras.Sequential([keras.Input((4,), dtype="float64"), keras.layers.Dense(3, dtype="float64", name="d64")])
     with pytest.raises(ValueError, match=r"expects float32 weights; received float64 in '.*d64/kernel'"):
         export.to_tflite(model, tmp_path / "m.tflite")
+    with pytest.raises(ValueError, match=r"expects float32 weights; received float64"):
+        export.to_trainable_tflite(model, tmp_path / "t.tflite")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -468,9 +468,7 @@ def _read_dense_stack(model: keras.Model) -> _DenseStack:
             )
         if isinstance(layer, keras.layers.Dropout):
             continue  # identity at inference; not applied on device (documented)
-        if isinstance(layer, keras.layers.Dense):
-            if layer.dtype != "float32":
-                raise ValueError(f"Layer '{layer.name}' has dtype {layer.dtype}; expected float32 weights.")
+        if isinstance(layer, keras.layers.Dense):  # (float32 weights: `_check_model` refused the others)
             stages.append(_Stage("dense", index=len(kernels)))
             kernels.append(np.asarray(keras.ops.convert_to_numpy(layer.kernel), np.float32))
             biases.append(np.asarray(keras.ops.convert_to_numpy(layer.bias), np.float32) if layer.use_bias else None)
