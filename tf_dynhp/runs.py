@@ -110,6 +110,9 @@ class RunConfig:
     augment_until: float = 1.0
     # Share of the images moved each augmented epoch (`RandomShift(fraction=...)`); 1: all.
     augment_fraction: float = 1.0
+    # > 0: every augmented epoch also blanks a random rectangle of this share of the images
+    # (`tf_dynhp.augment.RandomErasing(probability=...)`, after the shift); 0: none.
+    augment_erase: float = 0.0
     # > 0: the cross-entropy's targets are label-smoothed by this share (fit's `loss`:
     # `tf_dynhp.losses.SparseCategoricalCrossentropy(label_smoothing=...)`); 0: plain.
     label_smoothing: float = 0.0
@@ -167,20 +170,29 @@ def loss(config: RunConfig) -> Any:
 
 
 def augmentation(config: RunConfig) -> Any:
-    """`fit`'s `augment` for `config`: a `tf_dynhp.augment.RandomShift`, or None."""
-    from tf_dynhp.augment import RandomShift
+    """`fit`'s `augment` for `config`: a `tf_dynhp.augment.RandomShift`, a
+    `RandomErasing`, both in turn (`Augmentations`), or None."""
+    from tf_dynhp.augment import Augmentations, RandomErasing, RandomShift
 
     if isinstance(config.augment_shift, bool) or not isinstance(config.augment_shift, (int, np.integer)) or config.augment_shift < 0:
         raise invalid("augment_shift", "an integer >= 0", config.augment_shift)
     fraction = config.augment_fraction
     if isinstance(fraction, (bool, np.bool_)) or not isinstance(fraction, (int, float, np.integer, np.floating)) or not 0.0 <= fraction <= 1.0:
         raise invalid("augment_fraction", "a number in [0, 1]", fraction)
-    if not (config.augment_shift or config.augment_flip):
-        if fraction != 1.0:
-            raise invalid("augment_fraction", "1 without augment_shift or augment_flip (it is the share of the images they "
-                          "transform)", fraction)
-        return None
-    return RandomShift(int(config.augment_shift), bool(config.augment_flip), config.augment_fraction)
+    erase = config.augment_erase
+    if isinstance(erase, (bool, np.bool_)) or not isinstance(erase, (int, float, np.integer, np.floating)) or not 0.0 <= erase <= 1.0:
+        raise invalid("augment_erase", "a probability in [0, 1]", erase)
+    steps = []
+    if config.augment_shift or config.augment_flip:
+        steps.append(RandomShift(int(config.augment_shift), bool(config.augment_flip), config.augment_fraction))
+    elif fraction != 1.0:
+        raise invalid("augment_fraction", "1 without augment_shift or augment_flip (it is the share of the images they "
+                      "transform)", fraction)
+    if erase:
+        steps.append(RandomErasing(float(erase)))
+    if len(steps) > 1:
+        return Augmentations(tuple(steps))
+    return steps[0] if steps else None
 
 
 def restart_epoch(lr_decay: str, target_deadline: float, epochs: int) -> int | None:

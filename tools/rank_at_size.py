@@ -193,6 +193,8 @@ CANDIDATES = {
     "coc_dl50_sh1_clean25_g07": dict(_FASHION, gamma=0.7),
     "coc_dl50_sh1half_clean25": dict(_FASHION, augment_fraction=0.5),
     "coc_dl50_sh1_clean25_restart": dict(_FASHION, lr_restart=True),
+    "coc_dl50_sh1_clean25_restart_er25": dict(_FASHION, lr_restart=True, augment_erase=0.25),
+    "coc_dl50_sh1_clean25_restart_er50": dict(_FASHION, lr_restart=True, augment_erase=0.5),
 }
 
 
@@ -215,6 +217,7 @@ def _one(name: str, seed: int, data) -> dict:
         learning_rate=learning_rate, ema_momentum=recipe.get("ema_momentum"), decoupled_weight_decay=recipe.get("adamw", 0.0),
         augment_shift=recipe.get("augment_shift", 0), augment_flip=recipe.get("augment_flip", False),
         augment_until=recipe.get("augment_until", 1.0), augment_fraction=recipe.get("augment_fraction", 1.0),
+        augment_erase=recipe.get("augment_erase", 0.0),
         label_smoothing=recipe.get("label_smoothing", 0.0))
     t0 = time.perf_counter()
     result = tf_dynhp.fit(

@@ -88,6 +88,9 @@ flags.DEFINE_float("augment_until", None, "Fraction of the epochs, from the firs
 flags.DEFINE_float("augment_fraction", None, "Share of the training images the augmentation transforms each augmented "
                    "epoch (tf_dynhp.augment.RandomShift's fraction; 1: all; default: the target-size recipe's with "
                    "--target_kb, else 1).")
+flags.DEFINE_float("augment_erase", None, "Share of the training images that get a random rectangle blanked each "
+                   "augmented epoch (tf_dynhp.augment.RandomErasing, Zhong et al. 2020; 0: none; default: the "
+                   "target-size recipe's with --target_kb, else 0).")
 flags.DEFINE_float("label_smoothing", None, "Label smoothing of the cross-entropy's targets "
                    "(tf_dynhp.losses.SparseCategoricalCrossentropy; 0: none; default: the target-size recipe's with "
                    "--target_kb, else 0).")
@@ -128,6 +131,7 @@ _expect("dropout", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("augment_shift", "an integer >= 0", lambda v: v >= 0)
 _expect("augment_until", "a float in (0, 1]", lambda v: 0.0 < v <= 1.0)
 _expect("augment_fraction", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+_expect("augment_erase", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 _expect("label_smoothing", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 _expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
         lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
