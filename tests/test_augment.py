@@ -346,3 +346,54 @@ def test_random_shift_fraction_moves_only_that_share_and_keeps_the_old_draws_at_
 def test_random_shift_refuses_a_bad_fraction(fraction):
     with pytest.raises(ValueError, match="fraction"):
         augment.RandomShift(1, fraction=fraction)
+
+
+def test_random_erasing_blanks_one_rectangle_of_the_drawn_share_of_images():
+    """About `probability` of the images get exactly one zero rectangle, of an area within
+    `area` of the image (up to rounding) and an aspect ratio within [ratio, 1 / ratio];
+    the others come back as they were. One (seed, epoch), the same images; a channel
+    axis is erased alike."""
+    images = np.random.default_rng(0).uniform(0.5, 1.0, (4000, 28, 28)).astype(np.float32)
+    erase = augment.RandomErasing(0.5)
+    out = erase(images, augment.epoch_rng(2, 1))
+    np.testing.assert_array_equal(out, erase(images, augment.epoch_rng(2, 1)))
+    assert not np.array_equal(out, erase(images, augment.epoch_rng(2, 2)))
+    zero = out == 0
+    hit = zero.reshape(len(images), -1).any(1)
+    assert 0.47 < hit.mean() < 0.53
+    np.testing.assert_array_equal(out[~hit], images[~hit])
+    for mask in zero[hit][:300]:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert mask.sum() == len(rows) * len(cols)  # one full rectangle
+        assert np.array_equal(rows, np.arange(rows[0], rows[-1] + 1)) and np.array_equal(cols, np.arange(cols[0], cols[-1] + 1))
+        assert 0.02 * 784 * 0.5 <= mask.sum() <= 0.4 * 784 * 1.3
+        assert 0.3 * 0.5 <= len(rows) / len(cols) <= 2.0 / 0.3
+    np.testing.assert_array_equal(erase(images[..., None], augment.epoch_rng(2, 1))[..., 0], out)
+    np.testing.assert_array_equal(augment.RandomErasing(0.0)(images, augment.epoch_rng(2, 1)), images)
+    assert (augment.RandomErasing(1.0)(images, augment.epoch_rng(2, 1)) == 0).reshape(len(images), -1).any(1).all()
+
+
+@pytest.mark.parametrize("kwargs", [dict(probability=1.5), dict(probability=-0.1), dict(probability=True), dict(probability="a"),
+                                    dict(area=(0.0, 0.4)), dict(area=(0.5, 0.4)), dict(area=(0.1, 1.5)), dict(area=0.3),
+                                    dict(ratio=0.0), dict(ratio=2.0)])
+def test_random_erasing_refuses_bad_arguments_by_name(kwargs):
+    with pytest.raises(ValueError, match=list(kwargs)[0]):
+        augment.RandomErasing(**kwargs)
+
+
+def test_augmentations_apply_in_turn_and_rebuild_from_their_config():
+    """`Augmentations` is its steps applied in turn on one generator; every augmentation
+    class comes back equal from its `get_config()` (how the tfmot process rebuilds it), and
+    an unknown class or an empty chain is refused."""
+    images = np.random.default_rng(1).random((50, 12, 12)).astype(np.float32)
+    chain = augment.Augmentations((augment.RandomShift(1, flip=True), augment.RandomErasing(0.5, area=(0.1, 0.2))))
+    rng = augment.epoch_rng(4, 0)
+    expected = augment.RandomErasing(0.5, area=(0.1, 0.2))(augment.RandomShift(1, flip=True)(images, rng), rng)
+    np.testing.assert_array_equal(chain(images, augment.epoch_rng(4, 0)), expected)
+    for a in (chain, augment.RandomShift(2, fraction=0.5), augment.RandomErasing(0.3, ratio=0.5)):
+        assert augment.from_config(a.get_config()) == a and augment.describe(a) == a.get_config()
+    assert augment.describe(chain) != augment.describe(augment.Augmentations((augment.RandomShift(1, flip=True),)))
+    with pytest.raises(ValueError, match="unknown augmentation class 'Cutout'"):
+        augment.from_config({"class": "Cutout"})
+    with pytest.raises(ValueError, match="steps"):
+        augment.Augmentations(())

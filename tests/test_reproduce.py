@@ -156,11 +156,11 @@ def test_run_names_show_a_recipe_that_is_not_the_plain_one():
     script = ("import sys; sys.path.insert(0, sys.argv[1]); import reproduce as rp; from tf_dynhp.runs import RunConfig; "
               "print(rp.run_name(RunConfig(alpha_bs=0.973, target_kb=205.0, lr_decay='none', size_penalty='coupled', lambda_floor=0.0))); "
               "print(rp.run_name(RunConfig(alpha_bs=0.973, target_kb=205.0, lr_decay='cosine', size_penalty='outgoing', lambda_floor=0.01, "
-              "target_schedule='cubic', ema_momentum=0.999, weight_decay_per_weight=5e-4, decoupled_weight_decay=0.01, dropout=0.2, target_deadline=0.5, augment_shift=2, augment_flip=True, augment_until=0.75, augment_fraction=0.5, label_smoothing=0.1)))")
+              "target_schedule='cubic', ema_momentum=0.999, weight_decay_per_weight=5e-4, decoupled_weight_decay=0.01, dropout=0.2, target_deadline=0.5, augment_shift=2, augment_flip=True, augment_until=0.75, augment_fraction=0.5, augment_erase=0.25, label_smoothing=0.1)))")
     done = subprocess.run([sys.executable, "-c", script, str(TOOLS)], capture_output=True, text=True, cwd=REPO, env=_env(), timeout=120)
     plain, name = _ok(done).strip().splitlines()[-2:]
     assert "cosine" not in plain and "outgoing" not in plain and "-fl" not in plain
-    assert "-t205-cosine-outgoing-fl0.01-cubic-dl0.5-ema0.999-wd0.0005-adamw0.01-do0.2-sh2-flip-au0.75-af0.5-ls0.1-" in name
+    assert "-t205-cosine-outgoing-fl0.01-cubic-dl0.5-ema0.999-wd0.0005-adamw0.01-do0.2-sh2-flip-au0.75-af0.5-er0.25-ls0.1-" in name
 
 
 def test_paper_rows_are_the_rows_of_tables_2_and_3(grids):
@@ -430,11 +430,11 @@ def test_benchmark_baselines_get_the_dynhp_runs_l2_term():
 def test_benchmark_baselines_see_the_images_of_the_dynhp_runs_epochs():
     """With the run's augmentation, train_keras trains epoch e on augment(x, epoch_rng(seed, e)),
     the images DynHP's epoch e saw, and the images as they are from `augment_epochs` on; the
-    tfmot helper rebuilds the same RandomShift and `epoch_images` from its config and
+    tfmot helper rebuilds the same augmentation (a shift, then erasing) and `epoch_images` from its config and
     tf_dynhp/augment.py's file alone (its venv has no Keras 3)."""
     script = ("import sys, json; sys.path.insert(0, sys.argv[1]); import numpy as np, benchmark as b, _tfmot_baseline as t; "
               "from tf_dynhp import runs, augment; b.FLAGS(['benchmark']); "
-              "shift = augment.RandomShift(1, flip=True); seen = []\n"
+              "shift = augment.Augmentations((augment.RandomShift(1, flip=True), augment.RandomErasing(0.5))); seen = []\n"
               "def spy(x, rng):\n"
               "    out = shift(x, rng); seen.append(out); return out\n"
               "x = np.random.default_rng(0).random((64, 6, 6)).astype('float32'); y = np.arange(64) % 10\n"

@@ -152,6 +152,13 @@ def test_target_deadline_dropout_augment_and_smoothing_reach_fit_and_the_model(m
             runs.augmentation(runs.RunConfig(augment_shift=1, augment_fraction=bad))
     with pytest.raises(ValueError, match="augment_fraction.*without augment_shift or augment_flip"):
         runs.augmentation(runs.RunConfig(augment_fraction=0.5))
+    # augment_erase: erasing alone, or after the shift; anything but a probability refused by name
+    assert runs.augmentation(runs.RunConfig(augment_erase=0.25)) == tf_dynhp.augment.RandomErasing(0.25)
+    assert runs.augmentation(runs.RunConfig(augment_shift=1, augment_fraction=0.5, augment_erase=0.5)) == tf_dynhp.augment.Augmentations(
+        (tf_dynhp.augment.RandomShift(1, fraction=0.5), tf_dynhp.augment.RandomErasing(0.5)))
+    for bad in (1.5, -0.1, float("nan"), True, "half"):
+        with pytest.raises(ValueError, match="augment_erase"):
+            runs.augmentation(runs.RunConfig(augment_shift=1, augment_erase=bad))
     # lr_decay="cosine_restart" restarts at the target deadline's epoch; augment_fraction reaches RandomShift
     with pytest.raises(KeyboardInterrupt):
         runs.run(runs.RunConfig(method="dynhp", hidden=(8,), epochs=10, target_kb=5.0, target_deadline=0.4,

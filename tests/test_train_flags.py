@@ -77,7 +77,7 @@ def test_recipe_flags_default_to_the_target_recipe_only_with_a_target():
     given = {"lr_decay": "cosine", "lambda_floor": 0.02, "size_penalty": "outgoing", "target_schedule": "cubic", "ema_momentum": 0.99,
              "weight_decay_per_weight": 5e-4, "decoupled_weight_decay": 0.01, "dropout": 0.2,
              "target_deadline": 0.5, "augment_shift": 2, "augment_flip": True, "augment_until": 0.75, "augment_fraction": 0.5,
-             "label_smoothing": 0.1}
+             "augment_erase": 0.25, "label_smoothing": 0.1}
     assert recipe_for(205.0, **given) == given and recipe_for(None, **given) == given
     assert recipe_for(None, lr_decay="cosine") == {**PLAIN_RECIPE, "lr_decay": "cosine"}
     assert recipe_for(205.0, ema_momentum=0.0)["ema_momentum"] is None  # 0: no average
@@ -89,7 +89,7 @@ def test_recipe_choices_are_checked_at_parse_time(flag):
     assert done.returncode != 0 and "should be one of" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("flag", ["--lambda_floor=-1", "--ema_momentum=1", "--weight_decay_per_weight=-1", "--decoupled_weight_decay=-0.1", "--target_kb=0", "--target_kb=-5", "--validation_split=1", "--validation_split=-0.1", "--verbose=3", "--augment_shift=-1", "--augment_until=0", "--augment_until=1.5", "--augment_fraction=-0.1", "--augment_fraction=1.5", "--label_smoothing=1", "--label_smoothing=-0.1"])
+@pytest.mark.parametrize("flag", ["--lambda_floor=-1", "--ema_momentum=1", "--weight_decay_per_weight=-1", "--decoupled_weight_decay=-0.1", "--target_kb=0", "--target_kb=-5", "--validation_split=1", "--validation_split=-0.1", "--verbose=3", "--augment_shift=-1", "--augment_until=0", "--augment_until=1.5", "--augment_fraction=-0.1", "--augment_fraction=1.5", "--augment_erase=-0.1", "--augment_erase=1.5", "--label_smoothing=1", "--label_smoothing=-0.1"])
 def test_target_and_validation_flags_are_checked_at_parse_time(flag):
     done = train(flag, "--epochs=1", timeout=60)
     assert done.returncode != 0 and "Invalid value received for --" in done.stderr and "Traceback" not in done.stderr
@@ -132,13 +132,13 @@ def test_the_report_command_of_an_unplanned_run_trains_the_same_configuration(tm
 
     out = tmp_path / "first"
     args = (f"--data_dir={DATA_ROOT / 'mnist'}", "--method=hp", "--hidden=16,8", "--learning_rate=0.002", "--gamma=0.6",
-            "--target_kb=20", "--lr_decay=none", "--augment_shift=1", "--augment_fraction=0.5", "--noaugment_flip",
+            "--target_kb=20", "--lr_decay=none", "--augment_shift=1", "--augment_fraction=0.5", "--augment_erase=0.25", "--noaugment_flip",
             "--ema_momentum=0", "--train_limit=100", "--epochs=2", "--gate_kernel=tf", "--steps_per_execution=1", "--verbose=0")
     done = train(*args, f"--out_dir={out}")
     assert done.returncode == 0, done.stderr[-2000:]
     first = json.loads((out / "config.json").read_text())
     command = _train_command("again", _normalize(first))
-    assert "--hidden=16,8" in command and "--target_kb=20.0" in command and "--augment_fraction=0.5" in command
+    assert "--hidden=16,8" in command and "--target_kb=20.0" in command and "--augment_fraction=0.5" in command and "--augment_erase=0.25" in command
     again = command.split()[2:-1] + [f"--data_dir={DATA_ROOT / 'mnist'}", f"--out_dir={tmp_path / 'again'}", "--verbose=0"]
     done = train(*again)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["RandomShift", "RandomErasing", "Augmentations", "shift_images", "epoch_rng", "augmented_epochs", "epoch_images", "describe", "describe_partial",
+__all__ = ["RandomShift", "RandomErasing", "Augmentations", "from_config", "shift_images", "epoch_rng", "augmented_epochs", "epoch_images", "describe", "describe_partial",
            "describe_callable", "check_output"]
 
 # Mixed into the generator's seed so the augmentation draws are independent of the
@@ -204,6 +204,23 @@ class Augmentations:
 
     def get_config(self) -> dict[str, Any]:
         return {"class": "Augmentations", "steps": [describe(s) for s in self.steps]}
+
+
+def from_config(config: dict[str, Any]) -> Any:
+    """The augmentation whose `get_config()` is `config` (`RandomShift`, `RandomErasing`
+    or `Augmentations` of them): how the benchmark's tfmot process, which cannot import
+    the package, rebuilds the DynHP run's augmentation."""
+    if not isinstance(config, dict) or "class" not in config:
+        raise ValueError(f"an augmentation config must be a dict with a 'class'; received {config!r}.")
+    fields = {k: v for k, v in config.items() if k != "class"}
+    kind = config["class"]
+    if kind == "RandomShift":
+        return RandomShift(**fields)
+    if kind == "RandomErasing":
+        return RandomErasing(**{**fields, **({"area": tuple(fields["area"])} if "area" in fields else {})})
+    if kind == "Augmentations":
+        return Augmentations(tuple(from_config(step) for step in fields.get("steps", ())))
+    raise ValueError(f"unknown augmentation class {kind!r}; expected RandomShift, RandomErasing or Augmentations.")
 
 
 def augmented_epochs(augment_until: float, epochs: int) -> int:

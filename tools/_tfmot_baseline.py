@@ -19,7 +19,7 @@ restart_epoch for the last) and
 weight_decay_per_weight (the DynHP run's L2 term, 0.5 * it * ||w||^2 on every kernel and bias)
 and decoupled_weight_decay (the DynHP run's AdamW weight_decay; 0: Adam) and dropout (the DynHP
 run's Dropout rate after every hidden layer; 0: none) and augment (the DynHP run's
-`RandomShift.get_config()`, or null) with augment_module (the path of tf_dynhp/augment.py):
+`get_config()`, rebuilt by `tf_dynhp.augment.from_config`, or null) with augment_module (the path of tf_dynhp/augment.py):
 each epoch then trains on the images DynHP's epoch saw, one `fit` call per epoch, and
 augment_epochs (the DynHP run's `augment_until` in epochs; null: every epoch): from that
 epoch on, the images as they are.
@@ -53,10 +53,7 @@ def _augmentation(req):
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    config = dict(req["augment"])
-    if config.pop("class") != "RandomShift":
-        raise ValueError(f"unknown augmentation {req['augment']!r}")
-    return module.RandomShift(**config), module.epoch_images
+    return module.from_config(dict(req["augment"])), module.epoch_images
 
 
 def main(request_path: str, result_path: str) -> int:
