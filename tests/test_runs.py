@@ -264,6 +264,26 @@ def test_resume_same_config_and_extension(mnist, tmp_path):
     assert json.loads((folder / "metrics.json").read_text())["epochs_run"] == 2
 
 
+def test_a_damaged_metrics_file_is_not_finished_and_a_resume_writes_it_again(mnist, tmp_path):
+    """A metrics.json cut short (a full disk) made the folder count as finished: a sweep
+    skipped it and the reports could not read it. It is now unfinished (run_status says
+    why), and the resume writes the same metrics without training another epoch."""
+    from tf_dynhp.cli import run_folders
+
+    folder = tmp_path / "run"
+    first = runs.run(_tiny(), folder, data=mnist, verbose=0)
+    history = (folder / "history.jsonl").read_text()
+    for damage in ('{"test_err', "[1, 2]", ""):
+        (folder / "metrics.json").write_text(damage)
+        assert not runs.is_finished(folder)
+        assert run_folders.run_status(folder, 1) == "unfinished, epoch 1 of 1; metrics.json damaged"
+    again = runs.run(_tiny(), folder, data=mnist, verbose=0, resume=True)
+    assert runs.is_finished(folder) and again["test_error"] == first["test_error"] and again["epochs_run"] == 1
+    assert json.loads((folder / "metrics.json").read_text())["test_error"] == first["test_error"]
+    assert (folder / "history.jsonl").read_text() == history
+    assert run_folders.run_status(folder, 1) == "finished"
+
+
 def test_unfinished_folder_resumes(mnist, tmp_path):
     """A folder with only config.json and checkpoints (a killed run) is resumed, not refused."""
     folder = tmp_path / "run"

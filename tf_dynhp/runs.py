@@ -287,8 +287,14 @@ def _with_channel_axis(x: np.ndarray, model: Any) -> np.ndarray:
 
 
 def is_finished(out_dir: str | os.PathLike) -> bool:
-    """True when the run folder holds its final `metrics.json`."""
-    return os.path.exists(os.path.join(out_dir, "metrics.json"))
+    """True when the run folder holds its final `metrics.json`, a JSON object. A damaged
+    one (cut short by a full disk, edited by hand) is not finished: a resume from the last
+    checkpoint writes it again, training no further epoch."""
+    try:
+        with open(os.path.join(out_dir, "metrics.json")) as f:
+            return isinstance(json.load(f), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def read_history(out_dir: str | os.PathLike) -> dict[str, list[Any]]:

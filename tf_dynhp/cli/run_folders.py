@@ -33,7 +33,7 @@ from tf_dynhp.cli.paper import (
     sp_mo_kb,
 )
 
-__all__ = ["RunInfo", "Group", "run_status", "latest_epoch", "load_runs", "make_groups", "setting_key", "setting_text",
+__all__ = ["DAMAGED_METRICS", "RunInfo", "Group", "run_status", "latest_epoch", "load_runs", "make_groups", "setting_key", "setting_text",
            "setting_order"]
 
 
@@ -43,14 +43,20 @@ def latest_epoch(run_dir: Path) -> int:
     return checkpoint.latest_valid_epoch(Path(run_dir) / "checkpoints")
 
 
+#: How `run_status` ends for a folder whose metrics.json is not a JSON object.
+DAMAGED_METRICS = "; metrics.json damaged"
+
+
 def run_status(run_dir: Path, epochs: int) -> str:
-    """"finished", "unfinished, epoch k of N" or "not run yet"."""
+    """"finished", "unfinished, epoch k of N" (with "; metrics.json damaged" when the
+    folder has one that is not a JSON object: a resume writes it again) or "not run yet"."""
     run_dir = Path(run_dir)
     if runs.is_finished(run_dir):
         return "finished"
     k = latest_epoch(run_dir)
-    if k or (run_dir / "config.json").exists():
-        return f"unfinished, epoch {k} of {epochs}"
+    damaged = DAMAGED_METRICS if (run_dir / "metrics.json").exists() else ""
+    if k or damaged or (run_dir / "config.json").exists():
+        return f"unfinished, epoch {k} of {epochs}{damaged}"
     return "not run yet"
 
 
@@ -183,8 +189,6 @@ def load_runs(runs_dir: Path) -> list[RunInfo]:
         config = _normalize(raw)
         state = run_status(path, config["epochs"])
         metrics = _read_json(path / "metrics.json") if state == "finished" else None
-        if state == "finished" and metrics is None:
-            state = "metrics.json is not valid JSON"
         command = entry.get("command") or _train_command(name, config)
         out.append(RunInfo(name, path, config, state, metrics, command))
     return out
