@@ -284,6 +284,21 @@ def test_a_damaged_metrics_file_is_not_finished_and_a_resume_writes_it_again(mni
     assert run_folders.run_status(folder, 1) == "finished"
 
 
+def test_config_json_records_the_alpha_bs_fit_used(mnist, tmp_path):
+    """A dynhp run without alpha_bs trains with fit's default and config.json said null;
+    it now says the value. A folder written with null still resumes (null meant that value)."""
+    folder = tmp_path / "run"
+    runs.run(_tiny(method="dynhp"), folder, data=mnist, verbose=0)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["alpha_bs"] == tf_dynhp.training.DEFAULT_ALPHA_BS
+    config["alpha_bs"] = None
+    (folder / "config.json").write_text(json.dumps(config))
+    assert runs.run(_tiny(method="dynhp", epochs=2), folder, data=mnist, verbose=0, resume=True)["epochs_run"] == 2
+    assert json.loads((folder / "config.json").read_text())["alpha_bs"] == tf_dynhp.training.DEFAULT_ALPHA_BS
+    runs.run(_tiny(method="sp"), tmp_path / "sp", data=mnist, verbose=0)
+    assert json.loads((tmp_path / "sp" / "config.json").read_text())["alpha_bs"] is None  # sp has no Eq. 8
+
+
 def test_unfinished_folder_resumes(mnist, tmp_path):
     """A folder with only config.json and checkpoints (a killed run) is resumed, not refused."""
     folder = tmp_path / "run"

@@ -330,7 +330,10 @@ class RunArgumentError(ValueError):
 #: The files a run writes into its folder (besides `checkpoints/`).
 RUN_FILES = ("config.json", "history.jsonl", "metrics.json", "model.keras", "gated_model.keras")
 #: Settings a resumed run may change: the number of epochs (to extend a run) and what
-#: happens on a non-finite loss.
+#: happens on a non-finite loss. What is set as a share of the epochs follows the new
+#: length from the resumed epoch on, as if the run had been planned that long: the
+#: learning-rate decay and its restart (`restart_epoch`), the target's deadline and
+#: schedule, `augment_until`; epochs already trained are kept as they were.
 RESUMABLE_CHANGES = ("epochs", "on_nonfinite")
 
 
@@ -411,6 +414,10 @@ def _check_resumed_config(out_dir: str, resolved: dict[str, Any]) -> None:
         saved = json.loads(open(path).read())
     except (OSError, ValueError) as err:
         raise RunFolderError(f"Cannot resume in {out_dir}: its config.json is not readable ({err}).") from err
+    if saved.get("alpha_bs") is None and saved.get("method") == "dynhp":  # written before alpha_bs was resolved
+        from tf_dynhp.training import DEFAULT_ALPHA_BS
+
+        saved["alpha_bs"] = DEFAULT_ALPHA_BS
     differ = [k for k in resolved if k in saved and k not in RESUMABLE_CHANGES and not _same(saved[k], resolved[k])]
     if differ:
         changes = ", ".join(f"{k}={saved[k]!r} there, {resolved[k]!r} now" for k in differ)
@@ -505,7 +512,10 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
     budget_kb = config.budget_kb
     if budget_kb is None and config.method == "dynhp":
         budget_kb = tf_dynhp.memory.mo_kb(model, batch_size=config.budget_batch)
-    resolved = {**config.to_dict(), "budget_kb": budget_kb, "train_examples": int(len(x))}
+    alpha_bs = config.alpha_bs
+    if alpha_bs is None and config.method == "dynhp":  # the value fit uses, so config.json says what ran
+        alpha_bs = tf_dynhp.training.DEFAULT_ALPHA_BS
+    resolved = {**config.to_dict(), "alpha_bs": alpha_bs, "budget_kb": budget_kb, "train_examples": int(len(x))}
     if out_dir is not None and resume:  # the folder's run goes on: its config.json says so (with the new epochs) from now
         _check_resumed_config(out_dir, resolved)
         write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
@@ -518,7 +528,7 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
                 warnings.filterwarnings("ignore", message=r"Starting a new run in .*removed \d+ checkpoint", category=RuntimeWarning)
             result = tf_dynhp.fit(
                 model, x, y, method=config.method, epochs=config.epochs, batch_size=config.batch_size,
-                l0_lambda=config.l0_lambda, learning_rate=config.learning_rate, alpha_bs=config.alpha_bs,
+                l0_lambda=config.l0_lambda, learning_rate=config.learning_rate, alpha_bs=alpha_bs,
                 budget_kb=budget_kb, budget_on=config.budget_on, gamma=config.gamma,
                 batch_growth=config.batch_growth, seed=config.seed,
                 validation_data=None if config.validation_split else (x_test, y_test), validation_split=config.validation_split,

@@ -34,7 +34,7 @@ flags.DEFINE_float("l0_lambda", 0.01, "Lambda of the expected-L0 penalty (refere
 flags.DEFINE_float("learning_rate", 1e-3, "Learning rate of Adam (AdamW with --decoupled_weight_decay); fixed, or the "
                    "start of --lr_decay's schedule (with --target_kb the recipe's, a cosine).")
 flags.DEFINE_float("alpha_bs", None, "Eq. 8 smoothing of dynhp (the paper's best: 0.972 MNIST, 0.980 Fashion-MNIST; "
-                   "left out: fit's default, tf_dynhp.training.DEFAULT_ALPHA_BS = 0.972, and config.json records null).")
+                   "left out: fit's default, tf_dynhp.training.DEFAULT_ALPHA_BS = 0.972, which config.json records).")
 flags.DEFINE_float("budget_kb", None, "Memory budget in KB; default for dynhp: MO of SP at --budget_batch.")
 flags.DEFINE_integer("budget_batch", 512, "Batch whose SP memory (MO) is the default dynhp budget (512 MNIST, 128 Fashion-MNIST in the paper).")
 flags.DEFINE_enum("budget_on", "paper", ["paper", "full"], "Budget on the paper's MO or the full footprint.")
