@@ -125,4 +125,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from _load import cli_module  # the script's folder, tools/, is first on the path
+
+    app.run(cli_module("flag_rules").one_line_usage(main))

@@ -99,4 +99,6 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["dynhp_model"])
-    app.run(main)
+    from _load import cli_module  # the script's folder, tools/, is first on the path
+
+    app.run(cli_module("flag_rules").one_line_usage(main))

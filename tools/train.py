@@ -6,16 +6,14 @@ The module is loaded from its file, not imported as `tf_dynhp.cli.train`: import
 --help, flag errors in a fraction of a second).
 """
 
-import importlib.util
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `tf_dynhp` of this checkout, installed or not
-_spec = importlib.util.spec_from_file_location("tf_dynhp.cli.train", REPO / "tf_dynhp" / "cli" / "train.py")
-_cli = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = _cli  # one copy of the module (and of its flags) in this process
-_spec.loader.exec_module(_cli)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_load.py (python -m tools.train has no tools/ on the path)
+from _load import cli_module  # noqa: E402
+
+cli_module("flag_rules")  # what tf_dynhp/cli/train.py imports before its flags are parsed, loaded without the package
+_cli = cli_module("train")
 main = _cli.main
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 from absl import app, flags, logging  # noqa: E402
 
+from tf_dynhp.cli.flag_rules import one_line_usage  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Stripped (or gated) Keras model, .keras file.")
 flags.DEFINE_string("out", None, "Output .tflite path; with --quantization=all, the stem of every variant.")
@@ -167,7 +169,7 @@ def run() -> None:
     for flag in FLAGS.get_flags_for_module(__name__):  # and the flags of the module named sys.argv[0]
         FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     flags.mark_flags_as_required(["model", "out"])
-    app.run(main)
+    app.run(one_line_usage(main))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ from absl import app, flags
 
 from tf_dynhp._checks import invalid, write_atomic
 from tf_dynhp.batching import BATCH_GROWTH_MODES
+from tf_dynhp.cli.flag_rules import expect, one_line_usage
 from tf_dynhp.cli.paper import DYNHP_BATCH as DYNHP_INITIAL_BATCH
 from tf_dynhp.cli.paper import FRONTIER_TARGETS, PAPER, PAPER_GAMMA, PAPER_HIDDEN, recipe_parts, sp_mo_kb, target_recipe
 from tf_dynhp.cli.paper import PAPER_LAMBDA as PAPER_L0_LAMBDA
@@ -120,35 +121,16 @@ flags.DEFINE_integer("test_limit", None, "Use only the first N test images (--qu
 flags.DEFINE_bool("dry_run", False, "Print the planned runs and their status (and write sweep.json); train nothing.")
 
 
-def _range(name: str, expected: str, ok) -> None:
-    """Refuses a flag value out of range when flags are parsed (as tools/train.py does),
-    before anything is planned; a list flag is checked item by item."""
-
-    def check(value) -> bool:
-        if value is None:
-            return True
-        for item in value if isinstance(value, list) else [value]:
-            try:
-                good = ok(float(item))
-            except ValueError:
-                good = False
-            if not good:
-                raise flags.ValidationError(f"Invalid value received for --{name}. Expected {expected}. Received: {name}={item!r}")
-        return True
-
-    flags.register_validator(name, check)
-
-
 for _name in ("epochs", "seeds", "lenet5_epochs", "train_limit", "test_limit"):
-    _range(_name, "a positive integer", lambda v: v >= 1)
-_range("alphas", "floats in [0, 1]", lambda v: 0.0 <= v <= 1.0)
-_range("l0_lambdas", "floats >= 0", lambda v: v >= 0.0 and math.isfinite(v))
-_range("lenet5_lambdas", "floats >= 0", lambda v: v >= 0.0 and math.isfinite(v))
-_range("target_kb", "a positive number of KB", lambda v: v > 0.0 and math.isfinite(v))
-_range("frontier_targets", "positive numbers of KB", lambda v: v > 0.0 and math.isfinite(v))
-_range("validation_split", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
-_range("sp_batch_sizes", "positive integers", lambda v: v >= 1 and v == int(v))
-_range("hp_batch_sizes", "positive integers", lambda v: v >= 1 and v == int(v))
+    expect(_name, "a positive integer", lambda v: v >= 1)
+expect("alphas", "floats in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+expect("l0_lambdas", "floats >= 0", lambda v: v >= 0.0 and math.isfinite(v))
+expect("lenet5_lambdas", "floats >= 0", lambda v: v >= 0.0 and math.isfinite(v))
+expect("target_kb", "a positive number of KB", lambda v: v > 0.0 and math.isfinite(v))
+expect("frontier_targets", "positive numbers of KB", lambda v: v > 0.0 and math.isfinite(v))
+expect("validation_split", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
+expect("sp_batch_sizes", "positive integers", lambda v: v >= 1 and v == int(v))
+expect("hp_batch_sizes", "positive integers", lambda v: v >= 1 and v == int(v))
 
 flags.DEFINE_string("worker_config", None, "Internal: JSON RunConfig of the one run this worker process trains.")
 flags.DEFINE_string("worker_dir", None, "Internal: run folder of --worker_config.")
@@ -704,7 +686,7 @@ def run() -> None:
         entry.__doc__ = __doc__  # absl's --help prints __main__'s docstring
     for flag in FLAGS.get_flags_for_module(__name__):  # and the flags of the module named sys.argv[0]
         FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main)
+    app.run(one_line_usage(main))
 
 
 if __name__ == "__main__":

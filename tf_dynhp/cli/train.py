@@ -23,6 +23,8 @@ import sys
 
 from absl import app, flags
 
+from tf_dynhp.cli.flag_rules import expect, one_line_usage
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "mnist", ["mnist", "fashion_mnist"], "Dataset to train on.")
 flags.DEFINE_string("data_dir", None, "Folder with the IDX files (default: TF_DYNHP_DATA, /usr/share/datasets, Keras cache).")
@@ -101,39 +103,30 @@ flags.DEFINE_float("validation_split", 0.0, "Fraction of the training set held o
 # ------------------------------------------------------------------ flag checks at parse time
 # Plain checks here (importing tf_dynhp would import TensorFlow before --help); the same
 # ranges as tf_dynhp.fit checks, and Keras' error wording.
-def _expect(name: str, expected: str, ok) -> None:
-    def check(value) -> bool:
-        if value is None or ok(value):
-            return True
-        raise flags.ValidationError(f"Invalid value received for --{name}. Expected {expected}. Received: {name}={value!r}")
-
-    flags.register_validator(name, check)
-
-
 for _name in ("epochs", "batch_size", "budget_batch", "train_limit", "steps_per_execution"):
-    _expect(_name, "a positive integer", lambda v: v >= 1)
-_expect("learning_rate", "a positive float", lambda v: v > 0 and math.isfinite(v))
-_expect("budget_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
-_expect("alpha_bs", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
-_expect("gamma", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
-_expect("l0_lambda", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
-_expect("droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
-_expect("input_droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
-_expect("verbose", "0, 1 or 2", lambda v: v in (0, 1, 2))
-_expect("target_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
-_expect("validation_split", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
-_expect("lambda_floor", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
-_expect("ema_momentum", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
-_expect("weight_decay_per_weight", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
-_expect("decoupled_weight_decay", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
-_expect("target_deadline", "a float in (0, 1]", lambda v: 0.0 < v <= 1.0)
-_expect("dropout", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
-_expect("augment_shift", "an integer >= 0", lambda v: v >= 0)
-_expect("augment_until", "a float in (0, 1]", lambda v: 0.0 < v <= 1.0)
-_expect("augment_fraction", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
-_expect("augment_erase", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
-_expect("label_smoothing", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
-_expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
+    expect(_name, "a positive integer", lambda v: v >= 1)
+expect("learning_rate", "a positive float", lambda v: v > 0 and math.isfinite(v))
+expect("budget_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
+expect("alpha_bs", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+expect("gamma", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
+expect("l0_lambda", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
+expect("droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
+expect("input_droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
+expect("verbose", "0, 1 or 2", lambda v: v in (0, 1, 2))
+expect("target_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
+expect("validation_split", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
+expect("lambda_floor", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
+expect("ema_momentum", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
+expect("weight_decay_per_weight", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
+expect("decoupled_weight_decay", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
+expect("target_deadline", "a float in (0, 1]", lambda v: 0.0 < v <= 1.0)
+expect("dropout", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
+expect("augment_shift", "an integer >= 0", lambda v: v >= 0)
+expect("augment_until", "a float in (0, 1]", lambda v: 0.0 < v <= 1.0)
+expect("augment_fraction", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+expect("augment_erase", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+expect("label_smoothing", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
+expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
         lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
 flags.register_multi_flags_validator(
     ["resume", "overwrite"], lambda v: not (v["resume"] and v["overwrite"]),
@@ -178,7 +171,7 @@ def run() -> None:
         entry.__doc__ = __doc__  # absl's --help prints __main__'s docstring
     for flag in FLAGS.get_flags_for_module(__name__):  # and the flags of the module named sys.argv[0]
         FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main)
+    app.run(one_line_usage(main))
 
 
 if __name__ == "__main__":
