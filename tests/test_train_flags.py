@@ -175,3 +175,15 @@ def test_tools_refuse_bad_values_in_one_line_before_any_work(script, args, expec
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert expected in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "o").exists() or "--data_dir" in expected  # (reproduce plans, then checks the data once)
+
+
+@pytest.mark.parametrize("script", ["train.py", "export.py", "reproduce.py", "rank_at_size.py", "report.py", "benchmark.py"])
+def test_a_usage_error_is_one_line_not_the_whole_help(script, tmp_path):
+    """absl printed the program's docstring and every flag (~150 lines) above the line that
+    matters; now the line ("<program>: error: ...") and where the help is."""
+    required = {"export.py": ["--model=m.keras", f"--out={tmp_path / 'm.tflite'}"], "benchmark.py": ["--dynhp_run=."]}
+    done = _tool(script, *required.get(script, []), "stray")
+    lines = [line for line in done.stderr.splitlines() if line and not line.startswith(("I0000", "W0000", "E0000", "WARNING: All"))]
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert lines == [f"{script}: error: " + lines[0].split(": error: ", 1)[-1], f"{script}: --helpshort lists the flags, --helpfull all of them."], lines
+    assert "Unexpected arguments" in lines[0] and "stray" in lines[0]
