@@ -208,3 +208,14 @@ def test_deploy_rejects_a_missing_file(tmp_path):
     lr = _litert_runner()
     with pytest.raises((FileNotFoundError, ValueError), match="absent.tflite"):
         lr.Classifier(tmp_path / "absent.tflite")
+
+
+def test_reshape_to_input_fits_any_shape_of_as_many_values_and_names_a_mismatch():
+    from tf_dynhp.data import reshape_to_input
+
+    x = np.arange(2 * 784, dtype=np.float32).reshape(2, 28, 28)
+    assert reshape_to_input(x, (28, 28)) is not None and reshape_to_input(x, (28, 28)).shape == (2, 28, 28)
+    np.testing.assert_array_equal(reshape_to_input(x, (28, 28, 1))[..., 0], x)
+    np.testing.assert_array_equal(reshape_to_input(x, (784,)), x.reshape(2, 784))
+    with pytest.raises(ValueError, match=r"inputs of shape \(32, 32, 3\) \(3072 values\); the test images are \(28, 28\) \(784 values\)"):
+        reshape_to_input(x, (32, 32, 3), "the test images")

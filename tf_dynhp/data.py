@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from tf_dynhp import augment as aug
 
-__all__ = ["as_arrays", "epoch_order", "fingerprint", "FeatureSelection"]
+__all__ = ["as_arrays", "reshape_to_input", "epoch_order", "fingerprint", "FeatureSelection"]
 
 
 def _memory_bytes() -> int:
@@ -144,6 +144,25 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
             f"{num_classes} units, so labels must be in [0, {num_classes})."
         )
     return x, y.astype(np.int32)
+
+
+def reshape_to_input(x: np.ndarray, input_shape: tuple[int, ...], what: str = "x") -> np.ndarray:
+    """`x` (N examples of any shape) in a model's per-example `input_shape` when each
+    example has as many values: (n, 28, 28) images as (n, 28, 28, 1) for a CNN, or as
+    (n, 784) rows for a model on flat inputs. `fit` itself takes only the model's shape
+    (as Keras does); the tools load one data set for models of either kind.
+
+    Raises:
+        ValueError: the number of values per example differs (names `what`).
+    """
+    x = np.asarray(x)
+    shape = tuple(int(d) for d in input_shape)
+    if tuple(x.shape[1:]) == shape:
+        return x
+    if int(np.prod(x.shape[1:])) != int(np.prod(shape)):
+        raise ValueError(f"the model takes inputs of shape {shape} ({int(np.prod(shape))} values); {what} are "
+                         f"{tuple(x.shape[1:])} ({int(np.prod(x.shape[1:]))} values)")
+    return x.reshape((len(x),) + shape)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

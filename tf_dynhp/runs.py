@@ -278,14 +278,6 @@ def build_model(config: RunConfig):
     raise invalid("arch", f"one of {list(ARCHS)}", config.arch)
 
 
-def _with_channel_axis(x: np.ndarray, model: Any) -> np.ndarray:
-    """(n, 28, 28) images as (n, 28, 28, 1) when the model takes channels_last images."""
-    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    if tuple(x.shape[1:]) + (1,) == shape:
-        return x.reshape(x.shape + (1,))
-    return x
-
-
 def is_finished(out_dir: str | os.PathLike) -> bool:
     """True when the run folder holds its final `metrics.json`, a JSON object. A damaged
     one (cut short by a full disk, edited by hand) is not finished: a resume from the last
@@ -508,7 +500,8 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
         x_test, y_test = x_test[: config.test_limit], y_test[: config.test_limit]
     keras.utils.set_random_seed(config.seed)  # the initial weights depend on the seed too
     model = build_model(config)
-    x, x_test = _with_channel_axis(x, model), _with_channel_axis(x_test, model)
+    shape = tuple(model.inputs[0].shape[1:])
+    x, x_test = tf_dynhp.data.reshape_to_input(x, shape, "the training images"), tf_dynhp.data.reshape_to_input(x_test, shape, "the test images")
     budget_kb = config.budget_kb
     if budget_kb is None and config.method == "dynhp":
         budget_kb = tf_dynhp.memory.mo_kb(model, batch_size=config.budget_batch)

@@ -66,17 +66,13 @@ def _load_keras(path: str):
 
 
 def _as_input(x, model, what: str):
-    """The data set's images `x` in the model's input shape (a channel axis for a CNN, flat
-    rows for a model on flat inputs): any shape of as many values per example."""
-    import numpy as np  # noqa: PLC0415
+    """The data set's images `x` in the model's input shape (`tf_dynhp.data.reshape_to_input`)."""
+    from tf_dynhp.data import reshape_to_input  # noqa: PLC0415
 
-    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    if tuple(x.shape[1:]) == shape:
-        return x
-    if int(np.prod(x.shape[1:])) == int(np.prod(shape)):
-        return x.reshape((len(x),) + shape)
-    raise app.UsageError(f"--model={FLAGS.model} takes inputs of shape {shape} ({int(np.prod(shape))} values); the "
-                         f"--dataset={FLAGS.dataset} {what} are {tuple(x.shape[1:])} ({int(np.prod(x.shape[1:]))} values)")
+    try:
+        return reshape_to_input(x, model.inputs[0].shape[1:], f"the --dataset={FLAGS.dataset} {what}")
+    except ValueError as err:
+        raise app.UsageError(f"--model={FLAGS.model}: {err}") from err
 
 
 def _accuracy(path: str, x, y) -> float:
