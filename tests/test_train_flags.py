@@ -160,6 +160,8 @@ def _tool(script: str, *args: str) -> subprocess.CompletedProcess:
     ("benchmark.py", ["--dynhp_run=/nonexistent/run"], "--dynhp_run=/nonexistent/run: no such folder"),
     ("benchmark.py", ["--dynhp_run=.", "--out=/dev/null/b.md"], "--out=/dev/null/b.md: its folder cannot be created"),
     ("rank_at_size.py", ["--from_runs=/nonexistent/r.json"], "--from_runs: cannot read /nonexistent/r.json"),
+    ("rank_at_size.py", ["--data_dir=/nonexistent/d", "--epochs=1", "--seeds=1"], "rank_at_size.py: error: Dataset 'mnist' not found"),
+    ("benchmark_step.py", ["--data_dir=/nonexistent/d"], "benchmark_step.py: error: Dataset 'mnist' not found"),
     ("train.py", ["--data_dir=/nonexistent/d", "--method=sp", "--epochs=1"], "error: Dataset 'mnist' not found in data_dir"),
     ("train.py", ["--method=sp", "--target_kb=10", "--epochs=1", "--train_limit=100"],
      "error: `target_kb` needs a method that removes units"),

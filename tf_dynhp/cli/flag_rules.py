@@ -41,19 +41,28 @@ def expect(name: str, expected: str, ok: Callable[[Any], bool]) -> None:
     flags.register_validator(name, check)
 
 
+def _program() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "program"
+
+
 def one_line_usage(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     """`main` for `app.run`, with an `app.UsageError` it raises printed as one line,
     "<program>: error: <message>", then where the help is, and the error's exit code
-    (absl's `app.run` prints the whole help first)."""
+    (absl's `app.run` prints the whole help first). A `FileNotFoundError` (a data set or
+    a file named by a flag is not there; `tf_dynhp.datasets.load` says where it looked)
+    is printed the same way, without the traceback, and exits with 1."""
 
     @functools.wraps(main)
     def run(argv: list[str]) -> Any:
         try:
             return main(argv)
         except app.UsageError as err:
-            program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "program"
+            program = _program()
             print(f"{program}: error: {err}\n{program}: --helpshort lists the flags, --helpfull all of them.",
                   file=sys.stderr, flush=True)
             sys.exit(err.exitcode)
+        except FileNotFoundError as err:
+            print(f"{_program()}: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     return run
