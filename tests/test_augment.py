@@ -395,5 +395,9 @@ def test_augmentations_apply_in_turn_and_rebuild_from_their_config():
     assert augment.describe(chain) != augment.describe(augment.Augmentations((augment.RandomShift(1, flip=True),)))
     with pytest.raises(ValueError, match="unknown augmentation class 'Cutout'"):
         augment.from_config({"class": "Cutout"})
+    with pytest.raises(ValueError, match="`area` must be two numbers"):
+        augment.from_config({"class": "RandomErasing", "area": 0.3})
+    with pytest.raises(ValueError, match=r"RandomErasing has no field\(s\) \['bogus'\]"):
+        augment.from_config({"class": "RandomErasing", "bogus": 1})
     with pytest.raises(ValueError, match="steps"):
         augment.Augmentations(())

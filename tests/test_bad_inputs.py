@@ -65,6 +65,28 @@ class _Subclassed(keras.Model):
         return self.dense(keras.ops.reshape(images, (-1, 784)))
 
 
+def _hidden_softmax(as_layer: bool = False):
+    hidden = ([keras.layers.Dense(8, name="hid"), keras.layers.Activation("softmax", name="act")] if as_layer
+              else [keras.layers.Dense(8, activation="softmax", name="hid")])
+    return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), *hidden, keras.layers.Dense(10, activation="softmax")])
+
+
+def _lora():
+    model = make_mlp(hidden=(8,))
+    model.layers[1].enable_lora(2)
+    return model
+
+
+class _Unregistered(keras.initializers.Initializer):
+    def __call__(self, shape, dtype=None):
+        return keras.random.normal(shape, stddev=0.05, dtype=dtype)
+
+
+def _two_dtypes():
+    return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(8, activation="relu", dtype="float64"),
+                             keras.layers.Dense(10, activation="softmax", dtype="float32")])
+
+
 X = np.random.default_rng(0).random((20, 28, 28)).astype("float32")
 Y = np.arange(20) % 10
 MLP_KB = 4 * (784 * 8 + 8 + 8 * 10 + 10) / 1024  # make_mlp(hidden=(8,))
@@ -93,6 +115,18 @@ FIT_CASES = [
     ("one-hot loss name", dict(loss="categorical_crossentropy"), ValueError, r"`loss`.*integer class labels"),
     ("one-hot loss object", dict(loss=keras.losses.CategoricalCrossentropy()), ValueError, r"`loss`.*integer class labels"),
     ("TerminateOnNaN", dict(callbacks=[keras.callbacks.TerminateOnNaN()]), ValueError, r"TerminateOnNaN has no effect.*on_nonfinite"),
+    ("softmax on a hidden layer", dict(model=_hidden_softmax), ValueError, r"'hid' of class Dense.*'softmax' mixes the units"),
+    ("softmax Activation on a hidden layer", dict(model=lambda: _hidden_softmax(as_layer=True)), ValueError,
+     r"'act' of class Activation.*'softmax' mixes the units"),
+    ("LoRA adapter", dict(model=_lora), ValueError, r"has a LoRA adapter \(lora_rank=2\).*would lose"),
+    ("unregistered initializer", dict(model=lambda: keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(
+        8, kernel_initializer=_Unregistered(), name="init"), keras.layers.Dense(10, activation="softmax")])), ValueError,
+     r"'init' has a `kernel_initializer` that Keras cannot rebuild"),
+    ("two dtypes", dict(model=_two_dtypes), ValueError, r"different dtypes: float64 \(first in layer '.*'\), float32"),
+    ("gradient accumulation", dict(optimizer=keras.optimizers.Adam(gradient_accumulation_steps=2)), ValueError,
+     r"gradient_accumulation_steps=2.*trace_once=False"),
+    *([("Muon", dict(optimizer=keras.optimizers.Muon(1e-3)), ValueError, r"Muon reads each variable's shape.*trace_once=False")]
+      if hasattr(keras.optimizers, "Muon") else []),
     ("dataset of dicts", dict(x=tf.data.Dataset.from_tensor_slices(({"image": X}, Y)), y=None), ValueError,
      r"`x` is a tf.data.Dataset whose elements are \(\{'image'.*pairs of tensors"),
 ]

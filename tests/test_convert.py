@@ -196,3 +196,20 @@ def test_strip_cnn_equals_gated_inference_and_shrinks(padding, rng, tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), stripped.predict(x, verbose=0))
     again = to_l0(loaded, dataset_size=10)  # trains on: the SelectFeatures after Flatten is accepted
     assert [l.kernel.shape for l in again.layers if isinstance(l, L0Dense)][0] == dense[0].kernel.shape
+
+
+def test_to_l0_of_a_gated_model_keeps_its_gates_and_takes_the_new_penalty(rng):
+    """`fit` on a gated model (a refit of `result.gated_model`) kept the λ, L2 term and
+    training-set size N of the first training, whatever it was given: the penalty of the
+    second training was the first one's. Now the weights, gate logits, temperature and
+    limits stay, and the penalty settings are this call's."""
+    gated = to_l0(make_mlp(hidden=(8,)), l0_lambda=0.01, dataset_size=400, temperature=0.5)
+    first = [layer for layer in gated.layers if isinstance(layer, L0Dense)]
+    first[0].log_alpha.assign(rng.normal(size=first[0].log_alpha.shape).astype("float32"))
+    again = to_l0(gated, l0_lambda=[1.0, 0.5], weight_decay=1e-3, dataset_size=100)
+    second = [layer for layer in again.layers if isinstance(layer, L0Dense)]
+    assert [(layer.l0_lambda, layer.weight_decay, layer.dataset_size) for layer in second] == [(1.0, 1e-3, 100), (0.5, 1e-3, 100)]
+    assert all(layer.temperature == 0.5 for layer in second)  # the gate's shape stays
+    for old, new in zip(first, second, strict=True):
+        for a, b in zip(old.weights, new.weights, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())

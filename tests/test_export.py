@@ -488,14 +488,19 @@ def test_export_tool_takes_a_model_on_flat_inputs_and_refuses_bad_flags_before_w
                           target_kb=2.0, seed=0, verbose=0)
     assert any(isinstance(layer, SelectFeatures) for layer in result.model.layers)  # pixels were removed: the GATHER case
     result.model.save(tmp_path / "flat.keras")
+    # the reference model takes its own input shape (28x28 images against flat rows)
+    keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]).save(tmp_path / "ref.keras")
+    keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]).save(tmp_path / "bad.keras")
     (tmp_path / "out").mkdir()
     done = _export_tool(tmp_path, f"--model={tmp_path / 'flat.keras'}", f"--out={tmp_path / 'out' / 'flat.tflite'}",
-                        "--quantization=int8", "--eval_limit=500")
+                        "--quantization=int8", "--eval_limit=500", f"--dense_model={tmp_path / 'ref.keras'}")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "dense float32 (unpruned)" in done.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["flat.tflite", "flat_export.json"]
     for flag, expected in (("--eval_limit=0", "--eval_limit: expected an integer >= 1"),
                            ("--calibration_examples=0", "--calibration_examples: expected an integer >= 1"),
-                           (f"--out={tmp_path / 'out'}", "that is a folder")):
+                           (f"--out={tmp_path / 'out'}", "that is a folder"),
+                           (f"--dense_model={tmp_path / 'bad.keras'}", "--dense_model=")):
         done = _export_tool(tmp_path, f"--model={tmp_path / 'flat.keras'}", f"--out={tmp_path / 'out' / 'x.tflite'}", flag)
         assert done.returncode != 0 and expected in done.stderr and "Traceback" not in done.stderr, (flag, done.stderr[-2000:])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["flat.tflite", "flat_export.json"]

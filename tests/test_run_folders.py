@@ -54,6 +54,23 @@ def test_summarize_names_what_it_skips(runs_dir, tmp_path):
     assert f"skipped {tmp_path / 'nothing'}: no metrics.json (not a run folder)" in done.stderr
 
 
+def test_summarize_skips_a_metrics_file_that_is_not_an_object(runs_dir, tmp_path):
+    (runs_dir / RUN / "metrics.json").write_text("[1, 2]")
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "summarize.py"), str(runs_dir / RUN)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"skipped {runs_dir / RUN}: {runs_dir / RUN / 'metrics.json'} is not a JSON object (damaged)" in done.stderr
+
+
+def test_a_dynhp_config_with_a_null_alpha_bs_reads_as_the_default():
+    """config.json of dynhp runs without --alpha_bs said null before it recorded fit's
+    default: the report reads the default, so such a seed joins its row (and formats)."""
+    from tf_dynhp.training import DEFAULT_ALPHA_BS
+
+    assert run_folders._normalize({"dataset": "mnist", "method": "dynhp", "alpha_bs": None})["alpha_bs"] == DEFAULT_ALPHA_BS
+    assert run_folders._normalize({"dataset": "mnist", "method": "sp", "alpha_bs": None})["alpha_bs"] is None
+
+
 def test_the_report_header_counts_a_damaged_run(runs_dir, tmp_path):
     (runs_dir / RUN / "metrics.json").write_text("{")
     out = tmp_path / "R.md"

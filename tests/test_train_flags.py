@@ -155,6 +155,7 @@ def _tool(script: str, *args: str) -> subprocess.CompletedProcess:
     ("reproduce.py", ["--alphas=0.97,2", "--dry_run"], "Expected floats in [0, 1]. Received: alphas='2'"),
     ("reproduce.py", ["--train_limit=-5", "--dry_run"], "Expected a positive integer. Received: train_limit=-5"),
     ("reproduce.py", ["--validation_split=1.5", "--dry_run"], "Expected a float in [0, 1). Received: validation_split=1.5"),
+    ("reproduce.py", ["--sp_batch_sizes=inf", "--dry_run"], "Expected positive integers. Received: sp_batch_sizes='inf'"),
     ("reproduce.py", ["--grid=frontier", "--methods=sp", "--dry_run"], "--methods: no effect with --grid=frontier"),
     ("reproduce.py", ["--frontier_targets=205", "--dry_run"], "--frontier_targets: only with --grid=frontier"),
     ("benchmark.py", ["--dynhp_run=/nonexistent/run"], "--dynhp_run=/nonexistent/run: no such folder"),

@@ -214,13 +214,20 @@ def from_config(config: dict[str, Any]) -> Any:
         raise ValueError(f"an augmentation config must be a dict with a 'class'; received {config!r}.")
     fields = {k: v for k, v in config.items() if k != "class"}
     kind = config["class"]
-    if kind == "RandomShift":
-        return RandomShift(**fields)
-    if kind == "RandomErasing":
-        return RandomErasing(**{**fields, **({"area": tuple(fields["area"])} if "area" in fields else {})})
+    classes = {"RandomShift": RandomShift, "RandomErasing": RandomErasing, "Augmentations": Augmentations}
+    if kind not in classes:
+        raise ValueError(f"unknown augmentation class {kind!r}; expected RandomShift, RandomErasing or Augmentations.")
+    unknown = set(fields) - {f.name for f in dataclasses.fields(classes[kind])}
+    if unknown:
+        raise ValueError(f"{kind} has no field(s) {sorted(unknown)}; received the config {config!r}.")
     if kind == "Augmentations":
-        return Augmentations(tuple(from_config(step) for step in fields.get("steps", ())))
-    raise ValueError(f"unknown augmentation class {kind!r}; expected RandomShift, RandomErasing or Augmentations.")
+        steps = fields.get("steps", ())
+        if not isinstance(steps, (list, tuple)):
+            raise ValueError(f"Augmentations' `steps` must be a list of configs; received {steps!r}.")
+        return Augmentations(tuple(from_config(step) for step in steps))
+    if kind == "RandomErasing" and isinstance(fields.get("area"), list):
+        fields["area"] = tuple(fields["area"])  # JSON has no tuples
+    return classes[kind](**fields)
 
 
 def augmented_epochs(augment_until: float, epochs: int) -> int:

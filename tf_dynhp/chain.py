@@ -170,6 +170,7 @@ def parse_chain(model: keras.Model) -> Chain:
     input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     if any(d is None for d in model.inputs[0].shape[1:]):
         raise ValueError(f"Model '{model.name}': every input dimension but the batch must be known, received {model.inputs[0].shape}")
+    _check_hidden_activations(layers)
     if any(isinstance(layer, CONV_TYPES + POOLING_TYPES) for layer in layers):
         return _parse_spatial(model, layers, input_shape)
     features: np.ndarray | None = None
@@ -209,6 +210,34 @@ def _check_flat_dense(layer: keras.layers.Layer) -> None:
 def _check_flat_select(layer: keras.layers.Layer) -> None:
     if len(layer._inbound_nodes[0].input_tensors[0].shape) != 2:
         raise unsupported(layer, "SelectFeatures must act on flat (batch, features) inputs.")
+
+
+def _elementwise(activation: Any) -> bool:
+    """Whether `activation` acts on every unit alone (relu, tanh, ...), not across units
+    (softmax, log_softmax): a row of values through it at once must equal each value
+    through it alone."""
+    row = np.array([[-1.5, 0.25, 2.0]], dtype="float32")
+    together = np.asarray(keras.ops.convert_to_numpy(activation(keras.ops.convert_to_tensor(row))))
+    alone = np.concatenate([np.asarray(keras.ops.convert_to_numpy(activation(keras.ops.convert_to_tensor(row[:, i : i + 1]))))
+                            for i in range(row.shape[1])], axis=1)
+    return together.shape == alone.shape and bool(np.allclose(together, alone, rtol=1e-5, atol=1e-6))
+
+
+def _check_hidden_activations(layers: list[keras.layers.Layer]) -> None:
+    """Before the last Dense layer (the output layer, whose softmax is the usual head) every
+    activation must act on each unit alone: pruning removes units, and a softmax over the
+    units of a hidden layer would give the survivors other values once some are gone."""
+    last = max((i for i, layer in enumerate(layers) if isinstance(layer, DENSE_TYPES)), default=-1)
+    for layer in layers[:last]:
+        activation = getattr(layer, "activation", None)
+        if isinstance(layer, keras.layers.Softmax) or (activation is not None and not _elementwise(activation)):
+            name = "softmax" if isinstance(layer, keras.layers.Softmax) else getattr(activation, "__name__", str(activation))
+            raise unsupported(
+                layer,
+                f"Its activation '{name}' mixes the units of the layer (not element-wise): pruning removes units, so "
+                "the others would output other values. Only the output layer may have one; use an element-wise "
+                "activation (relu, tanh, gelu, ...) in hidden layers.",
+            )
 
 
 def _zero_preserving(activation: Any) -> bool:

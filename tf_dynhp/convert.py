@@ -45,7 +45,9 @@ def to_l0(
     (`input_droprate_init` when the first weighted layer is a Dense layer, whose
     gates sit on the input features: 0.2 and 0.5 as in the reference L0 MLP; a
     convolutional model's gates are all on channels and units: `droprate_init`).
-    Layers that are already gated are kept as they are (with their weights). In a
+    Layers that are already gated keep their weights, gate logits, temperature and
+    stretch limits, and take this call's `l0_lambda`, `weight_decay` and `dataset_size`
+    (the penalty of the training to come: `fit` on a gated model uses its own). In a
     dense-first model `Flatten`/`Reshape` heads become one `Flatten`; `SelectFeatures`
     is kept, so `to_l0(strip(m))` trains on. Pooling, `Flatten`, `Reshape`,
     `Dropout` and `Activation` layers of a convolutional model pass as they are.

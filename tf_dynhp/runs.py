@@ -514,6 +514,8 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
         write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
     # A new run's files appear once fit has accepted it (all its checks come before on_train_begin).
     start = _start_callback(None if resume else out_dir, resolved, overwrite)
+    trained_before = (tf_dynhp.checkpoint.latest_valid_epoch(checkpoint_dir)
+                      if resume and checkpoint_dir is not None else 0)
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -548,7 +550,10 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
             good.model.save(os.path.join(out_dir, "model.keras"))
             good.gated_model.save(os.path.join(out_dir, "gated_model.keras"))
         raise
-    seconds = time.perf_counter() - t0
+    # A resumed run: this call's time plus the recorded times of the epochs it did not
+    # train (a resume of a finished run would otherwise report the second it took).
+    seconds = time.perf_counter() - t0 + sum(float(v or 0.0) for key in tf_dynhp.training.TIMING_KEYS
+                                             for v in result.history.get(key, [])[:trained_before])
     h = result.history
     probs = result.model.predict(x_test, batch_size=2000, verbose=0)
     test_error = 100.0 * float(np.mean(np.argmax(probs, -1) != y_test))

@@ -141,6 +141,12 @@ def _conv_kwargs(layer: keras.layers.Layer, filters: int) -> dict[str, Any]:
     }
 
 
+#: What `to_l0` sets anew on a layer that is already gated: the penalty of the training to
+#: come (Eq. 5's λ, the L2 term, the training-set size N). Weights, gate logits and the
+#: gate's shape (temperature, stretch limits) stay.
+PENALTY_SETTINGS = ("l0_lambda", "weight_decay", "dataset_size")
+
+
 def _new_weighted(layer: keras.layers.Layer, size_out: int, convert: str, l0_kwargs: Any, k: int) -> keras.layers.Layer:
     conv = isinstance(layer, CONV_TYPES)
     is_l0 = isinstance(layer, GATED_TYPES)
@@ -148,6 +154,9 @@ def _new_weighted(layer: keras.layers.Layer, size_out: int, convert: str, l0_kwa
     if target_l0 and is_l0:
         cfg = layer.get_config()
         cfg["filters" if conv else "units"] = size_out
+        if convert == "l0" and l0_kwargs:  # a gated layer converted again takes the new penalty (`to_l0`)
+            extra = l0_kwargs(k, layer) if callable(l0_kwargs) else l0_kwargs
+            cfg.update({key: extra[key] for key in PENALTY_SETTINGS if extra.get(key) is not None})
         return type(layer).from_config(cfg)
     kwargs = _conv_kwargs(layer, size_out) if conv else _dense_kwargs(layer, size_out)
     if target_l0:

@@ -115,6 +115,26 @@ def _resolve_optimizer(optimizer: Any, learning_rate: float) -> keras.optimizers
     raise _invalid("optimizer", "a Keras optimizer or its name ('adam', 'sgd', ...)", optimizer)
 
 
+def _check_optimizer_for_one_trace(opt: keras.optimizers.Optimizer, method: str, trace_once: bool) -> None:
+    """Refuses, for the methods that remove units with `trace_once=True`, what does not go
+    through the one-trace storage (variables of a size unknown at trace time, rebound at
+    every rebuild): Keras' gradient accumulators, which the rebind does not carry (a shape
+    error after the first pruning), and Muon, whose Python shape checks need known shapes."""
+    if method not in ("hp", "dynhp") or not trace_once:
+        return
+    steps = getattr(opt, "gradient_accumulation_steps", None)
+    problem = None
+    if steps:
+        problem = f"gradient_accumulation_steps={steps}: its accumulators are not carried through the rebuilds"
+    elif type(opt).__name__ == "Muon":
+        problem = "Muon reads each variable's shape in Python, and the one-trace step leaves it unknown"
+    if problem:
+        raise ValueError(
+            f"optimizer: {type(opt).__name__} with {problem} of method='{method}' with trace_once=True. Pass "
+            "trace_once=False (one trace per pruned model), or another optimizer setting."
+        )
+
+
 def _check_environment(model: keras.Model) -> None:
     """Refuses what the compiled step does not go through: a `tf.distribute` strategy
     (the raw Adam kernel and the storage swap bypass it) and mixed precision (the step
@@ -142,17 +162,34 @@ def _check_environment(model: keras.Model) -> None:
 def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
     """Refuses what the rebuilt layers would silently lose or change: regularizers and
     constraints, a frozen layer (`trainable=False`: `fit` trains and prunes every
-    weighted layer), and an activation Keras cannot rebuild from its config (a plain
-    Python function or lambda not registered as serializable)."""
+    weighted layer), a LoRA adapter (the rebuild copies the base kernel), an activation
+    or initializer Keras cannot rebuild from its config (a plain Python function or lambda,
+    a class not registered as serializable), and layers of different dtypes (the penalties
+    of all layers are summed in one)."""
+    dtypes = {}
     for layer in body:
+        if layer.weights:
+            dtypes.setdefault(str(layer.dtype_policy.variable_dtype), layer.name)
+    if len(dtypes) > 1:
+        found = ", ".join(f"{dtype} (first in layer '{name}')" for dtype, name in dtypes.items())
+        raise ValueError(f"The model's weighted layers have different dtypes: {found}. tf_dynhp.fit trains them as one "
+                         "(their penalties are summed): give every layer one dtype.")
+    for layer in body:
+        if getattr(layer, "lora_enabled", False):
+            raise ValueError(
+                f"Layer '{layer.name}' has a LoRA adapter (lora_rank={getattr(layer, 'lora_rank', None)}); tf_dynhp "
+                "rebuilds every layer it prunes from its base kernel and would lose the adapter. Merge it into the "
+                "kernel first (a layer of the same config without LoRA, with `kernel` = the LoRA layer's `kernel`), "
+                "or fine-tune with LoRA after pruning."
+            )
         if not layer.trainable and layer.weights:
             raise ValueError(
                 f"Layer '{layer.name}' is frozen (trainable=False); tf_dynhp.fit trains and prunes every layer "
                 "with weights and would change it. Unfreeze it, or train the rest of the model apart."
             )
         activation = getattr(layer, "activation", None)
-        config = layer.get_config() if activation is not None else {}
-        if "activation" in config:
+        config = layer.get_config() if activation is not None or layer.weights else {}
+        if activation is not None and "activation" in config:
             try:  # as the rebuild reads it: the layer's config, through keras.activations.get
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # Keras' lambda warning: the error below says more
@@ -162,6 +199,19 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
                     f"Layer '{layer.name}' has activation {getattr(activation, '__name__', activation)!r}, which Keras "
                     "cannot rebuild from the layer's config, and tf_dynhp rebuilds every layer it prunes. Use a "
                     "Keras activation, or register the function with "
+                    f"@keras.saving.register_keras_serializable() (model.save needs that too). Keras said: {err}"
+                ) from None
+        for key in ("kernel_initializer", "bias_initializer"):
+            if config.get(key) is None:
+                continue
+            try:  # the rebuilt layer reads it from the config, as keras.initializers.get does
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    keras.initializers.get(config[key])
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"Layer '{layer.name}' has a `{key}` that Keras cannot rebuild from the layer's config, and tf_dynhp "
+                    "rebuilds every layer it prunes. Use a Keras initializer, or register the class with "
                     f"@keras.saving.register_keras_serializable() (model.save needs that too). Keras said: {err}"
                 ) from None
         for setting in _DROPPED_SETTINGS:
@@ -456,6 +506,7 @@ def fit(
         raise _invalid("trace_once", "True or False", trace_once)
     loss_fn = _resolve_loss(loss)
     opt = _resolve_optimizer(optimizer, learning_rate)
+    _check_optimizer_for_one_trace(opt, method, trace_once)
 
     # ------------------------------------------------------------------- model
     chain = parse_chain(model)  # raises on unsupported layers before anything else

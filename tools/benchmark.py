@@ -314,8 +314,10 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"--out={FLAGS.out}: its folder cannot be created ({err.strerror or err})") from err
     if out.is_dir():
         raise app.UsageError(f"--out={FLAGS.out}: expected the path of a Markdown file to write; that is a folder")
-    if not (run_dir / "metrics.json").exists() or not (run_dir / "model.keras").exists():
-        raise app.UsageError(f"--dynhp_run={run_dir}: not a finished run folder (expected metrics.json and model.keras)")
+    import tf_dynhp
+
+    if not tf_dynhp.runs.is_finished(run_dir) or not (run_dir / "model.keras").exists():
+        raise app.UsageError(f"--dynhp_run={run_dir}: not a finished run folder (expected a readable metrics.json and model.keras)")
     saved = json.loads((run_dir / "config.json").read_text())
     if saved.get("method") != "dynhp":
         raise app.UsageError(f"--dynhp_run={run_dir}: method is {saved.get('method')!r}, expected 'dynhp'")
@@ -324,7 +326,6 @@ def main(argv: list[str]) -> int:
     import keras
     import numpy as np
 
-    import tf_dynhp
     from tf_dynhp import export, memory, runs
 
     fields = {f for f in runs.RunConfig.__dataclass_fields__}
@@ -473,6 +474,7 @@ def _has(package: str) -> bool:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["dynhp_run"])
-    from _load import cli_module  # the script's folder, tools/, is first on the path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/_load.py, also under python -m tools.<name>
+    from _load import cli_module
 
     app.run(cli_module("flag_rules").one_line_usage(main))

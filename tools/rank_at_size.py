@@ -358,6 +358,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from _load import cli_module  # the script's folder, tools/, is first on the path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/_load.py, also under python -m tools.<name>
+    from _load import cli_module
 
     app.run(cli_module("flag_rules").one_line_usage(main))

@@ -57,6 +57,9 @@ def _row(folder: str) -> str | None:
         except (OSError, ValueError) as err:
             print(f"skipped {folder}: {path} is not readable JSON ({err})", file=sys.stderr)
             return None
+        if not isinstance(read[name], dict):
+            print(f"skipped {folder}: {path} is not a JSON object (damaged)", file=sys.stderr)
+            return None
     m, c = read["metrics.json"], read["config.json"]
     dense, sp = references(c, m)
     sizes = "-".join(str(s) for s in m["layer_sizes"]) if m.get("layer_sizes") else "n/a"
@@ -86,6 +89,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from _load import cli_module  # the script's folder, tools/, is first on the path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/_load.py, also under python -m tools.<name>
+    from _load import cli_module
 
     app.run(cli_module("flag_rules").one_line_usage(main))

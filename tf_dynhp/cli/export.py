@@ -65,14 +65,15 @@ def _load_keras(path: str):
     return model
 
 
-def _as_input(x, model, what: str):
-    """The data set's images `x` in the model's input shape (`tf_dynhp.data.reshape_to_input`)."""
+def _as_input(x, model, what: str, flag: str = "model"):
+    """The data set's images `x` in the input shape of `model`, the model of `--<flag>`
+    (`tf_dynhp.data.reshape_to_input`)."""
     from tf_dynhp.data import reshape_to_input  # noqa: PLC0415
 
     try:
         return reshape_to_input(x, model.inputs[0].shape[1:], f"the --dataset={FLAGS.dataset} {what}")
     except ValueError as err:
-        raise app.UsageError(f"--model={FLAGS.model}: {err}") from err
+        raise app.UsageError(f"--{flag}={FLAGS[flag].value}: {err}") from err
 
 
 def _accuracy(path: str, x, y) -> float:
@@ -116,16 +117,17 @@ def main(argv: list[str]) -> int:
         export.check_exportable(model, trainable=bool(FLAGS.trainable_out))
     except (TypeError, ValueError) as err:
         raise app.UsageError(f"--model={FLAGS.model}: {err}") from err
+    if FLAGS.dense_model:  # the reference may take another input shape (a CNN against an MLP on flat rows)
+        ref_model, ref_name = _load_keras(FLAGS.dense_model), "dense float32 (unpruned)"
+        x_ref = _as_input(x_test, ref_model, "test images", flag="dense_model")
+    else:
+        ref_model, ref_name, x_ref = model, "pruned float32", x_test
     variants = list(export.QUANTIZATIONS) if FLAGS.quantization == "all" else [FLAGS.quantization]
     rows = []
     with tempfile.TemporaryDirectory(prefix="tf_dynhp_export_ref_") as tmp:
-        if FLAGS.dense_model:
-            ref_model, ref_name = _load_keras(FLAGS.dense_model), "dense float32 (unpruned)"
-        else:
-            ref_model, ref_name = model, "pruned float32"
         ref = export.to_tflite(ref_model, os.path.join(tmp, "reference.tflite"), "none")
         rows.append({"model": ref_name, "file": "-", "parameters": ref.parameters, "bytes": ref.size_bytes,
-                     "accuracy": _accuracy(ref.path, x_test, y_test)})
+                     "accuracy": _accuracy(ref.path, x_ref, y_test)})
         for q in variants:
             target = _variant_path(out, q, FLAGS.quantization == "all")
             start = time.perf_counter()

@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from absl import app, flags
 
@@ -32,7 +33,7 @@ def expect(name: str, expected: str, ok: Callable[[Any], bool]) -> None:
         for item in value if isinstance(value, list) else [value]:
             try:
                 good = ok(float(item) if isinstance(value, list) else item)
-            except ValueError:
+            except (ValueError, OverflowError, TypeError):  # not a number, inf as an int, ...
                 good = False
             if not good:
                 raise flags.ValidationError(f"Invalid value received for --{name}. Expected {expected}. Received: {name}={item!r}")
@@ -48,9 +49,10 @@ def _program() -> str:
 def one_line_usage(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     """`main` for `app.run`, with an `app.UsageError` it raises printed as one line,
     "<program>: error: <message>", then where the help is, and the error's exit code
-    (absl's `app.run` prints the whole help first). A `FileNotFoundError` (a data set or
-    a file named by a flag is not there; `tf_dynhp.datasets.load` says where it looked)
-    is printed the same way, without the traceback, and exits with 1."""
+    (absl's `app.run` prints the whole help first). A `FileNotFoundError` raised with a
+    message only (no errno: the tools' own, e.g. `tf_dynhp.datasets.load` saying where it
+    looked for a data set) is printed the same way, without the traceback, and exits
+    with 1; one the system raised (a failed `open`) keeps its traceback."""
 
     @functools.wraps(main)
     def run(argv: list[str]) -> Any:
@@ -62,6 +64,8 @@ def one_line_usage(main: Callable[[list[str]], Any]) -> Callable[[list[str]], An
                   file=sys.stderr, flush=True)
             sys.exit(err.exitcode)
         except FileNotFoundError as err:
+            if err.errno is not None:  # raised by the system (a bug's traceback stays); ours carry a message only
+                raise
             print(f"{_program()}: error: {err}", file=sys.stderr, flush=True)
             sys.exit(1)
 

@@ -116,6 +116,10 @@ def _normalize(config: dict[str, Any]) -> dict[str, Any]:
             c[key] = default
     c.setdefault("train_limit", None)
     c.setdefault("test_limit", None)
+    if c.get("alpha_bs") is None and c["method"] == "dynhp":  # null: fit's default (config.json of before a8ab8a0)
+        from tf_dynhp.training import DEFAULT_ALPHA_BS
+
+        c["alpha_bs"] = DEFAULT_ALPHA_BS
     c.setdefault("alpha_bs", None)
     c.setdefault("budget_kb", None)
     c.setdefault("target_kb", None)
