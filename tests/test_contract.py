@@ -292,6 +292,15 @@ class Record(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.calls.append(("epoch", epoch, dict(logs)))
 
+    def on_test_begin(self, logs=None):
+        self.calls.append(("test_begin",))
+
+    def on_test_end(self, logs=None):
+        self.calls.append(("test_end", dict(logs)))
+
+    def on_train_end(self, logs=None):
+        self.calls.append(("train_end", None if logs is None else dict(logs)))
+
 
 def test_callbacks_get_keras_contract(mnist):
     (x, y), (xt, yt) = mnist
@@ -312,6 +321,24 @@ def test_callbacks_get_keras_contract(mnist):
     logs = [c[2] for c in rec.calls if c[0] == "epoch"]
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "val_error"} <= set(logs[0]) and "epoch" not in logs[0]
     assert logs[0]["val_accuracy"] == pytest.approx(1 - logs[0]["val_error"] / 100)
+    assert all(round(log["val_accuracy"] * 100) / 100 == log["val_accuracy"] for log in logs)  # correct / n, no 0.15000000000000002
+    # as keras.Model.fit: validation inside on_test_begin / on_test_end (before on_epoch_end), the
+    # last epoch's logs to on_train_end
+    assert kinds.count("test_begin") == kinds.count("test_end") == 3
+    ends = [i for i, k in enumerate(kinds) if k == "test_end"]
+    assert all(kinds[i - 1] == "test_begin" or kinds[i - 1] == "batch" for i in ends) and kinds.index("test_end") < kinds.index("epoch")
+    assert [c[1] for c in rec.calls if c[0] == "test_end"][0] == {"loss": logs[0]["val_loss"], "accuracy": logs[0]["val_accuracy"]}
+    assert rec.calls[-1] == ("train_end", logs[-1])
+
+
+def test_one_callback_or_a_callback_list_is_taken_as_keras_fit_takes_them(mnist):
+    (x, y), _ = mnist
+    for given in (Record(), keras.callbacks.CallbackList([Record()])):
+        tf_dynhp.fit(_mlp(), x[:100], y[:100], method="sp", epochs=1, batch_size=50, seed=1, verbose=0, callbacks=given)
+        rec = given if isinstance(given, Record) else given.callbacks[0]
+        assert [c[0] for c in rec.calls].count("epoch") == 1
+    with pytest.raises(ValueError, match="callbacks"):
+        tf_dynhp.fit(_mlp(), x[:100], y[:100], method="sp", epochs=1, verbose=0, callbacks="csv")
 
 
 def test_stop_training_in_a_batch_hook_ends_the_epoch_after_that_call(mnist):
@@ -482,3 +509,25 @@ def test_tensorboard_callback_writes_its_logs(mnist, tmp_path):
     tf_dynhp.fit(_mlp(), x[:300], y[:300], validation_data=(xt[:100], yt[:100]),
                  callbacks=[keras.callbacks.TensorBoard(str(tmp_path / "tb"))], **{**QUICK, "epochs": 2})
     assert list((tmp_path / "tb" / "train").glob("events.out.tfevents.*"))
+
+
+def test_x_as_a_dict_of_the_input_name_trains_and_other_shapes_of_x_are_named(mnist):
+    """Keras takes x as {input name: array}: so does fit (it failed with an IndexError);
+    another key, a generator and a single value are refused naming `x` or `y`."""
+    (x, y), _ = mnist
+    model = keras.Sequential([keras.Input((28, 28), name="pixels"), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    kw = dict(method="sp", epochs=1, batch_size=50, seed=1, verbose=0)
+    by_name = tf_dynhp.fit(model, {"pixels": x[:100]}, y[:100], validation_data=({"pixels": x[:50]}, y[:50]), **kw)
+    plain = tf_dynhp.fit(model, x[:100], y[:100], validation_data=(x[:50], y[:50]), **kw)
+    assert by_name.history["loss"] == plain.history["loss"] and by_name.history["val_loss"] == plain.history["val_loss"]
+    with pytest.raises(ValueError, match=r"`x` is a dict with keys \['image'\]; the model has one input, named 'pixels'"):
+        tf_dynhp.fit(model, {"image": x[:100]}, y[:100], **kw)
+    with pytest.raises(TypeError, match=r"`x` is a Python generator.*from_generator"):
+        tf_dynhp.fit(model, (image for image in x[:100]), y[:100], **kw)
+    with pytest.raises(ValueError, match=r"`y` must hold one entry per example"):
+        tf_dynhp.fit(model, x[:100], 3, **kw)
+    for seed in (-1, 2**32, 1.5, True):
+        with pytest.raises(ValueError, match=r"`seed`"):
+            tf_dynhp.fit(model, x[:100], y[:100], **{**kw, "seed": seed})
+    with pytest.raises(ValueError, match=r"`checkpoint_dir`"):
+        tf_dynhp.fit(model, x[:100], y[:100], checkpoint_dir="", **kw)

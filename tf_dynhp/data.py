@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import types
 from typing import Any
 
 import numpy as np
@@ -95,7 +96,8 @@ def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ..
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, what: str,
+              input_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Validates one split and returns (x flattened to float32 (N, features), y int32).
 
     Args:
@@ -104,6 +106,7 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
         input_shape: the model's per-example input shape.
         num_classes: units of the last layer (labels must be in [0, num_classes)).
         what: "x" or the argument name of the split (e.g. "validation_data").
+        input_name: the model's input name: `x` may be `{input_name: array}`, as in Keras.
 
     Raises:
         ValueError / TypeError: naming the argument, what was expected and received.
@@ -113,10 +116,22 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
         if y is not None:
             raise ValueError(f"`{x_name}` is a tf.data.Dataset of (features, label) pairs; `y` must be None, received {type(y).__name__}.")
         x, y = _materialize(x, what, tuple(input_shape))
+    if isinstance(x, dict):
+        if list(x) != [input_name]:
+            raise ValueError(f"`{x_name}` is a dict with keys {sorted(map(str, x))}; the model has one input, named "
+                             f"{input_name!r}: pass {{{input_name!r}: images}} or the images themselves.")
+        x = x[input_name]
+    if isinstance(x, types.GeneratorType) or (hasattr(x, "__next__") and not hasattr(x, "__array__")):
+        raise TypeError(f"`{x_name}` is a Python generator or iterator; pass arrays, or wrap it in "
+                        "tf.data.Dataset.from_generator(...) yielding (features, label) pairs.")
     if y is None:
         raise ValueError(f"`{y_name}` (the labels) is missing.")
     x = np.asarray(x)
     y = np.asarray(y)
+    for name, value in ((x_name, x), (y_name, y)):
+        if value.ndim == 0:
+            raise ValueError(f"`{name}` must hold one entry per example (an array whose first axis is the examples); "
+                             f"received a single value {value!r}.")
     if x.shape[0] == 0:
         raise ValueError(f"`{x_name}` is empty; expected at least one example.")
     if x.shape[0] != y.shape[0]:

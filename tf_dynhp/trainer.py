@@ -295,11 +295,18 @@ class Trainer:
         count = max(float(sums[names.index("count")]), 1.0)
         return {"loss": float(sums[names.index("loss")]) / count, "accuracy": float(sums[names.index("correct")]) / count}
 
-    def evaluate(self, val: tuple[np.ndarray, np.ndarray] | None) -> tuple[float | None, float | None]:
-        """(val_loss, val_error %) of the current model, or (None, None) without validation data."""
+    def evaluate(self, val: tuple[np.ndarray, np.ndarray] | None, callbacks: Any = None) -> tuple[float | None, float | None, float | None]:
+        """(val_loss, val_error %, val_accuracy) of the current model, or Nones without
+        validation data; `callbacks` (a CallbackList) get `on_test_begin` / `on_test_end`
+        around it, as in keras.Model.fit's validation (no per-batch test hooks)."""
         if val is None:
-            return None, None
-        return loop.evaluate_split(self.evaluator, val[0], val[1], self.features)
+            return None, None, None
+        if callbacks is not None:
+            callbacks.on_test_begin()
+        loss, error, accuracy = loop.evaluate_split(self.evaluator, val[0], val[1], self.features)
+        if callbacks is not None:
+            callbacks.on_test_end({"loss": loss, "accuracy": accuracy})
+        return loss, error, accuracy
 
     def prune(self, stats: dict[str, Any], epoch: int = 0) -> tuple[list[int], list[bool], float]:
         """Eq. 6-7 for hp/dynhp: removes the units whose gates were open less than `gamma`
@@ -357,15 +364,14 @@ class Trainer:
         state.candidate_batch_size = candidate
         state.batch_size = batching.next_batch_size(state.batch_size, candidate, cap)
 
-    def end_epoch(self, stats: dict[str, Any], epoch: int, val) -> dict[str, Any]:
+    def end_epoch(self, stats: dict[str, Any], epoch: int, val, callbacks: Any = None) -> dict[str, Any]:
         """Evaluation, pruning (Eq. 6-7), rebuild, batch size (Eq. 8-10): the epoch's record."""
         state, count = self.state, stats["count"]
         record: dict[str, Any] = {"epoch": epoch + 1}
         record["loss"] = stats["loss"] / count
         record["data_loss"] = stats["data_loss"] / count
         record["accuracy"] = stats["correct"] / count
-        record["val_loss"], record["val_error"] = self.evaluate(val)
-        record["val_accuracy"] = None if val is None else 1.0 - record["val_error"] / 100.0
+        record["val_loss"], record["val_error"], record["val_accuracy"] = self.evaluate(val, callbacks)
         # Memory of this epoch, measured from the variables that exist and the batches fed.
         record["memory_kb"] = memory.mo_kb_from_counts(self.weights(), int(stats["max_batch"]), int(stats["width"]))
         record["memory_full_kb"] = memory.memory_full_kb(self.core, int(stats["max_batch"]), self.core.optimizer, int(stats["width"]))
@@ -472,6 +478,7 @@ class Trainer:
             cb.restore_best_weights = False
         best: dict[int, tuple[int, Any, Any]] = {}
         model_seen = self.core
+        final_logs = None  # the last epoch's logs, for on_train_end (None: no epoch trained)
         try:
             cb_list.on_train_begin()
             tries, retry = 0, ""
@@ -522,7 +529,7 @@ class Trainer:
                         last_good=failed,
                     )
                 tries = 0  # a good epoch: the next failure starts from its snapshot, with 3 tries of its own
-                record = self.end_epoch(stats, epoch, val)
+                record = self.end_epoch(stats, epoch, val, cb_list)
                 if self.core is not model_seen:
                     cb_list.set_model(self.core)
                     model_seen = self.core
@@ -536,6 +543,7 @@ class Trainer:
                 if cfg.verbose:
                     print(format_line(record, cfg.epochs, self.state.gate_kernel if self.state.method != "dense" else None), file=sys.stdout, flush=True)
                 logs = scalar_logs(record)
+                final_logs = logs
                 cb_list.on_epoch_end(epoch, logs)
                 self.track_best(restorers, best, epoch, logs, last_good, pruned=any(record.get("pruned_units") or []))
                 epoch += 1
@@ -545,7 +553,7 @@ class Trainer:
             # the model at the end (checkpoints keep the raw weights and the averages, so a
             # resumed run ends the same), before `on_train_end` (EarlyStopping may restore).
             self.core.optimizer.finalize_variable_values(self.core.trainable_variables)
-            cb_list.on_train_end()
+            cb_list.on_train_end(final_logs)  # as Keras: the last epoch's logs
         finally:
             for cb in restorers:
                 cb.restore_best_weights = True

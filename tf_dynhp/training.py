@@ -223,7 +223,15 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
                 )
 
 
-def _check_callbacks(callbacks: Sequence[Any] | None, method: str) -> list[Any]:
+def _check_callbacks(callbacks: Any, method: str) -> list[Any]:
+    """`callbacks` as a list: a list or tuple of callbacks, one callback, or a Keras
+    `CallbackList` (as `keras.Model.fit` takes them), each checked."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks = callbacks.callbacks
+    elif isinstance(callbacks, keras.callbacks.Callback):
+        callbacks = [callbacks]
+    elif callbacks is not None and not isinstance(callbacks, (list, tuple)):
+        raise _invalid("callbacks", "a list of keras.callbacks.Callback (or one, or a CallbackList)", callbacks)
     callbacks = list(callbacks or [])
     for cb in callbacks:
         if not isinstance(cb, keras.callbacks.Callback):
@@ -504,6 +512,11 @@ def fit(
     final_phase = augment is not None and augment_until < 1  # some last epochs train on the images as they are
     if not isinstance(trace_once, bool):
         raise _invalid("trace_once", "True or False", trace_once)
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
+                             or not 0 <= seed < 2**32):
+        raise _invalid("seed", "None or an integer in [0, 2**32)", seed)  # 1.5 was cut to 1, -1 failed in NumPy
+    if checkpoint_dir is not None and not os.fspath(checkpoint_dir):
+        raise _invalid("checkpoint_dir", "None or the path of a folder", checkpoint_dir)
     loss_fn = _resolve_loss(loss)
     opt = _resolve_optimizer(optimizer, learning_rate)
     _check_optimizer_for_one_trace(opt, method, trace_once)
@@ -521,13 +534,14 @@ def fit(
         )
 
     # -------------------------------------------------------------------- data
-    x_train, y_train = as_arrays(x, y, chain.input_shape, num_classes, "x")
+    input_name = model.inputs[0].name  # x may be {input_name: images}, as keras.Model.fit takes it
+    x_train, y_train = as_arrays(x, y, chain.input_shape, num_classes, "x", input_name)
     val = None
     if validation_data is not None:
         if isinstance(validation_data, tf.data.Dataset):
-            val = as_arrays(validation_data, None, chain.input_shape, num_classes, "validation_data")
+            val = as_arrays(validation_data, None, chain.input_shape, num_classes, "validation_data", input_name)
         elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
-            val = as_arrays(validation_data[0], validation_data[1], chain.input_shape, num_classes, "validation_data")
+            val = as_arrays(validation_data[0], validation_data[1], chain.input_shape, num_classes, "validation_data", input_name)
         else:
             raise _invalid("validation_data", "(x_val, y_val) or a tf.data.Dataset", type(validation_data).__name__)
     elif validation_split:
