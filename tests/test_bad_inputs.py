@@ -145,7 +145,8 @@ def test_fit_rejects(case, change, err, match, guarded):
 
 
 @pytest.mark.parametrize("build,match", [(_lstm, "'rnn' of class LSTM"), (_batchnorm, "'bn' of class BatchNormalization"),
-                                         (_two_inputs, "2 inputs")])
+                                         (_two_inputs, "2 inputs"), (_lora, r"LoRA adapter"),
+                                         (_hidden_softmax, r"'softmax' mixes the units")])
 def test_to_l0_rejects(build, match):
     with pytest.raises(ValueError, match=match):
         tf_dynhp.to_l0(build())

@@ -224,9 +224,17 @@ def _elementwise(activation: Any) -> bool:
 
 
 def _check_hidden_activations(layers: list[keras.layers.Layer]) -> None:
-    """Before the last Dense layer (the output layer, whose softmax is the usual head) every
+    """No LoRA adapter (rebuilt layers take the base kernel). Before the last Dense layer (the output layer, whose softmax is the usual head) every
     activation must act on each unit alone: pruning removes units, and a softmax over the
     units of a hidden layer would give the survivors other values once some are gone."""
+    for layer in layers:
+        if getattr(layer, "lora_enabled", False):  # `chain` reads the base kernel: the model's function would change
+            raise unsupported(
+                layer,
+                f"It has a LoRA adapter (lora_rank={getattr(layer, 'lora_rank', None)}); tf_dynhp rebuilds every layer "
+                "from its base kernel and would lose the adapter. Merge it into the kernel first (a layer of the same "
+                "config without LoRA, with `kernel` = the LoRA layer's `kernel`), or fine-tune with LoRA after pruning.",
+            )
     last = max((i for i, layer in enumerate(layers) if isinstance(layer, DENSE_TYPES)), default=-1)
     for layer in layers[:last]:
         activation = getattr(layer, "activation", None)

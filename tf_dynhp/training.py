@@ -162,7 +162,7 @@ def _check_environment(model: keras.Model) -> None:
 def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
     """Refuses what the rebuilt layers would silently lose or change: regularizers and
     constraints, a frozen layer (`trainable=False`: `fit` trains and prunes every
-    weighted layer), a LoRA adapter (the rebuild copies the base kernel), an activation
+    weighted layer), an activation
     or initializer Keras cannot rebuild from its config (a plain Python function or lambda,
     a class not registered as serializable), and layers of different dtypes (the penalties
     of all layers are summed in one)."""
@@ -175,13 +175,6 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
         raise ValueError(f"The model's weighted layers have different dtypes: {found}. tf_dynhp.fit trains them as one "
                          "(their penalties are summed): give every layer one dtype.")
     for layer in body:
-        if getattr(layer, "lora_enabled", False):
-            raise ValueError(
-                f"Layer '{layer.name}' has a LoRA adapter (lora_rank={getattr(layer, 'lora_rank', None)}); tf_dynhp "
-                "rebuilds every layer it prunes from its base kernel and would lose the adapter. Merge it into the "
-                "kernel first (a layer of the same config without LoRA, with `kernel` = the LoRA layer's `kernel`), "
-                "or fine-tune with LoRA after pruning."
-            )
         if not layer.trainable and layer.weights:
             raise ValueError(
                 f"Layer '{layer.name}' is frozen (trainable=False); tf_dynhp.fit trains and prunes every layer "
