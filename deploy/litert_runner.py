@@ -163,7 +163,8 @@ def load_images_labels(
         (x, y).
 
     Raises:
-        ValueError: counts differ, or the files have the wrong rank (names the files).
+        ValueError: counts differ, the files have the wrong rank, or the labels are not
+            integers (names the files).
     """
     x = read_idx(images)
     y = read_idx(labels)
@@ -175,6 +176,10 @@ def load_images_labels(
     if limit is not None:
         x, y = x[:limit], y[:limit]
     scale = 255.0 if x.dtype == np.uint8 else 1.0
+    if y.dtype.kind not in "iu":  # a cast would make 2.7 class 2
+        raise ValueError(f"{labels}: expected integer class ids, received {y.dtype} labels")
+    if y.size and (int(y.min()) < np.iinfo(np.int32).min or int(y.max()) > np.iinfo(np.int32).max):
+        raise ValueError(f"{labels}: class ids beyond int32 ({int(y.min())}..{int(y.max())})")
     return (x.astype(np.float32) / scale), y.astype(np.int32)
 
 
@@ -182,8 +187,10 @@ def fit_input(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndar
     """`x` (batch first) in the model's input shape `input_shape` (without the batch axis).
 
     IDX images are (n, 28, 28): a CNN taking (28, 28, 1) gets a channel axis, a model
-    taking flat (784,) inputs gets them flattened, and in general examples of as many
-    values as the model takes are reshaped to its input; any other size is refused.
+    taking flat (784,) inputs gets them flattened, and flat rows go to an image model of
+    as many values. Nothing else is reshaped: (n, 14, 56) images for a 28x28 model, or
+    channels-first images for a channels-last one, hold as many values but not the same
+    pixels, and are refused (as `tf_dynhp.fit` refuses them).
 
     Raises:
         ValueError: the shapes do not match (names `what`, expected and received shapes).
@@ -194,8 +201,8 @@ def fit_input(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndar
         return x
     if sample + (1,) == tuple(input_shape):  # (n, 28, 28) images for a (28, 28, 1) CNN
         return x.reshape(x.shape + (1,))
-    if int(np.prod(sample)) == int(np.prod(input_shape)):  # flat inputs, or flat rows for an image model
-        return x.reshape((x.shape[0],) + tuple(input_shape))
+    if int(np.prod(sample)) == int(np.prod(input_shape)) and (len(input_shape) == 1 or len(sample) == 1):
+        return x.reshape((x.shape[0],) + tuple(input_shape))  # images for a flat model, or flat rows for an image model
     raise ValueError(
         f"{what}: expected inputs of shape (batch, {', '.join(map(str, input_shape))}), received {x.shape} "
         f"(examples of {int(np.prod(sample))} values, the model takes {int(np.prod(input_shape))})"

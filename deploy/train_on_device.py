@@ -175,8 +175,9 @@ def _run(args: argparse.Namespace) -> int:
     after = trainer.accuracy(x_eval, y_eval)
     p50, p99 = lr.percentiles_ms(step_times)
     print(f"accuracy after: {after:.4f} (before {before:.4f})")
-    print(f"loss first {args.log_every} steps {np.mean(losses[: args.log_every]):.4f} -> "
-          f"last {args.log_every} steps {np.mean(losses[-args.log_every:]):.4f}")
+    span = min(args.log_every, len(losses) // 2)  # two spans that do not overlap (none below 2 steps)
+    if span:
+        print(f"loss first {span} steps {np.mean(losses[:span]):.4f} -> last {span} steps {np.mean(losses[-span:]):.4f}")
     print(f"train step latency: p50 {p50:.3f} ms, p99 {p99:.3f} ms")
     if args.weights is not None:
         save_npz(args.weights, trainer.get_weights(), trainer.get_optimizer_state())

@@ -42,8 +42,8 @@ lr = _load_runner()
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
-    """Writes an IDX file (uint8 or int32 data), gzip-compressed if `compress`."""
-    codes = {np.dtype("u1"): (0x08, ">u1"), np.dtype("int32"): (0x0C, ">i4")}
+    """Writes an IDX file (uint8, int32 or float32 data), gzip-compressed if `compress`."""
+    codes = {np.dtype("u1"): (0x08, ">u1"), np.dtype("int32"): (0x0C, ">i4"), np.dtype("float32"): (0x0D, ">f4")}
     code, big = codes[array.dtype]
     data = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes() + array.astype(big).tobytes()
     path.write_bytes(gzip.compress(data) if compress else data)
@@ -190,6 +190,12 @@ def test_read_idx_errors_name_the_file(tmp_path):
     # examples of as many values as the model takes take its shape, flat or not; others are refused
     assert lr.fit_input(np.zeros((4, 784)), (28, 28), "x").shape == (4, 28, 28)
     assert lr.fit_input(np.zeros((4, 28, 28)), (784,), "x").shape == (4, 784)
+    assert lr.fit_input(np.zeros((4, 28, 28)), (28, 28, 1), "x").shape == (4, 28, 28, 1)
+    for images, shape in (((4, 14, 56), (28, 28, 1)), ((4, 3, 20, 20), (20, 20, 3))):  # as many values, other pixels
+        with pytest.raises(ValueError, match=r"x: expected inputs of shape"):
+            lr.fit_input(np.zeros(images), shape, "x")
+    with pytest.raises(ValueError, match=r"lf: expected integer class ids, received float32 labels"):
+        lr.load_images_labels(write_idx(tmp_path / "im2", np.zeros((3, 2, 2), np.uint8)), write_idx(tmp_path / "lf", np.full(3, 2.7, np.float32)))
     with pytest.raises(ValueError, match=r"x: expected inputs of shape \(batch, 28, 28\), received \(4, 783\)"):
         lr.fit_input(np.zeros((4, 783)), (28, 28), "x")
     with pytest.raises(ValueError, match="same n"):
@@ -320,6 +326,7 @@ def test_train_on_device_end_to_end_and_restore(device):
     (after,) = number(r"^accuracy after: ([\d.]+)", first)
     assert after > before + 0.02, (before, after)
     assert number(r"^peak RSS: ([\d.]+) MiB$", first)[0] > 10
+    assert re.search(r"^loss first 10 steps [\d.]+ -> last 10 steps [\d.]+$", first, re.M), first
 
     with np.load(weights) as data:
         saved = {k: data[k] for k in data.files}
@@ -332,6 +339,7 @@ def test_train_on_device_end_to_end_and_restore(device):
     second = run_device(device, "train_on_device.py", *common, "--steps", "5", "--restore", weights).stdout
     assert re.search(r"^restored 6 weights and 6 optimizer tensors from", second, re.M), second
     assert number(r"^accuracy before: ([\d.]+)", second) == [after]  # continues from the saved weights
+    assert re.search(r"^loss first 2 steps [\d.]+ -> last 2 steps [\d.]+$", second, re.M), second  # 5 steps, not "first 100"
 
 
 def test_restore_with_wrong_shapes_is_rejected(device, tmp_path):
