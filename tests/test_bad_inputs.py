@@ -254,3 +254,6 @@ def test_reshape_to_input_fits_any_shape_of_as_many_values_and_names_a_mismatch(
     np.testing.assert_array_equal(reshape_to_input(x, (784,)), x.reshape(2, 784))
     with pytest.raises(ValueError, match=r"inputs of shape \(32, 32, 3\) \(3072 values\); the test images are \(28, 28\) \(784 values\)"):
         reshape_to_input(x, (32, 32, 3), "the test images")
+    with pytest.raises(ValueError, match=r"inputs of shape \(14, 56\) \(784 values\)"):  # as many values, other pixels
+        reshape_to_input(x, (14, 56))
+    np.testing.assert_array_equal(reshape_to_input(x.reshape(2, 784), (28, 28, 1)), x[..., None])

@@ -162,21 +162,26 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
 
 
 def reshape_to_input(x: np.ndarray, input_shape: tuple[int, ...], what: str = "x") -> np.ndarray:
-    """`x` (N examples of any shape) in a model's per-example `input_shape` when each
-    example has as many values: (n, 28, 28) images as (n, 28, 28, 1) for a CNN, or as
-    (n, 784) rows for a model on flat inputs. `fit` itself takes only the model's shape
-    (as Keras does); the tools load one data set for models of either kind.
+    """`x` (N examples) in a model's per-example `input_shape`: (n, 28, 28) images as
+    (n, 28, 28, 1) for a CNN, as (n, 784) rows for a model on flat inputs, or flat rows
+    as the images of an image model. `fit` itself takes only the model's shape (as Keras
+    does); the tools load one data set for models of either kind. Nothing else is
+    reshaped: (n, 14, 56) images for a 28x28 model hold as many values, not the same
+    pixels.
 
     Raises:
-        ValueError: the number of values per example differs (names `what`).
+        ValueError: the shapes are none of those (names `what` and both shapes).
     """
     x = np.asarray(x)
     shape = tuple(int(d) for d in input_shape)
-    if tuple(x.shape[1:]) == shape:
+    sample = tuple(x.shape[1:])
+    if sample == shape:
         return x
-    if int(np.prod(x.shape[1:])) != int(np.prod(shape)):
+    if int(np.prod(sample)) != int(np.prod(shape)) or not (sample + (1,) == shape or len(shape) == 1 or len(sample) == 1):
+        layout = ("; as many values, but not a channel axis added or a flattening of the same pixels"
+                  if int(np.prod(sample)) == int(np.prod(shape)) else "")
         raise ValueError(f"the model takes inputs of shape {shape} ({int(np.prod(shape))} values); {what} are "
-                         f"{tuple(x.shape[1:])} ({int(np.prod(x.shape[1:]))} values)")
+                         f"{sample} ({int(np.prod(sample))} values){layout}")
     return x.reshape((len(x),) + shape)
 
 
