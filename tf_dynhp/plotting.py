@@ -19,8 +19,8 @@ def plot_history(history: Mapping[str, Sequence[Any]], path: str | os.PathLike, 
 
     Panels: (a) active units of every layer's inputs (input features, hidden
     units; Figure 1), (b) mini-batch size (Figure 6), (c) memory per epoch, MO and
-    the full footprint with the budget (Figures 2 and 7), (d) validation error %
-    (Figure 5).
+    the full footprint with the budget (Figures 2 and 7), and with a size target the
+    model's size, its expected size and the target, (d) validation error % (Figure 5).
 
     Args:
         history: `FitResult.history` (or a `history.jsonl` read back as lists).

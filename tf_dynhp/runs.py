@@ -213,8 +213,8 @@ def restart_epoch(lr_decay: str, target_deadline: float, epochs: int) -> int | N
 
 
 def lr_callbacks(lr_decay: str, learning_rate: float, epochs: int, restart_epoch: int | None = None) -> list[Any]:
-    """The Keras callbacks of a learning-rate schedule (`LR_DECAYS`): none, or for
-    "cosine" a `LearningRateScheduler` setting epoch e (0-based) to
+    """The Keras callbacks of learning-rate schedule `lr_decay` (one of `LR_DECAYS`):
+    none for "none", or for "cosine" a `LearningRateScheduler` setting epoch e (0-based) to
     `learning_rate * (1 + cos(pi * e / epochs)) / 2`. It depends on the epoch index
     only, so a resumed run gets the same rates.
 

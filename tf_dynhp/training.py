@@ -424,7 +424,8 @@ def fit(
 
     Returns:
         A `FitResult`: `.model` (stripped plain Keras model), `.history` (per-epoch
-        lists: loss, accuracy, val_loss, val_error, batch_size, candidate_batch_size,
+        lists: epoch, loss, data_loss (without the penalty), accuracy, val_loss, val_error,
+        val_accuracy, batch_size, candidate_batch_size, with a target l0_lambda, expected_kb, target_kb,
         active_units, pruned_units, at_floor (one entry per unit axis: the inputs of
         each dense layer; for a CNN also the input channels, each conv layer's output
         channels and the flattened features, see `tf_dynhp.units.unit_axes`), model_kb, memory_kb, memory_full_kb,

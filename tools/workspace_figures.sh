@@ -24,11 +24,11 @@ if [[ "$what" == lenet5 || "$what" == all ]]; then
   for lam in 0.1 0.5; do
     python tools/train.py --arch=lenet5 --dataset=mnist --method=dynhp --alpha_bs=0.972 --l0_lambda=$lam --epochs=50 --out_dir=runs/lenet5_dynhp_l$lam --overwrite
   done
-  python tools/report.py --runs=runs/ --out=runs/report_all.md --figures=runs/figures
+  python tools/summarize.py --dense_kb=1683.9 --sp_mo_kb=3251.9 runs/lenet5_dynhp_l0.1 runs/lenet5_dynhp_l0.5
 fi
 if [[ "$what" == bench || "$what" == all ]]; then
   python tools/benchmark_step.py --dataset=mnist --batch_sizes=16,100,512 --examples=30000 --dynhp_epochs=20
 fi
 if [[ "$what" == edge || "$what" == all ]]; then
-  python tools/edge_table.py --dynhp_model=runs/i4_dynhp_step_mean/model.keras --dense_model=runs/mnist_dense10/model.keras --out_dir=runs/edge --overwrite
+  python tools/edge_table.py --dynhp_model=runs/i4_dynhp_step_mean/model.keras --dense_model=runs/mnist_dense10/model.keras --out_dir=runs/edge
 fi
