@@ -243,8 +243,13 @@ def test_dry_run_plans_and_writes_the_manifest(tmp_path):
     ])
     dyn = manifest["fashion_mnist-dynhp-a0.985-step_mean-lam0.03-e200-seed1"]
     assert dyn["config"]["budget_kb"] == pytest.approx(1433.4, abs=0.05)
-    assert dyn["command"].startswith("python tools/reproduce.py --dry_run --datasets=fashion_mnist")
+    assert dyn["command"].startswith("python tools/reproduce.py --datasets=fashion_mnist")  # the command that will run it
     assert [p.name for p in tmp_path.iterdir()] == ["sweep.json"]  # nothing trained
+    # a later dry run with other flags plans the same run: the recorded command stays
+    _ok(_run("reproduce.py", "--dry_run", "--datasets=fashion_mnist", "--methods=dynhp", "--alphas=0.985", "--l0_lambdas=0.03",
+             "--hp_batch_sizes=", f"--out={tmp_path}"))
+    again = json.loads((tmp_path / "sweep.json").read_text())["runs"]
+    assert again["fashion_mnist-dynhp-a0.985-step_mean-lam0.03-e200-seed1"]["command"] == dyn["command"]
 
 
 def test_ray_backend_without_ray_says_how_to_install(tmp_path):
@@ -658,3 +663,32 @@ def test_frontier_section_at_the_papers_size(tmp_path):
     assert "12.6% under (more than 3%)" in row572 and "1.50 (DYNHP α 0.971)" in row572
     # the targeted rows are not mistaken for the paper's DynHP rows
     assert all(not g.is_paper_setting() for g in groups if g.config.get("target_kb"))
+
+
+def test_sigterm_stops_the_workers_as_ctrl_c_does(tmp_path):
+    """A `kill` of reproduce.py left its worker training, re-parented, holding the run
+    folder: the same command run again failed on it. SIGTERM now stops the workers."""
+    import re
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(TOOLS / "reproduce.py"), "--datasets=mnist", "--methods=sp", "--sp_batch_sizes=100",
+                             "--epochs=50", "--train_limit=3000", "--test_limit=100", "--jobs=1", f"--out={tmp_path}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+    line = ""
+    while "[start]" not in line:
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, proc.stderr.read()[-2000:]
+    worker = int(re.search(r"pid (\d+)", line).group(1))
+    time.sleep(3)  # the worker is training
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    for _ in range(100):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the worker outlived reproduce.py")

@@ -374,8 +374,11 @@ def _config_mismatch(run_dir: Path, config: Any) -> list[str]:
     return out
 
 
-def write_manifest(out: Path, planned: Sequence[PlannedRun], command: str) -> Path:
-    """Adds the planned runs to `<out>/sweep.json` (kept across invocations)."""
+def write_manifest(out: Path, planned: Sequence[PlannedRun], command: str, replace: Sequence[str] = ()) -> Path:
+    """Adds the planned runs that `<out>/sweep.json` (kept across invocations) does not
+    hold yet, with `command`; of those it holds, only the runs named in `replace` (the ones
+    this command is about to train) take the new command and config. A finished run keeps
+    the command that made it, whatever a later dry run or refused plan says."""
     path = out / MANIFEST
     data: dict[str, Any] = {"runs": {}}
     if path.exists():
@@ -385,7 +388,8 @@ def write_manifest(out: Path, planned: Sequence[PlannedRun], command: str) -> Pa
             print(f"warning: {path} was not valid JSON; starting a new one", file=sys.stderr)
     data.setdefault("runs", {})
     for p in planned:
-        data["runs"][p.name] = {"row": p.row, "config": p.config.to_dict(), "command": command}
+        if p.name not in data["runs"] or p.name in replace:
+            data["runs"][p.name] = {"row": p.row, "config": p.config.to_dict(), "command": command}
     write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
     return path
 
@@ -450,12 +454,20 @@ def _summary(run_dir: Path) -> str:
 
 
 def run_local(pending: Sequence[PlannedRun], out: Path, jobs: int, data_dir: str | None) -> dict[str, int]:
-    """Runs the workers as `jobs` processes side by side; returns name -> exit code."""
+    """Runs the workers as `jobs` processes side by side; returns name -> exit code.
+    Ctrl-C, SIGTERM or SIGHUP (a `kill`, a closed terminal) stops the workers it started,
+    which keep their last checkpoints, then raises KeyboardInterrupt (a worker left
+    running would hold its folder, and the same command run again would fail on it)."""
     env = {**os.environ, **worker_env(single_thread=jobs > 1)}
     queue = list(pending)
     running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
     codes: dict[str, int] = {}
     total = len(queue)
+
+    def interrupt(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         while queue or running:
             while queue and len(running) < jobs:
@@ -493,6 +505,9 @@ def run_local(pending: Sequence[PlannedRun], out: Path, jobs: int, data_dir: str
                 proc.wait()
             log.close()
         raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return codes
 
 
@@ -617,7 +632,6 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(str(err)) from err
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_manifest(out, planned, command_line(sys.argv))
 
     pending, skipped, stale = [], [], []
     for run in planned:
@@ -640,6 +654,12 @@ def main(argv: list[str]) -> int:
     )
     for name, mismatch in stale:
         print(f"  {name}: its config.json differs ({'; '.join(mismatch[:3])}); move the folder away to rerun it", file=sys.stderr)
+    # Recorded without --dry_run: the command that will make the runs it plans. Stale runs
+    # (another configuration in the folder) are not this command's and are left out.
+    stale_names = {name for name, _ in stale}
+    write_manifest(out, [p for p in planned if p.name not in stale_names],
+                   command_line([a for a in sys.argv if a not in ("--dry_run", "--dry_run=true", "--dry_run=True")]),
+                   replace=[] if FLAGS.dry_run else [p.name for p in pending])
     if FLAGS.dry_run or not pending:
         return 1 if stale else 0
     if FLAGS.data_dir:  # once here, not once per worker: every run would fail alike
