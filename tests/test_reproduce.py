@@ -549,6 +549,13 @@ def test_time_to_error_and_targets_table(tmp_path):
     assert "Our training memory is 80% below SP's at every α_bs (final batches 40, 40)" in text
     assert "(80 points apart) and ours are 0 points apart: ours vary less with α_bs than the paper's" in text
     assert "does not appear" not in text
+    # the noise of runs at a fixed rate and of runs whose rate decays are told apart (one range said "fixed" for both)
+    assert "0.14-0.66 points at a fixed learning rate (as in the paper)" in text and "decays" not in text
+    cosine = _fake_run(tmp_path / "cos", "dynhp", [2.0, 2.1], [1.0, 1.0],
+                       {"test_error": 2.1, "model_kb": 200.0, "training_memory_mb": 2.0, "batch_sizes": [16, 40]},
+                       alpha_bs=0.973, budget_kb=paper.sp_mo_kb("mnist"), lr_decay="cosine", target_kb=205.0)
+    text = "\n".join(report.observations("mnist", run_folders.make_groups([sp, good, bad, cosine])))
+    assert "0.14-0.66 points at a fixed learning rate (as in the paper) and 0.07 points in the runs whose learning rate decays" in text
 
 
 def _dynhp(folder: Path, alpha: float, metrics: dict, seed: int = 1):

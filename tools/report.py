@@ -84,7 +84,8 @@ def build_report(runs_dir: Path, out: Path, figures_dir: Path, benchmark: Path |
         f"{sum(r.status == 'not run yet' for r in runs)} not run yet"
         f"{''.join(f', {n} damaged' for n in [len(damaged)] if n)}). Every number is read from the run folders, except the "
         "columns marked **paper**: the published numbers of the paper's Tables 2-3, transcribed into `tools/paper.py` "
-        "(`PAPER_TABLES`).",
+        "(`PAPER_TABLES`), and the goals the rows are checked against (the issues' targets, `TARGETS`, `SIZE_TARGETS` "
+        "and `TIME_TARGET_ERROR` in `tools/report_tables.py`).",
         "",
         "## Units and how to read the tables",
         "",

@@ -395,14 +395,6 @@ def _points(n: int) -> str:
     return f"{n} point" if n == 1 else f"{n} points"
 
 
-def _learning_rate_text(groups: Sequence[Group]) -> str:
-    """' (fixed learning rate, as in the paper)' when no run's configuration could change
-    its learning rate (`on_nonfinite="rollback"` halves it), else ''."""
-    if any(r.config.get("on_nonfinite") == "rollback" for g in groups for r in g.finished):
-        return ""
-    return " (fixed learning rate, as in the paper)"
-
-
 def observations(dataset: str, groups: Sequence[Group]) -> list[str]:
     """Plain sentences comparing our runs with the paper; every number is computed here."""
     paper = PAPER_TABLES.get(dataset)
@@ -434,19 +426,27 @@ def observations(dataset: str, groups: Sequence[Group]) -> list[str]:
             f"keep {_span(p_sizes, '.0f')}% after {paper['epochs']}. "
             + _memory_by_alpha_text(ours, savings, p_dyn, epochs, paper["epochs"])
         )
-    swings = []
+    swings: dict[bool, list[float]] = {True: [], False: []}  # by "the learning rate is fixed"
     for g in groups:
         for r in g.finished:
+            if (r.config.get("validation_split") or 0.0) > 0:  # its per-epoch error is the validation split's
+                continue
             h = r.history() or {}
             tail = [e for e in (h.get("val_error") or [])[-20:] if e is not None]
             if len(tail) >= 2:
                 m = sum(tail) / len(tail)
-                swings.append(math.sqrt(sum((e - m) ** 2 for e in tail) / (len(tail) - 1)))
-    if swings:
+                fixed = (r.config.get("lr_decay") or "none") == "none" and r.config.get("on_nonfinite") != "rollback"
+                swings[fixed].append(math.sqrt(sum((e - m) ** 2 for e in tail) / (len(tail) - 1)))
+    if swings[True] or swings[False]:
+        parts = []
+        if swings[True]:
+            parts.append(f"{_span(swings[True], '.2f')} points at a fixed learning rate (as in the paper)")
+        if swings[False]:
+            parts.append(f"{_span(swings[False], '.2f')} points in the runs whose learning rate decays (the target recipe's)")
         out.append(
-            f"* **Epoch-to-epoch noise**: over its last 20 epochs the test error of a run moves with a standard deviation of "
-            f"{_span(swings, '.2f')} points{_learning_rate_text(groups)}; the tables report the last epoch's error, "
-            "so differences of that size between single-seed rows are within noise."
+            "* **Epoch-to-epoch noise**: over its last 20 epochs the test error of a run moves with a standard deviation of "
+            f"{' and '.join(parts)}; the tables report the last epoch's error, so differences of that size between "
+            "single-seed rows are within noise."
         )
     p_hp = paper["rows"][1]
     hps = sorted((g for g in groups if g.config["method"] == "hp" and g.finished and g.config["batch_size"] == p_hp[1]),
