@@ -78,3 +78,13 @@ def test_the_report_header_counts_a_damaged_run(runs_dir, tmp_path):
                            f"--figures={tmp_path / 'fig'}"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "from 1 runs in" in out.read_text() and "(0 finished, 0 unfinished, 0 not run yet, 1 damaged)" in out.read_text()
+
+
+def test_a_validation_split_run_is_labelled_apart():
+    """Two groups that differ only by a validation split read alike in the report's tables."""
+    plain = run_folders._normalize({"dataset": "mnist", "method": "sp", "batch_size": 512, "epochs": 200})
+    held = {**plain, "validation_split": 0.1}
+    runs_ = [run_folders.RunInfo(f"r{i}", Path(f"/nonexistent/r{i}"), c, "finished", {"test_error": 1.0}, None)
+             for i, c in enumerate((plain, held))]
+    labels = sorted(g.label() for g in run_folders.make_groups(runs_))
+    assert labels == ["SP bs=512", "SP bs=512, validation split 0.1"]

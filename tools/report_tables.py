@@ -208,6 +208,8 @@ def all_runs_table(groups: Sequence[Group]) -> list[str]:
             what += f", γ = {c['gamma']:g}"
         if c.get("target_kb") is not None:
             what += f", target {c['target_kb']:g} KB"
+        if (c.get("validation_split") or 0.0) > 0:  # its per-epoch errors are the held-out split's
+            what += f", validation split {c['validation_split']:g}"
         growth = c["batch_growth"] if c["method"] == "dynhp" else "–"
         status = "finished" if not g.status_text() else g.status_text()
         if g.finished:
@@ -275,7 +277,8 @@ def _paper_sp(groups: Sequence[Group]) -> Group | None:
 def _dynhp_label(g: Group) -> str:
     c = g.config
     target = f", target {c['target_kb']:g} KB" if c.get("target_kb") is not None else ""
-    return f"DynHP α_bs {c['alpha_bs']:.3f}, λ {c['l0_lambda']:g}, {c['batch_growth']}{target}"
+    held = f", validation split {c['validation_split']:g}" if (c.get("validation_split") or 0.0) > 0 else ""
+    return f"DynHP α_bs {c['alpha_bs']:.3f}, λ {c['l0_lambda']:g}, {c['batch_growth']}{target}{held}"
 
 
 def targets_section(dataset: str, groups: Sequence[Group]) -> list[str]:

@@ -298,9 +298,11 @@ class Group:
 
     def label(self) -> str:
         c = self.config
+        held = f", validation split {c['validation_split']:g}" if (c.get("validation_split") or 0.0) > 0 else ""
         if c["method"] == "dynhp":
-            return f"DynHP α_bs={c['alpha_bs']:.3f}"
-        return f"{c['method'].upper()} bs={c['batch_size']}"
+            alpha = "default" if c.get("alpha_bs") is None else f"{c['alpha_bs']:.3f}"
+            return f"DynHP α_bs={alpha}{held}"
+        return f"{c['method'].upper()} bs={c['batch_size']}{held}"
 
 
 def make_groups(runs: Iterable[RunInfo]) -> list[Group]:
