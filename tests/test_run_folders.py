@@ -88,3 +88,19 @@ def test_a_validation_split_run_is_labelled_apart():
              for i, c in enumerate((plain, held))]
     labels = sorted(g.label() for g in run_folders.make_groups(runs_))
     assert labels == ["SP bs=512", "SP bs=512, validation split 0.1"]
+
+
+@pytest.mark.parametrize("content", ["{bad", "[]", '{"runs": 3}'])
+def test_a_damaged_sweep_json_is_named_and_kept(runs_dir, content):
+    """report.py crashed on a sweep.json that was not an object; reproduce.py replaced an
+    unreadable one, losing its records. The report reads the runs without it, with a
+    warning; reproduce moves it aside to sweep.json.damaged and starts a new one."""
+    (runs_dir / "sweep.json").write_text(content)
+    with pytest.warns(RuntimeWarning, match=r"sweep.json is not a sweep's record"):
+        (info,) = run_folders.load_runs(runs_dir)
+    assert info.finished
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "reproduce.py"), "--dry_run", "--datasets=fashion_mnist",
+                           "--methods=sp", "--sp_batch_sizes=128", f"--out={runs_dir}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "moved it to" in done.stderr, done.stderr[-2000:]
+    assert (runs_dir / "sweep.json.damaged").read_text() == content
+    assert RUN in __import__("json").loads((runs_dir / "sweep.json").read_text())["runs"]

@@ -385,7 +385,13 @@ def write_manifest(out: Path, planned: Sequence[PlannedRun], command: str, repla
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError:
-            print(f"warning: {path} was not valid JSON; starting a new one", file=sys.stderr)
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("runs", {}), dict):
+            aside = path.with_name(path.name + ".damaged")
+            os.replace(path, aside)  # kept for the user: its records are not thrown away
+            print(f"warning: {path} was not a sweep's record (not valid JSON, or no 'runs' object); moved it to {aside} "
+                  "and started a new one", file=sys.stderr)
+            data = {"runs": {}}
     data.setdefault("runs", {})
     for p in planned:
         if p.name not in data["runs"] or p.name in replace:

@@ -176,7 +176,12 @@ def load_runs(runs_dir: Path) -> list[RunInfo]:
     """Every run folder under `runs_dir` and every run `sweep.json` planned."""
     manifest: dict[str, Any] = {}
     if (runs_dir / "sweep.json").exists():
-        manifest = json.loads((runs_dir / "sweep.json").read_text()).get("runs", {})
+        data = _read_json(runs_dir / "sweep.json")
+        manifest = data.get("runs") if isinstance(data, dict) else None
+        if not isinstance(manifest, dict):
+            warnings.warn(f"{runs_dir / 'sweep.json'} is not a sweep's record (not valid JSON, or no 'runs' object): "
+                          "read without it (the runs' commands are rebuilt from their config.json)", RuntimeWarning, stacklevel=2)
+            manifest = {}
     names = set(manifest)
     if runs_dir.is_dir():
         names |= {p.name for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").exists()}
