@@ -532,7 +532,7 @@ def frontier_section(dataset: str, groups: Sequence[Group]) -> list[str]:
     milestone = TIME_TARGET_ERROR.get(dataset)
     sp_mem = sp.mean("training_memory_mb") if sp else None
     head = (f"SP (bs {sp.config['batch_size']}, same epochs): {_mean_std(sp, 'test_error', '.2f')}% error, "
-            f"{sp_mem:.1f} MB training memory, {sp.mean('train_seconds'):.0f} s, {milestone:g}% error after {time_to_error_text(sp)}."
+            f"{_num(sp_mem, '.1f')} MB training memory, {_num(sp.mean('train_seconds'), '.0f')} s, {milestone:g}% error after {time_to_error_text(sp)}."
             if sp else "No finished SP run of the paper's setting in this folder: savings are not computed.")
     lines = [f"### At the paper's size (`fit(target_kb=...)`, issue 16)", "", head, "",
              "| target KB | α_bs | recipe | seeds | final KB (max) | error % | paper's error % (row) | training memory MB | saving vs SP % "
@@ -559,7 +559,7 @@ def frontier_section(dataset: str, groups: Sequence[Group]) -> list[str]:
             verdicts.append(f"memory saving short by {goal[1] - saving:.1f} points")
         met = "yes" if not verdicts else "no: " + "; ".join(verdicts)
         lines.append(
-            f"| {target:g} | {c['alpha_bs']:.3f} | {' + '.join(recipe_parts(c)) or 'plain'} | {len(g.finished)} | {final:.1f} | {_mean_std(g, 'test_error', '.2f')} | {paper_text} "
+            f"| {target:g} | {c['alpha_bs']:.3f} | {' + '.join(recipe_parts(c)) or 'plain'} | {len(g.finished)} | {_num(final, '.1f')} | {_mean_std(g, 'test_error', '.2f')} | {paper_text} "
             f"| {_num(mem, '.1f')} | {_num(saving, '.1f')} | {_num(g.mean('train_seconds'), '.0f')} | {time_to_error_text(g)} | {met} |"
         )
     lines += ["", "Error targets (issue 16, 3 seeds): "

@@ -61,6 +61,12 @@ def _row(folder: str) -> str | None:
             print(f"skipped {folder}: {path} is not a JSON object (damaged)", file=sys.stderr)
             return None
     m, c = read["metrics.json"], read["config.json"]
+    missing = [k for k in ("epochs_run", "test_error", "model_kb", "batch_sizes", "mean_memory_kb", "max_memory_kb", "train_seconds")
+               if m.get(k) is None] + [k for k in ("method", "l0_lambda") if c.get(k) is None]
+    if missing or not m["batch_sizes"]:
+        print(f"skipped {folder}: its metrics.json / config.json lack {missing or ['batch_sizes']} (damaged, or written by "
+              "another version)", file=sys.stderr)
+        return None
     dense, sp = references(c, m)
     sizes = "-".join(str(s) for s in m["layer_sizes"]) if m.get("layer_sizes") else "n/a"
     batches = m["batch_sizes"]
