@@ -123,3 +123,17 @@ def test_metrics_without_some_keys_are_skipped_by_summarize_and_shown_as_dashes_
                            f"--figures={tmp_path / 'fig'}"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "MB training memory, – s," in out.read_text()  # SP's missing seconds, not a crash
+
+
+def test_a_run_without_a_history_is_not_counted_as_never_reaching_the_error(runs_dir):
+    """A missing or empty history.jsonl made the report say the seed never reached the
+    error milestone: it does not know."""
+    import importlib
+    import sys as _sys
+
+    if str(REPO / "tools") not in _sys.path:
+        _sys.path.insert(0, str(REPO / "tools"))
+    report_tables = importlib.import_module("report_tables")
+    (runs_dir / RUN / "history.jsonl").write_text("")
+    (group,) = run_folders.make_groups(run_folders.load_runs(runs_dir))
+    assert report_tables.time_to_error_text(group) == "no history"

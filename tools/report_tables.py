@@ -179,12 +179,23 @@ def time_to_error_text(group: Group) -> str:
     target = TIME_TARGET_ERROR.get(group.config["dataset"])
     if target is None or not group.finished:
         return "–"
-    reached = [h for h in (r.time_to_error(target) for r in group.finished) if h is not None]
+    curves = [r for r in group.finished if _has_curve(r)]
+    missing = len(group.finished) - len(curves)  # no usable history.jsonl: unknown, not "never"
+    without = f", {missing} seed(s) without a history" if missing and curves else ""
+    if not curves:
+        return "no history"
+    reached = [h for h in (r.time_to_error(target) for r in curves) if h is not None]
     if not reached:
-        return "not reached"
+        return "not reached" + without
     text = f"{_mean_time(group, target):.0f} s (epoch {'/'.join(str(h[1]) for h in reached)})"
-    never = len(group.finished) - len(reached)
-    return text if not never else text + f", {never} seed(s) never"
+    never = len(curves) - len(reached)
+    return text + (f", {never} seed(s) never" if never else "") + without
+
+
+def _has_curve(run: RunInfo) -> bool:
+    """Whether the run's history.jsonl gives its per-epoch errors and times."""
+    h = run.history() or {}
+    return bool(h.get("val_error")) and bool(h.get("epoch_seconds"))
 
 
 def all_runs_table(groups: Sequence[Group]) -> list[str]:
