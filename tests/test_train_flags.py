@@ -158,6 +158,8 @@ def _tool(script: str, *args: str) -> subprocess.CompletedProcess:
     ("reproduce.py", ["--sp_batch_sizes=inf", "--dry_run"], "Expected positive integers. Received: sp_batch_sizes='inf'"),
     ("reproduce.py", ["--grid=frontier", "--methods=sp", "--dry_run"], "--methods: no effect with --grid=frontier"),
     ("reproduce.py", ["--frontier_targets=205", "--dry_run"], "--frontier_targets: only with --grid=frontier"),
+    ("reproduce.py", ["--grid=frontier", "--datasets=mnist", "--frontier_targets=999", "--dry_run"],
+     "the flags select no run (--grid=frontier, --datasets=mnist, --frontier_targets=999); the paper's sizes (KB): mnist 572,"),
     ("benchmark.py", ["--dynhp_run=/nonexistent/run"], "--dynhp_run=/nonexistent/run: no such folder"),
     ("benchmark.py", ["--dynhp_run=.", "--out=/dev/null/b.md"], "--out=/dev/null/b.md: its folder cannot be created"),
     ("rank_at_size.py", ["--from_runs=/nonexistent/r.json"], "--from_runs: cannot read /nonexistent/r.json"),

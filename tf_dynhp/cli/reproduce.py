@@ -636,6 +636,13 @@ def main(argv: list[str]) -> int:
         )
     except ValueError as err:
         raise app.UsageError(str(err)) from err
+    if not planned:  # a run of nothing that says "done" hides a typo in a flag
+        hint = ""
+        if FLAGS.grid == "frontier":
+            hint = "; the paper's sizes (KB): " + "; ".join(
+                f"{d} {', '.join(f'{t[0]:g}' for t in FRONTIER_TARGETS.get(d, []))}" for d in FLAGS.datasets)
+        targets = f", --frontier_targets={','.join(FLAGS.frontier_targets)}" if FLAGS.frontier_targets else ""
+        raise app.UsageError(f"the flags select no run (--grid={FLAGS.grid}, --datasets={','.join(FLAGS.datasets)}{targets}){hint}")
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
 
