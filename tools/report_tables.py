@@ -110,7 +110,8 @@ def paper_table(dataset: str, setting: tuple, groups: Sequence[Group]) -> tuple[
     sp_batch, hp_batch = PAPER[dataset]["sp_batch"], PAPER[dataset]["hp_batch"]
     sp = next((g for g in mine if g.config["method"] == "sp" and g.config["batch_size"] == sp_batch), None)
     hp = next((g for g in mine if g.config["method"] == "hp" and g.config["batch_size"] == hp_batch), None)
-    dyn = {round(g.config["alpha_bs"], 3): g for g in mine if g.config["method"] == "dynhp"}
+    # keyed by α_bs as the paper prints it; a run of another value (0.9724) is no row of the paper's
+    dyn = {g.config["alpha_bs"]: g for g in mine if g.config["method"] == "dynhp" and round(g.config["alpha_bs"], 3) == g.config["alpha_bs"]}
     paper_rows = {(r[0], r[1] if r[0] != "dynhp" else None, r[2]): r for r in paper["rows"]}
     rows: list[tuple[str, str, Group | None, tuple | None]] = [
         ("SP", f"bs = {sp_batch}", sp, paper_rows.get(("sp", sp_batch, None))),

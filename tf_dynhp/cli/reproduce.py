@@ -168,7 +168,10 @@ def run_name(config: Any) -> str:
     """Folder name of a run: data set, method, parameters, epochs, data limits, seed."""
     parts = [config.dataset] + ([config.arch] if getattr(config, "arch", "mlp") != "mlp" else []) + [config.method]
     if config.method == "dynhp":
-        parts += [f"a{config.alpha_bs:.3f}", config.batch_growth]
+        # three decimals as the paper prints α_bs; more only when the value has them
+        # (0.9725 and 0.9726 are two runs, not one name)
+        alpha = f"{config.alpha_bs:.3f}" if round(config.alpha_bs, 3) == config.alpha_bs else f"{config.alpha_bs:.6g}"
+        parts += [f"a{alpha}", config.batch_growth]
         if config.batch_size not in (None, DYNHP_INITIAL_BATCH):
             parts.append(f"bs{config.batch_size}")
     else:
