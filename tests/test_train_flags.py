@@ -133,12 +133,12 @@ def test_the_report_command_of_an_unplanned_run_trains_the_same_configuration(tm
     out = tmp_path / "first"
     args = (f"--data_dir={DATA_ROOT / 'mnist'}", "--method=hp", "--hidden=16,8", "--learning_rate=0.002", "--gamma=0.6",
             "--target_kb=20", "--lr_decay=none", "--augment_shift=1", "--augment_fraction=0.5", "--augment_erase=0.25", "--noaugment_flip",
-            "--ema_momentum=0", "--train_limit=100", "--epochs=2", "--gate_kernel=tf", "--steps_per_execution=1", "--verbose=0")
+            "--ema_momentum=0", "--train_limit=100", "--test_limit=50", "--epochs=2", "--gate_kernel=tf", "--steps_per_execution=1", "--verbose=0")
     done = train(*args, f"--out_dir={out}")
     assert done.returncode == 0, done.stderr[-2000:]
     first = json.loads((out / "config.json").read_text())
     command = _train_command("again", _normalize(first))
-    assert "--hidden=16,8" in command and "--target_kb=20.0" in command and "--augment_fraction=0.5" in command and "--augment_erase=0.25" in command
+    assert "--hidden=16,8" in command and "--target_kb=20.0" in command and "--augment_fraction=0.5" in command and "--augment_erase=0.25" in command and "--test_limit=50" in command
     again = command.split()[2:-1] + [f"--data_dir={DATA_ROOT / 'mnist'}", f"--out_dir={tmp_path / 'again'}", "--verbose=0"]
     done = train(*again)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -148,8 +148,8 @@ def _train_command(name: str, c: dict[str, Any]) -> str:
     recipe = recipe_for(c.get("target_kb"), dataset=c["dataset"])
     parts = [_flag(k, c[k]) for k in ("dataset", "method", "epochs", "seed")]
     for key, value in c.items():
-        if key in ("dataset", "method", "epochs", "seed", "test_limit") or key not in default:
-            continue  # test_limit is no flag of tools/train.py
+        if key in ("dataset", "method", "epochs", "seed") or key not in default:
+            continue
         base = recipe[key] if key in PLAIN_RECIPE else default[key]
         if key == "hidden":
             same = [int(v) for v in value] == [int(v) for v in base]

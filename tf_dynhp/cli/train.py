@@ -44,6 +44,8 @@ flags.DEFINE_float("gamma", 0.5, "Eq. 7 pruning threshold.")
 flags.DEFINE_enum("batch_growth", "step_mean", ["step_mean", "step", "epoch"], "Reading of Eq. 8.")
 flags.DEFINE_string("hidden", "300,100", "Hidden layer sizes of the MLP (--arch=mlp).")
 flags.DEFINE_integer("train_limit", None, "Use only the first N training images (quick runs).")
+flags.DEFINE_integer("test_limit", None, "Evaluate on only the first N test images (quick runs; the report's runs of a "
+                     "sweep with --test_limit).")
 flags.DEFINE_integer("seed", 1, "Seed (identical runs for identical seeds).")
 flags.DEFINE_integer("steps_per_execution", 50, "Train steps per compiled call.")
 flags.DEFINE_float("droprate_init", 0.5, "Initial drop rate of hidden-unit gates.")
@@ -103,7 +105,7 @@ flags.DEFINE_float("validation_split", 0.0, "Fraction of the training set held o
 # ------------------------------------------------------------------ flag checks at parse time
 # Plain checks here (importing tf_dynhp would import TensorFlow before --help); the same
 # ranges as tf_dynhp.fit checks, and Keras' error wording.
-for _name in ("epochs", "batch_size", "budget_batch", "train_limit", "steps_per_execution"):
+for _name in ("epochs", "batch_size", "budget_batch", "train_limit", "test_limit", "steps_per_execution"):
     expect(_name, "a positive integer", lambda v: v >= 1)
 expect("learning_rate", "a positive float", lambda v: v > 0 and math.isfinite(v))
 expect("budget_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
@@ -159,7 +161,7 @@ def main(argv):
 
 _CONFIG_FLAGS = (
     "dataset", "arch", "method", "epochs", "batch_size", "l0_lambda", "learning_rate", "alpha_bs", "budget_kb",
-    "budget_batch", "budget_on", "gamma", "batch_growth", "train_limit", "seed", "steps_per_execution",
+    "budget_batch", "budget_on", "gamma", "batch_growth", "train_limit", "test_limit", "seed", "steps_per_execution",
     "droprate_init", "input_droprate_init", "on_nonfinite", "gate_kernel", "target_kb", "validation_split",
 )
 
