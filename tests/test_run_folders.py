@@ -137,3 +137,8 @@ def test_a_run_without_a_history_is_not_counted_as_never_reaching_the_error(runs
     (runs_dir / RUN / "history.jsonl").write_text("")
     (group,) = run_folders.make_groups(run_folders.load_runs(runs_dir))
     assert report_tables.time_to_error_text(group) == "no history"
+
+
+def test_summarize_on_a_folder_of_runs_says_so(runs_dir):
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "summarize.py"), str(runs_dir)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and f"skipped {runs_dir}: no metrics.json (a folder of run folders: pass them" in done.stderr

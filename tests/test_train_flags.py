@@ -162,6 +162,7 @@ def _tool(script: str, *args: str) -> subprocess.CompletedProcess:
      "the flags select no run (--grid=frontier, --datasets=mnist, --frontier_targets=999); the paper's sizes (KB): mnist 572,"),
     ("benchmark.py", ["--dynhp_run=/nonexistent/run"], "--dynhp_run=/nonexistent/run: no such folder"),
     ("benchmark.py", ["--dynhp_run=.", "--out=/dev/null/b.md"], "--out=/dev/null/b.md: its folder cannot be created"),
+    ("report.py", ["--runs=results/sweep/mnist-sp-bs512-lam0.01-e200-seed1"], "that is one run's folder; --runs takes the folder"),
     ("rank_at_size.py", ["--from_runs=/nonexistent/r.json"], "--from_runs: cannot read /nonexistent/r.json"),
     ("rank_at_size.py", ["--data_dir=/nonexistent/d", "--epochs=1", "--seeds=1"], "rank_at_size.py: error: Dataset 'mnist' not found"),
     ("benchmark_step.py", ["--data_dir=/nonexistent/d"], "benchmark_step.py: error: Dataset 'mnist' not found"),

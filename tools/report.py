@@ -195,6 +195,9 @@ def main(argv: list[str]) -> int:
     runs_dir = Path(FLAGS.runs)
     if not runs_dir.is_dir():
         raise app.UsageError(f"--runs={FLAGS.runs}: no such folder (run tools/reproduce.py --out={FLAGS.runs} first)")
+    if (runs_dir / "config.json").exists():
+        raise app.UsageError(f"--runs={FLAGS.runs}: that is one run's folder; --runs takes the folder holding run folders "
+                             f"(here {runs_dir.resolve().parent}), or use tools/summarize.py {FLAGS.runs}")
     benchmark = Path(FLAGS.benchmark) if FLAGS.benchmark else runs_dir / "benchmark.md"
     command = "python tools/report.py " + " ".join(a for a in sys.argv[1:])
     out = Path(FLAGS.out)

@@ -51,8 +51,11 @@ def _row(folder: str) -> str | None:
             with open(path) as f:
                 read[name] = json.load(f)
         except FileNotFoundError:
-            print(f"skipped {folder}: no {name} ({'not a run folder' if not os.path.isdir(folder) else 'unfinished'})",
-                  file=sys.stderr)
+            if os.path.isdir(folder) and any(os.path.exists(os.path.join(folder, sub, "config.json")) for sub in os.listdir(folder)):
+                why = f"a folder of run folders: pass them ({os.path.join(folder, '*')})"
+            else:
+                why = "not a run folder" if not os.path.isdir(folder) else "unfinished"
+            print(f"skipped {folder}: no {name} ({why})", file=sys.stderr)
             return None
         except (OSError, ValueError) as err:
             print(f"skipped {folder}: {path} is not readable JSON ({err})", file=sys.stderr)
