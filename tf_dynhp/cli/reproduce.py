@@ -43,11 +43,13 @@ method, parameters, epochs, data limits and seed (e.g.
 `mnist-dynhp-a0.972-step_mean-lam0.01-e200-seed1`), written by
 `tf_dynhp.runs.run(config, folder, resume=True)` in a worker process
 (`python -m tf_dynhp.cli.reproduce --worker_config=...`) whose output goes to
-`<folder>/train.log`. A finished run (`metrics.json` present) is skipped;
+`<folder>/train.log`. A finished run (a readable `metrics.json`) is skipped;
 an unfinished one resumes from its last checkpoint: stop a sweep at any time
-(Ctrl-C) and run the same command again to continue. `<out>/sweep.json` lists
-every run a command planned (with the command), so that `tools/report.py` can
-tell "not run yet" from "not part of the sweep".
+(Ctrl-C, or SIGTERM / SIGHUP: the workers are stopped too) and run the same command
+again to continue. `<out>/sweep.json` lists every run a command planned (with the
+command, without `--dry_run`), so that `tools/report.py` can tell "not run yet" from
+"not part of the sweep"; a run it already lists keeps its command unless this command
+trains it (a dry run or a refused plan rewrites nothing).
 
 Backends: ``local`` runs `--jobs` worker processes side by side (each limited to
 one TensorFlow/OpenMP thread when jobs > 1); ``ray`` submits the same workers as
@@ -118,7 +120,7 @@ flags.DEFINE_list("lenet5_lambdas", [], "Add a DynHP LeNet-5 row per data set fo
 flags.DEFINE_integer("lenet5_epochs", 50, "Epochs of the LeNet-5 rows (--quick: 2).")
 flags.DEFINE_integer("train_limit", None, "Use only the first N training images (--quick: 2000).")
 flags.DEFINE_integer("test_limit", None, "Use only the first N test images (--quick: 1000).")
-flags.DEFINE_bool("dry_run", False, "Print the planned runs and their status (and write sweep.json); train nothing.")
+flags.DEFINE_bool("dry_run", False, "Print the planned runs and their status (and add the new ones to sweep.json); train nothing.")
 
 
 for _name in ("epochs", "seeds", "lenet5_epochs", "train_limit", "test_limit"):
