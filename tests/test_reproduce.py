@@ -633,9 +633,16 @@ def test_long_runs_section_says_whether_the_papers_size_is_reached(tmp_path):
     alpha_bs), the verdict computed; unfinished runs listed with their status."""
     _, run_folders, report = _tools()
     hp = _fake_run(tmp_path / "hp", "hp", [1.5, 1.4], [1.0, 1.0], {"test_error": 1.38, "model_kb": 416.8, "layer_sizes": [339, 240, 100],
-                                                                    "epochs_run": 2000}, epochs=2000)
+                                                                    "epochs_run": 2000}, epochs=2000, batch_size=100)
     dyn = _fake_run(tmp_path / "dyn", "dynhp", [1.5], [1.0], {"test_error": 1.50, "model_kb": 170.0, "epochs_run": 2000},
                     epochs=2000, alpha_bs=0.975)
+    # SP prunes nothing: its error only; an HP batch the paper has no row of: no verdict
+    sp = _fake_run(tmp_path / "sp", "sp", [1.5], [1.0], {"test_error": 1.45, "model_kb": 1041.4, "epochs_run": 2000}, epochs=2000)
+    hp64 = _fake_run(tmp_path / "hp64", "hp", [1.5], [1.0], {"test_error": 1.45, "model_kb": 300.0, "epochs_run": 2000},
+                     epochs=2000, batch_size=64)
+    other = "\n".join(report.long_runs_section([sp, hp64]))
+    verdicts = [line for line in other.splitlines() if line.startswith("* ")]
+    assert verdicts == ["* SP: after 2000 epochs its error 1.45% is above the paper's 1.42%."]
     late = run_folders.RunInfo("late", tmp_path / "late", {**dyn.config}, "unfinished, epoch 1138 of 2000", None, None)
     text = "\n".join(report.long_runs_section([hp, dyn, late]))
     assert "| 1.38 (1.41) | 416.8 (206) |" in text

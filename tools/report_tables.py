@@ -503,7 +503,9 @@ def long_runs_section(long_runs: Sequence[RunInfo]) -> list[str]:
     for r in long_runs:
         c, m = r.config, r.metrics or {}
         rows = PAPER_TABLES.get(c["dataset"], {}).get("rows", [])
-        paper = next((p for p in rows if p[0] == c["method"] and (c["method"] != "dynhp" or abs(p[2] - (c.get("alpha_bs") or 0)) < 1e-9)), None)
+        # the paper's row of this run: DynHP by α_bs, SP and HP by batch size (another batch is no row of the paper)
+        paper = next((p for p in rows if p[0] == c["method"] and (abs(p[2] - (c.get("alpha_bs") or 0)) < 1e-9 if c["method"] == "dynhp"
+                                                                  else p[1] == c.get("batch_size"))), None)
         p_err = f" ({paper[3]:.2f})" if paper else ""
         p_kb = f" ({paper[5] * KB_PER_MB:.0f})" if paper else ""
         if not r.finished:
@@ -518,9 +520,9 @@ def long_runs_section(long_runs: Sequence[RunInfo]) -> list[str]:
             paper_kb = paper[5] * KB_PER_MB
             size_word = "reaches" if m["model_kb"] <= paper_kb else f"does not reach ({m['model_kb'] / paper_kb:.1f}x its size)"
             err_word = "at or below" if m["test_error"] <= paper[3] else "above"
+            size = (f"the model {size_word} the paper's {paper_kb:.0f} KB; " if c["method"] != "sp" else "")  # SP prunes nothing
             verdicts.append(f"* {c['method'].upper()}{' α ' + str(c.get('alpha_bs')) if c['method'] == 'dynhp' else ''}: after "
-                            f"{m.get('epochs_run')} epochs the model {size_word} the paper's {paper_kb:.0f} KB; its error "
-                            f"{m['test_error']:.2f}% is {err_word} the paper's {paper[3]:.2f}%.")
+                            f"{m.get('epochs_run')} epochs {size}its error {m['test_error']:.2f}% is {err_word} the paper's {paper[3]:.2f}%.")
     lines.append("")
     if verdicts:
         lines += verdicts + [""]
