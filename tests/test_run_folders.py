@@ -142,3 +142,15 @@ def test_a_run_without_a_history_is_not_counted_as_never_reaching_the_error(runs
 def test_summarize_on_a_folder_of_runs_says_so(runs_dir):
     done = subprocess.run([sys.executable, str(REPO / "tools" / "summarize.py"), str(runs_dir)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and f"skipped {runs_dir}: no metrics.json (a folder of run folders: pass them" in done.stderr
+
+
+def test_the_report_removes_its_own_figures_it_no_longer_draws(runs_dir, tmp_path):
+    figures = tmp_path / "fig"
+    figures.mkdir()
+    (figures / "fig1_active_units_cifar10.png").write_bytes(b"old")  # a data set no longer in the runs
+    (figures / "notes.png").write_bytes(b"mine")  # not a name the report draws: left alone
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "report.py"), f"--runs={runs_dir}", f"--out={tmp_path / 'R.md'}",
+                           f"--figures={figures}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (figures / "fig1_active_units_cifar10.png").exists() and (figures / "notes.png").exists()
+    assert "removed" in done.stdout and "fig1_active_units_cifar10.png" in done.stdout

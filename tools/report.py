@@ -186,6 +186,15 @@ def build_report(runs_dir: Path, out: Path, figures_dir: Path, benchmark: Path |
         summary["benchmark"] = str(benchmark)
     write_atomic(out, "\n".join(lines) + "\n")
     summary["missing"] = [(r.name, r.status) for r in missing]
+    # Figures this report draws but did not draw now (a data set or figure no longer in the
+    # runs) would sit beside the new ones as if current: removed. Other files are left alone.
+    drawn = {Path(p).resolve() for p in summary["figures"]}
+    summary["removed"] = []
+    for pattern in ("fig[1-7]_*.png", "frontier_*.png"):
+        for stale in sorted(figures_dir.glob(pattern)):
+            if stale.resolve() not in drawn:
+                stale.unlink()
+                summary["removed"].append(str(stale))
     return summary
 
 
@@ -207,6 +216,8 @@ def main(argv: list[str]) -> int:
           f"{len(summary['figures'])} figures in {figures}" + (f", benchmark from {summary['benchmark']}" if "benchmark" in summary else ""))
     for name, state in summary["missing"]:
         print(f"  {name}: {state}")
+    for path in summary["removed"]:
+        print(f"  removed {path}: a figure of an earlier report that this one does not draw")
     return 0
 
 
