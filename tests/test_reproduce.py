@@ -710,3 +710,10 @@ def test_sigterm_stops_the_workers_as_ctrl_c_does(tmp_path):
     else:
         os.kill(worker, signal.SIGKILL)
         raise AssertionError("the worker outlived reproduce.py")
+
+
+def test_a_range_of_one_value_prints_once():
+    """'−38.00 to −38.00 points' for one group: a range of equal ends is its value."""
+    report = _tools()[2]
+    assert report._signed_span([-38.0]) == "-38.00" and report._signed_span([-0.1, 0.2]) == "-0.10 to +0.20"
+    assert report._span([1.0, 1.004], ".2f") == "1.00" and report._span([1.0, 2.0], ".1f") == "1.0-2.0"

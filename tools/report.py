@@ -140,7 +140,8 @@ def build_report(runs_dir: Path, out: Path, figures_dir: Path, benchmark: Path |
             lines.append("")
             secs = [r.metrics.get("train_seconds") or 0.0 for g in sgroups for r in g.finished]
             if secs:
-                lines += [f"Training time of these {len(secs)} finished runs: {sum(secs) / 3600:.1f} hours of run time in all "
+                runs_text = "this finished run" if len(secs) == 1 else f"these {len(secs)} finished runs"
+                lines += [f"Training time of {runs_text}: {sum(secs) / 3600:.1f} hours of run time in all "
                           "(`train s` summed over the runs).", ""]
             summary["tables"] += 1
             lines += frontier_section(dataset, sgroups)

@@ -354,6 +354,12 @@ def _span(values: Sequence[float], fmt: str) -> str:
     return lo if lo == hi else f"{lo}-{hi}"
 
 
+def _signed_span(values: Sequence[float]) -> str:
+    """'+a to +b' points of signed differences, or one value when they print the same."""
+    lo, hi = f"{min(values):+.2f}", f"{max(values):+.2f}"
+    return lo if lo == hi else f"{lo} to {hi}"
+
+
 def _closest_lambda_text(groups: Sequence[Group], paper_kept: float, dense_kb: float) -> str:
     """Which of our λ comes closest to the paper's model size (as a sentence ending)."""
     if len(groups) < 2:
@@ -435,8 +441,8 @@ def observations(dataset: str, groups: Sequence[Group]) -> list[str]:
         alphas = ", ".join(f"{g.config['alpha_bs']:.3f}" for g in ours)
         out.append(
             f"* **DynHP at the paper's λ = {PAPER_LAMBDA:g}** (α_bs {alphas}): {_span(errs, '.2f')}% error, "
-            f"{min(errs) - sp_err:+.2f} to {max(errs) - sp_err:+.2f} points from our SP (the paper's DynHP rows: "
-            f"{min(r[3] for r in p_dyn) - p_sp[3]:+.2f} to {max(r[3] for r in p_dyn) - p_sp[3]:+.2f} from its SP). "
+            f"{_signed_span([e - sp_err for e in errs])} points from our SP (the paper's DynHP rows: "
+            f"{_signed_span([r[3] - p_sp[3] for r in p_dyn])} from its SP). "
             f"Our models keep {_span(sizes, '.0f')}% of the dense weights after {epochs} epochs; the paper's "
             f"keep {_span(p_sizes, '.0f')}% after {paper['epochs']}. "
             + _memory_by_alpha_text(ours, savings, p_dyn, epochs, paper["epochs"])
