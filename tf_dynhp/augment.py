@@ -42,6 +42,12 @@ __all__ = ["RandomShift", "RandomErasing", "Augmentations", "from_config", "shif
 _STREAM = 0xA06
 
 
+def _real(value: Any) -> bool:
+    """Whether `value` is a real number (NumPy's included), not a bool: the arguments'
+    check of the augmentations (this module stays NumPy-only, so not `_checks.real_number`)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     """The generator `fit` hands `augment` at epoch `epoch` (0-based) of a run seeded `seed`."""
     return np.random.default_rng([int(seed), int(epoch), _STREAM])
@@ -95,7 +101,7 @@ class RandomShift:
             raise ValueError(f"`max_shift` must be an int >= 0; received {self.max_shift!r}.")
         if not isinstance(self.flip, (bool, np.bool_)):
             raise ValueError(f"`flip` must be a bool; received {self.flip!r}.")
-        if isinstance(self.fraction, (bool, np.bool_)) or not isinstance(self.fraction, numbers.Real) or not 0.0 <= float(self.fraction) <= 1.0:
+        if not _real(self.fraction) or not 0.0 <= float(self.fraction) <= 1.0:
             raise ValueError(f"`fraction` must be a number in [0, 1]; received {self.fraction!r}.")
         # A Python float, so that equal augmentations record equal configs (np.float32(0.3) is not 0.3).
         object.__setattr__(self, "fraction", float(self.fraction))
@@ -145,14 +151,13 @@ class RandomErasing:
 
     def __post_init__(self) -> None:
         p = self.probability
-        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
+        if not _real(p) or not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"`probability` must be a number in [0, 1]; received {p!r}.")
         area = tuple(self.area) if isinstance(self.area, (tuple, list)) else None
-        if (area is None or len(area) != 2 or not all(isinstance(a, numbers.Real) and not isinstance(a, (bool, np.bool_))
-                                                       for a in area) or not 0.0 < float(area[0]) <= float(area[1]) <= 1.0):
+        if area is None or len(area) != 2 or not all(map(_real, area)) or not 0.0 < float(area[0]) <= float(area[1]) <= 1.0:
             raise ValueError(f"`area` must be two numbers 0 < low <= high <= 1; received {self.area!r}.")
         r = self.ratio
-        if isinstance(r, (bool, np.bool_)) or not isinstance(r, numbers.Real) or not 0.0 < float(r) <= 1.0:
+        if not _real(r) or not 0.0 < float(r) <= 1.0:
             raise ValueError(f"`ratio` must be a number in (0, 1]; received {r!r}.")
         # Python floats, so that equal augmentations record equal configs.
         object.__setattr__(self, "probability", float(p))

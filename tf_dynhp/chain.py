@@ -170,6 +170,7 @@ def parse_chain(model: keras.Model) -> Chain:
     input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     if any(d is None for d in model.inputs[0].shape[1:]):
         raise ValueError(f"Model '{model.name}': every input dimension but the batch must be known, received {model.inputs[0].shape}")
+    _check_no_lora(layers)
     _check_hidden_activations(layers)
     if any(isinstance(layer, CONV_TYPES + POOLING_TYPES) for layer in layers):
         return _parse_spatial(model, layers, input_shape)
@@ -223,10 +224,8 @@ def _elementwise(activation: Any) -> bool:
     return together.shape == alone.shape and bool(np.allclose(together, alone, rtol=1e-5, atol=1e-6))
 
 
-def _check_hidden_activations(layers: list[keras.layers.Layer]) -> None:
-    """No LoRA adapter (rebuilt layers take the base kernel). Before the last Dense layer (the output layer, whose softmax is the usual head) every
-    activation must act on each unit alone: pruning removes units, and a softmax over the
-    units of a hidden layer would give the survivors other values once some are gone."""
+def _check_no_lora(layers: list[keras.layers.Layer]) -> None:
+    """No LoRA adapter: every rebuilt layer takes the base kernel."""
     for layer in layers:
         if getattr(layer, "lora_enabled", False):  # `chain` reads the base kernel: the model's function would change
             raise unsupported(
@@ -235,6 +234,12 @@ def _check_hidden_activations(layers: list[keras.layers.Layer]) -> None:
                 "from its base kernel and would lose the adapter. Merge it into the kernel first (a layer of the same "
                 "config without LoRA, with `kernel` = the LoRA layer's `kernel`), or fine-tune with LoRA after pruning.",
             )
+
+
+def _check_hidden_activations(layers: list[keras.layers.Layer]) -> None:
+    """Before the last Dense layer (the output layer, whose softmax is the usual head) every
+    activation must act on each unit alone: pruning removes units, and a softmax over the
+    units of a hidden layer would give the survivors other values once some are gone."""
     last = max((i for i, layer in enumerate(layers) if isinstance(layer, DENSE_TYPES)), default=-1)
     for layer in layers[:last]:
         activation = getattr(layer, "activation", None)

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tf_dynhp._checks import invalid, write_atomic
+from tf_dynhp._checks import invalid, real_number, write_atomic
 
 __all__ = ["ARCHS", "LR_DECAYS", "RunConfig", "augmentation", "loss", "lr_callbacks", "restart_epoch", "optimizer", "RunFolderError", "RunArgumentError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
 
@@ -176,20 +176,16 @@ def augmentation(config: RunConfig) -> Any:
 
     if isinstance(config.augment_shift, bool) or not isinstance(config.augment_shift, (int, np.integer)) or config.augment_shift < 0:
         raise invalid("augment_shift", "an integer >= 0", config.augment_shift)
-    fraction = config.augment_fraction
-    if isinstance(fraction, (bool, np.bool_)) or not isinstance(fraction, (int, float, np.integer, np.floating)) or not 0.0 <= fraction <= 1.0:
-        raise invalid("augment_fraction", "a number in [0, 1]", fraction)
-    erase = config.augment_erase
-    if isinstance(erase, (bool, np.bool_)) or not isinstance(erase, (int, float, np.integer, np.floating)) or not 0.0 <= erase <= 1.0:
-        raise invalid("augment_erase", "a probability in [0, 1]", erase)
+    fraction = real_number("augment_fraction", config.augment_fraction, "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+    erase = real_number("augment_erase", config.augment_erase, "a probability in [0, 1]", lambda v: 0.0 <= v <= 1.0)
     steps = []
     if config.augment_shift or config.augment_flip:
-        steps.append(RandomShift(int(config.augment_shift), bool(config.augment_flip), config.augment_fraction))
+        steps.append(RandomShift(int(config.augment_shift), bool(config.augment_flip), fraction))
     elif fraction != 1.0:
         raise invalid("augment_fraction", "1 without augment_shift or augment_flip (it is the share of the images they "
                       "transform)", fraction)
     if erase:
-        steps.append(RandomErasing(float(erase)))
+        steps.append(RandomErasing(erase))
     if len(steps) > 1:
         return Augmentations(tuple(steps))
     return steps[0] if steps else None
@@ -206,10 +202,8 @@ def restart_epoch(lr_decay: str, target_deadline: float, epochs: int) -> int | N
         raise invalid("lr_decay", f"one of {list(LR_DECAYS)}", lr_decay)
     if lr_decay != "cosine_restart":
         return None
-    if (isinstance(target_deadline, bool) or not isinstance(target_deadline, (int, float, np.integer, np.floating))
-            or not 0.0 < float(target_deadline) <= 1.0):
-        raise invalid("target_deadline", "a fraction of the epochs in (0, 1]", target_deadline)
-    return deadline_epoch(float(target_deadline), epochs)
+    target_deadline = real_number("target_deadline", target_deadline, "a fraction of the epochs in (0, 1]", lambda v: 0.0 < v <= 1.0)
+    return deadline_epoch(target_deadline, epochs)
 
 
 def lr_callbacks(lr_decay: str, learning_rate: float, epochs: int, restart_epoch: int | None = None) -> list[Any]:
