@@ -388,6 +388,32 @@ def test_early_stopping_on_val_accuracy_with_keras_default_mode_and_restoring_th
         assert 100 * np.mean(pred != yt[:100]) == pytest.approx(err, abs=1e-9)
 
 
+@pytest.mark.parametrize("patience", [0, 10])
+def test_a_finished_run_resumed_trains_nothing_and_ends_with_its_restored_best(mnist, tmp_path, capsys, patience):
+    """EarlyStopping ends the run (patience 0: at epoch 2) or not (10: all 3 epochs) and
+    restores epoch 1's model (by `loss` in "max" mode: the first epoch is the best), larger
+    than the last after the prunes. Resumed, the run trains nothing (an early-stopped run
+    trained on to `epochs`) and ends with the restored model, not the last checkpoint's."""
+    (x, y), _ = mnist
+
+    def run(**kw):
+        stop = keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=patience, restore_best_weights=True)
+        return tf_dynhp.fit(_mlp(), x[:300], y[:300], method="hp", epochs=3, batch_size=50, seed=1, verbose=2,
+                            checkpoint_dir=tmp_path, callbacks=[stop, ClosePlan(0)], **kw)
+
+    a = run()
+    trained = 2 if patience == 0 else 3
+    assert len(a.history["loss"]) == trained and a.state.epoch == 1 and a.state.early_stopped == (patience == 0)
+    assert "Restored the model of the end of epoch 1" in capsys.readouterr().out
+    b = run(resume=True)
+    out = capsys.readouterr().out
+    assert ("ended by EarlyStopping after epoch 2" in out) == (patience == 0)
+    assert "Epoch 3/3" not in out and "Restored" not in out  # nothing trained, nothing restored again
+    assert_same_run(b, a, a.model, b.model)
+    assert b.state.epoch == 1 and len(b.history["loss"]) == trained
+    assert [w.shape for w in b.model.weights] == [w.shape for w in a.model.weights]
+
+
 def test_an_ema_optimizer_leaves_its_averages_in_the_model_as_keras_fit_does(mnist):
     """Adam(use_ema=True): the averages are carried across the rebuilds (sliced like the
     weights) and, at the end, are the model's weights (keras.Model.fit's

@@ -43,6 +43,9 @@ class TrainerState:
             "tf" (`tf_dynhp.fit`'s resolved `gate_kernel`; the two draw different noise).
         l0_lambda: under `fit(target_kb=...)`, the multiplier λ for the next epoch
             (`tf_dynhp.target.update_lambda`); None without a target.
+        early_stopped: a `keras.callbacks.EarlyStopping` ended the run: it is
+            finished, and a resume trains nothing (another callback's stop is a
+            pause: a resume goes on).
         history: per-epoch lists (see `tf_dynhp.fit`).
     """
 
@@ -57,6 +60,7 @@ class TrainerState:
     gate_kernel: str = "tf"
     first_trace_seconds: float = 0.0
     l0_lambda: float | None = None
+    early_stopped: bool = False
     history: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
 
     def masks(self) -> list[np.ndarray]:

@@ -100,6 +100,10 @@ class NonFiniteError(FloatingPointError):
 
 
 #: Config keys that pruning changes and the traced step reads from tensors, not as constants.
+#: Prefix of the arrays, in a finished run's last checkpoint, of the model the run ended
+#: with when EarlyStopping restored an earlier epoch's (`Trainer.fit_epochs`).
+ENDED_WITH = "ended_with/"
+
 _SIZE_KEYS = frozenset({"units", "filters", "name"})
 
 
@@ -176,6 +180,9 @@ class Trainer:
         self.trace_seconds = 0.0
         self.runner = None
         self.data = FeatureSelection()
+        # A finished run's checkpoint may hold the model it ended with, when that is not
+        # its last epoch's (EarlyStopping restored the best): (arrays, meta), or None.
+        self.ended_with = None
         # The multiplier of the size target, read by the traced step (a variable, so one
         # trace sees every update); its value is part of the TrainerState.
         self.size_lambda = None
@@ -436,6 +443,8 @@ class Trainer:
         compile_core(core, optimizer)
         self.features = None if meta["features"] is None else np.asarray(meta["features"], dtype=np.int64)
         self.state = TrainerState(**meta["state"])
+        ended = {k[len(ENDED_WITH):]: v for k, v in arrays.items() if k.startswith(ENDED_WITH)}
+        self.ended_with = (ended, meta["ended_with"]) if "ended_with" in meta else None
         if self.size_lambda is not None:
             self.size_lambda.assign(float(self.state.l0_lambda))
         self.set_core(core)
@@ -479,11 +488,15 @@ class Trainer:
         best: dict[int, tuple[int, Any, Any]] = {}
         model_seen = self.core
         final_logs = None  # the last epoch's logs, for on_train_end (None: no epoch trained)
+        # A finished run resumed (all its epochs, or ended by EarlyStopping) trains nothing
+        # and ends with the model its first call ended with.
+        ended_with = self.ended_with if self.state.early_stopped or self.state.epoch >= cfg.epochs else None
+        stopped = False
         try:
             cb_list.on_train_begin()
             tries, retry = 0, ""
             epoch = self.state.epoch
-            while epoch < cfg.epochs:
+            while epoch < cfg.epochs and not self.state.early_stopped:
                 t0 = time.perf_counter()
                 cb_list.on_epoch_begin(epoch)
                 if tries:  # a retry: half the rate of the previous try, after a scheduler's on_epoch_begin has set it
@@ -548,6 +561,7 @@ class Trainer:
                 self.track_best(restorers, best, epoch, logs, last_good, pruned=any(record.get("pruned_units") or []))
                 epoch += 1
                 if stopped or getattr(self.core, "stop_training", False):
+                    stopped = True
                     break
             # As keras.Model.fit: an optimizer with `use_ema` leaves the moving averages in
             # the model at the end (checkpoints keep the raw weights and the averages, so a
@@ -557,11 +571,37 @@ class Trainer:
         finally:
             for cb in restorers:
                 cb.restore_best_weights = True
+        early_stopped = stopped and any(isinstance(cb, keras.callbacks.EarlyStopping) and cb.stopped_epoch > 0
+                                        for cb in callbacks)
+        if ended_with is not None:
+            self.data = FeatureSelection()  # training is over; that model may read more features
+            self.restore(*ended_with)
+        restored = False
         for cb in restorers:
             if id(cb) in best and best[id(cb)][0] + 1 != self.state.epoch:
                 self.restore_best(*best[id(cb)][:2], cb.monitor)
+                restored = True
                 break
+        if early_stopped or restored:
+            self.state.early_stopped = early_stopped
+            self.write_final(last_good, restored, settings)
         return self.result(model_name)
+
+    def write_final(self, last: tuple[dict[str, np.ndarray], dict[str, Any]], restored: bool, settings: dict[str, Any]) -> None:
+        """Writes the last epoch's checkpoint again, so that resuming a finished run trains
+        nothing more and ends as it did: with `state.early_stopped` when EarlyStopping ended
+        the run, and the model the run ended with (EarlyStopping's restored best) under
+        `ENDED_WITH`. The last epoch's own model and state stay the checkpoint's: a
+        resume with more `epochs` of a run that was not stopped trains on from them."""
+        if self.config.checkpoint_dir is None:
+            return
+        arrays, meta = last
+        meta = {**meta, "state": {**meta["state"], "early_stopped": self.state.early_stopped}, "settings": settings}
+        if restored:
+            ended_arrays, ended_meta = self.snapshot()
+            arrays = {**arrays, **{ENDED_WITH + k: v for k, v in ended_arrays.items()}}
+            meta["ended_with"] = {**ended_meta, "state": {**ended_meta["state"], "early_stopped": self.state.early_stopped}}
+        ckpt.write_checkpoint(self.config.checkpoint_dir, meta["state"]["epoch"], arrays, meta)
 
     def track_best(self, restorers: list[keras.callbacks.EarlyStopping], best: dict[int, tuple[int, Any, Any]],
                    epoch: int, logs: dict[str, Any], snapshot: tuple[dict[str, np.ndarray], dict[str, Any]],

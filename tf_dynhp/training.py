@@ -360,6 +360,11 @@ def fit(
             `tf_dynhp.checkpoint.FolderInUseError` before touching it.
         resume: continue from the newest valid checkpoint in `checkpoint_dir` (a
             checkpoint of other settings, model or data is refused, naming the setting).
+            A finished run, one that reached `epochs` or that
+            `keras.callbacks.EarlyStopping` ended, trains nothing when resumed and
+            returns the model it ended with, a restored best included (a run that
+            reached its epochs goes on to a larger `epochs`). A stop by any other
+            callback is a pause: the resume trains on.
         on_nonfinite: "raise" (stop with `NonFiniteError`, whose `last_good` holds the
             model of the last good epoch) or "rollback" (restore the last good epoch and
             retry it at half the rate of the previous try, the rate a scheduler's
@@ -697,14 +702,17 @@ def fit(
                         print(f"Resumed from {path} (epoch {run.state.epoch})", flush=True)
                     stateful = [type(cb).__name__ for cb in callbacks or []
                                 if isinstance(cb, (keras.callbacks.ReduceLROnPlateau, keras.callbacks.EarlyStopping))]
-                    if stateful and 0 < run.state.epoch < epochs:
+                    if run.state.early_stopped and verbose:
+                        print(f"The run in {checkpoint_dir} was ended by EarlyStopping after epoch {run.state.epoch}: "
+                              "nothing to train; the result is the model it ended with.", flush=True)
+                    if stateful and 0 < run.state.epoch < epochs and not run.state.early_stopped:
                         warnings.warn(
                             f"Resuming after epoch {run.state.epoch} with {', '.join(stateful)}: their own state (best "
-                            "value, epochs waited, a stop) is not in the checkpoint, as with Keras' BackupAndRestore, "
+                            "value, epochs waited) is not in the checkpoint, as with Keras' BackupAndRestore, "
                             "and a learning rate ReduceLROnPlateau sets at an epoch's end reaches the next checkpoint "
                             "only: they start afresh, so the resumed run may differ from an uninterrupted one.",
                             RuntimeWarning, stacklevel=2)
-                    if run.state.epoch > epochs:  # (== epochs: a finished run resumed, e.g. by a grid; nothing to say)
+                    if run.state.epoch > epochs and not run.state.early_stopped:  # (== epochs: a finished run resumed, e.g. by a grid; nothing to say)
                         warnings.warn(
                             f"Resumed from {path} after epoch {run.state.epoch}, past epochs={epochs}: nothing to "
                             f"train; the result is that checkpoint's model, with its {run.state.epoch} epochs of history.",
