@@ -251,10 +251,13 @@ def test_resume_same_config_and_extension(mnist, tmp_path):
 
     real_fit = tf_dynhp.fit
 
+    class Look(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen["finished"] = runs.is_finished(folder)
+            seen["config_epochs"] = json.loads((folder / "config.json").read_text())["epochs"]
+
     def fit(*args, **kwargs):  # while the extension trains, the folder is unfinished
-        seen["finished"] = runs.is_finished(folder)
-        seen["config_epochs"] = json.loads((folder / "config.json").read_text())["epochs"]
-        return real_fit(*args, **kwargs)
+        return real_fit(*args, **{**kwargs, "callbacks": [*kwargs["callbacks"], Look()]})
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tf_dynhp, "fit", fit)
@@ -262,6 +265,19 @@ def test_resume_same_config_and_extension(mnist, tmp_path):
     assert seen == {"finished": False, "config_epochs": 2}
     assert longer["epochs_run"] == 2 and len(runs.read_history(folder)["loss"]) == 2
     assert json.loads((folder / "metrics.json").read_text())["epochs_run"] == 2
+
+
+def test_a_resume_fit_refuses_leaves_the_folder_as_it_was(mnist, tmp_path):
+    """All checkpoints damaged: fit refuses the extension. The finished run's metrics.json
+    and config.json stay (they were removed and rewritten for the run that never trained)."""
+    folder = tmp_path / "run"
+    runs.run(_tiny(), folder, data=mnist, verbose=0)
+    for path in (folder / "checkpoints").glob("*.dynhp"):
+        path.write_bytes(path.read_bytes()[:1000])
+    before = {name: (folder / name).read_bytes() for name in ("config.json", "metrics.json")}
+    with pytest.raises(runs.RunArgumentError, match="damaged"):
+        runs.run(_tiny(epochs=2), folder, data=mnist, verbose=0, resume=True)
+    assert {name: (folder / name).read_bytes() for name in before} == before
 
 
 def test_a_damaged_metrics_file_is_not_finished_and_a_resume_writes_it_again(mnist, tmp_path):

@@ -372,10 +372,12 @@ def _clear_run_files(out_dir: str) -> None:
             os.remove(path)
 
 
-def _start_callback(out_dir: str | None, resolved: dict[str, Any], overwrite: bool) -> Any:
-    """A Keras callback whose `on_train_begin` (called by `fit` after all its checks, before
-    the first step) sets its `began`, and for a new run in `out_dir` clears an overwritten
-    run's files and writes the run's config.json."""
+def _start_callback(out_dir: str | None, resolved: dict[str, Any], overwrite: bool, reopened: bool = False) -> Any:
+    """A Keras callback whose `on_train_begin` (called by `fit` after all its checks, the
+    resume's included, before the first step) sets its `began`, and in `out_dir` writes the
+    run's config.json: for a new run after clearing an overwritten run's files; for a
+    resumed one that trains on past its finish (`reopened`) after removing its metrics.json.
+    So a run `fit` refuses leaves the folder as it was."""
     import keras
 
     class _RunStart(keras.callbacks.Callback):
@@ -386,16 +388,21 @@ def _start_callback(out_dir: str | None, resolved: dict[str, Any], overwrite: bo
             if out_dir is not None:
                 if overwrite:
                     _clear_run_files(out_dir)
+                finished = os.path.join(out_dir, "metrics.json")
+                if reopened and os.path.exists(finished):
+                    os.remove(finished)  # config.json is about to describe the extended run
                 write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
 
     return _RunStart()
 
 
-def _check_resumed_config(out_dir: str, resolved: dict[str, Any]) -> None:
-    """A resumed folder's config.json must be `resolved` but for `RESUMABLE_CHANGES`."""
+def _check_resumed_config(out_dir: str, resolved: dict[str, Any]) -> bool:
+    """A resumed folder's config.json must be `resolved` but for `RESUMABLE_CHANGES`.
+    Returns whether the resume reopens a finished run (one of those changed): its
+    metrics.json goes once `fit` accepts the resume. Changes nothing in the folder."""
     path = os.path.join(out_dir, "config.json")
     if not os.path.exists(path):
-        return  # checkpoints without a config (an interrupted start): the checkpoints' settings are checked by fit
+        return False  # checkpoints without a config (an interrupted start): the checkpoints' settings are checked by fit
     try:
         saved = json.loads(open(path).read())
     except (OSError, ValueError) as err:
@@ -421,9 +428,7 @@ def _check_resumed_config(out_dir: str, resolved: dict[str, Any]) -> None:
             "resume cannot take them back (its config.json and history would disagree). Resume with at least "
             f"epochs={trained}, or pass overwrite=True (--overwrite) to train a shorter run there."
         )
-    finished = os.path.join(out_dir, "metrics.json")
-    if os.path.exists(finished) and any(not _same(saved.get(k), resolved[k]) for k in RESUMABLE_CHANGES if k in resolved):
-        os.remove(finished)  # the folder's config.json is about to describe the extended run
+    return any(not _same(saved.get(k), resolved[k]) for k in RESUMABLE_CHANGES if k in resolved)
 
 
 def _write_history(out_dir: str, history: dict[str, list[Any]]) -> None:
@@ -503,11 +508,10 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
     if alpha_bs is None and config.method == "dynhp":  # the value fit uses, so config.json says what ran
         alpha_bs = tf_dynhp.training.DEFAULT_ALPHA_BS
     resolved = {**config.to_dict(), "alpha_bs": alpha_bs, "budget_kb": budget_kb, "train_examples": int(len(x))}
-    if out_dir is not None and resume:  # the folder's run goes on: its config.json says so (with the new epochs) from now
-        _check_resumed_config(out_dir, resolved)
-        write_atomic(os.path.join(out_dir, "config.json"), json.dumps(resolved, indent=2, sort_keys=True))
-    # A new run's files appear once fit has accepted it (all its checks come before on_train_begin).
-    start = _start_callback(None if resume else out_dir, resolved, overwrite)
+    # The folder's run goes on with the new epochs: its config.json says so once fit has accepted the resume.
+    reopened = out_dir is not None and resume and _check_resumed_config(out_dir, resolved)
+    # The run's files appear, or change, once fit has accepted it (all its checks come before on_train_begin).
+    start = _start_callback(out_dir, resolved, overwrite, reopened)
     trained_before = (tf_dynhp.checkpoint.latest_valid_epoch(checkpoint_dir)
                       if resume and checkpoint_dir is not None else 0)
     t0 = time.perf_counter()
