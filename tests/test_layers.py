@@ -92,6 +92,24 @@ def test_inference_uses_deterministic_gates(layer, shape, reference, rng):
     np.testing.assert_allclose(y, reference(layer, x.astype(np.float64), g), rtol=1e-5, atol=1e-5)
 
 
+def test_integer_inputs_are_gated_as_floats(rng):
+    """A uint8 `keras.Input`: the deterministic gates in [0, 1] were cast to the input's
+    dtype, 0, so the gated model answered the same for every image."""
+    x = rng.integers(0, 256, (4, 12)).astype("uint8")
+    model = keras.Sequential([keras.Input((12,), dtype="uint8"), keras.layers.Dense(5, activation="relu"),
+                              keras.layers.Dense(3)])
+    gated = tf_dynhp.to_l0(model, dataset_size=100)
+    h = x.astype("float32")
+    for layer in gated.layers:
+        if not isinstance(layer, keras.layers.InputLayer):
+            h = layer(h, training=False)
+    np.testing.assert_allclose(gated.predict(x, verbose=0), keras.ops.convert_to_numpy(h), rtol=1e-6)
+    layer = next(layer for layer in gated.layers if isinstance(layer, L0Dense))
+    for training in (True, False):  # the training path too (TF ops), and its per-example gates see the pixels
+        out = layer.forward(keras.ops.convert_to_tensor(x), training=training, gate_kernel="tf")
+        assert out.outputs.dtype == "float32"
+
+
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 def test_training_gates_are_per_example_and_seeded(kind, rng):
     if kind == "dense":

@@ -339,6 +339,8 @@ class L0Dense(_HardConcreteLayer):
         Returns:
             A `GatedForward`.
         """
+        # Integer inputs (a uint8 `keras.Input`) would cast the gates in [0, 1] to 0 below.
+        inputs = ops.cast(inputs, self.compute_dtype)
         open_count = None
         if training and noise is None and gate_kernel == "fused":
             gated, open_count = fused.gated_product_fused(
