@@ -181,19 +181,24 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
                 "with weights and would change it. Unfreeze it, or train the rest of the model apart."
             )
         activation = getattr(layer, "activation", None)
-        config = layer.get_config() if activation is not None or layer.weights else {}
+        cannot = (f"Layer '{layer.name}' has activation {_describe(activation)}, which Keras "
+                  "cannot rebuild from the layer's config, and tf_dynhp rebuilds every layer it prunes. Use a Keras "
+                  "activation, or register the function with @keras.saving.register_keras_serializable() (model.save "
+                  "needs that too).")
+        try:  # a partial or a NumPy ufunc fails in get_config already
+            config = layer.get_config() if activation is not None or layer.weights else {}
+        except Exception as err:  # noqa: BLE001 - any failure to describe the layer is the user's to mend
+            if activation is None:
+                raise
+            raise ValueError(f"{cannot} Keras said: {type(err).__name__}: {err}") from None
         if activation is not None and "activation" in config:
             try:  # as the rebuild reads it: the layer's config, through keras.activations.get
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # Keras' lambda warning: the error below says more
-                    keras.activations.get(config["activation"])
+                    rebuilt = keras.activations.get(config["activation"])
             except (TypeError, ValueError) as err:
-                raise ValueError(
-                    f"Layer '{layer.name}' has activation {getattr(activation, '__name__', activation)!r}, which Keras "
-                    "cannot rebuild from the layer's config, and tf_dynhp rebuilds every layer it prunes. Use a "
-                    "Keras activation, or register the function with "
-                    f"@keras.saving.register_keras_serializable() (model.save needs that too). Keras said: {err}"
-                ) from None
+                raise ValueError(f"{cannot} Keras said: {err}") from None
+            _check_same_activation(layer.name, activation, rebuilt)
         for key in ("kernel_initializer", "bias_initializer"):
             if config.get(key) is None:
                 continue
@@ -214,6 +219,36 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
                     "keep when it rebuilds the model (the trained model would silently lose it). Remove it; "
                     "for an L2 penalty use fit(weight_decay=...)."
                 )
+
+
+def _describe(function: Any) -> str:
+    """`module.name` of a function (`numpy.tanh`, not a bare 'tanh' that reads as Keras'),
+    else its repr (a partial)."""
+    name = getattr(function, "__name__", None)
+    if name is None:
+        return repr(function)
+    module = getattr(function, "__module__", None)
+    return f"{module}.{name}" if module else name
+
+
+def _check_same_activation(name: str, activation: Any, rebuilt: Any) -> None:
+    """The activation Keras rebuilds from a layer's config must compute what the layer's
+    does: config names a function by its name only, so `keras.ops.gelu` (tanh
+    approximation) comes back as `keras.activations.gelu` (exact), 4e-4 apart."""
+    probe = np.linspace(-4.0, 4.0, 33, dtype="float32").reshape(3, 11)
+    try:
+        before = keras.ops.convert_to_numpy(activation(probe))
+        after = keras.ops.convert_to_numpy(rebuilt(probe))
+    except Exception:  # noqa: BLE001 - not a function of one float tensor: nothing to compare here
+        return
+    if before.shape != after.shape or not np.allclose(before, after, rtol=1e-6, atol=1e-7):
+        gap = float(np.max(np.abs(before - after))) if before.shape == after.shape else float("nan")
+        raise ValueError(
+            f"Layer '{name}' has activation {_describe(activation)}, which Keras rebuilds from the layer's config as "
+            f"{_describe(rebuilt)}, "
+            f"another function (up to {gap:.2g} apart on [-4, 4]); tf_dynhp rebuilds every layer it prunes. Use the "
+            "Keras activation (e.g. activation='gelu' or keras.activations.gelu) or a registered function of your own."
+        )
 
 
 def _check_callbacks(callbacks: Any, method: str) -> list[Any]:
