@@ -113,3 +113,13 @@ def test_fit_refuses_a_loss_that_is_not_per_example_before_an_epoch_ends(mnist, 
         tf_dynhp.fit(_mlp(), x[:300], y[:300], method="dynhp", alpha_bs=0.9, budget_kb=1e5, epochs=2, verbose=0,
                      loss=mean_loss, trace_once=trace_once, callbacks=[Spy()])
     assert ended == []
+
+
+@pytest.mark.parametrize("loss", ["mse", "hinge", keras.losses.BinaryCrossentropy(), keras.losses.CosineSimilarity()])
+def test_a_loss_of_other_labels_is_refused_before_any_work(mnist, loss):
+    """Accepted by the argument checks, these failed in the compiled step with a graph error
+    ("Incompatible shapes: [100] vs. [100,10]"): fit calls the loss once first, as the step will."""
+    (x, y), _ = mnist
+    with pytest.raises(ValueError, match=r"`loss` .* fails on what fit gives it: integer class labels, shape \(batch,\), "
+                                         r"and the model's outputs, shape \(batch, 10\).*It raised"):
+        tf_dynhp.fit(_mlp(), x[:64], y[:64], method="sp", epochs=1, verbose=0, loss=loss)

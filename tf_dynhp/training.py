@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -93,6 +94,40 @@ def _resolve_loss(loss: Any) -> Callable | None:
     if callable(fn):
         return fn
     raise _invalid("loss", "None, a loss name or a callable returning per-example losses", loss)
+
+
+def _check_loss_on_labels(loss: Any, loss_fn: Callable | None, num_classes: int) -> None:
+    """Calls the loss once, eagerly, as the step will: integer class labels (batch,) and the
+    model's outputs (batch, classes), one value per example back. A loss of other labels
+    ("mse", "binary_crossentropy", ...) failed in the compiled step with a graph error, or
+    broadcast to a wrong loss; the batch is `num_classes + 1` so that (batch,) does not
+    broadcast against (batch, classes)."""
+    if loss_fn is None:
+        return
+    batch = num_classes + 1
+    labels = np.arange(batch, dtype="int32") % num_classes
+    outputs = np.full((batch, num_classes), 1.0 / num_classes, dtype="float32")
+    try:
+        values = loss_fn(keras.ops.convert_to_tensor(labels), keras.ops.convert_to_tensor(outputs))
+    except Exception as err:  # noqa: BLE001 - whatever the loss raises, it cannot train here
+        raise ValueError(
+            f"`loss` {loss!r} fails on what fit gives it: integer class labels, shape (batch,), and the model's "
+            f"outputs, shape (batch, {num_classes}) (tried with batch {batch}). Use a loss of integer labels, e.g. "
+            f"'sparse_categorical_crossentropy'. It raised {type(err).__name__}: {_first_line(err)}"
+        ) from None
+    shape = tuple(getattr(values, "shape", ()))
+    if shape != (batch,):
+        raise ValueError(
+            f"`loss` must return one value per example, shape (batch,); it returned shape {shape} for integer labels of "
+            f"shape ({batch},) and outputs of shape ({batch}, {num_classes}). Return the unreduced losses (a "
+            "keras.losses.Loss object is reduced by fit itself)."
+        )
+
+
+def _first_line(err: Exception) -> str:
+    """An exception's first line, without TensorFlow's `{{function_node ...}}` prefix."""
+    lines = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(err)).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _resolve_optimizer(optimizer: Any, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -561,6 +596,7 @@ def fit(
     if method == "dense" and any(isinstance(layer, GATED_TYPES) for layer in chain.body):
         raise ValueError("method='dense' trains plain Dense/Conv2D layers; this model has gated (L0Dense/L0Conv2D) layers: pass tf_dynhp.strip(model).")
     num_classes, _ = classifier_head(chain.body)
+    _check_loss_on_labels(loss, loss_fn, num_classes)
     if augment is not None and len(chain.input_shape) < 2:
         raise ValueError(
             f"`augment` transforms images; this model's input has shape {tuple(chain.input_shape)}. Give the "
