@@ -115,3 +115,25 @@ def test_other_optimizers_take_keras_path(make_optimizer):
     assert len(results[0]) == len(results[1])
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_optimizer_whose_slots_cannot_be_sliced_is_refused_before_training():
+    """Adafactor's factored moments (a row and a column vector per kernel) are not shaped
+    like their variable: the first prune failed, an epoch into the run."""
+    import tf_dynhp
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((60, 20), dtype=np.float32), rng.integers(0, 3, 60)
+    epochs = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            epochs.append(epoch)
+
+    def model():
+        return keras.Sequential([keras.Input((20,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+
+    with pytest.raises(ValueError, match=r"Optimizer Adafactor: its slot '.*', shape \(\d+,\), .*method='sp'"):
+        tf_dynhp.fit(model(), x, y, method="hp", epochs=2, verbose=0, optimizer=keras.optimizers.Adafactor(), callbacks=[Spy()])
+    assert epochs == []
+    tf_dynhp.fit(model(), x, y, method="sp", epochs=1, verbose=0, optimizer=keras.optimizers.Adafactor())  # prunes nothing

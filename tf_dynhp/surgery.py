@@ -57,6 +57,7 @@ __all__ = [
     "build_chain_model",
     "rebuild_body",
     "transfer_optimizer",
+    "check_prunable_optimizer",
 ]
 
 #: (old variable, new variable, index arrays per axis (None = whole axis)).
@@ -314,22 +315,55 @@ def transfer_optimizer(optimizer: keras.optimizers.Optimizer, var_map: VariableM
             f"Optimizer {type(optimizer).__name__}: the rebuilt optimizer has {len(new_opt_vars)} "
             f"variables, the old one {len(old_opt_vars)}; cannot carry its state across pruning."
         )
-    # Slots are named "<optimizer>/<variable path with '_' for '/'>_<slot>": match the
-    # longest variable path, then check the shape.
-    prefixes = sorted(((v.path.replace("/", "_") + "_", v) for v in old_vars), key=lambda p: -len(p[0]))
+    owners = _slot_owners(old_vars)
     for old_v, new_v in zip(old_opt_vars, new_opt_vars):
         if len(old_v.shape) == 0:
             new_v.assign(old_v.numpy())
             continue
-        slot_name = old_v.path.split("/", 1)[-1]
-        ref = next((v for prefix, v in prefixes if slot_name.startswith(prefix)), None)
+        ref = owners(old_v)
         if ref is None or tuple(old_v.shape) != tuple(ref.shape) or id(ref) not in by_old:
-            expected = "no model variable" if ref is None else f"the shape of its variable '{ref.path}' {tuple(ref.shape)}"
-            raise ValueError(
-                f"Optimizer {type(optimizer).__name__}: slot '{old_v.path}' has shape "
-                f"{tuple(old_v.shape)}, expected {expected}. tf_dynhp can only prune optimizers "
-                "whose slots have their variable's shape (SGD, Adam, AdamW, RMSprop, Adagrad, ...)."
-            )
+            raise _slot_error(optimizer, old_v, ref)
         _, index = by_old[id(ref)]
         new_v.assign(take_axes(old_v.numpy(), index).astype(new_v.dtype))
     return new_opt
+
+
+def check_prunable_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
+    """Refuses, before any training, an optimizer `transfer_optimizer` cannot slice: one
+    with a slot of another shape than its variable (Adafactor's factored moments), which
+    failed at the first prune, an epoch into the run. A copy is built on two probe
+    variables, a kernel and a bias; `optimizer` itself is left as it is.
+
+    Raises:
+        ValueError: naming the optimizer and the slot.
+    """
+    probe = [keras.Variable(np.zeros((3, 5), "float32"), name="kernel"), keras.Variable(np.zeros((5,), "float32"), name="bias")]
+    copy = clone_optimizer(optimizer)
+    copy.build(probe)
+    owners = _slot_owners(probe)
+    for slot in copy.variables:
+        ref = owners(slot)
+        if len(slot.shape) and (ref is None or tuple(slot.shape) != tuple(ref.shape)):
+            raise _slot_error(optimizer, slot, ref)
+
+
+def _slot_owners(variables: Sequence[Any]) -> Callable[[Any], Any]:
+    """Slots are named "<optimizer>/<variable path with '_' for '/'>_<slot>": a function
+    giving a slot's variable (the longest path that prefixes its name), or None."""
+    prefixes = sorted(((v.path.replace("/", "_") + "_", v) for v in variables), key=lambda p: -len(p[0]))
+
+    def owner(slot: Any) -> Any:
+        slot_name = slot.path.split("/", 1)[-1]
+        return next((v for prefix, v in prefixes if slot_name.startswith(prefix)), None)
+
+    return owner
+
+
+def _slot_error(optimizer: keras.optimizers.Optimizer, slot: Any, ref: Any) -> ValueError:
+    found = "belongs to no variable" if ref is None else f"is not shaped like its variable '{ref.path}' {tuple(ref.shape)}"
+    return ValueError(
+        f"Optimizer {type(optimizer).__name__}: its slot '{slot.path}', shape {tuple(slot.shape)}, {found}. "
+        "tf_dynhp slices the optimizer's state like the weights of the units it removes, so it can prune only with "
+        "optimizers whose slots have their variable's shape (SGD, Adam, AdamW, RMSprop, Adagrad, Nadam, Lion, ...); "
+        "use one of those, or method='sp', which removes nothing."
+    )

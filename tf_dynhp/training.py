@@ -50,6 +50,7 @@ from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import classifier_head
 from tf_dynhp.optim import check_weight_decay_exclusions, clone_optimizer
 from tf_dynhp.pruning import compile_core, core_from
+from tf_dynhp.surgery import check_prunable_optimizer
 from tf_dynhp.state import TrainerState
 from tf_dynhp.trainer import FitConfig, FitResult, NonFiniteError, Trainer, check_settings
 from tf_dynhp.units import unit_axes
@@ -589,6 +590,8 @@ def fit(
     loss_fn = _resolve_loss(loss)
     opt = _resolve_optimizer(optimizer, learning_rate)
     _check_optimizer_for_one_trace(opt, method, trace_once)
+    if method in ("hp", "dynhp"):  # the methods that remove units slice the optimizer's state
+        check_prunable_optimizer(opt)
 
     # ------------------------------------------------------------------- model
     chain = parse_chain(model)  # raises on unsupported layers before anything else
