@@ -328,3 +328,16 @@ def test_cnn_sp_and_dense_methods(mnist):
     assert [type(l).__name__ for l in dense.model.layers][1:] == ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"]
     with pytest.raises(ValueError, match="shape \\(28, 28\\); the model expects \\(28, 28, 1\\)"):
         tf_dynhp.fit(_cnn(), x[..., 0], y, epochs=1, verbose=0)
+
+
+def test_boolean_labels_are_class_ids_0_and_1():
+    """y = x[:, 0] > 0.5, two classes as False/True, was refused as 'non-integer values'."""
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 12), dtype=np.float32)
+
+    def run(labels):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2)])
+        return tf_dynhp.fit(model, x, labels, method="sp", epochs=1, verbose=0, seed=1).history["loss"]
+
+    assert run(x[:, 0] > 0.5) == run((x[:, 0] > 0.5).astype(np.int64))

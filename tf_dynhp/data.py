@@ -148,11 +148,14 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
         y = y[:, 0]
     if y.ndim != 1:
         raise ValueError(f"`{y_name}` must be integer class ids of shape (n,), received shape {y.shape}.")
+    if y.dtype == np.bool_:  # two classes as False/True: ids 0 and 1, as Keras reads them
+        y = y.astype(np.int64)
     if not np.issubdtype(y.dtype, np.integer):
         if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
             y = y.astype(np.int64)
         else:
-            raise TypeError(f"`{y_name}` must hold integer class ids, received dtype {y.dtype} with non-integer values.")
+            values = " with non-integer values" if np.issubdtype(y.dtype, np.floating) else ""
+            raise TypeError(f"`{y_name}` must hold integer class ids, received dtype {y.dtype}{values}.")
     if y.min() < 0 or y.max() >= num_classes:
         raise ValueError(
             f"`{y_name}` has labels in [{int(y.min())}, {int(y.max())}]; the last layer has "
