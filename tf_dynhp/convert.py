@@ -19,7 +19,7 @@ from tf_dynhp import gates
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.kinds import DENSE_TYPES
 from tf_dynhp.layers import L0Conv2D, L0Dense
-from tf_dynhp.surgery import build_chain_model, rebuild_body
+from tf_dynhp.surgery import build_chain_model, io_structure, rebuild_body
 from tf_dynhp.units import unit_axes
 
 __all__ = ["to_l0", "strip"]
@@ -93,7 +93,7 @@ def to_l0(
     new_layers, _, load = rebuild_body(chain.body, None, convert="l0", l0_kwargs=layer_kwargs)
     out = build_chain_model(
         chain.input_shape, new_layers, chain.features, name=f"{chain.name}_l0", dtype=model.inputs[0].dtype,
-        spatial=chain.spatial, input_name=model.inputs[0].name,
+        spatial=chain.spatial, input_name=model.inputs[0].name, structure=io_structure(model),
     )
     load()
     return out
@@ -179,7 +179,7 @@ def strip(model: keras.Model) -> keras.Model:
     new_layers, _, load = rebuild_body(chain.body, keep, convert="dense", weight_transform=fold)
     out = build_chain_model(
         chain.input_shape, new_layers, features, name=f"{chain.name}_stripped", dtype=model.inputs[0].dtype,
-        spatial=chain.spatial, input_name=model.inputs[0].name,
+        spatial=chain.spatial, input_name=model.inputs[0].name, structure=io_structure(model),
     )
     load()
     return out

@@ -40,6 +40,7 @@ import keras
 import numpy as np
 
 from tf_dynhp._checks import invalid, write_atomic
+from tf_dynhp.surgery import call_on_tensor
 
 __all__ = [
     "QUANTIZATIONS",
@@ -408,7 +409,7 @@ def to_tflite(
         archive.track(model)
         archive.add_endpoint(
             INFER_SIGNATURE,
-            lambda x: {OUTPUT_NAME: model(x, training=False)},
+            lambda x: {OUTPUT_NAME: call_on_tensor(model, x, training=False)},
             input_signature=[_input_spec(model, None)],
         )
         archive.write_out(os.path.join(tmp, "saved_model"), verbose=False)

@@ -51,12 +51,13 @@ def is_spatial(core: GatedModel) -> bool:
 
 
 def full_model(core: GatedModel, features: np.ndarray | None, input_shape: tuple[int, ...], name: str,
-               input_name: str | None = None) -> keras.Model:
+               input_name: str | None = None, structure: tuple[Any, Any] = (None, None)) -> keras.Model:
     """The core's layers behind the original input: Input (named `input_name`, the
-    user's model's) -> [Flatten -> SelectFeatures] -> layers."""
+    user's model's) -> [Flatten -> SelectFeatures] -> layers, taking and giving its input
+    and output as the user's model does (`structure`, `surgery.io_structure`)."""
     layers, _, load = rebuild_body(core.body, None, convert="same")
     model = build_chain_model(input_shape, layers, features, name=name, dtype=core.inputs[0].dtype, spatial=is_spatial(core),
-                              input_name=input_name)
+                              input_name=input_name, structure=structure)
     load()
     return model
 

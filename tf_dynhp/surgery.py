@@ -55,6 +55,8 @@ __all__ = [
     "effective_keep",
     "take_axes",
     "build_chain_model",
+    "io_structure",
+    "call_on_tensor",
     "rebuild_body",
     "transfer_optimizer",
     "check_prunable_optimizer",
@@ -81,6 +83,7 @@ def build_chain_model(
     dtype: Any = None,
     spatial: bool = False,
     input_name: str | None = None,
+    structure: tuple[Any, Any] = (None, None),
 ) -> keras.Model:
     """Builds the functional model `Input -> [Flatten] -> [SelectFeatures] -> body`.
 
@@ -94,6 +97,8 @@ def build_chain_model(
             must be None).
         input_name: name of the Input (the user's model's, so that `predict({name: x})`
             works on the rebuilt model as on it); None: Keras' default.
+        structure: how the user's model wraps its input and its output
+            (`io_structure`): the rebuilt model takes and gives them the same way.
 
     Returns:
         A built `keras.Model`.
@@ -110,7 +115,46 @@ def build_chain_model(
             x = SelectFeatures(indices=[int(i) for i in features], name="select_features")(x)
     for layer in body:
         x = layer(x)
-    return keras.Model(inputs, x, name=name)
+    return keras.Model(_wrap(structure[0], inputs), _wrap(structure[1], x), name=name)
+
+
+def io_structure(model: keras.Model) -> tuple[Any, Any]:
+    """How a one-input, one-output model wraps its input and its output, each None (the
+    tensor itself), ["list"], ["tuple"] or ["dict", key]: a `keras.Model({"img": x},
+    {"logits": y})` gives and takes dicts, and so must the models rebuilt from it
+    (JSON-friendly, for the checkpoint settings)."""
+
+    def form(struct: Any) -> Any:
+        if isinstance(struct, dict):
+            return ["dict", str(next(iter(struct)))]
+        if isinstance(struct, (list, tuple)):
+            return [type(struct).__name__]
+        return None
+
+    if not isinstance(model, keras.Model) or isinstance(model, keras.Sequential):
+        return (None, None)
+    try:
+        return (form(model.input), form(model.output))
+    except (AttributeError, ValueError):  # an unbuilt or subclassed model: chain.parse_chain says what it needs
+        return (None, None)
+
+
+def call_on_tensor(model: keras.Model, x: Any, **kwargs: Any) -> Any:
+    """`model(x)` for a tensor `x`, giving a tensor, whatever structure the model takes
+    and gives its one input and output in (`io_structure`): for export's signatures."""
+    inputs, outputs = io_structure(model)
+    out = model(_wrap(inputs, x), **kwargs)
+    if outputs is None:
+        return out
+    return next(iter(out.values())) if outputs[0] == "dict" else out[0]
+
+
+def _wrap(form: Any, tensor: Any) -> Any:
+    if form is None:
+        return tensor
+    if form[0] == "dict":
+        return {form[1]: tensor}
+    return [tensor] if form[0] == "list" else (tensor,)
 
 
 def _shared_kwargs(layer: keras.layers.Layer) -> dict[str, Any]:

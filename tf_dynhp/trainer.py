@@ -70,6 +70,7 @@ class FitConfig:
     augment: Callable | None = None  # fit(augment=...): see tf_dynhp.augment
     augment_epochs: int | None = None  # fit(augment_until=...): epochs (from the first) that augment transforms
     input_name: str | None = None  # the user's model's Input name, kept by result.model and gated_model
+    structure: tuple[Any, Any] = (None, None)  # how the user's model wraps its input and output (surgery.io_structure)
 
 
 @dataclasses.dataclass
@@ -455,7 +456,7 @@ class Trainer:
     def result(self, model_name: str) -> FitResult:
         method = self.state.method
         gated_full = full_model(self.core, self.features, self.input_shape, name=f"{model_name}_{method}",
-                                input_name=self.config.input_name)
+                                input_name=self.config.input_name, structure=self.config.structure)
         stripped = strip(gated_full) if method != "dense" else gated_full
         return FitResult(model=stripped, gated_model=gated_full, history=self.state.history, state=self.state)
 

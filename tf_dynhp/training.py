@@ -50,7 +50,7 @@ from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import classifier_head
 from tf_dynhp.optim import check_weight_decay_exclusions, clone_optimizer
 from tf_dynhp.pruning import compile_core, core_from
-from tf_dynhp.surgery import check_prunable_optimizer
+from tf_dynhp.surgery import check_prunable_optimizer, io_structure
 from tf_dynhp.state import TrainerState
 from tf_dynhp.trainer import FitConfig, FitResult, NonFiniteError, Trainer, check_settings
 from tf_dynhp.units import unit_axes
@@ -731,7 +731,7 @@ def fit(
         size_penalty=size_penalty, target_schedule=target_schedule, start_kb=have_kb, target_epoch=target.deadline_epoch(target_deadline, epochs),
         augment=augment,
         augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if final_phase else None,
-        input_name=model.inputs[0].name,
+        input_name=model.inputs[0].name, structure=io_structure(model),
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 
