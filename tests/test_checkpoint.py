@@ -230,6 +230,25 @@ def test_foreign_checkpoint_is_refused(tmp_path, mnist_small, change, match):
         tf_dynhp.fit(model, xs, ys, epochs=2, checkpoint_dir=tmp_path, resume=True, **kw)
 
 
+def test_a_resume_with_other_validation_data_is_refused_and_an_old_checkpoint_without_them_resumes(tmp_path, mnist_small):
+    """Other validation data (or none) were accepted: the history mixed two sets' val_error."""
+    (x, y), (xt, yt) = mnist_small
+    kw = dict(FAST, budget_kb=_budget())
+    tf_dynhp.fit(_model(), x[:300], y[:300], epochs=1, checkpoint_dir=tmp_path, validation_data=(xt[:50], yt[:50]), **kw)
+    for other in ((xt[50:53], yt[50:53]), None):
+        with pytest.raises(ValueError, match=r"made with validation='50 examples, sha256 \w+'; this run has validation="
+                                             r"'(3 examples, sha256 \w+|none)'\. The validation data differ"):
+            tf_dynhp.fit(_model(), x[:300], y[:300], epochs=2, checkpoint_dir=tmp_path, resume=True, validation_data=other, **kw)
+    # A checkpoint written before the key existed resumes as before.
+    path = tmp_path / "epoch-00001.dynhp"
+    arrays, meta = ckpt.read_checkpoint(path)
+    del meta["settings"]["validation"]
+    ckpt.write_checkpoint(tmp_path, 1, arrays, meta)
+    resumed = tf_dynhp.fit(_model(), x[:300], y[:300], epochs=2, checkpoint_dir=tmp_path, resume=True,
+                           validation_data=(xt[50:53], yt[50:53]), **kw)
+    assert len(resumed.history["val_error"]) == 2
+
+
 def test_refusal_names_every_differing_setting_and_the_optimizer_field(tmp_path, mnist_small):
     (x, y), _ = mnist_small
     kw = dict(FAST, budget_kb=_budget())

@@ -126,6 +126,8 @@ _FIRST = ("method", "model", "data")
 #: seed (`fit` seeds Keras and TF op determinism then; a resume without `seed` from such a
 #: checkpoint does the same), not a choice that makes another run.
 _UNCOMPARED = ("seeded",)
+#: Settings added after checkpoints were written without them: compared only when saved.
+_WHEN_SAVED = ("validation",)
 
 
 def _json(value: Any) -> str:
@@ -147,7 +149,8 @@ def check_settings(path: Any, saved: dict[str, Any], current: dict[str, Any], hi
     """Refuses a checkpoint made by another model, data set or hyper-parameters, naming
     every setting that differs (the method, model and data first), with `hints[key]`
     for the first one when the caller knows a likely cause."""
-    keys = sorted((set(saved) | set(current)) - set(_UNCOMPARED), key=lambda k: (_FIRST.index(k) if k in _FIRST else len(_FIRST), k))
+    keys = sorted((set(saved) | set(current)) - set(_UNCOMPARED) - {k for k in _WHEN_SAVED if k not in saved},
+                  key=lambda k: (_FIRST.index(k) if k in _FIRST else len(_FIRST), k))
     differ = [k for k in keys if _json(saved.get(k)) != _json(current.get(k))]
     if differ:
         was, has = _difference(differ[0], saved.get(differ[0]), current.get(differ[0]))

@@ -430,7 +430,8 @@ def fit(
             and locked while `fit` runs: a second `fit` on it raises
             `tf_dynhp.checkpoint.FolderInUseError` before touching it.
         resume: continue from the newest valid checkpoint in `checkpoint_dir` (a
-            checkpoint of other settings, model or data is refused, naming the setting).
+            checkpoint of other settings, model, data or validation data is refused,
+            naming the setting).
             A finished run, one that reached `epochs` or that
             `keras.callbacks.EarlyStopping` ended, trains nothing when resumed and
             returns the model it ended with, a restored best included (a run that
@@ -718,6 +719,9 @@ def fit(
         "augment_until": augment_until if final_phase else None,
         # Hashing the data costs ~0.3 s per 60k images: only runs that checkpoint need it.
         "data": fingerprint(x_train, y_train) if checkpoint_dir is not None else None,
+        # The val_ history of a resumed run must be of one validation set ("none": no
+        # validation); checkpoints written before this key resume unchecked.
+        "validation": (fingerprint(*val) if val is not None else "none") if checkpoint_dir is not None else None,
     }
     # Flat inputs of any width (pruning drops input features); images as they are.
     data_spec = tf.TensorSpec((None,) + (x_train.shape[1:] if chain.spatial else (None,)), tf.as_dtype(x_train.dtype))
@@ -769,8 +773,12 @@ def fit(
                     path, arrays, meta = found
                     shuffled = ("`x` is a tf.data.Dataset: one with `.shuffle()` holds the examples in another order at "
                                 "every read; fit shuffles each epoch itself, so drop the `.shuffle()`.")
-                    check_settings(path, meta["settings"], settings,
-                                   hints={"data": shuffled} if isinstance(x, tf.data.Dataset) else None)
+                    other_validation = ("The validation data differ from the run's: its history's val_ values would "
+                                        "come from two validation sets. Pass the same validation_data or validation_split.")
+                    if isinstance(validation_data, tf.data.Dataset):
+                        other_validation += " A validation Dataset with `.shuffle()` holds its examples in another order at every read."
+                    hints = {"validation": other_validation, **({"data": shuffled} if isinstance(x, tf.data.Dataset) else {})}
+                    check_settings(path, meta["settings"], settings, hints=hints)
                     run.restore(arrays, meta)
                     if verbose:
                         print(f"Resumed from {path} (epoch {run.state.epoch})", flush=True)
