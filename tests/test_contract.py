@@ -4,6 +4,7 @@ pipelines, precision, callbacks, progress). Each test reproduces a reported fail
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 
 import keras
@@ -592,3 +593,22 @@ def test_x_as_a_dict_of_the_input_name_trains_and_other_shapes_of_x_are_named(mn
             tf_dynhp.fit(model, x[:100], y[:100], **{**kw, "seed": seed})
     with pytest.raises(ValueError, match=r"`checkpoint_dir`"):
         tf_dynhp.fit(model, x[:100], y[:100], checkpoint_dir="", **kw)
+
+
+def test_a_compiled_model_hears_that_fit_trains_with_its_own_optimizer_and_loss(mnist):
+    """model.compile(SGD(0.1), "mse") before tf_dynhp.fit (a Keras habit) trained silently
+    with Adam and the cross-entropy; the same settings as fit's say nothing."""
+    (x, y), _ = mnist
+    model = _mlp()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    with pytest.warns(RuntimeWarning) as seen:
+        tf_dynhp.fit(model, x[:64], y[:64], **QUICK)
+    said = [str(w.message) for w in seen]
+    assert any(re.search(r"compiled with SGD \(learning rate 0\.1\); tf_dynhp.fit trains with its own `optimizer` "
+                         r"argument, here Adam \(learning rate 0\.001\).*optimizer=model.optimizer", m) for m in said), said
+    assert any("compiled with loss 'mse'" in m for m in said), said
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tf_dynhp.fit(model, x[:64], y[:64], **QUICK)
+        tf_dynhp.fit(model, x[:64], y[:64], **QUICK, optimizer=keras.optimizers.SGD(0.1))  # chosen: says nothing

@@ -97,6 +97,35 @@ def _resolve_loss(loss: Any) -> Callable | None:
     raise _invalid("loss", "None, a loss name or a callable returning per-example losses", loss)
 
 
+def _warn_compiled_settings(model: Any, given: Any, optimizer: keras.optimizers.Optimizer, loss: Any) -> None:
+    """A model compiled before `fit` (a Keras habit) keeps its optimizer and loss to
+    itself: `fit` trains with its own arguments. Says so when they differ and the user
+    named no optimizer object (`given` a name such as the default "adam") or no loss,
+    rather than train silently with another optimizer or loss than the one compiled."""
+    compiled = getattr(model, "optimizer", None)
+
+    def config(opt: keras.optimizers.Optimizer) -> tuple[str, Any]:
+        return type(opt).__name__, {k: v for k, v in opt.get_config().items() if k != "name"}
+
+    if isinstance(given, str) and isinstance(compiled, keras.optimizers.Optimizer) and config(compiled) != config(optimizer):
+        warnings.warn(
+            f"The model was compiled with {type(compiled).__name__} (learning rate {_rate(compiled)}); tf_dynhp.fit trains "
+            f"with its own `optimizer` argument, here {type(optimizer).__name__} (learning rate {_rate(optimizer)}), not "
+            "the compiled one. Pass optimizer=model.optimizer to train with it.", RuntimeWarning, stacklevel=3)
+    compiled_loss = getattr(model, "loss", None)
+    sparse_ce = ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy")
+    name = compiled_loss if isinstance(compiled_loss, str) else getattr(compiled_loss, "__name__", type(compiled_loss).__name__)
+    if compiled_loss is not None and loss is None and name not in sparse_ce:
+        warnings.warn(
+            f"The model was compiled with loss {compiled_loss!r}; tf_dynhp.fit trains with its own `loss` argument (None: "
+            "sparse categorical cross-entropy). Pass loss=... to train with another.", RuntimeWarning, stacklevel=3)
+
+
+def _rate(optimizer: keras.optimizers.Optimizer) -> str:
+    rate = optimizer.get_config().get("learning_rate")
+    return f"{rate:g}" if isinstance(rate, (int, float)) else "scheduled"
+
+
 def _check_loss_on_labels(loss: Any, loss_fn: Callable | None, num_classes: int) -> None:
     """Calls the loss once, eagerly, as the step will: integer class labels (batch,) and the
     model's outputs (batch, classes), one value per example back. A loss of other labels
@@ -590,6 +619,7 @@ def fit(
         raise _invalid("checkpoint_dir", "None or the path of a folder", checkpoint_dir)
     loss_fn = _resolve_loss(loss)
     opt = _resolve_optimizer(optimizer, learning_rate)
+    _warn_compiled_settings(model, optimizer, opt, loss)
     _check_optimizer_for_one_trace(opt, method, trace_once)
     if method in ("hp", "dynhp"):  # the methods that remove units slice the optimizer's state
         check_prunable_optimizer(opt)
