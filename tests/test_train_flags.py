@@ -34,6 +34,8 @@ def train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     ("--l0_lambda=-0.5", "Expected a float >= 0. Received: l0_lambda=-0.5"),
     ("--droprate_init=1", "Expected a float in (0, 1). Received: droprate_init=1.0"),
     ("--hidden=300,0", "Expected comma-separated positive layer sizes"),
+    ("--seed=-1", "Expected an integer in [0, 2**32). Received: seed=-1"),  # was NumPy's traceback after loading the data
+    ("--seed=4294967296", "Expected an integer in [0, 2**32). Received: seed=4294967296"),
 ])
 def test_invalid_flag_is_a_parse_error(flag, expected):
     t0 = time.perf_counter()

@@ -105,9 +105,17 @@ def _diff(want: dict, got: dict, prefix: str = "") -> list[str]:
 
 def main(argv):
     del argv
-    from tf_dynhp import datasets
+    from tf_dynhp.cli.flag_rules import load_dataset, output_file  # noqa: PLC0415 - loaded by its path under __main__
 
-    (x, y), (xt, yt) = datasets.load("mnist", FLAGS.data_dir, download=False)
+    if FLAGS.out:  # checked before the runs, not after them
+        output_file("out", FLAGS.out, "a JSON file")
+    recorded = None
+    if FLAGS.check:
+        try:
+            recorded = json.loads(Path(FLAGS.check).read_text())
+        except (OSError, ValueError) as err:
+            raise app.UsageError(f"--check={FLAGS.check}: expected a digest written by --out; cannot read it ({err})") from err
+    (x, y), (xt, yt) = load_dataset("mnist", FLAGS.data_dir, download=False)
     data = ((x[:4000], y[:4000]), (xt[:1000], yt[:1000]))
     digest = {name: _run(name, data) for name in FLAGS.runs}
     if FLAGS.out:
@@ -115,7 +123,6 @@ def main(argv):
         Path(FLAGS.out).write_text(json.dumps(digest, indent=1, sort_keys=True) + "\n")
         print(f"wrote {FLAGS.out}")
     if FLAGS.check:
-        recorded = json.loads(Path(FLAGS.check).read_text())
         diffs = _diff({k: recorded.get(k) for k in FLAGS.runs}, digest)
         for line in diffs:
             print("DIFFERS", line)

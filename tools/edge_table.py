@@ -56,9 +56,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]} (every setting is a --flag)")
     sys.path.insert(0, str(ROOT))
+    from tf_dynhp.cli.flag_rules import output_folder  # noqa: PLC0415 - loaded by its path under __main__
+
+    out = output_folder("out_dir", FLAGS.out_dir, "a folder for the .tflite files and the table")
     from tf_dynhp import datasets
 
-    out = Path(FLAGS.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     folder = datasets.find_dataset_dir(FLAGS.dataset, FLAGS.data_dir)
     images = next(p for p in Path(folder).glob("t10k-images-idx3-ubyte*"))

@@ -119,7 +119,10 @@ from pathlib import Path
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/_load.py, also under python -m tools.<name>
+from _load import cli_module  # noqa: E402
 
+_rules = cli_module("flag_rules")  # loaded by its path: the flags are checked before TensorFlow loads
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "mnist", ["mnist", "fashion_mnist"], "Data set.")
 flags.DEFINE_string("data_dir", None, "Data folder (see tf_dynhp.datasets.load).")
@@ -136,6 +139,21 @@ flags.DEFINE_integer("holdout", 10000, "Hold out the last N training images as t
 flags.DEFINE_list("from_runs", None, "Train nothing: build the table from these earlier `<out>.json` files or logs "
                   "(one JSON object per line), e.g. candidates run in separate processes.")
 flags.DEFINE_string("out", None, "Markdown file to write the table to (and <out>.json with every run).")
+for _name in ("epochs", "train_limit"):
+    _rules.expect(_name, "a positive integer", lambda v: v >= 1)
+_rules.expect("first_seed", "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)  # NumPy's seed range
+
+
+def _seeds_ok(values: dict) -> bool:
+    """--seeds: at least one seed, the last below 2**32 (ignored with --from_runs, which trains nothing)."""
+    seeds, first = values["seeds"], values["first_seed"]
+    if values["from_runs"] or first is None or (seeds >= 1 and first + seeds <= 2**32):
+        return True
+    raise flags.ValidationError(f"Invalid value received for --seeds. Expected a positive integer, with "
+                                f"--first_seed + --seeds <= 2**32. Received: seeds={seeds!r} (first_seed={first!r})")
+
+
+flags.register_multi_flags_validator(["seeds", "first_seed", "from_runs"], _seeds_ok)
 
 _BASE = dict(cosine=False, target_deadline=0.25, lambda_floor=0.0)
 _COS = dict(_BASE, cosine=True)
@@ -324,7 +342,12 @@ def table(runs: list[dict], candidates: list[str], command: str) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]} (every setting is a --flag)")
-    from tf_dynhp import _checks, datasets
+    if FLAGS.out:  # checked before hours of training, not after them
+        _rules.output_file("out", FLAGS.out, "a Markdown file")
+        if Path(FLAGS.out + ".json").is_dir():
+            raise app.UsageError(f"--out={FLAGS.out}: expected {FLAGS.out}.json, the runs beside the table, to be a file "
+                                 "to write; that is a folder")
+    from tf_dynhp import _checks
 
     for name in FLAGS.candidates:
         if name not in CANDIDATES:
@@ -333,7 +356,7 @@ def main(argv):
     if FLAGS.from_runs:
         runs = read_runs(FLAGS.from_runs)
     else:
-        (x, y), test = datasets.load(FLAGS.dataset, FLAGS.data_dir, download=False)
+        (x, y), test = _rules.load_dataset(FLAGS.dataset, FLAGS.data_dir, download=False)
         if FLAGS.train_limit:
             x, y = x[: FLAGS.train_limit], y[: FLAGS.train_limit]
         if FLAGS.holdout >= len(x):
@@ -358,7 +381,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/_load.py, also under python -m tools.<name>
-    from _load import cli_module
-
-    app.run(cli_module("flag_rules").one_line_usage(main))
+    app.run(_rules.one_line_usage(main))

@@ -52,6 +52,7 @@ from report_tables import (  # noqa: E402
 from run_folders import DAMAGED_METRICS, load_runs, make_groups, setting_key, setting_order, setting_text  # noqa: E402
 
 from tf_dynhp._checks import write_atomic  # noqa: E402
+from tf_dynhp.cli.flag_rules import output_file, output_folder  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("runs", "runs/", "Folder of run folders (tools/reproduce.py --out).")
@@ -210,8 +211,8 @@ def main(argv: list[str]) -> int:
                              f"(here {runs_dir.resolve().parent}), or use tools/summarize.py {FLAGS.runs}")
     benchmark = Path(FLAGS.benchmark) if FLAGS.benchmark else runs_dir / "benchmark.md"
     command = "python tools/report.py " + " ".join(a for a in sys.argv[1:])
-    out = Path(FLAGS.out)
-    figures = Path(FLAGS.figures) if FLAGS.figures else out.parent / "figures"
+    out = output_file("out", FLAGS.out, "a Markdown file")  # before any run folder is read
+    figures = output_folder("figures", FLAGS.figures or str(out.parent / "figures"), "a folder for the figures")
     summary = build_report(runs_dir, out, figures, benchmark, command.strip(), Path(FLAGS.long_runs) if FLAGS.long_runs else None)
     print(f"wrote {out}: {summary['runs']} runs ({summary['finished']} finished), {summary['tables']} tables, "
           f"{len(summary['figures'])} figures in {figures}" + (f", benchmark from {summary['benchmark']}" if "benchmark" in summary else ""))

@@ -13,6 +13,7 @@ and `--sp_mo_kb` replace them for every run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -20,12 +21,17 @@ from absl import app, flags
 
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 
+from _load import cli_module  # noqa: E402
 from paper import PAPER, PAPER_HIDDEN, sp_mo_kb  # noqa: E402
+
+_rules = cli_module("flag_rules")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float("dense_kb", None, "Reference dense model size in KB for every run (default: each run's unpruned model).")
 flags.DEFINE_float("sp_mo_kb", None, "Reference SP memory per epoch in KB for every run (default: MO of each run's unpruned "
                    "model at the paper's SP batch of its data set).")
+for _name in ("dense_kb", "sp_mo_kb"):  # the denominators of the % columns
+    _rules.expect(_name, "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
 
 
 def _pct(value: float, ref: float | None) -> str:
@@ -98,7 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/_load.py, also under python -m tools.<name>
-    from _load import cli_module
-
-    app.run(cli_module("flag_rules").one_line_usage(main))
+    app.run(_rules.one_line_usage(main))

@@ -21,17 +21,19 @@ resolved flags and the table are written to `<out stem>_export.json`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
 from absl import app, flags, logging  # noqa: E402
 
-from tf_dynhp.cli.flag_rules import one_line_usage  # noqa: E402
+from tf_dynhp.cli.flag_rules import expect, load_dataset, one_line_usage  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Stripped (or gated) Keras model, .keras file.")
@@ -49,16 +51,35 @@ flags.DEFINE_integer("seed", 0, "Seed of the calibration sample.")
 flags.register_validator("calibration_examples", lambda v: v >= 1, "--calibration_examples: expected an integer >= 1")
 flags.register_validator("eval_limit", lambda v: v is None or v >= 1, "--eval_limit: expected an integer >= 1 (leave it out for all)")
 flags.DEFINE_bool("per_channel", True, "Weight scales per output unit (default) or per tensor (--noper_channel: smaller file).")
+expect("learning_rate", "a positive float", lambda v: v > 0 and math.isfinite(v))  # before any file is written
 
 
-def _load_keras(path: str):
+#: What `keras.models.load_model` raises for a file that is no (complete) Keras model: a
+#: truncated or foreign zip, a damaged member, a class it cannot rebuild.
+_NOT_A_MODEL = (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile)
+
+
+def _load_keras(path: str, flag: str = "model"):
+    """The Keras model of `--<flag>`=`path`; a file that is none is refused naming the flag."""
     import keras  # noqa: PLC0415
 
     import tf_dynhp  # noqa: PLC0415,F401 - registers the custom layers
 
     if not Path(path).is_file():
-        raise app.UsageError(f"--model/--dense_model: no such file: {path}")
-    model = keras.models.load_model(path, compile=False)
+        raise app.UsageError(f"--{flag}={path}: no such file")
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".keras", ".h5", ".hdf5"):
+        raise app.UsageError(f"--{flag}={path}: not a readable Keras model file (expected a .keras file, or a legacy "
+                             f".h5; received a {suffix or 'suffix-less'} file"
+                             f"{': a LiteRT model, not the Keras model it was exported from' if suffix == '.tflite' else ''})")
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise app.UsageError(f"--{flag}={path}: not a readable Keras model file (a .keras file is a zip archive; this "
+                             "one is not: truncated, or not written by Keras)")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except _NOT_A_MODEL as err:
+        raise app.UsageError(f"--{flag}={path}: not a readable Keras model file ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else 'no message'})") from err
     if any(isinstance(layer, (tf_dynhp.L0Dense, tf_dynhp.L0Conv2D)) for layer in model.layers):
         print(f"{path}: gated model (L0Dense/L0Conv2D layers); stripping it first")
         model = tf_dynhp.strip(model)
@@ -91,13 +112,37 @@ def _variant_path(out: Path, quantization: str, all_variants: bool) -> Path:
     return out.with_name(f"{out.stem}_{quantization}{out.suffix or '.tflite'}")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether paths `a` and `b` name one file (one path, a symbolic link or a hard link)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _check_outputs(outputs: list[tuple[str, Path]]) -> None:
+    """Refuses, before any work, an output (described, path) that would overwrite an input
+    (--model, --dense_model) or another output of the same call."""
+    inputs = [(f"--{name}={FLAGS[name].value}", Path(FLAGS[name].value).expanduser()) for name in ("model", "dense_model")
+              if FLAGS[name].value]
+    for i, (what, path) in enumerate(outputs):
+        for other, other_path in inputs:
+            if _same_file(path, other_path):
+                raise app.UsageError(f"{what}: expected a path other than {other}, which it would overwrite; received "
+                                     f"the same file ({path})")
+        for other, other_path in outputs[:i]:
+            if _same_file(path, other_path):
+                raise app.UsageError(f"{what}: expected a path of its own; received the same file as {other} ({path})")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel INFO lines
     import numpy as np  # noqa: PLC0415
 
-    import tf_dynhp  # noqa: PLC0415
     from tf_dynhp import export  # noqa: PLC0415
 
     out = Path(FLAGS.out).expanduser()
@@ -105,7 +150,21 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"--out={FLAGS.out}: the folder {out.parent} does not exist")
     if out.is_dir():
         raise app.UsageError(f"--out={FLAGS.out}: expected the path of a .tflite file to write; that is a folder")
-    (x_train, _), (x_test, y_test) = tf_dynhp.datasets.load(FLAGS.dataset, FLAGS.data_dir)
+    variants = list(export.QUANTIZATIONS) if FLAGS.quantization == "all" else [FLAGS.quantization]
+    summary = out.with_name(f"{out.stem}_export.json")
+    outputs = [(f"--out={FLAGS.out}" + (f" (its {q} variant)" if FLAGS.quantization == "all" else ""),
+                _variant_path(out, q, FLAGS.quantization == "all")) for q in variants]
+    outputs.append((f"--out={FLAGS.out} (its summary {summary.name})", summary))
+    if FLAGS.trainable_out:
+        trainable_out = Path(FLAGS.trainable_out).expanduser()
+        if not trainable_out.parent.is_dir():
+            raise app.UsageError(f"--trainable_out={FLAGS.trainable_out}: the folder {trainable_out.parent} does not exist")
+        if trainable_out.is_dir():
+            raise app.UsageError(f"--trainable_out={FLAGS.trainable_out}: expected the path of a .tflite file to write; "
+                                 "that is a folder")
+        outputs.append((f"--trainable_out={FLAGS.trainable_out}", trainable_out))
+    _check_outputs(outputs)
+    (x_train, _), (x_test, y_test) = load_dataset(FLAGS.dataset, FLAGS.data_dir)
     if FLAGS.eval_limit:
         x_test, y_test = x_test[: FLAGS.eval_limit], y_test[: FLAGS.eval_limit]
     rng = np.random.default_rng(FLAGS.seed)
@@ -118,11 +177,10 @@ def main(argv: list[str]) -> int:
     except (TypeError, ValueError) as err:
         raise app.UsageError(f"--model={FLAGS.model}: {err}") from err
     if FLAGS.dense_model:  # the reference may take another input shape (a CNN against an MLP on flat rows)
-        ref_model, ref_name = _load_keras(FLAGS.dense_model), "dense float32 (unpruned)"
+        ref_model, ref_name = _load_keras(FLAGS.dense_model, "dense_model"), "dense float32 (unpruned)"
         x_ref = _as_input(x_test, ref_model, "test images", flag="dense_model")
     else:
         ref_model, ref_name, x_ref = model, "pruned float32", x_test
-    variants = list(export.QUANTIZATIONS) if FLAGS.quantization == "all" else [FLAGS.quantization]
     rows = []
     with tempfile.TemporaryDirectory(prefix="tf_dynhp_export_ref_") as tmp:
         ref = export.to_tflite(ref_model, os.path.join(tmp, "reference.tflite"), "none")
@@ -150,7 +208,6 @@ def main(argv: list[str]) -> int:
               f"{ref_bytes / r['bytes']:>9.2f} {r['accuracy']:>9.4f} {100 * (r['accuracy'] - ref_acc):>+8.2f}")
     for r in rows[1:]:
         print(f"wrote {r['file']}")
-    summary = out.with_name(f"{out.stem}_export.json")
     resolved = {name: FLAGS[name].value for name in (
         "model", "out", "quantization", "dataset", "data_dir", "dense_model", "calibration_examples",
         "eval_limit", "trainable_out", "optimizer", "learning_rate", "seed", "per_channel")}

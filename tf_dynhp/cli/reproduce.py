@@ -82,7 +82,7 @@ from absl import app, flags
 
 from tf_dynhp._checks import invalid, write_atomic
 from tf_dynhp.batching import BATCH_GROWTH_MODES
-from tf_dynhp.cli.flag_rules import expect, one_line_usage
+from tf_dynhp.cli.flag_rules import expect, one_line_usage, output_folder
 from tf_dynhp.cli.paper import DYNHP_BATCH as DYNHP_INITIAL_BATCH
 from tf_dynhp.cli.paper import FRONTIER_TARGETS, PAPER, PAPER_GAMMA, PAPER_HIDDEN, recipe_parts, sp_mo_kb, target_recipe
 from tf_dynhp.cli.paper import PAPER_LAMBDA as PAPER_L0_LAMBDA
@@ -611,6 +611,7 @@ def main(argv: list[str]) -> int:
         return 0
     if FLAGS.jobs < 1:
         raise app.UsageError(f"--jobs must be >= 1, received {FLAGS.jobs}")
+    output_folder("out", FLAGS.out, "a folder of run folders")  # nothing created here: a refusal below leaves no folder
     if FLAGS.backend == "ray":
         try:
             import_ray()  # fail now, not after planning

@@ -23,7 +23,7 @@ import sys
 
 from absl import app, flags
 
-from tf_dynhp.cli.flag_rules import expect, one_line_usage
+from tf_dynhp.cli.flag_rules import ToolError, expect, load_dataset, one_line_usage, output_folder
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "mnist", ["mnist", "fashion_mnist"], "Dataset to train on.")
@@ -115,6 +115,7 @@ expect("l0_lambda", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
 expect("droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
 expect("input_droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
 expect("verbose", "0, 1 or 2", lambda v: v in (0, 1, 2))
+expect("seed", "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)  # NumPy's seed range
 expect("target_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
 expect("validation_split", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 expect("lambda_floor", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
@@ -143,6 +144,8 @@ def main(argv):
         if FLAGS.resume:
             raise app.UsageError("--resume needs --out_dir, the run folder to continue.")
         print("No --out_dir given: nothing is saved (no run folder, no checkpoints, no model).", flush=True)
+    else:
+        output_folder("out_dir", FLAGS.out_dir, "a run folder")  # before TensorFlow loads
     from tf_dynhp import runs
     from tf_dynhp.checkpoint import CheckpointError
 
@@ -153,10 +156,19 @@ def main(argv):
         setattr(config, name, value)
     config.hidden = [int(h) for h in FLAGS.hidden.split(",") if h]
     try:
-        runs.run(config, FLAGS.out_dir, data_dir=FLAGS.data_dir, resume=FLAGS.resume, verbose=FLAGS.verbose,
-                 overwrite=FLAGS.overwrite)
-    except (runs.RunFolderError, runs.RunArgumentError, CheckpointError, FileNotFoundError) as err:  # before any training
+        data = load_dataset(config.dataset, FLAGS.data_dir)  # a damaged data set file: ToolError, not any ValueError of the run
+        runs.run(config, FLAGS.out_dir, data=data, resume=FLAGS.resume, verbose=FLAGS.verbose, overwrite=FLAGS.overwrite)
+    except (runs.RunFolderError, runs.RunArgumentError, CheckpointError, ToolError) as err:  # before any training
         sys.exit(f"error: {err}")
+    except OSError as err:  # the run folder or its checkpoints/ cannot be made or written, the data set cannot be read, ...
+        sys.exit(f"error: {_os_message(err)}")
+
+
+def _os_message(err: OSError) -> str:
+    """`err`'s message without Python's "[Errno N]" prefix: the file and what is wrong with it."""
+    if err.errno is None or not err.strerror:  # raised with a message only (tf_dynhp.datasets' FileNotFoundError)
+        return str(err)
+    return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
 
 
 _CONFIG_FLAGS = (

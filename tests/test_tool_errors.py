@@ -1,0 +1,194 @@
+"""The tools refuse what they cannot use (an output path of the wrong kind, a damaged data
+set, a file that is no Keras model, an output that would overwrite an input) with an
+`error:` line before any work, not with a traceback after it. Each tool runs as a
+subprocess (its absl flags are its own); nothing here trains."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import DATA_ROOT
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _tool(script: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / script), *args], capture_output=True, text=True,
+                          timeout=180, env=ENV, cwd=cwd)
+
+
+def _refused(done: subprocess.CompletedProcess, expected: str) -> None:
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert expected in done.stderr, done.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- output paths of the wrong kind
+@pytest.fixture
+def places(tmp_path):
+    """A folder, a file, and a path under that file (whose folder cannot be created)."""
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("keep me\n")
+    return {"folder": str(tmp_path / "a_folder"), "file": str(tmp_path / "a_file"), "under_file": str(tmp_path / "a_file" / "x")}
+
+
+@pytest.mark.parametrize("script,flag,place,expected", [
+    ("train.py", "out_dir", "file", "expected a run folder (existing or to create); that is a file"),
+    ("report.py", "out", "folder", "expected the path of a Markdown file to write; that is a folder"),
+    ("report.py", "out", "under_file", "expected the path of a Markdown file to write; its folder cannot be created ("),
+    ("report.py", "figures", "file", "expected a folder for the figures (existing or to create); that is a file"),
+    ("reproduce.py", "out", "file", "expected a folder of run folders (existing or to create); that is a file"),
+    ("reproduce.py", "out", "under_file", "expected a folder of run folders (existing or to create); it cannot be created ("),
+    ("rank_at_size.py", "out", "folder", "expected the path of a Markdown file to write; that is a folder"),
+    ("edge_table.py", "out_dir", "file", "expected a folder for the .tflite files and the table (existing or to create); that is a file"),
+    ("behaviour_digest.py", "out", "folder", "expected the path of a JSON file to write; that is a folder"),
+])
+def test_an_output_path_of_the_wrong_kind_is_refused_before_any_work(script, flag, place, expected, places, tmp_path):
+    """report.py --out=<folder> ended in IsADirectoryError, reproduce.py --out=<file> (even
+    --dry_run) in FileExistsError, rank_at_size.py --out=<folder> after training every run,
+    train.py --out_dir=<file> in FileExistsError: now one `error:` line naming the flag."""
+    value = places[place]
+    extra = {
+        "train.py": ["--epochs=1", "--train_limit=100"],
+        "report.py": [f"--runs={tmp_path / 'a_folder'}"] + ([f"--out={tmp_path / 'r.md'}"] if flag == "figures" else []),
+        "reproduce.py": ["--quick", "--dry_run"],
+        "rank_at_size.py": ["--data_dir=/nonexistent/d", "--epochs=1", "--seeds=1"],  # never trains, even unfixed
+        "edge_table.py": ["--dynhp_model=/nonexistent/m.keras", "--data_dir=/nonexistent/d"],
+        "behaviour_digest.py": ["--data_dir=/nonexistent/d"],
+    }[script]
+    done = _tool(script, *extra, f"--{flag}={value}")
+    _refused(done, f"--{flag}={value}: {expected}")
+    assert (tmp_path / "a_file").read_text() == "keep me\n" and list((tmp_path / "a_folder").iterdir()) == []
+
+
+def test_a_run_folder_whose_checkpoints_is_a_file_is_one_error_line(tmp_path):
+    """checkpoint.probe_writable's OSError (FileExistsError) was a traceback."""
+    if not DATA_ROOT.exists():
+        pytest.skip("datasets not found")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("")
+    done = _tool("train.py", f"--data_dir={DATA_ROOT / 'mnist'}", "--method=sp", "--epochs=1", "--train_limit=100",
+                 "--hidden=8", f"--out_dir={tmp_path / 'run'}")
+    _refused(done, f"error: checkpoint_dir '{tmp_path / 'run' / 'checkpoints'}' is not writable: File exists")
+    assert done.returncode == 1 and "[Errno" not in done.stderr
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]
+
+
+# --------------------------------------------------------------------------- data sets it finds but cannot read
+@pytest.fixture
+def damaged_data(tmp_path):
+    """A folder with the four IDX file names, each holding 4 bytes that are no IDX header."""
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (folder / name).write_bytes(b"\x12\x34\x56\x78")
+    return folder
+
+
+@pytest.mark.parametrize("script,args,prefix", [
+    ("train.py", ["--method=sp", "--epochs=1", "--train_limit=100"], "error: the mnist data set cannot be read: "),
+    ("rank_at_size.py", ["--epochs=1", "--seeds=1"], "rank_at_size.py: error: the mnist data set cannot be read: "),
+    ("export.py", ["--model=/nonexistent/m.keras", "--out={tmp}/m.tflite"], "export.py: error: the mnist data set cannot be read: "),
+])
+def test_a_damaged_data_set_file_is_one_error_line(script, args, prefix, damaged_data, tmp_path):
+    """tf_dynhp.datasets.load's ValueError (a truncated or corrupt file, a SHA256SUMS mismatch,
+    the other data set in --data_dir) was a traceback."""
+    done = _tool(script, f"--data_dir={damaged_data}", *(a.format(tmp=tmp_path) for a in args))
+    _refused(done, f"{prefix}{damaged_data / 'train-images-idx3-ubyte'}: wrong magic number")
+    assert done.returncode == 1
+
+
+def test_the_other_data_set_in_data_dir_is_one_error_line():
+    if not (DATA_ROOT / "mnist").exists():
+        pytest.skip("datasets not found")
+    done = _tool("train.py", "--dataset=fashion_mnist", f"--data_dir={DATA_ROOT / 'mnist'}", "--method=sp", "--epochs=1",
+                 "--train_limit=100")
+    _refused(done, "error: the fashion_mnist data set cannot be read: ")
+    assert "holds the mnist data set" in done.stderr
+
+
+# --------------------------------------------------------------------------- tools/export.py
+def _truncated_keras(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", "{}" * 2000)
+    path.write_bytes(path.read_bytes()[:100])
+    return path
+
+
+def test_export_refuses_a_file_that_is_no_keras_model_by_its_flag(tmp_path):
+    """A truncated .keras gave Keras' "File not found", a .tflite "File format not supported"
+    with a traceback; a zip without a model a KeyError."""
+    truncated = _truncated_keras(tmp_path / "trunc.keras")
+    (tmp_path / "m.tflite").write_bytes(b"TFL3" * 10)
+    if not DATA_ROOT.exists():
+        pytest.skip("datasets not found")  # (export.py loads the data set before the model)
+    with zipfile.ZipFile(tmp_path / "other.keras", "w") as z:
+        z.writestr("readme.txt", "not a model")
+    out = f"--out={tmp_path / 'o.tflite'}"
+    for flags, expected in (
+        ([f"--model={truncated}"], f"--model={truncated}: not a readable Keras model file (a .keras file is a zip archive"),
+        ([f"--model={tmp_path / 'm.tflite'}"], f"--model={tmp_path / 'm.tflite'}: not a readable Keras model file (expected a .keras"),
+        ([f"--model={tmp_path / 'other.keras'}"], f"--model={tmp_path / 'other.keras'}: not a readable Keras model file (KeyError"),
+    ):
+        done = _tool("export.py", *flags, out, "--eval_limit=10", f"--data_dir={DATA_ROOT}")
+        _refused(done, f"export.py: error: {expected}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "other.keras", "trunc.keras"]
+
+
+def test_export_refuses_a_bad_learning_rate_when_the_flags_are_parsed(tmp_path):
+    """--trainable_out with --learning_rate=-1 was refused after --out's .tflite was written."""
+    for value in ("-1", "0", "nan"):
+        done = _tool("export.py", "--model=/nonexistent/m.keras", f"--out={tmp_path / 'o.tflite'}",
+                     f"--trainable_out={tmp_path / 't.tflite'}", f"--learning_rate={value}")
+        _refused(done, "Invalid value received for --learning_rate. Expected a positive float.")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("outputs,expected", [
+    (["--out={model}"], "--out={model}: expected a path other than --model={model}, which it would overwrite"),
+    (["--out={link}"], "--out={link}: expected a path other than --model={model}, which it would overwrite"),
+    (["--out={dir}/x.tflite", "--dense_model={dir}/x_export.json"],
+     "--out={dir}/x.tflite (its summary x_export.json): expected a path other than --dense_model={dir}/x_export.json"),
+    (["--out={dir}/x.tflite", "--quantization=all", "--trainable_out={dir}/x_int8.tflite"],
+     "--trainable_out={dir}/x_int8.tflite: expected a path of its own; received the same file as --out={dir}/x.tflite (its int8 variant)"),
+    (["--out={dir}/x.tflite", "--trainable_out={dir}/x.tflite"],
+     "--trainable_out={dir}/x.tflite: expected a path of its own; received the same file as --out={dir}/x.tflite"),
+    (["--out={dir}/x.tflite", "--trainable_out={dir}/no/t.tflite"], "--trainable_out={dir}/no/t.tflite: the folder {dir}/no does not exist"),
+])
+def test_export_refuses_an_output_that_would_overwrite_an_input_or_another_output(outputs, expected, tmp_path):
+    """--model=m.keras --out=m.keras replaced the model with the .tflite."""
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"the user's model")
+    (tmp_path / "link.keras").symlink_to(model)
+    names = {"model": model, "link": tmp_path / "link.keras", "dir": tmp_path}
+    done = _tool("export.py", f"--model={model}", *(o.format(**names) for o in outputs), f"--data_dir={DATA_ROOT}")
+    _refused(done, f"export.py: error: {expected.format(**names)}")
+    assert model.read_bytes() == b"the user's model" and sorted(p.name for p in tmp_path.iterdir()) == ["link.keras", "m.keras"]
+
+
+# --------------------------------------------------------------------------- flag ranges
+@pytest.mark.parametrize("script,args,expected", [
+    ("summarize.py", ["--dense_kb=-5"], "Invalid value received for --dense_kb. Expected a positive number of KB (1024 bytes). Received: dense_kb=-5.0"),
+    ("summarize.py", ["--dense_kb=0"], "Received: dense_kb=0.0"),
+    ("summarize.py", ["--sp_mo_kb=inf"], "Invalid value received for --sp_mo_kb. Expected a positive number of KB"),
+    ("rank_at_size.py", ["--seeds=0"], "Invalid value received for --seeds. Expected a positive integer"),
+    ("rank_at_size.py", ["--first_seed=-1"], "Invalid value received for --first_seed. Expected an integer in [0, 2**32). Received: first_seed=-1"),
+    ("rank_at_size.py", ["--first_seed=4294967295", "--seeds=2"], "Invalid value received for --seeds."),
+    ("rank_at_size.py", ["--train_limit=-5"], "Invalid value received for --train_limit. Expected a positive integer. Received: train_limit=-5"),
+])
+def test_flags_out_of_range_are_refused_when_parsed(script, args, expected, tmp_path):
+    done = _tool(script, *args, f"--out={tmp_path / 'o.md'}" if script == "rank_at_size.py" else str(tmp_path))
+    _refused(done, expected)
+    assert "Flags parsing error" in done.stderr and not (tmp_path / "o.md").exists()
+
+
+def test_rank_at_size_seeds_is_not_checked_with_from_runs(tmp_path):
+    """--from_runs trains nothing, so --seeds plays no part: not refused for it."""
+    done = _tool("rank_at_size.py", "--seeds=0", f"--from_runs={tmp_path / 'none.json'}")
+    _refused(done, f"--from_runs: cannot read {tmp_path / 'none.json'}")
+    assert "--seeds" not in done.stderr
