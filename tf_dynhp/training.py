@@ -50,8 +50,8 @@ from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import classifier_head
 from tf_dynhp.optim import check_weight_decay_exclusions, clone_optimizer
 from tf_dynhp.pruning import compile_core, core_from
-from tf_dynhp.surgery import check_prunable_optimizer, io_structure
 from tf_dynhp.state import TrainerState
+from tf_dynhp.surgery import check_prunable_optimizer, io_structure
 from tf_dynhp.trainer import FitConfig, FitResult, NonFiniteError, Trainer, check_settings
 from tf_dynhp.units import unit_axes
 
