@@ -79,6 +79,7 @@ flags.DEFINE_bool("retrain_dynhp", True, "Train the DynHP configuration again he
 flags.DEFINE_integer("calibration_examples", 300, "Training images calibrating the int8 exports.")
 for _name in ("epochs", "batch_size", "train_limit", "test_limit", "steps_per_execution", "calibration_examples"):
     flags.register_validator(_name, lambda v: v is None or v >= 1, f"--{_name}: expected a positive integer")
+flags.register_validator("seed", lambda v: 0 <= v < 2**32, "--seed: expected an integer in [0, 2**32) (NumPy's seed range)")
 flags.DEFINE_float("tfmot_ramp", 0.8, "Share of the training steps over which tfmot's sparsity ramps to its final value.")
 
 QUICK = {"epochs": 2, "train_limit": 2000, "test_limit": 1000}

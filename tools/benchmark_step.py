@@ -55,6 +55,7 @@ flags.DEFINE_integer("repeats", 3, "Part 1: each measurement is the best of this
 flags.DEFINE_integer("dynhp_epochs", 20, "Epochs of the part-2 DynHP run (0 skips part 2).")
 flags.DEFINE_float("alpha_bs", 0.972, "Part 2 alpha_bs.")
 flags.DEFINE_integer("seed", 1, "Seed.")
+flags.register_validator("seed", lambda v: 0 <= v < 2**32, "--seed: expected an integer in [0, 2**32) (NumPy's seed range)")
 flags.DEFINE_string("parts", "1,2,3", "Which parts to run (comma-separated).")
 flags.DEFINE_enum("gate_kernel", "auto", ["auto", "fused", "tf"], "Gate kernel of the tf_dynhp loops (parts 1 and 2).")
 
