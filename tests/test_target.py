@@ -356,3 +356,36 @@ def test_a_deadline_at_the_last_epoch_warns_that_the_model_is_never_trained_at_i
     goal = 0.2 * memory.floats_to_kb(memory.weight_count(model))
     with pytest.warns(RuntimeWarning, match=r"`target_deadline`=0.9 of 3 epochs forces the size only at the end of the last epoch"):
         tf_dynhp.fit(model, x[:300], y[:300], target_kb=goal, target_deadline=0.9, **{**FAST, "epochs": 3})
+
+
+def test_a_run_stopped_before_the_deadline_is_cut_to_the_target(mnist, tmp_path):
+    """A callback's stop before the deadline epoch returned the unpruned model, over the
+    target, without a word. It is cut to the target (with a warning); a paused run resumed
+    goes on from the model before the cut, as if never stopped; a run EarlyStopping ended
+    is finished, and resumed gives the same cut model."""
+    (x, y), _ = mnist
+
+    def model():
+        return _mlp(hidden=(40, 20), input_shape=(28, 28))
+
+    goal = 0.2 * memory.floats_to_kb(memory.weight_count(model()))
+    kw = dict(FAST, epochs=8, target_kb=goal, target_deadline=0.5)
+    data = (x[:600], y[:600])
+    said = r"Training ended after epoch 2, before the size target's deadline \(the end of epoch 4\).*cut to target_kb"
+    with pytest.warns(RuntimeWarning, match=said + r".*resume it from checkpoint_dir"):
+        paused = tf_dynhp.fit(model(), *data, checkpoint_dir=tmp_path / "p", callbacks=[stop_after(2)], **kw)
+    assert len(paused.history["loss"]) == 2 and memory.floats_to_kb(memory.weight_count(paused.model)) <= goal
+    resumed = tf_dynhp.fit(model(), *data, checkpoint_dir=tmp_path / "p", resume=True, **kw)
+    whole = tf_dynhp.fit(model(), *data, **kw)
+    assert_same_run(resumed, whole, whole.model, resumed.model)
+
+    def stop():
+        return keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10)
+
+    with pytest.warns(RuntimeWarning, match=said + r".*reaches its deadline\.$"):
+        ended = tf_dynhp.fit(model(), *data, checkpoint_dir=tmp_path / "e", callbacks=[stop()], **kw)
+    assert memory.floats_to_kb(memory.weight_count(ended.model)) <= goal
+    again = tf_dynhp.fit(model(), *data, checkpoint_dir=tmp_path / "e", resume=True, callbacks=[stop()], **kw)
+    assert len(again.history["loss"]) == 2
+    for u, v in zip(ended.model.weights, again.model.weights, strict=True):
+        np.testing.assert_array_equal(u.numpy(), v.numpy())

@@ -341,15 +341,36 @@ class Trainer:
         if not any(k is not None for k in keep):
             return pruned, floors, 0.0
         t_rebuild = time.perf_counter()
-        for i, k in enumerate(keep):
-            if k is not None:
-                state.alive[i] = [state.alive[i][j] for j in k]
-        if keep[0] is not None:
-            self.features = np.asarray(state.alive[0], dtype=np.int64)
-        self.set_core(rebuild_core(self.core, keep))
+        self.keep_units(keep)
         rebuild_seconds = time.perf_counter() - t_rebuild
         self.trace()
         return pruned, floors, rebuild_seconds
+
+    def keep_units(self, keep: list[np.ndarray | None]) -> None:
+        """Rebuilds the core with the units `keep` names per unit axis (None: all)."""
+        for i, k in enumerate(keep):
+            if k is not None:
+                self.state.alive[i] = [self.state.alive[i][j] for j in k]
+        if keep[0] is not None:
+            self.features = np.asarray(self.state.alive[0], dtype=np.int64)
+        self.set_core(rebuild_core(self.core, keep))
+
+    def cut_to_target(self) -> float | None:
+        """A run that ends above `target_kb` (stopped by a callback before the deadline
+        epoch, where the size is forced) is cut to it here, as the deadline would: the
+        units least likely open go first (by P(z > 0) of Eq. 4: the epoch's activation
+        rates are of the model before its last prune), with no training after the cut.
+        Keeps the guarantee that `result.model` fits the target. Returns the size before
+        the cut in KB, or None when nothing was cut."""
+        cfg = self.config
+        before = memory.floats_to_kb(self.weights())
+        if cfg.target_kb is None or self.state.method not in ("hp", "dynhp") or before <= cfg.target_kb:
+            return None
+        rates = [np.asarray(keras.ops.convert_to_numpy(layer.prob_open()), dtype=np.float64) for layer in self.core.gated_layers]
+        target_weights = int(math.floor(cfg.target_kb * memory.BYTES_PER_KB / memory.BYTES_PER_FLOAT))
+        keep, _, _ = target.plan_to_target(self.core.body, self.core.gated_layers, rates, 1.0, cfg.gamma, target_weights, force=True)
+        self.keep_units(keep)
+        return before
 
     def aim_kb(self, epoch: int) -> float:
         """The size the boundary ending epoch `epoch` (0-based) prunes to and λ follows:
@@ -586,16 +607,26 @@ class Trainer:
                 self.restore_best(*best[id(cb)][:2], cb.monitor)
                 restored = True
                 break
+        cut_from = self.cut_to_target()
+        if cut_from is not None:
+            deadline = self.config.target_epoch
+            warnings.warn(
+                f"Training ended after epoch {self.state.epoch}, before the size target's deadline (the end of epoch "
+                f"{deadline}), with a model of {cut_from:.1f} KB: it was cut to target_kb={self.config.target_kb:g} "
+                f"({memory.floats_to_kb(self.weights()):.1f} KB) by removing the units least likely open, with no "
+                "training after the cut, so expect a lower accuracy than a run that reaches its deadline"
+                + (" (resume it from checkpoint_dir to go on from the model before the cut)." if self.config.checkpoint_dir
+                   and not early_stopped else "."), RuntimeWarning, stacklevel=3)
         if early_stopped or restored:
             self.state.early_stopped = early_stopped
-            self.write_final(last_good, restored, settings)
+            self.write_final(last_good, restored or cut_from is not None, settings)
         return self.result(model_name)
 
     def write_final(self, last: tuple[dict[str, np.ndarray], dict[str, Any]], restored: bool, settings: dict[str, Any]) -> None:
         """Writes the last epoch's checkpoint again, so that resuming a finished run trains
         nothing more and ends as it did: with `state.early_stopped` when EarlyStopping ended
-        the run, and the model the run ended with (EarlyStopping's restored best) under
-        `ENDED_WITH`. The last epoch's own model and state stay the checkpoint's: a
+        the run, and the model the run ended with (EarlyStopping's restored best, or the
+        last model cut to the target) under `ENDED_WITH`. The last epoch's own model and state stay the checkpoint's: a
         resume with more `epochs` of a run that was not stopped trains on from them."""
         if self.config.checkpoint_dir is None:
             return

@@ -489,7 +489,8 @@ def fit(
             above the target and decays below it (`tf_dynhp.target`); units below
             `gamma` are removed only down to the target, lowest activation rate first.
             `result.model` is never larger: from the epoch `target_deadline` names on,
-            the units with the lowest rates are removed until the model fits. A
+            the units with the lowest rates are removed until the model fits (a run a
+            callback stops before that epoch is cut at its end, with a warning). A
             target below the smallest model pruning can leave (one unit per axis) is
             refused, naming that size; one at or above the model's size is a warning.
             History: `l0_lambda`, `expected_kb`, `target_kb` per epoch.
