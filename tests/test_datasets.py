@@ -734,3 +734,10 @@ def test_labels_outside_the_ten_classes_are_refused_naming_the_file(tmp_path, pl
     write(folder / "t10k-labels-idx1-ubyte.gz", idx_bytes(np.array([0, 11, 3], np.uint8)), compress=True)
     with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\.gz: expected labels in \[0, 10\) .*received labels in \[0, 11\]"):
         ds.load("mnist", folder, download=False, **places)
+
+
+def test_the_fashion_mnist_alias_loads_the_real_data():
+    """load("fashion-mnist") (the documented alias) refused Fashion-MNIST as 'the
+    fashion_mnist data set, not fashion-mnist'."""
+    (x, y), _ = ds.load("fashion-mnist", DATA_ROOT, download=False)
+    assert x.shape == (60000, 28, 28) and y[0] == 9

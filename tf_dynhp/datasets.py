@@ -15,7 +15,9 @@ Where the data are looked for, in order:
    A `data_dir` given explicitly is the only place looked at: when the data
    are not there, `FileNotFoundError` names it and what is missing (no other
    folder, no download);
-2. the environment variable `TF_DYNHP_DATA`, with the same rule;
+2. the environment variable `TF_DYNHP_DATA`, the same layouts: a folder there
+   without the data is passed over for the places below (the error, when the
+   data are found nowhere, lists it with the reason);
 3. the system folder `/usr/share/datasets/<folder>` (Debian's
    `apt-get install dataset-fashion-mnist` installs Fashion-MNIST there);
 4. the Keras cache (`$KERAS_HOME/datasets` or `~/.keras/datasets`):
@@ -353,7 +355,8 @@ def find_dataset_dir(
 
     Looks, in order, in `data_dir` (the folder itself, then its `<folder>/`
     subfolders, then for MNIST `mnist.npz` in it; `data_dir` may also be an
-    `.npz` file), the folder named by `$TF_DYNHP_DATA` (same rule),
+    `.npz` file), the folder named by `$TF_DYNHP_DATA` (same layouts; passed
+    over when the data are not there),
     `system_dir/<folder>`, the Keras cache (`cache_dir/<folder>`, and for
     MNIST `cache_dir/mnist.npz`), and finally downloads into the Keras cache
     if `download` is true. `<folder>` is `mnist` or `fashion-mnist` (also
@@ -652,7 +655,7 @@ def load(
         name, data_dir, download=download, cache_dir=cache_dir, system_dir=system_dir
     )
     data = _load_npz(found) if found.suffix == ".npz" and found.is_file() else _load_idx_folder(found)
-    _check_not_the_other(name, found, data[0][1])
+    _check_not_the_other(_NAME_ALIASES.get(name, name), found, data[0][1])  # "fashion-mnist" is fashion_mnist
     return data
 
 
