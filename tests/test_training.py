@@ -253,6 +253,34 @@ def test_plot_history(mnist_small, tmp_path):
         tf_dynhp.plot_history({"loss": [1.0]}, tmp_path / "x.png")
 
 
+def test_plot_history_of_a_cnn_result_names_its_axes_marks_one_epoch_and_returns_the_file(mnist_small, tmp_path, monkeypatch):
+    """The CNN's conv channels and flattened features were labelled 'hidden 1, 2, ...'; a
+    1-epoch history drew lines of one point (nothing shows); a path without a suffix
+    returned that path while matplotlib wrote '<path>.png'."""
+    import matplotlib.figure
+
+    (x, y), _ = mnist_small
+    result = tf_dynhp.fit(_cnn(), x[:200, ..., None], y[:200], method="hp", epochs=1, batch_size=50, seed=1, verbose=0)
+    drawn = {}
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        drawn["labels"] = [line.get_label() for line in fig.axes[0].get_lines()]
+        drawn["markers"] = {line.get_marker() for ax in fig.axes for line in ax.get_lines() if line.get_label() != "_child0"}
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    path = tf_dynhp.plot_history(result, tmp_path / "cnn")
+    assert path == str(tmp_path / "cnn.png") and open(path, "rb").read(4) == b"\x89PNG"
+    names = [layer.name for layer in result.gated_model.layers if isinstance(layer, (tf_dynhp.L0Conv2D, tf_dynhp.L0Dense))]
+    assert drawn["labels"] == ["input", f"{names[0]} channels", "flattened", f"{names[1]} units"] == result.state.axis_names
+    assert "None" not in drawn["markers"] and None not in drawn["markers"]
+    with pytest.raises(ValueError, match="is a folder"):
+        tf_dynhp.plot_history(result, tmp_path)
+    with pytest.raises(ValueError, match="`unit_names` has 1 names; the history has 4 unit axes"):
+        tf_dynhp.plot_history(result.history, tmp_path / "x.png", unit_names=["a"])
+
+
 # --------------------------------------------------------------------------- a small CNN
 def _cnn(seed=0, convs=((4, 3),)):
     """Conv2D(filters, kernel) + MaxPooling2D(2) per `convs` entry, then Flatten and two Dense."""

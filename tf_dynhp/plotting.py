@@ -14,32 +14,53 @@ __all__ = ["plot_history"]
 REQUIRED_KEYS = ("active_units", "batch_size", "memory_kb", "val_error")
 
 
-def plot_history(history: Mapping[str, Sequence[Any]], path: str | os.PathLike, title: str | None = None) -> str:
+def plot_history(history: Any, path: str | os.PathLike, title: str | None = None,
+                 unit_names: Sequence[str] | None = None) -> str:
     """Draws active units per layer, batch size, memory and error against epochs.
 
-    Panels: (a) active units of every layer's inputs (input features, hidden
-    units; Figure 1), (b) mini-batch size (Figure 6), (c) memory per epoch, MO and
+    Panels: (a) active units of every unit axis (input features, hidden units, conv
+    channels; Figure 1), (b) mini-batch size (Figure 6), (c) memory per epoch, MO and
     the full footprint with the budget (Figures 2 and 7), and with a size target the
     model's size, its expected size and the target, (d) validation error % (Figure 5).
+    A run of a few epochs gets a marker on every point (one epoch is one point).
 
     Args:
-        history: `FitResult.history` (or a `history.jsonl` read back as lists).
-        path: output image file (PNG, PDF, SVG: by extension).
+        history: a `FitResult` (its history, and its axes' names for panel (a)), or
+            `FitResult.history` (or a `history.jsonl` read back as lists).
+        path: output image file (PNG, PDF, SVG: by extension; without one, PNG and
+            ".png" is added, as matplotlib does).
         title: figure title.
+        unit_names: a label per unit axis for panel (a); default the `FitResult`'s
+            (`state.axis_names`: "input", "<layer> units", "<layer> channels",
+            "flattened"), else "input", "axis 1", ... (a history alone does not say
+            which layers its axes are).
 
     Returns:
-        The path written.
+        The path of the file written.
 
     Raises:
-        ValueError: `history` lacks a key the plot needs, or has no epochs.
+        ValueError: `history` lacks a key the plot needs, or has no epochs; `path` is
+            a folder; `unit_names` is not one name per axis.
         ImportError: matplotlib is not installed.
     """
+    if unit_names is None and hasattr(history, "state") and hasattr(history, "history"):
+        unit_names = list(getattr(history.state, "axis_names", None) or []) or None
+    if hasattr(history, "history") and not isinstance(history, Mapping):
+        history = history.history
     missing = [k for k in REQUIRED_KEYS if k not in history]
     if missing:
         raise ValueError(f"`history` lacks {missing}; expected the history of tf_dynhp.fit (keys {list(REQUIRED_KEYS)}).")
     epochs = list(range(1, len(history["batch_size"]) + 1))
     if not epochs:
         raise ValueError("`history` has no epochs to plot.")
+    path = os.fspath(path)
+    if os.path.isdir(path) or path.endswith(os.sep) or not os.path.basename(path):
+        raise ValueError(f"`path`={path!r} is a folder; expected the path of an image file to write (e.g. run.png).")
+    if not os.path.splitext(path)[1]:
+        path += ".png"  # what savefig writes: the path returned is the file written
+    n_axes = len(history["active_units"][0])
+    if unit_names is not None and len(unit_names) != n_axes:
+        raise ValueError(f"`unit_names` has {len(unit_names)} names; the history has {n_axes} unit axes.")
     try:
         import matplotlib
 
@@ -48,12 +69,13 @@ def plot_history(history: Mapping[str, Sequence[Any]], path: str | os.PathLike, 
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("plot_history needs matplotlib: pip install 'tf_dynhp[tools]'") from err
 
+    marker = "o" if len(epochs) <= 20 else None  # a 1-epoch line has no length: only a marker shows it
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     ax = axes[0][0]
     units = [list(u) for u in history["active_units"]]
-    names = ["input"] + [f"hidden {i}" for i in range(1, len(units[0]))]
+    names = list(unit_names) if unit_names is not None else ["input"] + [f"axis {i}" for i in range(1, n_axes)]
     for i, name in enumerate(names):
-        ax.plot(epochs, [u[i] for u in units], label=name)
+        ax.plot(epochs, [u[i] for u in units], label=name, marker=marker)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("active units (log)")
@@ -61,26 +83,26 @@ def plot_history(history: Mapping[str, Sequence[Any]], path: str | os.PathLike, 
     ax.legend()
 
     ax = axes[0][1]
-    ax.plot(epochs, history["batch_size"], label="batch size")
+    ax.plot(epochs, history["batch_size"], label="batch size", marker=marker)
     if "candidate_batch_size" in history:
-        ax.plot(epochs, history["candidate_batch_size"], "--", label="candidate (Eq. 8)")
+        ax.plot(epochs, history["candidate_batch_size"], "--", label="candidate (Eq. 8)", marker=marker)
     ax.set_xlabel("epoch")
     ax.set_ylabel("examples")
     ax.set_title("(b) mini-batch size")
     ax.legend()
 
     ax = axes[1][0]
-    ax.plot(epochs, history["memory_kb"], label="MO (paper)")
+    ax.plot(epochs, history["memory_kb"], label="MO (paper)", marker=marker)
     if "memory_full_kb" in history:
-        ax.plot(epochs, history["memory_full_kb"], label="full footprint")
+        ax.plot(epochs, history["memory_full_kb"], label="full footprint", marker=marker)
     budgets = [b for b in history.get("budget_kb", []) if b]
     if budgets:
         ax.axhline(budgets[0], color="red", linestyle=":", label=f"budget {budgets[0]:.1f} KB")
     if "model_kb" in history:
-        ax.plot(epochs, history["model_kb"], label="model size")
+        ax.plot(epochs, history["model_kb"], label="model size", marker=marker)
     targets = [t for t in history.get("target_kb", []) if t]
     if targets:  # fit(target_kb=...): the size against the target, and what the penalty sees
-        ax.plot(epochs, history["expected_kb"], "--", label="expected size (penalty)")
+        ax.plot(epochs, history["expected_kb"], "--", label="expected size (penalty)", marker=marker)
         ax.axhline(targets[0], color="green", linestyle=":", label=f"target {targets[0]:.1f} KB")
     ax.set_xlabel("epoch")
     ax.set_ylabel("KB")
@@ -90,7 +112,7 @@ def plot_history(history: Mapping[str, Sequence[Any]], path: str | os.PathLike, 
     ax = axes[1][1]
     errors = [e for e in history["val_error"]]
     if any(e is not None for e in errors):
-        ax.plot([e for e, v in zip(epochs, errors) if v is not None], [v for v in errors if v is not None])
+        ax.plot([e for e, v in zip(epochs, errors) if v is not None], [v for v in errors if v is not None], marker=marker)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation error %")
     ax.set_title("(d) misclassification error")
@@ -99,4 +121,4 @@ def plot_history(history: Mapping[str, Sequence[Any]], path: str | os.PathLike, 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return str(path)
+    return path

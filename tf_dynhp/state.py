@@ -43,6 +43,8 @@ class TrainerState:
             "tf" (`tf_dynhp.fit`'s resolved `gate_kernel`; the two draw different noise).
         l0_lambda: under `fit(target_kb=...)`, the multiplier λ for the next epoch
             (`tf_dynhp.target.update_lambda`); None without a target.
+        axis_names: a label per unit axis (`tf_dynhp.units.axis_names`), for
+            `plot_history`; empty in checkpoints written before it.
         early_stopped: a `keras.callbacks.EarlyStopping` ended the run: it is
             finished, and a resume trains nothing (another callback's stop is a
             pause: a resume goes on).
@@ -61,6 +63,7 @@ class TrainerState:
     first_trace_seconds: float = 0.0
     l0_lambda: float | None = None
     early_stopped: bool = False
+    axis_names: list[str] = dataclasses.field(default_factory=list)
     history: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
 
     def masks(self) -> list[np.ndarray]:

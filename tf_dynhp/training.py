@@ -53,7 +53,7 @@ from tf_dynhp.pruning import compile_core, core_from
 from tf_dynhp.state import TrainerState
 from tf_dynhp.surgery import check_prunable_optimizer, io_structure
 from tf_dynhp.trainer import FitConfig, FitResult, NonFiniteError, Trainer, check_settings
-from tf_dynhp.units import unit_axes
+from tf_dynhp.units import axis_names, unit_axes
 
 __all__ = ["fit", "FitResult", "METHODS", "DEFAULT_ALPHA_BS", "NonFiniteError", "TIMING_KEYS", "RUNTIME_KEYS"]
 
@@ -726,6 +726,7 @@ def fit(
         alive=[list(range(axis.size)) for axis in axes[:-1]],
         original_inputs=[axis.size for axis in axes[:-1]], gate_kernel=gate_kernel,
         l0_lambda=max(float(l0_lambda), float(lambda_floor)) if target_kb is not None else None,
+        axis_names=axis_names(axes[:-1]),
     )
     if features is not None:
         state.alive[0] = [int(i) for i in features]

@@ -31,7 +31,7 @@ from tf_dynhp.kinds import (
 )
 from tf_dynhp.layers import SelectFeatures
 
-__all__ = ["UnitAxis", "IndexRun", "index_run", "unit_axes", "effective_keep", "plan_outcome"]
+__all__ = ["UnitAxis", "IndexRun", "index_run", "unit_axes", "axis_names", "effective_keep", "plan_outcome"]
 
 
 @dataclasses.dataclass
@@ -105,6 +105,22 @@ def index_run(layers: Sequence[keras.layers.Layer]) -> IndexRun:
         shape_maps.append(m)
         raw_map = None if (m is None or raw_map is None) else raw_map[m]
     return IndexRun(list(layers), shape_layers, shape_maps, raw_map, select)
+
+
+def axis_names(axes: Sequence[UnitAxis]) -> list[str]:
+    """A label per unit axis, for plots and logs: "input" (the model's input features or
+    channels), "<layer> channels" (a conv layer's outputs), "<layer> units" (a dense
+    layer's), "flattened" (an axis a Flatten or Reshape copies from another)."""
+    names = []
+    for i, axis in enumerate(axes):
+        if i == 0:
+            names.append("input")
+        elif axis.producer is None:
+            names.append("flattened")
+        else:
+            kind = "channels" if "Conv" in type(axis.producer).__name__ else "units"  # Conv2D, L0Conv2D
+            names.append(f"{axis.producer.name} {kind}")
+    return names
 
 
 def unit_axes(body: Sequence[keras.layers.Layer]) -> tuple[list[UnitAxis], list[tuple[int, int]]]:
