@@ -329,7 +329,7 @@ class Trainer:
         n_axes = len(axes) - 1
         if self.state.method not in ("hp", "dynhp"):
             return [0] * n_axes, [False] * n_axes, 0.0
-        state, cfg = self.state, self.config
+        cfg = self.config
         if cfg.target_kb is not None:
             target_weights = int(math.floor(self.aim_kb(epoch) * memory.BYTES_PER_KB / memory.BYTES_PER_FLOAT))
             keep, pruned, floors = target.plan_to_target(
