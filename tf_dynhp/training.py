@@ -435,7 +435,10 @@ def fit(
             validation data: what an EarlyStopping may select on without touching the
             test set.
         seed: makes two runs identical (sets Keras' seeds and TF op determinism).
-            None: drawn at random; `resume=True` goes on with the seed its
+            None: drawn at random (recorded in `FitResult.state.seed`) and Keras'
+            seeds and op determinism left as they are, so a rerun with that seed is
+            close to the unseeded run but not bit-identical (weights within ~1e-7);
+            for runs to repeat, pass a seed. `resume=True` goes on with the seed its
             checkpoint was made with (and seeds Keras and op determinism if that
             run was given its seed).
         verbose: 0 silent; 1 (or "auto") a Keras progress bar inside each epoch, then the
