@@ -192,3 +192,19 @@ def test_rank_at_size_seeds_is_not_checked_with_from_runs(tmp_path):
     done = _tool("rank_at_size.py", "--seeds=0", f"--from_runs={tmp_path / 'none.json'}")
     _refused(done, f"--from_runs: cannot read {tmp_path / 'none.json'}")
     assert "--seeds" not in done.stderr
+
+
+def test_an_output_path_with_a_tilde_is_written_where_it_was_checked(tmp_path):
+    """The check expanded '~' (a shell leaves `--out=~/x` as it is) but the tool wrote
+    to the literal path: a '~' folder in the working directory."""
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text('{"candidate": "base", "seed": 1, "test_error": 2.0, "val_error": null, "train_images": 100, '
+                    '"model_kb": 1.0, "mean_mo_kb": 2.0, "seconds": 3.0, "units": [4, 3, 2]}\n')
+    home = tmp_path / "home"
+    home.mkdir()
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "rank_at_size.py"), "--candidates=base",
+                           f"--from_runs={runs}", "--out=~/tables/t.md"], capture_output=True, text=True,
+                          timeout=180, env={**ENV, "HOME": str(home)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (home / "tables" / "t.md").is_file() and (home / "tables" / "t.md.json").is_file()
+    assert not (tmp_path / "~").exists()

@@ -107,8 +107,7 @@ def main(argv):
     del argv
     from tf_dynhp.cli.flag_rules import load_dataset, output_file  # noqa: PLC0415 - loaded by its path under __main__
 
-    if FLAGS.out:  # checked before the runs, not after them
-        output_file("out", FLAGS.out, "a JSON file")
+    out = output_file("out", FLAGS.out, "a JSON file") if FLAGS.out else None  # checked before the runs; "~" expanded
     recorded = None
     if FLAGS.check:
         try:
@@ -118,10 +117,10 @@ def main(argv):
     (x, y), (xt, yt) = load_dataset("mnist", FLAGS.data_dir, download=False)
     data = ((x[:4000], y[:4000]), (xt[:1000], yt[:1000]))
     digest = {name: _run(name, data) for name in FLAGS.runs}
-    if FLAGS.out:
-        Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(FLAGS.out).write_text(json.dumps(digest, indent=1, sort_keys=True) + "\n")
-        print(f"wrote {FLAGS.out}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(digest, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {out}")
     if FLAGS.check:
         diffs = _diff({k: recorded.get(k) for k in FLAGS.runs}, digest)
         for line in diffs:

@@ -342,9 +342,10 @@ def table(runs: list[dict], candidates: list[str], command: str) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]} (every setting is a --flag)")
-    if FLAGS.out:  # checked before hours of training, not after them
-        _rules.output_file("out", FLAGS.out, "a Markdown file")
-        if Path(FLAGS.out + ".json").is_dir():
+    out = None
+    if FLAGS.out:  # checked before hours of training, not after them; the path written ("~" expanded)
+        out = str(_rules.output_file("out", FLAGS.out, "a Markdown file"))
+        if Path(out + ".json").is_dir():
             raise app.UsageError(f"--out={FLAGS.out}: expected {FLAGS.out}.json, the runs beside the table, to be a file "
                                  "to write; that is a folder")
     from tf_dynhp import _checks
@@ -374,10 +375,10 @@ def main(argv):
                              f"(they hold {sorted({r['candidate'] for r in runs})})")
     text = table(runs, FLAGS.candidates, command)
     print(text)
-    if FLAGS.out:
-        Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
-        _checks.write_atomic(FLAGS.out, text)
-        _checks.write_atomic(FLAGS.out + ".json", json.dumps(runs, indent=1) + "\n")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        _checks.write_atomic(out, text)
+        _checks.write_atomic(out + ".json", json.dumps(runs, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -611,7 +611,7 @@ def main(argv: list[str]) -> int:
         return 0
     if FLAGS.jobs < 1:
         raise app.UsageError(f"--jobs must be >= 1, received {FLAGS.jobs}")
-    output_folder("out", FLAGS.out, "a folder of run folders")  # nothing created here: a refusal below leaves no folder
+    out = output_folder("out", FLAGS.out, "a folder of run folders")  # nothing created here: a refusal below leaves no folder
     if FLAGS.backend == "ray":
         try:
             import_ray()  # fail now, not after planning
@@ -649,7 +649,6 @@ def main(argv: list[str]) -> int:
                 f"{d} {', '.join(f'{t[0]:g}' for t in FRONTIER_TARGETS.get(d, []))}" for d in FLAGS.datasets)
         targets = f", --frontier_targets={','.join(FLAGS.frontier_targets)}" if FLAGS.frontier_targets else ""
         raise app.UsageError(f"the flags select no run (--grid={FLAGS.grid}, --datasets={','.join(FLAGS.datasets)}{targets}){hint}")
-    out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
 
     pending, skipped, stale = [], [], []

@@ -140,12 +140,13 @@ flags.register_multi_flags_validator(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]} (every setting is a --flag)")
-    if FLAGS.out_dir is None:
+    out_dir = FLAGS.out_dir
+    if out_dir is None:
         if FLAGS.resume:
             raise app.UsageError("--resume needs --out_dir, the run folder to continue.")
         print("No --out_dir given: nothing is saved (no run folder, no checkpoints, no model).", flush=True)
     else:
-        output_folder("out_dir", FLAGS.out_dir, "a run folder")  # before TensorFlow loads
+        out_dir = str(output_folder("out_dir", out_dir, "a run folder"))  # before TensorFlow loads; "~" expanded
     from tf_dynhp import runs
     from tf_dynhp.checkpoint import CheckpointError
 
@@ -157,7 +158,7 @@ def main(argv):
     config.hidden = [int(h) for h in FLAGS.hidden.split(",") if h]
     try:
         data = load_dataset(config.dataset, FLAGS.data_dir)  # a damaged data set file: ToolError, not any ValueError of the run
-        runs.run(config, FLAGS.out_dir, data=data, resume=FLAGS.resume, verbose=FLAGS.verbose, overwrite=FLAGS.overwrite)
+        runs.run(config, out_dir, data=data, resume=FLAGS.resume, verbose=FLAGS.verbose, overwrite=FLAGS.overwrite)
     except (runs.RunFolderError, runs.RunArgumentError, CheckpointError, ToolError) as err:  # before any training
         sys.exit(f"error: {err}")
     except OSError as err:  # the run folder or its checkpoints/ cannot be made or written, the data set cannot be read, ...
