@@ -7,6 +7,7 @@ location keeps its bytes and no file appears next to it.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -17,9 +18,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import make_mlp
 
 import tf_dynhp
-from conftest import make_mlp
 from tf_dynhp import datasets, export
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +92,11 @@ X = np.random.default_rng(0).random((20, 28, 28)).astype("float32")
 Y = np.arange(20) % 10
 MLP_KB = 4 * (784 * 8 + 8 + 8 * 10 + 10) / 1024  # make_mlp(hidden=(8,))
 
+
+def _ones(shape, dtype=None):
+    return keras.ops.ones(shape, dtype=dtype)
+
+
 FIT_CASES = [
     ("wrong shape", dict(x=X[:, :, :20]), ValueError, r"`x` has examples of shape \(28, 20\)"),
     ("NaN pixels", dict(x=np.where(X > 0.5, np.nan, X)), ValueError, r"`x` contains NaN"),
@@ -123,6 +129,10 @@ FIT_CASES = [
     ("unregistered initializer", dict(model=lambda: keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(
         8, kernel_initializer=_Unregistered(), name="init"), keras.layers.Dense(10, activation="softmax")])), ValueError,
      r"'init' has a `kernel_initializer` that Keras cannot rebuild"),
+    ("initializer get_config cannot describe", dict(model=lambda: keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+        keras.layers.Dense(8, activation="relu", kernel_initializer=functools.partial(_ones), name="init"),
+        keras.layers.Dense(10, activation="softmax")])), ValueError,
+     r"Layer 'init' cannot give its config \(get_config failed\).*Keras said: TypeError"),  # it blamed the activation
     ("two dtypes", dict(model=_two_dtypes), ValueError, r"different dtypes: float64 \(first in layer '.*'\), float32"),
     ("gradient accumulation", dict(optimizer=keras.optimizers.Adam(gradient_accumulation_steps=2)), ValueError,
      r"gradient_accumulation_steps=2.*trace_once=False"),

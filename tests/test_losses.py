@@ -120,6 +120,20 @@ def test_a_loss_of_other_labels_is_refused_before_any_work(mnist, loss):
     """Accepted by the argument checks, these failed in the compiled step with a graph error
     ("Incompatible shapes: [100] vs. [100,10]"): fit calls the loss once first, as the step will."""
     (x, y), _ = mnist
-    with pytest.raises(ValueError, match=r"`loss` .* fails on what fit gives it: integer class labels, shape \(batch,\), "
-                                         r"and the model's outputs, shape \(batch, 10\).*It raised"):
+    with pytest.raises(ValueError, match=r"`loss` .* fails when called as the training step calls it: integer class "
+                                         r"labels, shape \(batch,\), and the model's outputs, shape \(batch, 10\), "
+                                         r"float32.*It raised"):
         tf_dynhp.fit(_mlp(), x[:64], y[:64], method="sp", epochs=1, verbose=0, loss=loss)
+
+
+def test_a_float64_model_s_own_loss_is_probed_in_float64():
+    """The probe fed float32 outputs to a float64 model's loss, which then failed (a dtype
+    clash in a Mul) and was refused; the step gives it float64."""
+    def loss(labels, probs):
+        return -keras.ops.sum(keras.ops.one_hot(labels, 3, dtype="float64") * keras.ops.log(probs), axis=-1)
+
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="relu", dtype="float64"),
+                              keras.layers.Dense(3, activation="softmax", dtype="float64")])
+    result = tf_dynhp.fit(model, rng.random((40, 6)), rng.integers(0, 3, 40), method="sp", epochs=1, verbose=0, loss=loss)
+    assert np.isfinite(result.history["loss"][0])

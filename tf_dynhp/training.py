@@ -126,24 +126,25 @@ def _rate(optimizer: keras.optimizers.Optimizer) -> str:
     return f"{rate:g}" if isinstance(rate, (int, float)) else "scheduled"
 
 
-def _check_loss_on_labels(loss: Any, loss_fn: Callable | None, num_classes: int) -> None:
+def _check_loss_on_labels(loss: Any, loss_fn: Callable | None, num_classes: int, dtype: str = "float32") -> None:
     """Calls the loss once, eagerly, as the step will: integer class labels (batch,) and the
-    model's outputs (batch, classes), one value per example back. A loss of other labels
-    ("mse", "binary_crossentropy", ...) failed in the compiled step with a graph error, or
-    broadcast to a wrong loss; the batch is `num_classes + 1` so that (batch,) does not
-    broadcast against (batch, classes)."""
+    model's outputs (batch, classes) in the output layer's dtype, one value per example
+    back. A loss of other labels ("mse", "binary_crossentropy", ...) failed in the compiled
+    step with a graph error, or broadcast to a wrong loss; the batch is `num_classes + 1`
+    so that (batch,) does not broadcast against (batch, classes)."""
     if loss_fn is None:
         return
     batch = num_classes + 1
     labels = np.arange(batch, dtype="int32") % num_classes
-    outputs = np.full((batch, num_classes), 1.0 / num_classes, dtype="float32")
+    outputs = np.full((batch, num_classes), 1.0 / num_classes, dtype=dtype)
     try:
         values = loss_fn(keras.ops.convert_to_tensor(labels), keras.ops.convert_to_tensor(outputs))
     except Exception as err:  # noqa: BLE001 - whatever the loss raises, it cannot train here
         raise ValueError(
-            f"`loss` {loss!r} fails on what fit gives it: integer class labels, shape (batch,), and the model's "
-            f"outputs, shape (batch, {num_classes}) (tried with batch {batch}). Use a loss of integer labels, e.g. "
-            f"'sparse_categorical_crossentropy'. It raised {type(err).__name__}: {_first_line(err)}"
+            f"`loss` {loss!r} fails when called as the training step calls it: integer class labels, shape (batch,), "
+            f"and the model's outputs, shape (batch, {num_classes}), {dtype} (tried with batch {batch}). fit trains "
+            f"on integer labels: use a loss of them, e.g. 'sparse_categorical_crossentropy'. It raised "
+            f"{type(err).__name__}: {_first_line(err)}"
         ) from None
     shape = tuple(getattr(values, "shape", ()))
     if shape != (batch,):
@@ -253,9 +254,18 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
         try:  # a partial or a NumPy ufunc fails in get_config already
             config = layer.get_config() if activation is not None or layer.weights else {}
         except Exception as err:  # noqa: BLE001 - any failure to describe the layer is the user's to mend
-            if activation is None:
-                raise
-            raise ValueError(f"{cannot} Keras said: {type(err).__name__}: {err}") from None
+            said = f"Keras said: {type(err).__name__}: {_first_line(err)}"
+            try:
+                activation_fails = activation is not None and not keras.activations.serialize(activation)
+            except Exception:  # noqa: BLE001 - the activation is what get_config cannot describe
+                activation_fails = True
+            if activation_fails:
+                raise ValueError(f"{cannot} {said}") from None
+            raise ValueError(
+                f"Layer '{layer.name}' cannot give its config (get_config failed), and tf_dynhp rebuilds every layer it "
+                "prunes from its config. Give it settings Keras can serialize (initializers, activations: Keras' own, or "
+                f"registered with @keras.saving.register_keras_serializable()). {said}"
+            ) from None
         if activation is not None and "activation" in config:
             try:  # as the rebuild reads it: the layer's config, through keras.activations.get
                 with warnings.catch_warnings():
@@ -634,7 +644,7 @@ def fit(
     if method == "dense" and any(isinstance(layer, GATED_TYPES) for layer in chain.body):
         raise ValueError("method='dense' trains plain Dense/Conv2D layers; this model has gated (L0Dense/L0Conv2D) layers: pass tf_dynhp.strip(model).")
     num_classes, _ = classifier_head(chain.body)
-    _check_loss_on_labels(loss, loss_fn, num_classes)
+    _check_loss_on_labels(loss, loss_fn, num_classes, chain.body[-1].compute_dtype)
     if augment is not None and len(chain.input_shape) < 2:
         raise ValueError(
             f"`augment` transforms images; this model's input has shape {tuple(chain.input_shape)}. Give the "
