@@ -607,8 +607,13 @@ def test_a_compiled_model_hears_that_fit_trains_with_its_own_optimizer_and_loss(
     assert any(re.search(r"compiled with SGD \(learning rate 0\.1\); tf_dynhp.fit trains with its own `optimizer` "
                          r"argument, here Adam \(learning rate 0\.001\).*optimizer=model.optimizer", m) for m in said), said
     assert any("compiled with loss 'mse'" in m for m in said), said
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        tf_dynhp.fit(model, x[:64], y[:64], **QUICK)
-        tf_dynhp.fit(model, x[:64], y[:64], **QUICK, optimizer=keras.optimizers.SGD(0.1))  # chosen: says nothing
+    for same in ("sparse_categorical_crossentropy", ["sparse_categorical_crossentropy"],
+                 keras.losses.SparseCategoricalCrossentropy(from_logits=True)):  # fit takes the logits either way
+        model.compile(optimizer="adam", loss=same)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tf_dynhp.fit(model, x[:64], y[:64], **QUICK)
+            tf_dynhp.fit(model, x[:64], y[:64], **QUICK, optimizer=keras.optimizers.SGD(0.1))  # chosen: says nothing
+    model.compile(optimizer="adam", loss=tf_dynhp.losses.SparseCategoricalCrossentropy(label_smoothing=0.2))
+    with pytest.warns(RuntimeWarning, match="compiled with loss <tf_dynhp.losses.SparseCategoricalCrossentropy"):
+        tf_dynhp.fit(model, x[:64], y[:64], **QUICK)  # the smoothing is not what fit trains with

@@ -111,14 +111,30 @@ def _warn_compiled_settings(model: Any, given: Any, optimizer: keras.optimizers.
         warnings.warn(
             f"The model was compiled with {type(compiled).__name__} (learning rate {_rate(compiled)}); tf_dynhp.fit trains "
             f"with its own `optimizer` argument, here {type(optimizer).__name__} (learning rate {_rate(optimizer)}), not "
-            "the compiled one. Pass optimizer=model.optimizer to train with it.", RuntimeWarning, stacklevel=3)
+            "the compiled one. Pass optimizer=model.optimizer to train with it (an optimizer object chooses).",
+            RuntimeWarning, stacklevel=3)
     compiled_loss = getattr(model, "loss", None)
-    sparse_ce = ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy")
-    name = compiled_loss if isinstance(compiled_loss, str) else getattr(compiled_loss, "__name__", type(compiled_loss).__name__)
-    if compiled_loss is not None and loss is None and name not in sparse_ce:
+    if compiled_loss is not None and loss is None and not _is_plain_sparse_ce(compiled_loss):
         warnings.warn(
             f"The model was compiled with loss {compiled_loss!r}; tf_dynhp.fit trains with its own `loss` argument (None: "
             "sparse categorical cross-entropy). Pass loss=... to train with another.", RuntimeWarning, stacklevel=3)
+
+
+def _is_plain_sparse_ce(loss: Any) -> bool:
+    """Whether a compiled loss is what `fit` trains with by default: sparse categorical
+    cross-entropy (on probabilities or logits: fit takes the logits either way), without
+    label smoothing or an ignored class; also one wrapped for a dict or list output."""
+    if isinstance(loss, dict) and len(loss) == 1:
+        loss = next(iter(loss.values()))
+    elif isinstance(loss, (list, tuple)) and len(loss) == 1:
+        loss = loss[0]
+    if isinstance(loss, str):
+        return loss == "sparse_categorical_crossentropy"
+    if loss is keras.losses.sparse_categorical_crossentropy:
+        return True
+    if isinstance(loss, (keras.losses.SparseCategoricalCrossentropy, losses.SparseCategoricalCrossentropy)):
+        return getattr(loss, "ignore_class", None) is None and not getattr(loss, "label_smoothing", 0.0)
+    return False
 
 
 def _rate(optimizer: keras.optimizers.Optimizer) -> str:
