@@ -213,7 +213,7 @@ def test_the_models_returned_keep_the_name_of_the_users_input(mnist, tmp_path, m
     assert keras.models.load_model(tmp_path / "m.keras").inputs[0].name == "pixels"
 
 
-@pytest.mark.parametrize("wrap", ["dict", "list"])
+@pytest.mark.parametrize("wrap", ["dict", "list", "nested"])
 def test_the_models_returned_take_and_give_what_the_users_model_does(mnist, tmp_path, wrap):
     """keras.Model({"img": x}, {"logits": y}): the returned models gave a bare array, so
     `predict({"img": x})["logits"]` failed on them (and Keras warned of the input's
@@ -222,18 +222,19 @@ def test_the_models_returned_take_and_give_what_the_users_model_does(mnist, tmp_
     keras.utils.set_random_seed(0)
     img = keras.Input((28, 28), name="img")
     logits = keras.layers.Dense(10)(keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(img)))
-    model = keras.Model({"img": img}, {"logits": logits}) if wrap == "dict" else keras.Model([img], [logits])
+    model = {"dict": lambda: keras.Model({"img": img}, {"logits": logits}), "list": lambda: keras.Model([img], [logits]),
+             "nested": lambda: keras.Model(img, {"out": [logits]})}[wrap]()
 
     def feed(images):
-        return {"img": images} if wrap == "dict" else [images]
+        return {"dict": {"img": images}, "list": [images], "nested": images}[wrap]
 
     users = type(model.predict(feed(xt[:4]), verbose=0))  # Keras gives a list of one output as the array
 
     def out(given):
         assert type(given) is users
-        return given["logits"] if wrap == "dict" else given
+        return {"dict": lambda: given["logits"], "list": lambda: given, "nested": lambda: given["out"][0]}[wrap]()
 
-    result = tf_dynhp.fit(model, feed(x[:200]) if wrap == "dict" else x[:200], y[:200], method="hp", epochs=2,
+    result = tf_dynhp.fit(model, feed(x[:200]) if wrap != "list" else x[:200], y[:200], method="hp", epochs=2,
                           batch_size=50, seed=1, verbose=0, callbacks=[ClosePlan(0)])
     expected = out(result.model.predict(feed(xt[:4]), verbose=0))
     for returned in (result.gated_model, tf_dynhp.strip(result.gated_model)):

@@ -119,17 +119,15 @@ def build_chain_model(
 
 
 def io_structure(model: keras.Model) -> tuple[Any, Any]:
-    """How a one-input, one-output model wraps its input and its output, each None (the
-    tensor itself), ["list"], ["tuple"] or ["dict", key]: a `keras.Model({"img": x},
-    {"logits": y})` gives and takes dicts, and so must the models rebuilt from it
-    (JSON-friendly, for the checkpoint settings)."""
+    """How a one-input, one-output model wraps its input and its output: None (the tensor
+    itself) or the structure with 0 for the tensor (`{"img": 0}`, `[0]`, `{"out": [0]}`):
+    a `keras.Model({"img": x}, {"logits": y})` takes and gives dicts, and so must the
+    models rebuilt from it."""
 
     def form(struct: Any) -> Any:
-        if isinstance(struct, dict):
-            return ["dict", str(next(iter(struct)))]
-        if isinstance(struct, (list, tuple)):
-            return [type(struct).__name__]
-        return None
+        if not isinstance(struct, (dict, list, tuple)):
+            return None
+        return keras.tree.map_structure(lambda _: 0, struct)
 
     if not isinstance(model, keras.Model) or isinstance(model, keras.Sequential):
         return (None, None)
@@ -144,17 +142,11 @@ def call_on_tensor(model: keras.Model, x: Any, **kwargs: Any) -> Any:
     and gives its one input and output in (`io_structure`): for export's signatures."""
     inputs, outputs = io_structure(model)
     out = model(_wrap(inputs, x), **kwargs)
-    if outputs is None:
-        return out
-    return next(iter(out.values())) if outputs[0] == "dict" else out[0]
+    return out if outputs is None else keras.tree.flatten(out)[0]
 
 
 def _wrap(form: Any, tensor: Any) -> Any:
-    if form is None:
-        return tensor
-    if form[0] == "dict":
-        return {form[1]: tensor}
-    return [tensor] if form[0] == "list" else (tensor,)
+    return tensor if form is None else keras.tree.map_structure(lambda _: tensor, form)
 
 
 def _shared_kwargs(layer: keras.layers.Layer) -> dict[str, Any]:
