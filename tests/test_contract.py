@@ -230,8 +230,10 @@ def test_the_models_returned_take_and_give_what_the_users_model_does(mnist, tmp_
 
     users = type(model.predict(feed(xt[:4]), verbose=0))  # Keras gives a list of one output as the array
 
+    shape = keras.tree.map_structure(lambda _: 0, model.predict(feed(xt[:4]), verbose=0))
+
     def out(given):
-        assert type(given) is users
+        assert type(given) is users and keras.tree.map_structure(lambda _: 0, given) == shape
         return {"dict": lambda: given["logits"], "list": lambda: given, "nested": lambda: given["out"][0]}[wrap]()
 
     result = tf_dynhp.fit(model, feed(x[:200]) if wrap != "list" else x[:200], y[:200], method="hp", epochs=2,
