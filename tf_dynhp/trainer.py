@@ -614,9 +614,10 @@ class Trainer:
                 f"Training ended after epoch {self.state.epoch}, before the size target's deadline (the end of epoch "
                 f"{deadline}), with a model of {cut_from:.1f} KB: it was cut to target_kb={self.config.target_kb:g} "
                 f"({memory.floats_to_kb(self.weights()):.1f} KB) by removing the units least likely open, with no "
-                "training after the cut, so expect a lower accuracy than a run that reaches its deadline"
-                + (" (resume it from checkpoint_dir to go on from the model before the cut)." if self.config.checkpoint_dir
-                   and not early_stopped else "."), RuntimeWarning, stacklevel=3)
+                "training after the cut, so expect a lower accuracy than a run that reaches its deadline. The history's "
+                "last record (model_kb, active_units) is of the model before the cut."
+                + (" Resume the run from checkpoint_dir to go on from that model." if self.config.checkpoint_dir
+                   and not early_stopped else ""), RuntimeWarning, stacklevel=3)
         if early_stopped or restored:
             self.state.early_stopped = early_stopped
             self.write_final(last_good, restored or cut_from is not None, settings)

@@ -858,7 +858,7 @@ def fit(
                     if run.state.epoch > epochs and not run.state.early_stopped:  # (== epochs: a finished run resumed, e.g. by a grid; nothing to say)
                         warnings.warn(
                             f"Resumed from {path} after epoch {run.state.epoch}, past epochs={epochs}: nothing to "
-                            f"train; the result is that checkpoint's model, with its {run.state.epoch} epochs of history.",
+                            f"train; the result is the model that run ended with, with its {run.state.epoch} epochs of history.",
                             RuntimeWarning, stacklevel=2)
                 elif verbose:
                     print(f"No checkpoint in {checkpoint_dir} to resume from: training from the start.", flush=True)
