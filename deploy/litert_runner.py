@@ -309,6 +309,14 @@ class Classifier:
         self.num_classes = classes if classes > 0 else None  # None: an output of unknown width
 
     def _check(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if np.issubdtype(self.input_dtype, np.integer) and x.dtype.kind == "f" and not np.all(x == np.round(x)):
+            # A cast would make IDX pixels scaled to [0, 1] (for float models) zeros and ones.
+            raise ValueError(
+                f"{self.path} takes {np.dtype(self.input_dtype).name} inputs (a keras.Input of that dtype); received "
+                f"{x.dtype.name} values that are not whole numbers (IDX pixels are scaled to [0, 1] for float models). "
+                "Feed the pixels as the model was trained on them."
+            )
         return fit_input(np.asarray(x, dtype=self.input_dtype), self.input_shape, str(self.path))
 
     def prepare(self, x: np.ndarray) -> np.ndarray:

@@ -449,3 +449,23 @@ def test_infer_images_of_another_size_fail_with_one_line(device, flat_model, tmp
         result = run_device(device, "infer.py", "--model", model, "--images", images, "--labels", files["test_labels"],
                             expect=2)
         one_error_line(result, model, "received (1000, 20, 20)", "examples of 400 values")
+
+
+def test_a_uint8_input_model_exports_int8_and_refuses_scaled_pixels(device, tmp_path):
+    """A keras.Input(dtype="uint8") model: its int8 export fed float32 calibration images
+    and failed; on the device, IDX pixels scaled to [0, 1] were cast to uint8 (zeros and
+    ones) and scored without a word. Raw pixels run; scaled ones are refused."""
+    (x_train, y_train), (x_test, y_test) = tf_dynhp.datasets.load("mnist", DATA_ROOT, download=False)
+    raw, raw_test = np.round(x_train[:600] * 255).astype(np.uint8), np.round(x_test[:200] * 255).astype(np.uint8)
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((28, 28), dtype="uint8"), keras.layers.Flatten(),
+                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10, activation="softmax")])
+    result = tf_dynhp.fit(model, raw, y_train[:600], method="hp", epochs=1, batch_size=50, seed=1, verbose=0)
+    for quantization in ("none", "int8"):
+        path = export.to_tflite(result.model, tmp_path / f"u8_{quantization}.tflite", quantization,
+                                representative_data=raw[:100]).path
+        classifier = lr.Classifier(path)
+        keras_acc = float(np.mean(np.argmax(result.model.predict(raw_test, verbose=0), 1) == y_test[:200]))
+        assert classifier.accuracy(raw_test, y_test[:200]) == pytest.approx(keras_acc, abs=0.05)
+        with pytest.raises(ValueError, match=r"takes uint8 inputs.*not whole numbers"):
+            classifier.accuracy(x_test[:200], y_test[:200])

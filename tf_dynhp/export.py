@@ -398,9 +398,11 @@ def to_tflite(
             converter.inference_input_type = tf.float32
             converter.inference_output_type = tf.float32
 
+            in_dtype = np.dtype(str(model.inputs[0].dtype))  # a uint8 keras.Input takes uint8 calibration images
+
             def representative_dataset() -> Iterable[list[np.ndarray]]:
                 for i in range(calibration.shape[0]):
-                    yield [calibration[i : i + 1]]
+                    yield [calibration[i : i + 1].astype(in_dtype, copy=False)]
 
             converter.representative_dataset = representative_dataset
 
