@@ -654,3 +654,11 @@ def test_issue5_shaped_model_within_documented_bounds(issue5_shaped, mnist, tmp_
     assert report.parameters == params
     per_unit = 12 * (290 + 100 + 10) if (quantization == "int8" and per_channel) else 0
     assert report.size_bytes <= bytes_per_param * params + per_unit + 16 * 1024, report.size_bytes / 1024
+
+
+def test_the_export_tools_quantization_choices_are_the_libraries():
+    """tools/export.py lists the variants of --quantization=all from its flag, to check the
+    files it will write before TensorFlow loads: the flag's choices must be QUANTIZATIONS."""
+    import tf_dynhp.cli.export as tool
+
+    assert tool.VARIANTS == export.QUANTIZATIONS

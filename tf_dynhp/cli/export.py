@@ -38,7 +38,10 @@ from tf_dynhp.cli.flag_rules import expect, load_dataset, one_line_usage  # noqa
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Stripped (or gated) Keras model, .keras file.")
 flags.DEFINE_string("out", None, "Output .tflite path; with --quantization=all, the stem of every variant.")
-flags.DEFINE_enum("quantization", "none", ["none", "float16", "dynamic", "int8", "all"], "Quantization of the export.")
+#: tf_dynhp.export.QUANTIZATIONS, named here so that the files --quantization=all writes are
+#: checked before TensorFlow loads (a test holds the two equal).
+VARIANTS = ("none", "float16", "dynamic", "int8")
+flags.DEFINE_enum("quantization", "none", [*VARIANTS, "all"], "Quantization of the export.")
 flags.DEFINE_enum("dataset", "mnist", ["mnist", "fashion_mnist"], "Dataset for calibration and accuracy.")
 flags.DEFINE_string("data_dir", None, "Folder of the dataset (see tf_dynhp.datasets.load).")
 flags.DEFINE_string("dense_model", None, "Optional unpruned float Keras model, the reference row of the table.")
@@ -143,14 +146,12 @@ def main(argv: list[str]) -> int:
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel INFO lines
     import numpy as np  # noqa: PLC0415
 
-    from tf_dynhp import export  # noqa: PLC0415
-
     out = Path(FLAGS.out).expanduser()
     if not out.parent.is_dir():
         raise app.UsageError(f"--out={FLAGS.out}: the folder {out.parent} does not exist")
     if out.is_dir():
         raise app.UsageError(f"--out={FLAGS.out}: expected the path of a .tflite file to write; that is a folder")
-    variants = list(export.QUANTIZATIONS) if FLAGS.quantization == "all" else [FLAGS.quantization]
+    variants = list(VARIANTS) if FLAGS.quantization == "all" else [FLAGS.quantization]
     summary = out.with_name(f"{out.stem}_export.json")
     outputs = [(f"--out={FLAGS.out}" + (f" (its {q} variant)" if FLAGS.quantization == "all" else ""),
                 _variant_path(out, q, FLAGS.quantization == "all")) for q in variants]
@@ -164,6 +165,8 @@ def main(argv: list[str]) -> int:
                                  "that is a folder")
         outputs.append((f"--trainable_out={FLAGS.trainable_out}", trainable_out))
     _check_outputs(outputs)
+    from tf_dynhp import export  # noqa: PLC0415 - TensorFlow, once the flags and paths are checked
+
     (x_train, _), (x_test, y_test) = load_dataset(FLAGS.dataset, FLAGS.data_dir)
     if FLAGS.eval_limit:
         x_test, y_test = x_test[: FLAGS.eval_limit], y_test[: FLAGS.eval_limit]
