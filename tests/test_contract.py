@@ -620,3 +620,23 @@ def test_a_compiled_model_hears_that_fit_trains_with_its_own_optimizer_and_loss(
     model.compile(optimizer="adam", loss=tf_dynhp.losses.SparseCategoricalCrossentropy(label_smoothing=0.2))
     with pytest.warns(RuntimeWarning, match="compiled with loss <tf_dynhp.losses.SparseCategoricalCrossentropy"):
         tf_dynhp.fit(model, x[:64], y[:64], **QUICK)  # the smoothing is not what fit trains with
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_a_sequential_model_loaded_from_a_keras_file_trains_as_the_one_saved(mnist, tmp_path, kind):
+    """keras.models.load_model builds a Sequential more than once, leaving its layers calls
+    outside its graph: 'flatten' was refused as 'called 2 times (shared layers are not
+    supported)', so a user's saved model could not be trained or exported."""
+    (x, y), _ = mnist
+    keras.utils.set_random_seed(0)
+    layers = ([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(16, activation="relu")] if kind == "mlp" else
+              [keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.MaxPooling2D(),
+               keras.layers.Flatten()])
+    saved = keras.Sequential([*layers, keras.layers.Dense(10, activation="softmax")])
+    saved.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    images = x[:300, ..., None] if kind == "cnn" else x[:300]
+    a, b = (tf_dynhp.fit(m, images, y[:300], **{**QUICK, "method": "hp", "epochs": 2}) for m in (saved, loaded))
+    assert a.history["loss"] == b.history["loss"]
+    for u, v in zip(a.model.get_weights(), b.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(u, v)

@@ -128,13 +128,16 @@ def _ordered_layers(model: keras.Model) -> list[keras.layers.Layer]:
             f"tf_dynhp supports single-input, single-output chains. Supported layers: {SUPPORTED_LAYERS}."
         )
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    in_graph = _graph_nodes(outputs)
     previous = None
     for layer in layers:
         if isinstance(layer, keras.Model):
             raise unsupported(layer, "Nested models are not supported; flatten them into one model.")
-        nodes = [n for n in layer._inbound_nodes]
-        if len(nodes) != 1:
-            raise unsupported(layer, f"It is called {len(nodes)} times (shared layers are not supported).")
+        nodes = in_graph.get(id(layer), [])
+        if len(nodes) != 1 or any(_shapes(n) != _shapes(nodes[0]) for n in layer._inbound_nodes):
+            # (a Sequential loaded from a file holds its layers' earlier builds too: calls of
+            # the same shapes outside its graph, which are no sharing)
+            raise unsupported(layer, f"It is called {len(layer._inbound_nodes)} times (shared layers are not supported).")
         tensors = nodes[0].input_tensors
         if len(tensors) != 1:
             raise unsupported(layer, f"It takes {len(tensors)} inputs (branches are not supported).")
@@ -149,6 +152,28 @@ def _ordered_layers(model: keras.Model) -> list[keras.layers.Layer]:
     if previous is not None and previous.output is not outputs[0]:
         raise ValueError(f"Model '{model.name}': the output is not produced by its last layer; not a chain.")
     return layers
+
+
+def _graph_nodes(outputs: list[Any]) -> dict[int, list[Any]]:
+    """The calls (nodes) of each layer that the graph ending at `outputs` is made of, by
+    the layer's id: walked back from the outputs, so a layer's calls in another graph, or
+    in an earlier build of the same model, are not counted."""
+    found: dict[int, list[Any]] = {}
+    seen: set[int] = set()
+    stack = list(outputs)
+    while stack:
+        history = stack.pop()._keras_history
+        node = history.operation._inbound_nodes[history.node_index]
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        found.setdefault(id(history.operation), []).append(node)
+        stack.extend(node.input_tensors)
+    return found
+
+
+def _shapes(node: Any) -> tuple[Any, Any]:
+    return [tuple(t.shape) for t in node.input_tensors], [tuple(t.shape) for t in node.output_tensors]
 
 
 def parse_chain(model: keras.Model) -> Chain:
