@@ -662,3 +662,18 @@ def test_the_export_tools_quantization_choices_are_the_libraries():
     import tf_dynhp.cli.export as tool
 
     assert tool.VARIANTS == export.QUANTIZATIONS
+
+
+def test_export_tool_writes_a_trainable_model_with_a_tilde_where_it_checked(tmp_path):
+    """--trainable_out=~/t.tflite was checked with '~' expanded and written to a '~' folder
+    in the working directory."""
+    home = tmp_path / "home"
+    home.mkdir()
+    keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]).save(
+        tmp_path / "m.keras")
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "export.py"), f"--data_dir={DATA_ROOT}",
+                           f"--model={tmp_path / 'm.keras'}", "--out=~/m.tflite", "--trainable_out=~/t.tflite",
+                           "--eval_limit=50"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "HOME": str(home)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (home / "m.tflite").is_file() and (home / "t.tflite").is_file() and not (tmp_path / "~").exists()

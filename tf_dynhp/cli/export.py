@@ -115,6 +115,18 @@ def _variant_path(out: Path, quantization: str, all_variants: bool) -> Path:
     return out.with_name(f"{out.stem}_{quantization}{out.suffix or '.tflite'}")
 
 
+def _tflite_path(name: str) -> Path:
+    """The file flag `--name` names, "~" expanded (the path written is the path checked):
+    in an existing folder, and not a folder itself."""
+    value = FLAGS[name].value
+    path = Path(value).expanduser()
+    if not path.parent.is_dir():
+        raise app.UsageError(f"--{name}={value}: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise app.UsageError(f"--{name}={value}: expected the path of a .tflite file to write; that is a folder")
+    return path
+
+
 def _same_file(a: Path, b: Path) -> bool:
     """Whether paths `a` and `b` name one file (one path, a symbolic link or a hard link)."""
     if os.path.realpath(a) == os.path.realpath(b):
@@ -146,23 +158,14 @@ def main(argv: list[str]) -> int:
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel INFO lines
     import numpy as np  # noqa: PLC0415
 
-    out = Path(FLAGS.out).expanduser()
-    if not out.parent.is_dir():
-        raise app.UsageError(f"--out={FLAGS.out}: the folder {out.parent} does not exist")
-    if out.is_dir():
-        raise app.UsageError(f"--out={FLAGS.out}: expected the path of a .tflite file to write; that is a folder")
+    out = _tflite_path("out")
     variants = list(VARIANTS) if FLAGS.quantization == "all" else [FLAGS.quantization]
     summary = out.with_name(f"{out.stem}_export.json")
     outputs = [(f"--out={FLAGS.out}" + (f" (its {q} variant)" if FLAGS.quantization == "all" else ""),
                 _variant_path(out, q, FLAGS.quantization == "all")) for q in variants]
     outputs.append((f"--out={FLAGS.out} (its summary {summary.name})", summary))
-    if FLAGS.trainable_out:
-        trainable_out = Path(FLAGS.trainable_out).expanduser()
-        if not trainable_out.parent.is_dir():
-            raise app.UsageError(f"--trainable_out={FLAGS.trainable_out}: the folder {trainable_out.parent} does not exist")
-        if trainable_out.is_dir():
-            raise app.UsageError(f"--trainable_out={FLAGS.trainable_out}: expected the path of a .tflite file to write; "
-                                 "that is a folder")
+    trainable_out = _tflite_path("trainable_out") if FLAGS.trainable_out else None
+    if trainable_out is not None:
         outputs.append((f"--trainable_out={FLAGS.trainable_out}", trainable_out))
     _check_outputs(outputs)
     from tf_dynhp import export  # noqa: PLC0415 - TensorFlow, once the flags and paths are checked
@@ -198,7 +201,7 @@ def main(argv: list[str]) -> int:
                          "bytes": report.size_bytes, "accuracy": _accuracy(report.path, x_test, y_test),
                          "ops": report.ops, "seconds": round(time.perf_counter() - start, 2)})
     if FLAGS.trainable_out:
-        report = export.to_trainable_tflite(model, FLAGS.trainable_out, FLAGS.optimizer, FLAGS.learning_rate)
+        report = export.to_trainable_tflite(model, trainable_out, FLAGS.optimizer, FLAGS.learning_rate)
         print(f"trainable model: {report.path} ({report.size_bytes} bytes, signatures {sorted(report.signatures)})")
 
     ref_bytes, ref_acc = rows[0]["bytes"], rows[0]["accuracy"]
