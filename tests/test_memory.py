@@ -191,3 +191,9 @@ def test_layer_activation_floats_counts_a_gather_by_default():
     layer = SelectFeatures([0, 2, 3])
     assert memory.layer_activation_floats(layer, (8,), (3,)) == 3
     assert memory.layer_activation_floats(layer, (8,), (3,), spatial=False) == 0
+
+
+def test_kb_to_floats_is_the_weight_count_a_size_allows():
+    assert memory.kb_to_floats(135) == 34560 and memory.kb_to_floats(0.001) == 0
+    for n in (0, 1, 34498, 34560, 10**6):  # the inverse of floats_to_kb on whole counts
+        assert memory.kb_to_floats(memory.floats_to_kb(n)) == n

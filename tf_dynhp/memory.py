@@ -41,6 +41,7 @@ __all__ = [
     "BYTES_PER_KB",
     "KB_PER_MB",
     "floats_to_kb",
+    "kb_to_floats",
     "weight_count",
     "mo_kb_from_counts",
     "mo_kb",
@@ -61,6 +62,12 @@ KB_PER_MB = 1000
 def floats_to_kb(n_floats: float) -> float:
     """KB (1024 bytes) taken by `n_floats` 32-bit floats."""
     return float(n_floats) * BYTES_PER_FLOAT / BYTES_PER_KB
+
+
+def kb_to_floats(kb: float) -> int:
+    """How many float32 values fit in `kb` KB (the inverse of `floats_to_kb`, rounded down):
+    the weight count a size target allows."""
+    return int(math.floor(float(kb) * BYTES_PER_KB / BYTES_PER_FLOAT))
 
 
 def _weighted_layers(model: Any) -> list[Any]:

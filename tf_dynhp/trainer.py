@@ -100,11 +100,12 @@ class NonFiniteError(FloatingPointError):
         self.last_good = last_good
 
 
-#: Config keys that pruning changes and the traced step reads from tensors, not as constants.
 #: Prefix of the arrays, in a finished run's last checkpoint, of the model the run ended
-#: with when EarlyStopping restored an earlier epoch's (`Trainer.fit_epochs`).
+#: with when that is not its last epoch's: EarlyStopping's restored best, or the model cut
+#: to the size target (`Trainer.fit_epochs`, `Trainer.write_final`).
 ENDED_WITH = "ended_with/"
 
+#: Config keys that pruning changes and the traced step reads from tensors, not as constants.
 _SIZE_KEYS = frozenset({"units", "filters", "name"})
 
 
@@ -331,7 +332,7 @@ class Trainer:
             return [0] * n_axes, [False] * n_axes, 0.0
         cfg = self.config
         if cfg.target_kb is not None:
-            target_weights = int(math.floor(self.aim_kb(epoch) * memory.BYTES_PER_KB / memory.BYTES_PER_FLOAT))
+            target_weights = memory.kb_to_floats(self.aim_kb(epoch))
             keep, pruned, floors = target.plan_to_target(
                 self.core.body, self.core.gated_layers, stats["gate_open"], stats["count"], cfg.gamma,
                 target_weights, force=epoch + 1 >= cfg.target_epoch,
@@ -367,8 +368,8 @@ class Trainer:
         if cfg.target_kb is None or self.state.method not in ("hp", "dynhp") or before <= cfg.target_kb:
             return None
         rates = [np.asarray(keras.ops.convert_to_numpy(layer.prob_open()), dtype=np.float64) for layer in self.core.gated_layers]
-        target_weights = int(math.floor(cfg.target_kb * memory.BYTES_PER_KB / memory.BYTES_PER_FLOAT))
-        keep, _, _ = target.plan_to_target(self.core.body, self.core.gated_layers, rates, 1.0, cfg.gamma, target_weights, force=True)
+        keep, _, _ = target.plan_to_target(self.core.body, self.core.gated_layers, rates, 1.0, cfg.gamma,
+                                           memory.kb_to_floats(cfg.target_kb), force=True)
         self.keep_units(keep)
         return before
 

@@ -118,7 +118,7 @@ def axis_names(axes: Sequence[UnitAxis]) -> list[str]:
         elif axis.producer is None:
             names.append("flattened")
         else:
-            kind = "channels" if "Conv" in type(axis.producer).__name__ else "units"  # Conv2D, L0Conv2D
+            kind = "channels" if layer_kind(axis.producer) == "conv2d" else "units"
             names.append(f"{axis.producer.name} {kind}")
     return names
 
