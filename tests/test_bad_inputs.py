@@ -139,7 +139,9 @@ FIT_CASES = [
     *([("Muon", dict(optimizer=keras.optimizers.Muon(1e-3)), ValueError, r"Muon reads each variable's shape.*trace_once=False")]
       if hasattr(keras.optimizers, "Muon") else []),
     ("dataset of dicts", dict(x=tf.data.Dataset.from_tensor_slices(({"image": X}, Y)), y=None), ValueError,
-     r"`x` is a tf.data.Dataset whose elements are \(\{'image'.*pairs of tensors"),
+     r"`x` is a tf.data.Dataset whose features are a dict with keys \['image'\]; the model has one input, named"),
+    ("dataset of one dict", dict(x=tf.data.Dataset.from_tensor_slices({"image": X, "label": Y}), y=None), ValueError,
+     r"`x` is a tf.data.Dataset whose elements are \{'image'.*pairs of tensors"),
 ]
 
 

@@ -100,6 +100,24 @@ def test_batched_tf_data_with_a_short_last_batch_is_read_like_arrays(mnist):
     assert c.history["loss"] == b.history["loss"]
 
 
+def test_a_dataset_of_features_by_input_name_is_read_like_arrays(mnist):
+    # Keras takes ({input name: images}, label) elements; fit refused them ("no dicts").
+    (x, y), (xt, yt) = mnist
+    x, y, xt, yt = x[:300], y[:300], xt[:100], yt[:100]
+
+    def named():
+        keras.utils.set_random_seed(0)
+        pixels = keras.Input((28, 28), name="pixels")
+        hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(pixels))
+        return keras.Model(pixels, keras.layers.Dense(10, activation="softmax")(hidden))
+
+    by_name = tf.data.Dataset.from_tensor_slices(({"pixels": x}, y)).batch(64)
+    val = tf.data.Dataset.from_tensor_slices(({"pixels": xt}, yt))
+    a = tf_dynhp.fit(named(), by_name, validation_data=val, **QUICK)
+    b = tf_dynhp.fit(named(), x, y, validation_data=(xt, yt), **QUICK)
+    assert a.history["loss"] == b.history["loss"] and a.history["val_error"] == b.history["val_error"]
+
+
 def test_unbatched_images_of_another_shape_are_named_not_mistaken_for_batches(mnist):
     (x, y), _ = mnist
     ds = tf.data.Dataset.from_tensor_slices((x[:224, ..., None], y[:224]))  # (28, 28, 1) for a (28, 28) model

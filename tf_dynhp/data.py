@@ -45,21 +45,39 @@ def _memory_bytes() -> int:
     return total
 
 
+def _features_by_input_name(dataset: tf.data.Dataset, what: str, input_name: str | None) -> tf.data.Dataset:
+    """`({input_name: images}, label)` elements, as Keras takes them for a model with a
+    named input, become `(images, label)`; a dict with other keys is refused by name."""
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], dict)):
+        return dataset
+    keys = list(spec[0])
+    if keys != [input_name] or not isinstance(spec[0][input_name], tf.TensorSpec):
+        raise ValueError(
+            f"`{what}` is a tf.data.Dataset whose features are a dict with keys {sorted(map(str, keys))}; the model "
+            f"has one input, named {input_name!r}: give ({{{input_name!r}: images}}, label) pairs, or "
+            "`.map(lambda d, y: (d[<key>], y))`."
+        )
+    return dataset.map(lambda features, label: (features[input_name], label))
+
+
 def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ...],
-                 max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 max_bytes: int | None = None, input_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Reads a finite dataset of (x, y) examples or batches (`ds.batch(n)`, short last
     batch included) into two arrays. Batched or not is read from `element_spec`: x of
-    rank len(input_shape) is one example, of rank len(input_shape) + 1 a batch.
+    rank len(input_shape) is one example, of rank len(input_shape) + 1 a batch. The
+    features may be `{input_name: x}`, as Keras takes them.
 
     A dataset of unknown cardinality (e.g. `.repeat().filter(...)`, which tf.data
     cannot tell from a finite filtered one) is read up to `max_bytes` (default: half of
     the machine's memory); past that it is refused as probably infinite, rather than
     read until the machine runs out of memory."""
+    dataset = _features_by_input_name(dataset, what, input_name)
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) != 2 or not all(isinstance(part, tf.TensorSpec) for part in spec):
         raise ValueError(
             f"`{what}` is a tf.data.Dataset whose elements are {spec}; expected (features, label) "
-            "pairs of tensors (no dicts, no sample weights), e.g. tensorflow_datasets.load(..., "
+            "pairs of tensors (features may be {input name: tensor}; no sample weights), e.g. tensorflow_datasets.load(..., "
             "as_supervised=True), or `.map(lambda d: (d['image'], d['label']))`."
         )
     if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
@@ -115,7 +133,7 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
     if isinstance(x, tf.data.Dataset):
         if y is not None:
             raise ValueError(f"`{x_name}` is a tf.data.Dataset of (features, label) pairs; `y` must be None, received {type(y).__name__}.")
-        x, y = _materialize(x, what, tuple(input_shape))
+        x, y = _materialize(x, what, tuple(input_shape), input_name=input_name)
     if isinstance(x, dict):
         if list(x) != [input_name]:
             raise ValueError(f"`{x_name}` is a dict with keys {sorted(map(str, x))}; the model has one input, named "

@@ -428,8 +428,10 @@ def fit(
             CNN (Conv2D/`L0Conv2D`, MaxPooling2D/AveragePooling2D, channels_last,
             then Flatten and the dense part; see `tf_dynhp.parse_chain`).
             It is not modified.
-        x: inputs (NumPy array shaped like the model input) or a
-            `tf.data.Dataset` of `(features, label)` pairs (then `y` is None).
+        x: inputs (NumPy array shaped like the model input, or
+            `{input name: array}`) or a `tf.data.Dataset` of `(features, label)`
+            pairs or batches, features also as `{input name: tensor}` (then `y`
+            is None).
         y: integer labels.
         method: "dense", "sp" (L0 soft pruning), "hp" (hard pruning, Sec. 4.1) or
             "dynhp" (hard pruning + dynamic batch, Sec. 4.2). Default (None): "dynhp"
