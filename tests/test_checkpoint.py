@@ -372,6 +372,21 @@ def test_nonfinite_raise_names_epoch_and_step_and_keeps_last_good(tmp_path, mnis
     assert path.name == "epoch-00001.dynhp" and all(np.all(np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f")
 
 
+def test_an_update_that_overflows_with_finite_losses_and_gradients_is_not_a_good_epoch(tmp_path, mnist):
+    # Adam's second moments overflow on huge (finite) inputs: the last step's update made
+    # weights NaN while its loss and gradients (computed before it) were finite. fit
+    # returned that NaN model, and wrote it as the checkpoint and `last_good`.
+    (x, y), _ = mnist
+    x = x[:300] * 1e15
+    kw = dict(method="hp", batch_size=100, learning_rate=1e6, seed=1, verbose=0)
+    with pytest.raises(tf_dynhp.NonFiniteError, match=r"Non-finite weights or optimizer state at the end of epoch 1 \(its 3 steps"):
+        tf_dynhp.fit(make_mlp(hidden=(16,)), x, y[:300], epochs=1, checkpoint_dir=tmp_path, **kw)
+    assert not list(tmp_path.glob("epoch-*.dynhp")) or ckpt.latest_checkpoint(tmp_path)[0].name == "epoch-00000.dynhp"
+    with pytest.raises(tf_dynhp.NonFiniteError) as err:
+        tf_dynhp.fit(make_mlp(hidden=(16,)), x, y[:300], epochs=2, **kw)
+    assert all(np.all(np.isfinite(w.numpy())) for w in err.value.last_good.model.weights)
+
+
 def test_nonfinite_rollback_recovers(mnist_small):
     (x, y), _ = mnist_small
     with pytest.warns(RuntimeWarning, match="rolled back to the end of epoch 1, learning rate halved to 0.0025"):

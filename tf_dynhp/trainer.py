@@ -298,7 +298,20 @@ class Trainer:
             if done != spe or getattr(self.core, "stop_training", False):
                 break
             start += spe * self.state.batch_size
-        return self.acc.read()
+        stats = self.acc.read()
+        if not stats["nonfinite"] and not self.state_is_finite():
+            # Finite losses and gradients can still overflow an update (Adam's second
+            # moments, huge inputs): such an epoch is not good and is not kept.
+            stats["nonfinite"] = max(steps, 1)
+            stats["nonfinite_state"] = True
+        return stats
+
+    def state_is_finite(self) -> bool:
+        """True when every weight and optimizer variable of the core is finite (once per
+        epoch: the step checks only its loss and gradients, computed before its update)."""
+        variables = list(self.core.variables) + list(self.core.optimizer.variables)
+        return all(bool(np.all(np.isfinite(v.numpy()))) for v in variables
+                   if np.issubdtype(np.dtype(getattr(v.dtype, "name", v.dtype)), np.floating))
 
     def running_logs(self) -> dict[str, float]:
         """Mean loss and accuracy of the epoch so far (Keras' batch-hook logs)."""
@@ -547,7 +560,9 @@ class Trainer:
                 stopped = bool(getattr(self.core, "stop_training", False))  # a batch hook's; a prune makes a new core
                 if stats["nonfinite"]:
                     step = int(stats["nonfinite"])
-                    message = f"Non-finite loss or gradient in epoch {epoch + 1}, step {step}"
+                    message = (f"Non-finite weights or optimizer state at the end of epoch {epoch + 1} (its {step} steps had finite "
+                               "losses and gradients; an update overflowed)" if stats.get("nonfinite_state")
+                               else f"Non-finite loss or gradient in epoch {epoch + 1}, step {step}")
                     if cfg.on_nonfinite == "rollback" and tries < 3:
                         tries += 1
                         self.restore(*last_good)  # a new core: the callbacks must see it (their stop_training lands on it)
