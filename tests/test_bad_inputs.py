@@ -140,6 +140,17 @@ FIT_CASES = [
       if hasattr(keras.optimizers, "Muon") else []),
     ("dataset of dicts", dict(x=tf.data.Dataset.from_tensor_slices(({"image": X}, Y)), y=None), ValueError,
      r"`x` is a tf.data.Dataset whose features are a dict with keys \['image'\]; the model has one input, named"),
+    # Found by a probe: each crashed after tracing, was read as another value, or named the wrong argument.
+    ("weight_decay a bool", dict(weight_decay=True), ValueError, r"argument `weight_decay`.*Received: weight_decay=True"),
+    ("weight_decay a string", dict(weight_decay="0.1"), ValueError, r"argument `weight_decay`"),
+    ("input_droprate_init out of range", dict(input_droprate_init=1.5), ValueError, r"argument `input_droprate_init`"),
+    ("steps_per_execution beyond the int32 step counter", dict(steps_per_execution=2**31), ValueError,
+     r"`steps_per_execution`\. Expected a positive integer up to 2147483647"),
+    ("batch_size beyond int64", dict(batch_size=2**63), ValueError, r"`batch_size`\. Expected a positive integer up to"),
+    ("complex x", dict(x=X.astype(complex)), TypeError, r"`x` must be real numbers, received dtype complex128"),
+    ("x beyond float32", dict(x=X.astype("float64") * 1e300), ValueError, r"`x` has values beyond float32's range"),
+    ("float label beyond int64", dict(y=np.where(Y == Y[0], 1e20, Y.astype("float64"))), ValueError,
+     r"`y` has labels in \[\d, 1e\+20\]"),
     ("dataset of one dict", dict(x=tf.data.Dataset.from_tensor_slices({"image": X, "label": Y}), y=None), ValueError,
      r"`x` is a tf.data.Dataset whose elements are \{'image'.*pairs of tensors"),
 ]
@@ -155,6 +166,21 @@ def test_fit_rejects(case, change, err, match, guarded):
     kwargs.update(change)
     with pytest.raises(err, match=match):
         tf_dynhp.fit(model, x, y, **kwargs)
+
+
+def test_numpy_scalars_and_bools_are_read_as_keras_reads_them(mnist_small):
+    # np.float32 gamma / weight_decay / droprate_init were refused (budget_kb, alpha_bs,
+    # learning_rate took them); verbose=True was refused (Keras reads it as 1).
+    (x, y), _ = mnist_small
+    kwargs = dict(method="hp", epochs=1, seed=1, gamma=np.float32(0.5), weight_decay=np.float32(0.0),
+                  droprate_init=np.float32(0.5), input_droprate_init=np.float32(0.2))
+    keras.utils.set_random_seed(0)
+    a = tf_dynhp.fit(make_mlp(hidden=(8,)), x[:200], y[:200], verbose=False, **kwargs)
+    keras.utils.set_random_seed(0)
+    b = tf_dynhp.fit(make_mlp(hidden=(8,)), x[:200], y[:200], verbose=0, method="hp", epochs=1, seed=1)
+    assert a.history["loss"] == b.history["loss"]
+    layer = tf_dynhp.L0Dense(4, l0_lambda=np.float32(0.1), droprate_init=np.float32(0.3))
+    assert layer.get_config()["droprate_init"] == pytest.approx(0.3)
 
 
 @pytest.mark.parametrize("build,match", [(_lstm, "'rnn' of class LSTM"), (_batchnorm, "'bn' of class BatchNormalization"),

@@ -31,10 +31,13 @@ def invalid(name: str, expected: str, value: Any) -> ValueError:
     return ValueError(f"Invalid value received for argument `{name}`. Expected {expected}. Received: {name}={value!r}")
 
 
-def positive_int(name: str, value: Any) -> int:
-    """`value` as an int >= 1 (NumPy integers accepted, bools refused)."""
+def positive_int(name: str, value: Any, maximum: int | None = None) -> int:
+    """`value` as an int >= 1 (NumPy integers accepted, bools refused), at most `maximum`
+    when given (a counter of the traced loop holds it)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise invalid(name, "a positive integer", value)
+    if maximum is not None and value > maximum:
+        raise invalid(name, f"a positive integer up to {maximum}", value)
     return int(value)
 
 

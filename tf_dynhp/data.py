@@ -156,12 +156,18 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
         raise ValueError(f"`{x_name}` has {x.shape[0]} examples but `{y_name}` has {y.shape[0]} labels; they must match.")
     if tuple(x.shape[1:]) != tuple(input_shape):
         raise ValueError(f"`{x_name}` has examples of shape {tuple(x.shape[1:])}; the model expects {tuple(input_shape)}.")
-    if not np.issubdtype(x.dtype, np.number):
-        raise TypeError(f"`{x_name}` must be numeric, received dtype {x.dtype}.")
-    x = x.reshape(x.shape[0], -1).astype(np.float32, copy=False)
-    if not np.all(np.isfinite(x)):
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise TypeError(f"`{x_name}` must be real numbers, received dtype {x.dtype}.")
+    x = x.reshape(x.shape[0], -1)
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
         bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise ValueError(f"`{x_name}` contains NaN or infinite values (first in example {bad}).")
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(x)):
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ValueError(f"`{x_name}` has values beyond float32's range (±{np.finfo(np.float32).max:.3g}; first in "
+                         f"example {bad}): fit reads the inputs as float32; scale them.")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
@@ -170,6 +176,11 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
         y = y.astype(np.int64)
     if not np.issubdtype(y.dtype, np.integer):
         if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            if y.min() < 0 or y.max() >= num_classes:  # before the cast: 1e20 would wrap to another value
+                raise ValueError(
+                    f"`{y_name}` has labels in [{y.min():g}, {y.max():g}]; the last layer has "
+                    f"{num_classes} units, so labels must be in [0, {num_classes})."
+                )
             y = y.astype(np.int64)
         else:
             values = " with non-integer values" if np.issubdtype(y.dtype, np.floating) else ""

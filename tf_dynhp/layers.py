@@ -81,10 +81,14 @@ def conv2d(inputs, kernel, strides: Sequence[int], padding: str):
 
 
 def _check_in(name: str, value: Any, low: float, high: float, *, closed_low: bool, closed_high: bool) -> None:
+    """A real number (NumPy's included, bools and strings refused) in the interval."""
+    expected = f"a float in {'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise invalid(name, expected, value)
     ok_low = value >= low if closed_low else value > low
     ok_high = value <= high if closed_high else value < high
-    if not (isinstance(value, (int, float)) and ok_low and ok_high):
-        raise invalid(name, f"a float in {'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}", value)
+    if not (ok_low and ok_high):
+        raise invalid(name, expected, value)
 
 
 _positive_int = positive_int

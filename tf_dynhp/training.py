@@ -583,16 +583,20 @@ def fit(
     epochs = _positive_int("epochs", epochs)
     if batch_size is None:
         batch_size = 16 if method == "dynhp" else 100
-    batch_size = _positive_int("batch_size", batch_size)
-    steps_per_execution = _positive_int("steps_per_execution", steps_per_execution)
+    batch_size = _positive_int("batch_size", batch_size, 2**62)  # an int64 tensor in the traced step (start + batch)
+    steps_per_execution = _positive_int("steps_per_execution", steps_per_execution, 2**31 - 1)  # an int32 step counter
     per_layer = isinstance(l0_lambda, (list, tuple, dict))
     values = list(l0_lambda.values()) if isinstance(l0_lambda, dict) else (list(l0_lambda) if per_layer else [l0_lambda])
     for v in values:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or not v >= 0 or not math.isfinite(v):
             raise _invalid("l0_lambda", "a float >= 0, or a list / dict of them per layer", l0_lambda)
     l0_lambda = {str(k): float(v) for k, v in l0_lambda.items()} if isinstance(l0_lambda, dict) else ([float(v) for v in l0_lambda] if per_layer else float(l0_lambda))
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < gamma < 1.0:
-        raise _invalid("gamma", "a float in (0, 1)", gamma)
+    gamma = real_number("gamma", gamma, "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
+    # The gate settings are checked here under fit's names (`to_l0` passes
+    # input_droprate_init to the input layer as its `droprate_init`).
+    weight_decay = real_number("weight_decay", weight_decay, "a float >= 0", lambda v: v >= 0)
+    droprate_init = real_number("droprate_init", droprate_init, "a float in (0, 1)", lambda v: 0 < v < 1)
+    input_droprate_init = real_number("input_droprate_init", input_droprate_init, "a float in (0, 1)", lambda v: 0 < v < 1)
     if budget_on not in ("paper", "full"):
         raise _invalid("budget_on", "'paper' or 'full'", budget_on)
     if batch_growth not in batching.BATCH_GROWTH_MODES:
@@ -613,7 +617,9 @@ def fit(
         alpha_bs = batching.check_alpha_bs(alpha_bs)
     if isinstance(verbose, str) and verbose == "auto":
         verbose = 1
-    if isinstance(verbose, bool) or not isinstance(verbose, (int, np.integer)) or verbose not in (0, 1, 2):
+    if isinstance(verbose, (bool, np.bool_)):  # Keras reads True / False as 1 / 0
+        verbose = int(verbose)
+    if not isinstance(verbose, (int, np.integer)) or verbose not in (0, 1, 2):
         raise _invalid("verbose", "0 (silent), 1 (progress bar), 2 (one line per epoch) or 'auto'", verbose)
     verbose = int(verbose)
     _check_environment(model)
