@@ -260,3 +260,24 @@ def test_select_features(rng):
 def test_public_api_exports():
     for name in tf_dynhp.__all__:
         assert hasattr(tf_dynhp, name), name
+
+
+def test_layers_train_with_keras_fit_under_a_mixed_policy():
+    # Under mixed_float16 the penalty was computed from float16 reads of the variables:
+    # keras.Model.fit failed summing it with the float32 loss ("Cannot convert a list
+    # containing a tensor of dtype float16 to float32").
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 64)
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8, 8, 1)), L0Conv2D(4, 3, activation="relu", dataset_size=64),
+                                  keras.layers.Flatten(), L0Dense(8, activation="relu", dataset_size=64, weight_decay=1e-4),
+                                  L0Dense(3, dataset_size=64), keras.layers.Activation("softmax", dtype="float32")])
+        model.compile("adam", "sparse_categorical_crossentropy")
+        history = model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        for layer in (model.layers[0], model.layers[2]):
+            assert layer.compute_dtype == "float16" and layer.penalty().dtype == "float32"
+    finally:
+        keras.config.set_dtype_policy("float32")

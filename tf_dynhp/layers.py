@@ -208,6 +208,15 @@ class _HardConcreteLayer(keras.layers.Layer):
                 "with tf_dynhp.fit, which sets it."
             )
 
+    def _penalty_inputs(self):
+        """(dtype, log_alpha, kernel, bias) for Eq. 5, in the variables' dtype: under a
+        mixed policy `call` reads them as float16, where the penalty loses its digits
+        (and a float16 loss cannot join Keras' float32 loss). Casts to the same dtype
+        are no-ops, so float32 and float64 layers compute what they always did."""
+        dtype = self.variable_dtype
+        bias = ops.cast(self.bias, dtype) if self.use_bias else None
+        return dtype, ops.cast(self.log_alpha, dtype), ops.cast(self.kernel, dtype), bias
+
     def call(self, inputs, training=None):
         result = self.forward(inputs, training=bool(training))
         if training:
@@ -318,12 +327,13 @@ class L0Dense(_HardConcreteLayer):
         # `units` read from the kernel (pruning changes it; see `tf_dynhp.storage`), the
         # product in float64 as Python computed it.
         units = ops.cast(_dynamic_dim(self.kernel, 1), "float64")
-        per_row = ops.cast(self.l0_lambda * units, self.log_alpha.dtype)
+        dtype, log_alpha, kernel, bias = self._penalty_inputs()
+        per_row = ops.cast(self.l0_lambda * units, dtype)
         if self.weight_decay:
-            per_row = per_row + 0.5 * self.weight_decay * ops.sum(ops.square(self.kernel), axis=1)
-        total = ops.sum(self.prob_open() * per_row)
+            per_row = per_row + 0.5 * self.weight_decay * ops.sum(ops.square(kernel), axis=1)
+        total = ops.sum(gates.prob_open(log_alpha, self.temperature, self.limit_l, self.limit_r) * per_row)
         if self.weight_decay and self.use_bias:
-            total = total + 0.5 * self.weight_decay * ops.sum(ops.square(self.bias))
+            total = total + 0.5 * self.weight_decay * ops.sum(ops.square(bias))
         return total / float(self.dataset_size)
 
     # ----------------------------------------------------------------- forward
@@ -511,13 +521,15 @@ class L0Conv2D(_HardConcreteLayer):
         self._check_dataset_size()
         in_channels = ops.cast(_dynamic_dim(self.kernel, 2), "float64")  # from the tensor: see L0Dense.penalty
         live = self.kernel_size[0] * self.kernel_size[1] * in_channels
-        per_channel = ops.cast(self.l0_lambda * live, self.log_alpha.dtype)
+        dtype, log_alpha, kernel, bias = self._penalty_inputs()
+        per_channel = ops.cast(self.l0_lambda * live, dtype)
         if self.weight_decay:
-            squares = ops.sum(ops.square(self.kernel), axis=(0, 1, 2))
+            squares = ops.sum(ops.square(kernel), axis=(0, 1, 2))
             if self.use_bias:
-                squares = squares + ops.square(self.bias)
+                squares = squares + ops.square(bias)
             per_channel = per_channel + 0.5 * self.weight_decay * squares
-        return ops.sum(self.prob_open() * per_channel) / float(self.dataset_size)
+        prob = gates.prob_open(log_alpha, self.temperature, self.limit_l, self.limit_r)
+        return ops.sum(prob * per_channel) / float(self.dataset_size)
 
     # ----------------------------------------------------------------- forward
     def convolve(self, inputs):
