@@ -3,6 +3,7 @@
 
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -366,6 +367,9 @@ def test_nonfinite_raise_names_epoch_and_step_and_keeps_last_good(tmp_path, mnis
                      budget_kb=_budget(), **FAST)
     good = err.value.last_good
     assert good.state.epoch == 1 and len(good.history["loss"]) == 1
+    # A worker process (multiprocessing, Ray) sends it pickled: unpickling it failed.
+    copied = pickle.loads(pickle.dumps(err.value))
+    assert str(copied) == str(err.value) and copied.last_good.state.epoch == 1
     for w in good.gated_model.weights:
         assert np.all(np.isfinite(w.numpy()))
     path, arrays, meta = ckpt.latest_checkpoint(tmp_path)

@@ -99,6 +99,9 @@ class NonFiniteError(FloatingPointError):
         super().__init__(message)
         self.last_good = last_good
 
+    def __reduce__(self):  # pickle / copy (a worker process reporting the failure) rebuild it with both arguments
+        return type(self), (str(self), self.last_good)
+
 
 #: Prefix of the arrays, in a finished run's last checkpoint, of the model the run ended
 #: with when that is not its last epoch's: EarlyStopping's restored best, or the model cut
