@@ -388,6 +388,26 @@ def test_callbacks_get_keras_contract(mnist):
     assert rec.calls[-1] == ("train_end", logs[-1])
 
 
+class StepsAtEpochBegin(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.steps.append(self.params["steps"])
+
+
+def test_params_steps_follow_the_batch_dynhp_grows(mnist):
+    # `params["steps"]` stayed the first epoch's count while the batch grew (2 -> 100+).
+    (x, y), _ = mnist
+    rec = StepsAtEpochBegin()
+    result = tf_dynhp.fit(_mlp(), x[:200], y[:200], method="dynhp", alpha_bs=0.5, budget_kb=1e5, epochs=3, batch_size=2,
+                          seed=1, verbose=0, callbacks=[rec])
+    batches = result.history["batch_size"]
+    assert len(set(batches)) > 1
+    assert rec.steps == [-(-200 // b) for b in batches]
+
+
 def test_one_callback_or_a_callback_list_is_taken_as_keras_fit_takes_them(mnist):
     (x, y), _ = mnist
     for given in (Record(), keras.callbacks.CallbackList([Record()])):

@@ -540,6 +540,8 @@ class Trainer:
             epoch = self.state.epoch
             while epoch < cfg.epochs and not self.state.early_stopped:
                 t0 = time.perf_counter()
+                if cb_list.params["steps"] != self.steps_per_epoch():  # DynHP grew the batch: fewer steps
+                    cb_list.set_params({**cb_list.params, "steps": self.steps_per_epoch()})
                 cb_list.on_epoch_begin(epoch)
                 if tries:  # a retry: half the rate of the previous try, after a scheduler's on_epoch_begin has set it
                     lr = self.core.optimizer.learning_rate
