@@ -281,3 +281,37 @@ def test_layers_train_with_keras_fit_under_a_mixed_policy():
             assert layer.compute_dtype == "float16" and layer.penalty().dtype == "float32"
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def _gated_model():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((20,))
+    hidden = L0Dense(8, activation="relu", dataset_size=64)(inp)
+    return tf_dynhp.GatedModel(inp, L0Dense(3, activation="softmax", dataset_size=64)(hidden))
+
+
+def test_keras_fit_on_a_gated_model_follows_compiled_loss_metrics_and_sample_weight():
+    # train_step ignored the compiled loss and sample_weight, and any compiled metric made
+    # fit fail ("Cannot get result() since the metric has not yet been built").
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 20)).astype("float32"), rng.integers(0, 3, 64)
+    model = _gated_model()
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    logs = model.fit(x, y, epochs=1, batch_size=64, verbose=0).history
+    assert set(logs) == {"loss", "accuracy"} and 0 <= logs["accuracy"][0] <= 1
+
+    def first_loss(loss):
+        model = _gated_model()
+        model.compile("adam", loss)
+        return model.fit(x, y, epochs=1, batch_size=64, verbose=0, shuffle=False).history["loss"][0]
+
+    plain = first_loss(keras.losses.SparseCategoricalCrossentropy())
+    assert first_loss(keras.losses.SparseCategoricalCrossentropy(ignore_class=0)) != pytest.approx(plain, rel=1e-3)
+    # All weights 0: no data gradient reaches the kernels (no weight decay), as with Keras' Dense.
+    for compiled in (True, False):
+        model = _gated_model()
+        model.compile("adam", "sparse_categorical_crossentropy" if compiled else None)
+        before = [layer.kernel.numpy() for layer in model.gated_layers]
+        model.fit(x, y, sample_weight=np.zeros(64), epochs=1, batch_size=64, verbose=0)
+        for layer, kernel in zip(model.gated_layers, before):
+            np.testing.assert_array_equal(layer.kernel.numpy(), kernel)

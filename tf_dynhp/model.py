@@ -7,7 +7,8 @@ adds the expected-L0 penalty (Eq. 5), counts open gates for the activation rate 
 Eq. 6 (per input of an `L0Dense`, per output channel of an `L0Conv2D`), and, when
 asked, computes the exact per-example gradient variance `||S||_1` and the data loss
 `F` of Eq. 8 in the same pass.
-`keras.Model.fit` works on it too (SP training with Keras' own loop).
+`keras.Model.fit` works on it too (SP training with Keras' own loop; `train_step`
+follows a compiled loss, compiled metrics and `sample_weight`).
 """
 
 from __future__ import annotations
@@ -238,11 +239,39 @@ class GatedModel(keras.Model):
             "variance_l1": variance_l1,
             "gate_open": gate_open,
             "grads": var_grads,
+            "outputs": outputs,  # for train_step's compiled metrics (tf_dynhp.fit's loop reads it not)
         }
 
     def train_step(self, data):
-        x, y = data[0], data[1]
-        stats = self.train_stats(x, y)
-        self._loss_tracker.update_state(stats["loss"])
-        self._accuracy_tracker.update_state(stats["correct"] / stats["count"], sample_weight=stats["count"])
-        return {m.name: m.result() for m in self.metrics}
+        """`keras.Model.fit`'s step (`tf_dynhp.fit` runs `train_stats` in its own loop).
+
+        Without a compiled loss and sample weights, the DynHP step (`train_stats`: fit's
+        loss, or sparse cross-entropy from the logits). With either, Keras' contract: the
+        compiled loss (else that per-example loss) weighted by `sample_weight` as Keras
+        weighs it (summed over the batch, divided by its size), plus Eq. 5's penalty.
+        Compiled metrics are updated with the step's outputs, as Keras updates them."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        compiled_loss = getattr(self, "_compile_loss", None)
+        if compiled_loss is None and sample_weight is None:
+            stats = self.train_stats(x, y)
+            loss, outputs = stats["loss"], stats["outputs"]
+        else:
+            variables = self.trainable_variables
+            with tf.GradientTape() as tape:
+                outputs, logits, _ = self.forward(x, training=True)
+                if compiled_loss is not None:
+                    data_loss = compiled_loss(y, outputs, sample_weight)
+                else:
+                    per_example = self.per_example_loss(y, outputs, logits)
+                    weights = ops.reshape(ops.cast(sample_weight, per_example.dtype), ops.shape(per_example))
+                    data_loss = ops.mean(per_example * weights)
+                loss = ops.cast(data_loss, outputs.dtype) + ops.cast(self.penalty(), outputs.dtype)
+            optim.apply_gradients(self.optimizer, tape.gradient(loss, variables), variables)
+        predicted = ops.cast(ops.argmax(outputs, axis=-1), "int64")
+        correct = ops.cast(ops.equal(predicted, ops.cast(ops.reshape(y, ops.shape(predicted)), "int64")), "float32")
+        self._loss_tracker.update_state(loss)
+        self._accuracy_tracker.update_state(ops.mean(correct), sample_weight=ops.cast(ops.shape(correct)[0], "float32"))
+        compiled = getattr(self, "_compile_metrics", None)
+        if compiled is not None:
+            compiled.update_state(y, outputs, sample_weight)
+        return self.get_metrics_result()
