@@ -315,3 +315,12 @@ def test_keras_fit_on_a_gated_model_follows_compiled_loss_metrics_and_sample_wei
         model.fit(x, y, sample_weight=np.zeros(64), epochs=1, batch_size=64, verbose=0)
         for layer, kernel in zip(model.gated_layers, before):
             np.testing.assert_array_equal(layer.kernel.numpy(), kernel)
+
+
+def test_l0dense_refuses_inputs_of_rank_above_2_when_called():
+    # Inference took (batch, steps, features) and a training call then failed on the
+    # per-example noise, shaped (batch, features); the gates are per example and input.
+    layer = L0Dense(4, dataset_size=10)
+    with pytest.raises(ValueError, match=r"expected ndim=2, found ndim=3"):
+        layer(np.zeros((2, 3, 6), "float32"))
+    assert layer(np.zeros((2, 6), "float32")).shape == (2, 4)

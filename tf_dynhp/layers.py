@@ -300,7 +300,7 @@ class L0Dense(_HardConcreteLayer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self._make_seed_generator()
-        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self.input_spec = keras.layers.InputSpec(ndim=2)  # gates per example and input: (batch, features) only
 
     # ----------------------------------------------------------------- weights
     def build(self, input_shape: Sequence[int | None]) -> None:
@@ -317,7 +317,7 @@ class L0Dense(_HardConcreteLayer):
             else None
         )
         self.log_alpha = self._add_log_alpha(self.input_dim)
-        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: self.input_dim})
+        self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: self.input_dim})
         self.built = True
 
     # ------------------------------------------------------------------- gates
