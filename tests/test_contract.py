@@ -678,3 +678,60 @@ def test_a_sequential_model_loaded_from_a_keras_file_trains_as_the_one_saved(mni
     assert a.history["loss"] == b.history["loss"]
     for u, v in zip(a.model.get_weights(), b.model.get_weights(), strict=True):
         np.testing.assert_array_equal(u, v)
+
+
+# --------------------------------------------------------------------------- sample and class weights
+def test_weights_of_one_train_exactly_as_no_weights_and_class_weight_equals_its_sample_weight(mnist):
+    (x, y), (xt, yt) = mnist
+    x, y = x[:400], y[:400]
+    kw = dict(method="dynhp", alpha_bs=0.5, budget_kb=1e5, epochs=2, batch_size=8, seed=1, verbose=0,
+              validation_data=(xt[:100], yt[:100]))
+    plain = tf_dynhp.fit(_mlp(), x, y, **kw)
+    ones = tf_dynhp.fit(_mlp(), x, y, sample_weight=np.ones(len(y)), **kw)
+    assert ones.history["loss"] == plain.history["loss"] and ones.history["batch_size"] == plain.history["batch_size"]
+    for a, b in zip(ones.model.weights, plain.model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    table = {0: 3.0, 1: 0.0, 7: 0.5}
+    by_class = tf_dynhp.fit(_mlp(), x, y, class_weight=table, **kw)
+    by_example = tf_dynhp.fit(_mlp(), x, y, sample_weight=np.array([table.get(int(c), 1.0) for c in y]), **kw)
+    assert by_class.history["loss"] == by_example.history["loss"] != plain.history["loss"]
+    # A class of weight 0 teaches nothing: it is predicted less than without weights.
+    def predicted(result, c):
+        return int(np.sum(np.argmax(result.model.predict(xt[:1000], verbose=0), axis=1) == c))
+    assert predicted(by_class, 1) < predicted(plain, 1)
+
+
+def test_weights_are_part_of_the_data_a_resume_checks(mnist, tmp_path):
+    (x, y), _ = mnist
+    kw = dict(method="hp", epochs=1, batch_size=50, seed=1, verbose=0, checkpoint_dir=tmp_path)
+    tf_dynhp.fit(_mlp(), x[:200], y[:200], class_weight={0: 2.0}, **kw)
+    with pytest.raises(ValueError, match="data"):
+        tf_dynhp.fit(_mlp(), x[:200], y[:200], class_weight={0: 3.0}, resume=True, **{**kw, "epochs": 2})
+
+
+@pytest.mark.parametrize("change,err,match", [
+    (dict(sample_weight=np.ones(10), class_weight={0: 1.0}), ValueError, r"`class_weight` and `sample_weight` cannot be given together"),
+    (dict(sample_weight=np.ones(99)), ValueError, r"`sample_weight` must hold one weight per example, shape \(100,\); received shape \(99,\)"),
+    (dict(sample_weight=np.r_[np.ones(99), -1.0]), ValueError, r"`sample_weight` must be finite and >= 0; example 99 has"),
+    (dict(sample_weight=np.r_[np.ones(99), np.nan]), ValueError, r"example 99 has nan"),
+    (dict(sample_weight=np.zeros(100)), ValueError, r"every training example the weight 0"),
+    (dict(sample_weight=np.array(["a"] * 100)), TypeError, r"`sample_weight` must be real numbers"),
+    (dict(class_weight={10: 1.0}), ValueError, r"`class_weight` has the key 10; expected class ids in \[0, 10\)"),
+    (dict(class_weight={0: -1.0}), ValueError, r"`class_weight\[0\]` must be a finite number >= 0"),
+    (dict(class_weight=[1.0] * 10), TypeError, r"`class_weight` must be a dict"),
+    (dict(sample_weight=np.r_[np.zeros(50), np.ones(50)], validation_split=0.5), ValueError, r"left by `validation_split` the weight 0"),
+])
+def test_bad_weights_are_refused_by_name(mnist, change, err, match):
+    (x, y), _ = mnist
+    with pytest.raises(err, match=match):
+        tf_dynhp.fit(_mlp(), x[:100], y[:100], **{**QUICK, **change})
+
+
+def test_sample_weight_with_a_dataset_is_refused_and_class_weight_taken(mnist):
+    (x, y), _ = mnist
+    ds = tf.data.Dataset.from_tensor_slices((x[:100], y[:100])).batch(32)
+    with pytest.raises(ValueError, match=r"`sample_weight` needs NumPy inputs.*pass `class_weight`"):
+        tf_dynhp.fit(_mlp(), ds, sample_weight=np.ones(100), **QUICK)
+    a = tf_dynhp.fit(_mlp(), ds, class_weight={3: 2.0}, **QUICK)
+    b = tf_dynhp.fit(_mlp(), x[:100], y[:100], class_weight={3: 2.0}, **QUICK)
+    assert a.history["loss"] == b.history["loss"]

@@ -25,14 +25,17 @@ def make_cnn(dtype="float64"):
     ])
 
 
-def _brute_force_variance(core, x, y, noise):
-    """Per-example gradients of each example's own data loss, one GradientTape each."""
+def _brute_force_variance(core, x, y, noise, weights=None):
+    """Per-example gradients of each example's own data loss (times its weight, if
+    given), one GradientTape each."""
     params = [v for layer in core.weighted_layers for v in (layer.kernel, layer.bias)]
     grads = []
     for i in range(len(x)):
         with tf.GradientTape() as tape:
             _, logits, _ = core.forward(x[i : i + 1], training=True, noise=[u[i : i + 1] for u in noise])
             loss = tf.reduce_mean(keras.ops.sparse_categorical_crossentropy(y[i : i + 1], logits, from_logits=True))
+            if weights is not None:
+                loss = loss * weights[i]
         grads.append([g.numpy() for g in tape.gradient(loss, params)])
     total = 0.0
     for p in range(len(params)):
@@ -143,3 +146,26 @@ def test_variances_of_two_examples_and_of_small_gradients(rng):
     assert expected < 1.0
     got = conv_variance_l1(x, dc, (2, 2), (1, 1), "valid", per_kernel.mean(axis=0), per_bias.mean(axis=0))
     assert float(got) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_weighted_examples_give_f_and_variance_of_the_weighted_loss(arch, rng):
+    # fit(sample_weight=... / class_weight=...): the step gathers (labels, weights); Eq. 8's
+    # F is the mean weighted loss and ||S||_1 the variance of the weighted per-example gradients.
+    keras.utils.set_random_seed(0)
+    if arch == "mlp":
+        model, shape = make_mlp(input_shape=(12,), hidden=(7, 5), classes=4, dtype="float64"), (12,)
+    else:
+        model, shape = make_cnn(), (9, 9, 2)
+    core, _, _ = _core_from(to_l0(model, dataset_size=50))
+    core.compile(optimizer=keras.optimizers.SGD(0.0))
+    core.track_variance = True
+    x = rng.normal(size=(9,) + shape)
+    y = rng.integers(0, 4, size=9).astype("int32")
+    w = np.array([0.0, 1.0, 2.5, 0.5, 1.0, 3.0, 0.0, 1.5, 1.0])
+    noise = [rng.uniform(gates.EPSILON, 1 - gates.EPSILON, size=(9, layer.num_gates)) for layer in core.gated_layers]
+    stats = core.train_stats(tf.constant(x), (tf.constant(y), tf.constant(w, tf.float32)), noise=noise, apply=False)
+    assert float(stats["variance_l1"]) == pytest.approx(_brute_force_variance(core, x, y, noise, w), rel=1e-6)
+    _, logits, _ = core.forward(tf.constant(x), training=True, noise=noise)
+    f = float(np.mean(w * keras.ops.sparse_categorical_crossentropy(y, logits, from_logits=True)))
+    assert float(stats["data_loss"]) == pytest.approx(f, rel=1e-6)

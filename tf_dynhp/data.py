@@ -9,6 +9,8 @@ the kept input features.
 * `FeatureSelection` holds the training inputs with only the features the pruned
   model still reads (hard pruning of input features shrinks every later batch), or,
   with `fit(augment=...)`, the full images and each epoch's transform of them.
+* `example_weights` turns `fit`'s `sample_weight` or `class_weight` into one weight
+  per training example, as `keras.Model.fit` reads them.
 * `fingerprint` identifies a training set in a checkpoint's settings.
 """
 
@@ -24,7 +26,7 @@ import tensorflow as tf
 
 from tf_dynhp import augment as aug
 
-__all__ = ["as_arrays", "reshape_to_input", "epoch_order", "fingerprint", "FeatureSelection"]
+__all__ = ["as_arrays", "example_weights", "reshape_to_input", "epoch_order", "fingerprint", "FeatureSelection"]
 
 
 def _memory_bytes() -> int:
@@ -222,11 +224,75 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
 
 
-def fingerprint(x: np.ndarray, y: np.ndarray) -> str:
-    """'N examples, sha256 <16 hex>' of a training set (checkpoint settings)."""
+def example_weights(sample_weight: Any, class_weight: Any, x: Any, y: np.ndarray, num_classes: int) -> np.ndarray | None:
+    """One float32 weight per training example, or None (every example weighs 1).
+
+    As `keras.Model.fit`: `sample_weight` is one weight per example of `x` (NumPy inputs;
+    shape (n,) or (n, 1)); `class_weight` maps class ids to weights (classes it leaves
+    out weigh 1.0); not both. The loss of a batch is then the mean of the weighted
+    per-example losses (Keras' "sum_over_batch_size"); weights must be finite and >= 0,
+    and not all 0.
+
+    Args:
+        x: `fit`'s `x` as given (a `tf.data.Dataset` takes no `sample_weight`).
+        y: the int32 labels `as_arrays` returned (all of them, before a validation split).
+
+    Raises:
+        ValueError / TypeError: naming `sample_weight` or `class_weight`.
+    """
+    if sample_weight is None and class_weight is None:
+        return None
+    if sample_weight is not None and class_weight is not None:
+        raise ValueError("`class_weight` and `sample_weight` cannot be given together (as in keras.Model.fit); "
+                         "fold the class weights into `sample_weight`.")
+    if class_weight is not None:
+        if not isinstance(class_weight, dict):
+            raise TypeError(f"`class_weight` must be a dict from class ids to weights, received {type(class_weight).__name__}.")
+        table = np.ones(num_classes, np.float64)
+        for key, value in class_weight.items():
+            if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)) or not 0 <= key < num_classes:
+                raise ValueError(f"`class_weight` has the key {key!r}; expected class ids in [0, {num_classes}) "
+                                 f"(the last layer has {num_classes} units).")
+            table[int(key)] = _weight_value(value, f"class_weight[{key!r}]")
+        weights = table[y]
+        what = "class_weight"
+    else:
+        if isinstance(x, tf.data.Dataset):
+            raise ValueError("`sample_weight` needs NumPy inputs (one weight per example of `x`); `x` is a "
+                             "tf.data.Dataset: pass `class_weight`, or the data as arrays.")
+        weights = np.asarray(sample_weight)
+        if weights.ndim == 2 and weights.shape[1] == 1:
+            weights = weights[:, 0]
+        if weights.ndim != 1 or len(weights) != len(y):
+            raise ValueError(f"`sample_weight` must hold one weight per example, shape ({len(y)},); "
+                             f"received shape {weights.shape}.")
+        if weights.dtype == np.bool_ or not np.issubdtype(weights.dtype, np.number) or np.iscomplexobj(weights):
+            raise TypeError(f"`sample_weight` must be real numbers, received dtype {weights.dtype}.")
+        weights = weights.astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+        if bad.size:
+            raise ValueError(f"`sample_weight` must be finite and >= 0; example {int(bad[0])} has {float(weights[bad[0]])}.")
+        what = "sample_weight"
+    if not np.any(weights > 0):
+        raise ValueError(f"`{what}` gives every training example the weight 0: nothing would be learned.")
+    return weights.astype(np.float32)
+
+
+def _weight_value(value: Any, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0, received {value!r}.")
+    return float(value)
+
+
+def fingerprint(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> str:
+    """'N examples, sha256 <16 hex>' of a training set (checkpoint settings); the example
+    weights, when given, are part of it (without them the hash is what it always was)."""
     h = hashlib.sha256()
     h.update(memoryview(np.ascontiguousarray(x)).cast("B"))
     h.update(memoryview(np.ascontiguousarray(y)).cast("B"))
+    if weights is not None:
+        h.update(memoryview(np.ascontiguousarray(weights)).cast("B"))
     return f"{len(x)} examples, sha256 {h.hexdigest()[:16]}"
 
 
@@ -248,6 +314,7 @@ class FeatureSelection:
 
     def __init__(self) -> None:
         self.x = self.y = None
+        self.weights: tf.Tensor | None = None
         self.features: np.ndarray | None = None
         self.augment = None
         self.images: np.ndarray | None = None
@@ -257,11 +324,12 @@ class FeatureSelection:
 
     def set_data(self, x_all: tf.Tensor, y_all: tf.Tensor, features: np.ndarray | None,
                  augment: Any = None, image_shape: tuple[int, ...] | None = None, seed: int = 0,
-                 augment_epochs: int | None = None) -> None:
+                 augment_epochs: int | None = None, weights: tf.Tensor | None = None) -> None:
         """The training set, all features (flattened) or images; then `select(features)`.
         With `augment`, `image_shape` is one example's shape as the function receives it,
-        and `augment_epochs` the number of epochs it transforms (None: all)."""
-        self.y = y_all
+        and `augment_epochs` the number of epochs it transforms (None: all). `weights`:
+        one per example (`example_weights`), or None."""
+        self.y, self.weights = y_all, weights
         self.augment, self.seed, self.augment_epochs = augment, int(seed), augment_epochs
         if augment is not None:
             self.flat = len(x_all.shape) == 2  # a dense-first chain reads flattened features
@@ -274,6 +342,12 @@ class FeatureSelection:
 
     def __len__(self) -> int:
         return 0 if self.y is None else int(self.y.shape[0])
+
+    @property
+    def targets(self) -> Any:
+        """What the step gathers a batch of besides the inputs: the labels, or
+        (labels, weights) when the examples are weighted."""
+        return self.y if self.weights is None else (self.y, self.weights)
 
     def epoch_inputs(self, epoch: int) -> tf.Tensor:
         """The inputs of epoch `epoch` (0-based): the selection, or with `augment` the

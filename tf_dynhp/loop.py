@@ -132,7 +132,7 @@ def make_epoch_runner(
         def body(done, begin, ok):
             idx = order[begin : tf.minimum(begin + batch_size, n)]
             x = tf.gather(x_all, idx)
-            y = tf.gather(y_all, idx)
+            y = tf.nest.map_structure(lambda t: tf.gather(t, idx), y_all)  # labels, or (labels, weights)
             st = core.train_stats(x, y)
             # A sum is non-finite when any term is: one reduction per gradient.
             total = st["loss"] + tf.add_n([tf.reduce_sum(g) for g in st["grads"]])
@@ -157,7 +157,7 @@ def make_evaluator(core: GatedModel):
     return evaluate
 
 
-def trace_ahead(runner, evaluator, core: GatedModel, data_spec: tf.TensorSpec) -> tuple[float, list[Any]]:
+def trace_ahead(runner, evaluator, core: GatedModel, data_spec: tf.TensorSpec, weighted: bool = False) -> tuple[float, list[Any]]:
     """Traces the step loop and the evaluator for `core` now (not inside the first
     epoch), and runs each once on no data, so that TensorFlow's graph optimization and
     kernel set-up of a new function (done at its first call: as long again as the trace)
@@ -165,18 +165,22 @@ def trace_ahead(runner, evaluator, core: GatedModel, data_spec: tf.TensorSpec) -
 
     `data_spec`: the (examples, ...) training inputs as the runner receives them (any
     feature count for flat inputs); the evaluator gets inputs of that shape in the
-    model's dtype. Returns (seconds, the two concrete functions)."""
+    model's dtype; `weighted`: the runner gathers (labels, weights) (`fit(sample_weight=
+    ...)`). Returns (seconds, the two concrete functions)."""
     t0 = time.perf_counter()
     shape = tuple(int(d) for d in core.inputs[0].shape[1:])
     dtype = core.inputs[0].dtype
     i64 = tf.TensorSpec([], tf.int64)
+    labels = tf.TensorSpec([None], tf.int32)
+    targets = (labels, tf.TensorSpec([None], tf.float32)) if weighted else labels
     concretes = [
-        runner.get_concrete_function(data_spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64), i64, i64),
+        runner.get_concrete_function(data_spec, targets, tf.TensorSpec([None], tf.int64), i64, i64),
         evaluator.get_concrete_function(tf.TensorSpec(data_spec.shape, dtype), tf.TensorSpec([None], tf.int32)),
     ]
     # Zero steps (the order is empty): nothing trains, nothing is accumulated.
     no_x = tf.zeros((0,) + shape, data_spec.dtype)
-    runner(no_x, tf.zeros((0,), tf.int32), tf.zeros((0,), tf.int64), tf.constant(0, tf.int64), tf.constant(1, tf.int64))
+    no_y = (tf.zeros((0,), tf.int32), tf.zeros((0,), tf.float32)) if weighted else tf.zeros((0,), tf.int32)
+    runner(no_x, no_y, tf.zeros((0,), tf.int64), tf.constant(0, tf.int64), tf.constant(1, tf.int64))
     # One zero example (the evaluator has no side effects; an empty batch trips a
     # broadcast of the conv gates in TensorFlow's optimized graph).
     evaluator(tf.zeros((1,) + shape, dtype), tf.zeros((1,), tf.int32))

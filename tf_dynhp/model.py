@@ -194,6 +194,10 @@ class GatedModel(keras.Model):
     def train_stats(self, x, y, noise: list | None = None, apply: bool = True) -> dict[str, Any]:
         """One optimizer step; returns the batch statistics the DynHP loop accumulates.
 
+        `y` is the labels, or (labels, weights) for weighted examples: each example's
+        loss is multiplied by its weight, so F and the per-example gradients of Eq. 8
+        are those of the weighted loss.
+
         Returns:
             dict with `loss` (data loss + penalty), `data_loss` (F), `correct`,
             `count`, `variance_l1` (||S||_1 of the per-example gradients, 0 when
@@ -201,11 +205,16 @@ class GatedModel(keras.Model):
             the number of examples whose gate j was open: per input of an
             `L0Dense`, per output channel of an `L0Conv2D`).
         """
+        weights = None
+        if isinstance(y, (tuple, list)):  # (labels, weights): fit(sample_weight=... / class_weight=...)
+            y, weights = y
         pre_tensors = []
         with tf.GradientTape() as tape:
             outputs, logits, per_layer = self.forward(x, training=True, noise=noise)
             pre_tensors = [pre for _, pre, _ in per_layer]
             per_example = self.per_example_loss(y, outputs, logits)
+            if weights is not None:  # Keras' weighting: the mean of the weighted losses (F of Eq. 8 too)
+                per_example = per_example * ops.cast(weights, per_example.dtype)
             data_loss = ops.mean(per_example)
             loss = data_loss + self.penalty()
         variables = self.trainable_variables

@@ -69,6 +69,7 @@ class FitConfig:
     target_epoch: int = 0  # from the end of this epoch (1-based) on, the target is forced
     augment: Callable | None = None  # fit(augment=...): see tf_dynhp.augment
     augment_epochs: int | None = None  # fit(augment_until=...): epochs (from the first) that augment transforms
+    weighted: bool = False  # fit(sample_weight= / class_weight=): the step gathers (labels, weights)
     input_name: str | None = None  # the user's model's Input name, kept by result.model and gated_model
     structure: tuple[Any, Any] = (None, None)  # how the user's model wraps its input and output (surgery.io_structure)
 
@@ -238,17 +239,18 @@ class Trainer:
         self.needs_trace = True
         self.data.select(self.features)
 
-    def set_data(self, x_all: tf.Tensor, y_all: tf.Tensor) -> None:
-        """The training set, all features (flattened) or images."""
+    def set_data(self, x_all: tf.Tensor, y_all: tf.Tensor, weights: tf.Tensor | None = None) -> None:
+        """The training set, all features (flattened) or images, and the examples'
+        weights (None: unweighted; `config.weighted` says which the step was traced for)."""
         self.data.set_data(x_all, y_all, self.features, augment=self.config.augment,
                            image_shape=self.input_shape, seed=self.state.seed,
-                           augment_epochs=self.config.augment_epochs)
+                           augment_epochs=self.config.augment_epochs, weights=weights)
 
     def trace(self) -> None:
         """Traces the functions of a new core (nothing to do when it took over the storage)."""
         if not self.needs_trace:
             return
-        seconds, concretes = loop.trace_ahead(self.runner, self.evaluator, self.core, self.data_spec)
+        seconds, concretes = loop.trace_ahead(self.runner, self.evaluator, self.core, self.data_spec, self.config.weighted)
         self.trace_seconds += seconds
         self.needs_trace = False
         if self.shared:
@@ -285,7 +287,7 @@ class Trainer:
         hooks of callbacks and the progress bar. A `stop_training` set on the model
         during the epoch ends it after the current call, as `keras.Model.fit` does."""
         self.acc.reset()
-        x_all, y_all = self.data.epoch_inputs(epoch), self.data.y
+        x_all, y_all = self.data.epoch_inputs(epoch), self.data.targets
         spe = self.config.steps_per_execution
         order = tf.constant(epoch_order(self.state.seed, epoch, int(x_all.shape[0])).astype(np.int64))
         batch = tf.constant(self.state.batch_size, tf.int64)

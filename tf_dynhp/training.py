@@ -44,7 +44,7 @@ from tf_dynhp._checks import positive_int as _positive_int
 from tf_dynhp._checks import real_number
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.convert import to_l0
-from tf_dynhp.data import as_arrays, fingerprint
+from tf_dynhp.data import as_arrays, example_weights, fingerprint
 from tf_dynhp.kinds import GATED_TYPES
 from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import classifier_head
@@ -419,6 +419,8 @@ def fit(
     target_deadline: float = 0.25,
     augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
     augment_until: float = 1.0,
+    sample_weight: Any = None,
+    class_weight: dict[int, float] | None = None,
 ) -> FitResult:
     """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
 
@@ -559,6 +561,14 @@ def fit(
             the undistorted images the test set holds (WORKSPACE.md, "Data
             augmentation"). Without `augment` it changes nothing. A fraction, like
             `target_deadline`: a run resumed with more `epochs` moves the switch.
+        sample_weight: one weight per training example (NumPy `x`; shape (n,)), or
+            None. As `keras.Model.fit`: each example's loss is multiplied by its
+            weight and a batch's loss is their mean, so Eq. 8's F and per-example
+            gradient variance are those of the weighted loss; `accuracy` and the
+            validation figures stay unweighted (Keras' `metrics`); with
+            `validation_split` the held-out examples' weights are not used.
+        class_weight: `{class id: weight}` (classes left out weigh 1.0), the same
+            weighting by label; not with `sample_weight`.
 
     Returns:
         A `FitResult`: `.model` (stripped plain Keras model), `.history` (per-epoch
@@ -678,6 +688,7 @@ def fit(
     # -------------------------------------------------------------------- data
     input_name = model.inputs[0].name  # x may be {input_name: images}, as keras.Model.fit takes it
     x_train, y_train = as_arrays(x, y, chain.input_shape, num_classes, "x", input_name)
+    w_train = example_weights(sample_weight, class_weight, x, y_train, num_classes)
     val = None
     if validation_data is not None:
         if isinstance(validation_data, tf.data.Dataset):
@@ -695,6 +706,10 @@ def fit(
             )
         # As keras.Model.fit: the last examples, before any shuffling.
         x_train, y_train, val = x_train[:-n_val], y_train[:-n_val], (x_train[-n_val:], y_train[-n_val:])
+        if w_train is not None:  # the validation examples are scored unweighted (val_error counts mistakes)
+            w_train = w_train[:-n_val]
+            if not np.any(w_train > 0):
+                raise ValueError("`sample_weight` gives every training example left by `validation_split` the weight 0.")
     n_train = len(x_train)
 
     # ------------------------------------------------------------- seeds, core
@@ -787,7 +802,7 @@ def fit(
         # Only when it shortens the augmentation: checkpoints written before it resume unchanged.
         "augment_until": augment_until if final_phase else None,
         # Hashing the data costs ~0.3 s per 60k images: only runs that checkpoint need it.
-        "data": fingerprint(x_train, y_train) if checkpoint_dir is not None else None,
+        "data": fingerprint(x_train, y_train, w_train) if checkpoint_dir is not None else None,
         # The val_ history of a resumed run must be of one validation set ("none": no
         # validation); checkpoints written before this key resume unchecked.
         "validation": (fingerprint(*val) if val is not None else "none") if checkpoint_dir is not None else None,
@@ -804,7 +819,7 @@ def fit(
         size_penalty=size_penalty, target_schedule=target_schedule, start_kb=have_kb, target_epoch=target.deadline_epoch(target_deadline, epochs),
         augment=augment,
         augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if final_phase else None,
-        input_name=model.inputs[0].name, structure=io_structure(model),
+        input_name=model.inputs[0].name, structure=io_structure(model), weighted=w_train is not None,
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 
@@ -884,5 +899,5 @@ def fit(
             run.state.first_trace_seconds = run.trace_seconds  # not a retrace: Keras' fit traces once too
 
         # -------------------------------------------------------------- epoch loop
-        run.set_data(tf.constant(x_train), tf.constant(y_train))
+        run.set_data(tf.constant(x_train), tf.constant(y_train), None if w_train is None else tf.constant(w_train))
         return run.fit_epochs(val, callbacks, settings, getattr(model, "name", "model"))
