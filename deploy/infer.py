@@ -56,7 +56,8 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = lr.Classifier(args.model, num_threads=args.threads)
     load_s = time.perf_counter() - start
-    x, y = lr.load_images_labels(args.images, args.labels, args.limit)
+    # An integer-input model (keras.Input(dtype="uint8")) was trained on the pixels as stored.
+    x, y = lr.load_images_labels(args.images, args.labels, args.limit, raw=model.takes_integers)
     x = model.prepare(x)  # e.g. (n, 28, 28) IDX images for a flat (784,) model: flattened
     if model.num_classes is not None:
         y = lr.check_labels(y, model.num_classes, args.labels)

@@ -150,14 +150,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def load_images_labels(
-    images: str | os.PathLike, labels: str | os.PathLike, limit: int | None = None
+    images: str | os.PathLike, labels: str | os.PathLike, limit: int | None = None, raw: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Reads an image/label IDX pair: images as float32 in [0, 1], labels as int32.
+    """Reads an image/label IDX pair: images as float32 in [0, 1] (uint8 pixels / 255),
+    or with `raw` as stored (the pixels an integer-input model was trained on), and
+    labels as int32.
 
     Args:
         images: IDX file of uint8 images (n, h, w).
         labels: IDX file of class ids (n,).
         limit: keep only the first `limit` examples.
+        raw: the images as the file holds them, not scaled.
 
     Returns:
         (x, y).
@@ -180,7 +183,7 @@ def load_images_labels(
         raise ValueError(f"{labels}: expected integer class ids, received {y.dtype} labels")
     if y.size and (int(y.min()) < np.iinfo(np.int32).min or int(y.max()) > np.iinfo(np.int32).max):
         raise ValueError(f"{labels}: class ids beyond int32 ({int(y.min())}..{int(y.max())})")
-    return (x.astype(np.float32) / scale), y.astype(np.int32)
+    return (x if raw else x.astype(np.float32) / scale), y.astype(np.int32)
 
 
 def fit_input(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -307,6 +310,12 @@ class Classifier:
         self.input_dtype = details["dtype"]
         classes = int(self.runner.get_output_details()[self.output_name]["shape_signature"][-1])
         self.num_classes = classes if classes > 0 else None  # None: an output of unknown width
+
+    @property
+    def takes_integers(self) -> bool:
+        """True for a model built on an integer `keras.Input` (e.g. uint8): it takes the
+        pixels as stored, not scaled to [0, 1] (`load_images_labels(raw=True)`)."""
+        return bool(np.issubdtype(self.input_dtype, np.integer))
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)

@@ -469,3 +469,10 @@ def test_a_uint8_input_model_exports_int8_and_refuses_scaled_pixels(device, tmp_
         assert classifier.accuracy(raw_test, y_test[:200]) == pytest.approx(keras_acc, abs=0.05)
         with pytest.raises(ValueError, match=r"takes uint8 inputs.*not whole numbers"):
             classifier.accuracy(x_test[:200], y_test[:200])
+        # infer.py feeds such a model the IDX pixels as stored (it refused the scaled ones
+        # it loaded for every model).
+        raw_1000 = np.round(x_test[:1000] * 255).astype(np.uint8)
+        expected = classifier.accuracy(raw_1000, y_test[:1000])
+        out = run_device(device, "infer.py", "--model", path, "--images", device["files"]["test_images"],
+                         "--labels", device["files"]["test_labels"], "--latency_examples", "1")
+        assert number(r"^accuracy: ([\d.]+)$", out.stdout) == [pytest.approx(expected, abs=1e-4)]
