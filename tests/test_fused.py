@@ -222,11 +222,26 @@ def test_loader_checks_the_digest_right_before_loading(kernel, monkeypatch, tmp_
 def test_loader_refuses_a_library_without_the_ops(kernel, monkeypatch, tmp_path):
     """A library with a valid digest that is not ours: a KernelBuildError, not an AttributeError."""
     monkeypatch.setattr(fused, "_LOADED", {})
+    monkeypatch.setattr(fused, "_BY_DIGEST", {})  # a process that has loaded no build yet
     monkeypatch.setattr(fused, "build_kernel", lambda *a, **k: fused.SOURCE)  # any file with a digest
     monkeypatch.setattr(fused, "_unverified", lambda p: None)
     monkeypatch.setattr(tf, "load_op_library", lambda p: object())
     with pytest.raises(fused.KernelBuildError, match=r"lacks the op\(s\) \['tf_dynhp_hard_concrete_gate', .*not a tf_dynhp kernel"):
         fused.load_kernel(tmp_path)
+
+
+def test_a_second_build_is_not_loaded_into_a_process_that_has_one(kernel, monkeypatch, tmp_path):
+    """Two builds (other flags, other cache folders) loaded in one process registered the
+    kernels twice, and every later fused call failed with "Multiple OpKernel
+    registrations"; the second is now not loaded, the first one's ops serve."""
+    loaded = fused.load_kernel()
+    monkeypatch.setattr(fused, "_LOADED", dict(fused._LOADED))
+    other = tmp_path / fused.build_kernel().name
+    other.write_bytes(fused.build_kernel().read_bytes() + b"another build")
+    monkeypatch.setattr(fused, "build_kernel", lambda *a, **k: other)
+    monkeypatch.setattr(fused, "_unverified", lambda p: None)
+    monkeypatch.setattr(tf, "load_op_library", lambda p: pytest.fail(f"loaded a second build {p}"))
+    assert fused.load_kernel(tmp_path) is loaded
 
 
 # ------------------------------------------------- building with a fake compiler

@@ -400,6 +400,15 @@ def load_kernel(cache_dir: str | os.PathLike | None = None, announce: Callable[[
     if digest in _BY_DIGEST:  # the same library from another cache folder: its ops are registered already
         _LOADED[folder] = _BY_DIGEST[digest]
         return _LOADED[folder]
+    if _BY_DIGEST:
+        # Another build (of this source, other flags) is loaded: TensorFlow registers ops and
+        # kernels once per process, so loading this one too would register the kernels
+        # twice and fail every later call ("Multiple OpKernel registrations"). Its ops serve.
+        first = next(iter(_BY_DIGEST.values()))
+        _LOG.info("tf_dynhp: %s not loaded: another build of the gate kernel is loaded in this process "
+                  "and serves its ops", path)
+        _LOADED[folder] = first
+        return first
     try:
         module = tf.load_op_library(str(path))
     except Exception as err:  # tf.errors.NotFoundError and friends
