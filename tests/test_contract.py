@@ -689,7 +689,7 @@ def test_weights_of_one_train_exactly_as_no_weights_and_class_weight_equals_its_
     plain = tf_dynhp.fit(_mlp(), x, y, **kw)
     ones = tf_dynhp.fit(_mlp(), x, y, sample_weight=np.ones(len(y)), **kw)
     assert ones.history["loss"] == plain.history["loss"] and ones.history["batch_size"] == plain.history["batch_size"]
-    for a, b in zip(ones.model.weights, plain.model.weights):
+    for a, b in zip(ones.model.weights, plain.model.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     table = {0: 3.0, 1: 0.0, 7: 0.5}
     by_class = tf_dynhp.fit(_mlp(), x, y, class_weight=table, **kw)

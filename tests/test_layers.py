@@ -313,7 +313,7 @@ def test_keras_fit_on_a_gated_model_follows_compiled_loss_metrics_and_sample_wei
         model.compile("adam", "sparse_categorical_crossentropy" if compiled else None)
         before = [layer.kernel.numpy() for layer in model.gated_layers]
         model.fit(x, y, sample_weight=np.zeros(64), epochs=1, batch_size=64, verbose=0)
-        for layer, kernel in zip(model.gated_layers, before):
+        for layer, kernel in zip(model.gated_layers, before, strict=True):
             np.testing.assert_array_equal(layer.kernel.numpy(), kernel)
 
 
