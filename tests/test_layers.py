@@ -324,3 +324,48 @@ def test_l0dense_refuses_inputs_of_rank_above_2_when_called():
     with pytest.raises(ValueError, match=r"expected ndim=2, found ndim=3"):
         layer(np.zeros((2, 3, 6), "float32"))
     assert layer(np.zeros((2, 6), "float32")).shape == (2, 4)
+
+
+def _kernel_update(policy, model_class, loss, sample_weight=None):
+    """Largest change of the first kernel after one SGD step of keras.Model.fit."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 20)).astype("float32"), rng.integers(0, 3, 32)
+    keras.config.set_dtype_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((20,))
+        hidden = L0Dense(16, activation="relu", dataset_size=256, l0_lambda=0.0)(inp)
+        out = keras.layers.Activation("softmax", dtype="float32")(L0Dense(3, dataset_size=256, l0_lambda=0.0)(hidden))
+        model = model_class(inp, out)
+        model.compile(keras.optimizers.SGD(0.1), loss)
+        before = model.layers[1].kernel.numpy().copy()
+        model.fit(x, y, sample_weight=sample_weight, epochs=1, batch_size=32, verbose=0, shuffle=False)
+        return float(np.abs(model.layers[1].kernel.numpy() - before).max())
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def test_a_gated_model_under_a_mixed_policy_steps_as_keras_does():
+    # Keras' compile wraps the optimizer in a LossScaleOptimizer, which divides the
+    # gradients by its scale: the step did not scale the loss, so it moved 1/32768 as far.
+    keras_step = _kernel_update("mixed_float16", keras.Model, "sparse_categorical_crossentropy")
+    assert _kernel_update("mixed_float16", tf_dynhp.GatedModel, "sparse_categorical_crossentropy") == pytest.approx(keras_step, rel=1e-2)
+    assert _kernel_update("mixed_float16", tf_dynhp.GatedModel, None, np.ones(32)) == pytest.approx(keras_step, rel=1e-2)
+    assert _kernel_update("float32", tf_dynhp.GatedModel, "sparse_categorical_crossentropy") == pytest.approx(
+        _kernel_update("float32", keras.Model, "sparse_categorical_crossentropy"), rel=1e-6)
+
+
+def test_a_gated_model_takes_one_hot_labels_and_evaluates_without_a_compiled_loss():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 20)).astype("float32"), rng.integers(0, 3, 64)
+    model = _gated_model()
+    model.compile("adam", "categorical_crossentropy", metrics=["categorical_accuracy"])  # the accuracy reshaped y and failed
+    logs = model.fit(x, keras.utils.to_categorical(y, 3), epochs=1, batch_size=32, verbose=0).history
+    assert np.isfinite(logs["loss"][0]) and 0 <= logs["categorical_accuracy"][0] <= 1
+    model = _gated_model()
+    model.compile("adam")  # no loss: fit's own; evaluate and validation said "No loss to compute"
+    logs = model.fit(x, y, epochs=1, batch_size=32, verbose=0, validation_data=(x, y)).history
+    assert {"val_loss", "val_accuracy"} <= set(logs)
+    scores = model.evaluate(x, y, verbose=0, return_dict=True)
+    truth = float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
+    assert scores["accuracy"] == pytest.approx(truth)

@@ -7,8 +7,9 @@ adds the expected-L0 penalty (Eq. 5), counts open gates for the activation rate 
 Eq. 6 (per input of an `L0Dense`, per output channel of an `L0Conv2D`), and, when
 asked, computes the exact per-example gradient variance `||S||_1` and the data loss
 `F` of Eq. 8 in the same pass.
-`keras.Model.fit` works on it too (SP training with Keras' own loop; `train_step`
-follows a compiled loss, compiled metrics and `sample_weight`).
+`keras.Model.fit` and `evaluate` work on it too (SP training with Keras' own loop;
+`train_step`/`test_step` follow a compiled loss, compiled metrics, `sample_weight`, one-hot
+labels and a mixed policy's loss scaling).
 """
 
 from __future__ import annotations
@@ -248,39 +249,61 @@ class GatedModel(keras.Model):
             "variance_l1": variance_l1,
             "gate_open": gate_open,
             "grads": var_grads,
-            "outputs": outputs,  # for train_step's compiled metrics (tf_dynhp.fit's loop reads it not)
         }
 
-    def train_step(self, data):
-        """`keras.Model.fit`'s step (`tf_dynhp.fit` runs `train_stats` in its own loop).
-
-        Without a compiled loss and sample weights, the DynHP step (`train_stats`: fit's
-        loss, or sparse cross-entropy from the logits). With either, Keras' contract: the
-        compiled loss (else that per-example loss) weighted by `sample_weight` as Keras
-        weighs it (summed over the batch, divided by its size), plus Eq. 5's penalty.
-        Compiled metrics are updated with the step's outputs, as Keras updates them."""
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    def _data_loss(self, y, outputs, logits, sample_weight):
+        """The compiled loss (Keras' own weighting), else the per-example loss (fit's, or
+        sparse cross-entropy from the logits) weighted by `sample_weight` and averaged over
+        the batch, as Keras weighs it; in float32 at least (a float16 output under a
+        mixed policy would round Eq. 5's penalty away)."""
         compiled_loss = getattr(self, "_compile_loss", None)
-        if compiled_loss is None and sample_weight is None:
-            stats = self.train_stats(x, y)
-            loss, outputs = stats["loss"], stats["outputs"]
+        if compiled_loss is not None:
+            loss = compiled_loss(y, outputs, sample_weight)
         else:
-            variables = self.trainable_variables
-            with tf.GradientTape() as tape:
-                outputs, logits, _ = self.forward(x, training=True)
-                if compiled_loss is not None:
-                    data_loss = compiled_loss(y, outputs, sample_weight)
-                else:
-                    per_example = self.per_example_loss(y, outputs, logits)
-                    weights = ops.reshape(ops.cast(sample_weight, per_example.dtype), ops.shape(per_example))
-                    data_loss = ops.mean(per_example * weights)
-                loss = ops.cast(data_loss, outputs.dtype) + ops.cast(self.penalty(), outputs.dtype)
-            optim.apply_gradients(self.optimizer, tape.gradient(loss, variables), variables)
+            per_example = self.per_example_loss(y, outputs, logits)
+            if sample_weight is not None:
+                per_example = per_example * ops.reshape(ops.cast(sample_weight, per_example.dtype), ops.shape(per_example))
+            loss = ops.mean(per_example)
+        return ops.cast(loss, "float64" if outputs.dtype == "float64" else "float32")
+
+    def _update_metrics(self, loss, y, outputs, sample_weight):
+        """The loss and accuracy trackers, then the compiled metrics, as Keras updates
+        them; labels may be class ids or one-hot rows."""
         predicted = ops.cast(ops.argmax(outputs, axis=-1), "int64")
-        correct = ops.cast(ops.equal(predicted, ops.cast(ops.reshape(y, ops.shape(predicted)), "int64")), "float32")
-        self._loss_tracker.update_state(loss)
-        self._accuracy_tracker.update_state(ops.mean(correct), sample_weight=ops.cast(ops.shape(correct)[0], "float32"))
+        if len(y.shape) == len(outputs.shape) and y.shape[-1] not in (None, 1):  # one-hot labels
+            labels = ops.cast(ops.argmax(y, axis=-1), "int64")
+        else:
+            labels = ops.cast(ops.reshape(y, ops.shape(predicted)), "int64")
+        correct = ops.cast(ops.equal(predicted, labels), "float32")
+        count = ops.cast(ops.shape(correct)[0], "float32")
+        self._loss_tracker.update_state(loss, sample_weight=count)
+        self._accuracy_tracker.update_state(ops.mean(correct), sample_weight=count)
         compiled = getattr(self, "_compile_metrics", None)
         if compiled is not None:
             compiled.update_state(y, outputs, sample_weight)
         return self.get_metrics_result()
+
+    def train_step(self, data):
+        """`keras.Model.fit`'s step (`tf_dynhp.fit` runs `train_stats` in its own loop):
+        per-example gates, the data loss (`_data_loss`: the compiled loss, else fit's or
+        sparse cross-entropy, with `sample_weight` as Keras weighs it) plus Eq. 5's
+        penalty; the loss scaled for a `LossScaleOptimizer` (Keras' `compile` wraps the
+        optimizer in one under a mixed policy) as Keras' own step does; compiled metrics
+        updated with the step's outputs."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            outputs, logits, _ = self.forward(x, training=True)
+            data_loss = self._data_loss(y, outputs, logits, sample_weight)
+            loss = data_loss + ops.cast(self.penalty(), data_loss.dtype)
+            scaled = self.optimizer.scale_loss(loss)
+        optim.apply_gradients(self.optimizer, tape.gradient(scaled, variables), variables)
+        return self._update_metrics(loss, y, outputs, sample_weight)
+
+    def test_step(self, data):
+        """`keras.Model.evaluate`'s step and `fit`'s validation: deterministic gates, the
+        data loss as in `train_step` (no penalty, as Keras adds a layer's losses in
+        training only), the same metrics."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        outputs, logits, _ = self.forward(x, training=False)
+        return self._update_metrics(self._data_loss(y, outputs, logits, sample_weight), y, outputs, sample_weight)

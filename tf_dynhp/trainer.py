@@ -93,8 +93,9 @@ class FitResult:
 
 
 class NonFiniteError(FloatingPointError):
-    """Training met a non-finite loss or gradient. `last_good` is the `FitResult` of the
-    last good epoch (the model as it was before the failing epoch)."""
+    """Training met a non-finite loss or gradient, or an epoch left non-finite weights or
+    optimizer state. `last_good` is the `FitResult` of the last good epoch (the model as
+    it was before the failing epoch)."""
 
     def __init__(self, message: str, last_good: FitResult) -> None:
         super().__init__(message)
@@ -315,8 +316,8 @@ class Trainer:
         """True when every weight and optimizer variable of the core is finite (once per
         epoch: the step checks only its loss and gradients, computed before its update)."""
         variables = list(self.core.variables) + list(self.core.optimizer.variables)
-        return all(bool(np.all(np.isfinite(v.numpy()))) for v in variables
-                   if np.issubdtype(np.dtype(getattr(v.dtype, "name", v.dtype)), np.floating))
+        return all(bool(np.all(np.isfinite(np.asarray(v.numpy(), np.float64)))) for v in variables
+                   if tf.as_dtype(v.dtype).is_floating)  # bfloat16 too (NumPy does not call it floating)
 
     def running_logs(self) -> dict[str, float]:
         """Mean loss and accuracy of the epoch so far (Keras' batch-hook logs)."""
@@ -512,7 +513,8 @@ class Trainer:
         """Trains from `state.epoch` to `config.epochs`, with callbacks, checkpoints
         (`settings` are written into each) and the non-finite policy; returns the result.
 
-        Callbacks follow Keras' contract: `set_params` once, `set_model` whenever the
+        Callbacks follow Keras' contract: `set_params` at the start (again at an epoch's
+        begin when DynHP's batch changed the step count), `set_model` whenever the
         model changes (a rebuild), batch hooks around every compiled call, epoch logs
         under Keras' names (`loss`, `accuracy`, `val_loss`, `val_accuracy`) plus ours.
         `callback.model` is the model being trained: the core (`GatedModel`) on the
