@@ -212,6 +212,19 @@ def fit_input(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndar
     )
 
 
+def _as_model_input(x: np.ndarray, dtype: Any, input_shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """`x` in the model's input dtype and shape; non-integral floats for an integer input
+    are refused (a cast would make IDX pixels scaled to [0, 1] zeros and ones)."""
+    x = np.asarray(x)
+    if np.issubdtype(dtype, np.integer) and x.dtype.kind == "f" and not np.all(x == np.round(x)):
+        raise ValueError(
+            f"{path} takes {np.dtype(dtype).name} inputs (a keras.Input of that dtype); received "
+            f"{x.dtype.name} values that are not whole numbers (IDX pixels are scaled to [0, 1] for float models). "
+            "Feed the pixels as the model was trained on them."
+        )
+    return fit_input(np.asarray(x, dtype=dtype), input_shape, str(path))
+
+
 def check_labels(y: np.ndarray, num_classes: int, source: str | os.PathLike) -> np.ndarray:
     """`y` as int32 class ids, refused unless every one is in [0, num_classes).
 
@@ -318,15 +331,7 @@ class Classifier:
         return bool(np.issubdtype(self.input_dtype, np.integer))
 
     def _check(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if np.issubdtype(self.input_dtype, np.integer) and x.dtype.kind == "f" and not np.all(x == np.round(x)):
-            # A cast would make IDX pixels scaled to [0, 1] (for float models) zeros and ones.
-            raise ValueError(
-                f"{self.path} takes {np.dtype(self.input_dtype).name} inputs (a keras.Input of that dtype); received "
-                f"{x.dtype.name} values that are not whole numbers (IDX pixels are scaled to [0, 1] for float models). "
-                "Feed the pixels as the model was trained on them."
-            )
-        return fit_input(np.asarray(x, dtype=self.input_dtype), self.input_shape, str(self.path))
+        return _as_model_input(x, self.input_dtype, self.input_shape, self.path)
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         """`x` in the model's input shape and dtype (see `fit_input`); ValueError if it cannot be."""
@@ -384,11 +389,17 @@ class Trainer:
         self.input_shape = tuple(int(d) for d in details["shape_signature"][1:])
         batch = int(details["shape_signature"][0])
         self.fixed_batch = batch if batch > 0 else None
+        self.input_dtype = details["dtype"]
         self.num_classes = int(self._runners["infer"].get_output_details()["probabilities"]["shape_signature"][-1])
 
+    @property
+    def takes_integers(self) -> bool:
+        """True for a model built on an integer `keras.Input` (see `Classifier.takes_integers`)."""
+        return bool(np.issubdtype(self.input_dtype, np.integer))
+
     def prepare(self, x: np.ndarray) -> np.ndarray:
-        """`x` in the model's input shape as float32 (see `fit_input`); ValueError if it cannot be."""
-        return fit_input(np.asarray(x, np.float32), self.input_shape, str(self.path))
+        """`x` in the model's input shape and dtype (see `fit_input`); ValueError if it cannot be."""
+        return _as_model_input(x, self.input_dtype, self.input_shape, self.path)
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
         """One optimizer step; returns the batch's mean cross-entropy before the update.
@@ -420,7 +431,7 @@ class Trainer:
             chunk = x[start : start + step]
             n = chunk.shape[0]
             if self.fixed_batch and n < step:
-                chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], np.float32)])
+                chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])
             outs.append(self._runners["infer"](x=chunk)["probabilities"][:n])
         return np.concatenate(outs)
 

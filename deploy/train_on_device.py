@@ -118,10 +118,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.weights is not None and Path(args.weights).is_dir():
         raise ValueError(f"--weights {args.weights}: expected the path of a .npz file to write; that is a folder")
     trainer = lr.Trainer(args.model, num_threads=args.threads)
-    x, y = lr.load_images_labels(args.images, args.labels, args.limit)
+    raw = trainer.takes_integers  # a uint8-input model was trained on the pixels as stored
+    x, y = lr.load_images_labels(args.images, args.labels, args.limit, raw=raw)
     x, y = trainer.prepare(x), lr.check_labels(y, trainer.num_classes, args.labels)
     if args.eval_images is not None:
-        x_eval, y_eval = lr.load_images_labels(args.eval_images, args.eval_labels)
+        x_eval, y_eval = lr.load_images_labels(args.eval_images, args.eval_labels, raw=raw)
         x_eval, y_eval = trainer.prepare(x_eval), lr.check_labels(y_eval, trainer.num_classes, args.eval_labels)
         eval_name = args.eval_images
     else:

@@ -476,3 +476,16 @@ def test_a_uint8_input_model_exports_int8_and_refuses_scaled_pixels(device, tmp_
         out = run_device(device, "infer.py", "--model", path, "--images", device["files"]["test_images"],
                          "--labels", device["files"]["test_labels"], "--latency_examples", "1")
         assert number(r"^accuracy: ([\d.]+)$", out.stdout) == [pytest.approx(expected, abs=1e-4)]
+    # Trained on the device: the trainable export took float32 inputs, and train_on_device.py
+    # fed it pixels scaled to [0, 1], which the model never saw.
+    path = export.to_trainable_tflite(result.model, tmp_path / "u8_trainable.tflite").path
+    trainer = lr.Trainer(path)
+    assert trainer.takes_integers
+    keras_acc = float(np.mean(np.argmax(result.model.predict(raw_test, verbose=0), 1) == y_test[:200]))
+    assert trainer.accuracy(raw_test, y_test[:200]) == pytest.approx(keras_acc, abs=1e-6)
+    with pytest.raises(ValueError, match=r"takes uint8 inputs.*not whole numbers"):
+        trainer.accuracy(x_test[:200], y_test[:200])
+    raw_1000 = np.round(x_test[:1000] * 255).astype(np.uint8)
+    out = run_device(device, "train_on_device.py", "--model", path, "--images", device["files"]["test_images"],
+                     "--labels", device["files"]["test_labels"], "--steps", "1").stdout
+    assert number(r"^accuracy before: ([\d.]+)", out) == [pytest.approx(trainer.accuracy(raw_1000, y_test[:1000]), abs=1e-4)]

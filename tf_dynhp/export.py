@@ -439,6 +439,7 @@ class _DenseStack:
     kernels: list[np.ndarray]
     biases: list[np.ndarray | None]
     num_classes: int
+    input_dtype: str = "float32"  # a uint8 keras.Input stays uint8 on the device (cast to float32 inside)
 
 
 def _activation_name(fn: Any) -> str:
@@ -501,6 +502,7 @@ def _read_dense_stack(model: keras.Model) -> _DenseStack:
         kernels=kernels,
         biases=biases,
         num_classes=int(kernels[-1].shape[1]),
+        input_dtype=str(model.inputs[0].dtype),
     )
 
 
@@ -525,7 +527,7 @@ def _build_module(stack: _DenseStack, optimizer: str, hyper: dict[str, float], b
         initial[f"kernel_{k}"] = kernel
         if bias is not None:
             initial[f"bias_{k}"] = bias
-    x_spec = tf.TensorSpec((batch_size,) + stack.input_shape, tf.float32, name=INPUT_NAME)
+    x_spec = tf.TensorSpec((batch_size,) + stack.input_shape, tf.as_dtype(stack.input_dtype), name=INPUT_NAME)
     y_spec = tf.TensorSpec((batch_size,), tf.int32, name=LABEL_NAME)
 
     class DenseStackModule(tf.Module):
@@ -542,7 +544,7 @@ def _build_module(stack: _DenseStack, optimizer: str, hyper: dict[str, float], b
             self.state_names = sorted(self.slots)
 
         def forward(self, x, params):
-            h = tf.reshape(x, [-1, flat_dim])
+            h = tf.reshape(tf.cast(x, tf.float32), [-1, flat_dim])  # (a no-op for float32 inputs)
             if stack.features is not None:
                 h = tf.gather(h, tf.constant(stack.features), axis=1)
             trace = []
