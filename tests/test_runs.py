@@ -136,14 +136,14 @@ def test_target_deadline_dropout_augment_and_smoothing_reach_fit_and_the_model(m
     data = mnist[0][0][:300], mnist[0][1][:300]
     with pytest.raises(KeyboardInterrupt):
         runs.run(runs.RunConfig(method="dynhp", hidden=(8, 6), target_kb=5.0, target_deadline=0.5, dropout=0.2,
-                                augment_shift=2, augment_flip=True, label_smoothing=0.1), None, data=(data, mnist[1]),
-                                verbose=0)
-    assert seen["target_deadline"] == 0.5 and seen["layers"].count("Dropout") == 2
+                                augment_shift=2, augment_flip=True, label_smoothing=0.1, lambda_step=0.2), None,
+                 data=(data, mnist[1]), verbose=0)
+    assert seen["target_deadline"] == 0.5 and seen["layers"].count("Dropout") == 2 and seen["lambda_step"] == 0.2
     assert seen["augment"] == tf_dynhp.augment.RandomShift(2, flip=True)
     assert isinstance(seen["loss"], tf_dynhp.losses.SparseCategoricalCrossentropy) and seen["loss"].label_smoothing == 0.1
     with pytest.raises(KeyboardInterrupt):
         runs.run(runs.RunConfig(method="dynhp", hidden=(8,)), None, data=(data, mnist[1]), verbose=0)
-    assert seen["target_deadline"] == 0.25 and "Dropout" not in seen["layers"]  # fit's default, no dropout
+    assert seen["target_deadline"] == 0.25 and "Dropout" not in seen["layers"] and seen["lambda_step"] == 0.05  # fit's defaults
     assert seen["augment"] is None and seen["loss"] is None
     with pytest.raises(ValueError, match="augment_shift"):
         runs.augmentation(runs.RunConfig(augment_shift=-1))

@@ -76,7 +76,7 @@ def test_recipe_flags_default_to_the_target_recipe_only_with_a_target():
     assert all(set(extra) <= set(PLAIN_RECIPE) for extra in TARGET_BY_DATASET.values())  # fields a RunConfig has
     assert target_recipe("emnist") == TARGET_RECIPE  # a data set it does not name: no augmentation
     assert recipe_for(None, dataset="mnist") == PLAIN_RECIPE
-    given = {"lr_decay": "cosine", "lambda_floor": 0.02, "size_penalty": "outgoing", "target_schedule": "cubic", "ema_momentum": 0.99,
+    given = {"lr_decay": "cosine", "lambda_floor": 0.02, "lambda_step": 0.2, "size_penalty": "outgoing", "target_schedule": "cubic", "ema_momentum": 0.99,
              "weight_decay_per_weight": 5e-4, "decoupled_weight_decay": 0.01, "dropout": 0.2,
              "target_deadline": 0.5, "augment_shift": 2, "augment_flip": True, "augment_until": 0.75, "augment_fraction": 0.5,
              "augment_erase": 0.25, "label_smoothing": 0.1}
@@ -91,7 +91,7 @@ def test_recipe_choices_are_checked_at_parse_time(flag):
     assert done.returncode != 0 and "should be one of" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("flag", ["--lambda_floor=-1", "--ema_momentum=1", "--weight_decay_per_weight=-1", "--decoupled_weight_decay=-0.1", "--target_kb=0", "--target_kb=-5", "--validation_split=1", "--validation_split=-0.1", "--verbose=3", "--augment_shift=-1", "--augment_until=0", "--augment_until=1.5", "--augment_fraction=-0.1", "--augment_fraction=1.5", "--augment_erase=-0.1", "--augment_erase=1.5", "--label_smoothing=1", "--label_smoothing=-0.1"])
+@pytest.mark.parametrize("flag", ["--lambda_floor=-1", "--lambda_step=0", "--lambda_step=-0.1", "--ema_momentum=1", "--weight_decay_per_weight=-1", "--decoupled_weight_decay=-0.1", "--target_kb=0", "--target_kb=-5", "--validation_split=1", "--validation_split=-0.1", "--verbose=3", "--augment_shift=-1", "--augment_until=0", "--augment_until=1.5", "--augment_fraction=-0.1", "--augment_fraction=1.5", "--augment_erase=-0.1", "--augment_erase=1.5", "--label_smoothing=1", "--label_smoothing=-0.1"])
 def test_target_and_validation_flags_are_checked_at_parse_time(flag):
     done = train(flag, "--epochs=1", timeout=60)
     assert done.returncode != 0 and "Invalid value received for --" in done.stderr and "Traceback" not in done.stderr

@@ -85,6 +85,7 @@ class RunConfig:
     # "cosine_restart" starts a second one at the `target_deadline` epoch (`lr_callbacks`).
     lr_decay: str = "none"
     lambda_floor: float = 0.0  # fit(lambda_floor=...): the size multiplier's floor under a target
+    lambda_step: float = 0.05  # fit(lambda_step=...): how fast the size multiplier follows the size
     size_penalty: str = "coupled"  # fit(size_penalty=...): what the size multiplier presses under a target
     target_schedule: str = "constant"  # fit(target_schedule=...): the size aimed at over the run
     target_deadline: float = 0.25  # fit(target_deadline=...): the fraction of epochs by which the target is reached
@@ -529,6 +530,7 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
                 droprate_init=config.droprate_init, input_droprate_init=config.input_droprate_init,
                 checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=config.on_nonfinite,
                 gate_kernel=config.gate_kernel, target_kb=config.target_kb, lambda_floor=config.lambda_floor,
+                lambda_step=config.lambda_step,
                 size_penalty=config.size_penalty, target_schedule=config.target_schedule,
                 target_deadline=config.target_deadline, augment=augmentation(config), augment_until=config.augment_until,
                 loss=loss(config),

@@ -127,7 +127,7 @@ FRONTIER_TARGETS: dict[str, list[tuple[float, float, bool]]] = {
 #: then, on the same split, reaching the target by half of the epochs (`target_deadline`
 #: 0.5) beat a quarter (MNIST) and tied it (Fashion-MNIST), and Dropout 0.2 lost on both.
 #: `TARGET_BY_DATASET` changes some fields per data set (Fashion-MNIST: Adam, not AdamW).
-TARGET_RECIPE: dict[str, Any] = {"lr_decay": "cosine", "lambda_floor": 0.0, "size_penalty": "outgoing",
+TARGET_RECIPE: dict[str, Any] = {"lr_decay": "cosine", "lambda_floor": 0.0, "lambda_step": 0.05, "size_penalty": "outgoing",
                                  "target_schedule": "cubic", "ema_momentum": None, "weight_decay_per_weight": 0.0,
                                  "decoupled_weight_decay": 0.01, "dropout": 0.0,
                                  "target_deadline": 0.5, "augment_shift": 0, "augment_flip": False,
@@ -150,7 +150,7 @@ TARGET_BY_DATASET: dict[str, dict[str, Any]] = {
                       "lr_decay": "cosine_restart"},
 }
 #: The same fields of a run without a target (RunConfig's defaults).
-PLAIN_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled",
+PLAIN_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "lambda_step": 0.05, "size_penalty": "coupled",
                                 "target_schedule": "constant", "ema_momentum": None, "weight_decay_per_weight": 0.0,
                                 "decoupled_weight_decay": 0.0, "dropout": 0.0, "target_deadline": 0.25,
                                 "augment_shift": 0, "augment_flip": False, "augment_until": 1.0, "augment_fraction": 1.0,
@@ -165,7 +165,7 @@ def target_recipe(dataset: str | None) -> dict[str, Any]:
 
 def recipe_for(target_kb: float | None, dataset: str | None = None, **given: Any) -> dict[str, Any]:
     """The recipe fields of a run: those `given` (not None), else `target_recipe(dataset)`'s
-    with a target, else `PLAIN_RECIPE`'s (`tools/train.py --lr_decay --lambda_floor --size_penalty
+    with a target, else `PLAIN_RECIPE`'s (`tools/train.py --lr_decay --lambda_floor --lambda_step --size_penalty
     --target_schedule --ema_momentum --weight_decay_per_weight --decoupled_weight_decay
     --dropout --target_deadline --augment_shift --augment_flip --augment_until --augment_fraction --augment_erase --label_smoothing`; an
     `ema_momentum` of 0 means none)."""
@@ -190,6 +190,8 @@ def recipe_parts(config: Mapping[str, Any]) -> list[str]:
         parts.append(config["size_penalty"])
     if config.get("lambda_floor") or 0.0:
         parts.append(f"fl{config['lambda_floor']:g}")
+    if config.get("target_kb") is not None and config.get("lambda_step", PLAIN_RECIPE["lambda_step"]) != PLAIN_RECIPE["lambda_step"]:
+        parts.append(f"step{config['lambda_step']:g}")
     if config.get("target_schedule", "constant") != "constant":
         parts.append(config["target_schedule"])
     default_deadline = PLAIN_RECIPE["target_deadline"]  # fit's

@@ -66,6 +66,8 @@ flags.DEFINE_enum("lr_decay", None, ["none", "cosine", "cosine_restart"], "Learn
                   "(default: the target-size recipe's with --target_kb, see tf_dynhp.cli.paper.target_recipe; else none).")
 flags.DEFINE_float("lambda_floor", None, "With --target_kb: the size multiplier never falls below this "
                    "(default: the target-size recipe's).")
+flags.DEFINE_float("lambda_step", None, "With --target_kb: how fast the size multiplier follows the size, "
+                   "λ += lambda_step x (size / aim - 1) per epoch (fit(lambda_step=...); default: the target-size recipe's).")
 flags.DEFINE_enum("size_penalty", None, ["coupled", "outgoing"], "With --target_kb: what the size multiplier presses "
                   "(coupled: a unit's incoming and outgoing weights; outgoing: Eq. 5's count; default: the target-size recipe's).")
 flags.DEFINE_enum("target_schedule", None, ["constant", "cubic"], "With --target_kb: the size aimed at over the run "
@@ -119,6 +121,7 @@ expect("seed", "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)  # NumPy's 
 expect("target_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
 expect("validation_split", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 expect("lambda_floor", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
+expect("lambda_step", "a float > 0", lambda v: v > 0 and math.isfinite(v))
 expect("ema_momentum", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 expect("weight_decay_per_weight", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
 expect("decoupled_weight_decay", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
