@@ -548,11 +548,16 @@ def _build_module(stack: _DenseStack, optimizer: str, hyper: dict[str, float], b
             if stack.features is not None:
                 h = tf.gather(h, tf.constant(stack.features), axis=1)
             trace = []
+            bare_matmul = False  # the last stage was a matmul without a bias add
             for stage in stack.stages:
                 if stage.kind == "dense":
                     out = tf.matmul(h, params[f"kernel_{stage.index}"])
                     if f"bias_{stage.index}" in params:
                         out = out + params[f"bias_{stage.index}"]
+                elif stage.activation == "relu" and bare_matmul:
+                    # The TFLite converter drops a relu straight after a bias-free matmul (the
+                    # file had no RELU and computed the network without it); a maximum stays.
+                    out = tf.maximum(h, tf.zeros_like(h))
                 elif stage.activation == "relu":
                     out = tf.nn.relu(h)
                 elif stage.activation == "sigmoid":
@@ -561,6 +566,7 @@ def _build_module(stack: _DenseStack, optimizer: str, hyper: dict[str, float], b
                     out = tf.math.tanh(h)
                 else:  # linear
                     out = h
+                bare_matmul = stage.kind == "dense" and f"bias_{stage.index}" not in params
                 trace.append((stage, h, out))
                 h = out
             return h, trace
