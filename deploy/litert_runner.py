@@ -225,6 +225,18 @@ def _as_model_input(x: np.ndarray, dtype: Any, input_shape: tuple[int, ...], pat
     return fit_input(np.asarray(x, dtype=dtype), input_shape, str(path))
 
 
+def _accuracy(outputs: np.ndarray, y: np.ndarray, path: Path) -> float:
+    """Fraction of rows of `outputs` whose arg-max is the class id in `y` ((n,) or Keras'
+    (n, 1): compared as given, (n, 1) labels broadcast to an (n, n) table)."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    if y.shape != (outputs.shape[0],):
+        raise ValueError(f"{path}: expected labels of shape ({outputs.shape[0]},), one class id per example; "
+                         f"received shape {y.shape}")
+    return float(np.mean(np.argmax(outputs, axis=1) == y))
+
+
 def check_labels(y: np.ndarray, num_classes: int, source: str | os.PathLike) -> np.ndarray:
     """`y` as int32 class ids, refused unless every one is in [0, num_classes).
 
@@ -357,8 +369,8 @@ class Classifier:
         return np.concatenate(outs)
 
     def accuracy(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
-        """Fraction of rows whose arg-max output equals the label."""
-        return float(np.mean(np.argmax(self.predict(x, batch_size), axis=1) == np.asarray(y)))
+        """Fraction of rows whose arg-max output equals the label (`y`: class ids, (n,) or (n, 1))."""
+        return _accuracy(self.predict(x, batch_size), y, self.path)
 
 
 class Trainer:
@@ -436,8 +448,8 @@ class Trainer:
         return np.concatenate(outs)
 
     def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
-        """Fraction of rows whose arg-max probability equals the label."""
-        return float(np.mean(np.argmax(self.infer(x), axis=1) == np.asarray(y)))
+        """Fraction of rows whose arg-max probability equals the label (`y`: class ids, (n,) or (n, 1))."""
+        return _accuracy(self.infer(x), y, self.path)
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """The current weights, ``{"kernel_0": ..., "bias_0": ..., ...}``."""

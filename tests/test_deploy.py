@@ -242,6 +242,16 @@ def test_a_truncated_tflite_and_mismatched_labels_are_named(device, tmp_path):
     assert np.isfinite(trainer.train_step(x[:4], y[:4].reshape(4, 1)))
 
 
+def test_accuracy_takes_keras_style_labels_and_refuses_others(device):
+    # (n, 1) labels broadcast against (n,) predictions into an (n, n) table: a wrong accuracy.
+    files = device["files"]
+    x, y = lr.load_images_labels(files["test_images"], files["test_labels"], 300)
+    for runner in (lr.Classifier(files["fp32"]), lr.Trainer(files["trainable"])):
+        assert runner.accuracy(x, y.reshape(-1, 1)) == runner.accuracy(x, y)
+        with pytest.raises(ValueError, match=r"expected labels of shape \(300,\)"):
+            runner.accuracy(x, y[:299])
+
+
 def test_trainer_rejects_inference_model(device):
     with pytest.raises(ValueError, match=r"not a trainable model.*\['train', 'infer', 'get_weights', 'set_weights'\]"):
         lr.Trainer(device["files"]["fp32"])
