@@ -151,6 +151,10 @@ FIT_CASES = [
     ("x beyond float32", dict(x=X.astype("float64") * 1e300), ValueError, r"`x` has values beyond float32's range"),
     ("float label beyond int64", dict(y=np.where(Y == Y[0], 1e20, Y.astype("float64"))), ValueError,
      r"`y` has labels in \[\d, 1e\+20\]"),
+    ("a convolution on a uint8 input", dict(model=lambda: keras.Sequential([
+        keras.Input((28, 28, 1), dtype="uint8"), keras.layers.Conv2D(2, 3, name="conv"), keras.layers.Flatten(),
+        keras.layers.Dense(10, activation="softmax")]), x=X[..., None]), ValueError,
+     r"Layer 'conv' of class Conv2D reads the model's uint8 input; Keras' Conv2D takes float inputs only"),
     ("dataset of one dict", dict(x=tf.data.Dataset.from_tensor_slices({"image": X, "label": Y}), y=None), ValueError,
      r"`x` is a tf.data.Dataset whose elements are \{'image'.*pairs of tensors"),
 ]

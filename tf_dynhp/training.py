@@ -45,7 +45,7 @@ from tf_dynhp._checks import real_number
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.convert import to_l0
 from tf_dynhp.data import as_arrays, example_weights, fingerprint
-from tf_dynhp.kinds import GATED_TYPES
+from tf_dynhp.kinds import CONV_TYPES, GATED_TYPES
 from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import classifier_head
 from tf_dynhp.optim import check_weight_decay_exclusions, clone_optimizer
@@ -239,6 +239,22 @@ def _check_environment(model: keras.Model) -> None:
                 f"tf_dynhp.fit does not support mixed precision: layer '{layer.name}' has dtype policy "
                 f"'{p.name}'. Build the model with a float32 (or float64) policy."
             )
+
+
+def _check_integer_input_convolution(model: keras.Model, body: Sequence[keras.layers.Layer]) -> None:
+    """Refuses a convolution on an integer input (`keras.Input(..., dtype="uint8")`): Keras'
+    Conv2D does not take one (the user's model cannot predict either), and the stripped
+    model fit returns would fail the same way; a Dense-first model casts it and is taken."""
+    dtype = str(model.inputs[0].dtype)
+    if not dtype.startswith(("int", "uint")):
+        return
+    conv = next((layer for layer in body if isinstance(layer, CONV_TYPES)), None)
+    if conv is not None:
+        raise ValueError(
+            f"Layer '{conv.name}' of class {type(conv).__name__} reads the model's {dtype} input; Keras' Conv2D "
+            f"takes float inputs only (the model's own predict fails on them too). Build the model on a float "
+            "keras.Input and pass the images as floats (e.g. pixels / 255)."
+        )
 
 
 def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
@@ -675,6 +691,7 @@ def fit(
     # ------------------------------------------------------------------- model
     chain = parse_chain(model)  # raises on unsupported layers before anything else
     _check_layer_settings(chain.body)
+    _check_integer_input_convolution(model, chain.body)
     if method == "dense" and any(isinstance(layer, GATED_TYPES) for layer in chain.body):
         raise ValueError("method='dense' trains plain Dense/Conv2D layers; this model has gated (L0Dense/L0Conv2D) layers: pass tf_dynhp.strip(model).")
     num_classes, _ = classifier_head(chain.body)
