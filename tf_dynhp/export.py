@@ -555,9 +555,10 @@ def _build_module(stack: _DenseStack, optimizer: str, hyper: dict[str, float], b
                     if f"bias_{stage.index}" in params:
                         out = out + params[f"bias_{stage.index}"]
                 elif stage.activation == "relu" and bare_matmul:
-                    # The TFLite converter drops a relu straight after a bias-free matmul (the
-                    # file had no RELU and computed the network without it); a maximum stays.
-                    out = tf.maximum(h, tf.zeros_like(h))
+                    # The TFLite converter drops a relu (or a maximum with 0, at a fixed batch)
+                    # straight after a bias-free matmul: the file computed the network without
+                    # it. A select is kept.
+                    out = tf.where(h > 0, h, tf.zeros_like(h))
                 elif stage.activation == "relu":
                     out = tf.nn.relu(h)
                 elif stage.activation == "sigmoid":
@@ -682,8 +683,9 @@ def to_trainable_tflite(
     sigmoid, tanh. Dropout layers are skipped (no dropout on the device). The
     weights become resource variables; the signatures are:
 
-    * ``train(x, y) -> {"loss"}``: one step on the batch (x float32
-      ``(batch, *input_shape)``, y int32 class ids ``(batch,)``); the loss is the
+    * ``train(x, y) -> {"loss"}``: one step on the batch (x in the model's input
+      dtype, float32, or uint8 for a `keras.Input(dtype="uint8")`,
+      ``(batch, *input_shape)``; y int32 class ids ``(batch,)``); the loss is the
       mean sparse categorical cross-entropy *before* the update. Updates the
       weights in place with SGD (Keras rule ``m = momentum*m - lr*g; w += m``) or
       Adam (Keras' rule and bias correction).

@@ -9,7 +9,7 @@ asked, computes the exact per-example gradient variance `||S||_1` and the data l
 `F` of Eq. 8 in the same pass.
 `keras.Model.fit` and `evaluate` work on it too (SP training with Keras' own loop;
 `train_step`/`test_step` follow a compiled loss, compiled metrics, `sample_weight`, one-hot
-labels and a mixed policy's loss scaling).
+labels, and for Dense chains a mixed policy's loss scaling).
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ def classifier_head(body: list[keras.layers.Layer]) -> tuple[int, bool]:
             f"Activation('softmax'). Received: units={last.units}, activations={names}"
         )
     return int(last.units), "softmax" in names
+
+
+def _one_hot(y, outputs) -> bool:
+    """True when the labels `y` are one-hot rows (as many columns as `outputs`), not ids."""
+    return len(y.shape) == len(outputs.shape) and y.shape[-1] not in (None, 1)
 
 
 @keras.saving.register_keras_serializable(package="tf_dynhp")
@@ -260,7 +265,10 @@ class GatedModel(keras.Model):
         if compiled_loss is not None:
             loss = compiled_loss(y, outputs, sample_weight)
         else:
-            per_example = self.per_example_loss(y, outputs, logits)
+            if self.loss_fn is None and _one_hot(y, outputs):
+                per_example = ops.categorical_crossentropy(ops.cast(y, logits.dtype), logits, from_logits=True)
+            else:
+                per_example = self.per_example_loss(y, outputs, logits)
             if sample_weight is not None:
                 per_example = per_example * ops.reshape(ops.cast(sample_weight, per_example.dtype), ops.shape(per_example))
             loss = ops.mean(per_example)
@@ -270,7 +278,7 @@ class GatedModel(keras.Model):
         """The loss and accuracy trackers, then the compiled metrics, as Keras updates
         them; labels may be class ids or one-hot rows."""
         predicted = ops.cast(ops.argmax(outputs, axis=-1), "int64")
-        if len(y.shape) == len(outputs.shape) and y.shape[-1] not in (None, 1):  # one-hot labels
+        if _one_hot(y, outputs):
             labels = ops.cast(ops.argmax(y, axis=-1), "int64")
         else:
             labels = ops.cast(ops.reshape(y, ops.shape(predicted)), "int64")
@@ -291,19 +299,35 @@ class GatedModel(keras.Model):
         optimizer in one under a mixed policy) as Keras' own step does; compiled metrics
         updated with the step's outputs."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self._check_policy_for_keras_step()
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
             outputs, logits, _ = self.forward(x, training=True)
             data_loss = self._data_loss(y, outputs, logits, sample_weight)
             loss = data_loss + ops.cast(self.penalty(), data_loss.dtype)
             scaled = self.optimizer.scale_loss(loss)
-        optim.apply_gradients(self.optimizer, tape.gradient(scaled, variables), variables)
+        # Keras' own update (not tf_dynhp.fit's fused Adam): it sums the replicas' gradients
+        # under a distribution strategy.
+        self.optimizer.apply(tape.gradient(scaled, variables), variables)
         return self._update_metrics(loss, y, outputs, sample_weight)
+
+    def _check_policy_for_keras_step(self) -> None:
+        """The steps run `forward` outside Keras' autocast: a conv layer whose compute
+        dtype is not its variables' (a mixed policy) would mix float16 inputs with float32
+        kernels and gates. Refused by name; dense chains take the mixed policy."""
+        for layer in self.body:
+            if isinstance(layer, CONV_TYPES) and layer.compute_dtype != layer.variable_dtype:
+                raise ValueError(
+                    f"Layer '{layer.name}' of class {type(layer).__name__} computes in {layer.compute_dtype} on "
+                    f"{layer.variable_dtype} variables (a mixed dtype policy): GatedModel's Keras step takes mixed "
+                    "policies for Dense chains only. Build the convolutional model under the float32 policy."
+                )
 
     def test_step(self, data):
         """`keras.Model.evaluate`'s step and `fit`'s validation: deterministic gates, the
-        data loss as in `train_step` (no penalty, as Keras adds a layer's losses in
-        training only), the same metrics."""
+        data loss as in `train_step` (no penalty: the gated layers add it in training
+        calls only), the same metrics."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self._check_policy_for_keras_step()
         outputs, logits, _ = self.forward(x, training=False)
         return self._update_metrics(self._data_loss(y, outputs, logits, sample_weight), y, outputs, sample_weight)
