@@ -155,6 +155,9 @@ FIT_CASES = [
         keras.Input((28, 28, 1), dtype="uint8"), keras.layers.Conv2D(2, 3, name="conv"), keras.layers.Flatten(),
         keras.layers.Dense(10, activation="softmax")]), x=X[..., None]), ValueError,
      r"Layer 'conv' of class Conv2D reads the model's uint8 input; Keras' Conv2D takes float inputs only"),
+    ("scaled pixels for a uint8 input", dict(model=lambda: keras.Sequential([
+        keras.Input((28, 28), dtype="uint8"), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])),
+     ValueError, r"`x` holds values that are not whole numbers.*the model's input is uint8"),
     ("dataset of one dict", dict(x=tf.data.Dataset.from_tensor_slices({"image": X, "label": Y}), y=None), ValueError,
      r"`x` is a tf.data.Dataset whose elements are \{'image'.*pairs of tensors"),
 ]

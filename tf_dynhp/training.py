@@ -257,6 +257,19 @@ def _check_integer_input_convolution(model: keras.Model, body: Sequence[keras.la
         )
 
 
+def _check_integer_input_values(model: keras.Model, x: np.ndarray, name: str) -> None:
+    """Refuses values that are not whole numbers for a model on an integer input: fit would
+    train on them as given, and the model returned casts its inputs (pixels scaled to
+    [0, 1] become zeros and ones), so it would not compute what was trained."""
+    dtype = str(model.inputs[0].dtype)
+    if dtype.startswith(("int", "uint")) and not np.all(x == np.round(x)):
+        raise ValueError(
+            f"`{name}` holds values that are not whole numbers (e.g. pixels scaled to [0, 1]); the model's input "
+            f"is {dtype}, and the model fit returns casts its inputs to it. Pass the values as stored (e.g. uint8 "
+            "pixels), or build the model on a float keras.Input."
+        )
+
+
 def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
     """Refuses what the rebuilt layers would silently lose or change: regularizers and
     constraints, a frozen layer (`trainable=False`: `fit` trains and prunes every
@@ -705,6 +718,7 @@ def fit(
     # -------------------------------------------------------------------- data
     input_name = model.inputs[0].name  # x may be {input_name: images}, as keras.Model.fit takes it
     x_train, y_train = as_arrays(x, y, chain.input_shape, num_classes, "x", input_name)
+    _check_integer_input_values(model, x_train, "x")
     w_train = example_weights(sample_weight, class_weight, x, y_train, num_classes)
     val = None
     if validation_data is not None:
@@ -727,6 +741,8 @@ def fit(
             w_train = w_train[:-n_val]
             if not np.any(w_train > 0):
                 raise ValueError("`sample_weight` gives every training example left by `validation_split` the weight 0.")
+    if val is not None:
+        _check_integer_input_values(model, val[0], "validation_data")
     n_train = len(x_train)
 
     # ------------------------------------------------------------- seeds, core
