@@ -306,6 +306,24 @@ def test_a_broken_augment_fails_before_an_earlier_runs_checkpoints_are_removed(m
     assert kept and checkpoint.list_checkpoints(tmp_path) == kept
 
 
+def test_a_new_run_over_an_earlier_runs_checkpoints_transforms_epoch_0_once(mnist, tmp_path):
+    # The check before the earlier checkpoints are removed computed epoch 0's images, and
+    # the first epoch computed them again; the run is the same either way.
+    (x, y), _ = mnist
+    tf_dynhp.fit(_mlp(), x[:64], y[:64], checkpoint_dir=tmp_path, **{**FAST, "epochs": 1})
+    seen = []
+
+    def spy(images, rng):
+        seen.append(1)
+        return augment.RandomShift(1)(images, rng)
+
+    with pytest.warns(RuntimeWarning, match="Starting a new run"):
+        over = tf_dynhp.fit(_mlp(), x[:64], y[:64], checkpoint_dir=tmp_path, augment=spy, **{**FAST, "epochs": 2})
+    assert len(seen) == 2  # epochs 0 and 1, once each
+    fresh = tf_dynhp.fit(_mlp(), x[:64], y[:64], augment=spy, **{**FAST, "epochs": 2})
+    assert over.history["loss"] == fresh.history["loss"]
+
+
 def test_augment_refusals_name_the_argument(mnist):
     (x, y), _ = mnist
     flat = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10)])

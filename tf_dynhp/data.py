@@ -315,6 +315,7 @@ class FeatureSelection:
     def __init__(self) -> None:
         self.x = self.y = None
         self.weights: tf.Tensor | None = None
+        self._primed: tuple[int, np.ndarray] | None = None
         self.features: np.ndarray | None = None
         self.augment = None
         self.images: np.ndarray | None = None
@@ -355,11 +356,21 @@ class FeatureSelection:
         images as they are from epoch `augment_epochs` on."""
         if self.augment is None:
             return self.x
-        images = aug.epoch_images(self.augment, self.images, self.seed, epoch, self.augment_epochs)
+        primed, self._primed = self._primed, None
+        if primed is not None and primed[0] == epoch:
+            images = primed[1]
+        else:
+            images = aug.epoch_images(self.augment, self.images, self.seed, epoch, self.augment_epochs)
         if not self.flat:
             return tf.constant(images)
         flat = images.reshape(len(images), -1)
         return tf.constant(flat if self.features is None else flat[:, self.features])
+
+    def prime(self, epoch: int, images: np.ndarray) -> None:
+        """`images` are epoch `epoch`'s transform, already computed (a check before
+        training): the next `epoch_inputs(epoch)` takes them instead of computing them
+        again (once; the transform is a function of the seed and the epoch only)."""
+        self._primed = (int(epoch), images)
 
     def select(self, features: np.ndarray | None) -> None:
         if self.augment is not None:  # the full images stay; epoch_inputs takes the features

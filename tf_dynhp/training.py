@@ -875,6 +875,7 @@ def fit(
     if resume and checkpoint_dir is None:
         raise ValueError("`resume=True` needs `checkpoint_dir`, the folder the checkpoints were written to.")
     lock = contextlib.nullcontext()
+    first_images = None  # epoch 0's augmented images, when a check computed them before training
     if checkpoint_dir is not None:
         ckpt.probe_writable(checkpoint_dir)  # a clear error now, not after an hour
         # One writer at a time: a second fit here would remove or interleave this one's checkpoints.
@@ -920,7 +921,7 @@ def fit(
                     print(f"No checkpoint in {checkpoint_dir} to resume from: training from the start.", flush=True)
             elif ckpt.list_checkpoints(checkpoint_dir):
                 if augment is not None:  # a broken augment fails at epoch 0: fail before removing anything
-                    augment_lib.epoch_images(augment, np.asarray(x_train).reshape((-1,) + tuple(input_shape)), seed, 0)
+                    first_images = augment_lib.epoch_images(augment, np.asarray(x_train).reshape((-1,) + tuple(input_shape)), seed, 0)
                 # A new run: checkpoints of an earlier run here must not be resumed later by mistake.
                 removed = ckpt.remove_checkpoints(checkpoint_dir)
                 warnings.warn(
@@ -933,4 +934,6 @@ def fit(
 
         # -------------------------------------------------------------- epoch loop
         run.set_data(tf.constant(x_train), tf.constant(y_train), None if w_train is None else tf.constant(w_train))
+        if first_images is not None:  # epoch 0's images, computed by the check above: not computed again
+            run.data.prime(0, first_images)
         return run.fit_epochs(val, callbacks, settings, getattr(model, "name", "model"))
