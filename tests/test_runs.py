@@ -328,3 +328,24 @@ def test_unfinished_folder_resumes(mnist, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     metrics = runs.run(_tiny(epochs=2), folder, data=mnist, verbose=0, resume=True)
     assert metrics["epochs_run"] == 2
+
+
+def test_layer_sizes_are_the_returned_models(mnist, tmp_path, monkeypatch):
+    # metrics.json took the last epoch's `active_units`, which still counts units whose
+    # gates closed after pruning stopped at a target and that `strip` drops: the report's
+    # units column disagreed with model.keras (and with model_kb).
+    real_fit = tf_dynhp.fit
+
+    def fit_whose_history_counts_more(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        result.history["active_units"][-1] = [u + 3 for u in result.history["active_units"][-1]]
+        return result
+
+    monkeypatch.setattr(tf_dynhp, "fit", fit_whose_history_counts_more)
+    data = mnist[0][0][:300], mnist[0][1][:300]
+    runs.run(runs.RunConfig(method="hp", hidden=(8,), epochs=1), str(tmp_path / "run"), data=(data, (mnist[1][0][:100], mnist[1][1][:100])),
+             verbose=0)
+    sizes = json.loads((tmp_path / "run" / "metrics.json").read_text())["layer_sizes"]
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert sizes == [dense[0].kernel.shape[0]] + [layer.units for layer in dense[:-1]]

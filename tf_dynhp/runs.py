@@ -432,6 +432,16 @@ def _check_resumed_config(out_dir: str, resolved: dict[str, Any]) -> bool:
     return any(not _same(saved.get(k), resolved[k]) for k in RESUMABLE_CHANGES if k in resolved)
 
 
+def _layer_sizes(model: Any) -> list[int]:
+    """The unit count of every axis of a stripped model but the classes (the input
+    features, then each hidden layer; for a CNN the channels too), as `active_units`."""
+    from tf_dynhp.chain import parse_chain
+    from tf_dynhp.units import unit_axes
+
+    axes, _ = unit_axes(parse_chain(model).body)
+    return [int(axis.size) for axis in axes[:-1]]
+
+
 def _write_history(out_dir: str, history: dict[str, list[Any]]) -> None:
     lines = [json.dumps({k: v[i] for k, v in history.items()}) for i in range(len(history.get("loss", [])))]
     write_atomic(os.path.join(out_dir, "history.jsonl"), "\n".join(lines) + ("\n" if lines else ""))
@@ -564,7 +574,9 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
         "model_kb": model_kb,
         "dense_model_kb": dense_kb,
         "model_fraction": model_kb / dense_kb,
-        "layer_sizes": [int(n) for n in h["active_units"][-1]] if config.method != "sp" else None,
+        # Of the model returned: `strip` also drops units whose gates closed after pruning
+        # stopped at a target, which the last epoch's `active_units` still counts.
+        "layer_sizes": _layer_sizes(result.model) if config.method != "sp" else None,
         "training_memory_mb": tf_dynhp.memory.training_memory_mb(h["memory_kb"]),
         "mean_memory_kb": float(np.mean(h["memory_kb"])),
         "max_memory_kb": float(np.max(h["memory_kb"])),
