@@ -90,6 +90,21 @@ def test_a_validation_split_run_is_labelled_apart():
     assert labels == ["SP bs=512", "SP bs=512, validation split 0.1"]
 
 
+def test_other_drop_rates_are_another_row_and_a_copied_seed_counts_once():
+    """Runs that differed only in --droprate_init / --input_droprate_init were one row of
+    "2 seeds" (averaging 47.2% and 25.6%), and a copy of a seed's folder counted twice."""
+    plain = run_folders._normalize({"dataset": "mnist", "method": "sp", "batch_size": 512, "epochs": 200, "seed": 1})
+    other = {**plain, "droprate_init": 0.1, "input_droprate_init": 0.05}
+    runs_ = [run_folders.RunInfo(f"r{i}", Path(f"/nonexistent/r{i}"), c, "finished", {"test_error": 1.0 + i}, None)
+             for i, c in enumerate((plain, other))]
+    labels = sorted(g.label() for g in run_folders.make_groups(runs_))
+    assert labels == ["SP bs=512", "SP bs=512, droprate_init 0.1 (inputs 0.05)"]
+    copy = run_folders.RunInfo("copy", Path("/nonexistent/copy"), dict(plain), "finished", {"test_error": 9.0}, None)
+    with pytest.warns(RuntimeWarning, match=r"/nonexistent/copy is a run of the same configuration and seed as /nonexistent/r0"):
+        groups = run_folders.make_groups(runs_ + [copy])
+    assert sorted(len(g.runs) for g in groups) == [1, 1]
+
+
 @pytest.mark.parametrize("content", ["{bad", "[]", '{"runs": 3}'])
 def test_a_damaged_sweep_json_is_named_and_kept(runs_dir, content):
     """report.py crashed on a sweep.json that was not an object; reproduce.py replaced an

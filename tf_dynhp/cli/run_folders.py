@@ -232,8 +232,16 @@ def group_key(c: dict[str, Any]) -> tuple:
         c["dataset"], c["method"], int(c["batch_size"]), round(c["alpha_bs"], 6) if dynhp and c["alpha_bs"] is not None else None,
         float(c["l0_lambda"]), c["batch_growth"] if dynhp else None, float(c["gamma"]),
         round(c["budget_kb"], 1) if dynhp and c["budget_kb"] else None, c["budget_on"] if dynhp else None,
-        c.get("target_kb"), c.get("validation_split") or 0.0, tuple(recipe_parts(c)),
+        c.get("target_kb"), c.get("validation_split") or 0.0, tuple(recipe_parts(c)), _droprates(c),
     ) + setting_key(c)
+
+
+#: fit's initial gate drop rates (hidden layers, input features): a run of others is another row.
+DEFAULT_DROPRATES = (0.5, 0.2)
+
+
+def _droprates(c: dict[str, Any]) -> tuple[float, float]:
+    return (float(c.get("droprate_init", DEFAULT_DROPRATES[0])), float(c.get("input_droprate_init", DEFAULT_DROPRATES[1])))
 
 
 @dataclasses.dataclass
@@ -293,6 +301,8 @@ class Group:
         c = self.config
         if c.get("target_kb") is not None or c.get("validation_split"):
             return False  # fit(target_kb=...) rows are the frontier's (issue 16), not the tables'
+        if _droprates(c) != DEFAULT_DROPRATES:
+            return False
         if c["dataset"] not in PAPER or (float(c["l0_lambda"]), float(c["gamma"]), c["hidden"]) != (PAPER_LAMBDA, PAPER_GAMMA, PAPER_HIDDEN):
             return False
         if c["method"] == "dynhp":
@@ -304,6 +314,8 @@ class Group:
     def label(self) -> str:
         c = self.config
         held = f", validation split {c['validation_split']:g}" if (c.get("validation_split") or 0.0) > 0 else ""
+        if _droprates(c) != DEFAULT_DROPRATES:
+            held += f", droprate_init {_droprates(c)[0]:g} (inputs {_droprates(c)[1]:g})"
         if c["method"] == "dynhp":
             alpha = "default" if c.get("alpha_bs") is None else f"{c['alpha_bs']:.3f}"
             return f"DynHP α_bs={alpha}{held}"
@@ -314,5 +326,13 @@ def make_groups(runs: Iterable[RunInfo]) -> list[Group]:
     """The runs grouped by `group_key` (seeds together), each group in seed order."""
     by_key: dict[tuple, list[RunInfo]] = defaultdict(list)
     for r in runs:
-        by_key[group_key(r.config)].append(r)
+        group = by_key[group_key(r.config)]
+        same_seed = next((o for o in group if o.config["seed"] == r.config["seed"]), None)
+        if same_seed is not None:  # e.g. a copy of a run folder: one run, not two seeds (a finished one kept)
+            keep, drop = (r, same_seed) if r.finished and not same_seed.finished else (same_seed, r)
+            warnings.warn(f"{drop.path} is a run of the same configuration and seed as {keep.path}: counted once, "
+                          f"as {keep.path}.", RuntimeWarning, stacklevel=2)
+            group[group.index(same_seed)] = keep
+            continue
+        group.append(r)
     return [Group(k, sorted(v, key=lambda r: r.config["seed"])) for k, v in by_key.items()]
