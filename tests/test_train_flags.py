@@ -210,3 +210,36 @@ def test_every_command_of_workspace_figures_sh_parses_its_flags():
         args = line.replace("$g", "step").replace("$lam", "0.1").split()[1:]
         done = subprocess.run([sys.executable, "-c", parse, *args], capture_output=True, text=True, timeout=120, env=ENV, cwd=ROOT)
         assert done.returncode == 0 and done.stdout.strip().endswith("parsed"), (line, done.stderr[-500:])
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--arch=lenet5", "--dropout=0.2"], "error: Invalid value received for argument `dropout`. Expected 0 with arch='lenet5'"),
+    (["--augment_fraction=0.5"], "error: Invalid value received for argument `augment_fraction`. Expected 1 without augment_shift"),
+])
+def test_settings_runs_refuses_are_one_line_and_leave_no_folder(tmp_path, flags, expected):
+    # They ended in a traceback (a ValueError outside the refusals train.py prints), the
+    # LeNet-5 one after making the run folder and its checkpoints/.
+    out = tmp_path / "run"
+    done = train(*flags, "--epochs=1", f"--out_dir={out}", timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert expected in done.stderr and not out.exists()
+
+
+def test_ctrl_c_says_how_to_go_on(tmp_path):
+    # Ctrl-C printed a KeyboardInterrupt traceback of ~50 lines and no word on --resume.
+    import signal
+    import time
+
+    if not DATA_ROOT.exists():
+        pytest.skip("datasets not found")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train.py"), f"--data_dir={DATA_ROOT / 'mnist'}", "--method=hp",
+                             "--epochs=200", "--train_limit=2000", "--hidden=8", "--verbose=2", f"--out_dir={out}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while not list(out.glob("checkpoints/epoch-*.dynhp")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert f"interrupted: run the same command with --resume to go on from the last epoch saved in {out}" in stderr

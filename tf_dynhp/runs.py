@@ -476,11 +476,18 @@ def run(
     Raises:
         RunFolderError: `out_dir` is in use by another process, or holds another run
             (see the module docstring), before any training.
+        RunArgumentError: settings refused before any training (by `fit`, or here: an
+            unknown arch, dropout with LeNet-5, a bad schedule or augmentation).
     """
-    if config.arch not in ARCHS:
-        raise invalid("arch", f"one of {list(ARCHS)}", config.arch)
-    restart_epoch(config.lr_decay, config.target_deadline, config.epochs)  # refuses a bad lr_decay or target_deadline first
-    augmentation(config)  # and bad augment_* fields
+    try:  # settings refused before the folder is made: one RunArgumentError (tools/train.py prints one line)
+        if config.arch not in ARCHS:
+            raise invalid("arch", f"one of {list(ARCHS)}", config.arch)
+        if config.arch != "mlp" and config.dropout:
+            raise invalid("dropout", f"0 with arch={config.arch!r} (build_mlp's option)", config.dropout)
+        restart_epoch(config.lr_decay, config.target_deadline, config.epochs)  # a bad lr_decay or target_deadline
+        augmentation(config)  # and bad augment_* fields
+    except ValueError as err:
+        raise RunArgumentError(str(err)) from err
     if resume and overwrite:
         raise ValueError("`resume=True` continues the run in `out_dir`, `overwrite=True` deletes it: pass one of them.")
     if out_dir is None:

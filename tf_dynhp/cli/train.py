@@ -164,6 +164,12 @@ def main(argv):
         runs.run(config, out_dir, data=data, resume=FLAGS.resume, verbose=FLAGS.verbose, overwrite=FLAGS.overwrite)
     except (runs.RunFolderError, runs.RunArgumentError, CheckpointError, ToolError) as err:  # before any training
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt:  # Ctrl-C: the checkpoints of the epochs done stay (exit status 130, as a shell's)
+        again = (" with --resume" + (" instead of --overwrite" if FLAGS.overwrite else "")) if out_dir is not None else ""
+        print(f"interrupted: run the same command{again} to go on from the last epoch saved"
+              + (f" in {out_dir}" if out_dir is not None else " (nothing is saved without --out_dir)") + ".",
+              file=sys.stderr)
+        sys.exit(130)
     except OSError as err:  # the run folder or its checkpoints/ cannot be made or written, the data set cannot be read, ...
         sys.exit(f"error: {_os_message(err)}")
 
