@@ -257,6 +257,22 @@ def test_dry_run_plans_and_writes_the_manifest(tmp_path):
     assert again["fashion_mnist-dynhp-a0.985-step_mean-lam0.03-e200-seed1"]["command"] == dyn["command"]
 
 
+def test_a_damaged_config_json_is_a_stale_folder_and_dry_run_1_is_not_recorded(tmp_path):
+    # A config.json cut short crashed the planner (a JSONDecodeError traceback); --dry_run=1
+    # (not only --dry_run / =true / =True) was kept in the command sweep.json records.
+    args = ("--datasets=mnist", "--grid=paper_rows", "--methods=dynhp", "--alphas=0.972", "--epochs=1", f"--out={tmp_path}")
+    name = "mnist-dynhp-a0.972-step_mean-lam0.01-e1-seed1"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text('{"dataset": "mni')
+    done = _run("reproduce.py", "--dry_run=1", *args)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"{name}: its config.json differs (it is not readable" in done.stderr
+    (tmp_path / name / "config.json").unlink()
+    _ok(_run("reproduce.py", "--dry_run=1", *args))
+    command = json.loads((tmp_path / "sweep.json").read_text())["runs"][name]["command"]
+    assert "dry_run" not in command and "--alphas=0.972" in command
+
+
 def test_ray_backend_without_ray_says_how_to_install(tmp_path):
     fake = tmp_path / "noray"
     fake.mkdir()

@@ -364,7 +364,12 @@ def _config_mismatch(run_dir: Path, config: Any) -> list[str]:
     path = run_dir / "config.json"
     if not path.exists():
         return []
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # a write cut short: the folder is not this run's to reuse
+        return [f"it is not readable ({err})"]
+    if not isinstance(saved, dict):
+        return ["it is not a JSON object"]
     wanted = config.to_dict()
     out = []
     for key, value in wanted.items():
@@ -649,9 +654,7 @@ def main(argv: list[str]) -> int:
                 f"{d} {', '.join(f'{t[0]:g}' for t in FRONTIER_TARGETS.get(d, []))}" for d in FLAGS.datasets)
         targets = f", --frontier_targets={','.join(FLAGS.frontier_targets)}" if FLAGS.frontier_targets else ""
         raise app.UsageError(f"the flags select no run (--grid={FLAGS.grid}, --datasets={','.join(FLAGS.datasets)}{targets}){hint}")
-    out.mkdir(parents=True, exist_ok=True)
-
-    pending, skipped, stale = [], [], []
+    pending, skipped, stale, states = [], [], [], []
     for run in planned:
         state = status(out / run.name, run.config.epochs)
         mismatch = _config_mismatch(out / run.name, run.config)
@@ -662,8 +665,21 @@ def main(argv: list[str]) -> int:
             skipped.append(run.name)
         else:
             pending.append(run)
-        if FLAGS.dry_run:
-            print(f"{state:<28} {run.name}")
+        states.append((state, run.name))
+    if FLAGS.data_dir and pending and not FLAGS.dry_run:  # once here, not once per worker; before anything is written
+        from tf_dynhp import datasets  # noqa: PLC0415
+
+        for dataset in sorted({p.config.dataset for p in pending}):
+            try:
+                datasets.find_dataset_dir(dataset, FLAGS.data_dir, download=False)
+            except FileNotFoundError as err:
+                print(f"error: --data_dir={FLAGS.data_dir}: {' '.join(line.strip() for line in str(err).splitlines())}",
+                      file=sys.stderr)
+                return 2
+    out.mkdir(parents=True, exist_ok=True)
+    if FLAGS.dry_run:
+        for state, name in states:
+            print(f"{state:<28} {name}")
     print(
         f"{len(planned)} runs planned in {out}: {len(skipped)} finished (skipped), {len(pending)} to run"
         + (f", {len(stale)} with a different config.json (left alone)" if stale else "")
@@ -676,19 +692,10 @@ def main(argv: list[str]) -> int:
     # (another configuration in the folder) are not this command's and are left out.
     stale_names = {name for name, _ in stale}
     write_manifest(out, [p for p in planned if p.name not in stale_names],
-                   command_line([a for a in sys.argv if a not in ("--dry_run", "--dry_run=true", "--dry_run=True")]),
+                   command_line([a for a in sys.argv if a.lstrip("-").split("=")[0] not in ("dry_run", "nodry_run")]),
                    replace=[] if FLAGS.dry_run else [p.name for p in pending])
     if FLAGS.dry_run or not pending:
         return 1 if stale else 0
-    if FLAGS.data_dir:  # once here, not once per worker: every run would fail alike
-        from tf_dynhp import datasets  # noqa: PLC0415
-
-        for dataset in sorted({p.config.dataset for p in pending}):
-            try:
-                datasets.find_dataset_dir(dataset, FLAGS.data_dir, download=False)
-            except FileNotFoundError as err:
-                print(f"error: --data_dir={FLAGS.data_dir}: {str(err).splitlines()[0]}", file=sys.stderr)
-                return 2
     t0 = time.perf_counter()
     try:
         codes = _execute(pending, out)
