@@ -216,6 +216,8 @@ def test_every_command_of_workspace_figures_sh_parses_its_flags():
 @pytest.mark.parametrize("flags,expected", [
     (["--arch=lenet5", "--dropout=0.2"], "error: Invalid value received for argument `dropout`. Expected 0 with arch='lenet5'"),
     (["--augment_fraction=0.5"], "error: Invalid value received for argument `augment_fraction`. Expected 1 without augment_shift"),
+    # refused by fit: it left an empty folder with checkpoints/, which the tools listed as unfinished
+    (["--method=sp", "--target_kb=10", "--train_limit=100"], "error: `target_kb` needs a method that removes units"),
 ])
 def test_settings_runs_refuses_are_one_line_and_leave_no_folder(tmp_path, flags, expected):
     # They ended in a traceback (a ValueError outside the refusals train.py prints), the

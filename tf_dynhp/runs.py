@@ -493,12 +493,31 @@ def run(
     if out_dir is None:
         return _run(config, None, data_dir, data, resume, verbose, overwrite)
     out_dir = os.fspath(out_dir)
+    created = not os.path.exists(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as err:
         raise OSError(err.errno, f"run folder '{out_dir}' cannot be created: {err.strerror or err}") from err
-    with _locked(out_dir):
-        return _run(config, out_dir, data_dir, data, resume, verbose, overwrite)
+    try:
+        with _locked(out_dir):
+            return _run(config, out_dir, data_dir, data, resume, verbose, overwrite)
+    except RunArgumentError:
+        if created:  # a refused run leaves no empty folder behind (the tools would list it as unfinished)
+            _remove_empty_folder(out_dir)
+        raise
+
+
+def _remove_empty_folder(out_dir: str) -> None:
+    """Removes `out_dir` if it holds nothing but an empty `checkpoints/` (what a run
+    refused before training made); anything else stays."""
+    checkpoints = os.path.join(out_dir, "checkpoints")
+    try:
+        if os.path.isdir(checkpoints) and not os.listdir(checkpoints):
+            os.rmdir(checkpoints)
+        if not os.listdir(out_dir):
+            os.rmdir(out_dir)
+    except OSError:
+        pass  # left as it is: nothing was written into it
 
 
 def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any, resume: bool, verbose: int, overwrite: bool) -> dict[str, Any]:
