@@ -236,13 +236,18 @@ def test_ctrl_c_says_how_to_go_on(tmp_path):
     if not DATA_ROOT.exists():
         pytest.skip("datasets not found")
     out = tmp_path / "run"
+    # Epochs enough that the run is still going when the signal comes (200 of them ended
+    # first on a fast machine).
     proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train.py"), f"--data_dir={DATA_ROOT / 'mnist'}", "--method=hp",
-                             "--epochs=200", "--train_limit=2000", "--hidden=8", "--verbose=2", f"--out_dir={out}"],
+                             "--epochs=100000", "--train_limit=2000", "--hidden=8", "--verbose=2", f"--out_dir={out}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.time() + 120
-    while not list(out.glob("checkpoints/epoch-*.dynhp")) and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob("checkpoints/epoch-*.dynhp")) and time.time() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
     assert f"interrupted: run the same command with --resume to go on from the last epoch saved in {out}" in stderr
