@@ -240,7 +240,9 @@ def test_ctrl_c_says_how_to_go_on(tmp_path):
     # first on a fast machine).
     proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train.py"), f"--data_dir={DATA_ROOT / 'mnist'}", "--method=hp",
                              "--epochs=100000", "--train_limit=2000", "--hidden=8", "--verbose=2", f"--out_dir={out}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            # a pytest-xdist worker ignores SIGINT, and a child inherits that: Python would too
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while not list(out.glob("checkpoints/epoch-*.dynhp")) and time.time() < deadline:
