@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from tf_dynhp import augment as aug
 
-__all__ = ["as_arrays", "example_weights", "reshape_to_input", "epoch_order", "fingerprint", "FeatureSelection"]
+__all__ = ["as_arrays", "example_weights", "require_some_weight", "reshape_to_input", "epoch_order", "fingerprint", "FeatureSelection"]
 
 
 def _memory_bytes() -> int:
@@ -160,14 +160,13 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
         raise ValueError(f"`{x_name}` has examples of shape {tuple(x.shape[1:])}; the model expects {tuple(input_shape)}.")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise TypeError(f"`{x_name}` must be real numbers, received dtype {x.dtype}.")
-    x = x.reshape(x.shape[0], -1)
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise ValueError(f"`{x_name}` contains NaN or infinite values (first in example {bad}).")
+    given = x.reshape(x.shape[0], -1)
     with np.errstate(over="ignore"):
-        x = x.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(x)):
+        x = given.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(x)):  # one scan; the example at fault tells NaN/inf from an overflow of the cast
         bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        if np.issubdtype(given.dtype, np.floating) and not np.all(np.isfinite(given[bad])):
+            raise ValueError(f"`{x_name}` contains NaN or infinite values (first in example {bad}).")
         raise ValueError(f"`{x_name}` has values beyond float32's range (±{np.finfo(np.float32).max:.3g}; first in "
                          f"example {bad}): fit reads the inputs as float32; scale them.")
     if y.ndim == 2 and y.shape[1] == 1:
@@ -273,9 +272,16 @@ def example_weights(sample_weight: Any, class_weight: Any, x: Any, y: np.ndarray
         if bad.size:
             raise ValueError(f"`sample_weight` must be finite and >= 0; example {int(bad[0])} has {float(weights[bad[0]])}.")
         what = "sample_weight"
-    if not np.any(weights > 0):
-        raise ValueError(f"`{what}` gives every training example the weight 0: nothing would be learned.")
+    require_some_weight(weights, what)
     return weights.astype(np.float32)
+
+
+def require_some_weight(weights: np.ndarray, what: str, left_by: str = "") -> None:
+    """Refuses weights that are all 0 (nothing would be learned), naming the argument
+    `what` they came from and, with `left_by`, what left those examples."""
+    if not np.any(weights > 0):
+        where = f" left by `{left_by}`" if left_by else ""
+        raise ValueError(f"`{what}` gives every training example{where} the weight 0: nothing would be learned.")
 
 
 def _weight_value(value: Any, name: str) -> float:

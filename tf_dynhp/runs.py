@@ -262,15 +262,20 @@ def optimizer(config: RunConfig):
     return keras.optimizers.Adam(config.learning_rate, **ema)
 
 
+def check_arch(config: RunConfig) -> None:
+    """Refuses an unknown `arch`, and dropout on an arch other than the MLP's (`build_mlp`'s option)."""
+    if config.arch not in ARCHS:
+        raise invalid("arch", f"one of {list(ARCHS)}", config.arch)
+    if config.arch != "mlp" and config.dropout:
+        raise invalid("dropout", f"0 with arch={config.arch!r} (build_mlp's option)", config.dropout)
+
+
 def build_model(config: RunConfig):
     """The untrained model of `config.arch` (the Keras seed must be set first)."""
+    check_arch(config)
     if config.arch == "mlp":
         return build_mlp(config.hidden, dropout=config.dropout)
-    if config.arch == "lenet5":
-        if config.dropout:
-            raise invalid("dropout", "0 with arch='lenet5' (build_mlp's option)", config.dropout)
-        return build_lenet5()
-    raise invalid("arch", f"one of {list(ARCHS)}", config.arch)
+    return build_lenet5()
 
 
 def is_finished(out_dir: str | os.PathLike) -> bool:
@@ -480,10 +485,7 @@ def run(
             unknown arch, dropout with LeNet-5, a bad schedule or augmentation).
     """
     try:  # settings refused before the folder is made: one RunArgumentError (tools/train.py prints one line)
-        if config.arch not in ARCHS:
-            raise invalid("arch", f"one of {list(ARCHS)}", config.arch)
-        if config.arch != "mlp" and config.dropout:
-            raise invalid("dropout", f"0 with arch={config.arch!r} (build_mlp's option)", config.dropout)
+        check_arch(config)
         restart_epoch(config.lr_decay, config.target_deadline, config.epochs)  # a bad lr_decay or target_deadline
         augmentation(config)  # and bad augment_* fields
     except ValueError as err:

@@ -44,7 +44,7 @@ from tf_dynhp._checks import positive_int as _positive_int
 from tf_dynhp._checks import real_number
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.convert import to_l0
-from tf_dynhp.data import as_arrays, example_weights, fingerprint
+from tf_dynhp.data import as_arrays, example_weights, fingerprint, require_some_weight
 from tf_dynhp.kinds import CONV_TYPES, GATED_TYPES
 from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import classifier_head
@@ -241,12 +241,18 @@ def _check_environment(model: keras.Model) -> None:
             )
 
 
+def _integer_input(model: keras.Model) -> str | None:
+    """The dtype of the model's input when it is an integer type (`keras.Input(dtype="uint8")`), else None."""
+    dtype = str(model.inputs[0].dtype)
+    return dtype if dtype.startswith(("int", "uint")) else None
+
+
 def _check_integer_input_convolution(model: keras.Model, body: Sequence[keras.layers.Layer]) -> None:
     """Refuses a convolution on an integer input (`keras.Input(..., dtype="uint8")`): Keras'
     Conv2D does not take one (the user's model cannot predict either), and the stripped
     model fit returns would fail the same way; a Dense-first model casts it and is taken."""
-    dtype = str(model.inputs[0].dtype)
-    if not dtype.startswith(("int", "uint")):
+    dtype = _integer_input(model)
+    if dtype is None:
         return
     conv = next((layer for layer in body if isinstance(layer, CONV_TYPES)), None)
     if conv is not None:
@@ -261,8 +267,8 @@ def _check_integer_input_values(model: keras.Model, x: np.ndarray, name: str) ->
     """Refuses values that are not whole numbers for a model on an integer input: fit would
     train on them as given, and the model returned casts its inputs (pixels scaled to
     [0, 1] become zeros and ones), so it would not compute what was trained."""
-    dtype = str(model.inputs[0].dtype)
-    if dtype.startswith(("int", "uint")) and not np.all(x == np.round(x)):
+    dtype = _integer_input(model)
+    if dtype is not None and not np.all(x == np.round(x)):
         raise ValueError(
             f"`{name}` holds values that are not whole numbers (e.g. pixels scaled to [0, 1]); the model's input "
             f"is {dtype}, and the model fit returns casts its inputs to it. Pass the values as stored (e.g. uint8 "
@@ -739,8 +745,7 @@ def fit(
         x_train, y_train, val = x_train[:-n_val], y_train[:-n_val], (x_train[-n_val:], y_train[-n_val:])
         if w_train is not None:  # the validation examples are scored unweighted (val_error counts mistakes)
             w_train = w_train[:-n_val]
-            if not np.any(w_train > 0):
-                raise ValueError("`sample_weight` gives every training example left by `validation_split` the weight 0.")
+            require_some_weight(w_train, "sample_weight" if sample_weight is not None else "class_weight", "validation_split")
     if val is not None:
         _check_integer_input_values(model, val[0], "validation_data")
     n_train = len(x_train)
