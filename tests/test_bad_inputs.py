@@ -159,7 +159,7 @@ FIT_CASES = [
         keras.Input((28, 28), dtype="uint8"), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])),
      ValueError, r"`x` holds values that are not whole numbers.*the model's input is uint8"),
     ("dataset of one dict", dict(x=tf.data.Dataset.from_tensor_slices({"image": X, "label": Y}), y=None), ValueError,
-     r"`x` is a tf.data.Dataset whose elements are \{'image'.*pairs of tensors"),
+     r"`x` is a tf.data.Dataset whose elements are \{'image'.*pairs or \(features, label, sample_weight\) triples of tensors"),
 ]
 
 

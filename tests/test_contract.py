@@ -144,12 +144,12 @@ def test_a_dataset_of_unknown_cardinality_is_read_only_up_to_a_bound(mnist):
     with pytest.raises(ValueError, match=r"`x` is a tf.data.Dataset of unknown cardinality that has given \d+ examples .*probably infinite"):
         tf_dynhp.data._materialize(endless, "x", (28, 28), max_bytes=2**20)
     finite = base.filter(lambda a, b: b < 5)
-    xs, ys = tf_dynhp.data._materialize(finite, "x", (28, 28), max_bytes=2**20)
+    xs, ys, _ = tf_dynhp.data._materialize(finite, "x", (28, 28), max_bytes=2**20)
     assert len(xs) == len(ys) == int(np.sum(y[:64] < 5))
     # A batched dataset of known size is read whole past the bound (unbatch() alone
     # would report an unknown cardinality).
     batched = tf.data.Dataset.from_tensor_slices((x[:1000], y[:1000])).batch(32)
-    xs, _ = tf_dynhp.data._materialize(batched, "x", (28, 28), max_bytes=2**20)
+    xs, _, _ = tf_dynhp.data._materialize(batched, "x", (28, 28), max_bytes=2**20)
     assert len(xs) == 1000 and xs.nbytes > 2**20
 
 
@@ -735,3 +735,76 @@ def test_sample_weight_with_a_dataset_is_refused_and_class_weight_taken(mnist):
     a = tf_dynhp.fit(_mlp(), ds, class_weight={3: 2.0}, **QUICK)
     b = tf_dynhp.fit(_mlp(), x[:100], y[:100], class_weight={3: 2.0}, **QUICK)
     assert a.history["loss"] == b.history["loss"]
+
+
+@pytest.mark.parametrize("form", ["batched", "unbatched", "column", "named", "shuffled"])
+def test_a_dataset_of_x_y_weight_trains_as_arrays_with_sample_weight(mnist, form):
+    """Keras takes a Dataset of (x, y, sample_weight) elements; fit refused them ("no
+    sample weights") although it takes `sample_weight` with arrays."""
+    (x, y), _ = mnist
+    x, y = x[:300], y[:300]
+    w = np.random.default_rng(0).uniform(0.0, 3.0, len(y)).astype(np.float32)
+    def build():
+        if form != "named":
+            return _mlp()
+        keras.utils.set_random_seed(0)
+        pixels = keras.Input((28, 28), name="pixels")
+        hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(pixels))
+        return keras.Model(pixels, keras.layers.Dense(10, activation="softmax")(hidden))
+
+    features = {"pixels": x} if form == "named" else x
+    weights = w[:, None] if form == "column" else w
+    ds = tf.data.Dataset.from_tensor_slices((features, y, weights))
+    if form == "shuffled":  # reshuffled at every read: each weight must stay with its example
+        order = np.random.default_rng(1).permutation(len(y))
+        ds = tf.data.Dataset.from_tensor_slices((x[order], y[order], w[order]))
+        x, y, w = x[order], y[order], w[order]
+    if form != "unbatched":
+        ds = ds.batch(64)
+    kw = {**QUICK, "method": "hp", "epochs": 2}
+    a = tf_dynhp.fit(build(), ds, **kw)
+    b = tf_dynhp.fit(build(), x, y, sample_weight=w, **kw)
+    plain = tf_dynhp.fit(build(), x, y, **kw)
+    assert a.history["loss"] == b.history["loss"] != plain.history["loss"]
+    for u, v in zip(a.model.get_weights(), b.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_a_dataset_shuffled_at_every_read_keeps_each_weight_with_its_example(mnist):
+    (x, y), _ = mnist
+    x, y = x[:200], y[:200]
+    w = (y == 3).astype(np.float32) * 5.0 + 1.0  # the weight is a function of the label
+    ds = tf.data.Dataset.from_tensor_slices((x, y, w)).shuffle(200, reshuffle_each_iteration=True)
+    xs, ys, ws = tf_dynhp.data._materialize(ds, "x", (28, 28))
+    np.testing.assert_array_equal(ws, (ys == 3) * 5.0 + 1.0)
+
+
+@pytest.mark.parametrize("kind,change,match", [
+    ("x", dict(sample_weight=np.ones(100)), r"`x` is a tf.data.Dataset of \(features, label, sample_weight\); `sample_weight` cannot be given with it"),
+    ("x", dict(class_weight={0: 2.0}), r"`class_weight` cannot be given with it"),
+    ("negative", {}, r"the sample weights of `x` \(its elements' third part\) must be finite and >= 0; example 5 has -1.0"),
+    ("zeros", {}, r"the sample weights of `x` \(its elements' third part\) gives every training example the weight 0"),
+    ("two", {}, r"whose weights are shaped \(None, 2\); expected one weight per example \(shape \(batch,\)\)"),
+    ("validation", {}, r"`validation_data` is a tf.data.Dataset of \(features, label, sample_weight\); fit scores validation unweighted"),
+    ("validation_tuple", {}, r"`validation_data` is a tuple of 3, \(x_val, y_val, sample_weight_val\)"),
+    ("split_zeros", dict(validation_split=0.5), r"the sample weights of `x` gives every training example left by `validation_split` the weight 0"),
+])
+def test_bad_dataset_weights_are_refused_by_name(mnist, kind, change, match):
+    (x, y), _ = mnist
+    x, y = x[:100], y[:100]
+    w = np.ones(100, np.float32)
+    if kind == "negative":
+        w[5] = -1.0
+    elif kind == "zeros":
+        w[:] = 0.0
+    elif kind == "split_zeros":
+        w[:50] = 0.0  # validation_split holds out the last half: the first half trains
+    weights = np.ones((100, 2), np.float32) if kind == "two" else w
+    ds = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(32)
+    with pytest.raises(ValueError, match=match):
+        if kind == "validation":
+            tf_dynhp.fit(_mlp(), x, y, validation_data=ds, **QUICK)
+        elif kind == "validation_tuple":
+            tf_dynhp.fit(_mlp(), x, y, validation_data=(x, y, w), **QUICK)
+        else:
+            tf_dynhp.fit(_mlp(), ds, **{**QUICK, **change})

@@ -1,9 +1,10 @@
 """Data intake of `tf_dynhp.fit`: any input to checked arrays, the epoch order, and
 the kept input features.
 
-* `as_arrays` turns one split (NumPy arrays or a `tf.data.Dataset` of `(x, y)`
-  examples) into float32 `(N, features)` inputs and int32 labels, checked against
-  the model (shape, finiteness, label range), naming the argument at fault.
+* `as_arrays` turns one split (NumPy arrays or a `tf.data.Dataset` of `(x, y)` or
+  `(x, y, sample_weight)` examples) into float32 `(N, features)` inputs and int32
+  labels (and the dataset's weights), checked against the model (shape, finiteness,
+  label range), naming the argument at fault.
 * `epoch_order` is the seeded shuffle of one epoch, a function of (seed, epoch) only,
   so a resumed run sees the same batches.
 * `FeatureSelection` holds the training inputs with only the features the pruned
@@ -51,7 +52,7 @@ def _features_by_input_name(dataset: tf.data.Dataset, what: str, input_name: str
     """`({input_name: images}, label)` elements, as Keras takes them for a model with a
     named input, become `(images, label)`; a dict with other keys is refused by name."""
     spec = dataset.element_spec
-    if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], dict)):
+    if not (isinstance(spec, tuple) and len(spec) in (2, 3) and isinstance(spec[0], dict)):
         return dataset
     keys = list(spec[0])
     if keys != [input_name] or not isinstance(spec[0][input_name], tf.TensorSpec):
@@ -60,15 +61,17 @@ def _features_by_input_name(dataset: tf.data.Dataset, what: str, input_name: str
             f"has one input, named {input_name!r}: give ({{{input_name!r}: images}}, label) pairs, or "
             "`.map(lambda d, y: (d[<key>], y))`."
         )
-    return dataset.map(lambda features, label: (features[input_name], label))
+    return dataset.map(lambda features, *rest: (features[input_name], *rest))
 
 
-def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ...],
-                 max_bytes: int | None = None, input_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a finite dataset of (x, y) examples or batches (`ds.batch(n)`, short last
-    batch included) into two arrays. Batched or not is read from `element_spec`: x of
-    rank len(input_shape) is one example, of rank len(input_shape) + 1 a batch. The
-    features may be `{input_name: x}`, as Keras takes them.
+def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ...], max_bytes: int | None = None,
+                 input_name: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Reads a finite dataset of (x, y) or (x, y, sample_weight) examples or batches
+    (`ds.batch(n)`, short last batch included) into arrays: x, y and the weights (None
+    for pairs), read together, so a `.shuffle()`d dataset keeps each weight with its
+    example. Batched or not is read from `element_spec`: x of rank len(input_shape)
+    is one example, of rank len(input_shape) + 1 a batch. The features may be
+    `{input_name: x}`, as Keras takes them.
 
     A dataset of unknown cardinality (e.g. `.repeat().filter(...)`, which tf.data
     cannot tell from a finite filtered one) is read up to `max_bytes` (default: half of
@@ -76,11 +79,11 @@ def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ..
     read until the machine runs out of memory."""
     dataset = _features_by_input_name(dataset, what, input_name)
     spec = dataset.element_spec
-    if not isinstance(spec, tuple) or len(spec) != 2 or not all(isinstance(part, tf.TensorSpec) for part in spec):
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3) or not all(isinstance(part, tf.TensorSpec) for part in spec):
         raise ValueError(
             f"`{what}` is a tf.data.Dataset whose elements are {spec}; expected (features, label) "
-            "pairs of tensors (features may be {input name: tensor}; no sample weights), e.g. tensorflow_datasets.load(..., "
-            "as_supervised=True), or `.map(lambda d: (d['image'], d['label']))`."
+            "pairs or (features, label, sample_weight) triples of tensors (features may be {input name: tensor}), "
+            "e.g. tensorflow_datasets.load(..., as_supervised=True), or `.map(lambda d: (d['image'], d['label']))`."
         )
     if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
         raise ValueError(
@@ -93,17 +96,33 @@ def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ..
     rank = len(input_shape)
     if x_shape.rank == rank + 1 and x_shape[1:].is_compatible_with(input_shape):
         dataset = dataset.unbatch()
+        batched = True
     elif x_shape.rank != rank or not x_shape.is_compatible_with(input_shape):
         raise ValueError(
             f"`{what}` is a tf.data.Dataset of features shaped {shown}; the model expects examples "
             f"of shape {tuple(input_shape)} (or batches of them, shape {(None,) + tuple(input_shape)})."
         )
+    else:
+        batched = False
+    if len(spec) == 3:  # one weight per example: shape () / (1,) per example, (b,) / (b, 1) per batch
+        w_shape = spec[2].shape
+        per_example = w_shape[1:] if batched and w_shape.rank is not None and w_shape.rank >= 1 else w_shape
+        if per_example.rank is None or per_example.rank > 1 or (per_example.rank == 1 and per_example[0] not in (1, None)) \
+                or (batched and w_shape.rank == 0):
+            raise ValueError(
+                f"`{what}` is a tf.data.Dataset of (features, label, sample_weight) whose weights are shaped "
+                f"{tuple(w_shape) if w_shape.rank is not None else 'of unknown rank'}; expected one weight per example "
+                f"(shape {'(batch,)' if batched else '()'})."
+            )
     limit = (max_bytes if max_bytes is not None else _memory_bytes() // 2) if unknown else None
-    xs, ys, read = [], [], 0
-    for xb, yb in dataset.batch(4096).as_numpy_iterator():
+    xs, ys, ws, read = [], [], [], 0
+    for parts in dataset.batch(4096).as_numpy_iterator():
+        xb, yb = parts[0], parts[1]
         xs.append(xb)
         ys.append(yb)
-        read += xb.nbytes + yb.nbytes
+        if len(parts) == 3:
+            ws.append(np.reshape(parts[2], (len(xb), -1)))
+        read += sum(part.nbytes for part in parts)
         if limit is not None and read > limit:
             raise ValueError(
                 f"`{what}` is a tf.data.Dataset of unknown cardinality that has given {sum(len(b) for b in ys)} "
@@ -113,15 +132,25 @@ def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ..
             )
     if not xs:
         raise ValueError(f"`{what}` is an empty tf.data.Dataset; expected at least one example.")
-    return np.concatenate(xs), np.concatenate(ys)
+    weights = None
+    if ws:
+        weights = np.concatenate(ws)
+        if weights.shape[1] != 1:
+            raise ValueError(f"`{what}` is a tf.data.Dataset of (features, label, sample_weight) with "
+                             f"{weights.shape[1]} weights per example; expected one.")
+        weights = weights[:, 0]
+    return np.concatenate(xs), np.concatenate(ys), weights
 
 
 def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, what: str,
-              input_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Validates one split and returns (x flattened to float32 (N, features), y int32).
+              input_name: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Validates one split and returns (x flattened to float32 (N, features), y int32,
+    the dataset's sample weights or None). The weights are returned as given, one per
+    example; `example_weights` checks them as it checks `fit`'s `sample_weight`.
 
     Args:
-        x: inputs shaped like the model input, or a `tf.data.Dataset` of (x, y).
+        x: inputs shaped like the model input, or a `tf.data.Dataset` of (x, y) or
+            (x, y, sample_weight).
         y: integer labels (None with a dataset).
         input_shape: the model's per-example input shape.
         num_classes: units of the last layer (labels must be in [0, num_classes)).
@@ -132,10 +161,11 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
         ValueError / TypeError: naming the argument, what was expected and received.
     """
     x_name, y_name = ("x", "y") if what == "x" else (f"{what}[0]", f"{what}[1]")
+    weights = None
     if isinstance(x, tf.data.Dataset):
         if y is not None:
             raise ValueError(f"`{x_name}` is a tf.data.Dataset of (features, label) pairs; `y` must be None, received {type(y).__name__}.")
-        x, y = _materialize(x, what, tuple(input_shape), input_name=input_name)
+        x, y, weights = _materialize(x, what, tuple(input_shape), input_name=input_name)
     if isinstance(x, dict):
         if list(x) != [input_name]:
             raise ValueError(f"`{x_name}` is a dict with keys {sorted(map(str, x))}; the model has one input, named "
@@ -191,7 +221,7 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
             f"`{y_name}` has labels in [{int(y.min())}, {int(y.max())}]; the last layer has "
             f"{num_classes} units, so labels must be in [0, {num_classes})."
         )
-    return x, y.astype(np.int32)
+    return x, y.astype(np.int32), weights
 
 
 def reshape_to_input(x: np.ndarray, input_shape: tuple[int, ...], what: str = "x") -> np.ndarray:
@@ -223,22 +253,31 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
 
 
-def example_weights(sample_weight: Any, class_weight: Any, x: Any, y: np.ndarray, num_classes: int) -> np.ndarray | None:
+def example_weights(sample_weight: Any, class_weight: Any, x: Any, y: np.ndarray, num_classes: int,
+                    dataset_weights: np.ndarray | None = None) -> np.ndarray | None:
     """One float32 weight per training example, or None (every example weighs 1).
 
     As `keras.Model.fit`: `sample_weight` is one weight per example of `x` (NumPy inputs;
-    shape (n,) or (n, 1)); `class_weight` maps class ids to weights (classes it leaves
-    out weigh 1.0); not both. The loss of a batch is then the mean of the weighted
+    shape (n,) or (n, 1)), or the third part of a `tf.data.Dataset`'s `(x, y, w)`
+    elements; `class_weight` maps class ids to weights (classes it leaves out weigh
+    1.0); not two of them. The loss of a batch is then the mean of the weighted
     per-example losses (Keras' "sum_over_batch_size"); weights must be finite and >= 0,
     and not all 0.
 
     Args:
         x: `fit`'s `x` as given (a `tf.data.Dataset` takes no `sample_weight`).
         y: the int32 labels `as_arrays` returned (all of them, before a validation split).
+        dataset_weights: the weights `as_arrays` read from `x`'s `(x, y, w)` elements.
 
     Raises:
         ValueError / TypeError: naming `sample_weight` or `class_weight`.
     """
+    if dataset_weights is not None:
+        if sample_weight is not None or class_weight is not None:
+            given = "sample_weight" if sample_weight is not None else "class_weight"
+            raise ValueError(f"`x` is a tf.data.Dataset of (features, label, sample_weight); `{given}` cannot be "
+                             "given with it (as in keras.Model.fit): fold the weights into the dataset's.")
+        sample_weight = dataset_weights
     if sample_weight is None and class_weight is None:
         return None
     if sample_weight is not None and class_weight is not None:
@@ -254,34 +293,35 @@ def example_weights(sample_weight: Any, class_weight: Any, x: Any, y: np.ndarray
                                  f"(the last layer has {num_classes} units).")
             table[int(key)] = _weight_value(value, f"class_weight[{key!r}]")
         weights = table[y]
-        what = "class_weight"
+        what = "`class_weight`"
     else:
-        if isinstance(x, tf.data.Dataset):
+        if isinstance(x, tf.data.Dataset) and dataset_weights is None:
             raise ValueError("`sample_weight` needs NumPy inputs (one weight per example of `x`); `x` is a "
                              "tf.data.Dataset: pass `class_weight`, or the data as arrays.")
+        what = "`sample_weight`" if dataset_weights is None else "the sample weights of `x` (its elements' third part)"
         weights = np.asarray(sample_weight)
         if weights.ndim == 2 and weights.shape[1] == 1:
             weights = weights[:, 0]
         if weights.ndim != 1 or len(weights) != len(y):
-            raise ValueError(f"`sample_weight` must hold one weight per example, shape ({len(y)},); "
+            raise ValueError(f"{what} must hold one weight per example, shape ({len(y)},); "
                              f"received shape {weights.shape}.")
         if weights.dtype == np.bool_ or not np.issubdtype(weights.dtype, np.number) or np.iscomplexobj(weights):
-            raise TypeError(f"`sample_weight` must be real numbers, received dtype {weights.dtype}.")
+            raise TypeError(f"{what} must be real numbers, received dtype {weights.dtype}.")
         weights = weights.astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
         if bad.size:
-            raise ValueError(f"`sample_weight` must be finite and >= 0; example {int(bad[0])} has {float(weights[bad[0]])}.")
-        what = "sample_weight"
+            raise ValueError(f"{what} must be finite and >= 0; example {int(bad[0])} has {float(weights[bad[0]])}.")
     require_some_weight(weights, what)
     return weights.astype(np.float32)
 
 
 def require_some_weight(weights: np.ndarray, what: str, left_by: str = "") -> None:
-    """Refuses weights that are all 0 (nothing would be learned), naming the argument
-    `what` they came from and, with `left_by`, what left those examples."""
+    """Refuses weights that are all 0 (nothing would be learned), naming `what` they came
+    from (as shown: "`sample_weight`") and, with `left_by`, the argument that left those
+    examples."""
     if not np.any(weights > 0):
         where = f" left by `{left_by}`" if left_by else ""
-        raise ValueError(f"`{what}` gives every training example{where} the weight 0: nothing would be learned.")
+        raise ValueError(f"{what} gives every training example{where} the weight 0: nothing would be learned.")
 
 
 def _weight_value(value: Any, name: str) -> float:

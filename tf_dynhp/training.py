@@ -467,8 +467,8 @@ def fit(
             It is not modified.
         x: inputs (NumPy array shaped like the model input, or
             `{input name: array}`) or a `tf.data.Dataset` of `(features, label)`
-            pairs or batches, features also as `{input name: tensor}` (then `y`
-            is None).
+            pairs or `(features, label, sample_weight)` triples, examples or
+            batches, features also as `{input name: tensor}` (then `y` is None).
         y: integer labels.
         method: "dense", "sp" (L0 soft pruning), "hp" (hard pruning, Sec. 4.1) or
             "dynhp" (hard pruning + dynamic batch, Sec. 4.2). Default (None): "dynhp"
@@ -493,7 +493,8 @@ def fit(
         learning_rate: used when `optimizer` is a name; fixed, as in the paper.
         loss: None for sparse categorical cross-entropy on the logits (the last
             layer may be softmax or linear), or a loss giving per-example values.
-        validation_data: `(x_val, y_val)` or a `tf.data.Dataset`; gives
+        validation_data: `(x_val, y_val)` or a `tf.data.Dataset` of pairs (validation
+            is unweighted: `(x, y, w)` is refused); gives
             `val_loss`/`val_error` (misclassification %, the paper's ERR).
         validation_split: without `validation_data`, the fraction of the training
             examples (the last ones, before shuffling, as `keras.Model.fit`) held out as
@@ -597,7 +598,8 @@ def fit(
             augmentation"). Without `augment` it changes nothing. A fraction, like
             `target_deadline`: a run resumed with more `epochs` moves the switch.
         sample_weight: one weight per training example (NumPy `x`; shape (n,)), or
-            None. As `keras.Model.fit`: each example's loss is multiplied by its
+            None; a `tf.data.Dataset` `x` carries its weights as the third part of
+            `(x, y, w)` elements instead. As `keras.Model.fit`: each example's loss is multiplied by its
             weight and a batch's loss is their mean, so Eq. 8's F and per-example
             gradient variance are those of the weighted loss; `accuracy` and the
             validation figures stay unweighted (Keras' `metrics`); with
@@ -723,15 +725,25 @@ def fit(
 
     # -------------------------------------------------------------------- data
     input_name = model.inputs[0].name  # x may be {input_name: images}, as keras.Model.fit takes it
-    x_train, y_train = as_arrays(x, y, chain.input_shape, num_classes, "x", input_name)
+    x_train, y_train, w_data = as_arrays(x, y, chain.input_shape, num_classes, "x", input_name)
     _check_integer_input_values(model, x_train, "x")
-    w_train = example_weights(sample_weight, class_weight, x, y_train, num_classes)
+    w_train = example_weights(sample_weight, class_weight, x, y_train, num_classes, w_data)
+    weights_named = ("the sample weights of `x`" if w_data is not None else
+                     "`sample_weight`" if sample_weight is not None else "`class_weight`")
     val = None
     if validation_data is not None:
         if isinstance(validation_data, tf.data.Dataset):
-            val = as_arrays(validation_data, None, chain.input_shape, num_classes, "validation_data", input_name)
+            x_val, y_val, w_val = as_arrays(validation_data, None, chain.input_shape, num_classes, "validation_data", input_name)
+            val = (x_val, y_val)
+            if w_val is not None:
+                raise ValueError("`validation_data` is a tf.data.Dataset of (features, label, sample_weight); fit scores "
+                                 "validation unweighted (val_loss, val_accuracy count every example once): give "
+                                 "(features, label) pairs, e.g. `.map(lambda x, y, w: (x, y))`.")
         elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
-            val = as_arrays(validation_data[0], validation_data[1], chain.input_shape, num_classes, "validation_data", input_name)
+            val = as_arrays(validation_data[0], validation_data[1], chain.input_shape, num_classes, "validation_data", input_name)[:2]
+        elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 3:
+            raise ValueError("`validation_data` is a tuple of 3, (x_val, y_val, sample_weight_val); fit scores validation "
+                             "unweighted (val_loss, val_accuracy count every example once): give (x_val, y_val).")
         else:
             raise _invalid("validation_data", "(x_val, y_val) or a tf.data.Dataset", type(validation_data).__name__)
     elif validation_split:
@@ -745,7 +757,7 @@ def fit(
         x_train, y_train, val = x_train[:-n_val], y_train[:-n_val], (x_train[-n_val:], y_train[-n_val:])
         if w_train is not None:  # the validation examples are scored unweighted (val_error counts mistakes)
             w_train = w_train[:-n_val]
-            require_some_weight(w_train, "sample_weight" if sample_weight is not None else "class_weight", "validation_split")
+            require_some_weight(w_train, weights_named, "validation_split")
     if val is not None:
         _check_integer_input_values(model, val[0], "validation_data")
     n_train = len(x_train)
