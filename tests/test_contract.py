@@ -808,3 +808,32 @@ def test_bad_dataset_weights_are_refused_by_name(mnist, kind, change, match):
             tf_dynhp.fit(_mlp(), x, y, validation_data=(x, y, w), **QUICK)
         else:
             tf_dynhp.fit(_mlp(), ds, **{**QUICK, **change})
+
+
+# --------------------------------------------------------------------------- shuffle
+def test_shuffle_false_trains_every_epoch_in_the_order_given(mnist, monkeypatch):
+    """`shuffle=False`, as keras.Model.fit takes it: fit refused the argument."""
+    (x, y), _ = mnist
+    x, y = x[:200], y[:200]
+    kw = dict(method="dynhp", alpha_bs=0.5, budget_kb=1e5, epochs=2, batch_size=16, seed=3, verbose=0)
+    in_order = tf_dynhp.fit(_mlp(), x, y, shuffle=False, **kw)
+    shuffled = tf_dynhp.fit(_mlp(), x, y, **kw)
+    assert in_order.history["loss"] != shuffled.history["loss"]
+    np.testing.assert_array_equal(tf_dynhp.data.epoch_order(3, 1, 5, shuffle=False), np.arange(5))
+    # The same as a shuffled run whose every epoch order is the identity.
+    import tf_dynhp.trainer as trainer_module
+    monkeypatch.setattr(trainer_module, "epoch_order", lambda seed, epoch, n, shuffle=True: np.arange(n))
+    identity = tf_dynhp.fit(_mlp(), x, y, **kw)
+    assert identity.history["loss"] == in_order.history["loss"]
+    for a, b in zip(identity.model.get_weights(), in_order.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_shuffle_is_checked_and_part_of_what_a_resume_checks(mnist, tmp_path):
+    (x, y), _ = mnist
+    with pytest.raises(ValueError, match=r"`shuffle`.*True or False \(Keras' 'batch' is not supported\).*'batch'"):
+        tf_dynhp.fit(_mlp(), x[:100], y[:100], shuffle="batch", **QUICK)
+    kw = dict(method="hp", epochs=1, batch_size=50, seed=1, verbose=0, checkpoint_dir=tmp_path)
+    tf_dynhp.fit(_mlp(), x[:200], y[:200], shuffle=False, **kw)
+    with pytest.raises(ValueError, match="shuffle"):
+        tf_dynhp.fit(_mlp(), x[:200], y[:200], resume=True, **{**kw, "epochs": 2})

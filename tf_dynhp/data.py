@@ -248,8 +248,11 @@ def reshape_to_input(x: np.ndarray, input_shape: tuple[int, ...], what: str = "x
     return x.reshape((len(x),) + shape)
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """Shuffle of epoch `epoch`, derived from (seed, epoch) only (a resumed run sees the same)."""
+def epoch_order(seed: int, epoch: int, n: int, shuffle: bool = True) -> np.ndarray:
+    """Shuffle of epoch `epoch`, derived from (seed, epoch) only (a resumed run sees the
+    same); with `shuffle=False` (`fit(shuffle=False)`) the order given, 0 .. n - 1."""
+    if not shuffle:
+        return np.arange(n)
     return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
 
 

@@ -72,6 +72,7 @@ class FitConfig:
     weighted: bool = False  # fit(sample_weight= / class_weight=): the step gathers (labels, weights)
     input_name: str | None = None  # the user's model's Input name, kept by result.model and gated_model
     structure: tuple[Any, Any] = (None, None)  # how the user's model wraps its input and output (surgery.io_structure)
+    shuffle: bool = True  # fit(shuffle=...): False trains every epoch in the order given
 
 
 @dataclasses.dataclass
@@ -290,7 +291,7 @@ class Trainer:
         self.acc.reset()
         x_all, y_all = self.data.epoch_inputs(epoch), self.data.targets
         spe = self.config.steps_per_execution
-        order = tf.constant(epoch_order(self.state.seed, epoch, int(x_all.shape[0])).astype(np.int64))
+        order = tf.constant(epoch_order(self.state.seed, epoch, int(x_all.shape[0]), self.config.shuffle).astype(np.int64))
         batch = tf.constant(self.state.batch_size, tf.int64)
         start, call, steps = 0, 0, 0
         while True:

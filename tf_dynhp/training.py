@@ -456,6 +456,7 @@ def fit(
     augment_until: float = 1.0,
     sample_weight: Any = None,
     class_weight: dict[int, float] | None = None,
+    shuffle: bool = True,
 ) -> FitResult:
     """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
 
@@ -606,6 +607,9 @@ def fit(
             `validation_split` the held-out examples' weights are not used.
         class_weight: `{class id: weight}` (classes left out weigh 1.0), the same
             weighting by label; not with `sample_weight`.
+        shuffle: as `keras.Model.fit`: True (default) trains each epoch in a new
+            order, drawn from (seed, epoch) (`tf_dynhp.data.epoch_order`); False in
+            the order given, every epoch. Keras' "batch" is not supported.
 
     Returns:
         A `FitResult`: `.model` (stripped plain Keras model), `.history` (per-epoch
@@ -697,6 +701,9 @@ def fit(
     final_phase = augment is not None and augment_until < 1  # some last epochs train on the images as they are
     if not isinstance(trace_once, bool):
         raise _invalid("trace_once", "True or False", trace_once)
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise _invalid("shuffle", "True or False (Keras' 'batch' is not supported)", shuffle)
+    shuffle = bool(shuffle)
     if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
                              or not 0 <= seed < 2**32):
         raise _invalid("seed", "None or an integer in [0, 2**32)", seed)  # 1.5 was cut to 1, -1 failed in NumPy
@@ -851,6 +858,7 @@ def fit(
         "augment": augment_lib.describe(augment),
         # Only when it shortens the augmentation: checkpoints written before it resume unchanged.
         "augment_until": augment_until if final_phase else None,
+        "shuffle": False if not shuffle else None,  # only when off: checkpoints written before it resume unchanged
         # Hashing the data costs ~0.3 s per 60k images: only runs that checkpoint need it.
         "data": fingerprint(x_train, y_train, w_train) if checkpoint_dir is not None else None,
         # The val_ history of a resumed run must be of one validation set ("none": no
@@ -869,7 +877,7 @@ def fit(
         size_penalty=size_penalty, target_schedule=target_schedule, start_kb=have_kb, target_epoch=target.deadline_epoch(target_deadline, epochs),
         augment=augment,
         augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if final_phase else None,
-        input_name=model.inputs[0].name, structure=io_structure(model), weighted=w_train is not None,
+        input_name=model.inputs[0].name, structure=io_structure(model), weighted=w_train is not None, shuffle=shuffle,
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 
