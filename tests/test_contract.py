@@ -465,6 +465,43 @@ def test_early_stopping_on_val_accuracy_with_keras_default_mode_and_restoring_th
         assert 100 * np.mean(pred != yt[:100]) == pytest.approx(err, abs=1e-9)
 
 
+def test_early_stopping_restores_the_model_its_logs_scored_before_the_epochs_prune(mnist, capsys):
+    """The val_ logs score the model before the boundary's prune; a pruned epoch's best was
+    restored as the model after it, which scored otherwise (0.625 against the logged
+    0.66 in a probe). By `loss` in "max" mode the first epoch is the best."""
+    (x, y), (xt, yt) = mnist
+
+    class HalfOpen(keras.callbacks.Callback):
+        """log_alpha -1 on a third of the hidden gates: open in a fifth of the
+        deterministic gate (the model scored uses them), but at P(z > 0) = 0.65 < gamma
+        0.8, so the first boundary prunes them."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 0:
+                layer = self.model.gated_layers[1]
+                la = layer.log_alpha.numpy()
+                la[: len(la) // 3] = -1.0
+                layer.log_alpha.assign(la)
+
+    stop = keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=5, restore_best_weights=True)
+    result = tf_dynhp.fit(_mlp(), x[:600], y[:600], method="hp", epochs=3, batch_size=50, seed=1, verbose=2,
+                          gamma=0.8, validation_data=(xt[:500], yt[:500]), callbacks=[HalfOpen(), stop])
+    assert "Restored the model of the end of epoch 1" in capsys.readouterr().out
+    assert sum(result.history["pruned_units"][0]) > 0 and result.state.epoch == 1
+    pred = np.argmax(result.model.predict(xt[:500], verbose=0), -1)
+    assert 100 * np.mean(pred != yt[:500]) == pytest.approx(result.history["val_error"][0], abs=1e-9)
+
+
+def test_model_checkpoint_save_best_only_with_pruning_says_what_it_saves(mnist, tmp_path):
+    (x, y), _ = mnist
+    save = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), monitor="loss", save_best_only=True)
+    with pytest.warns(RuntimeWarning, match=r"ModelCheckpoint\(save_best_only=True\) with method='hp'.*after the epoch's prune"):
+        tf_dynhp.fit(_mlp(), x[:100], y[:100], **{**QUICK, "method": "hp"}, callbacks=[save])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tf_dynhp.fit(_mlp(), x[:100], y[:100], **QUICK, callbacks=[save])  # sp prunes nothing: no warning
+
+
 @pytest.mark.parametrize("patience", [0, 10])
 def test_a_finished_run_resumed_trains_nothing_and_ends_with_its_restored_best(mnist, tmp_path, capsys, patience):
     """EarlyStopping ends the run (patience 0: at epoch 2) or not (10: all 3 epochs) and

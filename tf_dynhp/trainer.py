@@ -194,6 +194,11 @@ class Trainer:
         # A finished run's checkpoint may hold the model it ended with, when that is not
         # its last epoch's (EarlyStopping restored the best): (arrays, meta), or None.
         self.ended_with = None
+        # With an EarlyStopping(restore_best_weights=True) (`keep_scored`), an epoch that
+        # prunes keeps here the model its logs scored, the one before the boundary's
+        # prune (`prune`): (arrays, meta) of the end of that epoch, or None.
+        self.keep_scored = False
+        self.scored = None
         # The multiplier of the size target, read by the traced step (a variable, so one
         # trace sees every update); its value is part of the TrainerState.
         self.size_lambda = None
@@ -361,6 +366,10 @@ class Trainer:
             keep, pruned, floors = prune_plan(self.core, stats["gate_open"], stats["count"], cfg.gamma)
         if not any(k is not None for k in keep):
             return pruned, floors, 0.0
+        if self.keep_scored:  # the model the epoch's val_ logs scored, as the end of that epoch
+            arrays, meta = self.snapshot()
+            meta["state"]["epoch"] = epoch + 1
+            self.scored = (arrays, meta)
         t_rebuild = time.perf_counter()
         self.keep_units(keep)
         rebuild_seconds = time.perf_counter() - t_rebuild
@@ -532,6 +541,7 @@ class Trainer:
         restorers = [cb for cb in callbacks if isinstance(cb, keras.callbacks.EarlyStopping) and cb.restore_best_weights]
         for cb in restorers:  # we restore the best epoch ourselves (its shapes may differ)
             cb.restore_best_weights = False
+        self.keep_scored = bool(restorers)
         best: dict[int, tuple[int, Any, Any]] = {}
         model_seen = self.core
         final_logs = None  # the last epoch's logs, for on_train_end (None: no epoch trained)
@@ -593,6 +603,7 @@ class Trainer:
                         last_good=failed,
                     )
                 tries = 0  # a good epoch: the next failure starts from its snapshot, with 3 tries of its own
+                self.scored = None
                 record = self.end_epoch(stats, epoch, val, cb_list)
                 if self.core is not model_seen:
                     cb_list.set_model(self.core)
@@ -609,7 +620,9 @@ class Trainer:
                 logs = scalar_logs(record)
                 final_logs = logs
                 cb_list.on_epoch_end(epoch, logs)
-                self.track_best(restorers, best, epoch, logs, last_good, pruned=any(record.get("pruned_units") or []))
+                # The logs score the model before the boundary's prune: a pruned epoch's best is that model.
+                self.track_best(restorers, best, epoch, logs, self.scored if self.scored is not None else last_good,
+                                pruned=any(record.get("pruned_units") or []))
                 epoch += 1
                 if stopped or getattr(self.core, "stop_training", False):
                     stopped = True
@@ -676,7 +689,8 @@ class Trainer:
         model), by the callback's own comparison, `min_delta` included, so the restored
         model keeps the size guarantee. (Above the target the penalty weight rises and
         the logged `loss` with it: by `loss`, the largest early model would always be
-        the best.)"""
+        the best.) Without a target, a pruned epoch's `snapshot` is the model before its
+        prune (`Trainer.scored`), the one its logs scored."""
         target_kb = self.config.target_kb
         fits = target_kb is None or (memory.floats_to_kb(self.weights()) <= target_kb and not pruned)
         for cb in restorers:

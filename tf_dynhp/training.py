@@ -402,6 +402,13 @@ def _check_callbacks(callbacks: Any, method: str) -> list[Any]:
                 "state change between epochs): use fit(checkpoint_dir=..., resume=True), which checkpoints "
                 "all of it atomically after every epoch."
             )
+        if isinstance(cb, keras.callbacks.ModelCheckpoint) and cb.save_best_only and method in ("hp", "dynhp"):
+            warnings.warn(
+                f"ModelCheckpoint(save_best_only=True) with method={method!r}: it saves `callback.model` at the end of "
+                "each epoch, the model after the epoch's prune, while the epoch's val_ logs it compares score the model "
+                "before it (pruning removes the units whose gates were open less than `gamma`): the file kept may "
+                "score a little differently than its logs. For the best model use EarlyStopping(restore_best_weights="
+                "True), which restores the model its logs scored.", RuntimeWarning, stacklevel=3)
     return callbacks
 
 
