@@ -121,6 +121,14 @@ FIT_CASES = [
     ("checkpoint_dir is a file", dict(checkpoint_dir="FILE"), OSError, r"checkpoint_dir '.*model.tflite/ck' is not writable"),
     ("one-hot loss name", dict(loss="categorical_crossentropy"), ValueError, r"`loss`.*integer class labels"),
     ("one-hot loss object", dict(loss=keras.losses.CategoricalCrossentropy()), ValueError, r"`loss`.*integer class labels"),
+    # The step averages Loss.call's per-example values: a sum or a class mask was dropped
+    # silently (a loss reported 100x smaller than Keras', or averaged over ignored examples).
+    ("summed loss", dict(loss=keras.losses.SparseCategoricalCrossentropy(reduction="sum")), ValueError,
+     r"`loss` is SparseCategoricalCrossentropy\(reduction='sum'\); tf_dynhp.fit trains on the mean"),
+    ("weighted-mean loss", dict(loss=keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")),
+     ValueError, r"reduction='mean_with_sample_weight'"),
+    ("ignore_class", dict(loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=2)), ValueError,
+     r"`loss` is SparseCategoricalCrossentropy\(ignore_class=2\); .*does not mask classes"),
     ("TerminateOnNaN", dict(callbacks=[keras.callbacks.TerminateOnNaN()]), ValueError, r"TerminateOnNaN has no effect.*on_nonfinite"),
     ("softmax on a hidden layer", dict(model=_hidden_softmax), ValueError, r"'hid' of class Dense.*'softmax' mixes the units"),
     ("softmax Activation on a hidden layer", dict(model=lambda: _hidden_softmax(as_layer=True)), ValueError,

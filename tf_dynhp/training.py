@@ -91,10 +91,36 @@ def _resolve_loss(loss: Any) -> Callable | None:
                        "'sparse_categorical_crossentropy' or tf_dynhp.losses.SparseCategoricalCrossentropy", loss)
     fn = keras.losses.get(loss)
     if isinstance(fn, keras.losses.Loss):
+        _check_loss_reduction(fn)
         return fn.call  # unreduced, per example
     if callable(fn):
         return fn
     raise _invalid("loss", "None, a loss name or a callable returning per-example losses", loss)
+
+
+#: Reductions of a `keras.losses.Loss` that give a batch the mean of its per-example
+#: losses, as the step computes it ("none" / None: per-example values, which it averages).
+_MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "none", None)
+
+
+def _check_loss_reduction(fn: keras.losses.Loss) -> None:
+    """A Loss object's reduction and mask are dropped by the step, which takes its
+    per-example values (`Loss.call`) and averages them over the batch (Eq. 8's F is that
+    mean; sample weights multiply them first). So a reduction other than the mean, and
+    `ignore_class` (Keras averages over the examples not ignored), are refused by name
+    rather than trained as another loss than the one given."""
+    reduction = getattr(fn, "reduction", "sum_over_batch_size")
+    if reduction not in _MEAN_REDUCTIONS:
+        raise ValueError(
+            f"`loss` is {type(fn).__name__}(reduction={reduction!r}); tf_dynhp.fit trains on the mean of the "
+            "per-example losses over the batch (Eq. 8's F is that mean): use reduction='sum_over_batch_size' (Keras' "
+            "default), and scale the learning rate for a sum.")
+    ignored = (getattr(fn, "_fn_kwargs", None) or {}).get("ignore_class")
+    if ignored is not None:
+        raise ValueError(
+            f"`loss` is {type(fn).__name__}(ignore_class={ignored!r}); tf_dynhp.fit averages the loss over every "
+            "example of a batch and does not mask classes: drop `ignore_class`, and give those examples "
+            "sample_weight 0 (or leave them out of the data).")
 
 
 def _warn_compiled_settings(model: Any, given: Any, optimizer: keras.optimizers.Optimizer, loss: Any) -> None:
