@@ -874,3 +874,42 @@ def test_shuffle_is_checked_and_part_of_what_a_resume_checks(mnist, tmp_path):
     tf_dynhp.fit(_mlp(), x[:200], y[:200], shuffle=False, **kw)
     with pytest.raises(ValueError, match="shuffle"):
         tf_dynhp.fit(_mlp(), x[:200], y[:200], resume=True, **{**kw, "epochs": 2})
+
+
+# --------------------------------------------------------------------------- settings bound to a layer's width
+@pytest.mark.parametrize("kind", ["dropout", "cnn_dropout", "input_dropout", "bias", "kernel"])
+def test_settings_bound_to_the_units_are_refused_before_pruning_by_name(mnist, kind):
+    """A Dropout noise_shape fixing the units axis, or a Constant initializer of an array,
+    made the rebuilt layer fail at the first prune (a TensorFlow graph error, an epoch
+    lost); with sp, which rebuilds nothing, they train."""
+    (x, y), _ = mnist
+    keras.utils.set_random_seed(0)
+    if kind == "cnn_dropout":
+        layers = [keras.Input((28, 28, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+                  keras.layers.Dropout(0.3, noise_shape=(None, 1, 1, 8), name="drop"), keras.layers.Flatten()]
+        images = x[:100, ..., None]
+    else:
+        dense = dict(bias_initializer=keras.initializers.Constant(np.full(16, 0.1))) if kind == "bias" else \
+            dict(kernel_initializer=keras.initializers.Constant(np.full((784, 16), 0.01))) if kind == "kernel" else {}
+        layers = [keras.Input((28, 28)), keras.layers.Flatten()]
+        if kind == "input_dropout":
+            layers.append(keras.layers.Dropout(0.2, noise_shape=(None, 784), name="drop"))
+        layers.append(keras.layers.Dense(16, activation="relu", name="hidden", **dense))
+        if kind == "dropout":
+            layers.append(keras.layers.Dropout(0.3, noise_shape=(None, 16), name="drop"))
+        images = x[:100]
+    model = keras.Sequential([*layers, keras.layers.Dense(10, activation="softmax")])
+    match = (r"Layer 'drop' has noise_shape=.*fixes its last axis.*Leave that axis to the input" if "dropout" in kind else
+             rf"Layer 'hidden' has {kind}_initializer=Constant of an array of shape")
+    with pytest.raises(ValueError, match=match):
+        tf_dynhp.fit(model, images, y[:100], **{**QUICK, "method": "hp"})
+    tf_dynhp.fit(model, images, y[:100], **QUICK)  # sp
+
+
+def test_a_noise_shape_leaving_the_units_axis_to_the_input_prunes(mnist):
+    (x, y), _ = mnist
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dropout(0.3, noise_shape=(None, None)), keras.layers.Dense(10, activation="softmax")])
+    result = tf_dynhp.fit(model, x[:300], y[:300], **{**QUICK, "method": "hp", "epochs": 3}, callbacks=[ClosePlan(0)])
+    assert any(result.history["pruned_units"][1])

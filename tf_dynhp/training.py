@@ -302,13 +302,16 @@ def _check_integer_input_values(model: keras.Model, x: np.ndarray, name: str) ->
         )
 
 
-def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
+def _check_layer_settings(body: Sequence[keras.layers.Layer], prunes: bool = False) -> None:
     """Refuses what the rebuilt layers would silently lose or change: regularizers and
     constraints, a frozen layer (`trainable=False`: `fit` trains and prunes every
     weighted layer), an activation
     or initializer Keras cannot rebuild from its config (a plain Python function or lambda,
     a class not registered as serializable), and layers of different dtypes (the penalties
-    of all layers are summed in one)."""
+    of all layers are summed in one). With `prunes` (hp/dynhp: layers are rebuilt with
+    fewer units), also the settings bound to the number of units, which failed at the
+    first prune, an epoch's work lost: a Dropout `noise_shape` fixing its last axis, and a
+    `Constant` initializer of an array."""
     dtypes = {}
     for layer in body:
         if layer.weights:
@@ -364,6 +367,8 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
                     "rebuilds every layer it prunes. Use a Keras initializer, or register the class with "
                     f"@keras.saving.register_keras_serializable() (model.save needs that too). Keras said: {err}"
                 ) from None
+        if prunes:
+            _check_unit_bound_settings(layer)
         for setting in _DROPPED_SETTINGS:
             if getattr(layer, setting, None) is not None:
                 raise ValueError(
@@ -371,6 +376,24 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer]) -> None:
                     "keep when it rebuilds the model (the trained model would silently lose it). Remove it; "
                     "for an L2 penalty use fit(weight_decay=...)."
                 )
+
+
+def _check_unit_bound_settings(layer: keras.layers.Layer) -> None:
+    """Settings that hold only at the layer's first width; pruning rebuilds it narrower."""
+    noise_shape = getattr(layer, "noise_shape", None)
+    if noise_shape is not None and noise_shape[-1] not in (None, 1):
+        fixed = tuple(noise_shape[:-1]) + (None,)
+        raise ValueError(
+            f"Layer '{layer.name}' has noise_shape={tuple(noise_shape)!r}, which fixes its last axis at "
+            f"{noise_shape[-1]} units; pruning removes units (method 'hp'/'dynhp'), and the rebuilt layer would fail. "
+            f"Leave that axis to the input: noise_shape={fixed!r} drops the same way.")
+    for key in ("kernel_initializer", "bias_initializer"):
+        init = getattr(layer, key, None)
+        if isinstance(init, keras.initializers.Constant) and np.ndim(init.value) > 0:
+            raise ValueError(
+                f"Layer '{layer.name}' has {key}=Constant of an array of shape {np.shape(init.value)}; pruning rebuilds "
+                "the layer with fewer units (method 'hp'/'dynhp'), where that array no longer fits. Use a scalar "
+                "Constant, or set the values after building the model (`layer.set_weights`).")
 
 
 def _describe(function: Any) -> str:
@@ -751,7 +774,7 @@ def fit(
 
     # ------------------------------------------------------------------- model
     chain = parse_chain(model)  # raises on unsupported layers before anything else
-    _check_layer_settings(chain.body)
+    _check_layer_settings(chain.body, prunes=method in ("hp", "dynhp"))
     _check_integer_input_convolution(model, chain.body)
     if method == "dense" and any(isinstance(layer, GATED_TYPES) for layer in chain.body):
         raise ValueError("method='dense' trains plain Dense/Conv2D layers; this model has gated (L0Dense/L0Conv2D) layers: pass tf_dynhp.strip(model).")
