@@ -232,6 +232,34 @@ def test_the_models_returned_keep_the_name_of_the_users_input(mnist, tmp_path, m
 
 
 @pytest.mark.parametrize("wrap", ["dict", "list", "nested"])
+def test_data_in_the_structure_the_model_takes_and_gives_trains_as_bare_arrays(mnist, wrap):
+    """keras.Model.fit takes `[x]`, `[y]` for keras.Model([img], [logits]) (and
+    `{"logits": y}` for a dict output); fit read `[x]` as one example ("`x` has 1
+    examples but `y` has 200 labels")."""
+    (x, y), (xt, yt) = mnist
+    img = keras.Input((28, 28), name="img")
+
+    def build():
+        keras.utils.set_random_seed(0)
+        logits = keras.layers.Dense(10)(keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(img)))
+        return {"dict": lambda: keras.Model({"img": img}, {"logits": logits}), "list": lambda: keras.Model([img], [logits]),
+                "nested": lambda: keras.Model(img, {"out": [logits]})}[wrap]()
+
+    def inputs(a):
+        return {"dict": {"img": a}, "list": [a], "nested": a}[wrap]
+
+    def labels(a):
+        return {"dict": {"logits": a}, "list": [a], "nested": {"out": [a]}}[wrap]
+
+    kw = dict(method="hp", epochs=2, batch_size=50, seed=1, verbose=0)
+    wrapped = tf_dynhp.fit(build(), inputs(x[:200]), labels(y[:200]), validation_data=(inputs(xt[:100]), labels(yt[:100])), **kw)
+    bare = tf_dynhp.fit(build(), x[:200], y[:200], validation_data=(xt[:100], yt[:100]), **kw)
+    assert wrapped.history["loss"] == bare.history["loss"] and wrapped.history["val_error"] == bare.history["val_error"]
+    np.testing.assert_array_equal(tf_dynhp.data.unwrap_structure([[1, 2]], [0]), [1, 2])
+    assert tf_dynhp.data.unwrap_structure([3], [0]) == [3]  # one label of one example: data, not a structure
+
+
+@pytest.mark.parametrize("wrap", ["dict", "list", "nested"])
 def test_the_models_returned_take_and_give_what_the_users_model_does(mnist, tmp_path, wrap):
     """keras.Model({"img": x}, {"logits": y}): the returned models gave a bare array, so
     `predict({"img": x})["logits"]` failed on them (and Keras warned of the input's
@@ -254,7 +282,7 @@ def test_the_models_returned_take_and_give_what_the_users_model_does(mnist, tmp_
         assert type(given) is users and keras.tree.map_structure(lambda _: 0, given) == shape
         return {"dict": lambda: given["logits"], "list": lambda: given, "nested": lambda: given["out"][0]}[wrap]()
 
-    result = tf_dynhp.fit(model, feed(x[:200]) if wrap != "list" else x[:200], y[:200], method="hp", epochs=2,
+    result = tf_dynhp.fit(model, feed(x[:200]), y[:200], method="hp", epochs=2,
                           batch_size=50, seed=1, verbose=0, callbacks=[ClosePlan(0)])
     expected = out(result.model.predict(feed(xt[:4]), verbose=0))
     for returned in (result.gated_model, tf_dynhp.strip(result.gated_model)):

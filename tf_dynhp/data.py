@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from tf_dynhp import augment as aug
 
-__all__ = ["as_arrays", "example_weights", "require_some_weight", "reshape_to_input", "epoch_order", "fingerprint", "FeatureSelection"]
+__all__ = ["as_arrays", "unwrap_structure", "example_weights", "require_some_weight", "reshape_to_input", "epoch_order", "fingerprint", "FeatureSelection"]
 
 
 def _memory_bytes() -> int:
@@ -222,6 +222,24 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
             f"{num_classes} units, so labels must be in [0, {num_classes})."
         )
     return x, y.astype(np.int32), weights
+
+
+def unwrap_structure(value: Any, form: Any) -> Any:
+    """`value` given in the structure a model takes or gives (`form`, from
+    `tf_dynhp.surgery.io_structure`: a dict / list nesting its one tensor, with 0 at the
+    tensor) is the one array inside, as `keras.Model.fit` reads `[x]` or
+    `{"logits": y}` for `keras.Model([inp], {"logits": out})`; anything else is returned
+    as it is (a list whose one entry is a single value is data, not a structure)."""
+    if form is None or form == 0:
+        return value
+    if isinstance(form, dict):
+        if isinstance(value, dict) and len(form) == 1 and set(value) == set(form):
+            (key,) = form
+            return unwrap_structure(value[key], form[key])
+        return value
+    if isinstance(value, (list, tuple)) and len(form) == len(value) == 1 and np.ndim(value[0]) >= 1:
+        return unwrap_structure(value[0], form[0])
+    return value
 
 
 def reshape_to_input(x: np.ndarray, input_shape: tuple[int, ...], what: str = "x") -> np.ndarray:

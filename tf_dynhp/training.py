@@ -44,7 +44,7 @@ from tf_dynhp._checks import positive_int as _positive_int
 from tf_dynhp._checks import real_number
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.convert import to_l0
-from tf_dynhp.data import as_arrays, example_weights, fingerprint, require_some_weight
+from tf_dynhp.data import as_arrays, example_weights, fingerprint, require_some_weight, unwrap_structure
 from tf_dynhp.kinds import CONV_TYPES, GATED_TYPES
 from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import classifier_head
@@ -788,6 +788,8 @@ def fit(
 
     # -------------------------------------------------------------------- data
     input_name = model.inputs[0].name  # x may be {input_name: images}, as keras.Model.fit takes it
+    in_form, out_form = io_structure(model)  # and [x] / [y] for keras.Model([inp], [out]), as Keras
+    x, y = unwrap_structure(x, in_form), unwrap_structure(y, out_form)
     x_train, y_train, w_data = as_arrays(x, y, chain.input_shape, num_classes, "x", input_name)
     _check_integer_input_values(model, x_train, "x")
     w_train = example_weights(sample_weight, class_weight, x, y_train, num_classes, w_data)
@@ -803,7 +805,8 @@ def fit(
                                  "validation unweighted (val_loss, val_accuracy count every example once): give "
                                  "(features, label) pairs, e.g. `.map(lambda x, y, w: (x, y))`.")
         elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
-            val = as_arrays(validation_data[0], validation_data[1], chain.input_shape, num_classes, "validation_data", input_name)[:2]
+            val = as_arrays(unwrap_structure(validation_data[0], in_form), unwrap_structure(validation_data[1], out_form),
+                            chain.input_shape, num_classes, "validation_data", input_name)[:2]
         elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 3:
             raise ValueError("`validation_data` is a tuple of 3, (x_val, y_val, sample_weight_val); fit scores validation "
                              "unweighted (val_loss, val_accuracy count every example once): give (x_val, y_val).")
@@ -933,7 +936,7 @@ def fit(
         size_penalty=size_penalty, target_schedule=target_schedule, start_kb=have_kb, target_epoch=target.deadline_epoch(target_deadline, epochs),
         augment=augment,
         augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if final_phase else None,
-        input_name=model.inputs[0].name, structure=io_structure(model), weighted=w_train is not None, shuffle=shuffle,
+        input_name=model.inputs[0].name, structure=(in_form, out_form), weighted=w_train is not None, shuffle=shuffle,
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 
