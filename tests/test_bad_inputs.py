@@ -127,6 +127,8 @@ FIT_CASES = [
      r"`loss` is SparseCategoricalCrossentropy\(reduction='sum'\); tf_dynhp.fit trains on the mean"),
     ("weighted-mean loss", dict(loss=keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")),
      ValueError, r"reduction='mean_with_sample_weight'"),
+    ("ignore_class partial", dict(loss=functools.partial(keras.losses.sparse_categorical_crossentropy, ignore_class=2)),
+     ValueError, r"`loss` is a partial of 'sparse_categorical_crossentropy' with ignore_class=2; .*does not mask classes"),
     ("ignore_class", dict(loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=2)), ValueError,
      r"`loss` is SparseCategoricalCrossentropy\(ignore_class=2\); .*does not mask classes"),
     ("TerminateOnNaN", dict(callbacks=[keras.callbacks.TerminateOnNaN()]), ValueError, r"TerminateOnNaN has no effect.*on_nonfinite"),

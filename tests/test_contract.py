@@ -255,7 +255,22 @@ def test_data_in_the_structure_the_model_takes_and_gives_trains_as_bare_arrays(m
     wrapped = tf_dynhp.fit(build(), inputs(x[:200]), labels(y[:200]), validation_data=(inputs(xt[:100]), labels(yt[:100])), **kw)
     bare = tf_dynhp.fit(build(), x[:200], y[:200], validation_data=(xt[:100], yt[:100]), **kw)
     assert wrapped.history["loss"] == bare.history["loss"] and wrapped.history["val_error"] == bare.history["val_error"]
+    # A Dataset's elements nesting them so (tf.data reads a list as a tensor: tuples), with weights too.
+    def tuples(v):
+        return tuple(tuples(e) for e in v) if isinstance(v, list) else {k: tuples(e) for k, e in v.items()} if isinstance(v, dict) else v
+
+    def nest(a, b):
+        return tuples(a), tuples(b)
+
+    ds = tf.data.Dataset.from_tensor_slices(nest(inputs(x[:200]), labels(y[:200]))).batch(32)
+    val = tf.data.Dataset.from_tensor_slices(nest(inputs(xt[:100]), labels(yt[:100])))
+    from_ds = tf_dynhp.fit(build(), ds, validation_data=val, **kw)
+    assert from_ds.history["loss"] == bare.history["loss"] and from_ds.history["val_error"] == bare.history["val_error"]
+    w = np.linspace(0.5, 2.0, 200).astype(np.float32)
+    weighted = tf_dynhp.fit(build(), tf.data.Dataset.from_tensor_slices((*nest(inputs(x[:200]), labels(y[:200])), w)), **kw)
+    assert weighted.history["loss"] == tf_dynhp.fit(build(), x[:200], y[:200], sample_weight=w, **kw).history["loss"]
     np.testing.assert_array_equal(tf_dynhp.data.unwrap_structure([[1, 2]], [0]), [1, 2])
+    assert tf_dynhp.data.unwrap_structure([{"img": 5}], [{"img": 0}]) == 5
     assert tf_dynhp.data.unwrap_structure([3], [0]) == [3]  # one label of one example: data, not a structure
 
 
@@ -518,6 +533,42 @@ def test_early_stopping_restores_the_model_its_logs_scored_before_the_epochs_pru
     assert sum(result.history["pruned_units"][0]) > 0 and result.state.epoch == 1
     pred = np.argmax(result.model.predict(xt[:500], verbose=0), -1)
     assert 100 * np.mean(pred != yt[:500]) == pytest.approx(result.history["val_error"][0], abs=1e-9)
+
+
+def test_the_best_last_epoch_that_pruned_is_restored_as_the_model_its_logs_scored(mnist, capsys):
+    """The best by val_loss is the last epoch, whose boundary prunes: the model returned was
+    the one after that prune (the last), which the logs never scored. By `model_kb`, a
+    size of the model after the prune, nothing is restored."""
+    (x, y), (xt, yt) = mnist
+
+    class HalfOpenLast(keras.callbacks.Callback):  # as HalfOpen above, in the last epoch
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                layer = self.model.gated_layers[1]
+                la = layer.log_alpha.numpy()
+                la[: len(la) // 3] = -1.0
+                layer.log_alpha.assign(la)
+
+    class LastIsBest(keras.callbacks.Callback):  # before EarlyStopping: it reads the logs as left here
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = -float(epoch)
+
+    for monitor, mode in (("val_loss", "min"), ("model_kb", "min")):
+        stop = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=5, restore_best_weights=True)
+        result = tf_dynhp.fit(_mlp(), x[:600], y[:600], method="hp", epochs=3, batch_size=50, seed=1, verbose=2,
+                              gamma=0.8, validation_data=(xt[:500], yt[:500]),
+                              callbacks=[HalfOpenLast(), LastIsBest(), stop])
+        out = capsys.readouterr().out
+        assert sum(result.history["pruned_units"][2]) > 0 and result.state.epoch == 3
+        pred = np.argmax(result.model.predict(xt[:500], verbose=0), -1)
+        error = 100 * np.mean(pred != yt[:500])
+        if monitor == "val_loss":
+            assert "Restored the model of the end of epoch 3 (before its prune, the model its logs scored)" in out
+            assert error == pytest.approx(result.history["val_error"][2], abs=1e-9)
+            assert tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(result.model)) > result.history["model_kb"][2]
+        else:
+            assert "Restored" not in out
+            assert tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(result.model)) == pytest.approx(result.history["model_kb"][2])
 
 
 def test_model_checkpoint_save_best_only_with_pruning_says_what_it_saves(mnist, tmp_path):
@@ -932,6 +983,17 @@ def test_settings_bound_to_the_units_are_refused_before_pruning_by_name(mnist, k
     with pytest.raises(ValueError, match=match):
         tf_dynhp.fit(model, images, y[:100], **{**QUICK, "method": "hp"})
     tf_dynhp.fit(model, images, y[:100], **QUICK)  # sp
+
+
+def test_the_classifiers_bias_may_start_from_an_array(mnist):
+    """Its units are never pruned: Constant(log class priors), the imbalanced-data habit, builds at every prune."""
+    (x, y), _ = mnist
+    keras.utils.set_random_seed(0)
+    priors = np.log(np.bincount(y[:300], minlength=10) / 300.0)
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(10, bias_initializer=keras.initializers.Constant(priors))])
+    result = tf_dynhp.fit(model, x[:300], y[:300], **{**QUICK, "method": "hp", "epochs": 3}, callbacks=[ClosePlan(0)])
+    assert any(result.history["pruned_units"][1])
 
 
 def test_a_noise_shape_leaving_the_units_axis_to_the_input_prunes(mnist):

@@ -48,6 +48,41 @@ def _memory_bytes() -> int:
     return total
 
 
+def _path_in(spec: Any, form: Any) -> list[Any] | None:
+    """The keys / indices that lead to the one tensor of `spec` (an element_spec part) when
+    it nests it as `form` does (`unwrap_structure`'s rule, on specs); None otherwise."""
+    if form is None or form == 0:
+        return []
+    if isinstance(form, dict):
+        if not (isinstance(spec, dict) and len(form) == 1 and set(spec) == set(form)):
+            return None
+        (key,) = form
+        rest = _path_in(spec[key], form[key])
+        return None if rest is None else [key, *rest]
+    if not (isinstance(spec, (list, tuple)) and len(spec) == len(form) == 1):
+        return None
+    rest = _path_in(spec[0], form[0])
+    return None if rest is None else [0, *rest]
+
+
+def _unwrap_elements(dataset: tf.data.Dataset, forms: tuple[Any, Any]) -> tf.data.Dataset:
+    """Elements whose features / labels nest their tensor as the model's input / output
+    does (`([x], [y])`, `(x, {"logits": y})`, as Keras takes them) become bare tensors."""
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) in (2, 3)):
+        return dataset
+    paths = [_path_in(part, form) for part, form in zip(spec[:2], forms, strict=True)]
+    if not any(paths):
+        return dataset
+
+    def pick(value, path):
+        for key in path or []:
+            value = value[key]
+        return value
+
+    return dataset.map(lambda features, label, *rest: (pick(features, paths[0]), pick(label, paths[1]), *rest))
+
+
 def _features_by_input_name(dataset: tf.data.Dataset, what: str, input_name: str | None) -> tf.data.Dataset:
     """`({input_name: images}, label)` elements, as Keras takes them for a model with a
     named input, become `(images, label)`; a dict with other keys is refused by name."""
@@ -58,26 +93,27 @@ def _features_by_input_name(dataset: tf.data.Dataset, what: str, input_name: str
     if keys != [input_name] or not isinstance(spec[0][input_name], tf.TensorSpec):
         raise ValueError(
             f"`{what}` is a tf.data.Dataset whose features are a dict with keys {sorted(map(str, keys))}; the model "
-            f"has one input, named {input_name!r}: give ({{{input_name!r}: images}}, label) pairs, or "
-            "`.map(lambda d, y: (d[<key>], y))`."
+            f"has one input, named {input_name!r}: give ({{{input_name!r}: images}}, label) elements, or "
+            "`.map(lambda d, *rest: (d[<key>], *rest))`."
         )
     return dataset.map(lambda features, *rest: (features[input_name], *rest))
 
 
 def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ...], max_bytes: int | None = None,
-                 input_name: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                 input_name: str | None = None, forms: tuple[Any, Any] = (None, None)) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Reads a finite dataset of (x, y) or (x, y, sample_weight) examples or batches
     (`ds.batch(n)`, short last batch included) into arrays: x, y and the weights (None
     for pairs), read together, so a `.shuffle()`d dataset keeps each weight with its
     example. Batched or not is read from `element_spec`: x of rank len(input_shape)
     is one example, of rank len(input_shape) + 1 a batch. The features may be
-    `{input_name: x}`, as Keras takes them.
+    `{input_name: x}`, and features and labels may nest their tensor as the model's
+    input and output do (`forms`, `tf_dynhp.surgery.io_structure`), as Keras takes them.
 
     A dataset of unknown cardinality (e.g. `.repeat().filter(...)`, which tf.data
     cannot tell from a finite filtered one) is read up to `max_bytes` (default: half of
     the machine's memory); past that it is refused as probably infinite, rather than
     read until the machine runs out of memory."""
-    dataset = _features_by_input_name(dataset, what, input_name)
+    dataset = _features_by_input_name(_unwrap_elements(dataset, forms), what, input_name)
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) not in (2, 3) or not all(isinstance(part, tf.TensorSpec) for part in spec):
         raise ValueError(
@@ -143,7 +179,7 @@ def _materialize(dataset: tf.data.Dataset, what: str, input_shape: tuple[int, ..
 
 
 def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, what: str,
-              input_name: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+              input_name: str | None = None, forms: tuple[Any, Any] = (None, None)) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Validates one split and returns (x flattened to float32 (N, features), y int32,
     the dataset's sample weights or None). The weights are returned as given, one per
     example; `example_weights` checks them as it checks `fit`'s `sample_weight`.
@@ -156,6 +192,8 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
         num_classes: units of the last layer (labels must be in [0, num_classes)).
         what: "x" or the argument name of the split (e.g. "validation_data").
         input_name: the model's input name: `x` may be `{input_name: array}`, as in Keras.
+        forms: how the model nests its input and output (`tf_dynhp.surgery.io_structure`):
+            a Dataset's elements may nest theirs so (arrays: `unwrap_structure`).
 
     Raises:
         ValueError / TypeError: naming the argument, what was expected and received.
@@ -165,7 +203,7 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
     if isinstance(x, tf.data.Dataset):
         if y is not None:
             raise ValueError(f"`{x_name}` is a tf.data.Dataset of (features, label) pairs; `y` must be None, received {type(y).__name__}.")
-        x, y, weights = _materialize(x, what, tuple(input_shape), input_name=input_name)
+        x, y, weights = _materialize(x, what, tuple(input_shape), input_name=input_name, forms=forms)
     if isinstance(x, dict):
         if list(x) != [input_name]:
             raise ValueError(f"`{x_name}` is a dict with keys {sorted(map(str, x))}; the model has one input, named "
@@ -237,7 +275,7 @@ def unwrap_structure(value: Any, form: Any) -> Any:
             (key,) = form
             return unwrap_structure(value[key], form[key])
         return value
-    if isinstance(value, (list, tuple)) and len(form) == len(value) == 1 and np.ndim(value[0]) >= 1:
+    if isinstance(value, (list, tuple)) and len(form) == len(value) == 1 and (isinstance(value[0], dict) or np.ndim(value[0]) >= 1):
         return unwrap_structure(value[0], form[0])
     return value
 

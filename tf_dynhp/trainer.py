@@ -129,6 +129,12 @@ def graph_constants(core: GatedModel) -> list[Any]:
 
 #: Settings named first when several differ: what a user changes on purpose.
 _FIRST = ("method", "model", "data")
+#: Epoch logs that score the model before the boundary's prune (the epoch's training and
+#: its evaluation); the others (model_kb, active_units, batch_size, ...) describe the model
+#: after it. An EarlyStopping restoring the best by one of these gets the model before the
+#: prune (`Trainer.track_best`).
+SCORED_BEFORE_PRUNE = ("loss", "data_loss", "accuracy", "val_loss", "val_error", "val_accuracy", "memory_kb", "memory_full_kb")
+
 #: Recorded in the checkpoint settings but not compared: whether the caller passed the
 #: seed (`fit` seeds Keras and TF op determinism then; a resume without `seed` from such a
 #: checkpoint does the same), not a choice that makes another run.
@@ -366,7 +372,7 @@ class Trainer:
             keep, pruned, floors = prune_plan(self.core, stats["gate_open"], stats["count"], cfg.gamma)
         if not any(k is not None for k in keep):
             return pruned, floors, 0.0
-        if self.keep_scored:  # the model the epoch's val_ logs scored, as the end of that epoch
+        if self.keep_scored and cfg.target_kb is None:  # the model the epoch's logs scored (track_best)
             arrays, meta = self.snapshot()
             meta["state"]["epoch"] = epoch + 1
             self.scored = (arrays, meta)
@@ -542,7 +548,7 @@ class Trainer:
         for cb in restorers:  # we restore the best epoch ourselves (its shapes may differ)
             cb.restore_best_weights = False
         self.keep_scored = bool(restorers)
-        best: dict[int, tuple[int, Any, Any]] = {}
+        best: dict[int, tuple[int, Any, Any, bool]] = {}
         model_seen = self.core
         final_logs = None  # the last epoch's logs, for on_train_end (None: no epoch trained)
         # A finished run resumed (all its epochs, or ended by EarlyStopping) trains nothing
@@ -605,6 +611,9 @@ class Trainer:
                 tries = 0  # a good epoch: the next failure starts from its snapshot, with 3 tries of its own
                 self.scored = None
                 record = self.end_epoch(stats, epoch, val, cb_list)
+                if self.scored is not None:  # the state after the boundary but the model's own (alive units, features)
+                    self.scored[1]["state"].update(batch_size=self.state.batch_size, retraces=self.state.retraces,
+                                                   candidate_batch_size=self.state.candidate_batch_size)
                 if self.core is not model_seen:
                     cb_list.set_model(self.core)
                     model_seen = self.core
@@ -620,9 +629,7 @@ class Trainer:
                 logs = scalar_logs(record)
                 final_logs = logs
                 cb_list.on_epoch_end(epoch, logs)
-                # The logs score the model before the boundary's prune: a pruned epoch's best is that model.
-                self.track_best(restorers, best, epoch, logs, self.scored if self.scored is not None else last_good,
-                                pruned=any(record.get("pruned_units") or []))
+                self.track_best(restorers, best, epoch, logs, last_good, pruned=any(record.get("pruned_units") or []))
                 epoch += 1
                 if stopped or getattr(self.core, "stop_training", False):
                     stopped = True
@@ -641,9 +648,9 @@ class Trainer:
             self.data = FeatureSelection()  # training is over; that model may read more features
             self.restore(*ended_with)
         restored = False
-        for cb in restorers:
-            if id(cb) in best and best[id(cb)][0] + 1 != self.state.epoch:
-                self.restore_best(*best[id(cb)][:2], cb.monitor)
+        for cb in restorers:  # the last epoch's best is restored too when it is the model before that epoch's prune
+            if id(cb) in best and (best[id(cb)][0] + 1 != self.state.epoch or best[id(cb)][3]):
+                self.restore_best(*best[id(cb)][:2], cb.monitor, before_prune=best[id(cb)][3])
                 restored = True
                 break
         cut_from = self.cut_to_target()
@@ -678,7 +685,7 @@ class Trainer:
             meta["ended_with"] = {**ended_meta, "state": {**ended_meta["state"], "early_stopped": self.state.early_stopped}}
         ckpt.write_checkpoint(self.config.checkpoint_dir, meta["state"]["epoch"], arrays, meta)
 
-    def track_best(self, restorers: list[keras.callbacks.EarlyStopping], best: dict[int, tuple[int, Any, Any]],
+    def track_best(self, restorers: list[keras.callbacks.EarlyStopping], best: dict[int, tuple[int, Any, Any, bool]],
                    epoch: int, logs: dict[str, Any], snapshot: tuple[dict[str, np.ndarray], dict[str, Any]],
                    pruned: bool = False) -> None:
         """Keeps, per `EarlyStopping(restore_best_weights=True)`, the epoch to restore:
@@ -689,8 +696,10 @@ class Trainer:
         model), by the callback's own comparison, `min_delta` included, so the restored
         model keeps the size guarantee. (Above the target the penalty weight rises and
         the logged `loss` with it: by `loss`, the largest early model would always be
-        the best.) Without a target, a pruned epoch's `snapshot` is the model before its
-        prune (`Trainer.scored`), the one its logs scored."""
+        the best.) Without a target, the model of a pruned epoch is the one the monitored
+        log describes: before the prune (`Trainer.scored`) for the losses, accuracies and
+        errors (`SCORED_BEFORE_PRUNE`), after it (`snapshot`) for the sizes and the batch.
+        Entries: (epoch, snapshot, value, whether it is the model before the prune)."""
         target_kb = self.config.target_kb
         fits = target_kb is None or (memory.floats_to_kb(self.weights()) <= target_kb and not pruned)
         for cb in restorers:
@@ -699,14 +708,17 @@ class Trainer:
                 continue
             if target_kb is None:
                 if cb.best_epoch == epoch:
-                    best[id(cb)] = (epoch, snapshot, None)
+                    before = self.scored is not None and cb.monitor in SCORED_BEFORE_PRUNE
+                    best[id(cb)] = (epoch, self.scored if before else snapshot, None, before)
                 continue
             if id(cb) not in best or bool(cb._is_improvement(value, best[id(cb)][2])):
-                best[id(cb)] = (epoch, snapshot, value)
+                best[id(cb)] = (epoch, snapshot, value, False)
 
-    def restore_best(self, epoch: int, snapshot: tuple[dict[str, np.ndarray], dict[str, Any]], monitor: str) -> None:
+    def restore_best(self, epoch: int, snapshot: tuple[dict[str, np.ndarray], dict[str, Any]], monitor: str,
+                     before_prune: bool = False) -> None:
         """EarlyStopping(restore_best_weights=True): the model and state of the end of
-        epoch `epoch` (0-based), with the whole history kept; says so when it is larger."""
+        epoch `epoch` (0-based; `before_prune`: the model before that boundary's prune),
+        with the whole history kept; says so when it is larger."""
         history, last_kb = self.state.history, memory.floats_to_kb(self.weights())
         self.data = FeatureSelection()  # training is over; the best model may read more features
         self.restore(*snapshot)
@@ -715,5 +727,6 @@ class Trainer:
         if self.config.verbose:
             larger = f", larger than the last epoch's {last_kb:.1f} KB" if best_kb > last_kb else ""
             among = "" if self.config.target_kb is None else f" among the models within target_kb={self.config.target_kb:g}"
-            print(f"Restored the model of the end of epoch {epoch + 1}, the best by {monitor}{among}: "
+            before = " (before its prune, the model its logs scored)" if before_prune else ""
+            print(f"Restored the model of the end of epoch {epoch + 1}{before}, the best by {monitor}{among}: "
                   f"{best_kb:.1f} KB{larger}.", flush=True)

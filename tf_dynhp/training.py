@@ -26,6 +26,7 @@ The methods:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -94,6 +95,11 @@ def _resolve_loss(loss: Any) -> Callable | None:
         _check_loss_reduction(fn)
         return fn.call  # unreduced, per example
     if callable(fn):
+        if isinstance(fn, functools.partial) and fn.keywords.get("ignore_class") is not None:
+            raise ValueError(
+                f"`loss` is a partial of {getattr(fn.func, '__name__', fn.func)!r} with ignore_class="
+                f"{fn.keywords['ignore_class']!r}; tf_dynhp.fit averages the loss over every example of a batch and does "
+                "not mask classes: drop `ignore_class`, and give those examples sample_weight 0 (or leave them out).")
         return fn
     raise _invalid("loss", "None, a loss name or a callable returning per-example losses", loss)
 
@@ -313,9 +319,9 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer], prunes: bool = Fal
     first prune, an epoch's work lost: a Dropout `noise_shape` fixing its last axis, and a
     `Constant` initializer of an array."""
     dtypes = {}
-    for layer in body:
-        if layer.weights:
-            dtypes.setdefault(str(layer.dtype_policy.variable_dtype), layer.name)
+    weighted = [layer for layer in body if layer.weights]
+    for layer in weighted:
+        dtypes.setdefault(str(layer.dtype_policy.variable_dtype), layer.name)
     if len(dtypes) > 1:
         found = ", ".join(f"{dtype} (first in layer '{name}')" for dtype, name in dtypes.items())
         raise ValueError(f"The model's weighted layers have different dtypes: {found}. tf_dynhp.fit trains them as one "
@@ -368,7 +374,7 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer], prunes: bool = Fal
                     f"@keras.saving.register_keras_serializable() (model.save needs that too). Keras said: {err}"
                 ) from None
         if prunes:
-            _check_unit_bound_settings(layer)
+            _check_unit_bound_settings(layer, classifier=layer is weighted[-1])
         for setting in _DROPPED_SETTINGS:
             if getattr(layer, setting, None) is not None:
                 raise ValueError(
@@ -378,8 +384,10 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer], prunes: bool = Fal
                 )
 
 
-def _check_unit_bound_settings(layer: keras.layers.Layer) -> None:
-    """Settings that hold only at the layer's first width; pruning rebuilds it narrower."""
+def _check_unit_bound_settings(layer: keras.layers.Layer, classifier: bool = False) -> None:
+    """Settings that hold only at the layer's first width; pruning rebuilds it narrower
+    (the classifier keeps its units: its bias may be any array of their number, e.g. the
+    log class priors)."""
     noise_shape = getattr(layer, "noise_shape", None)
     if noise_shape is not None and noise_shape[-1] not in (None, 1):
         fixed = tuple(noise_shape[:-1]) + (None,)
@@ -387,9 +395,9 @@ def _check_unit_bound_settings(layer: keras.layers.Layer) -> None:
             f"Layer '{layer.name}' has noise_shape={tuple(noise_shape)!r}, which fixes its last axis at "
             f"{noise_shape[-1]} units; pruning removes units (method 'hp'/'dynhp'), and the rebuilt layer would fail. "
             f"Leave that axis to the input: noise_shape={fixed!r} drops the same way.")
-    for key in ("kernel_initializer", "bias_initializer"):
+    for key in ("kernel_initializer",) if classifier else ("kernel_initializer", "bias_initializer"):
         init = getattr(layer, key, None)
-        if isinstance(init, keras.initializers.Constant) and np.ndim(init.value) > 0:
+        if isinstance(init, keras.initializers.Constant) and np.size(init.value) > 1:
             raise ValueError(
                 f"Layer '{layer.name}' has {key}=Constant of an array of shape {np.shape(init.value)}; pruning rebuilds "
                 "the layer with fewer units (method 'hp'/'dynhp'), where that array no longer fits. Use a scalar "
@@ -790,7 +798,7 @@ def fit(
     input_name = model.inputs[0].name  # x may be {input_name: images}, as keras.Model.fit takes it
     in_form, out_form = io_structure(model)  # and [x] / [y] for keras.Model([inp], [out]), as Keras
     x, y = unwrap_structure(x, in_form), unwrap_structure(y, out_form)
-    x_train, y_train, w_data = as_arrays(x, y, chain.input_shape, num_classes, "x", input_name)
+    x_train, y_train, w_data = as_arrays(x, y, chain.input_shape, num_classes, "x", input_name, (in_form, out_form))
     _check_integer_input_values(model, x_train, "x")
     w_train = example_weights(sample_weight, class_weight, x, y_train, num_classes, w_data)
     weights_named = ("the sample weights of `x`" if w_data is not None else
@@ -798,7 +806,8 @@ def fit(
     val = None
     if validation_data is not None:
         if isinstance(validation_data, tf.data.Dataset):
-            x_val, y_val, w_val = as_arrays(validation_data, None, chain.input_shape, num_classes, "validation_data", input_name)
+            x_val, y_val, w_val = as_arrays(validation_data, None, chain.input_shape, num_classes, "validation_data", input_name,
+                                            (in_form, out_form))
             val = (x_val, y_val)
             if w_val is not None:
                 raise ValueError("`validation_data` is a tf.data.Dataset of (features, label, sample_weight); fit scores "
