@@ -38,10 +38,13 @@ def to_l0(
     dataset_size: int | None = None,
     seed: int | None = None,
 ) -> keras.Model:
-    """Returns an equivalent gated model: every `Dense` becomes an `L0Dense`, every
-    `Conv2D` an `L0Conv2D` (gates on its output channels).
+    """Returns the gated model of the same layers: every `Dense` becomes an `L0Dense`,
+    every `Conv2D` an `L0Conv2D` (gates on its output channels).
 
-    Weights are copied; gate logits are initialised from `droprate_init`
+    Weights are copied, but the model does not predict as the original: its inference
+    gates (Eq. 4's deterministic values) start below 1 (about 0.86 on the inputs at
+    `input_droprate_init` 0.2, 0.5 on units at `droprate_init` 0.5), as in the
+    reference L0 code; training moves them. Gate logits are initialised from `droprate_init`
     (`input_droprate_init` when the first weighted layer is a Dense layer, whose
     gates sit on the input features: 0.2 and 0.5 as in the reference L0 MLP; a
     convolutional model's gates are all on channels and units: `droprate_init`).
