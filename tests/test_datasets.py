@@ -393,6 +393,31 @@ def test_npz_missing_keys(tmp_path, places):
         ds.load("mnist", path, download=False, **places)
 
 
+@pytest.mark.parametrize("damage,match", [
+    ("truncated", r"not a readable \.npz archive \(BadZipFile"),
+    ("text", r"not an \.npz archive of numeric arrays"),
+    ("one array", r"expected an \.npz archive of arrays .*received one array"),
+    ("objects", r"not an \.npz archive of numeric arrays \(NumPy: Object arrays cannot be loaded"),
+])
+def test_a_damaged_npz_is_a_value_error_naming_it(tmp_path, places, damage, match):
+    """A truncated archive raised zipfile.BadZipFile (the tools printed a traceback), a text
+    file NumPy's pickle message without the file's name, an .npy under an .npz name a TypeError."""
+    path = tmp_path / "mnist.npz"
+    if damage == "truncated":
+        make_fake_npz(tmp_path / "full.npz")
+        data = (tmp_path / "full.npz").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "text":
+        path.write_bytes(b"not a zip at all")
+    elif damage == "one array":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros(3))
+    else:
+        np.savez(path, x_train=np.array([{"a": 1}], dtype=object), y_train=np.zeros(1), x_test=np.zeros(1), y_test=np.zeros(1))
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": " + match):
+        ds.load("mnist", path, download=False, **places)
+
+
 def test_unknown_name():
     expected = (
         "Invalid value received for argument `name`. Expected one of "

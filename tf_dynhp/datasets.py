@@ -36,6 +36,7 @@ imported lazily when a download is actually needed.
 from __future__ import annotations
 
 import gzip
+import zipfile
 import hashlib
 import os
 import re
@@ -574,14 +575,24 @@ def _validate_split(
 
 def _load_npz(path: Path):
     _check_sums([path])
-    with np.load(path, allow_pickle=False) as f:
-        missing = [k for k in _NPZ_KEYS if k not in f.files]
-        if missing:
-            raise ValueError(
-                f"{path}: expected arrays {list(_NPZ_KEYS)}, received "
-                f"{sorted(f.files)} (missing {missing})"
-            )
-        arrays = {k: f[k] for k in _NPZ_KEYS}
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not hasattr(loaded, "files"):  # a single .npy array saved under an .npz name
+            raise ValueError(f"{path}: expected an .npz archive of arrays {list(_NPZ_KEYS)}, received one array")
+        with loaded as f:
+            missing = [k for k in _NPZ_KEYS if k not in f.files]
+            if missing:
+                raise ValueError(
+                    f"{path}: expected arrays {list(_NPZ_KEYS)}, received "
+                    f"{sorted(f.files)} (missing {missing})"
+                )
+            arrays = {k: f[k] for k in _NPZ_KEYS}
+    except (zipfile.BadZipFile, EOFError, OSError) as err:  # truncated or not a zip: named, as a damaged IDX file is
+        raise ValueError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err})") from None
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: not an .npz archive of numeric arrays (NumPy: {err})") from None
     train = _validate_split(
         arrays["x_train"], arrays["y_train"], f"{path}[x_train]", f"{path}[y_train]"
     )
