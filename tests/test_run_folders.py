@@ -62,6 +62,30 @@ def test_summarize_skips_a_metrics_file_that_is_not_an_object(runs_dir, tmp_path
     assert f"skipped {runs_dir / RUN}: {runs_dir / RUN / 'metrics.json'} is not a JSON object (damaged)" in done.stderr
 
 
+def test_a_metrics_field_of_another_kind_is_damaged_for_summarize_and_report(runs_dir, tmp_path):
+    """`"test_error": "12.3"` or `"batch_sizes": 16` failed in summarize (a format error)
+    and in the report (an int is not subscriptable), with tracebacks."""
+    import json
+
+    path = runs_dir / RUN / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "test_error": "12.3", "batch_sizes": 16}))
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "summarize.py"), str(runs_dir / RUN)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert (f"skipped {runs_dir / RUN}: its metrics.json 'test_error' is '12.3', expected a number (damaged, or written "
+            "by another version)") in done.stderr
+    out = tmp_path / "R.md"
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "report.py"), f"--runs={runs_dir}", f"--out={out}",
+                           f"--figures={tmp_path / 'fig'}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "(0 finished, 0 unfinished, 0 not run yet, 1 damaged)" in out.read_text()
+    from tf_dynhp.cli import run_metrics
+
+    assert run_metrics.problem({"test_error": 1.0}) is None  # other versions' files lack fields
+    assert run_metrics.problem({"test_error": 1.0}, ("test_error", "model_kb")) == "lacks ['model_kb']"
+    assert run_metrics.problem(json.loads((SWEEP / RUN / "metrics.json").read_text())) is None
+
+
 def test_a_dynhp_config_with_a_null_alpha_bs_reads_as_the_default():
     """config.json of dynhp runs without --alpha_bs said null before it recorded fit's
     default: the report reads the default, so such a seed joins its row (and formats)."""
@@ -130,7 +154,7 @@ def test_metrics_without_some_keys_are_skipped_by_summarize_and_shown_as_dashes_
     done = subprocess.run([sys.executable, str(REPO / "tools" / "summarize.py"), str(runs_dir / RUN)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert "lack ['batch_sizes', 'train_seconds']" in done.stderr
+    assert "metrics.json lacks ['batch_sizes', 'train_seconds']" in done.stderr
     target = next(p for p in SWEEP.iterdir() if p.name.startswith("fashion_mnist-dynhp-") and "-t135-" in p.name)
     shutil.copytree(target, runs_dir / target.name)
     out = tmp_path / "R.md"

@@ -289,7 +289,8 @@ def test_a_damaged_metrics_file_is_not_finished_and_a_resume_writes_it_again(mni
     folder = tmp_path / "run"
     first = runs.run(_tiny(), folder, data=mnist, verbose=0)
     history = (folder / "history.jsonl").read_text()
-    for damage in ('{"test_err', "[1, 2]", ""):
+    sound = json.loads((folder / "metrics.json").read_text())
+    for damage in ('{"test_err', "[1, 2]", "", json.dumps({**sound, "test_error": "12.3"}), json.dumps({**sound, "batch_sizes": 16})):
         (folder / "metrics.json").write_text(damage)
         assert not runs.is_finished(folder)
         assert run_folders.run_status(folder, 1) == "unfinished, epoch 1 of 1; metrics.json damaged"

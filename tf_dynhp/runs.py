@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tf_dynhp._checks import invalid, real_number, write_atomic
+from tf_dynhp.cli import run_metrics
 
 __all__ = ["ARCHS", "LR_DECAYS", "RunConfig", "augmentation", "loss", "lr_callbacks", "restart_epoch", "optimizer", "RunFolderError", "RunArgumentError", "build_mlp", "build_lenet5", "build_model", "run", "is_finished", "read_history"]
 
@@ -279,12 +280,13 @@ def build_model(config: RunConfig):
 
 
 def is_finished(out_dir: str | os.PathLike) -> bool:
-    """True when the run folder holds its final `metrics.json`, a JSON object. A damaged
-    one (cut short by a full disk, edited by hand) is not finished: a resume from the last
-    checkpoint writes it again, training no further epoch."""
+    """True when the run folder holds its final `metrics.json`, sound
+    (`tf_dynhp.cli.run_metrics.problem`: a JSON object with its fields of their kinds). A
+    damaged one (cut short by a full disk, edited by hand) is not finished: a resume from
+    the last checkpoint writes it again, training no further epoch."""
     try:
         with open(os.path.join(out_dir, "metrics.json")) as f:
-            return isinstance(json.load(f), dict)
+            return run_metrics.problem(json.load(f)) is None
     except (OSError, ValueError):
         return False
 

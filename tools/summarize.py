@@ -25,6 +25,7 @@ from _load import cli_module  # noqa: E402
 from paper import PAPER, PAPER_HIDDEN, sp_mo_kb  # noqa: E402
 
 _rules = cli_module("flag_rules")
+_metrics = cli_module("run_metrics")  # what metrics.json holds
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float("dense_kb", None, "Reference dense model size in KB for every run (default: each run's unpruned model).")
@@ -70,11 +71,11 @@ def _row(folder: str) -> str | None:
             print(f"skipped {folder}: {path} is not a JSON object (damaged)", file=sys.stderr)
             return None
     m, c = read["metrics.json"], read["config.json"]
-    missing = [k for k in ("epochs_run", "test_error", "model_kb", "batch_sizes", "mean_memory_kb", "max_memory_kb", "train_seconds")
-               if m.get(k) is None] + [k for k in ("method", "l0_lambda") if c.get(k) is None]
-    if missing or not m["batch_sizes"]:
-        print(f"skipped {folder}: its metrics.json / config.json lack {missing or ['batch_sizes']} (damaged, or written by "
-              "another version)", file=sys.stderr)
+    wrong = _metrics.problem(m, _metrics.REQUIRED)
+    missing = [k for k in ("method", "l0_lambda") if c.get(k) is None]
+    if wrong or missing:
+        what = f"its metrics.json {wrong}" if wrong else f"its config.json lacks {missing}"
+        print(f"skipped {folder}: {what} (damaged, or written by another version)", file=sys.stderr)
         return None
     dense, sp = references(c, m)
     sizes = "-".join(str(s) for s in m["layer_sizes"]) if m.get("layer_sizes") else "n/a"
@@ -82,7 +83,7 @@ def _row(folder: str) -> str | None:
     budget = f"{m['budget_kb']:.1f}" if m.get("budget_kb") else ""
     return (
         f"| {os.path.basename(folder.rstrip('/'))} | {c['method']} | {c.get('batch_growth', '') if c['method'] == 'dynhp' else ''} "
-        f"| {c.get('alpha_bs') or ''} "
+        f"| {c['alpha_bs'] if c['method'] == 'dynhp' and c.get('alpha_bs') is not None else ''} "  # 0.0 shown; unused by sp/hp
         f"| {c['l0_lambda']} | {m['epochs_run']} | {m['test_error']:.2f} | {m['model_kb']:.1f} "
         f"({_pct(m['model_kb'], dense)}) | {sizes} | {batches[0]}→{batches[-1]} "
         f"| {m['mean_memory_kb']:.1f} ({_pct(m['mean_memory_kb'], sp)}) | {m['max_memory_kb']:.1f} "

@@ -43,13 +43,14 @@ def latest_epoch(run_dir: Path) -> int:
     return checkpoint.latest_valid_epoch(Path(run_dir) / "checkpoints")
 
 
-#: How `run_status` ends for a folder whose metrics.json is not a JSON object.
+#: How `run_status` ends for a folder whose metrics.json is damaged (`run_metrics.problem`).
 DAMAGED_METRICS = "; metrics.json damaged"
 
 
 def run_status(run_dir: Path, epochs: int) -> str:
     """"finished", "unfinished, epoch k of N" (with "; metrics.json damaged" when the
-    folder has one that is not a JSON object: a resume writes it again) or "not run yet"."""
+    folder has one that is not sound, `run_metrics.problem`: a resume writes it again) or
+    "not run yet"."""
     run_dir = Path(run_dir)
     if runs.is_finished(run_dir):
         return "finished"
