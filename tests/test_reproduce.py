@@ -645,6 +645,19 @@ def test_summarize_takes_the_references_of_the_runs_dataset(tmp_path):
     assert "| 716.7 (71.7%) |" in rows["f"] and "| 520.7 (26.0%) |" in rows["f"]
 
 
+def test_summarize_shows_alpha_bs_zero_and_none_for_methods_without_it(tmp_path):
+    """alpha_bs 0.0 (a legal Eq. 8 smoothing) showed an empty cell; an sp/hp run's recorded
+    --alpha_bs, which they do not use, was shown."""
+    rows = {}
+    for name, method, alpha in (("zero", "dynhp", 0.0), ("hp", "hp", 0.9)):
+        folder = _summarize_folder(tmp_path / name, "mnist", 1000.0)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "method": method, "alpha_bs": alpha}))
+    for line in _ok(_run("summarize.py", str(tmp_path / "zero"), str(tmp_path / "hp"))).splitlines():
+        rows[line.split("|")[1].strip()] = [cell.strip() for cell in line.split("|")]
+    assert rows["zero"][4] == "0.0" and rows["hp"][4] == ""
+
+
 def test_long_runs_section_says_whether_the_papers_size_is_reached(tmp_path):
     """Issue 16 item 5: each 2000-epoch row against the paper's row of the same method (and
     alpha_bs), the verdict computed; unfinished runs listed with their status."""
