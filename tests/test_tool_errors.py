@@ -208,3 +208,14 @@ def test_an_output_path_with_a_tilde_is_written_where_it_was_checked(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (home / "tables" / "t.md").is_file() and (home / "tables" / "t.md.json").is_file()
     assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("flag,expected", [("benchmark", "--benchmark="), ("long_runs", "--long_runs=")])
+def test_report_refuses_a_named_benchmark_or_long_runs_path_that_is_not_there(tmp_path, flag, expected):
+    """A named --benchmark / --long_runs that did not exist was passed over: exit 0 and the
+    section silently missing from the report."""
+    (tmp_path / "runs").mkdir()
+    missing = tmp_path / "no_such"
+    done = _tool("report.py", f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'R.md'}", f"--{flag}={missing}")
+    _refused(done, f"{expected}{missing}: no such")
+    assert not (tmp_path / "R.md").exists()

@@ -209,11 +209,16 @@ def main(argv: list[str]) -> int:
     if (runs_dir / "config.json").exists():
         raise app.UsageError(f"--runs={FLAGS.runs}: that is one run's folder; --runs takes the folder holding run folders "
                              f"(here {runs_dir.resolve().parent}), or use tools/summarize.py {FLAGS.runs}")
-    benchmark = Path(FLAGS.benchmark) if FLAGS.benchmark else runs_dir / "benchmark.md"
+    benchmark = Path(FLAGS.benchmark).expanduser() if FLAGS.benchmark else runs_dir / "benchmark.md"
+    if FLAGS.benchmark and not benchmark.is_file():  # named: its section must not vanish without a word
+        raise app.UsageError(f"--benchmark={FLAGS.benchmark}: no such file (the Markdown tools/benchmark.py writes)")
+    if FLAGS.long_runs and not Path(FLAGS.long_runs).expanduser().is_dir():
+        raise app.UsageError(f"--long_runs={FLAGS.long_runs}: no such folder (the run folders of the 2000-epoch runs)")
     command = "python tools/report.py " + " ".join(a for a in sys.argv[1:])
     out = output_file("out", FLAGS.out, "a Markdown file")  # before any run folder is read
     figures = output_folder("figures", FLAGS.figures or str(out.parent / "figures"), "a folder for the figures")
-    summary = build_report(runs_dir, out, figures, benchmark, command.strip(), Path(FLAGS.long_runs) if FLAGS.long_runs else None)
+    summary = build_report(runs_dir, out, figures, benchmark, command.strip(),
+                           Path(FLAGS.long_runs).expanduser() if FLAGS.long_runs else None)
     print(f"wrote {out}: {summary['runs']} runs ({summary['finished']} finished), {summary['tables']} tables, "
           f"{len(summary['figures'])} figures in {figures}" + (f", benchmark from {summary['benchmark']}" if "benchmark" in summary else ""))
     for name, state in summary["missing"]:
