@@ -281,6 +281,21 @@ def test_plot_history_of_a_cnn_result_names_its_axes_marks_one_epoch_and_returns
         tf_dynhp.plot_history(result.history, tmp_path / "x.png", unit_names=["a"])
 
 
+def test_plot_history_checks_the_path_before_drawing_and_leaves_no_open_figure(mnist_small, tmp_path):
+    """A dotted name ("run-a0.975"), a missing folder or a .txt path failed in savefig after
+    the whole figure was drawn, each leaving an open pyplot figure behind."""
+    import matplotlib.pyplot as plt
+
+    result = _fit(mnist_small, "hp", epochs=1, **PRUNE_FAST)
+    before = len(plt.get_fignums())
+    assert tf_dynhp.plot_history(result, tmp_path / "run-a0.975") == str(tmp_path / "run-a0.975.png")
+    deep = tmp_path / "new" / "folder" / "run.svg"
+    assert tf_dynhp.plot_history(result, deep) == str(deep) and deep.read_text().lstrip().startswith("<?xml")
+    with pytest.raises(ValueError, match=r"has the extension \.txt, which matplotlib does not write"):
+        tf_dynhp.plot_history(result, tmp_path / "run.txt")
+    assert not (tmp_path / "run.txt").exists() and len(plt.get_fignums()) == before
+
+
 # --------------------------------------------------------------------------- a small CNN
 def _cnn(seed=0, convs=((4, 3),)):
     """Conv2D(filters, kernel) + MaxPooling2D(2) per `convs` entry, then Flatten and two Dense."""

@@ -27,8 +27,9 @@ def plot_history(history: Any, path: str | os.PathLike, title: str | None = None
     Args:
         history: a `FitResult` (its history, and its axes' names for panel (a)), or
             `FitResult.history` (or a `history.jsonl` read back as lists).
-        path: output image file (PNG, PDF, SVG: by extension; without one, PNG and
-            ".png" is added, as matplotlib does).
+        path: output image file (PNG, PDF, SVG: by extension; without one, or with a
+            dotted name's last part that is no format ("run-a0.975"), PNG and ".png" is
+            added); its folder is made.
         title: figure title.
         unit_names: a label per unit axis for panel (a); default the `FitResult`'s
             (`state.axis_names`: "input", "<layer> units", "<layer> channels",
@@ -40,7 +41,8 @@ def plot_history(history: Any, path: str | os.PathLike, title: str | None = None
 
     Raises:
         ValueError: `history` lacks a key the plot needs, or has no epochs; `path` is
-            a folder; `unit_names` is not one name per axis.
+            a folder or has an extension matplotlib does not write; `unit_names` is not
+            one name per axis.
         ImportError: matplotlib is not installed.
     """
     if unit_names is None and hasattr(history, "state") and hasattr(history, "history"):
@@ -56,8 +58,6 @@ def plot_history(history: Any, path: str | os.PathLike, title: str | None = None
     path = os.fspath(path)
     if os.path.isdir(path) or path.endswith(os.sep) or not os.path.basename(path):
         raise ValueError(f"`path`={path!r} is a folder; expected the path of an image file to write (e.g. run.png).")
-    if not os.path.splitext(path)[1]:
-        path += ".png"  # what savefig writes: the path returned is the file written
     n_axes = len(history["active_units"][0])
     if unit_names is not None and len(unit_names) != n_axes:
         raise ValueError(f"`unit_names` has {len(unit_names)} names; the history has {n_axes} unit axes.")
@@ -68,6 +68,7 @@ def plot_history(history: Any, path: str | os.PathLike, title: str | None = None
         import matplotlib.pyplot as plt
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("plot_history needs matplotlib: pip install 'tf_dynhp[tools]'") from err
+    path = _image_path(path)  # checked, and its folder made, before anything is drawn
 
     marker = "o" if len(epochs) <= 20 else None  # a 1-epoch line has no length: only a marker shows it
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
@@ -118,7 +119,28 @@ def plot_history(history: Any, path: str | os.PathLike, title: str | None = None
     ax.set_title("(d) misclassification error")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:  # a failed save leaves no open figure behind
+        plt.close(fig)
+    return path
+
+
+def _image_path(path: str) -> str:
+    """The file `plot_history` writes: `path` with a format matplotlib writes, ".png" added
+    when it has no extension or a dotted name's last part is not one ("run-a0.975"); its
+    folder is made. A suffix of letters that is no image format (".txt") is refused."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = os.path.splitext(path)[1][1:]
+    if suffix.lower() not in formats:
+        if suffix.isalpha():
+            raise ValueError(f"`path`={path!r} has the extension .{suffix}, which matplotlib does not write; expected "
+                             f"one of {sorted(formats)} (or no extension: PNG).")
+        path += ".png"  # what savefig writes without an extension: the path returned is the file written
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
     return path
