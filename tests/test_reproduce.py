@@ -747,3 +747,22 @@ def test_a_range_of_one_value_prints_once():
     report = _tools()[2]
     assert report._signed_span([-38.0]) == "-38.00" and report._signed_span([-0.1, 0.2]) == "-0.10 to +0.20"
     assert report._span([1.0, 1.004], ".2f") == "1.00" and report._span([1.0, 2.0], ".1f") == "1.0-2.0"
+
+
+def test_report_figures_mark_the_points_of_short_curves(tmp_path):
+    """After a 1-epoch sweep every report figure had axes and a legend but no data: a line
+    of one point has no length. Short curves get markers (horizontal reference lines do not)."""
+    _tools()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import report_figures
+
+    fig, ax = plt.subplots()
+    one, = ax.plot([1], [2.0])
+    long, = ax.plot(range(50), range(50))
+    ref = ax.axhline(1.0)
+    report_figures._save(fig, tmp_path / "f.png")
+    assert one.get_marker() == "o" and long.get_marker() in ("None", None) and ref.get_marker() in ("None", None)
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and fig.number not in plt.get_fignums()

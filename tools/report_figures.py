@@ -102,10 +102,23 @@ def _cumulative_mb(values: Sequence[float]) -> list[float]:
     return out
 
 
+#: Curves of at most this many points get a marker on each (as `tf_dynhp.plot_history`):
+#: a 1-epoch run's line has no length and would not show.
+MARK_POINTS = 20
+
+
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    _pyplot().close(fig)
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            in_data = line.get_transform() is ax.transData  # not an axhline (drawn in axes coordinates)
+            if in_data and len(line.get_xdata()) <= MARK_POINTS and line.get_marker() in (None, "None", "", " "):
+                line.set_marker("o")
+                line.set_markersize(3)
+    try:
+        fig.tight_layout()
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        _pyplot().close(fig)
     return path
 
 
