@@ -222,10 +222,10 @@ def test_every_command_of_workspace_figures_sh_parses_its_flags():
 def test_settings_runs_refuses_are_one_line_and_leave_no_folder(tmp_path, flags, expected):
     # They ended in a traceback (a ValueError outside the refusals train.py prints), the
     # LeNet-5 one after making the run folder and its checkpoints/.
-    out = tmp_path / "run"
+    out = tmp_path / "new" / "sub" / "run"  # nor the parents made for it (new/sub/ stayed)
     done = train(*flags, "--epochs=1", f"--out_dir={out}", timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert expected in done.stderr and not out.exists()
+    assert expected in done.stderr and not (tmp_path / "new").exists()
 
 
 def test_ctrl_c_says_how_to_go_on(tmp_path):

@@ -497,7 +497,7 @@ def run(
     if out_dir is None:
         return _run(config, None, data_dir, data, resume, verbose, overwrite)
     out_dir = os.fspath(out_dir)
-    created = not os.path.exists(out_dir)
+    created = _missing_folders(out_dir)  # out_dir and the parents makedirs will make, innermost first
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as err:
@@ -508,7 +508,25 @@ def run(
     except RunArgumentError:
         if created:  # a refused run leaves no empty folder behind (the tools would list it as unfinished)
             _remove_empty_folder(out_dir)
+            for parent in created[1:]:  # nor the parents made for it
+                try:
+                    os.rmdir(parent)  # only if empty
+                except OSError:
+                    break
         raise
+
+
+def _missing_folders(path: str) -> list[str]:
+    """`path` and its ancestors that do not exist yet, innermost first ([] when it exists)."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
 
 
 def _remove_empty_folder(out_dir: str) -> None:
