@@ -418,6 +418,14 @@ def test_a_damaged_npz_is_a_value_error_naming_it(tmp_path, places, damage, matc
         ds.load("mnist", path, download=False, **places)
 
 
+def test_idx_files_of_no_images_are_refused_naming_the_file(tmp_path, places):
+    """A header announcing 0 images loaded, and fit later said "`x` is empty", naming no file."""
+    folder = tmp_path / "mnist"
+    make_fake_dataset(folder, n_test=0)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz: holds no images \(its header says 0\)"):
+        ds.load("mnist", folder, download=False, **places)
+
+
 def test_unknown_name():
     expected = (
         "Invalid value received for argument `name`. Expected one of "

@@ -553,6 +553,8 @@ def _validate_split(
             f"{images_src}: expected uint8 pixels (IDX type code 0x08), "
             f"received {images.dtype}"
         )
+    if images.shape[0] == 0:  # fit would refuse it later as "`x` is empty", naming no file
+        raise ValueError(f"{images_src}: holds no images (its header says 0); expected at least one")
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise ValueError(
             f"{labels_src}: expected a 1-D integer array of labels, received "
