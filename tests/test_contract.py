@@ -1003,3 +1003,56 @@ def test_a_noise_shape_leaving_the_units_axis_to_the_input_prunes(mnist):
                               keras.layers.Dropout(0.3, noise_shape=(None, None)), keras.layers.Dense(10, activation="softmax")])
     result = tf_dynhp.fit(model, x[:300], y[:300], **{**QUICK, "method": "hp", "epochs": 3}, callbacks=[ClosePlan(0)])
     assert any(result.history["pruned_units"][1])
+
+
+# --------------------------------------------------------------------------- a final phase with deterministic gates
+def test_a_final_phase_with_deterministic_gates(mnist, tmp_path):
+    """fit(deterministic_from=0.5): the first half of the epochs is the run without it; then
+    the step trains with the test-time gates: no samples, so the training accuracy of a
+    step is the model's own, and Eq. 6 counts each gate open for all examples or none.
+    One trace and two agree, and a resume across the phase's start is the run unstopped."""
+    (x, y), (xt, yt) = mnist
+    x, y = x[:400], y[:400]
+    kw = dict(method="dynhp", alpha_bs=0.5, budget_kb=1e5, epochs=4, batch_size=16, seed=2, verbose=0,
+              validation_data=(xt[:200], yt[:200]))
+    plain = tf_dynhp.fit(_mlp(), x, y, **kw)
+    fixed = tf_dynhp.fit(_mlp(), x, y, deterministic_from=0.5, **kw)
+    assert fixed.history["loss"][:2] == plain.history["loss"][:2] and fixed.history["loss"][2:] != plain.history["loss"][2:]
+    assert fixed.history["retraces"][2] > fixed.history["retraces"][1] == plain.history["retraces"][1]  # traced again for the phase
+    untraced = tf_dynhp.fit(_mlp(), x, y, deterministic_from=0.5, trace_once=False, **kw)
+    assert untraced.history["loss"] == fixed.history["loss"]
+    # Paused after epoch 2 (before the phase), resumed: the run unstopped.
+    class StopAfter2(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.stop_training = True
+
+    tf_dynhp.fit(_mlp(), x, y, deterministic_from=0.5, checkpoint_dir=tmp_path, callbacks=[StopAfter2()], **kw)
+    resumed = tf_dynhp.fit(_mlp(), x, y, deterministic_from=0.5, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert resumed.history["loss"] == fixed.history["loss"]
+    with pytest.raises(ValueError, match="deterministic_from"):  # a checkpoint of other settings
+        tf_dynhp.fit(_mlp(), x, y, checkpoint_dir=tmp_path, resume=True, **kw)
+
+
+def test_deterministic_gates_train_the_model_that_is_evaluated(mnist):
+    """In the phase a step's accuracy (deterministic gates, before the update) is the
+    model's own: a one-step epoch with the learning rate 0 gives the training accuracy of
+    predict()."""
+    (x, y), _ = mnist
+    x, y = x[:100], y[:100]
+    result = tf_dynhp.fit(_mlp(), x, y, method="hp", epochs=2, batch_size=100, seed=1, verbose=0, learning_rate=1e-12,
+                          deterministic_from=0.5, gamma=1e-6)
+    gated = result.gated_model
+    accuracy = float(np.mean(np.argmax(gated.predict(x, verbose=0), -1) == y))
+    assert result.history["accuracy"][1] == pytest.approx(accuracy, abs=1e-6)
+    assert result.history["active_units"][1] == result.history["active_units"][0]
+
+
+@pytest.mark.parametrize("value,match", [(0.0, r"None or a float in \(0, 1\)"), (1.0, r"None or a float in \(0, 1\)"),
+                                         (True, "deterministic_from")])
+def test_deterministic_from_is_checked(mnist, value, match):
+    (x, y), _ = mnist
+    with pytest.raises(ValueError, match=match):
+        tf_dynhp.fit(_mlp(), x[:100], y[:100], deterministic_from=value, **QUICK)
+    with pytest.raises(ValueError, match="method='dense' has no gates"):
+        tf_dynhp.fit(_mlp(), x[:100], y[:100], deterministic_from=0.5, **{**QUICK, "method": "dense"})

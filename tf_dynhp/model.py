@@ -85,6 +85,9 @@ class GatedModel(keras.Model):
         self.track_variance = False
         self.loss_fn = None
         self.gate_kernel = "tf"
+        # fit(deterministic_from=...): in its final phase the training step uses the
+        # test-time gates (Eq. 4's deterministic values), no samples.
+        self.deterministic_gates = False
         # fit(target_kb=...): the multiplier λ (a tf.Variable the trainer updates) and N;
         # the penalty then adds λ / N x the expected weights (`tf_dynhp.target`).
         self.size_lambda = None
@@ -117,7 +120,8 @@ class GatedModel(keras.Model):
 
         Args:
             x: (batch, features) or (batch, height, width, channels) inputs.
-            training: per-example gate samples (True) or deterministic gates.
+            training: per-example gate samples (True) or deterministic gates (also
+                in training when `deterministic_gates` is set: fit's final phase).
             noise: optional uniforms per gated layer (tests inject them).
 
         Returns:
@@ -131,12 +135,16 @@ class GatedModel(keras.Model):
         per_layer = []
         logits = None
         k = 0
+        fixed = training and self.deterministic_gates  # the final phase: test-time gates, trained through
         for layer in self.body:
             if isinstance(layer, GATED_TYPES):
                 r = layer.forward(
-                    h, training=training, noise=None if noise is None else noise[k], gate_kernel=self.gate_kernel
+                    h, training=training and not fixed, noise=None if noise is None else noise[k], gate_kernel=self.gate_kernel
                 )
-                per_layer.append((r.gated_inputs, r.pre_activation, r.open_count))
+                open_count = r.open_count
+                if fixed:  # Eq. 6 counts examples: every example of the batch sees the one gate value
+                    open_count = open_count * ops.cast(ops.shape(h)[0], open_count.dtype)
+                per_layer.append((r.gated_inputs, r.pre_activation, open_count))
                 h, logits = r.outputs, r.pre_activation
                 k += 1
             elif isinstance(layer, keras.layers.Dense):

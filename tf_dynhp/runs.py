@@ -118,6 +118,9 @@ class RunConfig:
     # > 0: the cross-entropy's targets are label-smoothed by this share (fit's `loss`:
     # `tf_dynhp.losses.SparseCategoricalCrossentropy(label_smoothing=...)`); 0: plain.
     label_smoothing: float = 0.0
+    # > 0: after this fraction of the epochs the step trains with the test-time gates
+    # (fit's `deterministic_from`); 0: the gates are sampled in every step.
+    deterministic_from: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -591,7 +594,7 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
                 lambda_step=config.lambda_step,
                 size_penalty=config.size_penalty, target_schedule=config.target_schedule,
                 target_deadline=config.target_deadline, augment=augmentation(config), augment_until=config.augment_until,
-                loss=loss(config),
+                loss=loss(config), deterministic_from=config.deterministic_from or None,
                 weight_decay=config.weight_decay_per_weight * (len(x) - int(len(x) * config.validation_split)),
                 optimizer=optimizer(config),
                 callbacks=lr_callbacks(config.lr_decay, config.learning_rate, config.epochs,

@@ -73,6 +73,7 @@ class FitConfig:
     input_name: str | None = None  # the user's model's Input name, kept by result.model and gated_model
     structure: tuple[Any, Any] = (None, None)  # how the user's model wraps its input and output (surgery.io_structure)
     shuffle: bool = True  # fit(shuffle=...): False trains every epoch in the order given
+    deterministic_epoch: int | None = None  # fit(deterministic_from=...): from the epoch after this many, test-time gates
 
 
 @dataclasses.dataclass
@@ -117,14 +118,15 @@ _SIZE_KEYS = frozenset({"units", "filters", "name"})
 
 def graph_constants(core: GatedModel) -> list[Any]:
     """What the traced step bakes in as constants: each body layer's class and config
-    but its size (`units`/`filters`, read from the variables' storage). A rebuilt core
-    with other constants (a `SelectFeatures` inserted after a conv's `Flatten` when
-    single flattened rows are pruned, or new indices in it; a `Reshape` to another
-    shape) cannot run on the traced functions: it is traced again."""
+    but its size (`units`/`filters`, read from the variables' storage), and whether the
+    gates are sampled (`deterministic_gates`). A rebuilt core with other constants (a
+    `SelectFeatures` inserted after a conv's `Flatten` when single flattened rows are
+    pruned, or new indices in it; a `Reshape` to another shape) cannot run on the traced
+    functions: it is traced again."""
     return [
         (type(layer).__name__, json.dumps({k: v for k, v in layer.get_config().items() if k not in _SIZE_KEYS}, sort_keys=True, default=str))
         for layer in core.body
-    ]
+    ] + ([("deterministic_gates", True)] if core.deterministic_gates else [])
 
 
 #: Settings named first when several differ: what a user changes on purpose.
@@ -210,6 +212,10 @@ class Trainer:
         self.size_lambda = None
         if config.target_kb is not None:
             self.size_lambda = tf.Variable(float(state.l0_lambda), dtype="float64", trainable=False, name="size_lambda")
+        # fit(deterministic_from=...): whether the step uses the test-time gates (set per
+        # epoch by `gates_for_epoch`), and what the traced functions were traced with.
+        self.deterministic = False
+        self.traced_deterministic = False
         self.set_core(core)
 
     # -- model and compiled functions
@@ -221,13 +227,14 @@ class Trainer:
         core.gate_kernel = self.state.gate_kernel
         core.size_lambda = self.size_lambda
         core.size_penalty = self.config.size_penalty
+        core.deterministic_gates = self.deterministic
         if self.size_lambda is not None:
             core.dataset_size = core.gated_layers[0].dataset_size
         old, self.core = getattr(self, "core", None), core
         # A CNN's expected size under a target reads its flattened-row maps from the
         # model's shapes: constants of the trace, like the layers' own.
         baked = self.size_lambda is not None and len(core.inputs[0].shape) > 2
-        if self.shared and (baked or graph_constants(old) != graph_constants(core)):
+        if self.shared and (baked or graph_constants(old) != graph_constants(core) or self.traced_deterministic != self.deterministic):
             # The traced step holds constants of the old structure: new functions on the
             # same (relaxed) storage scheme. Variables are created afresh, so relax them.
             self.shared = False
@@ -246,11 +253,22 @@ class Trainer:
         if self.shared:
             storage.relax(variables)
             storage.reindex(core.optimizer)
+        self.traced_deterministic = self.deterministic
         self.acc = loop.Accumulators(core)
         self.runner = loop.make_epoch_runner(core, self.acc, self.config.steps_per_execution, self.config.alpha_bs, self.config.batch_growth)
         self.evaluator = loop.make_evaluator(core)
         self.needs_trace = True
         self.data.select(self.features)
+
+    def gates_for_epoch(self, epoch: int) -> None:
+        """From epoch `config.deterministic_epoch` (0-based) on, the step trains with the
+        test-time gates (`fit(deterministic_from=...)`): the first such epoch traces the
+        step again (the gates' sampling is a constant of the trace)."""
+        want = self.config.deterministic_epoch is not None and epoch >= self.config.deterministic_epoch
+        if want != self.deterministic:
+            self.deterministic = want
+            self.set_core(self.core)
+            self.trace()
 
     def set_data(self, x_all: tf.Tensor, y_all: tf.Tensor, weights: tf.Tensor | None = None) -> None:
         """The training set, all features (flattened) or images, and the examples'
@@ -561,6 +579,7 @@ class Trainer:
             epoch = self.state.epoch
             while epoch < cfg.epochs and not self.state.early_stopped:
                 t0 = time.perf_counter()
+                self.gates_for_epoch(epoch)
                 if cb_list.params["steps"] != self.steps_per_epoch():  # DynHP grew the batch: fewer steps
                     cb_list.set_params({**cb_list.params, "steps": self.steps_per_epoch()})
                 cb_list.on_epoch_begin(epoch)

@@ -521,6 +521,7 @@ def fit(
     sample_weight: Any = None,
     class_weight: dict[int, float] | None = None,
     shuffle: bool = True,
+    deterministic_from: float | None = None,
 ) -> FitResult:
     """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
 
@@ -671,6 +672,14 @@ def fit(
             `validation_split` the held-out examples' weights are not used.
         class_weight: `{class id: weight}` (classes left out weigh 1.0), the same
             weighting by label; not with `sample_weight`.
+        deterministic_from: None (default: the gates are sampled in every training
+            step, Eq. 4), or a fraction of `epochs` in (0, 1): after the first
+            `ceil(deterministic_from * epochs)` epochs the step trains with the test-time
+            gates (Eq. 4's deterministic values, through which log_alpha still
+            learns), a final phase without the gates' noise (issue 16's "final phase
+            with deterministic gates"); Eq. 6 then counts a gate open for every
+            example or none, so pruning keeps the open units (and a size target
+            holds). Not with method "dense".
         shuffle: as `keras.Model.fit`: True (default) trains each epoch in a new
             order, drawn from (seed, epoch) (`tf_dynhp.data.epoch_order`); False in
             the order given, every epoch. Keras' "batch" is not supported.
@@ -765,6 +774,11 @@ def fit(
     final_phase = augment is not None and augment_until < 1  # some last epochs train on the images as they are
     if not isinstance(trace_once, bool):
         raise _invalid("trace_once", "True or False", trace_once)
+    if deterministic_from is not None:
+        deterministic_from = real_number("deterministic_from", deterministic_from, "None or a float in (0, 1)",
+                                         lambda v: 0 < v < 1)
+        if method == "dense":
+            raise ValueError("`deterministic_from` sets when the gates stop being sampled; method='dense' has no gates.")
     if not isinstance(shuffle, (bool, np.bool_)):
         raise _invalid("shuffle", "True or False (Keras' 'batch' is not supported)", shuffle)
     shuffle = bool(shuffle)
@@ -927,6 +941,7 @@ def fit(
         # Only when it shortens the augmentation: checkpoints written before it resume unchanged.
         "augment_until": augment_until if final_phase else None,
         "shuffle": False if not shuffle else None,  # only when off: checkpoints written before it resume unchanged
+        "deterministic_from": deterministic_from,  # None unless set: checkpoints written before it resume unchanged
         # Hashing the data costs ~0.3 s per 60k images: only runs that checkpoint need it.
         "data": fingerprint(x_train, y_train, w_train) if checkpoint_dir is not None else None,
         # The val_ history of a resumed run must be of one validation set ("none": no
@@ -946,6 +961,7 @@ def fit(
         augment=augment,
         augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if final_phase else None,
         input_name=model.inputs[0].name, structure=(in_form, out_form), weighted=w_train is not None, shuffle=shuffle,
+        deterministic_epoch=augment_lib.augmented_epochs(deterministic_from, epochs) if deterministic_from is not None else None,
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 

@@ -131,7 +131,8 @@ TARGET_RECIPE: dict[str, Any] = {"lr_decay": "cosine", "lambda_floor": 0.0, "lam
                                  "target_schedule": "cubic", "ema_momentum": None, "weight_decay_per_weight": 0.0,
                                  "decoupled_weight_decay": 0.01, "dropout": 0.0,
                                  "target_deadline": 0.5, "augment_shift": 0, "augment_flip": False,
-                                 "augment_until": 1.0, "augment_fraction": 1.0, "augment_erase": 0.0, "label_smoothing": 0.0}
+                                 "augment_until": 1.0, "augment_fraction": 1.0, "augment_erase": 0.0, "label_smoothing": 0.0,
+                                 "deterministic_from": 0.0}
 #: The fields of the target recipe a data set changes (`target_recipe`): label-preserving
 #: transforms differ between data sets (a mirrored digit is another digit), and so does what
 #: the small model needs once they are on. Ranked on the validation split at 200 epochs, 3
@@ -154,7 +155,7 @@ PLAIN_RECIPE: dict[str, Any] = {"lr_decay": "none", "lambda_floor": 0.0, "lambda
                                 "target_schedule": "constant", "ema_momentum": None, "weight_decay_per_weight": 0.0,
                                 "decoupled_weight_decay": 0.0, "dropout": 0.0, "target_deadline": 0.25,
                                 "augment_shift": 0, "augment_flip": False, "augment_until": 1.0, "augment_fraction": 1.0,
-                                "augment_erase": 0.0, "label_smoothing": 0.0}
+                                "augment_erase": 0.0, "label_smoothing": 0.0, "deterministic_from": 0.0}
 
 
 def target_recipe(dataset: str | None) -> dict[str, Any]:
@@ -167,7 +168,8 @@ def recipe_for(target_kb: float | None, dataset: str | None = None, **given: Any
     """The recipe fields of a run: those `given` (not None), else `target_recipe(dataset)`'s
     with a target, else `PLAIN_RECIPE`'s (`tools/train.py --lr_decay --lambda_floor --lambda_step --size_penalty
     --target_schedule --ema_momentum --weight_decay_per_weight --decoupled_weight_decay
-    --dropout --target_deadline --augment_shift --augment_flip --augment_until --augment_fraction --augment_erase --label_smoothing`; an
+    --dropout --target_deadline --augment_shift --augment_flip --augment_until --augment_fraction --augment_erase --label_smoothing
+    --deterministic_from`; an
     `ema_momentum` of 0 means none)."""
     unknown = set(given) - set(PLAIN_RECIPE)
     if unknown:
@@ -217,6 +219,8 @@ def recipe_parts(config: Mapping[str, Any]) -> list[str]:
         parts.append(f"er{config['augment_erase']:g}")
     if config.get("label_smoothing") or 0.0:
         parts.append(f"ls{config['label_smoothing']:g}")
+    if config.get("deterministic_from") or 0.0:
+        parts.append(f"det{config['deterministic_from']:g}")
     return parts
 
 

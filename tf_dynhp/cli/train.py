@@ -97,6 +97,9 @@ flags.DEFINE_float("augment_fraction", None, "Share of the training images the a
 flags.DEFINE_float("augment_erase", None, "Share of the training images that get a random rectangle blanked each "
                    "augmented epoch (tf_dynhp.augment.RandomErasing, Zhong et al. 2020; 0: none; default: the "
                    "target-size recipe's with --target_kb, else 0).")
+flags.DEFINE_float("deterministic_from", None, "After this fraction of the epochs the step trains with the test-time "
+                   "gates, not samples (fit(deterministic_from=...); 0: never; default: the target-size recipe's with "
+                   "--target_kb, else 0).")
 flags.DEFINE_float("label_smoothing", None, "Label smoothing of the cross-entropy's targets "
                    "(tf_dynhp.losses.SparseCategoricalCrossentropy; 0: none; default: the target-size recipe's with "
                    "--target_kb, else 0).")
@@ -132,6 +135,7 @@ expect("augment_until", "a float in (0, 1]", lambda v: 0.0 < v <= 1.0)
 expect("augment_fraction", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 expect("augment_erase", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 expect("label_smoothing", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
+expect("deterministic_from", "a float in [0, 1) (0: never)", lambda v: 0.0 <= v < 1.0)
 expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
         lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
 flags.register_multi_flags_validator(
