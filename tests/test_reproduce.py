@@ -157,7 +157,7 @@ def test_run_names_show_a_recipe_that_is_not_the_plain_one():
     script = ("import sys; sys.path.insert(0, sys.argv[1]); import reproduce as rp; from tf_dynhp.runs import RunConfig; "
               "print(rp.run_name(RunConfig(alpha_bs=0.973, target_kb=205.0, lr_decay='none', size_penalty='coupled', lambda_floor=0.0))); "
               "print(rp.run_name(RunConfig(alpha_bs=0.973, target_kb=205.0, lr_decay='cosine', size_penalty='outgoing', lambda_floor=0.01, lambda_step=0.2, "
-              "target_schedule='cubic', ema_momentum=0.999, weight_decay_per_weight=5e-4, decoupled_weight_decay=0.01, dropout=0.2, target_deadline=0.5, augment_shift=2, augment_flip=True, augment_until=0.75, augment_fraction=0.5, augment_erase=0.25, label_smoothing=0.1)))")
+              "target_schedule='cubic', ema_momentum=0.999, weight_decay_per_weight=5e-4, decoupled_weight_decay=0.01, dropout=0.2, target_deadline=0.5, augment_shift=2, augment_flip=True, augment_until=0.75, augment_fraction=0.5, augment_erase=0.25, label_smoothing=0.1, deterministic_from=0.5)))")
     done = subprocess.run([sys.executable, "-c", script, str(TOOLS)], capture_output=True, text=True, cwd=REPO, env=_env(), timeout=120)
     plain, name = _ok(done).strip().splitlines()[-2:]
     names = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import reproduce as rp; "
@@ -165,7 +165,8 @@ def test_run_names_show_a_recipe_that_is_not_the_plain_one():
                             str(TOOLS)], capture_output=True, text=True, cwd=REPO, env=_env(), timeout=120)
     assert [n.split("-")[2] for n in _ok(names).split()] == ["a0.972", "a0.9725", "a0.9726"]  # 3 decimals were one name
     assert "cosine" not in plain and "outgoing" not in plain and "-fl" not in plain and not re.search(r"-step\d", plain)
-    assert "-t205-cosine-outgoing-fl0.01-step0.2-cubic-dl0.5-ema0.999-wd0.0005-adamw0.01-do0.2-sh2-flip-au0.75-af0.5-er0.25-ls0.1-" in name
+    assert "-t205-cosine-outgoing-fl0.01-step0.2-cubic-dl0.5-ema0.999-wd0.0005-adamw0.01-do0.2-sh2-flip-au0.75-af0.5-er0.25-ls0.1-det0.5-" in name
+    assert "det" not in plain
 
 
 def test_paper_rows_are_the_rows_of_tables_2_and_3(grids):

@@ -79,7 +79,7 @@ def test_recipe_flags_default_to_the_target_recipe_only_with_a_target():
     given = {"lr_decay": "cosine", "lambda_floor": 0.02, "lambda_step": 0.2, "size_penalty": "outgoing", "target_schedule": "cubic", "ema_momentum": 0.99,
              "weight_decay_per_weight": 5e-4, "decoupled_weight_decay": 0.01, "dropout": 0.2,
              "target_deadline": 0.5, "augment_shift": 2, "augment_flip": True, "augment_until": 0.75, "augment_fraction": 0.5,
-             "augment_erase": 0.25, "label_smoothing": 0.1}
+             "augment_erase": 0.25, "label_smoothing": 0.1, "deterministic_from": 0.5}
     assert recipe_for(205.0, **given) == given and recipe_for(None, **given) == given
     assert recipe_for(None, lr_decay="cosine") == {**PLAIN_RECIPE, "lr_decay": "cosine"}
     assert recipe_for(205.0, ema_momentum=0.0)["ema_momentum"] is None  # 0: no average
