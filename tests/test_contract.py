@@ -1056,3 +1056,13 @@ def test_deterministic_from_is_checked(mnist, value, match):
         tf_dynhp.fit(_mlp(), x[:100], y[:100], deterministic_from=value, **QUICK)
     with pytest.raises(ValueError, match="method='dense' has no gates"):
         tf_dynhp.fit(_mlp(), x[:100], y[:100], deterministic_from=0.5, **{**QUICK, "method": "dense"})
+
+
+def test_deterministic_gates_before_a_targets_deadline_are_refused_and_a_phase_after_the_last_epoch_warns(mnist):
+    """Their activation rates are all 1: the deadline's forced cut would rank units by index."""
+    (x, y), _ = mnist
+    kw = dict(method="hp", epochs=4, batch_size=50, seed=1, verbose=0)
+    with pytest.raises(ValueError, match=r"`deterministic_from`=0.25 starts the deterministic gates before `target_deadline`=0.5"):
+        tf_dynhp.fit(_mlp(), x[:100], y[:100], target_kb=10.0, target_deadline=0.5, deterministic_from=0.25, **kw)
+    with pytest.warns(RuntimeWarning, match=r"`deterministic_from`=0.9 of 4 epochs leaves no epoch after it"):
+        tf_dynhp.fit(_mlp(), x[:100], y[:100], deterministic_from=0.9, **kw)

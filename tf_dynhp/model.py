@@ -2,7 +2,8 @@
 
 A functional model `Input(features) -> dense chain` (the head that flattens and
 selects input features is done by the data pipeline) or `Input(image) -> conv chain`
-(conv/pool layers, Flatten, dense part). Its training step samples per-example gates,
+(conv/pool layers, Flatten, dense part). Its training step samples per-example gates
+(the test-time gates in `fit(deterministic_from=...)`'s final phase, `deterministic_gates`),
 adds the expected-L0 penalty (Eq. 5), counts open gates for the activation rate of
 Eq. 6 (per input of an `L0Dense`, per output channel of an `L0Conv2D`), and, when
 asked, computes the exact per-example gradient variance `||S||_1` and the data loss
@@ -74,7 +75,8 @@ class GatedModel(keras.Model):
 
     Build it like a functional model, `GatedModel(inputs, outputs)`. Attributes set
     by `tf_dynhp.fit` (not serialized): `track_variance`, `loss_fn`, `gate_kernel`
-    ("tf" by default, or "fused": see `L0Dense.forward`).
+    ("tf" by default, or "fused": see `L0Dense.forward`), `deterministic_gates` (the
+    training step uses the test-time gates: `fit(deterministic_from=...)`).
     """
 
     def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any) -> None:
@@ -301,7 +303,7 @@ class GatedModel(keras.Model):
 
     def train_step(self, data):
         """`keras.Model.fit`'s step (`tf_dynhp.fit` runs `train_stats` in its own loop):
-        per-example gates, the data loss (`_data_loss`: the compiled loss, else fit's or
+        per-example gates (test-time ones with `deterministic_gates`), the data loss (`_data_loss`: the compiled loss, else fit's or
         sparse cross-entropy, with `sample_weight` as Keras weighs it) plus Eq. 5's
         penalty; the loss scaled for a `LossScaleOptimizer` (Keras' `compile` wraps the
         optimizer in one under a mixed policy) as Keras' own step does; compiled metrics

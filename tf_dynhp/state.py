@@ -38,7 +38,8 @@ class TrainerState:
         retraces: how many times step/eval functions were traced so far.
         first_trace_seconds: seconds spent tracing the first model's step and
             evaluator before epoch 1 (included in `history["trace_seconds"][0]`; the
-            traces after rebuilds are the retraces).
+            traces after rebuilds, and at the start of `fit(deterministic_from=...)`'s
+            phase, are the retraces).
         gate_kernel: how the `L0Dense` gates are sampled in training, "fused" or
             "tf" (`tf_dynhp.fit`'s resolved `gate_kernel`; the two draw different noise).
         l0_lambda: under `fit(target_kb=...)`, the multiplier λ for the next epoch

@@ -616,7 +616,7 @@ def fit(
         trace_once: trace the compiled step once for all the pruned models of the run
             (default): each rebuilt model takes over the storage of the traced one's
             variables (`tf_dynhp.storage`). False traces it again after every rebuild
-            (what `retraces` then counts); the results are the same to the bit.
+            (what `retraces` then counts, with the one trace of a `deterministic_from` phase); the results are the same to the bit.
 
         target_kb: the size the stripped model must have at most, in KB (weights +
             biases x 4 bytes / 1024, `memory.weight_count`), for "hp" and "dynhp".
@@ -678,8 +678,12 @@ def fit(
             gates (Eq. 4's deterministic values, through which log_alpha still
             learns), a final phase without the gates' noise (issue 16's "final phase
             with deterministic gates"); Eq. 6 then counts a gate open for every
-            example or none, so pruning keeps the open units (and a size target
-            holds). Not with method "dense".
+            example or none, so pruning removes only gates at 0 (and a size target
+            holds: with `target_kb` the phase starts at or after `target_deadline`,
+            whose forced cut ranks units by their sampled rates). The phase's first
+            epoch traces the step again. Like `augment_until`, a fraction: a resume
+            with more `epochs` moves it. `memory_full_kb` still counts per-example
+            gates in the phase. Not with method "dense".
         shuffle: as `keras.Model.fit`: True (default) trains each epoch in a new
             order, drawn from (seed, epoch) (`tf_dynhp.data.epoch_order`); False in
             the order given, every epoch. Keras' "batch" is not supported.
@@ -692,7 +696,7 @@ def fit(
         each dense layer; for a CNN also the input channels, each conv layer's output
         channels and the flattened features, see `tf_dynhp.units.unit_axes`), model_kb, memory_kb, memory_full_kb,
         budget_kb, variance_ratio, retraces, rebuild_seconds (surgery and optimizer
-        transfer), trace_seconds (tracing the step for a new model; epoch 1 includes the
+        transfer), trace_seconds (tracing the step for a new model, or for a `deterministic_from` phase; epoch 1 includes the
         first trace), epoch_seconds),
         `.gated_model`, `.state`.
 
@@ -899,6 +903,16 @@ def fit(
                 "the model before the cut. Leave epochs after the deadline (the default is 0.25).",
                 RuntimeWarning, stacklevel=2,
             )
+        if target_kb is not None and deterministic_from is not None and \
+                augment_lib.augmented_epochs(deterministic_from, epochs) < target.deadline_epoch(target_deadline, epochs):
+            raise ValueError(
+                f"`deterministic_from`={deterministic_from:g} starts the deterministic gates before `target_deadline`="
+                f"{target_deadline:g}'s forced cut: their activation rates are all 1 there, so the cut could not rank "
+                "the units. Give deterministic_from >= target_deadline.")
+    if deterministic_from is not None and augment_lib.augmented_epochs(deterministic_from, epochs) >= epochs:
+        warnings.warn(
+            f"`deterministic_from`={deterministic_from:g} of {epochs} epochs leaves no epoch after it: the gates are "
+            "sampled in every step of this run.", RuntimeWarning, stacklevel=2)
     dense_gated = [] if method == "dense" else [layer for layer in core.gated_layers if isinstance(layer, L0Dense)]
     gate_kernel = fused.resolve_gate_kernel(gate_kernel, announce=print if verbose else None, layers=dense_gated)
     for layer in core.gated_layers:
@@ -1037,6 +1051,7 @@ def fit(
                     f"Starting a new run in {checkpoint_dir}: removed {removed} checkpoint(s) of an earlier run "
                     "(pass resume=True to continue it instead).", RuntimeWarning, stacklevel=2,
                 )
+        run.gates_for_epoch(run.state.epoch)  # a resume inside fit(deterministic_from=...)'s phase: traced once, so
         run.trace()  # the first model, or the one a resume restored
         if run.state.epoch == 0:
             run.state.first_trace_seconds = run.trace_seconds  # not a retrace: Keras' fit traces once too

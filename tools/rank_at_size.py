@@ -121,7 +121,8 @@ the final epoch; the test error is shown beside it for information and chooses n
 * ``coc_dl50_sh1_clean25_restart_det50``: the recipe with a final phase of deterministic
   gates (`fit(deterministic_from=0.5)`, issue 16's "a final phase with pruning frozen and
   deterministic gates", not measured until then): from the deadline on, when the size is
-  reached, the step trains with the test-time gates instead of samples. The samples of a
+  reached (pruning then stops: the model is at its target), the step trains with the
+  test-time gates instead of samples. The samples of a
   gate at log_alpha 2 are below 1 in 40% of the examples (4.7% at the clip, 4.6), a
   multiplicative noise on the inputs the model is tested without; the rounds so far
   found less regularization better at this size (Adam over AdamW, the unshifted last
