@@ -508,24 +508,28 @@ def test_early_stopping_on_val_accuracy_with_keras_default_mode_and_restoring_th
         assert 100 * np.mean(pred != yt[:100]) == pytest.approx(err, abs=1e-9)
 
 
+class HalfOpen(keras.callbacks.Callback):
+    """At the start of epoch `at`, log_alpha -1 on a third of the hidden gates: open in a
+    fifth of the deterministic gate (the model scored uses them), but at P(z > 0) = 0.65
+    < gamma 0.8, so that epoch's boundary prunes them."""
+
+    def __init__(self, at=0):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            layer = self.model.gated_layers[1]
+            la = layer.log_alpha.numpy()
+            la[: len(la) // 3] = -1.0
+            layer.log_alpha.assign(la)
+
+
 def test_early_stopping_restores_the_model_its_logs_scored_before_the_epochs_prune(mnist, capsys):
     """The val_ logs score the model before the boundary's prune; a pruned epoch's best was
     restored as the model after it, which scored otherwise (0.625 against the logged
     0.66 in a probe). By `loss` in "max" mode the first epoch is the best."""
     (x, y), (xt, yt) = mnist
-
-    class HalfOpen(keras.callbacks.Callback):
-        """log_alpha -1 on a third of the hidden gates: open in a fifth of the
-        deterministic gate (the model scored uses them), but at P(z > 0) = 0.65 < gamma
-        0.8, so the first boundary prunes them."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 0:
-                layer = self.model.gated_layers[1]
-                la = layer.log_alpha.numpy()
-                la[: len(la) // 3] = -1.0
-                layer.log_alpha.assign(la)
-
     stop = keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=5, restore_best_weights=True)
     result = tf_dynhp.fit(_mlp(), x[:600], y[:600], method="hp", epochs=3, batch_size=50, seed=1, verbose=2,
                           gamma=0.8, validation_data=(xt[:500], yt[:500]), callbacks=[HalfOpen(), stop])
@@ -541,14 +545,6 @@ def test_the_best_last_epoch_that_pruned_is_restored_as_the_model_its_logs_score
     size of the model after the prune, nothing is restored."""
     (x, y), (xt, yt) = mnist
 
-    class HalfOpenLast(keras.callbacks.Callback):  # as HalfOpen above, in the last epoch
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
-                layer = self.model.gated_layers[1]
-                la = layer.log_alpha.numpy()
-                la[: len(la) // 3] = -1.0
-                layer.log_alpha.assign(la)
-
     class LastIsBest(keras.callbacks.Callback):  # before EarlyStopping: it reads the logs as left here
         def on_epoch_end(self, epoch, logs=None):
             logs["val_loss"] = -float(epoch)
@@ -557,7 +553,7 @@ def test_the_best_last_epoch_that_pruned_is_restored_as_the_model_its_logs_score
         stop = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=5, restore_best_weights=True)
         result = tf_dynhp.fit(_mlp(), x[:600], y[:600], method="hp", epochs=3, batch_size=50, seed=1, verbose=2,
                               gamma=0.8, validation_data=(xt[:500], yt[:500]),
-                              callbacks=[HalfOpenLast(), LastIsBest(), stop])
+                              callbacks=[HalfOpen(2), LastIsBest(), stop])
         out = capsys.readouterr().out
         assert sum(result.history["pruned_units"][2]) > 0 and result.state.epoch == 3
         pred = np.argmax(result.model.predict(xt[:500], verbose=0), -1)
