@@ -36,11 +36,11 @@ imported lazily when a download is actually needed.
 from __future__ import annotations
 
 import gzip
-import zipfile
 import hashlib
 import os
 import re
 import sys
+import zipfile
 import zlib
 from pathlib import Path
 from typing import NamedTuple
