@@ -398,6 +398,7 @@ def test_npz_missing_keys(tmp_path, places):
     ("text", r"not an \.npz archive of numeric arrays"),
     ("one array", r"expected an \.npz archive of arrays .*received one array"),
     ("objects", r"not an \.npz archive of numeric arrays \(NumPy: Object arrays cannot be loaded"),
+    ("corrupt member", r"not a readable \.npz archive \((error|BadZipFile)"),
 ])
 def test_a_damaged_npz_is_a_value_error_naming_it(tmp_path, places, damage, match):
     """A truncated archive raised zipfile.BadZipFile (the tools printed a traceback), a text
@@ -409,6 +410,12 @@ def test_a_damaged_npz_is_a_value_error_naming_it(tmp_path, places, damage, matc
         path.write_bytes(data[: len(data) // 2])
     elif damage == "text":
         path.write_bytes(b"not a zip at all")
+    elif damage == "corrupt member":  # one byte of a compressed member's data flipped: zlib.error named no file
+        np.savez_compressed(tmp_path / "full.npz", x_train=np.arange(28 * 28 * 50, dtype=np.uint8).reshape(50, 28, 28),
+                            y_train=np.zeros(50, np.uint8), x_test=np.zeros((5, 28, 28), np.uint8), y_test=np.zeros(5, np.uint8))
+        data = bytearray((tmp_path / "full.npz").read_bytes())
+        data[100] ^= 0xFF
+        path.write_bytes(bytes(data))
     elif damage == "one array":
         with open(path, "wb") as f:
             np.save(f, np.zeros(3))

@@ -767,3 +767,13 @@ def test_report_figures_mark_the_points_of_short_curves(tmp_path):
     report_figures._save(fig, tmp_path / "f.png")
     assert one.get_marker() == "o" and long.get_marker() in ("None", None) and ref.get_marker() in ("None", None)
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and fig.number not in plt.get_fignums()
+
+
+def test_the_lenet_section_shows_a_run_without_a_budget(tmp_path):
+    """An hp/sp LeNet-5 run records "budget_kb": null; the report failed formatting it."""
+    _, run_folders, report = _tools()
+    run = run_folders.RunInfo("lenet_hp", tmp_path / "lenet_hp", {"l0_lambda": 0.01, "arch": "lenet5"}, "finished",
+                              {"test_error": 1.2, "model_kb": 100.0, "layer_sizes": [1, 20, 50, 800, 500], "batch_sizes": [100, 100],
+                               "max_memory_kb": 900.0, "budget_kb": None, "epochs_run": 1}, None)
+    row = next(line for line in report.lenet_section([run]) if line.startswith("| lenet_hp"))
+    assert "| 900.0 / – | finished |" in row and "| 1.20 |" in row

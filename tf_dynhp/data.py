@@ -66,12 +66,13 @@ def _path_in(spec: Any, form: Any) -> list[Any] | None:
 
 
 def _unwrap_elements(dataset: tf.data.Dataset, forms: tuple[Any, Any]) -> tf.data.Dataset:
-    """Elements whose features / labels nest their tensor as the model's input / output
-    does (`([x], [y])`, `(x, {"logits": y})`, as Keras takes them) become bare tensors."""
+    """Elements whose features / labels (and weights) nest their tensor as the model's
+    input / output does (`([x], [y])`, `(x, {"logits": y}, {"logits": w})`, as Keras takes
+    them) become bare tensors."""
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) in (2, 3)):
         return dataset
-    paths = [_path_in(part, form) for part, form in zip(spec[:2], forms, strict=True)]
+    paths = [_path_in(part, form) for part, form in zip(spec, (*forms, forms[1]), strict=False)]  # weights as outputs
     if not any(paths):
         return dataset
 
@@ -80,7 +81,7 @@ def _unwrap_elements(dataset: tf.data.Dataset, forms: tuple[Any, Any]) -> tf.dat
             value = value[key]
         return value
 
-    return dataset.map(lambda features, label, *rest: (pick(features, paths[0]), pick(label, paths[1]), *rest))
+    return dataset.map(lambda *parts: tuple(pick(part, path) for part, path in zip(parts, paths, strict=True)))
 
 
 def _features_by_input_name(dataset: tf.data.Dataset, what: str, input_name: str | None) -> tf.data.Dataset:

@@ -589,7 +589,7 @@ def _load_npz(path: Path):
                     f"{sorted(f.files)} (missing {missing})"
                 )
             arrays = {k: f[k] for k in _NPZ_KEYS}
-    except (zipfile.BadZipFile, EOFError, OSError) as err:  # truncated or not a zip: named, as a damaged IDX file is
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:  # truncated, not a zip, damaged data: named, as a damaged IDX file is
         raise ValueError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err})") from None
     except ValueError as err:
         if str(err).startswith(str(path)):

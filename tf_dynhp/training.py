@@ -317,7 +317,8 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer], prunes: bool = Fal
     of all layers are summed in one). With `prunes` (hp/dynhp: layers are rebuilt with
     fewer units), also the settings bound to the number of units, which failed at the
     first prune, an epoch's work lost: a Dropout `noise_shape` fixing its last axis, and a
-    `Constant` initializer of an array."""
+    `Constant` initializer of an array. (`sp` prunes nothing, but the final `strip`
+    rebuilds the layers of closed units narrower too.)"""
     dtypes = {}
     weighted = [layer for layer in body if layer.weights]
     for layer in weighted:
@@ -393,14 +394,14 @@ def _check_unit_bound_settings(layer: keras.layers.Layer, classifier: bool = Fal
         fixed = tuple(noise_shape[:-1]) + (None,)
         raise ValueError(
             f"Layer '{layer.name}' has noise_shape={tuple(noise_shape)!r}, which fixes its last axis at "
-            f"{noise_shape[-1]} units; pruning removes units (method 'hp'/'dynhp'), and the rebuilt layer would fail. "
+            f"{noise_shape[-1]} units; pruning and the final strip remove units, and the rebuilt layer would fail. "
             f"Leave that axis to the input: noise_shape={fixed!r} drops the same way.")
     for key in ("kernel_initializer",) if classifier else ("kernel_initializer", "bias_initializer"):
         init = getattr(layer, key, None)
         if isinstance(init, keras.initializers.Constant) and np.size(init.value) > 1:
             raise ValueError(
-                f"Layer '{layer.name}' has {key}=Constant of an array of shape {np.shape(init.value)}; pruning rebuilds "
-                "the layer with fewer units (method 'hp'/'dynhp'), where that array no longer fits. Use a scalar "
+                f"Layer '{layer.name}' has {key}=Constant of an array of shape {np.shape(init.value)}; pruning and the "
+                "final strip rebuild the layer with fewer units, where that array no longer fits. Use a scalar "
                 "Constant, or set the values after building the model (`layer.set_weights`).")
 
 
@@ -800,7 +801,7 @@ def fit(
 
     # ------------------------------------------------------------------- model
     chain = parse_chain(model)  # raises on unsupported layers before anything else
-    _check_layer_settings(chain.body, prunes=method in ("hp", "dynhp"))
+    _check_layer_settings(chain.body, prunes=method != "dense")  # sp too: strip rebuilds the layers narrower
     _check_integer_input_convolution(model, chain.body)
     if method == "dense" and any(isinstance(layer, GATED_TYPES) for layer in chain.body):
         raise ValueError("method='dense' trains plain Dense/Conv2D layers; this model has gated (L0Dense/L0Conv2D) layers: pass tf_dynhp.strip(model).")
@@ -816,6 +817,7 @@ def fit(
     input_name = model.inputs[0].name  # x may be {input_name: images}, as keras.Model.fit takes it
     in_form, out_form = io_structure(model)  # and [x] / [y] for keras.Model([inp], [out]), as Keras
     x, y = unwrap_structure(x, in_form), unwrap_structure(y, out_form)
+    sample_weight = unwrap_structure(sample_weight, out_form)  # Keras nests the weights as the outputs
     x_train, y_train, w_data = as_arrays(x, y, chain.input_shape, num_classes, "x", input_name, (in_form, out_form))
     _check_integer_input_values(model, x_train, "x")
     w_train = example_weights(sample_weight, class_weight, x, y_train, num_classes, w_data)

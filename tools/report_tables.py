@@ -263,10 +263,14 @@ def lenet_section(cnn_runs: Sequence[RunInfo]) -> list[str]:
         if r.finished:
             sizes = "-".join(str(u) for u in (m.get("layer_sizes") or []))
             batches = m.get("batch_sizes") or [None]
+            def shown(key: str, digits: int = 1) -> str:  # a field a run left out or null (no budget): a dash
+                return f"{m[key]:.{digits}f}" if isinstance(m.get(key), (int, float)) else "–"
+
+            share = f" ({100 * m['model_kb'] / dense_kb:.1f}%)" if isinstance(m.get("model_kb"), (int, float)) else ""
             lines.append(
-                f"| {r.name} | {c['l0_lambda']} | {m.get('epochs_run')} | {m['test_error']:.2f} "
-                f"| {m['model_kb']:.1f} ({100 * m['model_kb'] / dense_kb:.1f}%) | {sizes} | {batches[0]}→{batches[-1]} "
-                f"| {m['max_memory_kb']:.1f} / {m['budget_kb']:.1f} | finished |"
+                f"| {r.name} | {c['l0_lambda']} | {m.get('epochs_run')} | {shown('test_error', 2)} "
+                f"| {shown('model_kb')}{share} | {sizes} | {batches[0]}→{batches[-1]} "
+                f"| {shown('max_memory_kb')} / {shown('budget_kb')} | finished |"
             )
         else:
             lines.append(f"| {r.name} | {c['l0_lambda']} | | | | | | | {r.status} |")

@@ -22,6 +22,10 @@ def _count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def _positive(v: Any) -> bool:
+    return _number(v) and v > 0
+
+
 def _counts(v: Any) -> bool:
     return isinstance(v, list) and all(_count(e) for e in v)
 
@@ -30,7 +34,7 @@ def _counts(v: Any) -> bool:
 KINDS: dict[str, tuple[Any, str]] = {
     "test_error": (_number, "a number"),
     "model_kb": (_number, "a number"),
-    "dense_model_kb": (_number, "a number"),
+    "dense_model_kb": (_positive, "a positive number"),
     "model_fraction": (_number, "a number"),
     "layer_sizes": (lambda v: v is None or _counts(v), "null or a list of unit counts"),
     "training_memory_mb": (_number, "a number"),
