@@ -429,7 +429,7 @@ def test_idx_files_of_no_images_are_refused_naming_the_file(tmp_path, places):
     """A header announcing 0 images loaded, and fit later said "`x` is empty", naming no file."""
     folder = tmp_path / "mnist"
     make_fake_dataset(folder, n_test=0)
-    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz: holds no images \(its header says 0\)"):
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz: holds no images \(0 in the file\)"):
         ds.load("mnist", folder, download=False, **places)
 
 

@@ -761,11 +761,14 @@ def test_report_figures_mark_the_points_of_short_curves(tmp_path):
     import report_figures
 
     fig, ax = plt.subplots()
-    one, = ax.plot([1], [2.0])
-    long, = ax.plot(range(50), range(50))
-    ref = ax.axhline(1.0)
+    one, = ax.plot([1], [2.0], label="one epoch")
+    long, = ax.plot(range(50), range(50), label="fifty")
+    ref = ax.axhline(1.0, label="reference")
+    ax.legend()
     report_figures._save(fig, tmp_path / "f.png")
     assert one.get_marker() == "o" and long.get_marker() in ("None", None) and ref.get_marker() in ("None", None)
+    swatches = {t.get_text(): h.get_marker() for h, t in zip(ax.get_legend().legend_handles, ax.get_legend().get_texts())}
+    assert swatches["one epoch"] == "o" and swatches["fifty"] in ("None", None) and swatches["reference"] in ("None", None)
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and fig.number not in plt.get_fignums()
 
 

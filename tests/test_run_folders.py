@@ -83,6 +83,7 @@ def test_a_metrics_field_of_another_kind_is_damaged_for_summarize_and_report(run
 
     assert run_metrics.problem({"test_error": 1.0}) is None  # other versions' files lack fields
     assert run_metrics.problem({"dense_model_kb": 0}) == "'dense_model_kb' is 0, expected a positive number"  # the report divides by it
+    assert run_metrics.problem({"test_error": 10**400}).endswith("expected a number")  # math.isfinite overflowed
     assert run_metrics.problem({"test_error": 1.0}, ("test_error", "model_kb")) == "lacks ['model_kb']"
     assert run_metrics.problem(json.loads((SWEEP / RUN / "metrics.json").read_text())) is None
 

@@ -384,3 +384,12 @@ def test_boolean_labels_are_class_ids_0_and_1():
         return tf_dynhp.fit(model, x, labels, method="sp", epochs=1, verbose=0, seed=1).history["loss"]
 
     assert run(x[:, 0] > 0.5) == run((x[:, 0] > 0.5).astype(np.int64))
+
+
+def test_plot_history_expands_the_home_folder(mnist_small, tmp_path, monkeypatch):
+    """'~/x.png' made a folder named '~' in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    result = _fit(mnist_small, "hp", epochs=1, **PRUNE_FAST)
+    assert tf_dynhp.plot_history(result, "~/plots/x.png") == str(tmp_path / "home" / "plots" / "x.png")
+    assert not (tmp_path / "~").exists()

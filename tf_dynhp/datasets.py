@@ -554,7 +554,7 @@ def _validate_split(
             f"received {images.dtype}"
         )
     if images.shape[0] == 0:  # fit would refuse it later as "`x` is empty", naming no file
-        raise ValueError(f"{images_src}: holds no images (its header says 0); expected at least one")
+        raise ValueError(f"{images_src}: holds no images (0 in the file); expected at least one")
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise ValueError(
             f"{labels_src}: expected a 1-D integer array of labels, received "

@@ -133,6 +133,7 @@ def _image_path(path: str) -> str:
     folder is made. A suffix of letters that is no image format (".txt") is refused."""
     from matplotlib.backend_bases import FigureCanvasBase
 
+    path = os.path.expanduser(path)  # "~/x.png" is the home folder's, not a "~" folder here
     formats = FigureCanvasBase.get_supported_filetypes()
     suffix = os.path.splitext(path)[1][1:]
     if suffix.lower() not in formats:

@@ -6,7 +6,8 @@ A run folder holds `config.json` (the resolved configuration), `checkpoints/`
 (one atomic checkpoint per epoch, see `tf_dynhp.checkpoint`), and once finished
 `history.jsonl` (one JSON object per epoch), `metrics.json` (final test error,
 sizes, training memory), `model.keras` (stripped) and `gated_model.keras`. A run
-with `metrics.json` is finished; an unfinished one resumes from its checkpoints.
+with a sound `metrics.json` (`is_finished`) is finished; an unfinished one resumes
+from its checkpoints.
 
 A folder never holds two runs:
 

@@ -109,11 +109,19 @@ MARK_POINTS = 20
 
 def _save(fig, path: Path) -> Path:
     for ax in fig.axes:
+        marked = set()
         for line in ax.get_lines():
             in_data = line.get_transform() is ax.transData  # not an axhline (drawn in axes coordinates)
             if in_data and len(line.get_xdata()) <= MARK_POINTS and line.get_marker() in (None, "None", "", " "):
                 line.set_marker("o")
                 line.set_markersize(3)
+                marked.add(line.get_label())
+        legend = ax.get_legend()
+        if marked and legend is not None:  # its swatches were copied from the lines before the markers
+            for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=False):
+                if text.get_text() in marked and hasattr(handle, "set_marker"):
+                    handle.set_marker("o")
+                    handle.set_markersize(3)
     try:
         fig.tight_layout()
         write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))

@@ -262,13 +262,13 @@ def lenet_section(cnn_runs: Sequence[RunInfo]) -> list[str]:
         m, c = r.metrics or {}, r.config
         if r.finished:
             sizes = "-".join(str(u) for u in (m.get("layer_sizes") or []))
-            batches = m.get("batch_sizes") or [None]
+            batches = m.get("batch_sizes") or ["–"]
             def shown(key: str, digits: int = 1) -> str:  # a field a run left out or null (no budget): a dash
                 return f"{m[key]:.{digits}f}" if isinstance(m.get(key), (int, float)) else "–"
 
             share = f" ({100 * m['model_kb'] / dense_kb:.1f}%)" if isinstance(m.get("model_kb"), (int, float)) else ""
             lines.append(
-                f"| {r.name} | {c['l0_lambda']} | {m.get('epochs_run')} | {shown('test_error', 2)} "
+                f"| {r.name} | {c['l0_lambda']} | {m.get('epochs_run', '–')} | {shown('test_error', 2)} "
                 f"| {shown('model_kb')}{share} | {sizes} | {batches[0]}→{batches[-1]} "
                 f"| {shown('max_memory_kb')} / {shown('budget_kb')} | finished |"
             )

@@ -15,7 +15,12 @@ __all__ = ["REQUIRED", "KINDS", "problem"]
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:  # an int beyond float's range (10**400) is no number the tools can format: math.isfinite overflowed
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def _count(v: Any) -> bool:
