@@ -49,7 +49,11 @@ def _real(value: Any) -> bool:
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
-    """The generator `fit` hands `augment` at epoch `epoch` (0-based) of a run seeded `seed`."""
+    """The generator `fit` hands `augment` at epoch `epoch` (0-based) of a run seeded `seed`
+    (both whole numbers >= 0; 1.5 was read as 1)."""
+    for name, value in (("seed", seed), ("epoch", epoch)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"Invalid value received for argument `{name}`. Expected an integer >= 0. Received: {name}={value!r}")
     return np.random.default_rng([int(seed), int(epoch), _STREAM])
 
 
@@ -60,11 +64,24 @@ def shift_images(images: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarr
     Args:
         images: (N, H, W) or (N, H, W, C).
         dy, dx: integer arrays of length N.
+
+    Raises:
+        ValueError: `images` is not of rank 3 or 4, or `dy` / `dx` are not N whole
+            numbers (a shorter array blanked the images past it, 0.9 was cut to 0).
     """
     images = np.asarray(images)
+    if images.ndim not in (3, 4):
+        raise ValueError(f"`images` must be (N, H, W) or (N, H, W, C); received shape {images.shape}.")
     n, h, w = images.shape[:3]
-    dy = np.asarray(dy, dtype=np.int64)
-    dx = np.asarray(dx, dtype=np.int64)
+    shifts = []
+    for name, value in (("dy", dy), ("dx", dx)):
+        value = np.asarray(value)
+        if value.shape != (n,) or not (np.issubdtype(value.dtype, np.integer) or
+                                       (np.issubdtype(value.dtype, np.floating) and np.all(value == np.round(value)))):
+            raise ValueError(f"`{name}` must hold one whole number of pixels per image, shape ({n},); received "
+                             f"{value.dtype} of shape {value.shape}.")
+        shifts.append(value.astype(np.int64))
+    dy, dx = shifts
     out = np.zeros_like(images)
     # One slice copy per distinct (dy, dx): (2s + 1)^2 vectorized copies, not N.
     pairs, which = np.unique(np.stack([dy, dx], axis=1), axis=0, return_inverse=True)

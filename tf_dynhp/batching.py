@@ -25,7 +25,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from tf_dynhp._checks import real_number
+import numpy as np
+
+from tf_dynhp._checks import invalid, real_number
 
 __all__ = ["BATCH_GROWTH_MODES", "check_alpha_bs", "growth", "batch_increment", "next_batch_size"]
 
@@ -66,11 +68,20 @@ def batch_increment(variance_l1: float, loss: float, alpha_bs: float) -> int:
         alpha_bs: smoothing parameter in [0, 1].
 
     Returns:
-        The non-negative integer increment.
+        The non-negative integer increment, at most `MAX_INCREMENT` (the budget's cap,
+        Eq. 10, is far below; an infinite ratio raised an OverflowError).
     """
+    alpha_bs = check_alpha_bs(alpha_bs)
     if not loss > 0.0 or not math.isfinite(variance_l1):
         return 0
-    return max(0, int(growth(max(variance_l1, 0.0) / loss, alpha_bs)))
+    ratio = max(variance_l1, 0.0) / loss
+    if not math.isfinite(ratio) or (1.0 - alpha_bs) * ratio >= MAX_INCREMENT:
+        return MAX_INCREMENT if alpha_bs < 1.0 else 0
+    return max(0, int(growth(ratio, alpha_bs)))
+
+
+#: The largest increment `batch_increment` gives (fit's largest batch_size is below 2**62).
+MAX_INCREMENT = 2**62
 
 
 def next_batch_size(batch_size: int, candidate: int, max_batch: int) -> int:
@@ -84,5 +95,12 @@ def next_batch_size(batch_size: int, candidate: int, max_batch: int) -> int:
     Returns:
         b_{i+1}. The batch never shrinks: pruning only frees memory, so
         `max_batch >= batch_size` whenever the current batch fit.
+
+    Raises:
+        ValueError: `batch_size` or `candidate` is not an integer >= 1, `max_batch` not
+            an integer >= 0 (floats were cut, strings read, bools taken as 0/1 silently).
     """
+    for name, value, least in (("batch_size", batch_size, 1), ("candidate", candidate, 1), ("max_batch", max_batch, 0)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+            raise invalid(name, f"an integer >= {least}", value)
     return max(int(batch_size), min(int(max_batch), int(candidate)))

@@ -334,6 +334,8 @@ def to_tflite(
     * ``"none"``: float32 weights and compute.
     * ``"float16"``: float16 weights, dequantized to float32 at load time (half the size).
     * ``"dynamic"``: int8 weights, float activations quantized on the fly (a quarter).
+      The TFLite converter leaves small weight tensors (fewer than 1024 values, e.g. a
+      pruned 24x10 classifier) in float32: `report.size_bytes` is the file as written.
     * ``"int8"``: full-integer weights and activations, calibrated on the first
       `calibration_examples` rows of `representative_data`. Input and output stay
       float32 (a ``QUANTIZE``/``DEQUANTIZE`` pair at the ends), so callers feed the

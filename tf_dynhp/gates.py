@@ -62,6 +62,15 @@ def log_alpha_init_mean(droprate_init: float) -> float:
     return math.log(1.0 - droprate_init) - math.log(droprate_init)
 
 
+def _stretch(limit_l: float, limit_r: float) -> float:
+    """`limit_l / limit_r`, for finite `limit_l < 0` and `limit_r > 1` (else a ValueError
+    naming them: a math domain error, or a silently wrong probability, before)."""
+    if not (math.isfinite(limit_l) and math.isfinite(limit_r) and limit_l < 0.0 and limit_r > 1.0):
+        raise ValueError("Invalid values received for arguments `limit_l`, `limit_r`. Expected finite limit_l < 0 "
+                         f"and limit_r > 1. Received: limit_l={limit_l!r}, limit_r={limit_r!r}")
+    return limit_l / limit_r
+
+
 def prob_open(log_alpha, temperature: float = TEMPERATURE, limit_l: float = LIMIT_L, limit_r: float = LIMIT_R):
     """P(z > 0) = 1 - Q_s(0 | phi), paper Eq. 4.
 
@@ -79,7 +88,7 @@ def prob_open(log_alpha, temperature: float = TEMPERATURE, limit_l: float = LIMI
     Returns:
         Probabilities of each gate being non-zero, same shape as `log_alpha`.
     """
-    shift = temperature * math.log(-limit_l / limit_r)
+    shift = temperature * math.log(-_stretch(limit_l, limit_r))
     cdf_zero = ops.sigmoid(shift - log_alpha)
     return ops.clip(1.0 - cdf_zero, EPSILON, 1.0 - EPSILON)
 

@@ -133,12 +133,10 @@ class _HardConcreteLayer(keras.layers.Layer):
         _check_in("weight_decay", weight_decay, 0.0, float("inf"), closed_low=True, closed_high=False)
         _check_in("droprate_init", droprate_init, 0.0, 1.0, closed_low=False, closed_high=False)
         _check_in("temperature", temperature, 0.0, float("inf"), closed_low=False, closed_high=False)
-        if not (limit_l < 0.0 and limit_r > 1.0):
-            raise ValueError(
-                "Invalid values received for arguments `limit_l`, `limit_r`. Expected "
-                f"limit_l < 0 and limit_r > 1. Received: limit_l={limit_l!r}, limit_r={limit_r!r}"
-            )
-        if dataset_size is not None and (not isinstance(dataset_size, (int, np.integer)) or dataset_size < 1):
+        _check_in("limit_l", limit_l, float("-inf"), 0.0, closed_low=False, closed_high=False)  # finite: -inf gave NaN gates
+        _check_in("limit_r", limit_r, 1.0, float("inf"), closed_low=False, closed_high=False)
+        if dataset_size is not None and (isinstance(dataset_size, (bool, np.bool_)) or not isinstance(dataset_size, (int, np.integer))
+                                         or dataset_size < 1):
             raise ValueError(
                 "Invalid value received for argument `dataset_size`. Expected a positive "
                 f"integer (the training-set size N) or None. Received: dataset_size={dataset_size!r}"

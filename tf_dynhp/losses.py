@@ -15,9 +15,11 @@ resume).
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from tf_dynhp import augment
@@ -41,15 +43,24 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):
     def __init__(self, label_smoothing: float = 0.0, from_logits: bool = False, reduction: str = "sum_over_batch_size",
                  name: str = "sparse_categorical_crossentropy", dtype: Any = None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) or not 0 <= label_smoothing < 1:
             raise ValueError(f"`label_smoothing` must be a number in [0, 1); received {label_smoothing!r}.")
         self.label_smoothing = float(label_smoothing)
         self.from_logits = bool(from_logits)
 
     def call(self, y_true, y_pred):
-        """Per-example losses, shape (batch,)."""
+        """Per-example losses, shape `y_pred.shape[:-1]` (labels of that shape, or with a
+        trailing axis of 1, as Keras takes them). A label outside [0, classes) is an
+        error, as in Keras' loss (one-hot encoding made it a row of zeros: a loss of 0)."""
         classes = ops.shape(y_pred)[-1]
-        target = ops.one_hot(ops.reshape(ops.cast(y_true, "int32"), (-1,)), classes, dtype=y_pred.dtype)
+        labels = ops.cast(y_true, "int32")
+        if len(labels.shape) == len(y_pred.shape):  # (..., 1) labels
+            labels = ops.squeeze(labels, axis=-1)
+        checks = [tf.debugging.assert_non_negative(labels, message="label values must be in [0, classes)"),
+                  tf.debugging.assert_less(labels, tf.cast(classes, labels.dtype), message="label values must be in [0, classes)")]
+        with tf.control_dependencies(checks):
+            labels = tf.identity(labels)
+        target = ops.one_hot(labels, classes, dtype=y_pred.dtype)
         return keras.losses.categorical_crossentropy(
             target, y_pred, from_logits=self.from_logits, label_smoothing=self.label_smoothing)
 
