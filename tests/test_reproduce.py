@@ -767,7 +767,7 @@ def test_report_figures_mark_the_points_of_short_curves(tmp_path):
     ax.legend()
     report_figures._save(fig, tmp_path / "f.png")
     assert one.get_marker() == "o" and long.get_marker() in ("None", None) and ref.get_marker() in ("None", None)
-    swatches = {t.get_text(): h.get_marker() for h, t in zip(ax.get_legend().legend_handles, ax.get_legend().get_texts())}
+    swatches = {t.get_text(): h.get_marker() for h, t in zip(ax.get_legend().legend_handles, ax.get_legend().get_texts(), strict=True)}
     assert swatches["one epoch"] == "o" and swatches["fifty"] in ("None", None) and swatches["reference"] in ("None", None)
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and fig.number not in plt.get_fignums()
 

@@ -263,7 +263,7 @@ def lenet_section(cnn_runs: Sequence[RunInfo]) -> list[str]:
         if r.finished:
             sizes = "-".join(str(u) for u in (m.get("layer_sizes") or []))
             batches = m.get("batch_sizes") or ["–"]
-            def shown(key: str, digits: int = 1) -> str:  # a field a run left out or null (no budget): a dash
+            def shown(key: str, digits: int = 1, m: dict = m) -> str:  # a field left out or null (no budget): a dash
                 return f"{m[key]:.{digits}f}" if isinstance(m.get(key), (int, float)) else "–"
 
             share = f" ({100 * m['model_kb'] / dense_kb:.1f}%)" if isinstance(m.get("model_kb"), (int, float)) else ""
