@@ -219,3 +219,71 @@ def test_report_refuses_a_named_benchmark_or_long_runs_path_that_is_not_there(tm
     done = _tool("report.py", f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'R.md'}", f"--{flag}={missing}")
     _refused(done, f"{expected}{missing}: no such")
     assert not (tmp_path / "R.md").exists()
+
+
+# --------------------------------------------------------------------------- the secondary tools (a probe of each)
+def test_an_output_that_is_a_device_or_a_pipe_is_refused(tmp_path):
+    """The atomic write replaced it by a regular file (as root, /dev/null too)."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    (tmp_path / "runs").mkdir()
+    done = _tool("report.py", f"--runs={tmp_path / 'runs'}", f"--out={pipe}")
+    _refused(done, "that is not a regular file")
+    assert pipe.is_fifo()
+
+
+def test_report_and_summarize_leave_out_a_config_of_another_kind_and_go_on(tmp_path):
+    import json
+    import shutil
+
+    sweep = ROOT / "results" / "sweep"
+    good = next(p for p in sorted(sweep.iterdir()) if (p / "metrics.json").exists())
+    runs = tmp_path / "runs"
+    shutil.copytree(good, runs / good.name)
+    shutil.copytree(good, runs / "damaged")
+    config = json.loads((runs / "damaged" / "config.json").read_text())
+    (runs / "damaged" / "config.json").write_text(json.dumps({**config, "hidden": "abc", "dataset": ["mnist"]}))
+    done = _tool("summarize.py", str(runs / good.name), str(runs / "damaged"))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"skipped {runs / 'damaged'}: its config.json is damaged" in done.stderr and good.name in done.stdout
+    (runs / "damaged" / "config.json").write_text(json.dumps({**config, "hidden": "abc"}))
+    done = _tool("report.py", f"--runs={runs}", f"--out={tmp_path / 'R.md'}")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "config.json is not a run's configuration (ValueError" in done.stderr and "run damaged left out" in done.stderr
+
+
+def test_rank_at_size_from_runs_refuses_what_it_cannot_tabulate_and_shows_only_its_rows(tmp_path):
+    import json
+
+    record = {"candidate": "base", "seed": 1, "dataset": "mnist", "target_kb": 205.0, "alpha_bs": 0.973, "epochs": 20,
+              "test_error": 2.0, "val_error": 1.9, "train_images": 50000, "model_kb": 204.0, "mean_mo_kb": 400.0,
+              "seconds": 10.0, "units": [1, 2, 3]}
+    other = {**record, "candidate": "cosine", "seed": 7, "val_error": None, "train_images": None}
+    good = tmp_path / "runs.jsonl"
+    good.write_text("\n".join(json.dumps(r) for r in (record, other)) + "\n")
+    done = _tool("rank_at_size.py", f"--from_runs={good}", "--candidates=base", f"--out={tmp_path / 't.md'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "seeds 1," in done.stdout and "7" not in done.stdout.split("seeds ")[1].split(",")[0]  # not the other candidate's seed
+    assert "ranked on the validation error" in done.stdout  # the other candidate's missing split decides nothing
+    for bad in ({k: v for k, v in record.items() if k != "model_kb"}, {**record, "seed": "1"}, {**record, "train_images": None}):
+        (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n")
+        _refused(_tool("rank_at_size.py", f"--from_runs={tmp_path / 'bad.jsonl'}", "--candidates=base"),
+                 "holds a record that is not a run of this tool")
+    (tmp_path / "latin.jsonl").write_bytes(b"\xff\xfe not utf-8")
+    _refused(_tool("rank_at_size.py", f"--from_runs={tmp_path / 'latin.jsonl'}", "--candidates=base"), "--from_runs: cannot read")
+    _refused(_tool("rank_at_size.py", f"--from_runs={good}", "--candidates=base,base"), "a candidate is named twice")
+
+
+def test_edge_table_behaviour_digest_benchmark_step_and_workspace_figures_refuse_bad_input_at_once(tmp_path):
+    done = _tool("edge_table.py", f"--dynhp_model={tmp_path / 'no.keras'}", f"--out_dir={tmp_path / 'edge'}")
+    _refused(done, "--dynhp_model=")
+    assert not (tmp_path / "edge").exists()  # it made the folder, then failed in export.py with a traceback
+    _refused(_tool("behaviour_digest.py", "--runs=nope"), "--runs: unknown ['nope']")
+    (tmp_path / "list.json").write_text("[]")
+    _refused(_tool("behaviour_digest.py", f"--check={tmp_path / 'list.json'}"), "received a JSON list")
+    _refused(_tool("behaviour_digest.py", "--runs=sp_mlp", "stray"), "Unexpected arguments")
+    for flag in ("--parts=1,9", "--repeats=0", "--examples=0", "--batch_sizes=0", "--steps_per_execution=0"):
+        done = _tool("benchmark_step.py", flag)
+        assert done.returncode != 0 and "Traceback" not in done.stderr and flag.split("=")[0] in done.stderr, done.stderr[-1000:]
+    done = subprocess.run(["bash", str(ROOT / "tools" / "workspace_figures.sh"), "nosuch"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown section 'nosuch'" in done.stderr

@@ -36,7 +36,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Write the digest to this JSON file.")
 flags.DEFINE_string("check", None, "Compare against this recorded digest (exit 1 on any difference).")
 flags.DEFINE_string("data_dir", None, "MNIST folder (default: TF_DYNHP_DATA, /usr/share/datasets, Keras cache).")
-flags.DEFINE_list("runs", ["dynhp_mlp", "dynhp_lenet", "sp_mlp"], "Which runs.")
+RUN_NAMES = ("dynhp_mlp", "dynhp_lenet", "sp_mlp")
+flags.DEFINE_list("runs", list(RUN_NAMES), "Which runs.")
 
 
 def _mlp():
@@ -104,7 +105,12 @@ def _diff(want: dict, got: dict, prefix: str = "") -> list[str]:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]} (every setting is a --flag)")
+    unknown = [name for name in FLAGS.runs if name not in RUN_NAMES]
+    if unknown or not FLAGS.runs:  # before the data is read or any run trains
+        raise app.UsageError(f"--runs: unknown {unknown}; expected some of {list(RUN_NAMES)}" if unknown else
+                             f"--runs: expected some of {list(RUN_NAMES)}")
     from tf_dynhp.cli.flag_rules import load_dataset, output_file  # noqa: PLC0415 - loaded by its path under __main__
 
     out = output_file("out", FLAGS.out, "a JSON file") if FLAGS.out else None  # checked before the runs; "~" expanded
@@ -114,6 +120,9 @@ def main(argv):
             recorded = json.loads(Path(FLAGS.check).read_text())
         except (OSError, ValueError) as err:
             raise app.UsageError(f"--check={FLAGS.check}: expected a digest written by --out; cannot read it ({err})") from err
+        if not isinstance(recorded, dict):
+            raise app.UsageError(f"--check={FLAGS.check}: expected a digest written by --out (a JSON object of runs); "
+                                 f"received a JSON {type(recorded).__name__}")
     (x, y), (xt, yt) = load_dataset("mnist", FLAGS.data_dir, download=False)
     data = ((x[:4000], y[:4000]), (xt[:1000], yt[:1000]))
     digest = {name: _run(name, data) for name in FLAGS.runs}

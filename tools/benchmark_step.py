@@ -60,6 +60,20 @@ flags.DEFINE_string("parts", "1,2,3", "Which parts to run (comma-separated).")
 flags.DEFINE_enum("gate_kernel", "auto", ["auto", "fused", "tf"], "Gate kernel of the tf_dynhp loops (parts 1 and 2).")
 
 
+def _ints(text: str, allowed=None) -> bool:
+    parts = [p.strip() for p in str(text).split(",")]
+    return all(p.isdigit() and int(p) >= 1 and (allowed is None or int(p) in allowed) for p in parts) and bool(parts)
+
+
+# Checked when the flags are parsed: they were tracebacks (a division by zero, range() of step 0, "`x` is empty").
+flags.register_validator("batch_sizes", _ints, "--batch_sizes: expected comma-separated integers >= 1")
+flags.register_validator("parts", lambda v: _ints(v, {1, 2, 3}), "--parts: expected some of 1,2,3, comma-separated")
+for _name in ("examples", "steps_per_execution", "repeats"):
+    flags.register_validator(_name, lambda v: v >= 1, f"--{_name}: expected an integer >= 1")
+flags.register_validator("dynhp_epochs", lambda v: v >= 0, "--dynhp_epochs: expected an integer >= 0 (0 skips part 2)")
+flags.register_validator("alpha_bs", lambda v: 0.0 <= v <= 1.0, "--alpha_bs: expected a float in [0, 1]")
+
+
 def _mlp():
     import keras
 

@@ -42,8 +42,9 @@ PATTERNS = {
 def _run(cmd: list[str]) -> str:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    if done.returncode != 0:  # export.py's own one-line error, said as this tool's
+        said = [line for line in done.stderr.splitlines() if line.startswith("error:") or "Error" in line]
+        raise app.UsageError(f"{Path(cmd[1]).name} failed: {(said or done.stderr.strip().splitlines() or ['?'])[-1]}")
     return done.stdout
 
 
@@ -59,6 +60,10 @@ def main(argv):
     from tf_dynhp.cli.flag_rules import output_folder  # noqa: PLC0415 - loaded by its path under __main__
 
     out = output_folder("out_dir", FLAGS.out_dir, "a folder for the .tflite files and the table")
+    for flag in ("dynhp_model", "dense_model"):  # before any folder is made or export run
+        given = FLAGS[flag].value
+        if given and not Path(given).expanduser().is_file():
+            raise app.UsageError(f"--{flag}={given}: no such file (a .keras model, e.g. a run folder's model.keras)")
     from tf_dynhp import datasets
 
     out.mkdir(parents=True, exist_ok=True)

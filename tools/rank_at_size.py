@@ -292,6 +292,22 @@ def _one(name: str, seed: int, data) -> dict:
     }
 
 
+#: What a run's record must hold for `table` (the JSON line `_one` prints; a record with a
+#: `val_error` also its `train_images`: records made before the hold-out have neither).
+RUN_KEYS = ("candidate", "seed", "test_error", "model_kb", "mean_mo_kb", "seconds", "units")
+
+
+def _is_run(r) -> bool:
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    return (isinstance(r, dict) and set(RUN_KEYS) <= set(r) and isinstance(r["candidate"], str)
+            and isinstance(r["seed"], int) and not isinstance(r["seed"], bool)
+            and all(number(r[k]) for k in ("test_error", "model_kb", "mean_mo_kb", "seconds"))
+            and (r.get("val_error") is None or (number(r["val_error"]) and number(r.get("train_images"))))
+            and isinstance(r["units"], list))
+
+
 def read_runs(paths: list[str]) -> list[dict]:
     """The runs of earlier `--out` files (`<out>.json`) or logs (one JSON object per line),
     the first of each (candidate, seed) kept."""
@@ -299,8 +315,8 @@ def read_runs(paths: list[str]) -> list[dict]:
     for path in paths:
         try:
             text = Path(path).read_text()
-        except OSError as err:
-            raise app.UsageError(f"--from_runs: cannot read {path} ({err.strerror or err})") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise app.UsageError(f"--from_runs: cannot read {path} ({getattr(err, 'strerror', None) or err})") from err
         try:
             found = json.loads(text)
         except ValueError:
@@ -309,9 +325,9 @@ def read_runs(paths: list[str]) -> list[dict]:
             except ValueError as err:
                 raise app.UsageError(f"--from_runs: {path} is neither a JSON list nor JSON lines ({err})") from err
         for r in found if isinstance(found, list) else [found]:
-            if not isinstance(r, dict) or not {"candidate", "seed", "test_error"} <= set(r):
+            if not _is_run(r):
                 raise app.UsageError(f"--from_runs: {path} holds a record that is not a run of this tool "
-                                     f"(expected 'candidate', 'seed', 'test_error'): {str(r)[:120]}")
+                                     f"(expected {', '.join(map(repr, RUN_KEYS))} of their kinds): {str(r)[:120]}")
             # Records made since they carry them must be of the flags' ranking (older ones do not say).
             differ = [f"{k}={r[k]!r} there, {FLAGS[k].value!r} now" for k in ("dataset", "target_kb", "alpha_bs", "epochs")
                       if k in r and r[k] != FLAGS[k].value]
@@ -332,6 +348,7 @@ def table(runs: list[dict], candidates: list[str], command: str) -> str:
     """The Markdown table of `runs`, one row per candidate, in the order given."""
     import numpy as np
 
+    runs = [r for r in runs if r["candidate"] in candidates]  # the header describes the rows shown, no other record
     seeds = sorted({r["seed"] for r in runs})
     held_out = all(r.get("val_error") is not None for r in runs)
     lines = [
@@ -379,9 +396,13 @@ def main(argv):
                                  "to write; that is a folder")
     from tf_dynhp import _checks
 
+    if not FLAGS.candidates:
+        raise app.UsageError("--candidates: expected at least one candidate (see the module docstring)")
     for name in FLAGS.candidates:
         if name not in CANDIDATES:
             raise app.UsageError(f"--candidates: unknown {name!r}; expected some of {list(CANDIDATES)}")
+    if len(set(FLAGS.candidates)) != len(FLAGS.candidates):  # each would train (and count) its seeds twice
+        raise app.UsageError(f"--candidates={','.join(FLAGS.candidates)}: a candidate is named twice")
     command = "python tools/rank_at_size.py " + " ".join(sys.argv[1:])
     if FLAGS.from_runs:
         runs = read_runs(FLAGS.from_runs)

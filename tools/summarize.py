@@ -77,7 +77,11 @@ def _row(folder: str) -> str | None:
         what = f"its metrics.json {wrong}" if wrong else f"its config.json lacks {missing}"
         print(f"skipped {folder}: {what} (damaged, or written by another version)", file=sys.stderr)
         return None
-    dense, sp = references(c, m)
+    try:  # a config value of another kind ("hidden": "abc", a list for "dataset"): this folder only is skipped
+        dense, sp = references(c, m)
+    except (KeyError, TypeError, ValueError) as err:
+        print(f"skipped {folder}: its config.json is damaged ({type(err).__name__}: {err})", file=sys.stderr)
+        return None
     sizes = "-".join(str(s) for s in m["layer_sizes"]) if m.get("layer_sizes") else "n/a"
     batches = m["batch_sizes"]
     budget = f"{m['budget_kb']:.1f}" if m.get("budget_kb") else ""

@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
+case "$what" in
+  core|i4|lenet5|bench|edge|all) ;;
+  *) echo "error: unknown section '$what'; expected one of core, i4, lenet5, bench, edge, all" >&2; exit 2 ;;
+esac
 export TF_CPP_MIN_LOG_LEVEL=2
 if [[ "$what" == core || "$what" == all ]]; then
   python tools/train.py --dataset=mnist --method=sp --epochs=10 --out_dir=runs/mnist_sp10 --overwrite

@@ -71,6 +71,9 @@ def output_file(name: str, value: str, what: str = "a file") -> Path:
     path = Path(value).expanduser()
     if path.is_dir():
         raise app.UsageError(f"--{name}={value}: expected the path of {what} to write; that is a folder")
+    if path.exists() and not path.is_file():  # a device or a FIFO: the atomic write would replace it by a file
+        raise app.UsageError(f"--{name}={value}: expected the path of {what} to write; that is not a regular file "
+                             "(a device or a pipe, which the tool would replace by a file)")
     problem = _creatable(path.parent)
     if problem:
         raise app.UsageError(f"--{name}={value}: expected the path of {what} to write; its folder cannot be created "

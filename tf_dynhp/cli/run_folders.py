@@ -196,8 +196,13 @@ def load_runs(runs_dir: Path) -> list[RunInfo]:
                 warnings.warn(f"{path / 'config.json'} is not a run's configuration (not valid JSON, or no 'dataset'): "
                               f"run {name} left out", RuntimeWarning, stacklevel=2)
             continue
-        config = _normalize(raw)
-        state = run_status(path, config["epochs"])
+        try:  # a field of another kind ("hidden": "abc", no "epochs"): the run is left out, named, as a damaged file is
+            config = _normalize(raw)
+            state = run_status(path, int(config["epochs"]))
+        except (KeyError, TypeError, ValueError) as err:
+            warnings.warn(f"{path / 'config.json'} is not a run's configuration ({type(err).__name__}: {err}): "
+                          f"run {name} left out", RuntimeWarning, stacklevel=2)
+            continue
         metrics = _read_json(path / "metrics.json") if state == "finished" else None
         command = entry.get("command") or _train_command(name, config)
         out.append(RunInfo(name, path, config, state, metrics, command))
