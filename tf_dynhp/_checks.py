@@ -41,6 +41,14 @@ def positive_int(name: str, value: Any, maximum: int | None = None) -> int:
     return int(value)
 
 
+def whole_number(name: str, value: Any, least: int = 0) -> int:
+    """`value` as an int >= `least` (NumPy integers accepted; bools, floats and strings
+    refused: a count of 3.7 or "8" is no count), else `invalid(name, ...)`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+        raise invalid(name, f"an integer >= {least}", value)
+    return int(value)
+
+
 def real_number(name: str, value: Any, expected: str, ok: Callable[[float], bool] = lambda v: True) -> float:
     """`value` as a finite float for which `ok` holds (any real number type, NumPy's
     included; bools refused), else `invalid(name, expected, value)`."""

@@ -34,6 +34,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tf_dynhp._checks import whole_number
+
 __all__ = ["RandomShift", "RandomErasing", "Augmentations", "from_config", "shift_images", "epoch_rng", "augmented_epochs", "epoch_images", "describe", "describe_partial",
            "describe_callable", "check_output"]
 
@@ -51,10 +53,7 @@ def _real(value: Any) -> bool:
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     """The generator `fit` hands `augment` at epoch `epoch` (0-based) of a run seeded `seed`
     (both whole numbers >= 0; 1.5 was read as 1)."""
-    for name, value in (("seed", seed), ("epoch", epoch)):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"Invalid value received for argument `{name}`. Expected an integer >= 0. Received: {name}={value!r}")
-    return np.random.default_rng([int(seed), int(epoch), _STREAM])
+    return np.random.default_rng([whole_number("seed", seed), whole_number("epoch", epoch), _STREAM])
 
 
 def shift_images(images: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-import numpy as np
-
-from tf_dynhp._checks import invalid, real_number
+from tf_dynhp._checks import real_number, whole_number
 
 __all__ = ["BATCH_GROWTH_MODES", "check_alpha_bs", "growth", "batch_increment", "next_batch_size"]
 
@@ -100,7 +98,5 @@ def next_batch_size(batch_size: int, candidate: int, max_batch: int) -> int:
         ValueError: `batch_size` or `candidate` is not an integer >= 1, `max_batch` not
             an integer >= 0 (floats were cut, strings read, bools taken as 0/1 silently).
     """
-    for name, value, least in (("batch_size", batch_size, 1), ("candidate", candidate, 1), ("max_batch", max_batch, 0)):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
-            raise invalid(name, f"an integer >= {least}", value)
-    return max(int(batch_size), min(int(max_batch), int(candidate)))
+    batch_size, candidate = whole_number("batch_size", batch_size, 1), whole_number("candidate", candidate, 1)
+    return max(batch_size, min(whole_number("max_batch", max_batch), candidate))

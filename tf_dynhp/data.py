@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import types
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -48,21 +49,30 @@ def _memory_bytes() -> int:
     return total
 
 
-def _path_in(spec: Any, form: Any) -> list[Any] | None:
-    """The keys / indices that lead to the one tensor of `spec` (an element_spec part) when
-    it nests it as `form` does (`unwrap_structure`'s rule, on specs); None otherwise."""
+def _path_in(value: Any, form: Any, is_data: Callable[[Any], bool] = lambda first: False) -> list[Any] | None:
+    """The keys / indices that lead to the one tensor of `value` (an array structure, or an
+    element_spec part) when it nests it as `form` does (`tf_dynhp.surgery.io_structure`: a
+    dict / list around its one tensor, 0 at the tensor); None otherwise. A list of one
+    whose entry `is_data` is data, not a structure."""
     if form is None or form == 0:
         return []
     if isinstance(form, dict):
-        if not (isinstance(spec, dict) and len(form) == 1 and set(spec) == set(form)):
+        if not (isinstance(value, dict) and len(form) == 1 and set(value) == set(form)):
             return None
         (key,) = form
-        rest = _path_in(spec[key], form[key])
+        rest = _path_in(value[key], form[key], is_data)
         return None if rest is None else [key, *rest]
-    if not (isinstance(spec, (list, tuple)) and len(spec) == len(form) == 1):
+    if not (isinstance(value, (list, tuple)) and len(value) == len(form) == 1) or is_data(value[0]):
         return None
-    rest = _path_in(spec[0], form[0])
+    rest = _path_in(value[0], form[0], is_data)
     return None if rest is None else [0, *rest]
+
+
+def _pick(value: Any, path: list[Any] | None) -> Any:
+    """The part of `value` that `path` (from `_path_in`) leads to."""
+    for key in path or []:
+        value = value[key]
+    return value
 
 
 def _unwrap_elements(dataset: tf.data.Dataset, forms: tuple[Any, Any]) -> tf.data.Dataset:
@@ -75,13 +85,7 @@ def _unwrap_elements(dataset: tf.data.Dataset, forms: tuple[Any, Any]) -> tf.dat
     paths = [_path_in(part, form) for part, form in zip(spec, (*forms, forms[1]), strict=False)]  # weights as outputs
     if not any(paths):
         return dataset
-
-    def pick(value, path):
-        for key in path or []:
-            value = value[key]
-        return value
-
-    return dataset.map(lambda *parts: tuple(pick(part, path) for part, path in zip(parts, paths, strict=True)))
+    return dataset.map(lambda *parts: tuple(_pick(part, path) for part, path in zip(parts, paths, strict=True)))
 
 
 def _features_by_input_name(dataset: tf.data.Dataset, what: str, input_name: str | None) -> tf.data.Dataset:
@@ -269,16 +273,8 @@ def unwrap_structure(value: Any, form: Any) -> Any:
     tensor) is the one array inside, as `keras.Model.fit` reads `[x]` or
     `{"logits": y}` for `keras.Model([inp], {"logits": out})`; anything else is returned
     as it is (a list whose one entry is a single value is data, not a structure)."""
-    if form is None or form == 0:
-        return value
-    if isinstance(form, dict):
-        if isinstance(value, dict) and len(form) == 1 and set(value) == set(form):
-            (key,) = form
-            return unwrap_structure(value[key], form[key])
-        return value
-    if isinstance(value, (list, tuple)) and len(form) == len(value) == 1 and (isinstance(value[0], dict) or np.ndim(value[0]) >= 1):
-        return unwrap_structure(value[0], form[0])
-    return value
+    path = _path_in(value, form, is_data=lambda first: not isinstance(first, dict) and np.ndim(first) < 1)
+    return value if path is None else _pick(value, path)
 
 
 def reshape_to_input(x: np.ndarray, input_shape: tuple[int, ...], what: str = "x") -> np.ndarray:

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tf_dynhp._checks import invalid
+from tf_dynhp._checks import real_number, whole_number
 
 __all__ = [
     "BYTES_PER_FLOAT",
@@ -101,14 +101,6 @@ def weight_count(model: Any) -> int:
     return total
 
 
-def _whole(name: str, value: Any, least: int) -> int:
-    """`value` as an int >= `least` (NumPy integers accepted; bools, floats, strings refused:
-    a batch of 3.7 rows or of "8" was cut, or read, silently)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
-        raise invalid(name, f"an integer >= {least}", value)
-    return int(value)
-
-
 def mo_kb_from_counts(n_weights: int, batch_size: int, input_dim: int) -> float:
     """Paper MO in KB: 4 bytes x (weights + batch_size x input_dim) / 1024."""
     return floats_to_kb(n_weights + batch_size * input_dim)
@@ -129,8 +121,8 @@ def mo_kb(model: Any, batch_size: int, input_dim: int | None = None) -> float:
     Returns:
         MO in KB of 1024 bytes.
     """
-    dim = _input_dim(model) if input_dim is None else _whole("input_dim", input_dim, 1)
-    return mo_kb_from_counts(weight_count(model), _whole("batch_size", batch_size, 0), dim)
+    dim = _input_dim(model) if input_dim is None else whole_number("input_dim", input_dim, 1)
+    return mo_kb_from_counts(weight_count(model), whole_number("batch_size", batch_size), dim)
 
 
 def max_batch_for_mo(budget_kb: float, n_weights: int, input_dim: int) -> int:
@@ -146,10 +138,8 @@ def max_batch_for_mo(budget_kb: float, n_weights: int, input_dim: int) -> int:
         ValueError: `budget_kb` is not a finite number >= 0, `n_weights` not an integer
             >= 0 or `input_dim` not an integer >= 1.
     """
-    if isinstance(budget_kb, (bool, np.bool_)) or not isinstance(budget_kb, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(budget_kb) or budget_kb < 0:
-        raise invalid("budget_kb", "a finite number of KB >= 0", budget_kb)
-    n_weights, input_dim = _whole("n_weights", n_weights, 0), _whole("input_dim", input_dim, 1)
+    budget_kb = real_number("budget_kb", budget_kb, "a finite number of KB >= 0", lambda v: v >= 0)
+    n_weights, input_dim = whole_number("n_weights", n_weights), whole_number("input_dim", input_dim, 1)
     free_floats = budget_kb * BYTES_PER_KB / BYTES_PER_FLOAT - n_weights
     if free_floats < 0:
         return 0
@@ -223,8 +213,8 @@ def memory_full_kb(model: Any, batch_size: int, optimizer: Any = None, input_dim
             are. None counts two slots per trainable float (Adam) plus 2 scalars.
         input_dim: input floats per example (defaults as in `mo_kb`).
     """
-    dim = _input_dim(model) if input_dim is None else _whole("input_dim", input_dim, 1)
-    batch_size = _whole("batch_size", batch_size, 0)
+    dim = _input_dim(model) if input_dim is None else whole_number("input_dim", input_dim, 1)
+    batch_size = whole_number("batch_size", batch_size)
     trainable = _variable_floats(model.trainable_variables)
     if optimizer is not None and getattr(optimizer, "built", False):
         opt = _variable_floats(optimizer.variables)

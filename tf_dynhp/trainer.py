@@ -213,9 +213,9 @@ class Trainer:
         if config.target_kb is not None:
             self.size_lambda = tf.Variable(float(state.l0_lambda), dtype="float64", trainable=False, name="size_lambda")
         # fit(deterministic_from=...): whether the step uses the test-time gates (set per
-        # epoch by `gates_for_epoch`), and what the traced functions were traced with.
+        # epoch by `gates_for_epoch`, given to every core by `set_core`).
         self.deterministic = False
-        self.traced_deterministic = False
+        self.traced_constants = None  # graph_constants of the core the functions were traced for
         self.set_core(core)
 
     # -- model and compiled functions
@@ -234,7 +234,7 @@ class Trainer:
         # A CNN's expected size under a target reads its flattened-row maps from the
         # model's shapes: constants of the trace, like the layers' own.
         baked = self.size_lambda is not None and len(core.inputs[0].shape) > 2
-        if self.shared and (baked or graph_constants(old) != graph_constants(core) or self.traced_deterministic != self.deterministic):
+        if self.shared and (baked or graph_constants(core) != self.traced_constants):
             # The traced step holds constants of the old structure: new functions on the
             # same (relaxed) storage scheme. Variables are created afresh, so relax them.
             self.shared = False
@@ -253,7 +253,7 @@ class Trainer:
         if self.shared:
             storage.relax(variables)
             storage.reindex(core.optimizer)
-        self.traced_deterministic = self.deterministic
+        self.traced_constants = graph_constants(core) if self.shared else None  # what a rebuilt core must match
         self.acc = loop.Accumulators(core)
         self.runner = loop.make_epoch_runner(core, self.acc, self.config.steps_per_execution, self.config.alpha_bs, self.config.batch_growth)
         self.evaluator = loop.make_evaluator(core)

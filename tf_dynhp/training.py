@@ -95,11 +95,8 @@ def _resolve_loss(loss: Any) -> Callable | None:
         _check_loss_reduction(fn)
         return fn.call  # unreduced, per example
     if callable(fn):
-        if isinstance(fn, functools.partial) and fn.keywords.get("ignore_class") is not None:
-            raise ValueError(
-                f"`loss` is a partial of {getattr(fn.func, '__name__', fn.func)!r} with ignore_class="
-                f"{fn.keywords['ignore_class']!r}; tf_dynhp.fit averages the loss over every example of a batch and does "
-                "not mask classes: drop `ignore_class`, and give those examples sample_weight 0 (or leave them out).")
+        if isinstance(fn, functools.partial):
+            _refuse_ignore_class(f"a partial of {getattr(fn.func, '__name__', fn.func)!r} with ", fn.keywords)
         return fn
     raise _invalid("loss", "None, a loss name or a callable returning per-example losses", loss)
 
@@ -121,12 +118,18 @@ def _check_loss_reduction(fn: keras.losses.Loss) -> None:
             f"`loss` is {type(fn).__name__}(reduction={reduction!r}); tf_dynhp.fit trains on the mean of the "
             "per-example losses over the batch (Eq. 8's F is that mean): use reduction='sum_over_batch_size' (Keras' "
             "default), and scale the learning rate for a sum.")
-    ignored = (getattr(fn, "_fn_kwargs", None) or {}).get("ignore_class")
+    _refuse_ignore_class(f"{type(fn).__name__}(", getattr(fn, "_fn_kwargs", None) or {}, ")")
+
+
+def _refuse_ignore_class(described: str, kwargs: dict[str, Any], closing: str = "") -> None:
+    """A loss masking a class (`ignore_class` in a Loss' or a partial's arguments): Keras
+    averages over the examples not ignored, the step over all of them."""
+    ignored = kwargs.get("ignore_class")
     if ignored is not None:
         raise ValueError(
-            f"`loss` is {type(fn).__name__}(ignore_class={ignored!r}); tf_dynhp.fit averages the loss over every "
-            "example of a batch and does not mask classes: drop `ignore_class`, and give those examples "
-            "sample_weight 0 (or leave them out of the data).")
+            f"`loss` is {described}ignore_class={ignored!r}{closing}; tf_dynhp.fit averages the loss over every example of "
+            "a batch and does not mask classes: drop `ignore_class`, and give those examples sample_weight 0 (or leave "
+            "them out of the data).")
 
 
 def _warn_compiled_settings(model: Any, given: Any, optimizer: keras.optimizers.Optimizer, loss: Any) -> None:
@@ -784,6 +787,8 @@ def fit(
                                          lambda v: 0 < v < 1)
         if method == "dense":
             raise ValueError("`deterministic_from` sets when the gates stop being sampled; method='dense' has no gates.")
+    # The epochs before the phase (Trainer.gates_for_epoch); None: the gates are sampled throughout.
+    deterministic_epoch = None if deterministic_from is None else augment_lib.augmented_epochs(deterministic_from, epochs)
     if not isinstance(shuffle, (bool, np.bool_)):
         raise _invalid("shuffle", "True or False (Keras' 'batch' is not supported)", shuffle)
     shuffle = bool(shuffle)
@@ -905,13 +910,13 @@ def fit(
                 "the model before the cut. Leave epochs after the deadline (the default is 0.25).",
                 RuntimeWarning, stacklevel=2,
             )
-        if target_kb is not None and deterministic_from is not None and \
-                augment_lib.augmented_epochs(deterministic_from, epochs) < target.deadline_epoch(target_deadline, epochs):
+        if target_kb is not None and deterministic_epoch is not None and \
+                deterministic_epoch < target.deadline_epoch(target_deadline, epochs):
             raise ValueError(
                 f"`deterministic_from`={deterministic_from:g} starts the deterministic gates before `target_deadline`="
                 f"{target_deadline:g}'s forced cut: their activation rates are all 1 there, so the cut could not rank "
                 "the units. Give deterministic_from >= target_deadline.")
-    if deterministic_from is not None and augment_lib.augmented_epochs(deterministic_from, epochs) >= epochs:
+    if deterministic_epoch is not None and deterministic_epoch >= epochs:
         warnings.warn(
             f"`deterministic_from`={deterministic_from:g} of {epochs} epochs leaves no epoch after it: the gates are "
             "sampled in every step of this run.", RuntimeWarning, stacklevel=2)
@@ -977,7 +982,7 @@ def fit(
         augment=augment,
         augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if final_phase else None,
         input_name=model.inputs[0].name, structure=(in_form, out_form), weighted=w_train is not None, shuffle=shuffle,
-        deterministic_epoch=augment_lib.augmented_epochs(deterministic_from, epochs) if deterministic_from is not None else None,
+        deterministic_epoch=deterministic_epoch,
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 
