@@ -612,11 +612,12 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
             good.model.save(os.path.join(out_dir, "model.keras"))
             good.gated_model.save(os.path.join(out_dir, "gated_model.keras"))
         raise
-    # A resumed run: this call's time plus the recorded times of the epochs it did not
-    # train (a resume of a finished run would otherwise report the second it took).
-    seconds = time.perf_counter() - t0 + sum(float(v or 0.0) for key in tf_dynhp.training.TIMING_KEYS
-                                             for v in result.history.get(key, [])[:trained_before])
     h = result.history
+    # A resumed run: this call's time plus the recorded times of the epochs it did not
+    # train (a resume of a finished run would otherwise report the second it took). A
+    # call that trained no epoch (the run was finished) adds nothing of its own.
+    seconds = ((time.perf_counter() - t0 if len(h["loss"]) > trained_before else 0.0)
+               + sum(float(v or 0.0) for key in tf_dynhp.training.TIMING_KEYS for v in h.get(key, [])[:trained_before]))
     probs = result.model.predict(x_test, batch_size=2000, verbose=0)
     test_error = 100.0 * float(np.mean(np.argmax(probs, -1) != y_test))
     dense_kb = tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(model))
