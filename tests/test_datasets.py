@@ -668,6 +668,23 @@ def test_unlisted_files_are_not_checked_and_bad_lines_are_named(tmp_path, places
         ds.load("mnist", folder, download=False, **places)
 
 
+def test_lines_of_a_list_that_name_no_file_read_do_not_block_loading(tmp_path, places):
+    """A PGP-signed list, or one with another tool's lines, in the data's folder or its
+    parent: its odd lines blocked loading although they name none of the files read."""
+    folder = tmp_path / "root" / "mnist"
+    make_fake_dataset(folder, marker=6)
+    listed = [f"{sha256(f)}  mnist/{f.name}" for f in sorted(folder.iterdir())]
+    (folder.parent / "SHA256SUMS").write_text("\n".join(
+        ["-----BEGIN PGP SIGNED MESSAGE-----", "Hash: SHA256", ""] + listed
+        + ["md5 d41d8cd98f00b204e9800998ecf8427e  other.tar", "-----BEGIN PGP SIGNATURE-----", "iQIzBAEBCAAdFiEE", "-----END PGP SIGNATURE-----"]) + "\n")
+    assert first_train_label(ds.load("mnist", folder.parent, download=False, **places)) == 6
+    # the listed files are still checked
+    labels = folder / "train-labels-idx1-ubyte.gz"
+    write(labels, idx_bytes(np.arange(5, dtype=np.uint8)[::-1].copy()), compress=True)
+    with pytest.raises(ValueError, match="SHA-256 mismatch"):
+        ds.load("mnist", folder.parent, download=False, **places)
+
+
 def test_npz_is_checked_against_sha256sums(tmp_path, places):
     path = tmp_path / "data" / "mnist.npz"
     make_fake_npz(path, marker=5)
@@ -679,7 +696,8 @@ def test_npz_is_checked_against_sha256sums(tmp_path, places):
 @real_data
 def test_real_data_has_sha256sums_that_match():
     assert (DATA_ROOT / "SHA256SUMS").is_file()
-    listed = ds._read_sums(DATA_ROOT / "SHA256SUMS")
+    listed, odd = ds._read_sums(DATA_ROOT / "SHA256SUMS")
+    assert odd == []
     assert os.path.normpath((DATA_ROOT / "mnist" / "train-images-idx3-ubyte.gz").resolve()) in listed
     ds._check_sums(sorted((DATA_ROOT / "mnist").glob("*.gz")))  # the fixtures loaded them through the check
 

@@ -27,7 +27,8 @@ Where the data are looked for, in order:
 
 Where a `SHA256SUMS` file (the `sha256sum` format, or BSD's `SHA256 (name) = ...`)
 lies in the folder holding the files or in its parent, the files it lists that
-are read are checked against it (a mismatch is a `ValueError` naming the file).
+are read are checked against it (a mismatch is a `ValueError` naming the file; so
+is a line in neither format that names a file read; other lines are ignored).
 
 Only `gzip`, `hashlib` and `numpy` are imported at module import time; `urllib` is
 imported lazily when a download is actually needed.
@@ -483,13 +484,15 @@ _GNU_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
 _BSD_LINE = re.compile(r"^SHA256 \((.+)\) = ([0-9a-fA-F]{64})$")
 
 
-def _read_sums(path: Path) -> dict[str, str]:
-    """`SHA256SUMS` as {normalised absolute path: hex digest}.
+def _read_sums(path: Path) -> tuple[dict[str, str], list[tuple[int, str]]]:
+    """`SHA256SUMS` as ({normalised absolute path: hex digest}, [(line number, line)] of the
+    lines in neither the GNU nor the BSD format).
 
-    Raises:
-        ValueError: a line that is neither the GNU nor the BSD format (names the file and line).
+    The odd lines are returned, not raised: a list kept beside the data may hold other
+    things (a PGP-signed list's armour, another tool's lines); `_check_sums` refuses
+    only those that name a file it checks.
     """
-    out = {}
+    out, odd = {}, []
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -499,19 +502,19 @@ def _read_sums(path: Path) -> dict[str, str]:
         elif m := _BSD_LINE.match(line):
             name, digest = m.group(1), m.group(2)
         else:
-            raise ValueError(
-                f"{path}, line {number}: expected '<64 hex digits>  <file name>' (sha256sum) or "
-                f"'SHA256 (<file name>) = <64 hex digits>', received {line[:100]!r}"
-            )
+            odd.append((number, line))
+            continue
         out[os.path.normpath(path.parent.resolve() / name)] = digest.lower()
-    return out
+    return out, odd
 
 
 def _check_sums(files: list[Path]) -> None:
     """Checks `files` against every `SHA256SUMS` in their folder and its parent that lists them.
 
     Raises:
-        ValueError: a file's SHA-256 differs from the listed one (names both files).
+        ValueError: a file's SHA-256 differs from the listed one (names both files), or a
+            line of the list that names a file read is in neither format (names the list
+            and the line; lines naming no file read are ignored).
     """
     for path in files:
         resolved = path.resolve()
@@ -520,8 +523,15 @@ def _check_sums(files: list[Path]) -> None:
             sums = folder / SUMS_FILE
             if not sums.is_file():
                 continue
-            expected = _read_sums(sums).get(key)
+            listed, odd = _read_sums(sums)
+            expected = listed.get(key)
             if expected is None:
+                for number, line in odd:
+                    if resolved.name in line:
+                        raise ValueError(
+                            f"{sums}, line {number}: expected '<64 hex digits>  <file name>' (sha256sum) or "
+                            f"'SHA256 (<file name>) = <64 hex digits>', received {line[:100]!r}"
+                        )
                 continue
             h = hashlib.sha256()
             with open(path, "rb") as f:
