@@ -956,6 +956,36 @@ def test_shuffle_is_checked_and_part_of_what_a_resume_checks(mnist, tmp_path):
         tf_dynhp.fit(_mlp(), x[:200], y[:200], resume=True, **{**kw, "epochs": 2})
 
 
+# --------------------------------------------------------------------------- validation_freq
+@pytest.mark.parametrize("freq, validated", [(2, [2, 4]), ([1, 3], [1, 3]), ((4,), [4])])
+def test_validation_freq_validates_the_epochs_keras_would_and_trains_the_same(mnist, freq, validated):
+    """`validation_freq`, as keras.Model.fit reads it: fit refused the argument. The other
+    epochs have no val_ logs and no test hooks, and None in the history; training is
+    the same to the bit as with a validation after every epoch."""
+    (x, y), (xt, yt) = mnist
+    x, y = x[:200], y[:200]
+    kw = dict(method="dynhp", alpha_bs=0.5, budget_kb=1e5, epochs=4, batch_size=16, seed=3, verbose=0,
+              validation_data=(xt[:100], yt[:100]))
+    every, record = tf_dynhp.fit(_mlp(), x, y, **kw), Record()
+    some = tf_dynhp.fit(_mlp(), x, y, validation_freq=freq, callbacks=[record], **kw)
+    for key in ("val_loss", "val_error", "val_accuracy"):
+        assert [e + 1 for e, v in enumerate(some.history[key]) if v is not None] == validated
+        assert [v for e, v in enumerate(every.history[key]) if e + 1 in validated] == [v for v in some.history[key] if v is not None]
+    logged = [c[1] + 1 for c in record.calls if c[0] == "epoch" and "val_loss" in c[2]]
+    assert logged == validated
+    assert sum(c[0] == "test_begin" for c in record.calls) == len(validated)
+    assert every.history["loss"] == some.history["loss"]
+    for a, b in zip(every.model.get_weights(), some.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("freq", [0, -1, True, 1.5, "2", [], [0, 2], [True], None])
+def test_validation_freq_is_checked_by_name(mnist, freq):
+    (x, y), _ = mnist
+    with pytest.raises(ValueError, match=r"`validation_freq`.*a positive int"):
+        tf_dynhp.fit(_mlp(), x[:100], y[:100], validation_freq=freq, **QUICK)
+
+
 # --------------------------------------------------------------------------- settings bound to a layer's width
 @pytest.mark.parametrize("kind", ["dropout", "cnn_dropout", "input_dropout", "bias", "kernel"])
 def test_settings_bound_to_the_units_are_refused_before_pruning_by_name(mnist, kind):

@@ -74,6 +74,15 @@ class FitConfig:
     structure: tuple[Any, Any] = (None, None)  # how the user's model wraps its input and output (surgery.io_structure)
     shuffle: bool = True  # fit(shuffle=...): False trains every epoch in the order given
     deterministic_epoch: int | None = None  # fit(deterministic_from=...): from the epoch after this many, test-time gates
+    validation_freq: int | tuple[int, ...] = 1  # fit(validation_freq=...): every N-th epoch, or these 1-based epochs
+
+
+def validates(epoch: int, validation_freq: int | tuple[int, ...]) -> bool:
+    """Whether the epoch (0-based) ends with a validation, as `keras.Model.fit` reads
+    `validation_freq`: every N-th epoch for an int, the listed 1-based epochs otherwise."""
+    if isinstance(validation_freq, int):
+        return (epoch + 1) % validation_freq == 0
+    return epoch + 1 in validation_freq
 
 
 @dataclasses.dataclass
@@ -457,7 +466,8 @@ class Trainer:
         record["loss"] = stats["loss"] / count
         record["data_loss"] = stats["data_loss"] / count
         record["accuracy"] = stats["correct"] / count
-        record["val_loss"], record["val_error"], record["val_accuracy"] = self.evaluate(val, callbacks)
+        due = val if validates(epoch, self.config.validation_freq) else None
+        record["val_loss"], record["val_error"], record["val_accuracy"] = self.evaluate(due, callbacks)
         # Memory of this epoch, measured from the variables that exist and the batches fed.
         record["memory_kb"] = memory.mo_kb_from_counts(self.weights(), int(stats["max_batch"]), int(stats["width"]))
         record["memory_full_kb"] = memory.memory_full_kb(self.core, int(stats["max_batch"]), self.core.optimizer, int(stats["width"]))

@@ -483,6 +483,20 @@ def _model_signature(chain: Any) -> dict[str, Any]:
     }
 
 
+def _check_validation_freq(validation_freq: Any) -> int | tuple[int, ...]:
+    """`fit(validation_freq=...)` as Keras reads it: a positive int, or a list (any
+    sequence) of positive 1-based epochs; returned as an int or a tuple."""
+    def positive(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 1
+
+    if positive(validation_freq):
+        return int(validation_freq)
+    if isinstance(validation_freq, (list, tuple)) and validation_freq and all(positive(v) for v in validation_freq):
+        return tuple(int(v) for v in validation_freq)
+    raise _invalid("validation_freq", "a positive int (validate every N epochs) or a non-empty list of positive epochs",
+                   validation_freq)
+
+
 def fit(
     model: keras.Model,
     x: Any,
@@ -526,6 +540,7 @@ def fit(
     class_weight: dict[int, float] | None = None,
     shuffle: bool = True,
     deterministic_from: float | None = None,
+    validation_freq: int | list[int] = 1,
 ) -> FitResult:
     """Trains `model` with dense, SP, HP or DynHP training and returns it stripped.
 
@@ -570,6 +585,10 @@ def fit(
             examples (the last ones, before shuffling, as `keras.Model.fit`) held out as
             validation data: what an EarlyStopping may select on without touching the
             test set.
+        validation_freq: as `keras.Model.fit`: an int N validates after every N-th
+            epoch (default 1: every epoch), a list the (1-based) epochs to validate
+            after. The other epochs' records hold None for val_loss, val_error and
+            val_accuracy, and their callback logs lack them.
         seed: makes two runs identical (sets Keras' seeds and TF op determinism).
             None: drawn at random (recorded in `FitResult.state.seed`) and Keras'
             seeds and op determinism left as they are, so a rerun with that seed is
@@ -789,6 +808,7 @@ def fit(
             raise ValueError("`deterministic_from` sets when the gates stop being sampled; method='dense' has no gates.")
     # The epochs before the phase (Trainer.gates_for_epoch); None: the gates are sampled throughout.
     deterministic_epoch = None if deterministic_from is None else augment_lib.augmented_epochs(deterministic_from, epochs)
+    validation_freq = _check_validation_freq(validation_freq)
     if not isinstance(shuffle, (bool, np.bool_)):
         raise _invalid("shuffle", "True or False (Keras' 'batch' is not supported)", shuffle)
     shuffle = bool(shuffle)
@@ -982,7 +1002,7 @@ def fit(
         augment=augment,
         augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if final_phase else None,
         input_name=model.inputs[0].name, structure=(in_form, out_form), weighted=w_train is not None, shuffle=shuffle,
-        deterministic_epoch=deterministic_epoch,
+        deterministic_epoch=deterministic_epoch, validation_freq=validation_freq,
     )
     run = Trainer(config, core, features, input_shape, state, data_spec)
 
