@@ -93,6 +93,18 @@ Y = np.arange(20) % 10
 MLP_KB = 4 * (784 * 8 + 8 + 8 * 10 + 10) / 1024  # make_mlp(hidden=(8,))
 
 
+@keras.saving.register_keras_serializable(package="tests")
+class _ScaledDense(keras.layers.Dense):
+    def call(self, inputs):
+        return 10.0 * super().call(inputs)
+
+
+def _quantized():
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax", name="q")])
+    model.quantize("int8")
+    return model
+
+
 def _ones(shape, dtype=None):
     return keras.ops.ones(shape, dtype=dtype)
 
@@ -170,6 +182,33 @@ FIT_CASES = [
      ValueError, r"`x` holds values that are not whole numbers.*the model's input is uint8"),
     ("dataset of one dict", dict(x=tf.data.Dataset.from_tensor_slices({"image": X, "label": Y}), y=None), ValueError,
      r"`x` is a tf.data.Dataset whose elements are \{'image'.*pairs or \(features, label, sample_weight\) triples of tensors"),
+    # Found by a probe: each was accepted and gave a model other than the one given, or failed deep in Keras.
+    ("Flatten channels_first on images", dict(model=lambda: keras.Sequential([
+        keras.Input((28, 28)), keras.layers.Flatten(data_format="channels_first", name="flat"),
+        keras.layers.Dense(10, activation="softmax")])), ValueError,
+     r"'flat' of class Flatten.*data_format='channels_first'.*Flatten\(data_format='channels_last'\)"),
+    ("Flatten channels_first in a CNN", dict(model=lambda: keras.Sequential([
+        keras.Input((28, 28, 1)), keras.layers.Conv2D(2, 3, activation="relu"),
+        keras.layers.Flatten(data_format="channels_first", name="flat"), keras.layers.Dense(10, activation="softmax")]),
+        x=X[..., None]), ValueError, r"'flat' of class Flatten.*channels_first"),
+    ("a subclass of Dense", dict(model=lambda: keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+        _ScaledDense(10, activation="softmax", name="scaled")])), ValueError,
+     r"'scaled' of class _ScaledDense.*subclass of Dense: tf_dynhp rebuilds every Dense as a plain Dense"),
+    ("a quantized model", dict(model=_quantized), ValueError, r"'q' of class Dense.*quantized \(quantization_mode='int8'\)"),
+    ("SpatialDropout before the Flatten", dict(model=lambda: keras.Sequential([keras.Input((28, 28)),
+        keras.layers.SpatialDropout1D(0.2, name="sd"), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])),
+     ValueError, r"'sd' of class SpatialDropout1D.*depends on that shape.*Move it after the Flatten"),
+    ("Dropout noise_shape before the Flatten", dict(model=lambda: keras.Sequential([keras.Input((28, 28)),
+        keras.layers.Dropout(0.2, noise_shape=(None, 28, 1), name="do"), keras.layers.Flatten(),
+        keras.layers.Dense(10, activation="softmax")])), ValueError, r"'do' of class Dropout.*noise_shape=\(None, 28, 1\)"),
+    ("a hidden activation failing on 3 units", dict(model=lambda: keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+        keras.layers.Dense(8, activation="glu", name="g"), keras.layers.Dense(10, activation="softmax")])), ValueError,
+     r"'g' of class Dense.*activation 'glu' fails on a row of 3 units"),
+    ("rollback with a learning-rate schedule", dict(on_nonfinite="rollback", optimizer=keras.optimizers.Adam(
+        keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.9))), ValueError,
+     r"on_nonfinite='rollback' retries .* a schedule \(ExponentialDecay\)"),
+    ("EarlyStopping on a log of no known direction", dict(callbacks=[keras.callbacks.EarlyStopping(monitor="val_acc")]),
+     ValueError, r"EarlyStopping\(monitor='val_acc', mode='auto'\): neither Keras nor tf_dynhp knows"),
 ]
 
 

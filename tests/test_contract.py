@@ -956,6 +956,22 @@ def test_shuffle_is_checked_and_part_of_what_a_resume_checks(mnist, tmp_path):
         tf_dynhp.fit(_mlp(), x[:200], y[:200], resume=True, **{**kw, "epochs": 2})
 
 
+# --------------------------------------------------------------------------- monitored logs
+@pytest.mark.parametrize("make", [
+    lambda m: keras.callbacks.EarlyStopping(monitor=m, patience=1),
+    lambda m: keras.callbacks.ReduceLROnPlateau(monitor=m, patience=1),
+])
+@pytest.mark.parametrize("monitor", ["val_error", "model_kb"])
+def test_a_monitoring_callback_on_fits_own_logs_knows_lower_is_better(mnist, make, monitor):
+    """Keras' mode 'auto' knows only "loss" and compiled metrics: EarlyStopping(monitor=
+    "val_error"), fit's headline log, raised at the end of the first epoch."""
+    (x, y), (xt, yt) = mnist
+    cb = make(monitor)
+    tf_dynhp.fit(_mlp(), x[:200], y[:200], method="hp", epochs=2, batch_size=50, seed=1, verbose=0,
+                 validation_data=(xt[:100], yt[:100]), callbacks=[cb])
+    assert cb.mode == "min" and cb.monitor_op is keras.ops.less
+
+
 # --------------------------------------------------------------------------- validation_freq
 @pytest.mark.parametrize("freq, validated", [(2, [2, 4]), ([1, 3], [1, 3]), ((4,), [4])])
 def test_validation_freq_validates_the_epochs_keras_would_and_trains_the_same(mnist, freq, validated):

@@ -269,6 +269,28 @@ def test_adamw_exclusions_and_exact_resume_through_prunes(mnist, tmp_path):
                if u.shape == v.shape) or a.history["active_units"] != plain.history["active_units"]
 
 
+@pytest.mark.parametrize("method", ["sp", "hp"])
+def test_weight_decay_exclusions_survive_a_resume_that_traces_again(mnist, tmp_path, method):
+    """A checkpoint kept the optimizer's config, which leaves out AdamW's
+    `exclude_from_weight_decay(var_names=...)`: a resumed run (any retrace; sp traces its
+    restored model) decayed the excluded biases and differed from the unstopped run."""
+    (x, y), _ = mnist
+    kw = dict(method=method, epochs=4, batch_size=50, seed=3, verbose=0, trace_once=method == "hp")
+
+    def adamw():
+        opt = keras.optimizers.AdamW(1e-3, weight_decay=0.9)
+        opt.exclude_from_weight_decay(var_names=["bias"])
+        return opt
+
+    a = tf_dynhp.fit(_mlp(hidden=(12,), input_shape=(28, 28)), x[:300], y[:300], optimizer=adamw(), **kw)
+    folder = tmp_path / "ck"
+    tf_dynhp.fit(_mlp(hidden=(12,), input_shape=(28, 28)), x[:300], y[:300], optimizer=adamw(), checkpoint_dir=folder,
+                 callbacks=[stop_after(2)], **kw)
+    c = tf_dynhp.fit(_mlp(hidden=(12,), input_shape=(28, 28)), x[:300], y[:300], optimizer=adamw(), checkpoint_dir=folder,
+                     resume=True, **kw)
+    assert_same_run(c, a, a.gated_model, c.gated_model)
+
+
 def test_weight_decay_exclusions_by_identity_are_refused(mnist):
     """`exclude_from_weight_decay(var_list=...)` names variables fit replaces: refused, naming
     the way that works (var_names)."""

@@ -196,6 +196,8 @@ def parse_chain(model: keras.Model) -> Chain:
     if any(d is None for d in model.inputs[0].shape[1:]):
         raise ValueError(f"Model '{model.name}': every input dimension but the batch must be known, received {model.inputs[0].shape}")
     _check_no_lora(layers)
+    _check_exact_classes(layers)
+    _check_flatten_order(layers)
     _check_hidden_activations(layers)
     if any(isinstance(layer, CONV_TYPES + POOLING_TYPES) for layer in layers):
         return _parse_spatial(model, layers, input_shape)
@@ -208,6 +210,8 @@ def parse_chain(model: keras.Model) -> Chain:
             seen_dense = True
             body.append(layer)
         elif isinstance(layer, ELEMENTWISE_TYPES):
+            if not seen_dense:
+                _check_flat_elementwise(layer)
             body.append(layer)
         elif isinstance(layer, HEAD_TYPES) and not seen_dense:
             if isinstance(layer, SelectFeatures):
@@ -231,6 +235,64 @@ def _check_flat_dense(layer: keras.layers.Layer) -> None:
             f"It receives inputs of shape {tuple(in_shape)}; Dense layers must act on flat "
             "(batch, features) inputs: add a Flatten layer before it.",
         )
+
+
+def _check_flat_elementwise(layer: keras.layers.Layer) -> None:
+    """An element-wise layer before the first Dense of a Dense-first model gets the flat
+    rows the pipeline feeds (the head is applied to the data): one whose work depends on
+    the input's shape (SpatialDropout, a Dropout `noise_shape`) cannot run on them."""
+    shape = tuple(layer._inbound_nodes[0].input_tensors[0].shape)
+    if len(shape) == 2:
+        return
+    if type(layer) is not keras.layers.Activation and not (type(layer) is keras.layers.Dropout and layer.noise_shape is None):
+        why = f"noise_shape={tuple(layer.noise_shape)}" if getattr(layer, "noise_shape", None) is not None else f"a {type(layer).__name__}"
+        raise unsupported(
+            layer,
+            f"It acts on inputs of shape {shape} with {why}, which depends on that shape, but before the first Dense "
+            "layer tf_dynhp feeds the layers flat (batch, features) rows (the Flatten is applied to the data). "
+            "Move it after the Flatten, or use Dropout without noise_shape.",
+        )
+
+
+def _check_exact_classes(layers: list[keras.layers.Layer]) -> None:
+    """No subclass of a weighted layer: surgery rebuilds Dense / Conv2D layers as the
+    plain class (keeping the config and weights), which would drop what the subclass
+    changes (its `call`). tf_dynhp's own gated layers are their own classes."""
+    exact = (keras.layers.Dense, keras.layers.Conv2D) + GATED_TYPES
+    for layer in layers:
+        if isinstance(layer, WEIGHTED_TYPES) and type(layer) not in exact:
+            base = next(c.__name__ for c in exact if isinstance(layer, c))
+            raise unsupported(
+                layer,
+                f"It is a subclass of {base}: tf_dynhp rebuilds every {base} as a plain {base} when it prunes and "
+                "strips, which would drop what the subclass changes. Use the plain layer (with an Activation layer "
+                "after it for another function of its outputs).",
+            )
+        quantized = getattr(getattr(layer, "dtype_policy", None), "quantization_mode", None)
+        if quantized:
+            raise unsupported(
+                layer,
+                f"It is quantized (quantization_mode={quantized!r}): tf_dynhp trains and rebuilds float kernels and "
+                "would read the quantized values as floats. Train and prune the float model, then quantize it "
+                "(tf_dynhp.export.to_tflite(quantization=...) or model.quantize(...)).",
+            )
+
+
+def _check_flatten_order(layers: list[keras.layers.Layer]) -> None:
+    """Flatten in row-major (channels_last) order only: pruning maps every flattened
+    unit to the channel and position it copies in that order, and the Dense-first
+    pipeline flattens the data so."""
+    for layer in layers:
+        if isinstance(layer, keras.layers.Flatten) and layer.data_format != "channels_last":
+            shape = tuple(layer._inbound_nodes[0].input_tensors[0].shape)
+            if len(shape) >= 3:  # (batch, features): nothing to reorder
+                raise unsupported(
+                    layer,
+                    f"It has data_format={layer.data_format!r} (set by the layer or by keras.config."
+                    "image_data_format()), which flattens its inputs of shape "
+                    f"{shape} channel axis first; tf_dynhp reads flattened units in row-major order. Use "
+                    "Flatten(data_format='channels_last').",
+                )
 
 
 def _check_flat_select(layer: keras.layers.Layer) -> None:
@@ -268,7 +330,16 @@ def _check_hidden_activations(layers: list[keras.layers.Layer]) -> None:
     last = max((i for i, layer in enumerate(layers) if isinstance(layer, DENSE_TYPES)), default=-1)
     for layer in layers[:last]:
         activation = getattr(layer, "activation", None)
-        if isinstance(layer, keras.layers.Softmax) or (activation is not None and not _elementwise(activation)):
+        try:
+            mixes = activation is not None and not _elementwise(activation)
+        except Exception as err:  # e.g. "glu", which halves the units
+            name = getattr(activation, "__name__", str(activation))
+            raise unsupported(
+                layer,
+                f"Its activation '{name}' fails on a row of 3 units ({type(err).__name__}: {err}): hidden activations "
+                "must act on each unit alone (relu, tanh, gelu, ...), since pruning removes units.",
+            ) from err
+        if isinstance(layer, keras.layers.Softmax) or mixes:
             name = "softmax" if isinstance(layer, keras.layers.Softmax) else getattr(activation, "__name__", str(activation))
             raise unsupported(
                 layer,

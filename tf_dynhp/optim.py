@@ -28,7 +28,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-__all__ = ["fused_adam_supported", "apply_gradients", "clone_optimizer", "check_weight_decay_exclusions"]
+__all__ = ["fused_adam_supported", "apply_gradients", "clone_optimizer", "check_weight_decay_exclusions",
+           "weight_decay_exclusions", "set_weight_decay_exclusions"]
 
 
 def check_weight_decay_exclusions(optimizer: Any) -> None:
@@ -53,6 +54,21 @@ def clone_optimizer(optimizer: Any) -> Any:
     if pattern is not None:
         new._exclude_from_weight_decay_pattern = pattern
     return new
+
+
+def weight_decay_exclusions(optimizer: Any) -> str | None:
+    """The `exclude_from_weight_decay(var_names=...)` pattern of `optimizer` as text (what
+    a checkpoint keeps: `get_config` leaves it out), or None."""
+    pattern = getattr(optimizer, "_exclude_from_weight_decay_pattern", None)
+    return None if pattern is None else pattern.pattern
+
+
+def set_weight_decay_exclusions(optimizer: Any, pattern: str | None) -> None:
+    """Gives `optimizer` the `weight_decay_exclusions` text of another (None: nothing excluded by name)."""
+    import re
+
+    optimizer._exclude_from_weight_decay_pattern = None if pattern is None else re.compile(pattern)
+    optimizer._exclude_from_weight_decay_cache = {}
 
 
 def fused_adam_supported(optimizer: Any) -> bool:

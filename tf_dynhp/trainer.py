@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_dynhp import batching, loop, memory, storage, target
+from tf_dynhp import batching, loop, memory, optim, storage, target
 from tf_dynhp import checkpoint as ckpt
 from tf_dynhp.convert import strip
 from tf_dynhp.data import FeatureSelection, epoch_order
@@ -511,6 +511,8 @@ class Trainer:
         meta = {
             "core": keras.saving.serialize_keras_object(self.core),
             "optimizer": keras.optimizers.serialize(self.core.optimizer),
+            # What get_config leaves out: AdamW's exclude_from_weight_decay(var_names=...)
+            "weight_decay_exclusions": optim.weight_decay_exclusions(self.core.optimizer),
             "features": None if self.features is None else [int(i) for i in self.features],
             "state": json.loads(self.state.to_json()),
         }
@@ -525,6 +527,9 @@ class Trainer:
         for key, var in zip(model_keys, core.variables):
             var.assign(arrays[key])
         optimizer = keras.optimizers.deserialize(copy.deepcopy(meta["optimizer"]))
+        # Checkpoints written before the key: the run's own optimizer has the exclusions.
+        optim.set_weight_decay_exclusions(optimizer, meta["weight_decay_exclusions"] if "weight_decay_exclusions" in meta
+                                          else optim.weight_decay_exclusions(self.core.optimizer))
         optimizer.build(core.trainable_variables)
         opt_keys = sorted(k for k in arrays if k.startswith("optimizer/"))
         for key, var in zip(opt_keys, optimizer.variables):

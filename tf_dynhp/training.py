@@ -438,6 +438,34 @@ def _check_same_activation(name: str, activation: Any, rebuilt: Any) -> None:
         )
 
 
+#: fit's own epoch logs (without "val_") whose lower values are better: what a Keras
+#: monitoring callback in mode "auto" is told (Keras knows only "loss" and compiled metrics).
+LOWER_IS_BETTER = ("loss", "data_loss", "error", "model_kb", "memory_kb", "memory_full_kb", "expected_kb")
+#: The logs Keras' mode "auto" reads itself: "loss", and the step's compiled `accuracy`.
+_KERAS_KNOWS = ("loss", "accuracy")
+
+
+def _tell_monitor_direction(cb: Any) -> None:
+    """A monitoring callback (EarlyStopping, ModelCheckpoint, ReduceLROnPlateau) in mode
+    "auto" on one of fit's own lower-is-better logs (`val_error`, `model_kb`, ...) gets
+    mode "min": Keras tells the direction only of "loss" and compiled metrics, and raised
+    at the end of the first epoch, its work lost. A monitor whose direction neither knows
+    is refused before any work, with Keras' advice."""
+    if not (hasattr(cb, "monitor_op") and hasattr(cb, "_set_monitor_op")) or cb.monitor_op is not None:
+        return
+    if getattr(cb, "mode", None) != "auto" or not isinstance(getattr(cb, "monitor", None), str):
+        return
+    name = cb.monitor.removeprefix("val_")
+    if name in LOWER_IS_BETTER and name != "loss":
+        cb.mode = "min"
+    elif name not in _KERAS_KNOWS:
+        raise ValueError(
+            f"{type(cb).__name__}(monitor={cb.monitor!r}, mode='auto'): neither Keras nor tf_dynhp knows whether "
+            f"{cb.monitor!r} should rise or fall (Keras would raise at the end of the first epoch). Pass mode='min' "
+            "or mode='max'. fit logs loss, accuracy, val_loss, val_accuracy, val_error, model_kb, memory_kb, "
+            "batch_size, ... (see fit's `Returns`).")
+
+
 def _check_callbacks(callbacks: Any, method: str) -> list[Any]:
     """`callbacks` as a list: a list or tuple of callbacks, one callback, or a Keras
     `CallbackList` (as `keras.Model.fit` takes them), each checked."""
@@ -463,6 +491,7 @@ def _check_callbacks(callbacks: Any, method: str) -> list[Any]:
                 "state change between epochs): use fit(checkpoint_dir=..., resume=True), which checkpoints "
                 "all of it atomically after every epoch."
             )
+        _tell_monitor_direction(cb)
         if isinstance(cb, keras.callbacks.ModelCheckpoint) and cb.save_best_only and method in ("hp", "dynhp"):
             warnings.warn(
                 f"ModelCheckpoint(save_best_only=True) with method={method!r}: it saves `callback.model` at the end of "
@@ -993,6 +1022,12 @@ def fit(
     data_spec = tf.TensorSpec((None,) + (x_train.shape[1:] if chain.spatial else (None,)), tf.as_dtype(x_train.dtype))
     if on_nonfinite not in ("raise", "rollback"):
         raise _invalid("on_nonfinite", "'raise' or 'rollback'", on_nonfinite)
+    if on_nonfinite == "rollback" and not hasattr(opt.learning_rate, "assign"):
+        raise ValueError(
+            "on_nonfinite='rollback' retries a failed epoch with half the optimizer's learning rate, but the "
+            f"optimizer's learning rate is a schedule ({type(getattr(opt, '_learning_rate', None)).__name__}), which "
+            "has no value to halve. Give a constant learning rate (a keras.callbacks.LearningRateScheduler may set "
+            "it each epoch; the retry halves what it set), or on_nonfinite='raise'.")
     config = FitConfig(
         method=method, epochs=epochs, gamma=float(gamma), budget_kb=budget_kb, budget_on=budget_on,
         alpha_bs=alpha_bs or 0.0, batch_growth=batch_growth, steps_per_execution=steps_per_execution,
