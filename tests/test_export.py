@@ -525,6 +525,39 @@ def test_export_tool_takes_a_model_on_flat_inputs_and_refuses_bad_flags_before_w
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["flat.tflite", "flat_export.json"]
 
 
+def test_export_tool_compares_a_cnn_with_an_mlp_reference_and_takes_a_tilde(stripped_cnn, tmp_path, monkeypatch):
+    """A CNN --model against an MLP --dense_model was refused: the reference got the
+    images already shaped for the CNN, (28, 28, 1). `~` in --model was "no such file"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    stripped_cnn.save(tmp_path / "cnn.keras")
+    keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]).save(tmp_path / "ref.keras")
+    (tmp_path / "out").mkdir()
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "export.py"), f"--data_dir={DATA_ROOT}", "--model=~/cnn.keras",
+                           f"--out={tmp_path / 'out' / 'cnn.tflite'}", "--eval_limit=200", "--dense_model=~/ref.keras"],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dense float32 (unpruned)" in done.stdout and (tmp_path / "out" / "cnn.tflite").is_file()
+
+
+def test_export_tool_refuses_an_unwritable_output_folder_before_any_work(tmp_path, monkeypatch):
+    """An --out or --trainable_out in a folder it may not write failed with a PermissionError
+    traceback after the data, the models and the reference conversion (the --out file
+    already written when --trainable_out was the unwritable one). `os.access` says no as
+    for a read-only folder (root may write anywhere)."""
+    from absl import app
+
+    import tf_dynhp.cli.export as tool
+
+    monkeypatch.setattr(tool.os, "access", lambda path, mode: os.path.realpath(path) != os.path.realpath(tmp_path / "ro"))
+    (tmp_path / "ro").mkdir()
+    for name in ("out", "trainable_out"):
+        monkeypatch.setattr(tool.FLAGS[name], "value", str(tmp_path / "ro" / "x.tflite"))
+        with pytest.raises(app.UsageError, match=rf"--{name}=.*x.tflite: the folder .*ro is not writable"):
+            tool._tflite_path(name)
+        monkeypatch.setattr(tool.FLAGS[name], "value", str(tmp_path / "x.tflite"))
+        assert tool._tflite_path(name) == tmp_path / "x.tflite"
+
+
 def test_a_float64_model_is_refused_by_name_before_conversion(tmp_path, no_conversion):
     """fit trains float64 models; TFLite's builtin ops take float32: one line naming the
     dtype and the weight (the converter failed with 40 lines of MLIR)."""

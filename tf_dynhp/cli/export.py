@@ -68,8 +68,9 @@ def _load_keras(path: str, flag: str = "model"):
 
     import tf_dynhp  # noqa: PLC0415,F401 - registers the custom layers
 
+    given, path = path, str(Path(path).expanduser())  # "~" as the shell would (the error names the flag's value)
     if not Path(path).is_file():
-        raise app.UsageError(f"--{flag}={path}: no such file")
+        raise app.UsageError(f"--{flag}={given}: no such file")
     suffix = Path(path).suffix.lower()
     if suffix not in (".keras", ".h5", ".hdf5"):
         raise app.UsageError(f"--{flag}={path}: not a readable Keras model file (expected a .keras file, or a legacy "
@@ -122,6 +123,8 @@ def _tflite_path(name: str) -> Path:
     path = Path(value).expanduser()
     if not path.parent.is_dir():
         raise app.UsageError(f"--{name}={value}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):  # checked before the data, the models and any file written
+        raise app.UsageError(f"--{name}={value}: the folder {path.parent} is not writable")
     if path.is_dir():
         raise app.UsageError(f"--{name}={value}: expected the path of a .tflite file to write; that is a folder")
     return path
@@ -177,6 +180,7 @@ def main(argv: list[str]) -> int:
     calibration = x_train[rng.permutation(len(x_train))[: FLAGS.calibration_examples]]
 
     model = _load_keras(FLAGS.model)
+    images = x_test  # as the data set has them: the reference may take another shape
     x_test, calibration = _as_input(x_test, model, "test images"), _as_input(calibration, model, "training images")
     try:  # refusals of the model (e.g. not float32, or a CNN for --trainable_out) before any file is written
         export.check_exportable(model, trainable=bool(FLAGS.trainable_out))
@@ -184,7 +188,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"--model={FLAGS.model}: {err}") from err
     if FLAGS.dense_model:  # the reference may take another input shape (a CNN against an MLP on flat rows)
         ref_model, ref_name = _load_keras(FLAGS.dense_model, "dense_model"), "dense float32 (unpruned)"
-        x_ref = _as_input(x_test, ref_model, "test images", flag="dense_model")
+        x_ref = _as_input(images, ref_model, "test images", flag="dense_model")
     else:
         ref_model, ref_name, x_ref = model, "pruned float32", x_test
     rows = []
