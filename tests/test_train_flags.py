@@ -253,3 +253,31 @@ def test_ctrl_c_says_how_to_go_on(tmp_path):
         proc.kill()
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
     assert f"interrupted: run the same command with --resume to go on from the last epoch saved in {out}" in stderr
+
+
+def test_a_diverging_run_is_one_line_saying_what_the_folder_keeps(tmp_path):
+    """A NonFiniteError was a traceback pointing to "the exception's `last_good`", which a
+    command-line user cannot reach; the folder does keep that model."""
+    if not DATA_ROOT.exists():
+        pytest.skip("datasets not found")
+    out = tmp_path / "run"
+    done = train(f"--data_dir={DATA_ROOT / 'mnist'}", "--method=hp", "--learning_rate=1e12", "--epochs=3", "--train_limit=1000",
+                 "--test_limit=100", "--hidden=8", "--verbose=0", f"--out_dir={out}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "error: Non-finite loss or gradient in epoch " in done.stderr and "last_good" not in done.stderr
+    assert f"{out} keeps the initial model (no epoch ended well): model.keras" in done.stderr
+    assert "--on_nonfinite=rollback" in done.stderr and (out / "model.keras").is_file()
+
+
+def test_a_resume_whose_config_json_is_no_object_is_one_line(tmp_path):
+    # valid JSON of another kind (a list) was an AttributeError traceback
+    if not DATA_ROOT.exists():
+        pytest.skip("datasets not found")
+    out = tmp_path / "run"
+    flags = (f"--data_dir={DATA_ROOT / 'mnist'}", "--method=hp", "--epochs=1", "--train_limit=300", "--test_limit=100",
+             "--hidden=8", "--verbose=0", f"--out_dir={out}")
+    assert train(*flags).returncode == 0
+    (out / "config.json").write_text("[1, 2]")
+    done = train(*flags, "--resume")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "its config.json is not readable (expected a JSON object of the run's settings, received a list)" in done.stderr

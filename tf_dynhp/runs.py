@@ -419,6 +419,9 @@ def _check_resumed_config(out_dir: str, resolved: dict[str, Any]) -> bool:
         saved = json.loads(open(path).read())
     except (OSError, ValueError) as err:
         raise RunFolderError(f"Cannot resume in {out_dir}: its config.json is not readable ({err}).") from err
+    if not isinstance(saved, dict):
+        raise RunFolderError(f"Cannot resume in {out_dir}: its config.json is not readable (expected a JSON object of "
+                             f"the run's settings, received a {type(saved).__name__}).")
     if saved.get("alpha_bs") is None and saved.get("method") == "dynhp":  # written before alpha_bs was resolved
         from tf_dynhp.training import DEFAULT_ALPHA_BS
 

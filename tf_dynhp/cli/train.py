@@ -156,6 +156,7 @@ def main(argv):
         out_dir = str(output_folder("out_dir", out_dir, "a run folder"))  # before TensorFlow loads; "~" expanded
     from tf_dynhp import runs
     from tf_dynhp.checkpoint import CheckpointError
+    from tf_dynhp.trainer import NonFiniteError
 
     config = runs.RunConfig(**{name: FLAGS[name].value for name in _CONFIG_FLAGS})
     from tf_dynhp.cli.paper import PLAIN_RECIPE, recipe_for
@@ -168,6 +169,8 @@ def main(argv):
         runs.run(config, out_dir, data=data, resume=FLAGS.resume, verbose=FLAGS.verbose, overwrite=FLAGS.overwrite)
     except (runs.RunFolderError, runs.RunArgumentError, CheckpointError, ToolError) as err:  # before any training
         sys.exit(f"error: {err}")
+    except NonFiniteError as err:  # the run folder keeps the last good epoch's model (runs.run wrote it)
+        sys.exit(f"error: {nonfinite_message(err, out_dir, FLAGS.on_nonfinite)}")
     except KeyboardInterrupt:  # Ctrl-C: the checkpoints of the epochs done stay (exit status 130, as a shell's)
         again = (" with --resume" + (" instead of --overwrite" if FLAGS.overwrite else "")) if out_dir is not None else ""
         print(f"interrupted: run the same command{again} to go on from the last epoch saved"
@@ -176,6 +179,19 @@ def main(argv):
         sys.exit(130)
     except OSError as err:  # the run folder or its checkpoints/ cannot be made or written, the data set cannot be read, ...
         sys.exit(f"error: {_os_message(err)}")
+
+
+def nonfinite_message(err: Exception, out_dir: str | None, on_nonfinite: str) -> str:
+    """A `NonFiniteError` in the tool's words: what failed (the library's first clause, which
+    points to the exception's `last_good` a command-line user has no use for), what the run
+    folder keeps, and what to try."""
+    what = str(err).split("; training stopped")[0]
+    good = getattr(getattr(getattr(err, "last_good", None), "state", None), "epoch", None)
+    model = "the initial model (no epoch ended well)" if not good else f"the model of the last good epoch, {good}"
+    kept = (f"{out_dir} keeps {model}: model.keras, gated_model.keras, history.jsonl"
+            + (" and its checkpoints" if good else "") if out_dir is not None else "nothing is saved without --out_dir")
+    advice = "lower --learning_rate" + ("" if on_nonfinite == "rollback" else ", or retry failed epochs with --on_nonfinite=rollback")
+    return f"{what}; training stopped. {kept}. Try: {advice}."
 
 
 def _os_message(err: OSError) -> str:
