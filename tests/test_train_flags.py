@@ -173,6 +173,13 @@ def _tool(script: str, *args: str) -> subprocess.CompletedProcess:
      "error: `target_kb` needs a method that removes units"),
     ("train.py", ["--method=dynhp", "--budget_kb=1", "--epochs=1", "--train_limit=100"], "error: `budget_kb`=1.0 cannot hold"),
     ("train.py", ["--method=sp", "--epochs=1", "extra"], "Unexpected arguments: ['extra']"),
+    # flags the others make ineffective: they changed only config.json and the run's name (its report group)
+    ("train.py", ["--method=hp", "--alpha_bs=0.9"], "error: --alpha_bs: no effect with --method=hp"),
+    ("train.py", ["--method=sp", "--batch_growth=epoch"], "error: --batch_growth: no effect with --method=sp"),
+    ("train.py", ["--lambda_floor=0.1", "--size_penalty=outgoing"],
+     "error: --lambda_floor, --size_penalty: no effect without --target_kb"),
+    ("train.py", ["--target_deadline=0.5"], "error: --target_deadline: no effect without --target_kb"),
+    ("reproduce.py", ["--methods=sp", "--target_kb=200", "--dry_run"], "error: --target_kb: no effect with --methods=sp"),
     ("reproduce.py", ["--datasets=mnist", "--methods=sp", "--epochs=1", "--data_dir=/nonexistent/d"],
      "error: --data_dir=/nonexistent/d: Dataset 'mnist' not found"),
 ])
@@ -218,6 +225,8 @@ def test_every_command_of_workspace_figures_sh_parses_its_flags():
     (["--augment_fraction=0.5"], "error: Invalid value received for argument `augment_fraction`. Expected 1 without augment_shift"),
     # refused by fit: it left an empty folder with checkpoints/, which the tools listed as unfinished
     (["--method=sp", "--target_kb=10", "--train_limit=100"], "error: `target_kb` needs a method that removes units"),
+    # the default budget is the paper's MO, which the full footprint always exceeds: it was refused as too small
+    (["--method=dynhp", "--budget_on=full", "--train_limit=100"], "error: budget_on='full' (--budget_on) needs a budget_kb (--budget_kb)"),
 ])
 def test_settings_runs_refuses_are_one_line_and_leave_no_folder(tmp_path, flags, expected):
     # They ended in a traceback (a ValueError outside the refusals train.py prints), the

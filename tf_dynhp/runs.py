@@ -569,6 +569,11 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
     x, x_test = tf_dynhp.data.reshape_to_input(x, shape, "the training images"), tf_dynhp.data.reshape_to_input(x_test, shape, "the test images")
     budget_kb = config.budget_kb
     if budget_kb is None and config.method == "dynhp":
+        if config.budget_on != "paper":  # the default is SP's MO, the paper's measure: no budget of the full footprint
+            raise RunArgumentError(
+                f"budget_on={config.budget_on!r} (--budget_on) needs a budget_kb (--budget_kb): the default budget is SP's "
+                f"memory in the paper's measure (MO, weights + batch at budget_batch={config.budget_batch}), which the full "
+                "footprint (gates, optimizer state, activations) always exceeds.")
         budget_kb = tf_dynhp.memory.mo_kb(model, batch_size=config.budget_batch)
     alpha_bs = config.alpha_bs
     if alpha_bs is None and config.method == "dynhp":  # the value fit uses, so config.json says what ran

@@ -273,6 +273,9 @@ def build_grid(
     for m in methods:
         if m not in METHODS:
             raise invalid("methods", f"names from {list(METHODS)}", ",".join(methods))
+    if target_kb is not None and grid != "frontier" and not {"hp", "dynhp"} & set(methods):
+        raise ValueError(f"--target_kb: no effect with --methods={','.join(methods)} (a size target is for the methods "
+                         f"that remove units, hp and dynhp). Received: target_kb={target_kb:g}")
     rows = set(seeds_rows)
     if not rows <= set(ROW_KINDS) | {"all"}:
         raise invalid("seeds_rows", f"'all' or names from {list(ROW_KINDS)}", ",".join(seeds_rows))

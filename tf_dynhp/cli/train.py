@@ -138,6 +138,28 @@ expect("label_smoothing", "a float in [0, 1)", lambda v: 0.0 <= v < 1.0)
 expect("deterministic_from", "a float in [0, 1) (0: never)", lambda v: 0.0 <= v < 1.0)
 expect("hidden", "comma-separated positive layer sizes, e.g. 300,100",
         lambda v: all(part.strip().isdigit() and int(part) >= 1 for part in v.split(",")))
+#: Flags that set the size multiplier of --target_kb: given without it they changed nothing
+#: but the run's name (tools/reproduce.py's recipe parts) and config.json.
+_TARGET_ONLY = ("lambda_floor", "lambda_step", "size_penalty", "target_schedule")
+
+
+def _check_no_effect(values: dict) -> None:
+    """Refuses, before any work, a flag that the other flags make ineffective."""
+    given = [name for name in _TARGET_ONLY if values[name] is not None]
+    if values["target_deadline"] is not None and values["lr_decay"] != "cosine_restart":
+        given.append("target_deadline")  # also where cosine_restart's second cosine starts
+    if values["target_kb"] is None and given:
+        raise app.UsageError(
+            f"{', '.join('--' + n for n in given)}: no effect without --target_kb (settings of its size multiplier"
+            + ("; --target_deadline also starts --lr_decay=cosine_restart's second cosine" if "target_deadline" in given else "")
+            + f"). Received: {', '.join(f'{n}={values[n]!r}' for n in given)}")
+    dynhp_only = [name for name in ("alpha_bs",) if values[name] is not None]
+    if values["batch_growth"] != "step_mean":
+        dynhp_only.append("batch_growth")
+    if values["method"] != "dynhp" and dynhp_only:
+        raise app.UsageError(
+            f"{', '.join('--' + n for n in dynhp_only)}: no effect with --method={values['method']} (Eq. 8's batch "
+            f"growth is DynHP's). Received: {', '.join(f'{n}={values[n]!r}' for n in dynhp_only)}")
 flags.register_multi_flags_validator(
     ["resume", "overwrite"], lambda v: not (v["resume"] and v["overwrite"]),
     message="--resume continues the run in --out_dir, --overwrite deletes it: pass one of them.",
@@ -147,6 +169,8 @@ flags.register_multi_flags_validator(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]} (every setting is a --flag)")
+    _check_no_effect({name: FLAGS[name].value for name in (
+        "target_kb", "target_deadline", "lr_decay", "method", "alpha_bs", "batch_growth", *_TARGET_ONLY)})
     out_dir = FLAGS.out_dir
     if out_dir is None:
         if FLAGS.resume:
