@@ -8,8 +8,13 @@ Usage::
 Prints the accuracy, the latency per single example and per batch (p50/p99),
 and the peak resident memory of the process. (n, 28, 28) images are fed to a
 model taking (28, 28, 1) with a channel axis and to one taking (784,) flattened;
-labels must be the model's class ids. Bad input exits with status 2 and one
-`error:` line. Needs NumPy and the LiteRT runtime only (no TensorFlow).
+labels must be the model's class ids. A float model takes pixels in [0, 1], as
+the training pipeline scales them: uint8 IDX images are divided by 255, images
+of another type (e.g. float32) are taken as stored and refused unless all their
+values are in [0, 1] (float 0-255 pixels would be scored unscaled). A model
+with an integer input (keras.Input(dtype="uint8")) gets the pixels as stored.
+Bad input exits with status 2 and one `error:` line. Needs NumPy and the
+LiteRT runtime only (no TensorFlow).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import litert_runner as lr
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help=".tflite classifier (tf_dynhp.export.to_tflite)")
-    p.add_argument("--images", required=True, help="IDX(.gz) images, uint8 (n, 28, 28)")
+    p.add_argument("--images", required=True,
+                   help="IDX(.gz) images (n, 28, 28): uint8 pixels (divided by 255) or floats in [0, 1]")
     p.add_argument("--labels", required=True, help="IDX(.gz) labels (n,)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N examples")
     p.add_argument("--batch", type=int, default=32, help="batch size of the batched latency (default 32)")

@@ -152,12 +152,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def load_images_labels(
     images: str | os.PathLike, labels: str | os.PathLike, limit: int | None = None, raw: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Reads an image/label IDX pair: images as float32 in [0, 1] (uint8 pixels / 255),
-    or with `raw` as stored (the pixels an integer-input model was trained on), and
-    labels as int32.
+    """Reads an image/label IDX pair: images as float32 in [0, 1] (uint8 pixels / 255;
+    images of any other type as stored, and refused unless in [0, 1]: float models take
+    the pixels scaled as the training pipeline scales them), or with `raw` as stored
+    (the pixels an integer-input model was trained on), and labels as int32.
 
     Args:
-        images: IDX file of uint8 images (n, h, w).
+        images: IDX file of images (n, h, w): uint8, or e.g. float32 already in [0, 1].
         labels: IDX file of class ids (n,).
         limit: keep only the first `limit` examples.
         raw: the images as the file holds them, not scaled.
@@ -166,8 +167,9 @@ def load_images_labels(
         (x, y).
 
     Raises:
-        ValueError: counts differ, the files have the wrong rank, or the labels are not
-            integers (names the files).
+        ValueError: counts differ, the files have the wrong rank, the labels are not
+            integers, or (without `raw`) images not stored as uint8 hold values outside
+            [0, 1], e.g. float 0-255 pixels (names the files).
     """
     x = read_idx(images)
     y = read_idx(labels)
@@ -183,7 +185,29 @@ def load_images_labels(
         raise ValueError(f"{labels}: expected integer class ids, received {y.dtype} labels")
     if y.size and (int(y.min()) < np.iinfo(np.int32).min or int(y.max()) > np.iinfo(np.int32).max):
         raise ValueError(f"{labels}: class ids beyond int32 ({int(y.min())}..{int(y.max())})")
-    return (x if raw else x.astype(np.float32) / scale), y.astype(np.int32)
+    if raw:
+        return x, y.astype(np.int32)
+    if x.dtype != np.uint8:
+        _check_unit_range(x, images)
+    return x.astype(np.float32) / scale, y.astype(np.int32)
+
+
+def _check_unit_range(x: np.ndarray, images: str | os.PathLike) -> None:
+    """Refuses images outside [0, 1] (or not finite): a float model would take 0-255 pixels
+    unscaled and score them without a word.
+
+    Raises:
+        ValueError: names the file, the range expected and the one received.
+    """
+    outside = ~((x >= 0) & (x <= 1))
+    if np.any(outside):
+        finite = x[np.isfinite(x)]
+        seen = f"[{finite.min():g}, {finite.max():g}]" if finite.size else "no finite values"
+        raise ValueError(
+            f"{images}: expected pixel values in [0, 1] for a float-input model (uint8 IDX pixels are divided "
+            f"by 255, {x.dtype} images are taken as stored); received {int(np.count_nonzero(outside))} of "
+            f"{x.size} values outside it, finite ones in {seen}. Store the pixels as uint8 or divide them by 255"
+        )
 
 
 def fit_input(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndarray:

@@ -13,13 +13,18 @@ the weights and optimizer state to `--weights` (a `.npz` with the weights under
 their names, ``kernel_0``, ``bias_0``, ..., and the optimizer slots under
 ``optimizer/<name>``). `--restore` loads such a file first and continues from
 it. Labels outside the model's classes (e.g. 200 or -1 for 10 classes) are refused:
-the loss would not see them. Bad input exits with status 2 and one `error:` line.
+the loss would not see them. So are, before any training, a `--weights` path whose
+folder is missing or not writable (or that is a folder), a `--restore` file holding
+NaN or infinite values (named with the array), and float images outside [0, 1]
+(uint8 pixels are divided by 255; float images are taken as stored). Bad input
+exits with status 2 and one `error:` line.
 Needs NumPy and the LiteRT runtime only (no TensorFlow).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import sys
@@ -37,7 +42,8 @@ OPTIMIZER_PREFIX = "optimizer/"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="trainable .tflite (tf_dynhp.export.to_trainable_tflite)")
-    p.add_argument("--images", required=True, help="IDX(.gz) training images, uint8 (n, 28, 28)")
+    p.add_argument("--images", required=True,
+                   help="IDX(.gz) training images (n, 28, 28): uint8 pixels (divided by 255) or floats in [0, 1]")
     p.add_argument("--labels", required=True, help="IDX(.gz) training labels (n,)")
     p.add_argument("--eval_images", default=None, help="IDX(.gz) images for the accuracy (default: --images)")
     p.add_argument("--eval_labels", default=None, help="IDX(.gz) labels for the accuracy (default: --labels)")
@@ -81,7 +87,52 @@ def load_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
             state = {k[len(OPTIMIZER_PREFIX):]: data[k] for k in data.files if k.startswith(OPTIMIZER_PREFIX)}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise ValueError(f"--restore {path}: a damaged .npz archive ({err})") from err
+    check_finite(path, weights)
+    check_finite(path, {OPTIMIZER_PREFIX + k: v for k, v in state.items()})
     return weights, state
+
+
+def check_finite(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Refuses restored arrays holding NaN or infinite values (a run that diverged): the
+    first step's loss would be NaN and blame the learning rate.
+
+    Raises:
+        ValueError: names `path`, the first such array and how many of its values are.
+    """
+    for name, value in arrays.items():
+        if value.dtype.kind not in "fc":  # integers and booleans are always finite
+            continue
+        bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+        if bad:
+            raise ValueError(f"--restore {path}: expected finite values; received the array '{name}' with {bad} "
+                             f"of its {np.size(value)} values NaN or infinite (saved from a run that diverged?)")
+
+
+def check_output(flag: str, path: str) -> None:
+    """Refuses, before any training, an output path `save_npz` could not write: a folder,
+    a path in a folder that is missing (or a file), or in one where no file can be created
+    (probed by creating and removing an empty file there: permission bits alone do not
+    stop root, a read-only file system stops everyone).
+
+    Raises:
+        FileNotFoundError, ValueError, PermissionError: naming `--flag` and `path`.
+    """
+    target = Path(path)
+    folder = target.parent
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise FileNotFoundError(f"--{flag} {path}: expected a path in an existing folder; the folder {folder} {what}")
+    if target.is_dir():
+        raise ValueError(f"--{flag} {path}: expected the path of a .npz file to write; that is a folder")
+    probe = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.probe"
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"--{flag} {path}: expected a writable folder; cannot create a file in {folder} "
+                              f"({err.strerror or err})") from None
+    with contextlib.suppress(OSError):
+        probe.unlink()
 
 
 def save_npz(path: str, weights: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> None:
@@ -113,10 +164,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.weights is not None and not Path(args.weights).resolve().parent.is_dir():
-        raise FileNotFoundError(f"--weights {args.weights}: the folder {Path(args.weights).parent} does not exist")
-    if args.weights is not None and Path(args.weights).is_dir():
-        raise ValueError(f"--weights {args.weights}: expected the path of a .npz file to write; that is a folder")
+    if args.weights is not None:
+        check_output("weights", args.weights)
     trainer = lr.Trainer(args.model, num_threads=args.threads)
     raw = trainer.takes_integers  # a uint8-input model was trained on the pixels as stored
     x, y = lr.load_images_labels(args.images, args.labels, args.limit, raw=raw)

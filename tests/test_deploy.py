@@ -364,17 +364,45 @@ def test_restore_with_wrong_shapes_is_rejected(device, tmp_path):
     assert f"--restore {bad}: does not fit" in result.stderr
 
 
-@pytest.mark.parametrize("content", ["garbage", "npy", "folder"])
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder in which creating a file really fails: a mode-555 one (not for root, whom
+    permission bits do not stop), else sysfs' /sys; skips when there is none."""
+    ro = tmp_path / "read_only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    for folder in (ro, Path("/sys")):
+        try:
+            (folder / "probe.tmp").open("xb").close()
+        except OSError:
+            return folder
+        (folder / "probe.tmp").unlink()
+    pytest.skip("no folder here in which creating a file fails (root, and no sysfs)")
+
+
+@pytest.mark.parametrize("content", ["garbage", "npy", "folder", "under_file", "unwritable"])
 def test_a_broken_restore_or_weights_file_is_one_error_line_before_training(device, tmp_path, content):
-    """--restore of a damaged .npz or of a .npy, and --weights naming a folder, end with one
-    `error:` line naming the flag and the file (they were tracebacks; the folder only after
-    every step had trained)."""
+    """--restore of a damaged .npz or of a .npy, and a --weights path that cannot be written
+    (a folder, a path under a file, a path in a folder where no file can be created) end
+    with one `error:` line naming the flag and the file (they were tracebacks; the folder
+    and the unwritable one only after every step had trained, losing the weights)."""
     files = device["files"]
     common = ("--model", files["trainable"], "--images", files["train_images"], "--labels", files["train_labels"],
               "--steps", "1")
     if content == "folder":
         result = run_device(device, "train_on_device.py", *common, "--weights", tmp_path, expect=2)
         line = one_error_line(result, f"--weights {tmp_path}", "that is a folder")
+    elif content == "under_file":
+        (tmp_path / "file.txt").write_text("keep me\n")
+        path = tmp_path / "file.txt" / "w.npz"
+        result = run_device(device, "train_on_device.py", *common, "--weights", path, expect=2)
+        line = one_error_line(result, f"--weights {path}", "expected a path in an existing folder", "is a file")
+        assert (tmp_path / "file.txt").read_text() == "keep me\n"
+    elif content == "unwritable":
+        folder = unwritable_folder(tmp_path)
+        path = folder / "w.npz"
+        result = run_device(device, "train_on_device.py", *common, "--weights", path, expect=2)
+        line = one_error_line(result, f"--weights {path}", "expected a writable folder", f"cannot create a file in {folder}")
+        assert not [p for p in folder.iterdir() if p.name.startswith(".w.npz.")]  # the probe is gone
     else:
         path = tmp_path / "in.npz"
         if content == "npy":
@@ -385,6 +413,22 @@ def test_a_broken_restore_or_weights_file_is_one_error_line_before_training(devi
         result = run_device(device, "train_on_device.py", *common, "--restore", path, expect=2)
         line = one_error_line(result, f"--restore {path}", "expected a .npz archive")
     assert "accuracy before" not in result.stdout, line
+
+
+@pytest.mark.parametrize("name,value", [("kernel_0", np.nan), ("bias_2", np.inf), ("optimizer/momentum_kernel_0", -np.inf)])
+def test_a_restore_holding_nan_or_inf_is_refused_before_training(device, tmp_path, name, value):
+    """NaN weights were restored, then the first step's NaN loss said to lower the learning
+    rate: the file is refused up front, naming it and the array."""
+    files = device["files"]
+    trainer = lr.Trainer(files["trainable"])
+    arrays = {**trainer.get_weights(), **{"optimizer/" + k: v for k, v in trainer.get_optimizer_state().items()}}
+    arrays[name].flat[5] = value
+    path = tmp_path / "diverged.npz"
+    np.savez(path, **arrays)
+    result = run_device(device, "train_on_device.py", "--model", files["trainable"], "--images", files["train_images"],
+                        "--labels", files["train_labels"], "--steps", "1", "--restore", path, expect=2)
+    one_error_line(result, f"--restore {path}", "expected finite values", f"the array '{name}' with 1 of its", "values NaN or infinite")
+    assert "accuracy before" not in result.stdout and "learning rate" not in result.stderr
 
 
 # --------------------------------------------------------------------------- bad input: one line, no traceback
@@ -449,6 +493,26 @@ def test_infer_flattens_idx_images_for_a_flat_model(device, flat_model):
                         "--labels", files["test_labels"], "--limit", "500", "--latency_examples", "20")
     assert "input (784,)" in result.stdout
     assert number(r"^accuracy: ([\d.]+)$", result.stdout) == [pytest.approx(keras_acc, abs=1e-4)]
+
+
+def test_float_images_are_taken_in_0_1_and_refused_as_0_255(device, tmp_path):
+    """Float32 IDX images holding 0-255 pixels were scored unscaled without a word (uint8
+    ones are divided by 255): float images in [0, 1] give the uint8 files' accuracy, float
+    ones outside it are refused by infer.py and train_on_device.py, naming the file."""
+    files = device["files"]
+    pixels = lr.read_idx(files["test_images"])
+    unit = write_idx(tmp_path / "unit-images.gz", pixels.astype(np.float32) / np.float32(255))
+    wide = write_idx(tmp_path / "wide-images.gz", pixels.astype(np.float32))
+    common = ("--labels", files["test_labels"], "--latency_examples", "1")
+    expected = run_device(device, "infer.py", "--model", files["fp32"], "--images", files["test_images"], *common).stdout
+    same = run_device(device, "infer.py", "--model", files["fp32"], "--images", unit, *common).stdout
+    assert number(r"^accuracy: ([\d.]+)$", same) == number(r"^accuracy: ([\d.]+)$", expected)
+    result = run_device(device, "infer.py", "--model", files["fp32"], "--images", wide, *common, expect=2)
+    one_error_line(result, wide, "expected pixel values in [0, 1]", "finite ones in [0, 255]", "divide them by 255")
+    result = run_device(device, "train_on_device.py", "--model", files["trainable"], "--images", wide,
+                        "--labels", files["test_labels"], "--steps", "1", expect=2)
+    one_error_line(result, wide, "expected pixel values in [0, 1]")
+    assert "accuracy before" not in result.stdout
 
 
 def test_infer_images_of_another_size_fail_with_one_line(device, flat_model, tmp_path):

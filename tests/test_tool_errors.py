@@ -5,12 +5,14 @@ subprocess (its absl flags are its own); nothing here trains."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import DATA_ROOT
 
@@ -287,3 +289,40 @@ def test_edge_table_behaviour_digest_benchmark_step_and_workspace_figures_refuse
         assert done.returncode != 0 and "Traceback" not in done.stderr and flag.split("=")[0] in done.stderr, done.stderr[-1000:]
     done = subprocess.run(["bash", str(ROOT / "tools" / "workspace_figures.sh"), "nosuch"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unknown section 'nosuch'" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def npz_and_model(tmp_path_factory):
+    import keras
+
+    from tf_dynhp import datasets
+
+    if not DATA_ROOT.exists():
+        pytest.skip("datasets not found")
+    root = tmp_path_factory.mktemp("edge")
+    (x, y), (xt, yt) = datasets.load("mnist", DATA_ROOT, download=False)
+    u8 = lambda a: np.round(a * 255).astype(np.uint8)  # noqa: E731 - exact inverse of /255
+    (root / "cache" / "datasets").mkdir(parents=True)
+    npz = root / "cache" / "datasets" / "mnist.npz"
+    np.savez(npz, x_train=u8(x), y_train=y, x_test=u8(xt), y_test=yt)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    model.save(root / "m.keras")
+    return root, npz
+
+
+def test_edge_table_reads_mnist_from_an_npz(npz_and_model, tmp_path):
+    """--data_dir=<mnist.npz> (and mnist.npz found only in the Keras cache, the same
+    path through find_dataset_dir) ended in StopIteration: the tool globbed for IDX files
+    inside a file."""
+    root, npz = npz_and_model
+    env = {k: v for k, v in os.environ.items() if k != "TF_DYNHP_DATA"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", KERAS_HOME=str(root / "cache"))
+    args = [f"--dynhp_model={root / 'm.keras'}", f"--out_dir={tmp_path / 'out'}", "--limit=50", f"--data_dir={npz}"]
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "edge_table.py"), *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stdout.count("| DynHP | ") >= 5, done.stdout
+    for base in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # the test split, byte for byte
+        written = gzip.decompress((tmp_path / "out" / f"mnist-{base}.gz").read_bytes())
+        assert written == gzip.decompress((DATA_ROOT / "mnist" / f"{base}.gz").read_bytes())

@@ -8,17 +8,22 @@ deploy process's).
 
 Prints a Markdown table: model, quantization, file KB, parameters, accuracy through
 LiteRT, p50/p99 latency for one example and a batch of 32, peak RSS of the deploy
-process; writes it to `<out_dir>/edge_table.md`.
+process; writes it to `<out_dir>/edge_table.md`. The test images come from what
+`tf_dynhp.datasets` finds (`--data_dir`, else the usual places): a folder of IDX
+files, or an `.npz` such as Keras' `mnist.npz`, whose test split is then written
+to `<out_dir>` as IDX files for `deploy/infer.py`.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +58,35 @@ def _field(pattern: str, text: str) -> str:
     return m.group(1) if m else "n/a"
 
 
+def _idx_path(folder: Path, base: str) -> Path:
+    """`folder/base.gz`, else `folder/base` (the order `tf_dynhp.datasets` reads them in)."""
+    gz = folder / f"{base}.gz"
+    return gz if gz.is_file() else folder / base
+
+
+def _test_idx_files(found: Path, out: Path) -> tuple[Path, Path]:
+    """The test images and labels as IDX files for `deploy/infer.py`, which reads nothing else.
+
+    `found` is what `tf_dynhp.datasets.find_dataset_dir` returned: a folder of IDX files
+    (its own are used), or an `.npz` (`--data_dir=.../mnist.npz`, or Keras' cached
+    `mnist.npz`), whose test split `datasets.load` reads and checks and which is written
+    to `out` as uint8 IDX files (`pixel / 255` undone exactly).
+    """
+    from tf_dynhp import datasets  # noqa: PLC0415
+    from tf_dynhp._checks import write_atomic  # noqa: PLC0415
+    from tf_dynhp.cli.flag_rules import load_dataset  # noqa: PLC0415
+
+    if found.is_dir():
+        return _idx_path(found, datasets.TEST_IMAGES), _idx_path(found, datasets.TEST_LABELS)
+    _, (x, y) = load_dataset(FLAGS.dataset, str(found), download=False)
+    pixels = np.round(x * 255).astype(np.uint8)
+    written = []
+    for base, array in ((datasets.TEST_IMAGES, pixels), (datasets.TEST_LABELS, np.asarray(y, np.uint8))):
+        header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+        written.append(write_atomic(out / f"{FLAGS.dataset}-{base}.gz", gzip.compress(header + array.tobytes())))
+    return written[0], written[1]
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]} (every setting is a --flag)")
@@ -66,10 +100,9 @@ def main(argv):
             raise app.UsageError(f"--{flag}={given}: no such file (a .keras model, e.g. a run folder's model.keras)")
     from tf_dynhp import datasets
 
+    found = datasets.find_dataset_dir(FLAGS.dataset, FLAGS.data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    folder = datasets.find_dataset_dir(FLAGS.dataset, FLAGS.data_dir)
-    images = next(p for p in Path(folder).glob("t10k-images-idx3-ubyte*"))
-    labels = next(p for p in Path(folder).glob("t10k-labels-idx1-ubyte*"))
+    images, labels = _test_idx_files(found, out)
     rows = []
     for name, model in (("DynHP", FLAGS.dynhp_model), ("dense", FLAGS.dense_model)):
         if not model:
