@@ -39,6 +39,25 @@ def test_a_half_written_history_line_is_named_and_the_report_goes_on(runs_dir):
     assert info.time_to_error(2.0) is None and info.finished  # the metrics still count
 
 
+@pytest.mark.parametrize("key,value,expected", [
+    ("val_error", "abc", r"line 3: expected a number or null for 'val_error', received 'abc'"),
+    ("epoch_seconds", True, r"line 3: expected a number or null for 'epoch_seconds', received True"),
+    ("active_units", [784, "x", 100], r"line 3: expected a list of unit counts for 'active_units'"),
+])
+def test_a_history_value_of_another_kind_is_named_and_the_report_goes_on(runs_dir, key, value, expected):
+    """A hand-edited "val_error": "abc" made tools/report.py end in a TypeError (time_to_error)."""
+    import json
+
+    history = runs_dir / RUN / "history.jsonl"
+    rows = [json.loads(line) for line in history.read_text().splitlines()]
+    rows[2][key] = value
+    history.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (info,) = run_folders.load_runs(runs_dir)
+    with pytest.warns(RuntimeWarning, match=expected + r".*per-epoch columns of run .* left empty"):
+        assert info.history() is None
+    assert info.time_to_error(2.0) is None and info.finished
+
+
 def test_a_damaged_config_leaves_the_run_out_with_a_warning(runs_dir):
     (runs_dir / RUN / "config.json").write_text('{"dataset": "mni')
     with pytest.warns(RuntimeWarning, match=r"config.json is not a run's configuration.*left out"):

@@ -326,3 +326,20 @@ def test_edge_table_reads_mnist_from_an_npz(npz_and_model, tmp_path):
     for base in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # the test split, byte for byte
         written = gzip.decompress((tmp_path / "out" / f"mnist-{base}.gz").read_bytes())
         assert written == gzip.decompress((DATA_ROOT / "mnist" / f"{base}.gz").read_bytes())
+
+
+def test_report_and_summarize_take_run_folders_with_a_tilde(tmp_path):
+    """`~` in report's --runs and in summarize's (quoted) folders was read as a folder named
+    "~": "no such folder" for a folder that exists."""
+    import shutil
+
+    sweep = ROOT / "results" / "sweep"
+    good = next(p for p in sorted(sweep.iterdir()) if (p / "metrics.json").exists())
+    shutil.copytree(good, tmp_path / "runs" / good.name)
+    env = {**ENV, "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "report.py"), "--runs=~/runs", f"--out={tmp_path / 'R.md'}"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and (tmp_path / "R.md").is_file(), done.stderr[-2000:]
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "summarize.py"), f"~/runs/{good.name}"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and good.name in done.stdout and "skipped" not in done.stderr, done.stderr[-2000:]

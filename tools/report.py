@@ -203,7 +203,7 @@ def build_report(runs_dir: Path, out: Path, figures_dir: Path, benchmark: Path |
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    runs_dir = Path(FLAGS.runs)
+    runs_dir = Path(FLAGS.runs).expanduser()  # "~" as the shell would
     if not runs_dir.is_dir():
         raise app.UsageError(f"--runs={FLAGS.runs}: no such folder (run tools/reproduce.py --out={FLAGS.runs} first)")
     if (runs_dir / "config.json").exists():

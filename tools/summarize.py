@@ -96,7 +96,7 @@ def _row(folder: str) -> str | None:
 
 
 def main(argv):
-    folders = argv[1:]
+    folders = [os.path.expanduser(f) for f in argv[1:]]  # "~" as the shell would (quoted, it reaches us as is)
     print(
         "| run | method | batch_growth | alpha_bs | lambda | epochs | test error % | model KB (% of dense) "
         "| units per axis (input-...) | batch first→last | mean MO KB (% of SP's MO) | max MO KB | budget KB | seconds |"

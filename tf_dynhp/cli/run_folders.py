@@ -85,6 +85,11 @@ class RunInfo:
             except ValueError as err:  # a damaged file: the run's per-epoch columns stay empty, and say why
                 warnings.warn(f"{err}: the per-epoch columns of run {self.name} are left empty", RuntimeWarning, stacklevel=2)
                 self._history = {}
+            problem = history_problem(self._history or {})
+            if problem:  # a hand-edited value of another kind: the same
+                warnings.warn(f"{self.path / 'history.jsonl'}: {problem}: the per-epoch columns of run {self.name} are "
+                              "left empty", RuntimeWarning, stacklevel=2)
+                self._history = {}
         return self._history or None
 
     def time_to_error(self, target: float) -> tuple[float, int] | None:
@@ -99,6 +104,27 @@ class RunInfo:
             if err is not None and err <= target:
                 return total, epoch
         return None
+
+
+#: The per-epoch numbers the reports read from a history (None allowed: an epoch without it).
+HISTORY_NUMBERS = ("val_error", "epoch_seconds", "memory_kb", "memory_full_kb", "model_kb", "batch_size", "loss", "accuracy")
+
+
+def history_problem(h: dict[str, list[Any]]) -> str | None:
+    """What makes a history unreadable for the reports (None: nothing): a value of
+    `HISTORY_NUMBERS` that is not a number, or `active_units` that are not lists of
+    numbers; named with its line (the epoch)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for key in HISTORY_NUMBERS:
+        for line, v in enumerate(h.get(key) or [], start=1):
+            if v is not None and not number(v):
+                return f"line {line}: expected a number or null for {key!r}, received {v!r}"
+    for line, units in enumerate(h.get("active_units") or [], start=1):
+        if units is not None and not (isinstance(units, list) and all(number(u) for u in units)):
+            return f"line {line}: expected a list of unit counts for 'active_units', received {units!r}"
+    return None
 
 
 def _normalize(config: dict[str, Any]) -> dict[str, Any]:
