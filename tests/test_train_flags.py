@@ -180,6 +180,9 @@ def _tool(script: str, *args: str) -> subprocess.CompletedProcess:
      "error: --lambda_floor, --size_penalty: no effect without --target_kb"),
     ("train.py", ["--target_deadline=0.5"], "error: --target_deadline: no effect without --target_kb"),
     ("reproduce.py", ["--methods=sp", "--target_kb=200", "--dry_run"], "error: --target_kb: no effect with --methods=sp"),
+    # the other data set (or a damaged file) in --data_dir: every worker started, then failed in its train.log
+    ("reproduce.py", ["--datasets=mnist", "--methods=sp", "--epochs=1", f"--data_dir={DATA_ROOT / 'fashion-mnist'}"],
+     "the mnist data set cannot be read: "),
     ("reproduce.py", ["--datasets=mnist", "--methods=sp", "--epochs=1", "--data_dir=/nonexistent/d"],
      "error: --data_dir=/nonexistent/d: Dataset 'mnist' not found"),
 ])

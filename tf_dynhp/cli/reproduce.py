@@ -669,15 +669,22 @@ def main(argv: list[str]) -> int:
         else:
             pending.append(run)
         states.append((state, run.name))
-    if FLAGS.data_dir and pending and not FLAGS.dry_run:  # once here, not once per worker; before anything is written
-        from tf_dynhp import datasets  # noqa: PLC0415
+    if pending and not FLAGS.dry_run:  # once here, not once per worker; before anything is written
+        from tf_dynhp import datasets  # noqa: PLC0415 - no TensorFlow
 
         for dataset in sorted({p.config.dataset for p in pending}):
-            try:
-                datasets.find_dataset_dir(dataset, FLAGS.data_dir, download=False)
+            try:  # read whole, as a worker will: a damaged file or the other data set fails here, not in every worker
+                datasets.load(dataset, FLAGS.data_dir, download=False)
             except FileNotFoundError as err:
+                if not FLAGS.data_dir:  # found nowhere: each worker's `load` may still download it
+                    continue
                 print(f"error: --data_dir={FLAGS.data_dir}: {' '.join(line.strip() for line in str(err).splitlines())}",
                       file=sys.stderr)
+                return 2
+            except ValueError as err:
+                where = f"--data_dir={FLAGS.data_dir}: " if FLAGS.data_dir else ""
+                print(f"error: {where}the {dataset} data set cannot be read: "
+                      f"{' '.join(line.strip() for line in str(err).splitlines())}", file=sys.stderr)
                 return 2
     out.mkdir(parents=True, exist_ok=True)
     if FLAGS.dry_run:
