@@ -280,6 +280,18 @@ def test_a_resume_fit_refuses_leaves_the_folder_as_it_was(mnist, tmp_path):
     assert {name: (folder / name).read_bytes() for name in before} == before
 
 
+def test_a_resume_of_a_finished_run_keeps_its_recorded_time(mnist, tmp_path):
+    """Each resume of a finished run replaced its metrics' train_seconds (the whole run's
+    wall time) by the epochs' times plus its own loading time."""
+    folder = tmp_path / "run"
+    runs.run(_tiny(), folder, data=mnist, verbose=0)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "train_seconds": 123.5}))
+    again = runs.run(_tiny(), folder, data=mnist, verbose=0, resume=True)
+    assert again["train_seconds"] == 123.5
+    assert json.loads((folder / "metrics.json").read_text())["train_seconds"] == 123.5
+
+
 def test_a_damaged_metrics_file_is_not_finished_and_a_resume_writes_it_again(mnist, tmp_path):
     """A metrics.json cut short (a full disk) made the folder count as finished: a sweep
     skipped it and the reports could not read it. It is now unfinished (run_status says

@@ -408,6 +408,20 @@ def _start_callback(out_dir: str | None, resolved: dict[str, Any], overwrite: bo
     return _RunStart()
 
 
+def _earlier_train_seconds(out_dir: str) -> float | None:
+    """`train_seconds` of the folder's metrics.json when it is sound (`cli.run_metrics`), else None."""
+    from tf_dynhp.cli import run_metrics
+
+    try:
+        with open(os.path.join(out_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if run_metrics.problem(metrics, ("train_seconds",)):
+        return None
+    return float(metrics["train_seconds"])
+
+
 def _check_resumed_config(out_dir: str, resolved: dict[str, Any]) -> bool:
     """A resumed folder's config.json must be `resolved` but for `RESUMABLE_CHANGES`.
     Returns whether the resume reopens a finished run (one of those changed): its
@@ -585,6 +599,7 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
     start = _start_callback(out_dir, resolved, overwrite, reopened)
     trained_before = (tf_dynhp.checkpoint.latest_valid_epoch(checkpoint_dir)
                       if resume and checkpoint_dir is not None else 0)
+    earlier_seconds = _earlier_train_seconds(out_dir) if resume and out_dir is not None else None
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -623,9 +638,13 @@ def _run(config: RunConfig, out_dir: str | None, data_dir: str | None, data: Any
     h = result.history
     # A resumed run: this call's time plus the recorded times of the epochs it did not
     # train (a resume of a finished run would otherwise report the second it took). A
-    # call that trained no epoch (the run was finished) adds nothing of its own.
-    seconds = ((time.perf_counter() - t0 if len(h["loss"]) > trained_before else 0.0)
+    # call that trained no epoch (the run was finished) keeps the time its metrics.json
+    # recorded, else the epochs' recorded times: its own seconds are no training.
+    trained_now = len(h["loss"]) > trained_before
+    seconds = ((time.perf_counter() - t0 if trained_now else 0.0)
                + sum(float(v or 0.0) for key in tf_dynhp.training.TIMING_KEYS for v in h.get(key, [])[:trained_before]))
+    if not trained_now and earlier_seconds is not None:
+        seconds = earlier_seconds
     probs = result.model.predict(x_test, batch_size=2000, verbose=0)
     test_error = 100.0 * float(np.mean(np.argmax(probs, -1) != y_test))
     dense_kb = tf_dynhp.memory.floats_to_kb(tf_dynhp.memory.weight_count(model))
