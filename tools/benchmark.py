@@ -38,7 +38,14 @@ gradients, Adam slots, activations; tfmot: plus its masks); wall time to train;
 wall time until the test error first reaches `--target_error`; examples/second.
 Every row evaluates the test set after each epoch (DynHP does), and its wall
 time includes that evaluation. Printed, and written to `--out` (Markdown;
-`tools/report.py` includes `<runs>/benchmark.md` in RESULTS.md).
+`tools/report.py` includes `<runs>/benchmark.md` in RESULTS.md), with the raw numbers
+in the file of the same name ending in `.json` beside it (so `--out` may not end in `.json`).
+
+Refused before any training, in one `benchmark.py: error: ...` line: a run folder that
+is not a finished DynHP run of the MLP (`arch` other than "mlp": the baselines are the
+dense MLP and tfmot's pruned MLP), whose `config.json` is missing or no JSON object, or
+whose `model.keras` does not load; an `--out` whose folder cannot be written (a file is
+created and removed there first: permission bits alone say nothing to root).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +75,8 @@ flags.DEFINE_string("data_dir", None, "Folder of the IDX files (see tf_dynhp.dat
 flags.DEFINE_integer("epochs", None, "Epochs of every row (default: the DynHP run's; --quick: 2).")
 flags.DEFINE_integer("batch_size", 100, "Batch size of the Keras and tfmot rows.")
 flags.DEFINE_float("target_error", 2.0, "Test error (%) whose first reaching is timed.")
-flags.DEFINE_string("out", "runs/benchmark.md", "Markdown file to write (a .json with the raw numbers goes beside it).")
+flags.DEFINE_string("out", "runs/benchmark.md", "Markdown file to write; the raw numbers go beside it to the same name "
+                    "ending in .json (b.md: b.json), so a path ending in .json is refused.")
 flags.DEFINE_bool("quick", False, "Smoke test: 2 epochs on 2000 train / 1000 test images.")
 flags.DEFINE_bool("skip_tfmot", False, "Leave out the tfmot row (no virtualenv is built).")
 flags.DEFINE_string("tfmot_venv", str(REPO / ".venv-tfmot"), "Virtualenv for tf-keras + tensorflow-model-optimization.")
@@ -83,6 +92,13 @@ flags.register_validator("seed", lambda v: 0 <= v < 2**32, "--seed: expected an 
 flags.DEFINE_float("tfmot_ramp", 0.8, "Share of the training steps over which tfmot's sparsity ramps to its final value.")
 
 QUICK = {"epochs": 2, "train_limit": 2000, "test_limit": 1000}
+#: The architecture every baseline row is built for: the Keras dense row is `runs.build_mlp`,
+#: tfmot's row (`tools/_tfmot_baseline.py`) prunes an MLP, `_kernel_count` counts Dense kernels.
+SUPPORTED_ARCH = "mlp"
+#: What `keras.models.load_model` raises for a file that is no (complete) Keras model: a
+#: truncated or foreign zip, a damaged member, a class it cannot rebuild.
+_NOT_A_MODEL = (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile)
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -301,27 +317,122 @@ def text_table(rows: list[dict[str, Any]], target: float) -> str:
     return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(header))) for c in cells)
 
 
+# --------------------------------------------------------------------------- checks before any work
+def read_run_config(run_dir: Path, given: str) -> dict[str, Any]:
+    """The run's `config.json` as a dict.
+
+    Raises:
+        app.UsageError: the file is missing, unreadable, not JSON or no JSON object; names it.
+    """
+    path = run_dir / "config.json"
+    expected = "expected the run's configuration, a JSON object written by tools/train.py"
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise app.UsageError(f"--dynhp_run={given}: {path} is missing ({expected})") from err
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise app.UsageError(f"--dynhp_run={given}: {path} cannot be read ({expected}; "
+                             f"{getattr(err, 'strerror', None) or str(err).splitlines()[0]})") from err
+    if not isinstance(saved, dict):
+        raise app.UsageError(f"--dynhp_run={given}: {path} holds {_JSON_KINDS.get(type(saved), type(saved).__name__)} "
+                             f"({expected})")
+    return saved
+
+
+def load_run_model(path: Path, given: str):
+    """The Keras model of the run folder's `model.keras` (`path`), loaded before any training.
+
+    Raises:
+        app.UsageError: the file is no loadable Keras model (truncated, damaged, foreign); names it.
+    """
+    import keras
+
+    import tf_dynhp  # noqa: F401 - registers the package's layers
+
+    if not zipfile.is_zipfile(path):
+        raise app.UsageError(f"--dynhp_run={given}: {path} is not a readable Keras model file (a .keras file is a zip "
+                             "archive; this one is not: truncated, or not written by Keras)")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except _NOT_A_MODEL as err:
+        raise app.UsageError(f"--dynhp_run={given}: {path} is not a readable Keras model file ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else 'no message'})") from err
+
+
+def check_out(value: str) -> tuple[Path, Path]:
+    """--out (`value`, "~" expanded) and the .json of raw numbers beside it, looked at (nothing
+    created, so a refusal of the run folder after this leaves no trace; `probe_writable` writes).
+
+    Raises:
+        app.UsageError: --out is a folder or no regular file, ends in .json (the raw numbers'
+            name), or its folder cannot be created (a file on its path).
+    """
+    out = Path(value).expanduser()
+    if out.is_dir():
+        raise app.UsageError(f"--out={value}: expected the path of a Markdown file to write; that is a folder")
+    raw_path = out.with_suffix(".json")
+    if raw_path == out or out.suffix.lower() == ".json":
+        raise app.UsageError(f"--out={value}: expected the path of a Markdown file (e.g. benchmark.md); the raw numbers "
+                             "go to the same name ending in .json, which would be this file")
+    for path in (out, raw_path):
+        if path.is_dir() or (path.exists() and not path.is_file()):
+            raise app.UsageError(f"--out={value}: {path} would be written, and is not a regular file (a folder, a device "
+                                 "or a pipe)")
+    for folder in out.parents:
+        if folder.is_dir():
+            break
+        if os.path.lexists(folder):
+            raise app.UsageError(f"--out={value}: its folder cannot be created ({folder} is a file, not a folder)")
+    return out, raw_path
+
+
+def probe_writable(out: Path, files: tuple[Path, ...]) -> None:
+    """Creates `out`'s folder, then an empty file in it and removes it; opens each existing
+    file of `files` for appending (nothing written). A real write, as permission bits tell
+    root nothing (a folder of /proc or /sys passes `os.access`).
+
+    Raises:
+        app.UsageError: naming --out and what could not be written.
+    """
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=out.parent, prefix=".benchmark_probe_")
+        os.close(handle)
+        os.unlink(name)
+    except OSError as err:
+        raise app.UsageError(f"--out={FLAGS.out}: its folder cannot be created or written ({out.parent}: a file could not "
+                             f"be created there: {err.strerror or err})") from err
+    for path in files:
+        if path.exists():
+            try:
+                with open(path, "ab"):
+                    pass
+            except OSError as err:
+                raise app.UsageError(f"--out={FLAGS.out}: {path} cannot be overwritten ({err.strerror or err})") from err
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    run_dir = Path(FLAGS.dynhp_run)
+    given = FLAGS.dynhp_run
+    run_dir = Path(given).expanduser()  # "~" as the shell would
     if not run_dir.is_dir():
-        raise app.UsageError(f"--dynhp_run={run_dir}: no such folder")
-    out = Path(FLAGS.out)  # checked before hours of training, not after them
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise app.UsageError(f"--out={FLAGS.out}: its folder cannot be created ({err.strerror or err})") from err
-    if out.is_dir():
-        raise app.UsageError(f"--out={FLAGS.out}: expected the path of a Markdown file to write; that is a folder")
+        raise app.UsageError(f"--dynhp_run={given}: no such folder")
+    out, raw_path = check_out(FLAGS.out)  # looked at before hours of training, not after them; written to below
     import tf_dynhp
 
-    if not tf_dynhp.runs.is_finished(run_dir) or not (run_dir / "model.keras").exists():
-        raise app.UsageError(f"--dynhp_run={run_dir}: not a finished run folder (expected a readable metrics.json and model.keras)")
-    saved = json.loads((run_dir / "config.json").read_text())
+    if not tf_dynhp.runs.is_finished(run_dir) or not (run_dir / "model.keras").is_file():
+        raise app.UsageError(f"--dynhp_run={given}: not a finished run folder (expected a readable metrics.json and model.keras)")
+    saved = read_run_config(run_dir, given)
     if saved.get("method") != "dynhp":
-        raise app.UsageError(f"--dynhp_run={run_dir}: method is {saved.get('method')!r}, expected 'dynhp'")
+        raise app.UsageError(f"--dynhp_run={given}: method is {saved.get('method')!r}, expected 'dynhp'")
+    arch = saved.get("arch", "mlp")  # runs written before `arch` existed are MLPs
+    if arch != SUPPORTED_ARCH:
+        raise app.UsageError(f"--dynhp_run={given}: arch is {arch!r}, expected {SUPPORTED_ARCH!r} (the baselines, Keras' dense "
+                             "row and tfmot's pruned row, are MLPs)")
+    final = load_run_model(run_dir / "model.keras", given)  # the DynHP model, its architecture trained from scratch in row 3
+    probe_writable(out, (out, raw_path))
 
     logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel INFO lines during the exports
     import keras
@@ -376,7 +487,6 @@ def main(argv: list[str]) -> int:
         rows.append(dense)
 
         print("[3/4] DynHP architecture, dense from scratch", flush=True)
-        final = keras.models.load_model(run_dir / "model.keras", compile=False)
         keras.utils.set_random_seed(FLAGS.seed)
         scratch_model = keras.models.clone_model(final)  # same layers and kept pixels, fresh weights
         scratch = train_keras(scratch_model, data, epochs, FLAGS.batch_size, config.learning_rate, FLAGS.seed, lr_decay, wd, dwd,
@@ -460,8 +570,8 @@ def main(argv: list[str]) -> int:
     ]
     out.write_text("\n".join(lines))
     raw = [{k: v for k, v in r.items() if k != "model"} for r in rows]
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "target_error": target, "rows": raw, "notes": notes}, indent=1, default=str))
-    print(f"\nwrote {out} and {out.with_suffix('.json')}")
+    raw_path.write_text(json.dumps({"command": command, "target_error": target, "rows": raw, "notes": notes}, indent=1, default=str))
+    print(f"\nwrote {out} and {raw_path}")
     return 0
 
 
