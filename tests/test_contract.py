@@ -1114,3 +1114,49 @@ def test_deterministic_gates_before_a_targets_deadline_are_refused_and_a_phase_a
         tf_dynhp.fit(_mlp(), x[:100], y[:100], target_kb=10.0, target_deadline=0.5, deterministic_from=0.25, **kw)
     with pytest.warns(RuntimeWarning, match=r"`deterministic_from`=0.9 of 4 epochs leaves no epoch after it"):
         tf_dynhp.fit(_mlp(), x[:100], y[:100], deterministic_from=0.9, **kw)
+
+
+# --------------------------------------------------------------------------- keras.config.image_data_format
+@pytest.fixture()
+def channels_first():
+    before = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    yield
+    keras.config.set_image_data_format(before)
+
+
+@pytest.mark.parametrize("method", ["dense", "sp", "hp"])
+def test_a_global_channels_first_format_leaves_fits_own_layers_row_major(mnist, channels_first, method):
+    """With keras.config.image_data_format() "channels_first", the Flatten layers tf_dynhp
+    builds took it: fit refused its own gated core's Flatten (sp, hp), and method "dense"
+    returned a model flattening columns first, predicting other values than it trained."""
+    (x, y), _ = mnist
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(data_format="channels_last"),
+                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10, activation="softmax")])
+    result = tf_dynhp.fit(model, x[:200], y[:200], method=method, epochs=1, batch_size=50, seed=1, verbose=0)
+    flat = result.model.layers[0] if isinstance(result.model.layers[0], keras.layers.Flatten) else None
+    assert flat is None or flat.data_format == "channels_last"
+    rows = x[:20].reshape(20, -1)
+    dense = [layer for layer in result.model.layers if isinstance(layer, keras.layers.Dense)]
+    expected = rows
+    for layer in dense:
+        if len(dense) and layer is dense[0] and any(isinstance(l, tf_dynhp.SelectFeatures) for l in result.model.layers):
+            select = next(l for l in result.model.layers if isinstance(l, tf_dynhp.SelectFeatures))
+            expected = expected[:, np.asarray(select.indices)]
+        expected = keras.ops.convert_to_numpy(layer(expected))
+    np.testing.assert_allclose(result.model.predict(x[:20], verbose=0), expected, rtol=1e-5, atol=1e-6)
+    tf_dynhp.parse_chain(result.model)  # the returned model is a chain tf_dynhp reads again
+
+
+def test_a_global_channels_first_format_leaves_the_tools_models_channels_last(channels_first):
+    from tf_dynhp import runs
+
+    for model in (runs.build_mlp((8,)), runs.build_lenet5()):
+        assert tf_dynhp.memory.mo_kb(model, batch_size=16) > 0  # parse_chain refused them
+
+
+def test_a_channels_first_flatten_that_moves_nothing_is_taken(mnist):
+    (x, y), _ = mnist
+    model = keras.Sequential([keras.Input((1, 784)), keras.layers.Flatten(data_format="channels_first"),
+                              keras.layers.Dense(10, activation="softmax")])
+    tf_dynhp.fit(model, x[:100].reshape(100, 1, 784), y[:100], method="hp", epochs=1, batch_size=50, verbose=0)

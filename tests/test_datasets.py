@@ -666,6 +666,9 @@ def test_unlisted_files_are_not_checked_and_bad_lines_are_named(tmp_path, places
     (folder / "SHA256SUMS").write_text("abc  train-images-idx3-ubyte.gz\n")
     with pytest.raises(ValueError, match=re.escape(str(folder / "SHA256SUMS")) + ", line 1: expected '<64 hex digits>  <file name>'"):
         ds.load("mnist", folder, download=False, **places)
+    (folder / "SHA256SUMS").write_text("SIZE (train-labels-idx1-ubyte.gz) = 120\n")  # named as a whole: refused
+    with pytest.raises(ValueError, match=", line 1: expected"):
+        ds.load("mnist", folder, download=False, **places)
 
 
 def test_lines_of_a_list_that_name_no_file_read_do_not_block_loading(tmp_path, places):
@@ -676,7 +679,9 @@ def test_lines_of_a_list_that_name_no_file_read_do_not_block_loading(tmp_path, p
     listed = [f"{sha256(f)}  mnist/{f.name}" for f in sorted(folder.iterdir())]
     (folder.parent / "SHA256SUMS").write_text("\n".join(
         ["-----BEGIN PGP SIGNED MESSAGE-----", "Hash: SHA256", ""] + listed
-        + ["md5 d41d8cd98f00b204e9800998ecf8427e  other.tar", "-----BEGIN PGP SIGNATURE-----", "iQIzBAEBCAAdFiEE", "-----END PGP SIGNATURE-----"]) + "\n")
+        + ["md5 d41d8cd98f00b204e9800998ecf8427e  other.tar", "-----BEGIN PGP SIGNATURE-----", "iQIzBAEBCAAdFiEE", "-----END PGP SIGNATURE-----",
+           # another folder's file of the same name, and a longer name beginning with one read
+           "SIZE (fashion-mnist/train-images-idx3-ubyte.gz) = 26421856", "SIZE (mnist/train-labels-idx1-ubyte.gz.old) = 1"]) + "\n")
     assert first_train_label(ds.load("mnist", folder.parent, download=False, **places)) == 6
     # the listed files are still checked
     labels = folder / "train-labels-idx1-ubyte.gz"

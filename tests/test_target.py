@@ -289,6 +289,11 @@ def test_weight_decay_exclusions_survive_a_resume_that_traces_again(mnist, tmp_p
     c = tf_dynhp.fit(_mlp(hidden=(12,), input_shape=(28, 28)), x[:300], y[:300], optimizer=adamw(), checkpoint_dir=folder,
                      resume=True, **kw)
     assert_same_run(c, a, a.gated_model, c.gated_model)
+    other = keras.optimizers.AdamW(1e-3, weight_decay=0.9)  # the exclusions are a setting a resume must keep
+    other.exclude_from_weight_decay(var_names=["kernel"])
+    with pytest.raises(ValueError, match="weight_decay_exclusions"):
+        tf_dynhp.fit(_mlp(hidden=(12,), input_shape=(28, 28)), x[:300], y[:300], optimizer=other, checkpoint_dir=folder,
+                     resume=True, **{**kw, "epochs": 5})
 
 
 def test_weight_decay_exclusions_by_identity_are_refused(mnist):

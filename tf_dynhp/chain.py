@@ -285,7 +285,9 @@ def _check_flatten_order(layers: list[keras.layers.Layer]) -> None:
     for layer in layers:
         if isinstance(layer, keras.layers.Flatten) and layer.data_format != "channels_last":
             shape = tuple(layer._inbound_nodes[0].input_tensors[0].shape)
-            if len(shape) >= 3:  # (batch, features): nothing to reorder
+            # Keras moves axis 1 last: nothing moves for (batch, features), or when axis 1 or
+            # all the axes after it hold one value
+            if len(shape) >= 3 and shape[1] != 1 and math.prod(shape[2:]) != 1:
                 raise unsupported(
                     layer,
                     f"It has data_format={layer.data_format!r} (set by the layer or by keras.config."

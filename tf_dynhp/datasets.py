@@ -526,8 +526,11 @@ def _check_sums(files: list[Path]) -> None:
             listed, odd = _read_sums(sums)
             expected = listed.get(key)
             if expected is None:
+                # the file's path from the list's folder, as a whole word of the line ("mnist/x.gz" is
+                # not in "fashion-mnist/x.gz", nor "x" in "x.gz")
+                named = re.compile(r"(?:^|[\s(*/])" + re.escape(os.path.relpath(resolved, folder)) + r"(?:$|[\s)])")
                 for number, line in odd:
-                    if resolved.name in line:
+                    if named.search(line):
                         raise ValueError(
                             f"{sums}, line {number}: expected '<64 hex digits>  <file name>' (sha256sum) or "
                             f"'SHA256 (<file name>) = <64 hex digits>', received {line[:100]!r}"

@@ -138,7 +138,7 @@ def build_mlp(hidden: Sequence[int], input_shape: tuple[int, ...] = (28, 28), nu
 
     if not 0.0 <= dropout < 1.0:
         raise invalid("dropout", "a rate in [0, 1)", dropout)
-    layers = [keras.Input(input_shape), keras.layers.Flatten()]
+    layers = [keras.Input(input_shape), keras.layers.Flatten(data_format="channels_last")]  # whatever keras.config says
     for units in hidden:
         layers.append(keras.layers.Dense(int(units), activation="relu"))
         if dropout:
@@ -156,11 +156,11 @@ def build_lenet5(input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 
     return keras.Sequential(
         [
             keras.Input(input_shape),
-            keras.layers.Conv2D(20, 5, activation="relu", name="conv1"),
-            keras.layers.MaxPooling2D(2, name="pool1"),
-            keras.layers.Conv2D(50, 5, activation="relu", name="conv2"),
-            keras.layers.MaxPooling2D(2, name="pool2"),
-            keras.layers.Flatten(name="flatten"),
+            keras.layers.Conv2D(20, 5, activation="relu", data_format="channels_last", name="conv1"),
+            keras.layers.MaxPooling2D(2, data_format="channels_last", name="pool1"),
+            keras.layers.Conv2D(50, 5, activation="relu", data_format="channels_last", name="conv2"),
+            keras.layers.MaxPooling2D(2, data_format="channels_last", name="pool2"),
+            keras.layers.Flatten(data_format="channels_last", name="flatten"),
             keras.layers.Dense(500, activation="relu", name="fc1"),
             keras.layers.Dense(num_classes, activation="softmax", name="fc2"),
         ],

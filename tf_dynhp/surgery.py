@@ -110,7 +110,8 @@ def build_chain_model(
             raise ValueError("A convolutional chain (spatial=True) takes the input as it is: `features` must be None.")
     else:
         if len(input_shape) > 1:
-            x = keras.layers.Flatten(name="flatten")(x)
+            # row-major, as the pipeline flattens the data, whatever keras.config.image_data_format() says
+            x = keras.layers.Flatten(data_format="channels_last", name="flatten")(x)
         if features is not None:
             x = SelectFeatures(indices=[int(i) for i in features], name="select_features")(x)
     for layer in body:

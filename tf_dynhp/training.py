@@ -49,7 +49,7 @@ from tf_dynhp.data import as_arrays, example_weights, fingerprint, require_some_
 from tf_dynhp.kinds import CONV_TYPES, GATED_TYPES
 from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import classifier_head
-from tf_dynhp.optim import check_weight_decay_exclusions, clone_optimizer
+from tf_dynhp.optim import check_weight_decay_exclusions, clone_optimizer, weight_decay_exclusions
 from tf_dynhp.pruning import compile_core, core_from
 from tf_dynhp.state import TrainerState
 from tf_dynhp.surgery import check_prunable_optimizer, io_structure
@@ -997,6 +997,8 @@ def fit(
         "method": method, "batch_size": batch_size, "l0_lambda": l0_lambda, "alpha_bs": alpha_bs,
         "gamma": float(gamma), "budget_kb": budget_kb, "budget_on": budget_on, "batch_growth": batch_growth,
         "optimizer": {k: v for k, v in core.optimizer.get_config().items() if k != "name"}, "seed": seed, "seeded": seeded, "loss": losses.describe(loss),
+        # what get_config leaves out; None (none set) when checkpoints written before it resume unchanged
+        "weight_decay_exclusions": weight_decay_exclusions(core.optimizer),
         "weight_decay": float(weight_decay), "droprate_init": float(droprate_init),
         "input_droprate_init": float(input_droprate_init), "model": _model_signature(chain),
         "gate_kernel": gate_kernel,

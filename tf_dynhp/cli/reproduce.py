@@ -681,7 +681,7 @@ def main(argv: list[str]) -> int:
                 print(f"error: --data_dir={FLAGS.data_dir}: {' '.join(line.strip() for line in str(err).splitlines())}",
                       file=sys.stderr)
                 return 2
-            except ValueError as err:
+            except (ValueError, OSError) as err:  # damaged, the other data set, or not readable (permissions)
                 where = f"--data_dir={FLAGS.data_dir}: " if FLAGS.data_dir else ""
                 print(f"error: {where}the {dataset} data set cannot be read: "
                       f"{' '.join(line.strip() for line in str(err).splitlines())}", file=sys.stderr)
