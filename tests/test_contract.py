@@ -1160,3 +1160,114 @@ def test_a_channels_first_flatten_that_moves_nothing_is_taken(mnist):
     model = keras.Sequential([keras.Input((1, 784)), keras.layers.Flatten(data_format="channels_first"),
                               keras.layers.Dense(10, activation="softmax")])
     tf_dynhp.fit(model, x[:100].reshape(100, 1, 784), y[:100], method="hp", epochs=1, batch_size=50, verbose=0)
+
+
+# --------------------------------------------------------------------------- what callbacks do at an epoch's end
+class _AddLog(keras.callbacks.Callback):
+    """A metric of its own added to the epoch logs (e.g. an F1 score computed in a callback)."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_custom"] = self.values[epoch]
+
+
+def test_logs_a_callback_adds_reach_early_stopping_and_the_history(mnist):
+    """Keras' CallbackList hands the callbacks a copy of the logs: EarlyStopping on a log
+    another callback added restored nothing, silently, and the history lacked those keys
+    (no `learning_rate` column of LearningRateScheduler, which keras.Model.fit's has)."""
+    (x, y), (xt, yt) = mnist
+    stop = keras.callbacks.EarlyStopping("val_custom", mode="max", patience=5, restore_best_weights=True)
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 1e-3 * 0.5**epoch)
+    result = tf_dynhp.fit(_mlp(), x[:300], y[:300], method="hp", epochs=4, batch_size=50, seed=1, verbose=0,
+                          validation_data=(xt[:100], yt[:100]), callbacks=[_AddLog([0.1, 0.9, 0.3, 0.2]), stop, schedule])
+    assert stop.best_epoch == 1 and result.state.epoch == 2  # the model of the end of epoch 2
+    assert result.history["val_custom"] == [0.1, 0.9, 0.3, 0.2]
+    assert result.history["learning_rate"] == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4])
+
+
+class _EndRate(keras.callbacks.Callback):
+    """Sets the learning rate at each epoch's end (as ReduceLROnPlateau does)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.optimizer.learning_rate.assign(1e-2 * 0.3 ** (epoch + 1))
+
+
+def test_what_a_callback_changes_at_an_epochs_end_is_in_its_checkpoint(mnist, tmp_path):
+    """The checkpoint was written before on_epoch_end: a rate set there was lost, and the
+    resumed run differed from the unstopped one without a word."""
+    (x, y), _ = mnist
+    kw = dict(method="hp", epochs=4, batch_size=50, seed=1, verbose=0, learning_rate=1e-2)
+    a = tf_dynhp.fit(_mlp(), x[:300], y[:300], callbacks=[_EndRate()], checkpoint_dir=tmp_path / "a", **kw)
+    tf_dynhp.fit(_mlp(), x[:300], y[:300], callbacks=[_EndRate(), stop_after(2)], checkpoint_dir=tmp_path / "b", **kw)
+    c = tf_dynhp.fit(_mlp(), x[:300], y[:300], callbacks=[_EndRate()], checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert_same_run(c, a, a.gated_model, c.gated_model)
+
+
+class _NaNAtStart(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.epoch = None  # once: the retry runs clean
+            kernel = self.model.dense_layers[0].kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+def test_a_rollback_halves_the_rate_a_callback_set_at_the_epochs_end(mnist):
+    """The rollback point was taken before on_epoch_end: after a ReduceLROnPlateau-like cut
+    to 0.003 the retry ran at half the rate before it, 0.005, and said "halved"."""
+    (x, y), _ = mnist
+    with pytest.warns(RuntimeWarning, match=r"rolled back to the end of epoch 1, learning rate halved to 0\.0015 "):
+        tf_dynhp.fit(_mlp(), x[:300], y[:300], method="hp", epochs=2, batch_size=50, seed=1, verbose=0, learning_rate=1e-2,
+                     on_nonfinite="rollback", callbacks=[_EndRate(), _NaNAtStart(1)])
+
+
+class _AtEnd(keras.callbacks.Callback):
+    def __init__(self, fail=False):
+        super().__init__()
+        self.fail = fail
+
+    def on_train_end(self, logs=None):
+        self.bias = self.model.dense_layers[-1].bias.numpy()
+        if self.fail:
+            raise ConnectionError("upload failed")
+
+
+def test_callbacks_end_with_the_model_the_run_ends_with(mnist, tmp_path):
+    """EarlyStopping's best was restored after on_train_end: a callback there saw the last
+    model (Keras restores in EarlyStopping's own on_train_end), and one that raised there
+    lost the early stop: a resume trained on instead of ending as the run had."""
+    (x, y), (xt, yt) = mnist
+
+    def run(end, resume=False):
+        stop = keras.callbacks.EarlyStopping("val_loss", patience=1, restore_best_weights=True)
+        return tf_dynhp.fit(_mlp(), x[:300], y[:300], method="hp", epochs=12, batch_size=50, seed=1, verbose=0,
+                            learning_rate=0.05, validation_data=(xt[:100], yt[:100]), callbacks=[stop, end],
+                            checkpoint_dir=tmp_path, resume=resume)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "Restored the model of the end of epoch ..." is printed, not warned
+        end = _AtEnd()
+        a = run(end)
+        assert len(a.history["loss"]) < 12 and a.state.epoch < len(a.history["loss"])  # stopped early, a best restored
+        np.testing.assert_array_equal(end.bias, a.gated_model.get_layer(index=-1).bias.numpy())
+        for path in tmp_path.iterdir():
+            path.unlink()
+        with pytest.raises(ConnectionError):
+            run(_AtEnd(fail=True))
+        b = run(_AtEnd(), resume=True)
+    assert b.history["loss"] == a.history["loss"]  # nothing trained: the run had ended
+    for u, v in zip(a.model.get_weights(), b.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_a_progbar_logger_of_the_users_is_the_only_bar(mnist, capsys):
+    (x, y), _ = mnist
+    tf_dynhp.fit(_mlp(), x[:200], y[:200], method="hp", epochs=2, batch_size=50, seed=1, verbose=1,
+                 callbacks=[keras.callbacks.ProgbarLogger()])
+    assert capsys.readouterr().out.count("Epoch 1/2\n") == 1  # the bar's header, once (fit drew a second bar)

@@ -125,6 +125,38 @@ ENDED_WITH = "ended_with/"
 _SIZE_KEYS = frozenset({"units", "filters", "name"})
 
 
+class _SeenLogs(keras.callbacks.Callback):
+    """Last in fit's CallbackList: the epoch logs as the callbacks left them. Keras'
+    CallbackList hands every callback one copy of the logs, so what a callback adds (a
+    `learning_rate` of LearningRateScheduler, a metric of its own) is in it, not in the
+    dict fit passed; `keras.Model.fit`'s History, a callback too, records those keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logs: dict[str, Any] = {}
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.logs = logs if logs is not None else {}
+
+
+def _callback_logs(seen: dict[str, Any], given: dict[str, Any]) -> dict[str, float]:
+    """The scalar logs the callbacks added to `given` (the others, e.g. arrays, are left out)."""
+    extra = {}
+    for key, value in seen.items():
+        if key in given:
+            continue
+        try:
+            extra[key] = float(np.asarray(value).item())
+        except (TypeError, ValueError):  # not one number
+            continue
+    return extra
+
+
+def _finite(arrays: dict[str, np.ndarray]) -> bool:
+    """Whether every float array of a snapshot is finite."""
+    return all(bool(np.all(np.isfinite(a))) for a in arrays.values() if a.dtype.kind in "fc")
+
+
 def graph_constants(core: GatedModel) -> list[Any]:
     """What the traced step bakes in as constants: each body layer's class and config
     but its size (`units`/`filters`, read from the variables' storage), and whether the
@@ -575,7 +607,10 @@ class Trainer:
         """
         cfg = self.config
         last_good = self.snapshot()
-        cb_list = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False, model=self.core)
+        seen = _SeenLogs()
+        cb_list = keras.callbacks.CallbackList(list(callbacks) + [seen], add_history=False, add_progbar=False, model=self.core)
+        # A ProgbarLogger of the user's draws the bar (as keras.Model.fit, which adds none then)
+        own_bar = not any(isinstance(cb, keras.callbacks.ProgbarLogger) for cb in callbacks)
         cb_list.set_params({"verbose": cfg.verbose, "epochs": cfg.epochs, "steps": self.steps_per_epoch()})
         restorers = [cb for cb in callbacks if isinstance(cb, keras.callbacks.EarlyStopping) and cb.restore_best_weights]
         for cb in restorers:  # we restore the best epoch ourselves (its shapes may differ)
@@ -603,7 +638,7 @@ class Trainer:
                     lr.assign(lr * 0.5**tries)
                     warnings.warn(f"{retry}, learning rate halved to {float(lr.numpy()):.3g} (try {tries} of 3).", RuntimeWarning, stacklevel=2)
                 bar = None
-                if cfg.verbose == 1:
+                if cfg.verbose == 1 and own_bar:
                     print(f"Epoch {epoch + 1}/{cfg.epochs}", flush=True)
                     bar = keras.utils.Progbar(self.steps_per_epoch(), stateful_metrics=["loss", "accuracy"])
 
@@ -654,16 +689,35 @@ class Trainer:
                 record["epoch_seconds"] = time.perf_counter() - t0
                 for key, value in record.items():
                     self.state.history.setdefault(key, []).append(value)
-                last_good = self.snapshot()
-                if cfg.checkpoint_dir is not None:
-                    arrays, meta = last_good
-                    ckpt.write_checkpoint(cfg.checkpoint_dir, self.state.epoch, arrays, {**meta, "settings": settings})
                 if cfg.verbose:
                     print(format_line(record, cfg.epochs, self.state.gate_kernel if self.state.method != "dense" else None), file=sys.stdout, flush=True)
                 logs = scalar_logs(record)
+                # The epoch's checkpoint and rollback point come after the callbacks' on_epoch_end,
+                # with what they changed (a rate, clipped weights) and logged; a callback that
+                # raises there leaves the epoch's checkpoint as it was before them.
+                before_callbacks = self.snapshot() if callbacks else None
+                try:
+                    cb_list.on_epoch_end(epoch, logs)
+                except BaseException:
+                    if before_callbacks is not None and cfg.checkpoint_dir is not None:
+                        arrays, meta = before_callbacks
+                        ckpt.write_checkpoint(cfg.checkpoint_dir, self.state.epoch, arrays, {**meta, "settings": settings})
+                    raise
+                logs = {**logs, **_callback_logs(seen.logs, logs)}
                 final_logs = logs
-                cb_list.on_epoch_end(epoch, logs)
-                self.track_best(restorers, best, epoch, logs, last_good, pruned=any(record.get("pruned_units") or []))
+                self.add_callback_logs(logs, record)
+                last_good = self.snapshot()
+                if before_callbacks is not None and not _finite(last_good[0]):
+                    # a callback left NaN/inf (a fault injected, a bad assign): the epoch's good
+                    # state is the one before it; the next epoch's first step finds the fault
+                    last_good = before_callbacks
+                if cfg.checkpoint_dir is not None:
+                    arrays, meta = last_good
+                    ckpt.write_checkpoint(cfg.checkpoint_dir, self.state.epoch, arrays, {**meta, "settings": settings})
+                # the model the logs scored: before the callbacks' changes (EarlyStopping keeps those
+                # of the callbacks listed before it in Keras; its logs never see any)
+                self.track_best(restorers, best, epoch, logs, before_callbacks or last_good,
+                                pruned=any(record.get("pruned_units") or []))
                 epoch += 1
                 if stopped or getattr(self.core, "stop_training", False):
                     stopped = True
@@ -672,10 +726,39 @@ class Trainer:
             # the model at the end (checkpoints keep the raw weights and the averages, so a
             # resumed run ends the same), before `on_train_end` (EarlyStopping may restore).
             self.core.optimizer.finalize_variable_values(self.core.trainable_variables)
+            # The model the run ends with (EarlyStopping's best, the cut to the target) and its
+            # final checkpoint come before `on_train_end`, as in Keras, where EarlyStopping
+            # restores in its own on_train_end: the callbacks after it see that model, and one
+            # that raises there loses no early stop.
+            self.finish(ended_with, restorers, best, stopped, callbacks, last_good, settings)
+            if self.core is not model_seen:
+                cb_list.set_model(self.core)
+                model_seen = self.core
             cb_list.on_train_end(final_logs)  # as Keras: the last epoch's logs
         finally:
             for cb in restorers:
                 cb.restore_best_weights = True
+        return self.result(model_name)
+
+    def add_callback_logs(self, logs: dict[str, float], record: dict[str, Any]) -> None:
+        """The logs the callbacks added this epoch (`logs` but `record`'s keys) join the
+        history as keras.Model.fit's History records them; a column begun later is None
+        for the epochs before, one left out is None for this epoch."""
+        history = self.state.history
+        n = len(history.get("epoch", []))
+        ours = set(record) | set(scalar_logs(record))
+        for key, value in logs.items():
+            if key not in ours:
+                history.setdefault(key, [None] * (n - 1)).append(value)
+        for key, column in history.items():
+            if key not in ours and len(column) < n:
+                column.append(None)
+
+    def finish(self, ended_with: Any, restorers: list[Any], best: dict[int, tuple[int, Any, Any, bool]], stopped: bool,
+               callbacks: list[keras.callbacks.Callback], last_good: Any, settings: dict[str, Any]) -> None:
+        """The model the run ends with: a finished run resumed, the model it ended with;
+        EarlyStopping's restored best; the cut to the target of a run that ended before its
+        deadline; and the final checkpoint saying so (`write_final`)."""
         early_stopped = stopped and any(isinstance(cb, keras.callbacks.EarlyStopping) and cb.stopped_epoch > 0
                                         for cb in callbacks)
         if ended_with is not None:
@@ -697,11 +780,10 @@ class Trainer:
                 "training after the cut, so expect a lower accuracy than a run that reaches its deadline. The history's "
                 "last record (model_kb, active_units) is of the model before the cut."
                 + (" Resume the run from checkpoint_dir to go on from that model." if self.config.checkpoint_dir
-                   and not early_stopped else ""), RuntimeWarning, stacklevel=3)
+                   and not early_stopped else ""), RuntimeWarning, stacklevel=4)
         if early_stopped or restored:
             self.state.early_stopped = early_stopped
             self.write_final(last_good, restored or cut_from is not None, settings)
-        return self.result(model_name)
 
     def write_final(self, last: tuple[dict[str, np.ndarray], dict[str, Any]], restored: bool, settings: dict[str, Any]) -> None:
         """Writes the last epoch's checkpoint again, so that resuming a finished run trains
