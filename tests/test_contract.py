@@ -1271,3 +1271,62 @@ def test_a_progbar_logger_of_the_users_is_the_only_bar(mnist, capsys):
     tf_dynhp.fit(_mlp(), x[:200], y[:200], method="hp", epochs=2, batch_size=50, seed=1, verbose=1,
                  callbacks=[keras.callbacks.ProgbarLogger()])
     assert capsys.readouterr().out.count("Epoch 1/2\n") == 1  # the bar's header, once (fit drew a second bar)
+
+
+def test_early_stopping_listed_before_the_callback_adding_its_log_restores_nothing(mnist):
+    """It never sees the log (Keras warns and keeps best None); fit restored the first epoch's model."""
+    (x, y), _ = mnist
+    stop = keras.callbacks.EarlyStopping("val_custom", mode="max", patience=5, restore_best_weights=True)
+    with pytest.warns(UserWarning, match="val_custom"):
+        result = tf_dynhp.fit(_mlp(), x[:300], y[:300], method="hp", epochs=3, batch_size=50, seed=1, verbose=0,
+                              callbacks=[stop, _AddLog([0.1, 0.9, 0.3])])
+    assert stop.best is None and result.state.epoch == 3
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, epoch, where="end"):
+        super().__init__()
+        self.epoch, self.where = epoch, where
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_a_callback_raising_at_an_epochs_end_keeps_the_history_columns_aligned_on_resume(mnist, tmp_path):
+    """The checkpoint written for a raise in on_epoch_end had a callback's column one entry
+    short: the resumed history put the next values in the wrong epochs."""
+    (x, y), _ = mnist
+    values = [9.1, 4.2, 1.3, 0.4]
+    kw = dict(method="hp", epochs=4, batch_size=50, seed=1, verbose=0)
+    a = tf_dynhp.fit(_mlp(), x[:300], y[:300], callbacks=[_AddLog(values)], checkpoint_dir=tmp_path / "a", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        tf_dynhp.fit(_mlp(), x[:300], y[:300], callbacks=[_AddLog(values), _Interrupt(1)], checkpoint_dir=tmp_path / "b", **kw)
+    c = tf_dynhp.fit(_mlp(), x[:300], y[:300], callbacks=[_AddLog(values)], checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert a.history["val_custom"] == values
+    assert c.history["val_custom"] == [9.1, None, 1.3, 0.4]  # epoch 2's callbacks never finished; its value is lost
+    assert {len(v) for v in c.history.values()} == {4}
+
+
+class _PoisonAtEnd(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.epoch = None
+            kernel = self.model.dense_layers[0].kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+def test_a_callback_leaving_nan_keeps_the_columns_aligned_and_is_caught_in_the_last_epoch(mnist):
+    (x, y), _ = mnist
+    kw = dict(method="hp", epochs=4, batch_size=50, seed=1, verbose=0)
+    with pytest.raises(tf_dynhp.NonFiniteError) as err:
+        tf_dynhp.fit(_mlp(), x[:300], y[:300], callbacks=[_AddLog([1.0, 2.0, 3.0, 4.0]), _PoisonAtEnd(1)], **kw)
+    good = err.value.last_good.history
+    assert {len(v) for v in good.values()} == {2} and good["val_custom"] == [1.0, None]  # lengths differed
+    # in the last epoch no next step finds it: fit returned the NaN model
+    with pytest.raises(tf_dynhp.NonFiniteError, match="A callback left non-finite weights .* end of epoch 4, the run's last"):
+        tf_dynhp.fit(_mlp(), x[:300], y[:300], callbacks=[_PoisonAtEnd(3)], **kw)

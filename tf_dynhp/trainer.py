@@ -154,7 +154,7 @@ def _callback_logs(seen: dict[str, Any], given: dict[str, Any]) -> dict[str, flo
 
 def _finite(arrays: dict[str, np.ndarray]) -> bool:
     """Whether every float array of a snapshot is finite."""
-    return all(bool(np.all(np.isfinite(a))) for a in arrays.values() if a.dtype.kind in "fc")
+    return all(bool(np.all(np.isfinite(a))) for a in arrays.values() if a.dtype.kind in "fc" or a.dtype.name == "bfloat16")
 
 
 def graph_constants(core: GatedModel) -> list[Any]:
@@ -689,8 +689,10 @@ class Trainer:
                 record["epoch_seconds"] = time.perf_counter() - t0
                 for key, value in record.items():
                     self.state.history.setdefault(key, []).append(value)
-                if cfg.verbose:
-                    print(format_line(record, cfg.epochs, self.state.gate_kernel if self.state.method != "dense" else None), file=sys.stdout, flush=True)
+                self.pad_callback_columns(record)  # None until a callback logs them (aligned in every snapshot)
+                line = format_line(record, cfg.epochs, self.state.gate_kernel if self.state.method != "dense" else None)
+                if cfg.verbose and own_bar:
+                    print(line, file=sys.stdout, flush=True)
                 logs = scalar_logs(record)
                 # The epoch's checkpoint and rollback point come after the callbacks' on_epoch_end,
                 # with what they changed (a rate, clipped weights) and logged; a callback that
@@ -703,20 +705,28 @@ class Trainer:
                         arrays, meta = before_callbacks
                         ckpt.write_checkpoint(cfg.checkpoint_dir, self.state.epoch, arrays, {**meta, "settings": settings})
                     raise
-                logs = {**logs, **_callback_logs(seen.logs, logs)}
-                final_logs = logs
-                self.add_callback_logs(logs, record)
+                if cfg.verbose and not own_bar:  # after the user's bar has ended its line
+                    print(line, file=sys.stdout, flush=True)
+                final_logs = logs  # as Keras: on_train_end gets fit's own logs, not a callback's copy
+                added = {k: v for k, v in _callback_logs(seen.logs, logs).items() if k not in record}  # not ours (`epoch`)
+                self.add_callback_logs(added)
                 last_good = self.snapshot()
-                if before_callbacks is not None and not _finite(last_good[0]):
-                    # a callback left NaN/inf (a fault injected, a bad assign): the epoch's good
-                    # state is the one before it; the next epoch's first step finds the fault
-                    last_good = before_callbacks
+                broken = before_callbacks is not None and not _finite(last_good[0])
+                if broken:  # a callback left NaN/inf (a fault injected, a bad assign): the epoch's good state
+                    last_good = before_callbacks  # is the one before it; the next epoch's first step finds the fault
                 if cfg.checkpoint_dir is not None:
                     arrays, meta = last_good
                     ckpt.write_checkpoint(cfg.checkpoint_dir, self.state.epoch, arrays, {**meta, "settings": settings})
+                if broken and (epoch + 1 >= cfg.epochs or stopped or getattr(self.core, "stop_training", False)):
+                    raise NonFiniteError(  # no next epoch would find it: the run would return that model
+                        f"A callback left non-finite weights or optimizer state at the end of epoch {epoch + 1}, the "
+                        "run's last; training stopped. The model before the callbacks' on_epoch_end is in the exception's "
+                        "`last_good`" + (f" and in the checkpoints of {cfg.checkpoint_dir}." if cfg.checkpoint_dir else "."),
+                        last_good=self.result_from(before_callbacks, model_name),
+                    )
                 # the model the logs scored: before the callbacks' changes (EarlyStopping keeps those
                 # of the callbacks listed before it in Keras; its logs never see any)
-                self.track_best(restorers, best, epoch, logs, before_callbacks or last_good,
+                self.track_best(restorers, best, epoch, {**logs, **added}, before_callbacks or last_good,
                                 pruned=any(record.get("pruned_units") or []))
                 epoch += 1
                 if stopped or getattr(self.core, "stop_training", False):
@@ -740,19 +750,25 @@ class Trainer:
                 cb.restore_best_weights = True
         return self.result(model_name)
 
-    def add_callback_logs(self, logs: dict[str, float], record: dict[str, Any]) -> None:
-        """The logs the callbacks added this epoch (`logs` but `record`'s keys) join the
-        history as keras.Model.fit's History records them; a column begun later is None
-        for the epochs before, one left out is None for this epoch."""
+    def pad_callback_columns(self, record: dict[str, Any]) -> None:
+        """The history's columns of callbacks' logs (keys not `record`'s) get None for this
+        epoch, until `add_callback_logs` sets what a callback logged: every column has one
+        entry per epoch in every snapshot, also one taken before the callbacks ran."""
         history = self.state.history
         n = len(history.get("epoch", []))
-        ours = set(record) | set(scalar_logs(record))
-        for key, value in logs.items():
-            if key not in ours:
-                history.setdefault(key, [None] * (n - 1)).append(value)
+        ours = set(record)
         for key, column in history.items():
             if key not in ours and len(column) < n:
                 column.append(None)
+
+    def add_callback_logs(self, added: dict[str, float]) -> None:
+        """The logs the callbacks added this epoch join the history, as keras.Model.fit's
+        History records them; a column begun later is None for the epochs before."""
+        history = self.state.history
+        n = len(history.get("epoch", []))
+        for key, value in added.items():
+            column = history.setdefault(key, [None] * n)
+            column[n - 1] = value
 
     def finish(self, ended_with: Any, restorers: list[Any], best: dict[int, tuple[int, Any, Any, bool]], stopped: bool,
                callbacks: list[keras.callbacks.Callback], last_good: Any, settings: dict[str, Any]) -> None:
@@ -820,7 +836,8 @@ class Trainer:
         fits = target_kb is None or (memory.floats_to_kb(self.weights()) <= target_kb and not pruned)
         for cb in restorers:
             value = logs.get(cb.monitor)
-            if not fits or value is None or epoch < cb.start_from_epoch:
+            # `best` None: it never scored (its log missing where it stands in the list)
+            if not fits or value is None or epoch < cb.start_from_epoch or getattr(cb, "best", None) is None:
                 continue
             if target_kb is None:
                 if cb.best_epoch == epoch:
