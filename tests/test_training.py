@@ -296,6 +296,32 @@ def test_plot_history_checks_the_path_before_drawing_and_leaves_no_open_figure(m
     assert not (tmp_path / "run.txt").exists() and len(plt.get_fignums()) == before
 
 
+def test_plot_history_marks_a_lone_validation_point_and_refuses_a_home_folder(mnist_small, tmp_path, monkeypatch):
+    """validation_freq=[30] over 30 epochs: panel (d) drew a line of one point (nothing
+    shows: markers went only with <= 20 epochs). "~/plots", a folder, wrote ~/plots.png
+    (the folder check came before "~" was expanded)."""
+    import matplotlib.figure
+
+    result = _fit(mnist_small, "hp", epochs=1, **PRUNE_FAST)
+    history = {k: (v * 30 if isinstance(v, list) else v) for k, v in result.history.items()}
+    history["val_error"] = [None] * 29 + [12.5]
+    drawn = {}
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        drawn["d"] = [(line.get_marker(), list(line.get_xdata())) for line in fig.axes[3].get_lines()]
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    tf_dynhp.plot_history(history, tmp_path / "lone.png")
+    assert drawn["d"] == [("o", [30])]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "plots").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        tf_dynhp.plot_history(result, "~/plots")
+    assert not (tmp_path / "plots.png").exists()
+
+
 # --------------------------------------------------------------------------- a small CNN
 def _cnn(seed=0, convs=((4, 3),)):
     """Conv2D(filters, kernel) + MaxPooling2D(2) per `convs` entry, then Flatten and two Dense."""

@@ -55,7 +55,7 @@ def plot_history(history: Any, path: str | os.PathLike, title: str | None = None
     epochs = list(range(1, len(history["batch_size"]) + 1))
     if not epochs:
         raise ValueError("`history` has no epochs to plot.")
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))  # "~/plots" is the home folder's (a folder there is refused too)
     if os.path.isdir(path) or path.endswith(os.sep) or not os.path.basename(path):
         raise ValueError(f"`path`={path!r} is a folder; expected the path of an image file to write (e.g. run.png).")
     n_axes = len(history["active_units"][0])
@@ -113,7 +113,8 @@ def plot_history(history: Any, path: str | os.PathLike, title: str | None = None
     ax = axes[1][1]
     errors = [e for e in history["val_error"]]
     if any(e is not None for e in errors):
-        ax.plot([e for e, v in zip(epochs, errors) if v is not None], [v for v in errors if v is not None], marker=marker)
+        shown = [(e, v) for e, v in zip(epochs, errors) if v is not None]  # validation_freq: some epochs only
+        ax.plot([e for e, _ in shown], [v for _, v in shown], marker="o" if len(shown) <= 20 else None)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation error %")
     ax.set_title("(d) misclassification error")
