@@ -804,3 +804,36 @@ def test_the_fashion_mnist_alias_loads_the_real_data():
     fashion_mnist data set, not fashion-mnist'."""
     (x, y), _ = ds.load("fashion-mnist", DATA_ROOT, download=False)
     assert x.shape == (60000, 28, 28) and y[0] == 9
+
+
+@real_data
+def test_a_search_place_holding_the_other_data_set_is_passed_over(tmp_path, places, monkeypatch):
+    """TF_DYNHP_DATA naming MNIST's folder blocked Fashion-MNIST found further on: the
+    search took the first folder of four IDX files, and load then refused it."""
+    system = places["system_dir"]
+    system.mkdir()
+    (system / "fashion-mnist").symlink_to(DATA_ROOT / "fashion-mnist")
+    monkeypatch.setenv("TF_DYNHP_DATA", str(DATA_ROOT / "mnist"))
+    assert ds.find_dataset_dir("fashion_mnist", **places) == system / "fashion-mnist"
+    (_, y), _ = ds.load("fashion_mnist", download=False, **places)
+    assert len(y) == 60000
+    # an explicit data_dir is still refused by name (no data from elsewhere)
+    with pytest.raises(ValueError, match="holds the mnist data set"):
+        ds.load("fashion_mnist", DATA_ROOT / "mnist", download=False, **places)
+
+
+def test_a_sha256sums_beside_links_to_the_data_is_read(tmp_path, places):
+    """A folder of symbolic links with its own SHA256SUMS: the list was looked for only
+    beside the links' targets, so a wrong digest there went unnoticed."""
+    real = tmp_path / "real" / "mnist"
+    make_fake_dataset(real, marker=7)
+    links = tmp_path / "links" / "mnist"
+    links.mkdir(parents=True)
+    for f in real.iterdir():
+        (links / f.name).symlink_to(f)
+    labels = "train-labels-idx1-ubyte.gz"
+    (links.parent / "SHA256SUMS").write_text(f"{'0' * 64}  mnist/{labels}\n")
+    with pytest.raises(ValueError, match=re.escape(f"{links / labels}: SHA-256 mismatch")):
+        ds.load("mnist", links.parent, download=False, **places)
+    (links.parent / "SHA256SUMS").write_text(f"{sha256(real / labels)}  mnist/{labels}\n")
+    assert first_train_label(ds.load("mnist", links.parent, download=False, **places)) == 7

@@ -358,7 +358,8 @@ def find_dataset_dir(
     Looks, in order, in `data_dir` (the folder itself, then its `<folder>/`
     subfolders, then for MNIST `mnist.npz` in it; `data_dir` may also be an
     `.npz` file), the folder named by `$TF_DYNHP_DATA` (same layouts; passed
-    over when the data are not there),
+    over when the data are not there; it and the places after it also when they
+    hold the other data set, told by its training labels),
     `system_dir/<folder>`, the Keras cache (`cache_dir/<folder>`, and for
     MNIST `cache_dir/mnist.npz`), and finally downloads into the Keras cache
     if `download` is true. `<folder>` is `mnist` or `fashion-mnist` (also
@@ -397,6 +398,8 @@ def find_dataset_dir(
     def try_all(label: str, candidates: list[tuple[Path, bool]]) -> Path | None:
         for path, is_npz in candidates:
             problem = _check_npz(path) if is_npz else _check_folder(path)
+            if problem is None and label != "data_dir argument":  # an explicit folder of the other: load names it
+                problem = _holds_the_other(key, path, is_npz)
             if problem is None:
                 return path
             looked.append(f"{label}: {path} ({problem})")
@@ -517,18 +520,21 @@ def _check_sums(files: list[Path]) -> None:
             and the line; lines naming no file read are ignored).
     """
     for path in files:
+        # A file behind a symbolic link is checked against the lists beside the link and
+        # beside its target (a folder of links to the data, with its own SHA256SUMS).
         resolved = path.resolve()
-        key = os.path.normpath(resolved)
-        for folder in (resolved.parent, resolved.parent.parent):
+        linked = Path(path).absolute().parent.resolve() / Path(path).name
+        places = dict.fromkeys([(f, p) for p in (linked, resolved) for f in (p.parent, p.parent.parent)])
+        for folder, seen_as in places:
             sums = folder / SUMS_FILE
             if not sums.is_file():
                 continue
             listed, odd = _read_sums(sums)
-            expected = listed.get(key)
+            expected = listed.get(os.path.normpath(seen_as))
             if expected is None:
                 # the file's path from the list's folder, as a whole word of the line ("mnist/x.gz" is
                 # not in "fashion-mnist/x.gz", nor "x" in "x.gz")
-                named = re.compile(r"(?:^|[\s(*/])" + re.escape(os.path.relpath(resolved, folder)) + r"(?:$|[\s)])")
+                named = re.compile(r"(?:^|[\s(*/])" + re.escape(os.path.relpath(seen_as, folder)) + r"(?:$|[\s)])")
                 for number, line in odd:
                     if named.search(line):
                         raise ValueError(
@@ -694,9 +700,31 @@ _TRAIN_LABELS_SHA256 = {
 }
 
 
-def _check_not_the_other(name: str, found: Path, labels: np.ndarray) -> None:
+def _holds_the_other(name: str, path: Path, is_npz: bool) -> str | None:
+    """Why a place the search found is passed over: it holds the other data set (told by
+    its training labels, `_TRAIN_LABELS_SHA256`), e.g. $TF_DYNHP_DATA naming MNIST's folder
+    while Fashion-MNIST is looked for. None: it does not, or its labels cannot be read
+    here (`load` reads and checks them then)."""
+    try:
+        if is_npz:
+            with np.load(path, allow_pickle=False) as data:
+                labels = np.asarray(data["y_train"])
+        else:
+            labels = read_idx(_idx_file(path, TRAIN_LABELS))
+    except (OSError, ValueError, KeyError, EOFError, TypeError):
+        return None
+    other = _other_data_set(name, labels)
+    return None if other is None else f"holds the {other} data set"
+
+
+def _other_data_set(name: str, labels: np.ndarray) -> str | None:
+    """The other data set whose training labels `labels` are, or None."""
     digest = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.uint8).tobytes()).hexdigest()[:32]
-    for other, known in _TRAIN_LABELS_SHA256.items():
-        if other != name and digest == known:
-            raise ValueError(f"{found} holds the {other} data set (its training labels are {other}'s), not {name}: "
-                             f"expected a folder of {name}'s files.")
+    return next((other for other, known in _TRAIN_LABELS_SHA256.items() if other != name and digest == known), None)
+
+
+def _check_not_the_other(name: str, found: Path, labels: np.ndarray) -> None:
+    other = _other_data_set(name, labels)
+    if other is not None:
+        raise ValueError(f"{found} holds the {other} data set (its training labels are {other}'s), not {name}: "
+                         f"expected a folder of {name}'s files.")
