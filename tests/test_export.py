@@ -569,6 +569,16 @@ def test_a_float64_model_is_refused_by_name_before_conversion(tmp_path, no_conve
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_mixed_precision_model_is_refused_by_name_before_conversion(tmp_path, no_conversion):
+    """float32 weights under mixed_float16 passed the check, then the converter failed on
+    float16 MatMuls in MLIR, never naming the policy."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, dtype="mixed_float16", name="half"),
+                              keras.layers.Activation("softmax", dtype="float32")])
+    with pytest.raises(ValueError, match=r"expects float32 computation; layer 'half' computes in float16 \(dtype policy 'mixed_float16'"):
+        export.to_tflite(model, tmp_path / "m.tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- a stripped CNN
 @pytest.fixture(scope="module")
 def stripped_cnn(mnist):

@@ -207,6 +207,16 @@ def _check_model(model: Any) -> None:
             f"'{other[0].path}'. Rebuild the model in float32 (e.g. keras.config.set_floatx('float32') before "
             "building it) and copy the weights over with set_weights."
         )
+    mixed = [layer for layer in model.layers
+             if getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32") not in ("float32", None)]
+    if mixed:  # mixed precision: float32 weights, float16 / bfloat16 ops, which the builtin float path does not take
+        policy = mixed[0].dtype_policy
+        raise ValueError(
+            f"Model '{model.name}': TFLite export expects float32 computation; layer '{mixed[0].name}' computes in "
+            f"{policy.compute_dtype} (dtype policy {policy.name!r}, e.g. keras.mixed_precision.set_global_policy"
+            "('mixed_float16') when it was built). Rebuild the model under the 'float32' policy and copy the weights "
+            "over with set_weights; quantization='float16' then gives a half-size file."
+        )
 
 
 def check_exportable(model: Any, trainable: bool = False) -> None:
