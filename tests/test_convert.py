@@ -213,3 +213,18 @@ def test_to_l0_of_a_gated_model_keeps_its_gates_and_takes_the_new_penalty(rng):
     for old, new in zip(first, second, strict=True):
         for a, b in zip(old.weights, new.weights, strict=True):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_strip_keeps_a_plain_layers_regularizers_constraints_and_freezing_and_to_l0_refuses_them():
+    """strip rebuilt plain layers without their regularizers (model.losses went from 1 to
+    0), constraints and trainable=False; to_l0 dropped them silently too."""
+    model = keras.Sequential([keras.Input((20,)),
+                              keras.layers.Dense(16, kernel_regularizer="l2", kernel_constraint=keras.constraints.MaxNorm(1),
+                                                 name="a"),
+                              keras.layers.Dense(3, activation="softmax", trainable=False, name="b")])
+    stripped = strip(model)
+    assert len(stripped.losses) == len(model.losses) == 1
+    assert isinstance(stripped.get_layer("a").kernel_constraint, keras.constraints.MaxNorm)
+    assert not stripped.get_layer("b").trainable and stripped.get_layer("a").trainable
+    with pytest.raises(ValueError, match=r"Layer 'a' has `kernel_regularizer`, `kernel_constraint`, which its gated version"):
+        to_l0(model)

@@ -425,3 +425,15 @@ def test_a_gated_model_trains_under_a_mirrored_strategy_as_on_one_device():
     done = subprocess.run([sys.executable, "-c", DISTRIBUTED], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) < 1e-6
+
+
+def test_a_gated_model_refuses_a_layer_whose_loss_or_constraint_its_step_would_drop():
+    """GatedModel's step is the data loss plus the gates' penalty: a Dense's L2 term (x100)
+    was silently left out of keras.Model.fit's loss."""
+    from tf_dynhp.model import GatedModel
+
+    inputs = keras.Input((20,))
+    hidden = keras.layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(100.0), name="reg")(inputs)
+    outputs = tf_dynhp.L0Dense(3, activation="softmax", dataset_size=64)(hidden)
+    with pytest.raises(ValueError, match=r"Layer 'reg' has `kernel_regularizer`, which GatedModel's training step does not apply"):
+        GatedModel(inputs, outputs)

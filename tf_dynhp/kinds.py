@@ -27,6 +27,7 @@ __all__ = [
     "HEAD_TYPES",
     "SUPPORTED_LAYERS",
     "PRUNABLE_AXES",
+    "PLAIN_SETTINGS",
     "layer_kind",
     "io_shapes",
     "unsupported",
@@ -47,6 +48,13 @@ SUPPORTED_LAYERS = (
     "InputLayer, Flatten, Reshape, SelectFeatures, Dense, L0Dense, Dropout, Activation, "
     "Conv2D, L0Conv2D, MaxPooling2D, AveragePooling2D (channels_last)"
 )
+
+
+#: A plain Dense / Conv2D's terms of `model.losses` and its constraints, none bound to the
+#: layer's width: `surgery` keeps them when it rebuilds a plain layer as a plain layer
+#: (`strip`); a gated layer has its own penalty and takes none (`convert.to_l0` refuses
+#: them), and `fit`'s step and `GatedModel`'s apply neither (refused there too).
+PLAIN_SETTINGS = ("kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint")
 
 
 #: For every weight of a weighted layer kind, which axis follows the layer's input

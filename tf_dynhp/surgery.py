@@ -35,6 +35,7 @@ import numpy as np
 
 from tf_dynhp.kinds import (
     CONV_TYPES,
+    PLAIN_SETTINGS,
     GATED_TYPES,
     INDEX_MAP_TYPES,
     PRUNABLE_AXES,
@@ -186,6 +187,12 @@ PENALTY_SETTINGS = ("l0_lambda", "weight_decay", "dataset_size")
 
 
 def _new_weighted(layer: keras.layers.Layer, size_out: int, convert: str, l0_kwargs: Any, k: int) -> keras.layers.Layer:
+    new = _rebuilt_weighted(layer, size_out, convert, l0_kwargs, k)
+    new.trainable = layer.trainable  # a frozen layer stays frozen
+    return new
+
+
+def _rebuilt_weighted(layer: keras.layers.Layer, size_out: int, convert: str, l0_kwargs: Any, k: int) -> keras.layers.Layer:
     conv = isinstance(layer, CONV_TYPES)
     is_l0 = isinstance(layer, GATED_TYPES)
     target_l0 = (convert == "l0") or (convert == "same" and is_l0)
@@ -200,6 +207,8 @@ def _new_weighted(layer: keras.layers.Layer, size_out: int, convert: str, l0_kwa
     if target_l0:
         extra = l0_kwargs(k, layer) if callable(l0_kwargs) else (l0_kwargs or {})
         return (L0Conv2D if conv else L0Dense)(**kwargs, **extra)
+    cfg = layer.get_config()
+    kwargs.update({key: cfg[key] for key in PLAIN_SETTINGS if cfg.get(key) is not None})
     return (keras.layers.Conv2D if conv else keras.layers.Dense)(**kwargs)
 
 

@@ -46,7 +46,7 @@ from tf_dynhp._checks import real_number
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.convert import to_l0
 from tf_dynhp.data import as_arrays, example_weights, fingerprint, require_some_weight, unwrap_structure
-from tf_dynhp.kinds import CONV_TYPES, GATED_TYPES
+from tf_dynhp.kinds import CONV_TYPES, GATED_TYPES, PLAIN_SETTINGS
 from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import classifier_head
 from tf_dynhp.optim import check_weight_decay_exclusions, clone_optimizer, weight_decay_exclusions
@@ -62,7 +62,6 @@ METHODS = ("dense", "sp", "hp", "dynhp")
 #: alpha_bs of DynHP when none is given: the paper's best on MNIST (Table 2).
 DEFAULT_ALPHA_BS = 0.972
 #: Layer settings that the rebuilds (to_l0, pruning, strip) do not carry over.
-_DROPPED_SETTINGS = ("kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint")
 TIMING_KEYS = ("epoch_seconds", "rebuild_seconds", "trace_seconds")
 #: Keys that describe the run's execution, not its result: timings and the trace
 #: counter (TensorFlow may trace once more or less across processes). A resumed
@@ -379,7 +378,7 @@ def _check_layer_settings(body: Sequence[keras.layers.Layer], prunes: bool = Fal
                 ) from None
         if prunes:
             _check_unit_bound_settings(layer, classifier=layer is weighted[-1])
-        for setting in _DROPPED_SETTINGS:
+        for setting in PLAIN_SETTINGS:  # fit's step applies neither losses of layers nor constraints
             if getattr(layer, setting, None) is not None:
                 raise ValueError(
                     f"Layer '{layer.name}' has `{setting}`={getattr(layer, setting)!r}, which tf_dynhp does not "
