@@ -1330,3 +1330,50 @@ def test_a_callback_leaving_nan_keeps_the_columns_aligned_and_is_caught_in_the_l
     # in the last epoch no next step finds it: fit returned the NaN model
     with pytest.raises(tf_dynhp.NonFiniteError, match="A callback left non-finite weights .* end of epoch 4, the run's last"):
         tf_dynhp.fit(_mlp(), x[:300], y[:300], callbacks=[_PoisonAtEnd(3)], **kw)
+
+
+# --------------------------------------------------------------------------- rebuilds: Dropout streams and layer names
+class _CloseThird(keras.callbacks.Callback):
+    """Closes a third of every gated layer's gates at each epoch's end: every boundary prunes."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        for layer in self.model.gated_layers:
+            la = layer.log_alpha.numpy()
+            la[np.arange(0, la.shape[0] - 1, 3)] = tf_dynhp.gates.LOG_ALPHA_MIN
+            layer.log_alpha.assign(la)
+
+
+def test_a_dropout_without_a_seed_resumes_to_the_bit_through_prunes(mnist, tmp_path):
+    """Each rebuild made the Dropout anew, drawing a seed from Python's random: its masks
+    after a prune depended on the rebuilds before, so a resumed run diverged."""
+    (x, y), _ = mnist
+
+    def model():
+        keras.utils.set_random_seed(1)
+        return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(24, activation="relu"),
+                                 keras.layers.Dropout(0.3), keras.layers.Dense(10, activation="softmax")])
+
+    kw = dict(method="hp", epochs=5, batch_size=50, seed=1, verbose=0)
+    a = tf_dynhp.fit(model(), x[:300], y[:300], callbacks=[_CloseThird()], checkpoint_dir=tmp_path / "a", **kw)
+    tf_dynhp.fit(model(), x[:300], y[:300], callbacks=[_CloseThird(), stop_after(3)], checkpoint_dir=tmp_path / "b", **kw)
+    c = tf_dynhp.fit(model(), x[:300], y[:300], callbacks=[_CloseThird()], checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert_same_run(c, a, a.gated_model, c.gated_model)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_a_layer_named_as_a_rebuilt_selection_does_not_break_the_first_prune(mnist, kind):
+    """The SelectFeatures a prune inserts was named '<flatten>_select' (a CNN) or
+    'select_features' (pruned inputs): a layer of the user's of that name made the rebuilt
+    model fail at the first prune, after an epoch's work."""
+    (x, y), _ = mnist
+    keras.utils.set_random_seed(0)
+    if kind == "cnn":
+        layers = [keras.Input((28, 28, 1)), keras.layers.Conv2D(3, 5, activation="relu"), keras.layers.MaxPooling2D(4),
+                  keras.layers.Flatten(name="flat"), keras.layers.Dense(12, activation="relu", name="flat_select")]
+        x = x[..., None]
+    else:
+        layers = [keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(12, activation="relu", name="select_features")]
+    model = keras.Sequential(layers + [keras.layers.Dense(10, activation="softmax", name="flatten")])
+    result = tf_dynhp.fit(model, x[:200], y[:200], method="hp", epochs=2, batch_size=50, seed=1, verbose=0, callbacks=[_CloseThird()])
+    assert any(isinstance(layer, tf_dynhp.SelectFeatures) for layer in result.model.layers)
+    assert len({layer.name for layer in result.model.layers}) == len(result.model.layers)

@@ -106,15 +106,16 @@ def build_chain_model(
     """
     inputs = keras.Input(shape=tuple(input_shape), dtype=dtype, name=input_name)
     x = inputs
+    taken = {layer.name for layer in body} | {input_name}
     if spatial:
         if features is not None:
             raise ValueError("A convolutional chain (spatial=True) takes the input as it is: `features` must be None.")
     else:
         if len(input_shape) > 1:
             # row-major, as the pipeline flattens the data, whatever keras.config.image_data_format() says
-            x = keras.layers.Flatten(data_format="channels_last", name="flatten")(x)
+            x = keras.layers.Flatten(data_format="channels_last", name=free_name("flatten", taken))(x)
         if features is not None:
-            x = SelectFeatures(indices=[int(i) for i in features], name="select_features")(x)
+            x = SelectFeatures(indices=[int(i) for i in features], name=free_name("select_features", taken))(x)
     for layer in body:
         x = layer(x)
     return keras.Model(_wrap(structure[0], inputs), _wrap(structure[1], x), name=name)
@@ -212,7 +213,19 @@ def _rebuilt_weighted(layer: keras.layers.Layer, size_out: int, convert: str, l0
     return (keras.layers.Conv2D if conv else keras.layers.Dense)(**kwargs)
 
 
-def _new_index_run(run: IndexRun, eff_in: np.ndarray, eff_out: np.ndarray) -> list[keras.layers.Layer]:
+def free_name(wanted: str, taken: set[str | None]) -> str:
+    """`wanted`, or `wanted_1`, `wanted_2`, ... if a layer of the model has it (Keras
+    refuses one name twice: the rebuilt model failed at the first prune)."""
+    name, n = wanted, 0
+    while name in taken:
+        n += 1
+        name = f"{wanted}_{n}"
+    taken.add(name)
+    return name
+
+
+def _new_index_run(run: IndexRun, eff_in: np.ndarray, eff_out: np.ndarray,
+                   taken: set[str | None] | None = None) -> list[keras.layers.Layer]:
     """The layers replacing a run of index-map layers whose input keeps `eff_in` and output `eff_out`:
     its Flatten/Reshape layers re-derived for the surviving units, then one `SelectFeatures`
     if individual positions were pruned (none if it would keep everything)."""
@@ -238,7 +251,7 @@ def _new_index_run(run: IndexRun, eff_in: np.ndarray, eff_out: np.ndarray) -> li
         out.append(
             SelectFeatures(
                 indices=[int(i) for i in np.searchsorted(raw_available, wanted)],
-                name=base.name if named else f"{base.name}_select",
+                name=base.name if named else free_name(f"{base.name}_select", set() if taken is None else taken),
                 dtype=base.dtype_policy,
             )
         )
@@ -288,6 +301,8 @@ def rebuild_body(
     index = [None if e.size == a.size else e for e, a in zip(eff, axes)]
     new_layers: list[keras.layers.Layer] = []
     pending: list[tuple[keras.layers.Layer, keras.layers.Layer, np.ndarray | None, np.ndarray | None]] = []
+    seeded: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []  # Dropout: its mask stream goes on
+    taken = {layer.name for layer in body}
     k = 0
     i = 0
     while i < len(body):
@@ -296,7 +311,7 @@ def rebuild_body(
             j = i
             while j < len(body) and isinstance(body[j], INDEX_MAP_TYPES):
                 j += 1
-            new_layers.extend(_new_index_run(index_run(body[i:j]), eff[a_in], eff[a_out]))
+            new_layers.extend(_new_index_run(index_run(body[i:j]), eff[a_in], eff[a_out], taken))
             i = j
             continue
         if isinstance(layer, WEIGHTED_TYPES):
@@ -306,7 +321,10 @@ def rebuild_body(
             pending.append((layer, new, index[a_in], index[a_out]))
             k += 1
         else:
-            new_layers.append(type(layer).from_config(layer.get_config()))
+            new = type(layer).from_config(layer.get_config())
+            new_layers.append(new)
+            if getattr(layer, "seed_generator", None) is not None and getattr(new, "seed_generator", None) is not None:
+                seeded.append((layer, new))
         i += 1
 
     var_map: VariableMap = []
@@ -326,6 +344,10 @@ def rebuild_body(
                 var_map.append((old_var, new_var, idx))
             if isinstance(old, GATED_TYPES) and isinstance(new, GATED_TYPES):
                 new.seed_generator.state.assign(old.seed_generator.state.numpy())
+        # A Dropout of no seed drew a new one from Python's random at each rebuild: its masks
+        # after a prune depended on how many rebuilds came before, so a resume diverged.
+        for old, new in seeded:
+            new.seed_generator.state.assign(old.seed_generator.state.numpy())
 
     return new_layers, var_map, load_weights
 
