@@ -1377,3 +1377,13 @@ def test_a_layer_named_as_a_rebuilt_selection_does_not_break_the_first_prune(mni
     result = tf_dynhp.fit(model, x[:200], y[:200], method="hp", epochs=2, batch_size=50, seed=1, verbose=0, callbacks=[_CloseThird()])
     assert any(isinstance(layer, tf_dynhp.SelectFeatures) for layer in result.model.layers)
     assert len({layer.name for layer in result.model.layers}) == len(result.model.layers)
+
+
+def test_a_resumed_run_counts_the_retraces_the_unstopped_run_counts(mnist, tmp_path):
+    """Tracing the restored model was counted as a retrace ([2, 2, 4, 4] against [2, 2, 2, 2])."""
+    (x, y), _ = mnist
+    kw = dict(method="hp", epochs=4, batch_size=50, seed=1, verbose=0)
+    a = tf_dynhp.fit(_mlp(), x[:200], y[:200], callbacks=[_CloseThird()], **kw)
+    tf_dynhp.fit(_mlp(), x[:200], y[:200], callbacks=[_CloseThird(), stop_after(2)], checkpoint_dir=tmp_path, **kw)
+    c = tf_dynhp.fit(_mlp(), x[:200], y[:200], callbacks=[_CloseThird()], checkpoint_dir=tmp_path, resume=True, **kw)
+    assert c.history["retraces"] == a.history["retraces"]

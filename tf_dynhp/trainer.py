@@ -237,6 +237,7 @@ class Trainer:
         self.shared = False  # the traced functions run on storage the next core takes over
         self.needs_trace = True
         self.traced_before = 0
+        self.recount = False  # `restore` sets it: the next trace is of a restored model
         self.trace_seconds = 0.0
         self.runner = None
         self.data = FeatureSelection()
@@ -325,6 +326,9 @@ class Trainer:
         seconds, concretes = loop.trace_ahead(self.runner, self.evaluator, self.core, self.data_spec, self.config.weighted)
         self.trace_seconds += seconds
         self.needs_trace = False
+        if self.recount:  # a restored model: its traces continue the restored count
+            self.traced_before = self.state.retraces - loop.tracing_count(self.runner, self.evaluator)
+            self.recount = False
         if self.shared:
             variables = list(self.core.variables) + list(self.core.optimizer.variables)
             extra = [] if self.size_lambda is None else [self.size_lambda]
@@ -574,8 +578,10 @@ class Trainer:
         if self.size_lambda is not None:
             self.size_lambda.assign(float(self.state.l0_lambda))
         self.set_core(core)
-        # Tracing the restored model is not a retrace of the run: continue its count.
+        # Tracing the restored model is not a retrace of the run: the count goes on from the
+        # restored one once it is traced (`trace`).
         self.traced_before = self.state.retraces - loop.tracing_count(self.runner, self.evaluator)
+        self.recount = True
 
     # -- results
     def result(self, model_name: str) -> FitResult:
