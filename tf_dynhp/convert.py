@@ -17,7 +17,7 @@ import numpy as np
 
 from tf_dynhp import gates
 from tf_dynhp.chain import parse_chain
-from tf_dynhp.kinds import DENSE_TYPES, PLAIN_SETTINGS
+from tf_dynhp.kinds import DENSE_TYPES, refuse_plain_settings
 from tf_dynhp.layers import L0Conv2D, L0Dense
 from tf_dynhp.surgery import build_chain_model, io_structure, rebuild_body
 from tf_dynhp.units import unit_axes
@@ -74,13 +74,9 @@ def to_l0(
             (the message names the layer and its class).
     """
     chain = parse_chain(model)
-    for layer in chain.weighted_layers:  # a gated layer has its own penalty and no constraints
-        given = [key for key in PLAIN_SETTINGS if getattr(layer, key, None) is not None]
-        if given:
-            raise ValueError(
-                f"Layer '{layer.name}' has {', '.join(f'`{key}`' for key in given)}, which its gated version "
-                "(L0Dense / L0Conv2D) does not take: it has its own penalty (`l0_lambda`, `weight_decay`, an L2 "
-                "term). Remove it, or pass weight_decay for an L2 penalty.")
+    refuse_plain_settings(  # a gated layer has its own penalty and no constraints
+        chain.weighted_layers, "which its gated version (L0Dense / L0Conv2D) does not take: it has its own penalty "
+        "(`l0_lambda`, `weight_decay`, an L2 term). Remove it, or pass weight_decay for an L2 penalty.")
     lambdas = layer_lambdas(chain.weighted_layers, l0_lambda)
     common = dict(
         weight_decay=weight_decay, temperature=temperature,

@@ -28,6 +28,7 @@ __all__ = [
     "SUPPORTED_LAYERS",
     "PRUNABLE_AXES",
     "PLAIN_SETTINGS",
+    "refuse_plain_settings",
     "layer_kind",
     "io_shapes",
     "unsupported",
@@ -55,6 +56,15 @@ SUPPORTED_LAYERS = (
 #: (`strip`); a gated layer has its own penalty and takes none (`convert.to_l0` refuses
 #: them), and `fit`'s step and `GatedModel`'s apply neither (refused there too).
 PLAIN_SETTINGS = ("kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint")
+
+
+def refuse_plain_settings(layers: Any, why: str) -> None:
+    """Raises a ValueError naming the first of `layers` with a `PLAIN_SETTINGS` setting,
+    the settings, and `why` (e.g. "which GatedModel's training step does not apply")."""
+    for layer in layers:
+        given = [key for key in PLAIN_SETTINGS if getattr(layer, key, None) is not None]
+        if given:
+            raise ValueError(f"Layer '{layer.name}' has {', '.join(f'`{key}`' for key in given)}, {why}")
 
 
 #: For every weight of a weighted layer kind, which axis follows the layer's input

@@ -22,7 +22,7 @@ import tensorflow as tf
 from keras import ops
 
 from tf_dynhp import optim, target
-from tf_dynhp.kinds import CONV_TYPES, DENSE_TYPES, GATED_TYPES, PLAIN_SETTINGS, WEIGHTED_TYPES
+from tf_dynhp.kinds import CONV_TYPES, DENSE_TYPES, GATED_TYPES, WEIGHTED_TYPES, refuse_plain_settings
 from tf_dynhp.layers import L0Conv2D, L0Dense, conv2d
 from tf_dynhp.variance import conv_variance_l1, dense_variance_l1
 
@@ -83,13 +83,9 @@ class GatedModel(keras.Model):
         # A functional-like signature, so that Keras serializes it as a functional model.
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self.body = [layer for layer in self.layers if not isinstance(layer, keras.layers.InputLayer)]
-        for layer in self.body:  # the step's loss is the data loss + the gates' penalty: it would drop them
-            given = [key for key in PLAIN_SETTINGS if getattr(layer, key, None) is not None]
-            if given:
-                raise ValueError(
-                    f"Layer '{layer.name}' has {', '.join(f'`{key}`' for key in given)}, which GatedModel's training "
-                    "step does not apply (its loss is the data loss plus the gates' penalty). Remove it; for an L2 "
-                    "penalty give the gated layers weight_decay.")
+        refuse_plain_settings(  # the step's loss is the data loss + the gates' penalty: it would drop them
+            self.body, "which GatedModel's training step does not apply (its loss is the data loss plus the gates' "
+            "penalty). Remove it; for an L2 penalty give the gated layers weight_decay.")
         self.num_classes, self.outputs_are_probabilities = classifier_head(self.body)
         self.track_variance = False
         self.loss_fn = None
