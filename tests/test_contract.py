@@ -1136,14 +1136,12 @@ def test_a_global_channels_first_format_leaves_fits_own_layers_row_major(mnist, 
     result = tf_dynhp.fit(model, x[:200], y[:200], method=method, epochs=1, batch_size=50, seed=1, verbose=0)
     flat = result.model.layers[0] if isinstance(result.model.layers[0], keras.layers.Flatten) else None
     assert flat is None or flat.data_format == "channels_last"
-    rows = x[:20].reshape(20, -1)
-    dense = [layer for layer in result.model.layers if isinstance(layer, keras.layers.Dense)]
-    expected = rows
-    for layer in dense:
-        if len(dense) and layer is dense[0] and any(isinstance(l, tf_dynhp.SelectFeatures) for l in result.model.layers):
-            select = next(l for l in result.model.layers if isinstance(l, tf_dynhp.SelectFeatures))
-            expected = expected[:, np.asarray(select.indices)]
-        expected = keras.ops.convert_to_numpy(layer(expected))
+    expected = x[:20].reshape(20, -1)  # row-major rows through the model's own layers
+    for layer in result.model.layers:
+        if isinstance(layer, tf_dynhp.SelectFeatures):
+            expected = expected[:, np.asarray(layer.indices)]
+        elif isinstance(layer, keras.layers.Dense):
+            expected = keras.ops.convert_to_numpy(layer(expected))
     np.testing.assert_allclose(result.model.predict(x[:20], verbose=0), expected, rtol=1e-5, atol=1e-6)
     tf_dynhp.parse_chain(result.model)  # the returned model is a chain tf_dynhp reads again
 

@@ -35,9 +35,9 @@ import numpy as np
 
 from tf_dynhp.kinds import (
     CONV_TYPES,
-    PLAIN_SETTINGS,
     GATED_TYPES,
     INDEX_MAP_TYPES,
+    PLAIN_SETTINGS,
     PRUNABLE_AXES,
     WEIGHTED_TYPES,
     io_shapes,
