@@ -183,7 +183,7 @@ SCORED_BEFORE_PRUNE = ("loss", "data_loss", "accuracy", "val_loss", "val_error",
 #: checkpoint does the same), not a choice that makes another run.
 _UNCOMPARED = ("seeded",)
 #: Settings added after checkpoints were written without them: compared only when saved.
-_WHEN_SAVED = ("validation",)
+_WHEN_SAVED = ("validation", "weight_decay_exclusions")  # compared when a checkpoint has them: older ones resume unchanged
 
 
 def _json(value: Any) -> str:
@@ -547,8 +547,6 @@ class Trainer:
         meta = {
             "core": keras.saving.serialize_keras_object(self.core),
             "optimizer": keras.optimizers.serialize(self.core.optimizer),
-            # What get_config leaves out: AdamW's exclude_from_weight_decay(var_names=...)
-            "weight_decay_exclusions": optim.weight_decay_exclusions(self.core.optimizer),
             "features": None if self.features is None else [int(i) for i in self.features],
             "state": json.loads(self.state.to_json()),
         }
@@ -563,9 +561,9 @@ class Trainer:
         for key, var in zip(model_keys, core.variables):
             var.assign(arrays[key])
         optimizer = keras.optimizers.deserialize(copy.deepcopy(meta["optimizer"]))
-        # Checkpoints written before the key: the run's own optimizer has the exclusions.
-        optim.set_weight_decay_exclusions(optimizer, meta["weight_decay_exclusions"] if "weight_decay_exclusions" in meta
-                                          else optim.weight_decay_exclusions(self.core.optimizer))
+        # What get_config leaves out, AdamW's exclude_from_weight_decay(var_names=...): the
+        # run's own optimizer has it (a checkpoint setting: a resume with others is refused).
+        optim.set_weight_decay_exclusions(optimizer, optim.weight_decay_exclusions(self.core.optimizer))
         optimizer.build(core.trainable_variables)
         opt_keys = sorted(k for k in arrays if k.startswith("optimizer/"))
         for key, var in zip(opt_keys, optimizer.variables):
@@ -581,7 +579,7 @@ class Trainer:
         # Tracing the restored model is not a retrace of the run: the count goes on from the
         # restored one once it is traced (`trace`).
         self.traced_before = self.state.retraces - loop.tracing_count(self.runner, self.evaluator)
-        self.recount = True
+        self.recount = self.needs_trace  # a core that took over the storage is not traced again
 
     # -- results
     def result(self, model_name: str) -> FitResult:

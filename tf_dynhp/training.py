@@ -996,7 +996,7 @@ def fit(
         "method": method, "batch_size": batch_size, "l0_lambda": l0_lambda, "alpha_bs": alpha_bs,
         "gamma": float(gamma), "budget_kb": budget_kb, "budget_on": budget_on, "batch_growth": batch_growth,
         "optimizer": {k: v for k, v in core.optimizer.get_config().items() if k != "name"}, "seed": seed, "seeded": seeded, "loss": losses.describe(loss),
-        # what get_config leaves out; None (none set) when checkpoints written before it resume unchanged
+        # what get_config leaves out; compared only when a checkpoint has it (trainer._WHEN_SAVED): older ones resume unchanged
         "weight_decay_exclusions": weight_decay_exclusions(core.optimizer),
         "weight_decay": float(weight_decay), "droprate_init": float(droprate_init),
         "input_droprate_init": float(input_droprate_init), "model": _model_signature(chain),
