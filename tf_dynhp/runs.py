@@ -288,11 +288,17 @@ def is_finished(out_dir: str | os.PathLike) -> bool:
     (`tf_dynhp.cli.run_metrics.problem`: a JSON object with its fields of their kinds). A
     damaged one (cut short by a full disk, edited by hand) is not finished: a resume from
     the last checkpoint writes it again, training no further epoch."""
+    return _sound_metrics(out_dir) is not None
+
+
+def _sound_metrics(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The folder's metrics.json when it is sound (`run_metrics.problem`), else None."""
     try:
         with open(os.path.join(out_dir, "metrics.json")) as f:
-            return run_metrics.problem(json.load(f)) is None
+            metrics = json.load(f)
     except (OSError, ValueError):
-        return False
+        return None
+    return metrics if run_metrics.problem(metrics) is None else None
 
 
 def read_history(out_dir: str | os.PathLike) -> dict[str, list[Any]]:
@@ -409,17 +415,9 @@ def _start_callback(out_dir: str | None, resolved: dict[str, Any], overwrite: bo
 
 
 def _earlier_train_seconds(out_dir: str) -> float | None:
-    """`train_seconds` of the folder's metrics.json when it is sound (`cli.run_metrics`), else None."""
-    from tf_dynhp.cli import run_metrics
-
-    try:
-        with open(os.path.join(out_dir, "metrics.json")) as f:
-            metrics = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if run_metrics.problem(metrics, ("train_seconds",)):
-        return None
-    return float(metrics["train_seconds"])
+    """`train_seconds` of the folder's metrics.json when it is sound and has it, else None."""
+    metrics = _sound_metrics(out_dir)
+    return None if metrics is None or metrics.get("train_seconds") is None else float(metrics["train_seconds"])
 
 
 def _check_resumed_config(out_dir: str, resolved: dict[str, Any]) -> bool:
