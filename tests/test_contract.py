@@ -719,8 +719,8 @@ def test_per_layer_l0_lambda_reaches_each_layer(mnist):
         tf_dynhp.to_l0(model, {"nope": 0.2}, dataset_size=10)
     result = tf_dynhp.fit(model, x[:200], y[:200], l0_lambda=[0.2, 0.0], **QUICK)
     assert [layer.l0_lambda for layer in result.gated_model.layers if isinstance(layer, tf_dynhp.L0Dense)] == [0.2, 0.0]
-    with pytest.raises(ValueError, match="one number"):
-        tf_dynhp.fit(model, x[:200], y[:200], l0_lambda=[0.2, 0.0], target_kb=10.0, **{**QUICK, "method": "hp"})
+    with pytest.raises(ValueError, match="all are 0"):  # under a target, shares of the multiplier: none to scale
+        tf_dynhp.fit(model, x[:200], y[:200], l0_lambda=[0.0, 0.0], target_kb=10.0, **{**QUICK, "method": "hp"})
 
 
 def test_tensorboard_callback_writes_its_logs(mnist, tmp_path):

@@ -96,6 +96,7 @@ class GatedModel(keras.Model):
         # fit(target_kb=...): the multiplier λ (a tf.Variable the trainer updates) and N;
         # the penalty then adds λ / N x the expected weights (`tf_dynhp.target`).
         self.size_lambda = None
+        self.size_shares = None  # per-layer shares of the multiplier (tf_dynhp.target.relative_lambdas)
         self.dataset_size = None
         self._loss_tracker = keras.metrics.Mean(name="loss")
         self._accuracy_tracker = keras.metrics.Mean(name="accuracy")
@@ -187,7 +188,8 @@ class GatedModel(keras.Model):
         terms = [layer.penalty() for layer in self.gated_layers]
         if getattr(self, "size_lambda", None) is not None and terms:
             dtype = terms[0].dtype
-            expected = ops.cast(target.expected_weights(self.body, getattr(self, "size_penalty", "coupled")), dtype)
+            expected = ops.cast(target.expected_weights(
+                self.body, getattr(self, "size_penalty", "coupled"), getattr(self, "size_shares", None)), dtype)
             terms.append(ops.cast(self.size_lambda, dtype) * expected / float(self.dataset_size))
         return ops.sum(ops.stack(terms)) if terms else 0.0
 

@@ -24,6 +24,9 @@ would give. Three pieces, each a pure function of the model's shapes and gates:
   open probabilities (Eq. 4) of the gates on each unit axis, 1 on ungated axes and
   on the output, and a flattened row's probability is its channel's times its own.
   With p_out = 1 this is Eq. 5's per-layer term: the λ keeps its reference scale.
+  Per-layer penalty weights (`l0_lambda` a list or dict, `relative_lambdas`) scale
+  each layer's term by its share of the multiplier: the largest value starts λ and
+  the others keep their ratio to it as λ moves.
 * **The pruning** (`plan_to_target`): Eq. 7 removes the units whose activation rate
   is below γ. Under a target they are removed **only down to the target**, lowest
   activation rate first: all gates of one axis carry the same penalty and cross γ
@@ -48,7 +51,7 @@ from tf_dynhp import augment
 from tf_dynhp.kinds import CONV_TYPES, WEIGHTED_TYPES
 from tf_dynhp.units import UnitAxis, effective_keep, plan_outcome, unit_axes
 
-__all__ = ["SIZE_PENALTIES", "TARGET_SCHEDULES", "deadline_epoch", "scheduled_kb", "update_lambda", "weights_of_sizes", "smallest_weights", "plan_to_target", "expected_weights"]
+__all__ = ["SIZE_PENALTIES", "TARGET_SCHEDULES", "deadline_epoch", "scheduled_kb", "update_lambda", "relative_lambdas", "weights_of_sizes", "smallest_weights", "plan_to_target", "expected_weights"]
 
 
 #: How the size the controller aims at moves over the run (`scheduled_kb`; `fit(target_schedule=...)`).
@@ -206,9 +209,14 @@ def plan_to_target(
     return plan_outcome(axes, eff)
 
 
-def expected_weights(body: Sequence[Any], form: str = "coupled") -> Any:
+def expected_weights(body: Sequence[Any], form: str = "coupled", layer_weights: Sequence[float] | None = None) -> Any:
     """The differentiable expected weight count of the body, across coupled axes (see
     the module docstring), from the gates' open probabilities (Eq. 4).
+
+    `layer_weights` (one number >= 0 per dense / conv layer, in order; default all 1)
+    scales each layer's term: `fit(target_kb=..., l0_lambda=[...])`'s per-layer
+    penalty weights relative to the multiplier (see `relative_lambdas`). Unweighted,
+    the count is a size (`fit`'s `expected_kb`).
 
     `form="outgoing"` counts instead, as Eq. 5 and Louizos et al. do, each gate's
     outgoing weights only: every layer's output axis at its current size (p = 1),
@@ -241,14 +249,46 @@ def expected_weights(body: Sequence[Any], form: str = "coupled") -> Any:
 
     if form not in SIZE_PENALTIES:
         raise ValueError(f"size penalty form: expected one of {list(SIZE_PENALTIES)}; received {form!r}.")
+    weighted = [(layer, axes_of) for layer, axes_of in zip(body, layer_axes) if isinstance(layer, WEIGHTED_TYPES)]
+    if layer_weights is not None and len(layer_weights) != len(weighted):
+        raise ValueError(f"layer_weights: expected one number per dense / conv layer ({len(weighted)}); "
+                         f"received {len(layer_weights)}: {list(layer_weights)!r}.")
     terms = []
-    for layer, (a_in, a_out) in zip(body, layer_axes):
-        if not isinstance(layer, WEIGHTED_TYPES):
-            continue
+    for k, (layer, (a_in, a_out)) in enumerate(weighted):
         e_in = total(a_in, layer, -2)
         if form == "outgoing":
-            terms.append(float(_kernel_area(layer)) * e_in * ops.cast(_dynamic_dim(layer.kernel, -1), "float32"))
-            continue
-        e_out = total(a_out, layer, -1)
-        terms.append(float(_kernel_area(layer)) * e_in * e_out + (e_out if getattr(layer, "use_bias", False) else 0.0))
+            term = float(_kernel_area(layer)) * e_in * ops.cast(_dynamic_dim(layer.kernel, -1), "float32")
+        else:
+            e_out = total(a_out, layer, -1)
+            term = float(_kernel_area(layer)) * e_in * e_out + (e_out if getattr(layer, "use_bias", False) else 0.0)
+        if layer_weights is not None and float(layer_weights[k]) != 1.0:
+            term = float(layer_weights[k]) * term
+        terms.append(term)
     return ops.sum(ops.stack([ops.cast(t, "float32") for t in terms]))
+
+
+def relative_lambdas(values: Sequence[float]) -> tuple[float, tuple[float, ...] | None]:
+    """`fit(target_kb=..., l0_lambda=[...])`: the multiplier's start and each layer's
+    share of it.
+
+    The multiplier starts at the largest value and layer k's penalty weight is
+    `λ * values[k] / max(values)` throughout the run: at the start each layer has the
+    value given, and the controller scales them together ("works on the total"), so a
+    layer given twice another's value is pressed twice as hard at every λ. Returns
+    `(start, shares)`; `shares` is None when all values are equal (one multiplier, as
+    a number would give).
+
+    Raises:
+        ValueError: every value is 0 (no share to scale; give a number, which starts
+            the multiplier there).
+    """
+    values = [float(v) for v in values]
+    top = max(values) if values else 0.0
+    if top <= 0:
+        raise ValueError(
+            f"`l0_lambda`={values!r} under `target_kb`: per-layer values set each layer's share of the size "
+            "multiplier, relative to the largest, and all are 0. Give at least one value > 0, or one number "
+            "(the multiplier's start).")
+    if all(v == top for v in values):
+        return top, None
+    return top, tuple(v / top for v in values)

@@ -64,6 +64,7 @@ class FitConfig:
     lambda_step: float = 0.05
     lambda_floor: float = 0.0
     size_penalty: str = "coupled"  # tf_dynhp.target.SIZE_PENALTIES
+    size_shares: tuple[float, ...] | None = None  # per-layer shares of the multiplier (tf_dynhp.target.relative_lambdas)
     target_schedule: str = "constant"  # tf_dynhp.target.TARGET_SCHEDULES
     start_kb: float = 0.0  # the model's size before any pruning (where a "cubic" schedule starts)
     target_epoch: int = 0  # from the end of this epoch (1-based) on, the target is forced
@@ -269,6 +270,7 @@ class Trainer:
         core.gate_kernel = self.state.gate_kernel
         core.size_lambda = self.size_lambda
         core.size_penalty = self.config.size_penalty
+        core.size_shares = self.config.size_shares
         core.deterministic_gates = self.deterministic
         if self.size_lambda is not None:
             core.dataset_size = core.gated_layers[0].dataset_size

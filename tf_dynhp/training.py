@@ -44,7 +44,7 @@ from tf_dynhp._checks import invalid as _invalid
 from tf_dynhp._checks import positive_int as _positive_int
 from tf_dynhp._checks import real_number
 from tf_dynhp.chain import parse_chain
-from tf_dynhp.convert import to_l0
+from tf_dynhp.convert import layer_lambdas, to_l0
 from tf_dynhp.data import as_arrays, example_weights, fingerprint, require_some_weight, unwrap_structure
 from tf_dynhp.kinds import CONV_TYPES, GATED_TYPES, PLAIN_SETTINGS
 from tf_dynhp.layers import L0Dense
@@ -591,8 +591,10 @@ def fit(
             paper's), 100 otherwise.
         l0_lambda: lambda of Eq. 5, on the reference scale (see `L0Dense`): a number,
             or per layer a list (one per dense / conv layer) or a dict from layer names
-            to numbers (the others 0.01), to push one layer harder. With `target_kb` a
-            number: the start of the multiplier.
+            to numbers (the others 0.01), to push one layer harder. With `target_kb`: a
+            number is the start of the multiplier; per layer, the largest value is its
+            start and every layer keeps its ratio to it as the multiplier moves (the
+            controller works on the total; `tf_dynhp.target.relative_lambdas`).
         alpha_bs: smoothing parameter of Eq. 8 in [0, 1], used by "dynhp"
             (default `DEFAULT_ALPHA_BS` = 0.972, the paper's best on MNIST; 0.980 is
             its best on Fashion-MNIST).
@@ -809,11 +811,6 @@ def fit(
     if target_kb is not None:
         if method not in ("hp", "dynhp"):
             raise ValueError(f"`target_kb` needs a method that removes units ('hp' or 'dynhp'); received method={method!r}.")
-        if per_layer:
-            raise ValueError(
-                "`target_kb` drives one multiplier for the whole model: `l0_lambda` must then be one number "
-                f"(its start); received {l0_lambda!r}."
-            )
         target_kb = real_number("target_kb", target_kb, "a positive number of KB (1024 bytes) or None", lambda v: v > 0)
         lambda_step = real_number("lambda_step", lambda_step, "a float > 0", lambda v: v > 0)
         lambda_floor = real_number("lambda_floor", lambda_floor, "a float >= 0", lambda v: v >= 0)
@@ -854,6 +851,9 @@ def fit(
 
     # ------------------------------------------------------------------- model
     chain = parse_chain(model)  # raises on unsupported layers before anything else
+    lambda_start, size_shares = (l0_lambda if not per_layer else None), None  # the multiplier's start under a target
+    if target_kb is not None and per_layer:  # each layer's share of the one multiplier (tf_dynhp.target.relative_lambdas)
+        lambda_start, size_shares = target.relative_lambdas(layer_lambdas(chain.weighted_layers, l0_lambda))
     _check_layer_settings(chain.body, prunes=method != "dense")  # sp too: strip rebuilds the layers narrower
     _check_integer_input_convolution(model, chain.body)
     if method == "dense" and any(isinstance(layer, GATED_TYPES) for layer in chain.body):
@@ -985,7 +985,7 @@ def fit(
         method=method, seed=seed, batch_size=batch_size, candidate_batch_size=batch_size,
         alive=[list(range(axis.size)) for axis in axes[:-1]],
         original_inputs=[axis.size for axis in axes[:-1]], gate_kernel=gate_kernel,
-        l0_lambda=max(float(l0_lambda), float(lambda_floor)) if target_kb is not None else None,
+        l0_lambda=max(float(lambda_start), float(lambda_floor)) if target_kb is not None else None,
         axis_names=axis_names(axes[:-1]),
     )
     if features is not None:
@@ -1034,7 +1034,8 @@ def fit(
         alpha_bs=alpha_bs or 0.0, batch_growth=batch_growth, steps_per_execution=steps_per_execution,
         loss_fn=loss_fn, trace_once=trace_once, on_nonfinite=on_nonfinite, verbose=verbose, checkpoint_dir=checkpoint_dir,
         target_kb=target_kb, lambda_step=float(lambda_step), lambda_floor=float(lambda_floor),
-        size_penalty=size_penalty, target_schedule=target_schedule, start_kb=have_kb, target_epoch=target.deadline_epoch(target_deadline, epochs),
+        size_penalty=size_penalty, size_shares=size_shares if target_kb is not None else None,
+        target_schedule=target_schedule, start_kb=have_kb, target_epoch=target.deadline_epoch(target_deadline, epochs),
         augment=augment,
         augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if final_phase else None,
         input_name=model.inputs[0].name, structure=(in_form, out_form), weighted=w_train is not None, shuffle=shuffle,
