@@ -100,6 +100,66 @@ def test_expected_weights_against_numpy_both_forms():
         target.expected_weights(core.body, "l1")
 
 
+@pytest.mark.parametrize("form", ["coupled", "outgoing"])
+def test_expected_weights_weighs_each_layer_by_its_share(form):
+    """`layer_weights` scales each dense layer's term: the sum of the one-hot weighted counts
+    is the unweighted count, and any weighting is their weighted sum."""
+    core = _gated(_mlp())
+    rng = np.random.default_rng(1)
+    for layer in core.gated_layers:
+        layer.log_alpha.assign(rng.normal(0.0, 2.0, layer.log_alpha.shape).astype("float32"))
+    one_hot = [float(target.expected_weights(core.body, form, np.eye(3)[k])) for k in range(3)]
+    assert sum(one_hot) == pytest.approx(float(target.expected_weights(core.body, form)), rel=1e-5)
+    shares = (1.0, 0.25, 0.5)
+    assert float(target.expected_weights(core.body, form, shares)) == pytest.approx(
+        float(np.dot(shares, one_hot)), rel=1e-5)
+    with pytest.raises(ValueError, match=r"one number per dense / conv layer \(3\); received 2"):
+        target.expected_weights(core.body, form, (1.0, 0.5))
+
+
+def test_relative_lambdas_start_at_the_largest_and_keep_the_ratios():
+    assert target.relative_lambdas([0.02, 0.01, 0.005]) == (0.02, (1.0, 0.5, 0.25))
+    assert target.relative_lambdas([0.0, 0.04]) == (0.04, (0.0, 1.0))
+    assert target.relative_lambdas([0.03, 0.03]) == (0.03, None)  # equal: one multiplier, as a number gives
+    with pytest.raises(ValueError, match="all are 0"):
+        target.relative_lambdas([0.0, 0.0])
+
+
+def test_per_layer_shares_under_a_target_press_their_layer_and_resume_exactly(mnist, tmp_path):
+    """`l0_lambda` per layer under a target: equal values are the number's run to the bit; a
+    layer given no share keeps its units until the forced cut; a resume is the same run
+    and another list is another run."""
+    (x, y), _ = mnist
+    goal = 0.3 * memory.floats_to_kb(memory.weight_count(_mlp(hidden=(40, 20), input_shape=(28, 28))))
+    kw = dict(target_kb=goal, size_penalty="outgoing", learning_rate=0.03,  # outgoing: a layer's share presses its own gates
+              **{**FAST, "target_deadline": 0.8, "epochs": 5})
+    x, y = x[:2000], y[:2000]
+    one = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x, y, l0_lambda=0.5, **kw)
+    same = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x, y, l0_lambda=[0.5] * 3, **kw)
+    inputs_only = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x, y, l0_lambda=[0.5, 0, 0], **kw)
+    hidden_only = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x, y, l0_lambda=[0, 0.5, 0.5], **kw)
+    for key in one.history:
+        if key not in RUNTIME_KEYS:
+            assert one.history[key] == same.history[key], key
+    assert inputs_only.history["l0_lambda"][0] == hidden_only.history["l0_lambda"][0] == 0.5  # the largest starts λ
+    before_cut = 2  # the 4th epoch's boundary forces the size; the 3rd shows what λ pruned
+    in_units, hid_units = inputs_only.history["active_units"][before_cut], hidden_only.history["active_units"][before_cut]
+    assert in_units[1:] == [40, 20] and in_units[0] < 784  # only the pressed layer lost units
+    assert hid_units[0] == 784 and hid_units[1] < 40
+    for r in (inputs_only, hidden_only):
+        assert memory.floats_to_kb(memory.weight_count(r.model)) <= goal
+    folder = tmp_path / "ck"
+    with pytest.warns(RuntimeWarning, match="before the size target's deadline"):  # paused before the cut
+        tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x, y, l0_lambda=[0.5, 0, 0], checkpoint_dir=folder,
+                     callbacks=[stop_after(2)], **kw)
+    resumed = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x, y, l0_lambda=[0.5, 0, 0],
+                           checkpoint_dir=folder, resume=True, **kw)
+    assert_same_run(resumed, inputs_only, inputs_only.model, resumed.model)
+    with pytest.raises(ValueError, match="l0_lambda"):
+        tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x, y, l0_lambda=[0.5, 0.5, 0],
+                     checkpoint_dir=folder, resume=True, **kw)
+
+
 def test_expected_weights_of_an_open_cnn_is_its_size():
     core = _gated(_cnn())
     for layer in core.gated_layers:
