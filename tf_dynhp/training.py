@@ -674,7 +674,9 @@ def fit(
         target_kb: the size the stripped model must have at most, in KB (weights +
             biases x 4 bytes / 1024, `memory.weight_count`), for "hp" and "dynhp".
             `l0_lambda` is then the start of a multiplier that rises while the model is
-            above the target and decays below it (`tf_dynhp.target`); units below
+            above the target and decays below it (`tf_dynhp.target`; per layer, the
+            largest value starts it and each layer's penalty is the multiplier times
+            its value's ratio to the largest); units below
             `gamma` are removed only down to the target, lowest activation rate first.
             `result.model` is never larger: from the epoch `target_deadline` names on,
             the units with the lowest rates are removed until the model fits (a run a
