@@ -100,19 +100,30 @@ def test_expected_weights_against_numpy_both_forms():
         target.expected_weights(core.body, "l1")
 
 
-@pytest.mark.parametrize("form", ["coupled", "outgoing"])
-def test_expected_weights_weighs_each_layer_by_its_share(form):
-    """`layer_weights` scales each dense layer's term: the sum of the one-hot weighted counts
-    is the unweighted count, and any weighting is their weighted sum."""
-    core = _gated(_mlp())
+@pytest.mark.parametrize("kind,form", [("mlp", "coupled"), ("mlp", "outgoing"), ("cnn", "coupled"), ("cnn", "outgoing")])
+def test_expected_weights_presses_each_layers_gates_by_its_share(kind, form):
+    """`layer_weights`: the count is the same; the gradient on layer k's own gates is its
+    share times the unweighted one, wherever they enter (a conv layer's channels too)."""
+    import tensorflow as tf
+
+    core = _gated(_mlp() if kind == "mlp" else _cnn())
     rng = np.random.default_rng(1)
     for layer in core.gated_layers:
         layer.log_alpha.assign(rng.normal(0.0, 2.0, layer.log_alpha.shape).astype("float32"))
-    one_hot = [float(target.expected_weights(core.body, form, np.eye(3)[k])) for k in range(3)]
-    assert sum(one_hot) == pytest.approx(float(target.expected_weights(core.body, form)), rel=1e-5)
-    shares = (1.0, 0.25, 0.5)
-    assert float(target.expected_weights(core.body, form, shares)) == pytest.approx(
-        float(np.dot(shares, one_hot)), rel=1e-5)
+    logits = [layer.log_alpha for layer in core.gated_layers]
+    shares = (1.0, 0.25, 0.0)
+
+    def count_and_grads(weights):
+        with tf.GradientTape() as tape:
+            count = target.expected_weights(core.body, form, weights)
+        return float(count), [g.numpy() if g is not None else np.zeros(v.shape) for g, v in zip(tape.gradient(count, logits), logits)]
+
+    plain, plain_grads = count_and_grads(None)
+    shared, shared_grads = count_and_grads(shares)
+    assert shared == pytest.approx(plain, rel=1e-6)
+    assert any(np.abs(g).sum() > 0 for g in plain_grads)
+    for share, g, g0 in zip(shares, shared_grads, plain_grads):
+        np.testing.assert_allclose(g, share * g0, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match=r"one number per dense / conv layer \(3\); received 2"):
         target.expected_weights(core.body, form, (1.0, 0.5))
 
@@ -131,7 +142,7 @@ def test_per_layer_shares_under_a_target_press_their_layer_and_resume_exactly(mn
     and another list is another run."""
     (x, y), _ = mnist
     goal = 0.3 * memory.floats_to_kb(memory.weight_count(_mlp(hidden=(40, 20), input_shape=(28, 28))))
-    kw = dict(target_kb=goal, size_penalty="outgoing", learning_rate=0.03,  # outgoing: a layer's share presses its own gates
+    kw = dict(target_kb=goal, learning_rate=0.03,
               **{**FAST, "target_deadline": 0.8, "epochs": 5})
     x, y = x[:2000], y[:2000]
     one = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x, y, l0_lambda=0.5, **kw)
@@ -158,6 +169,18 @@ def test_per_layer_shares_under_a_target_press_their_layer_and_resume_exactly(mn
     with pytest.raises(ValueError, match="l0_lambda"):
         tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x, y, l0_lambda=[0.5, 0.5, 0],
                      checkpoint_dir=folder, resume=True, **kw)
+
+
+def test_a_target_above_the_size_trains_with_the_lambdas_given(mnist):
+    """A target at or above the model's size is dropped with a warning: the run is plain
+    training with Eq. 5's λ as given (number or per layer; zeros too), not λ = 0."""
+    (x, y), _ = mnist
+    for lam, want in ((0.3, [0.3] * 3), ([0.5, 0.2, 0.1], [0.5, 0.2, 0.1]), ([0.0] * 3, [0.0] * 3)):
+        with pytest.warns(RuntimeWarning, match="not below the model's size"):
+            result = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x[:300], y[:300], target_kb=1e4,
+                                  l0_lambda=lam, **{**FAST, "epochs": 1})
+        assert [layer.l0_lambda for layer in result.gated_model.layers if isinstance(layer, tf_dynhp.L0Dense)] == want
+        assert "l0_lambda" not in result.history
 
 
 def test_expected_weights_of_an_open_cnn_is_its_size():

@@ -24,9 +24,9 @@ would give. Three pieces, each a pure function of the model's shapes and gates:
   open probabilities (Eq. 4) of the gates on each unit axis, 1 on ungated axes and
   on the output, and a flattened row's probability is its channel's times its own.
   With p_out = 1 this is Eq. 5's per-layer term: the λ keeps its reference scale.
-  Per-layer penalty weights (`l0_lambda` a list or dict, `relative_lambdas`) scale
-  each layer's term by its share of the multiplier: the largest value starts λ and
-  the others keep their ratio to it as λ moves.
+  Per-layer penalty weights (`l0_lambda` a list or dict, `relative_lambdas`) scale the
+  gradient on each layer's own gates by its share of the multiplier (the count is the
+  same): the largest value starts λ and the others keep their ratio to it as λ moves.
 * **The pruning** (`plan_to_target`): Eq. 7 removes the units whose activation rate
   is below γ. Under a target they are removed **only down to the target**, lowest
   activation rate first: all gates of one axis carry the same penalty and cross γ
@@ -214,9 +214,12 @@ def expected_weights(body: Sequence[Any], form: str = "coupled", layer_weights: 
     the module docstring), from the gates' open probabilities (Eq. 4).
 
     `layer_weights` (one number >= 0 per dense / conv layer, in order; default all 1)
-    scales each layer's term: `fit(target_kb=..., l0_lambda=[...])`'s per-layer
-    penalty weights relative to the multiplier (see `relative_lambdas`). Unweighted,
-    the count is a size (`fit`'s `expected_kb`).
+    are `fit(target_kb=..., l0_lambda=[...])`'s per-layer shares of the multiplier
+    (see `relative_lambdas`): layer k's share scales the gradient on layer k's own
+    gates (its inputs' for a Dense layer, its channels' for a Conv2D layer), wherever
+    they enter the count, as Eq. 5's per-layer λ presses a layer's own gates. The
+    value is the count unweighted (a gate's probability enters as
+    `share * p + (1 - share) * stop_gradient(p)`): one size, pressed unevenly.
 
     `form="outgoing"` counts instead, as Eq. 5 and Louizos et al. do, each gate's
     outgoing weights only: every layer's output axis at its current size (p = 1),
@@ -230,12 +233,20 @@ def expected_weights(body: Sequence[Any], form: str = "coupled", layer_weights: 
     so a CNN's step is traced again after each rebuild under a target."""
     from tf_dynhp.layers import _dynamic_dim  # noqa: PLC0415 - layers imports much
 
+    weighted_layers = [layer for layer in body if isinstance(layer, WEIGHTED_TYPES)]
+    if layer_weights is not None and len(layer_weights) != len(weighted_layers):
+        raise ValueError(f"layer_weights: expected one number per dense / conv layer ({len(weighted_layers)}); "
+                         f"received {len(layer_weights)}: {list(layer_weights)!r}.")
+    shares = {} if layer_weights is None else {id(layer): float(w) for layer, w in zip(weighted_layers, layer_weights)}
     axes, layer_axes = unit_axes(body)
     expected: list[Any] = [None] * len(axes)  # per axis: vector of open probabilities, or None (= all 1)
     for i, axis in enumerate(axes):
         p = None
         for layer in axis.gated_by:
             q = layer.prob_open()
+            share = shares.get(id(layer), 1.0)
+            if share != 1.0:  # the same value; the gradient on this layer's gates scaled by its share
+                q = share * q + (1.0 - share) * ops.stop_gradient(q)
             p = q if p is None else p * q
         if axis.source is not None and axis.index_map is not None and expected[axis.source] is not None:
             copied = ops.take(expected[axis.source], np.asarray(axis.index_map, dtype=np.int64))
@@ -249,21 +260,16 @@ def expected_weights(body: Sequence[Any], form: str = "coupled", layer_weights: 
 
     if form not in SIZE_PENALTIES:
         raise ValueError(f"size penalty form: expected one of {list(SIZE_PENALTIES)}; received {form!r}.")
-    weighted = [(layer, axes_of) for layer, axes_of in zip(body, layer_axes) if isinstance(layer, WEIGHTED_TYPES)]
-    if layer_weights is not None and len(layer_weights) != len(weighted):
-        raise ValueError(f"layer_weights: expected one number per dense / conv layer ({len(weighted)}); "
-                         f"received {len(layer_weights)}: {list(layer_weights)!r}.")
     terms = []
-    for k, (layer, (a_in, a_out)) in enumerate(weighted):
+    for layer, (a_in, a_out) in zip(body, layer_axes):
+        if not isinstance(layer, WEIGHTED_TYPES):
+            continue
         e_in = total(a_in, layer, -2)
         if form == "outgoing":
-            term = float(_kernel_area(layer)) * e_in * ops.cast(_dynamic_dim(layer.kernel, -1), "float32")
-        else:
-            e_out = total(a_out, layer, -1)
-            term = float(_kernel_area(layer)) * e_in * e_out + (e_out if getattr(layer, "use_bias", False) else 0.0)
-        if layer_weights is not None and float(layer_weights[k]) != 1.0:
-            term = float(layer_weights[k]) * term
-        terms.append(term)
+            terms.append(float(_kernel_area(layer)) * e_in * ops.cast(_dynamic_dim(layer.kernel, -1), "float32"))
+            continue
+        e_out = total(a_out, layer, -1)
+        terms.append(float(_kernel_area(layer)) * e_in * e_out + (e_out if getattr(layer, "use_bias", False) else 0.0))
     return ops.sum(ops.stack([ops.cast(t, "float32") for t in terms]))
 
 
@@ -271,10 +277,11 @@ def relative_lambdas(values: Sequence[float]) -> tuple[float, tuple[float, ...] 
     """`fit(target_kb=..., l0_lambda=[...])`: the multiplier's start and each layer's
     share of it.
 
-    The multiplier starts at the largest value and layer k's penalty weight is
-    `λ * values[k] / max(values)` throughout the run: at the start each layer has the
-    value given, and the controller scales them together ("works on the total"), so a
-    layer given twice another's value is pressed twice as hard at every λ. Returns
+    The multiplier starts at the largest value and layer k's gates are pressed with
+    `λ * values[k] / max(values)` throughout the run (`expected_weights`' shares): at
+    the start each layer's gates have the value given, as Eq. 5's per-layer λ without a
+    target, and the controller scales them together ("works on the total"), so a layer
+    given twice another's value is pressed twice as hard at every λ. Returns
     `(start, shares)`; `shares` is None when all values are equal (one multiplier, as
     a number would give).
 

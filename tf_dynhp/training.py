@@ -593,8 +593,10 @@ def fit(
             or per layer a list (one per dense / conv layer) or a dict from layer names
             to numbers (the others 0.01), to push one layer harder. With `target_kb`: a
             number is the start of the multiplier; per layer, the largest value is its
-            start and every layer keeps its ratio to it as the multiplier moves (the
-            controller works on the total; `tf_dynhp.target.relative_lambdas`).
+            start and each layer's gates are pressed with the multiplier times the
+            layer's ratio to the largest (the controller works on the total;
+            `tf_dynhp.target.relative_lambdas`). The layers a dict does not name
+            count with 0.01 there too.
         alpha_bs: smoothing parameter of Eq. 8 in [0, 1], used by "dynhp"
             (default `DEFAULT_ALPHA_BS` = 0.972, the paper's best on MNIST; 0.980 is
             its best on Fashion-MNIST).
@@ -682,13 +684,15 @@ def fit(
             the units with the lowest rates are removed until the model fits (a run a
             callback stops before that epoch is cut at its end, with a warning). A
             target below the smallest model pruning can leave (one unit per axis) is
-            refused, naming that size; one at or above the model's size is a warning.
+            refused, naming that size; one at or above the model's size is a warning,
+            and the run is plain `method` training with `l0_lambda` as Eq. 5's λ.
             History: `l0_lambda`, `expected_kb`, `target_kb` per epoch.
         lambda_step: step of the multiplier's update per epoch (see `tf_dynhp.target`).
         lambda_floor: the multiplier never falls below this (default 0: it decays
             toward 0 once the model is at the target; > 0 keeps that much L0 penalty,
             and the gates' noise, on the model at its size). λ starts at
-            max(`l0_lambda`, `lambda_floor`).
+            max(`l0_lambda`, `lambda_floor`); with per-layer values the floor bounds
+            the multiplier, so layer k's gates are pressed with at least floor x its share.
         size_penalty: the differentiable size λ multiplies under a target
             (`tf_dynhp.target.expected_weights`): "coupled" (default; a unit's
             incoming and outgoing weights) or "outgoing" (Eq. 5's and Louizos et al.'s
@@ -853,9 +857,7 @@ def fit(
 
     # ------------------------------------------------------------------- model
     chain = parse_chain(model)  # raises on unsupported layers before anything else
-    lambda_start, size_shares = (l0_lambda if not per_layer else None), None  # the multiplier's start under a target
-    if target_kb is not None and per_layer:  # each layer's share of the one multiplier (tf_dynhp.target.relative_lambdas)
-        lambda_start, size_shares = target.relative_lambdas(layer_lambdas(chain.weighted_layers, l0_lambda))
+    layer_values = layer_lambdas(chain.weighted_layers, l0_lambda) if per_layer else None  # checked before any work
     _check_layer_settings(chain.body, prunes=method != "dense")  # sp too: strip rebuilds the layers narrower
     _check_integer_input_convolution(model, chain.body)
     if method == "dense" and any(isinstance(layer, GATED_TYPES) for layer in chain.body):
@@ -953,6 +955,9 @@ def fit(
                 f"method={method!r} training, no size target.", RuntimeWarning, stacklevel=2,
             )
             target_kb = None
+            # No target: the run is plain `method` training with the λ given (to_l0 had 0 for it).
+            for layer, lam in zip(core.gated_layers, layer_values or [l0_lambda] * len(core.gated_layers)):
+                layer.l0_lambda = float(lam)
         elif target.deadline_epoch(target_deadline, epochs) >= epochs:
             warnings.warn(
                 f"`target_deadline`={target_deadline:g} of {epochs} epochs forces the size only at the end of the "
@@ -966,6 +971,9 @@ def fit(
                 f"`deterministic_from`={deterministic_from:g} starts the deterministic gates before `target_deadline`="
                 f"{target_deadline:g}'s forced cut: their activation rates are all 1 there, so the cut could not rank "
                 "the units. Give deterministic_from >= target_deadline.")
+    lambda_start, size_shares = (l0_lambda if not per_layer else None), None  # the multiplier's start under a target
+    if target_kb is not None and per_layer:  # each layer's share of the one multiplier (tf_dynhp.target.relative_lambdas)
+        lambda_start, size_shares = target.relative_lambdas(layer_values)
     if deterministic_epoch is not None and deterministic_epoch >= epochs:
         warnings.warn(
             f"`deterministic_from`={deterministic_from:g} of {epochs} epochs leaves no epoch after it: the gates are "
