@@ -941,6 +941,7 @@ def fit(
         )
     core, features, input_shape = core_from(gated)
     have_kb = memory.floats_to_kb(memory.weight_count(core.weighted_layers))
+    lambda_start, size_shares = (l0_lambda if not per_layer else None), None  # the multiplier's start under a target
     if target_kb is not None:
         least = target.smallest_weights(core.body)
         least_kb = memory.floats_to_kb(least)
@@ -958,7 +959,9 @@ def fit(
             # No target: the run is plain `method` training with the λ given (to_l0 had 0 for it).
             for layer, lam in zip(core.gated_layers, layer_values or [l0_lambda] * len(core.gated_layers)):
                 layer.l0_lambda = float(lam)
-        elif target.deadline_epoch(target_deadline, epochs) >= epochs:
+        elif per_layer:  # each layer's share of the one multiplier (tf_dynhp.target.relative_lambdas)
+            lambda_start, size_shares = target.relative_lambdas(layer_values)
+        if target_kb is not None and target.deadline_epoch(target_deadline, epochs) >= epochs:
             warnings.warn(
                 f"`target_deadline`={target_deadline:g} of {epochs} epochs forces the size only at the end of the "
                 "last epoch: the returned model is never trained at that size, and the last epoch's logs score "
@@ -971,9 +974,6 @@ def fit(
                 f"`deterministic_from`={deterministic_from:g} starts the deterministic gates before `target_deadline`="
                 f"{target_deadline:g}'s forced cut: their activation rates are all 1 there, so the cut could not rank "
                 "the units. Give deterministic_from >= target_deadline.")
-    lambda_start, size_shares = (l0_lambda if not per_layer else None), None  # the multiplier's start under a target
-    if target_kb is not None and per_layer:  # each layer's share of the one multiplier (tf_dynhp.target.relative_lambdas)
-        lambda_start, size_shares = target.relative_lambdas(layer_values)
     if deterministic_epoch is not None and deterministic_epoch >= epochs:
         warnings.warn(
             f"`deterministic_from`={deterministic_from:g} of {epochs} epochs leaves no epoch after it: the gates are "
