@@ -116,13 +116,13 @@ def test_expected_weights_presses_each_layers_gates_by_its_share(kind, form):
     def count_and_grads(weights):
         with tf.GradientTape() as tape:
             count = target.expected_weights(core.body, form, weights)
-        return float(count), [g.numpy() if g is not None else np.zeros(v.shape) for g, v in zip(tape.gradient(count, logits), logits)]
+        return float(count), [g.numpy() if g is not None else np.zeros(v.shape) for g, v in zip(tape.gradient(count, logits), logits, strict=True)]
 
     plain, plain_grads = count_and_grads(None)
     shared, shared_grads = count_and_grads(shares)
     assert shared == pytest.approx(plain, rel=1e-6)
     assert any(np.abs(g).sum() > 0 for g in plain_grads)
-    for share, g, g0 in zip(shares, shared_grads, plain_grads):
+    for share, g, g0 in zip(shares, shared_grads, plain_grads, strict=True):
         np.testing.assert_allclose(g, share * g0, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match=r"one number per dense / conv layer \(3\); received 2"):
         target.expected_weights(core.body, form, (1.0, 0.5))

@@ -237,7 +237,7 @@ def expected_weights(body: Sequence[Any], form: str = "coupled", layer_weights: 
     if layer_weights is not None and len(layer_weights) != len(weighted_layers):
         raise ValueError(f"layer_weights: expected one number per dense / conv layer ({len(weighted_layers)}); "
                          f"received {len(layer_weights)}: {list(layer_weights)!r}.")
-    shares = {} if layer_weights is None else {id(layer): float(w) for layer, w in zip(weighted_layers, layer_weights)}
+    shares = {} if layer_weights is None else {id(layer): float(w) for layer, w in zip(weighted_layers, layer_weights, strict=True)}
     axes, layer_axes = unit_axes(body)
     expected: list[Any] = [None] * len(axes)  # per axis: vector of open probabilities, or None (= all 1)
     for i, axis in enumerate(axes):

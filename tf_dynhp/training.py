@@ -957,7 +957,7 @@ def fit(
             )
             target_kb = None
             # No target: the run is plain `method` training with the λ given (to_l0 had 0 for it).
-            for layer, lam in zip(core.gated_layers, layer_values or [l0_lambda] * len(core.gated_layers)):
+            for layer, lam in zip(core.gated_layers, layer_values or [l0_lambda] * len(core.gated_layers), strict=True):
                 layer.l0_lambda = float(lam)
         elif per_layer:  # each layer's share of the one multiplier (tf_dynhp.target.relative_lambdas)
             lambda_start, size_shares = target.relative_lambdas(layer_values)
