@@ -439,6 +439,22 @@ def test_rank_at_size_ranks_on_a_held_out_split_of_the_training_set(tmp_path):
     assert bad.returncode != 0 and "--holdout=600: expected fewer than the 600 training images" in bad.stderr + bad.stdout
 
 
+def test_rank_at_size_segmented_cosine_is_the_restart_and_its_variants():
+    """The twelfth round's schedules: one segment at half the epochs from the full rate is
+    runs' "cosine_restart"; a second one restarts again; a peak of None goes on from the
+    rate reached, without a jump, down to 0."""
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import rank_at_size as r; from tf_dynhp import runs; "
+              "a = r.segmented_cosine(1e-3, 200, ((0.5, 1.0),)); b = runs.lr_callbacks('cosine_restart', 1e-3, 200, 100)[0].schedule; "
+              "assert all(a(e) == b(e, 0.0) for e in range(200)); "
+              "c = r.segmented_cosine(1e-3, 200, ((0.5, 1.0), (0.75, 1.0))); "
+              "assert c(149) < 1e-6 and c(150) == 1e-3 and c(100) == 1e-3 and c(199) < 1e-6; "
+              "d = r.segmented_cosine(1e-3, 200, ((0.5, None),)); "
+              "assert abs(d(100) - b(100 - 1e-9, 0.0)) < 1e-6 and d(100) == a(0) / 2 and d(150) == d(100) / 2 and d(199) < 1e-6; "
+              "print('ok')")
+    done = subprocess.run([sys.executable, "-c", script, str(TOOLS)], capture_output=True, text=True, cwd=REPO, env=_env(), timeout=120)
+    assert _ok(done).split()[-1] == "ok"
+
+
 # --------------------------------------------------------------------------- benchmark
 def test_benchmark_baselines_get_the_dynhp_runs_l2_term():
     """benchmark.with_l2: every Dense kernel and bias of a baseline pays 0.5 * wd * ||w||^2, the

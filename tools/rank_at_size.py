@@ -145,6 +145,19 @@ the final epoch; the test error is shown beside it for information and chooses n
   219-214-100, wider hidden layers. Eleventh round, same rule fixed before the runs: the
   lowest validation mean over seeds 1-3 becomes the recipe; a candidate whose first seed
   loses by more than twice the recipe's spread (0.38) is stopped.
+* ``coc_dl50_sh1_clean25_restart2``: the recipe with a second warm restart where the
+  unshifted last quarter starts (`segmented_cosine` with segments at 0.5 and 0.75 of the
+  epochs, each from the paper's rate to 0): the shifted epochs at the final size anneal
+  to 0, then the unshifted quarter, which fits the shifts' bias away, gets a whole anneal
+  of its own instead of the second half of one (the restart, which won the fifth round,
+  did the same for the model at its size).
+* ``coc_dl50_sh1_clean25_reanneal``: the recipe's schedule without the jump: from the
+  deadline the rate falls on a cosine from where it is (half the paper's rate) to 0 over
+  the epochs left (`segmented_cosine` with `((0.5, None),)`): whether the restart won by
+  its higher rate at the final size or by its complete anneal.
+  Twelfth round, same rule fixed before the runs: the lowest validation mean over seeds
+  1-3 becomes the recipe; a candidate whose first seed loses by more than twice the
+  recipe's spread (0.38) is stopped.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -264,6 +277,8 @@ CANDIDATES = {
     "coc_dl50_sh1_clean25_restart_t10": dict(_FASHION, lr_restart=True, temperature=1.0),
     "coc_dl50_sh1_clean25_restart_in3": dict(_FASHION, lr_restart=True, l0_lambda=[0.01, 0.01 / 3, 0.01 / 3]),
     "coc_dl50_sh1_clean25_restart_hid3": dict(_FASHION, lr_restart=True, l0_lambda=[0.01 / 3, 0.01, 0.01]),
+    "coc_dl50_sh1_clean25_restart2": dict(_FASHION, cosine_segments=((0.5, 1.0), (0.75, 1.0))),
+    "coc_dl50_sh1_clean25_reanneal": dict(_FASHION, cosine_segments=((0.5, None),)),
 }
 
 
@@ -284,6 +299,8 @@ def _one(name: str, seed: int, data) -> dict:
     lr_decay = ("cosine_restart" if recipe.get("lr_restart") else "cosine") if recipe["cosine"] else "none"
     restart = tf_dynhp.runs.restart_epoch(lr_decay, recipe["target_deadline"], FLAGS.epochs)
     callbacks = tf_dynhp.runs.lr_callbacks(lr_decay, learning_rate, FLAGS.epochs, restart)
+    if "cosine_segments" in recipe:
+        callbacks = [keras.callbacks.LearningRateScheduler(segmented_cosine(learning_rate, FLAGS.epochs, recipe["cosine_segments"]))]
     config = tf_dynhp.runs.RunConfig(  # what runs.optimizer / augmentation / loss build the run's pieces from
         learning_rate=learning_rate, ema_momentum=recipe.get("ema_momentum"), decoupled_weight_decay=recipe.get("adamw", 0.0),
         augment_shift=recipe.get("augment_shift", 0), augment_flip=recipe.get("augment_flip", False),
@@ -314,6 +331,32 @@ def _one(name: str, seed: int, data) -> dict:
         "mean_mo_kb": float(np.mean(result.history["memory_kb"])), "seconds": seconds,
         "units": [int(u) for u in result.history["active_units"][-1]],
     }
+
+
+def segmented_cosine(learning_rate: float, epochs: int, segments) -> "Callable[[int, float], float]":
+    """The rate of epoch e (0-based) for the twelfth round's candidates: the plain cosine
+    over all `epochs` (`runs.lr_callbacks("cosine")`) until the first segment, then from
+    each segment's start (a fraction of the epochs, `ceil` as `target.deadline_epoch` and
+    `augment.augmented_epochs` round) a cosine from its peak (a factor of `learning_rate`;
+    None: the rate the schedule had reached there, no jump) to 0 at the next segment's
+    start or the end. `((0.5, 1.0),)` is "cosine_restart" at a deadline of half the epochs."""
+    import math
+
+    starts = [math.ceil(round(f * epochs, 6)) for f, _ in segments] + [epochs]
+
+    def plain(e: float) -> float:
+        return learning_rate * 0.5 * (1.0 + math.cos(math.pi * e / epochs))
+
+    def rate(e: int, lr: float = 0.0) -> float:
+        if e < starts[0]:
+            return plain(e)
+        k = max(i for i in range(len(segments)) if starts[i] <= e)
+        peak = segments[k][1]
+        top = plain(starts[0]) if peak is None and k == 0 else learning_rate * (1.0 if peak is None else peak)
+        length = max(starts[k + 1] - starts[k], 1)
+        return top * 0.5 * (1.0 + math.cos(math.pi * (e - starts[k]) / length))
+
+    return rate
 
 
 #: What a run's record must hold for `table` (the JSON line `_one` prints; a record with a
