@@ -563,3 +563,23 @@ def test_a_uint8_input_model_exports_int8_and_refuses_scaled_pixels(device, tmp_
     out = run_device(device, "train_on_device.py", "--model", path, "--images", device["files"]["test_images"],
                      "--labels", device["files"]["test_labels"], "--steps", "1").stdout
     assert number(r"^accuracy before: ([\d.]+)", out) == [pytest.approx(trainer.accuracy(raw_1000, y_test[:1000]), abs=1e-4)]
+    # int8 calibrated on pixels scaled to [0, 1] was written without a word (cast to zeros and
+    # ones, its top class agreed with Keras on 42% of a probe's images); refused, naming the range.
+    with pytest.raises(ValueError, match=r"input is uint8: expected whole numbers in \[0, 255\].*not whole numbers"):
+        export.to_tflite(result.model, tmp_path / "u8_bad.tflite", "int8", representative_data=x_train[:100])
+    with pytest.raises(ValueError, match=r"whole numbers in \[0, 255\].*received values in \[-1, 300\]"):
+        export.to_tflite(result.model, tmp_path / "u8_bad.tflite", "int8",
+                         representative_data=np.where(raw[:100] > 128, 300, -1).astype(np.int32))
+    assert not (tmp_path / "u8_bad.tflite").exists()
+    # tools/export.py fed such a model the data set's scaled float images: a traceback in the
+    # interpreter. It feeds the pixels as stored, for calibration and accuracy.
+    result.model.save(tmp_path / "u8.keras")
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "export.py"), f"--data_dir={DATA_ROOT}",
+                           f"--model={tmp_path / 'u8.keras'}", f"--out={tmp_path / 'u8_tool.tflite'}", "--quantization=all",
+                           "--eval_limit=200"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    keras_acc = float(np.mean(np.argmax(result.model.predict(raw_test, verbose=0), 1) == y_test[:200]))
+    rows = dict(re.findall(r"^(pruned \w+)\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+x?\s+([\d.]+)", done.stdout, re.M))
+    assert set(rows) >= {"pruned none", "pruned int8"}, done.stdout
+    assert float(rows["pruned none"]) == pytest.approx(keras_acc, abs=1e-6)
+    assert float(rows["pruned int8"]) == pytest.approx(keras_acc, abs=0.05)

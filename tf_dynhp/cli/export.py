@@ -91,10 +91,17 @@ def _load_keras(path: str, flag: str = "model"):
 
 
 def _as_input(x, model, what: str, flag: str = "model"):
-    """The data set's images `x` in the input shape of `model`, the model of `--<flag>`
-    (`tf_dynhp.data.reshape_to_input`)."""
+    """The data set's images `x` (`datasets.load`'s, in [0, 1]) in the input shape of
+    `model`, the model of `--<flag>` (`tf_dynhp.data.reshape_to_input`); for a model on
+    an integer input (`keras.Input(dtype="uint8")`) the pixels as stored, 0-255 in that
+    dtype, as the model was trained on them (and as `deploy/infer.py` feeds it)."""
+    import numpy as np  # noqa: PLC0415
+
     from tf_dynhp.data import reshape_to_input  # noqa: PLC0415
 
+    dtype = np.dtype(str(model.inputs[0].dtype))
+    if np.issubdtype(dtype, np.integer):
+        x = np.rint(np.asarray(x, dtype=np.float32) * 255.0).astype(dtype)
     try:
         return reshape_to_input(x, model.inputs[0].shape[1:], f"the --dataset={FLAGS.dataset} {what}")
     except ValueError as err:
