@@ -170,6 +170,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from absl import app, flags
 
@@ -333,7 +334,7 @@ def _one(name: str, seed: int, data) -> dict:
     }
 
 
-def segmented_cosine(learning_rate: float, epochs: int, segments) -> "Callable[[int, float], float]":
+def segmented_cosine(learning_rate: float, epochs: int, segments) -> Callable[[int, float], float]:
     """The rate of epoch e (0-based) for the twelfth round's candidates: the plain cosine
     over all `epochs` (`runs.lr_callbacks("cosine")`) until the first segment, then from
     each segment's start (a fraction of the epochs, `ceil` as `target.deadline_epoch` and
