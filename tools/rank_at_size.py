@@ -170,7 +170,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from absl import app, flags
 
