@@ -107,7 +107,8 @@ def _branchy_model():
         (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, activation="sigmoid", name="sig"), keras.layers.Flatten(), keras.layers.Dense(2)]), "sig.*sigmoid.*f\\(0\\) = 0"),
         (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(64), keras.layers.Reshape((8, 8, 1), name="back"), keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(2)]), "back.*Reshape"),
         (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.Reshape((36, 2, 2), name="mix"), keras.layers.Flatten(), keras.layers.Dense(2)]), "mix.*mixing the units"),
-        (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.GlobalAveragePooling2D(name="gap"), keras.layers.Dense(2)]), "gap.*GlobalAveragePooling2D"),
+        (lambda: keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(name="gap"), keras.layers.Dense(2)]), "gap.*before any Conv2D"),
+        (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.GlobalMaxPooling2D(data_format="channels_first", name="gmp"), keras.layers.Dense(2)]), "gmp.*channels_last"),
         (_two_input_model, "2 inputs"),
         (_branchy_model, "not supported"),
         (lambda: keras.Sequential([keras.Input((4, 4)), keras.layers.Dense(2, name="d3")]), "d3.*Flatten"),
@@ -139,6 +140,44 @@ def make_cnn(dtype=None, padding="valid"):
         keras.layers.Dense(8, activation="relu", dtype=dtype),
         keras.layers.Dense(4, activation="softmax", dtype=dtype),
     ])
+
+
+@pytest.mark.parametrize("head", ["average", "max", "average_keepdims"])
+def test_global_pooling_heads_prune_train_strip_save_and_export(head, tmp_path):
+    """A CNN ending in global pooling (no Flatten): the pooling keeps the channel axis, so
+    the first Dense layer is fed the last conv's channels. DynHP to a size target: the
+    stripped model computes what the gated one does, fits the target, saves, loads and
+    exports to TFLite with the same outputs."""
+    import tf_dynhp
+    from tf_dynhp import export, memory
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((400, 12, 12, 1)).astype("float32"), rng.integers(0, 4, 400)
+    pool = {"average": lambda: keras.layers.GlobalAveragePooling2D(), "max": lambda: keras.layers.GlobalMaxPooling2D(),
+            "average_keepdims": lambda: keras.layers.GlobalAveragePooling2D(keepdims=True)}[head]
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((12, 12, 1)), keras.layers.Conv2D(12, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+              keras.layers.Conv2D(16, 3, activation="relu"), pool()]
+    if head == "average_keepdims":
+        layers.append(keras.layers.Flatten())
+    model = keras.Sequential([*layers, keras.layers.Dense(10, activation="relu"), keras.layers.Dense(4)])
+    goal = 0.5 * memory.floats_to_kb(memory.weight_count(model))
+    result = tf_dynhp.fit(model, x, y, method="dynhp", epochs=3, budget_kb=1e5, target_kb=goal, seed=1, verbose=0)
+    assert memory.floats_to_kb(memory.weight_count(result.model)) <= goal
+    units = result.history["active_units"][-1]
+    assert units[2] < 16  # the last conv lost channels, and the Dense after the pooling their rows
+    dense = [layer for layer in result.model.layers if isinstance(layer, keras.layers.Dense)][0]
+    assert dense.kernel.shape[0] == units[2]
+    expected = result.gated_model.predict(x[:50], verbose=0)
+    np.testing.assert_allclose(result.model.predict(x[:50], verbose=0), expected, atol=1e-5)
+    result.model.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "m.keras").predict(x[:50], verbose=0), expected, atol=1e-5)
+    path = export.to_tflite(result.model, tmp_path / "m.tflite", "none").path
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
+    out = np.concatenate([runner(x=x[i : i + 1])["output"] for i in range(50)])
+    np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
 def test_to_l0_converts_conv_layers_and_keeps_the_function(rng):

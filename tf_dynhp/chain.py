@@ -11,7 +11,9 @@ tf_dynhp trains single-input, single-output chains of layers, of two kinds.
 * **Convolutional** (any `Conv2D` / `L0Conv2D` or pooling layer): there is no head;
   the images are fed as they are and the body is every layer: convolutions, pooling
   (`MaxPooling2D`, `AveragePooling2D`), element-wise layers and `Reshape`, then the
-  `Flatten` (optionally followed by `SelectFeatures`) that leads into the dense part.
+  `Flatten` (optionally followed by `SelectFeatures`) that leads into the dense part,
+  or a `GlobalAveragePooling2D` / `GlobalMaxPooling2D` after a convolution, which
+  keeps the channel axis: the first Dense layer's rows are the last conv's channels.
   Channels are on the last axis (channels_last only). Input features are not selected.
 
 Anything else raises a `ValueError` naming the layer and its class, before any
@@ -34,6 +36,7 @@ from tf_dynhp.kinds import (
     DENSE_TYPES,
     ELEMENTWISE_TYPES,
     GATED_TYPES,
+    GLOBAL_POOLING_TYPES,
     HEAD_TYPES,
     INDEX_MAP_TYPES,
     POOLING_TYPES,
@@ -357,14 +360,21 @@ def _zero_preserving(activation: Any) -> bool:
 
 
 def _parse_spatial(model: keras.Model, layers: list[keras.layers.Layer], input_shape: tuple[int, ...]) -> Chain:
-    """A convolutional chain: conv/pool part, Flatten, dense part; the body is every layer."""
+    """A convolutional chain: conv/pool part, Flatten or global pooling, dense part; the body is every layer."""
     seen_dense = False
+    seen_conv = False
     after_conv = False  # an element-wise layer here sees the (gated) outputs of a conv
     for layer in layers:
         kind = type(layer).__name__
         if isinstance(layer, CONV_TYPES + POOLING_TYPES):
             if seen_dense:
                 raise unsupported(layer, f"{kind} layers must come before the Flatten that leads into the dense part.")
+            if isinstance(layer, GLOBAL_POOLING_TYPES) and not seen_conv:
+                raise unsupported(
+                    layer, f"A {kind} before any Conv2D feeds the Dense layer after it the input's own channels, whose "
+                    "gates would remove channels of the images the model is given; tf_dynhp removes input features "
+                    "of flat rows only. Put a Conv2D before it, or Flatten the input instead.")
+            seen_conv = seen_conv or isinstance(layer, CONV_TYPES)
             cfg = layer.get_config()
             if cfg.get("data_format", "channels_last") != "channels_last":
                 raise unsupported(layer, f"It has data_format={cfg['data_format']!r}; only 'channels_last' is supported.")

@@ -23,6 +23,7 @@ __all__ = [
     "GATED_TYPES",
     "ELEMENTWISE_TYPES",
     "POOLING_TYPES",
+    "GLOBAL_POOLING_TYPES",
     "INDEX_MAP_TYPES",
     "HEAD_TYPES",
     "SUPPORTED_LAYERS",
@@ -40,14 +41,17 @@ CONV_TYPES = (keras.layers.Conv2D, L0Conv2D)
 WEIGHTED_TYPES = DENSE_TYPES + CONV_TYPES
 GATED_TYPES = (L0Dense, L0Conv2D)
 ELEMENTWISE_TYPES = (keras.layers.Dropout, keras.layers.Activation)
-POOLING_TYPES = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+#: Global pooling keeps the channel axis as the last one (a unit is still a channel), so
+#: it passes like the other pooling layers; a Dense layer after it is fed the channels.
+GLOBAL_POOLING_TYPES = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
+POOLING_TYPES = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D) + GLOBAL_POOLING_TYPES
 #: Layers that move units around without weights: a new unit axis whose units copy units
 #: of the axis before (derived from shapes; see `tf_dynhp.units.unit_axes`).
 INDEX_MAP_TYPES = (keras.layers.Flatten, keras.layers.Reshape, SelectFeatures)
 HEAD_TYPES = INDEX_MAP_TYPES
 SUPPORTED_LAYERS = (
     "InputLayer, Flatten, Reshape, SelectFeatures, Dense, L0Dense, Dropout, Activation, "
-    "Conv2D, L0Conv2D, MaxPooling2D, AveragePooling2D (channels_last)"
+    "Conv2D, L0Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D (channels_last)"
 )
 
 

@@ -576,7 +576,8 @@ def fit(
         model: a Keras MLP (Sequential or functional chain of Flatten/Reshape,
             Dense, Dropout, Activation; `L0Dense`/`SelectFeatures` accepted) or a
             CNN (Conv2D/`L0Conv2D`, MaxPooling2D/AveragePooling2D, channels_last,
-            then Flatten and the dense part; see `tf_dynhp.parse_chain`).
+            then Flatten or GlobalAveragePooling2D/GlobalMaxPooling2D and the dense
+            part; see `tf_dynhp.parse_chain`).
             It is not modified.
         x: inputs (NumPy array shaped like the model input, or
             `{input name: array}`) or a `tf.data.Dataset` of `(features, label)`
