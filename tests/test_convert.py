@@ -180,6 +180,27 @@ def test_global_pooling_heads_prune_train_strip_save_and_export(head, tmp_path):
     np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
+def test_global_pooling_sp_counts_a_channel_open_only_when_both_its_gates_are():
+    """After a global pooling the last conv's channels carry two gates (the conv's and the
+    Dense layer's rows): SP's active_units read only the conv's (6.65 of 8 channels with
+    every Dense row closed). A variable-size input (what global pooling makes buildable)
+    was a bare TypeError; it is refused by name."""
+    import tf_dynhp
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((200, 10, 10, 1)).astype("float32"), rng.integers(0, 3, 200)
+    keras.utils.set_random_seed(0)
+    gated = to_l0(keras.Sequential([keras.Input((10, 10, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+                                    keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)]))
+    dense = gated.layers[-1]
+    dense.log_alpha.assign(np.full(dense.log_alpha.shape, -10.0, "float32"))  # every row closed
+    result = tf_dynhp.fit(gated, x, y, method="sp", epochs=1, batch_size=50, learning_rate=1e-7, seed=1, verbose=0)
+    assert result.history["active_units"][-1][1] < 0.5  # the rows' rare samples above 0; 6.65 before
+    with pytest.raises(ValueError, match="every input dimension but the batch must be known"):
+        to_l0(keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                                keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)]))
+
+
 def test_to_l0_converts_conv_layers_and_keeps_the_function(rng):
     keras.utils.set_random_seed(0)
     model = make_cnn(dtype="float64")

@@ -195,9 +195,9 @@ def parse_chain(model: keras.Model) -> Chain:
         TypeError: `model` is not a Keras model.
     """
     layers = _ordered_layers(model)
-    input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    if any(d is None for d in model.inputs[0].shape[1:]):
+    if any(d is None for d in model.inputs[0].shape[1:]):  # before the ints below (a variable-size CNN input)
         raise ValueError(f"Model '{model.name}': every input dimension but the batch must be known, received {model.inputs[0].shape}")
+    input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     _check_no_lora(layers)
     _check_exact_classes(layers)
     _check_flatten_order(layers)
@@ -371,9 +371,9 @@ def _parse_spatial(model: keras.Model, layers: list[keras.layers.Layer], input_s
                 raise unsupported(layer, f"{kind} layers must come before the Flatten that leads into the dense part.")
             if isinstance(layer, GLOBAL_POOLING_TYPES) and not seen_conv:
                 raise unsupported(
-                    layer, f"A {kind} before any Conv2D feeds the Dense layer after it the input's own channels, whose "
-                    "gates would remove channels of the images the model is given; tf_dynhp removes input features "
-                    "of flat rows only. Put a Conv2D before it, or Flatten the input instead.")
+                    layer, f"A {kind} before any Conv2D pools the images' own channels, which a Dense layer fed "
+                    "them would gate and remove; tf_dynhp removes input features of flat rows only. Put a Conv2D "
+                    "before it, or Flatten the input instead.")
             seen_conv = seen_conv or isinstance(layer, CONV_TYPES)
             cfg = layer.get_config()
             if cfg.get("data_format", "channels_last") != "channels_last":

@@ -522,9 +522,12 @@ class Trainer:
             record["target_kb"] = self.config.target_kb
         if state.method == "sp":  # expected open gates per unit axis (its size where no gate sits)
             axes, _ = unit_axes(self.core.body)
-            open_of = {id(layer): float(np.sum(g)) / count for layer, g in zip(self.core.gated_layers, stats["gate_open"])}
+            open_of = {id(layer): g for layer, g in zip(self.core.gated_layers, stats["gate_open"])}
+            # A unit gated by two layers (a conv's channels and the Dense after a global
+            # pooling) is open as often as its less open gate, as Eq. 7's pruning reads it.
             record["active_units"] = [
-                open_of[id(axis.gated_by[0])] if axis.gated_by else float(axis.size) for axis in axes[:-1]
+                float(np.sum(np.min(np.stack([open_of[id(layer)] for layer in axis.gated_by]), axis=0))) / count
+                if axis.gated_by else float(axis.size) for axis in axes[:-1]
             ]
         else:
             record["active_units"] = [len(a) for a in state.alive]
