@@ -622,7 +622,10 @@ def fit(
             epoch (default 1: every epoch), a list the (1-based) epochs to validate
             after. The other epochs' records hold None for val_loss, val_error and
             val_accuracy, and their callback logs lack them.
-        seed: makes two runs identical (sets Keras' seeds and TF op determinism).
+        seed: makes two runs identical (sets Keras' seeds and TF op determinism)
+            from the model's weights as given: they were drawn when the model was
+            built, so call `keras.utils.set_random_seed` before building it for them
+            to repeat too.
             None: drawn at random (recorded in `FitResult.state.seed`) and Keras'
             seeds and op determinism left as they are, so a rerun with that seed is
             close to the unseeded run but not bit-identical (weights within ~1e-7);
