@@ -495,6 +495,17 @@ def _export_tool(tmp_path, *flags):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
+def test_export_tool_refuses_an_integer_input_too_narrow_for_pixels(tmp_path):
+    """A model on an int8 input: the data set's 0-255 pixels would wrap around (200 -> -56)
+    inside the range a calibration check accepts; refused in one line, nothing written."""
+    model = keras.Sequential([keras.Input((28, 28), dtype="int8"), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.save(tmp_path / "i8.keras")
+    done = _export_tool(tmp_path, f"--model={tmp_path / 'i8.keras'}", f"--out={tmp_path / 'i8.tflite'}", "--eval_limit=10")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "input is int8, which cannot hold the data set's 0-255 pixels" in done.stderr
+    assert not (tmp_path / "i8.tflite").exists()
+
+
 def test_export_tool_takes_a_model_on_flat_inputs_and_refuses_bad_flags_before_writing(mnist, tmp_path):
     """A model on flat (784,) inputs gets the 28x28 test and calibration images flattened
     (it crashed in the interpreter with a GATHER index error); an --out that is a folder,

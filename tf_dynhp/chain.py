@@ -189,9 +189,11 @@ def parse_chain(model: keras.Model) -> Chain:
         The `Chain` (referencing the model's own layers).
 
     Raises:
-        ValueError: unsupported layer, branch, several inputs, a Dense layer on a
-            non-flat input, a convolution after the dense part, a channels_first /
-            dilated / grouped convolution, or no Dense layer at all.
+        ValueError: unsupported layer, branch, several inputs, an input dimension
+            other than the batch unknown, a Dense layer on a non-flat input, a
+            convolution or pooling after the dense part, a global pooling before any
+            convolution, a channels_first / dilated / grouped convolution, or no Dense
+            layer at all.
         TypeError: `model` is not a Keras model.
     """
     layers = _ordered_layers(model)
@@ -368,7 +370,8 @@ def _parse_spatial(model: keras.Model, layers: list[keras.layers.Layer], input_s
         kind = type(layer).__name__
         if isinstance(layer, CONV_TYPES + POOLING_TYPES):
             if seen_dense:
-                raise unsupported(layer, f"{kind} layers must come before the Flatten that leads into the dense part.")
+                raise unsupported(layer, f"{kind} layers must come before the dense part (and the Flatten or global "
+                                         "pooling that leads into it).")
             if isinstance(layer, GLOBAL_POOLING_TYPES) and not seen_conv:
                 raise unsupported(
                     layer, f"A {kind} before any Conv2D pools the images' own channels, which a Dense layer fed "

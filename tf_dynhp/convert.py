@@ -4,7 +4,7 @@
 really shrink: dense rows whose deterministic gate is exactly zero are removed, with
 the unit of the layer before them; conv channels whose gate is zero are removed with
 the matching input channel of the next conv or the H x W rows of the next Dense
-after `Flatten`; pruned input features are dropped inside the graph by `SelectFeatures`.
+after `Flatten` (its one row after a global pooling); pruned input features are dropped inside the graph by `SelectFeatures`.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def strip(model: keras.Model) -> keras.Model:
     `conv(x) + b`). Units whose gate is exactly 0 are removed: a dense row with the
     matching unit (kernel column and bias) of the layer before; a conv channel with
     the matching input channel of the next conv, or its H x W rows of the next Dense
-    after `Flatten` (`tf_dynhp.units.effective_keep`). Zero-gate input features of
+    after `Flatten` (its one row after a global pooling; `tf_dynhp.units.effective_keep`). Zero-gate input features of
     a dense-first model are dropped by a `SelectFeatures` layer, so the stripped
     model takes the original input. Its predictions equal the gated model's
     inference predictions.

@@ -5,7 +5,8 @@ Two entry points:
 * `to_tflite`: an inference model, float32, float16, dynamic-range or full-integer
   int8, taking the original input (e.g. 28x28 floats, or 28x28x1 for a CNN).
   `SelectFeatures` becomes a builtin ``GATHER``; a stripped CNN uses ``CONV_2D``,
-  ``MAX_POOL_2D`` / ``AVERAGE_POOL_2D`` and ``RESHAPE``.
+  ``MAX_POOL_2D`` / ``AVERAGE_POOL_2D``, ``RESHAPE``, and ``MEAN`` / ``REDUCE_MAX`` for a
+  global pooling head.
 * `to_trainable_tflite`: a plain Dense stack (the output of `tf_dynhp.strip` for an
   MLP; convolutional models are refused, naming the conv layer) as a model with the signatures ``train`` / ``infer`` / ``get_weights`` /
   ``set_weights`` / ``get_optimizer_state`` / ``set_optimizer_state`` whose

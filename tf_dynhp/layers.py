@@ -410,7 +410,7 @@ class L0Conv2D(_HardConcreteLayer):
     them; this is the local-reparametrization conv gate of Louizos et al. A closed
     gate removes a whole filter (the last axis of the kernel, its bias, its gate)
     and, in the next layer, the matching input channel (or, after `Flatten`, the
-    H x W rows it feeds), which hard pruning deletes for good. The gate math is
+    H x W rows it feeds; after a global pooling, its one row), which hard pruning deletes for good. The gate math is
     `tf_dynhp.gates`, as in `L0Dense`:
 
     * ``training=True``: an independent sample per example and channel.

@@ -101,6 +101,9 @@ def _as_input(x, model, what: str, flag: str = "model"):
 
     dtype = np.dtype(str(model.inputs[0].dtype))
     if np.issubdtype(dtype, np.integer):
+        if np.iinfo(dtype).min > 0 or np.iinfo(dtype).max < 255:  # int8 would wrap pixels 128-255 around
+            raise app.UsageError(f"--{flag}={FLAGS[flag].value}: the model's input is {dtype.name}, which cannot hold "
+                                 "the data set's 0-255 pixels; give the model a uint8 (or wider) or float input.")
         x = np.rint(np.asarray(x, dtype=np.float32) * 255.0).astype(dtype)
     try:
         return reshape_to_input(x, model.inputs[0].shape[1:], f"the --dataset={FLAGS.dataset} {what}")
