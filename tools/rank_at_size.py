@@ -158,6 +158,15 @@ the final epoch; the test error is shown beside it for information and chooses n
   Twelfth round, same rule fixed before the runs: the lowest validation mean over seeds
   1-3 becomes the recipe; a candidate whose first seed loses by more than twice the
   recipe's spread (0.38) is stopped.
+* ``coc_dl40_sh1_clean25_restart`` / ``coc_dl60_sh1_clean25_restart``: the recipe with the
+  size reached, and the cosine restarted, by 40% or 60% of the epochs instead of half.
+  The twelfth round found that the restart wins by its complete anneal at the final size;
+  the deadline sets both how long that anneal is (120 or 80 epochs instead of 100) and how
+  fast the model gets to its size. Ranked without the restart in the third round (half
+  won then, when the model at its size had only the second half of one cosine).
+  Thirteenth round, same rule fixed before the runs: the lowest validation mean over seeds
+  1-3 becomes the recipe; a candidate whose first seed loses by more than twice the
+  recipe's spread (0.38) is stopped.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -280,6 +289,8 @@ CANDIDATES = {
     "coc_dl50_sh1_clean25_restart_hid3": dict(_FASHION, lr_restart=True, l0_lambda=[0.01 / 3, 0.01, 0.01]),
     "coc_dl50_sh1_clean25_restart2": dict(_FASHION, cosine_segments=((0.5, 1.0), (0.75, 1.0))),
     "coc_dl50_sh1_clean25_reanneal": dict(_FASHION, cosine_segments=((0.5, None),)),
+    "coc_dl40_sh1_clean25_restart": dict(_FASHION, lr_restart=True, target_deadline=0.4),
+    "coc_dl60_sh1_clean25_restart": dict(_FASHION, lr_restart=True, target_deadline=0.6),
 }
 
 
