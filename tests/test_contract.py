@@ -482,6 +482,32 @@ def test_stop_training_in_a_batch_hook_ends_the_epoch_after_that_call(mnist):
     assert [c[1] for c in rec.calls if c[0] == "batch"] == [1, 3] and len(result.history["loss"]) == 1
 
 
+def test_of_two_early_stoppings_the_last_listed_decides_as_in_keras(mnist):
+    """Keras' EarlyStopping restores its best in on_train_end, in the callbacks' order: the
+    last one's best is the model fit ends with (tf_dynhp took the first one's)."""
+    (x, y), (xt, yt) = mnist
+    scores, seen = {"score": [3.0, 1.0, 2.0], "score2": [1.0, 2.0, 3.0]}, []
+
+    class Scores(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs.update({k: v[epoch] for k, v in scores.items()})
+            seen.append(self.model.predict(xt[:20].reshape(20, -1), verbose=0))  # the core takes flat rows
+
+    def run(*monitors):
+        seen.clear()
+        stops = [keras.callbacks.EarlyStopping(monitor=m, mode="min", patience=5, restore_best_weights=True) for m in monitors]
+        result = tf_dynhp.fit(_mlp(), x[:300], y[:300], callbacks=[Scores(), *stops], **{**QUICK, "epochs": 3})
+        return result.gated_model.predict(xt[:20], verbose=0), list(seen)
+
+    ended, epochs = run("score", "score2")
+    np.testing.assert_allclose(ended, epochs[0], atol=1e-6)  # score2's best: epoch 1
+    ended, epochs = run("score2", "score")
+    np.testing.assert_allclose(ended, epochs[1], atol=1e-6)  # score's best: epoch 2
+    scores["score3"] = [3.0, 2.0, 1.0]
+    ended, epochs = run("score", "score3")  # the last one's best is the last epoch: that model stays
+    np.testing.assert_allclose(ended, epochs[2], atol=1e-6)
+
+
 def test_early_stopping_restores_nothing_it_never_scored(mnist, capsys):
     """As Keras: without its metric (no validation data) or before `start_from_epoch`,
     EarlyStopping has no best epoch to restore; the last model is the result."""
@@ -658,6 +684,21 @@ def test_csv_logger_writes_epoch_once(mnist, tmp_path):
     tf_dynhp.fit(_mlp(), x[:100], y[:100], callbacks=[keras.callbacks.CSVLogger(str(path))], **QUICK)
     header = path.read_text().splitlines()[0].split(",")
     assert header.count("epoch") == 1
+
+
+def test_csv_logger_keeps_val_error_when_the_first_epoch_is_not_validated(mnist, tmp_path):
+    """Keras' CSVLogger makes its val_ columns from the training keys when the first epoch
+    has no validation: val_error had no training twin and was dropped. `error` is logged."""
+    import csv
+
+    (x, y), (xt, yt) = mnist
+    path = tmp_path / "log.csv"
+    result = tf_dynhp.fit(_mlp(), x[:200], y[:200], validation_data=(xt[:100], yt[:100]), validation_freq=2,
+                          callbacks=[keras.callbacks.CSVLogger(str(path))], **{**QUICK, "epochs": 2})
+    rows = list(csv.DictReader(open(path)))
+    assert rows[0]["val_error"] == "NA" and float(rows[1]["val_error"]) == pytest.approx(result.history["val_error"][1])
+    assert float(rows[1]["error"]) == pytest.approx(100 * (1 - result.history["accuracy"][1]))
+    assert "error" not in result.history  # a log of the callbacks', as Keras' History would have it; fit's history is unchanged
 
 
 def test_backup_and_restore_is_refused_pointing_to_checkpoints(mnist, tmp_path):

@@ -163,7 +163,9 @@ def test_per_layer_shares_under_a_target_press_their_layer_and_resume_exactly(mn
     with pytest.warns(RuntimeWarning, match="before the size target's deadline"):  # paused before the cut
         tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x, y, l0_lambda=[0.5, 0, 0], checkpoint_dir=folder,
                      callbacks=[stop_after(2)], **kw)
-    resumed = tf_dynhp.fit(_mlp(hidden=(40, 20), input_shape=(28, 28)), x, y, l0_lambda=[0.5, 0, 0],
+    again = _mlp(hidden=(40, 20), input_shape=(28, 28))  # the same values as a dict (unnamed layers 0.01): the same run
+    names = [layer.name for layer in again.layers if isinstance(layer, keras.layers.Dense)]
+    resumed = tf_dynhp.fit(again, x, y, l0_lambda={names[0]: 0.5, names[1]: 0.0, names[2]: 0.0},
                            checkpoint_dir=folder, resume=True, **kw)
     assert_same_run(resumed, inputs_only, inputs_only.model, resumed.model)
     with pytest.raises(ValueError, match="l0_lambda"):

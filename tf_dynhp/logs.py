@@ -10,7 +10,10 @@ __all__ = ["format_line", "scalar_logs"]
 def scalar_logs(record: dict[str, Any]) -> dict[str, float]:
     """Per-epoch record flattened to scalars for Keras callbacks (lists become key_0, key_1, ...).
 
-    `epoch` is left out: Keras passes the epoch apart (a CSVLogger would write it twice)."""
+    `epoch` is left out: Keras passes the epoch apart (a CSVLogger would write it twice).
+    `error` (%, 100 x (1 - accuracy)) is the training twin of `val_error`, as Keras logs
+    `accuracy` beside `val_accuracy`: a CSVLogger whose first epoch has no validation
+    (`validation_freq`) makes its `val_` columns from the training keys."""
     logs: dict[str, float] = {}
     for key, value in record.items():
         if key == "epoch" or isinstance(value, str):
@@ -20,6 +23,8 @@ def scalar_logs(record: dict[str, Any]) -> dict[str, float]:
                 logs[f"{key}_{i}"] = float(v)
         elif value is not None:
             logs[key] = float(value)
+    if "accuracy" in logs and "error" not in logs:
+        logs["error"] = 100.0 * (1.0 - logs["accuracy"])
     return logs
 
 

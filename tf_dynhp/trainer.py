@@ -790,11 +790,16 @@ class Trainer:
             self.data = FeatureSelection()  # training is over; that model may read more features
             self.restore(*ended_with)
         restored = False
-        for cb in restorers:  # the last epoch's best is restored too when it is the model before that epoch's prune
-            if id(cb) in best and (best[id(cb)][0] + 1 != self.state.epoch or best[id(cb)][3]):
+        # As Keras, where each EarlyStopping restores its best in its on_train_end, in the
+        # callbacks' order: the last one that scored decides (its best may be the last
+        # epoch's model, which then stays). The last epoch's best is restored too when it
+        # is the model before that epoch's prune.
+        scored = [cb for cb in restorers if id(cb) in best]
+        if scored:
+            cb = scored[-1]
+            if best[id(cb)][0] + 1 != self.state.epoch or best[id(cb)][3]:
                 self.restore_best(*best[id(cb)][:2], cb.monitor, before_prune=best[id(cb)][3])
                 restored = True
-                break
         cut_from = self.cut_to_target()
         if cut_from is not None:
             deadline = self.config.target_epoch

@@ -1007,7 +1007,8 @@ def fit(
         state.original_inputs[0] = int(math.prod(input_shape))
 
     settings = {
-        "method": method, "batch_size": batch_size, "l0_lambda": l0_lambda, "alpha_bs": alpha_bs,
+        # per layer as resolved (`convert.layer_lambdas`): a dict and the list it means are one run
+        "method": method, "batch_size": batch_size, "l0_lambda": layer_values if per_layer else l0_lambda, "alpha_bs": alpha_bs,
         "gamma": float(gamma), "budget_kb": budget_kb, "budget_on": budget_on, "batch_growth": batch_growth,
         "optimizer": {k: v for k, v in core.optimizer.get_config().items() if k != "name"}, "seed": seed, "seeded": seeded, "loss": losses.describe(loss),
         # what get_config leaves out; compared only when a checkpoint has it (trainer._WHEN_SAVED): older ones resume unchanged
@@ -1097,7 +1098,11 @@ def fit(
                     if isinstance(validation_data, tf.data.Dataset):
                         other_validation += " A validation Dataset with `.shuffle()` holds its examples in another order at every read."
                     hints = {"validation": other_validation, **({"data": shuffled} if isinstance(x, tf.data.Dataset) else {})}
-                    check_settings(path, meta["settings"], settings, hints=hints)
+                    saved = dict(meta["settings"])
+                    if isinstance(saved.get("l0_lambda"), (dict, list)):  # as given, in checkpoints before they were resolved
+                        with contextlib.suppress(ValueError):  # another model's names: the comparison says so
+                            saved["l0_lambda"] = layer_lambdas(chain.weighted_layers, saved["l0_lambda"])
+                    check_settings(path, saved, settings, hints=hints)
                     run.restore(arrays, meta)
                     if verbose:
                         print(f"Resumed from {path} (epoch {run.state.epoch})", flush=True)
