@@ -167,6 +167,14 @@ the final epoch; the test error is shown beside it for information and chooses n
   Thirteenth round, same rule fixed before the runs: the lowest validation mean over seeds
   1-3 becomes the recipe; a candidate whose first seed loses by more than twice the
   recipe's spread (0.38) is stopped.
+* ``coc_dl50_sh1_clean50_restart`` / ``coc_dl50_sh1_restart``: the recipe with the whole
+  anneal at the final size on the images as they are (`augment_until=0.5`: the shifts stop
+  at the deadline, where the restart begins) or shifted to the end (`augment_until=1.0`),
+  instead of its first half shifted and its second half not. The twelfth round found the
+  anneal at the final size is what the restart wins by; the second round ranked this split
+  before the restart existed (a quarter unshifted won then). Fourteenth round, same rule
+  fixed before the runs: the lowest validation mean over seeds 1-3 becomes the recipe; a
+  candidate whose first seed loses by more than twice the recipe's spread (0.38) is stopped.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -291,6 +299,8 @@ CANDIDATES = {
     "coc_dl50_sh1_clean25_reanneal": dict(_FASHION, cosine_segments=((0.5, None),)),
     "coc_dl40_sh1_clean25_restart": dict(_FASHION, lr_restart=True, target_deadline=0.4),
     "coc_dl60_sh1_clean25_restart": dict(_FASHION, lr_restart=True, target_deadline=0.6),
+    "coc_dl50_sh1_clean50_restart": dict(_FASHION, lr_restart=True, augment_until=0.5),
+    "coc_dl50_sh1_restart": dict(_FASHION, lr_restart=True, augment_until=1.0),
 }
 
 
