@@ -419,3 +419,36 @@ def test_augmentations_apply_in_turn_and_rebuild_from_their_config():
         augment.from_config({"class": "RandomErasing", "bogus": 1})
     with pytest.raises(ValueError, match="steps"):
         augment.Augmentations(())
+
+
+def test_the_module_loads_from_its_file_without_the_package():
+    """The benchmark's tfmot helper loads tf_dynhp/augment.py from its file in a venv without
+    tf_dynhp, Keras 3 or TensorFlow: the module must import NumPy only (it had come to import
+    `tf_dynhp._checks`, which imports the package)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tf_dynhp" / "augment.py"
+    script = (
+        "import importlib.abc, importlib.util, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tf_dynhp', 'keras', 'tensorflow'):\n"
+        "            raise ImportError(f'{name} is not in the tfmot venv')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "spec = importlib.util.spec_from_file_location('tf_dynhp_augment', sys.argv[1])\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules[spec.name] = m; spec.loader.exec_module(m)\n"
+        "import numpy as np\n"
+        "shift = m.from_config(m.RandomShift(1).get_config())\n"
+        "x = np.zeros((4, 6, 6), 'float32'); x[:, 3, 3] = 1\n"
+        "print(m.epoch_images(shift, x, 7, 0).shape)\n"
+        "try:\n"
+        "    m.epoch_rng(1.5, 0)\n"
+        "except ValueError as err:\n"
+        "    print(err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(4, 6, 6)" in done.stdout
+    assert "Invalid value received for argument `seed`. Expected an integer >= 0. Received: seed=1.5" in done.stdout

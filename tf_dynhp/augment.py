@@ -34,10 +34,19 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tf_dynhp._checks import whole_number
-
 __all__ = ["RandomShift", "RandomErasing", "Augmentations", "from_config", "shift_images", "epoch_rng", "augmented_epochs", "epoch_images", "describe", "describe_partial",
            "describe_callable", "check_output"]
+
+
+def _whole_number(name: str, value: Any, least: int = 0) -> int:
+    """`_checks.whole_number`, here again: this module stays NumPy only (the benchmark's
+    tfmot helper loads it from its file, in a venv without tf_dynhp and Keras 3), and
+    importing `tf_dynhp._checks` imports the package."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+        raise ValueError(f"Invalid value received for argument `{name}`. Expected an integer >= {least}. "
+                         f"Received: {name}={value!r}")
+    return int(value)
+
 
 # Mixed into the generator's seed so the augmentation draws are independent of the
 # epoch order (`tf_dynhp.data.epoch_order` draws from default_rng([seed, epoch])).
@@ -53,7 +62,7 @@ def _real(value: Any) -> bool:
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     """The generator `fit` hands `augment` at epoch `epoch` (0-based) of a run seeded `seed`
     (both whole numbers >= 0; 1.5 was read as 1)."""
-    return np.random.default_rng([whole_number("seed", seed), whole_number("epoch", epoch), _STREAM])
+    return np.random.default_rng([_whole_number("seed", seed), _whole_number("epoch", epoch), _STREAM])
 
 
 def shift_images(images: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
