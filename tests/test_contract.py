@@ -570,6 +570,31 @@ def test_early_stopping_restores_the_model_its_logs_scored_before_the_epochs_pru
     assert 100 * np.mean(pred != yt[:500]) == pytest.approx(result.history["val_error"][0], abs=1e-9)
 
 
+def test_the_error_log_scores_the_model_before_the_prune_and_a_callbacks_own_error_is_its_column(mnist, capsys):
+    """`error` (the callbacks' twin of val_error, from `accuracy`) scores the model before
+    the epoch's prune as `accuracy` does: EarlyStopping on it restores that model (it
+    restored nothing, and the model after the prune was returned). A callback that logs
+    an `error` of its own gets it recorded as its column, as before fit logged one."""
+    (x, y), (xt, yt) = mnist
+
+    def run(monitor, mode, extra=()):
+        stop = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=5, restore_best_weights=True)
+        return tf_dynhp.fit(_mlp(), x[:600], y[:600], method="hp", epochs=3, batch_size=50, seed=1, verbose=2,
+                            gamma=0.8, callbacks=[HalfOpen(2), *extra, stop])
+
+    class LastIsBest(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["accuracy"], logs["error"] = 0.5 + 0.1 * epoch, 50.0 - 10.0 * epoch
+
+    by_accuracy = run("accuracy", "max", [LastIsBest()])
+    assert "before its prune" in capsys.readouterr().out and sum(by_accuracy.history["pruned_units"][2]) > 0
+    by_error = run("error", "min", [LastIsBest()])
+    assert "before its prune" in capsys.readouterr().out
+    assert by_error.model.count_params() == by_accuracy.model.count_params()
+    assert by_error.history["error"] == [50.0, 40.0, 30.0]  # the callback's own, recorded
+    assert "error" not in run("loss", "min").history  # fit's derived log is not a history column
+
+
 def test_the_best_last_epoch_that_pruned_is_restored_as_the_model_its_logs_scored(mnist, capsys):
     """The best by val_loss is the last epoch, whose boundary prunes: the model returned was
     the one after that prune (the last), which the logs never scored. By `model_kb`, a

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["format_line", "scalar_logs"]
+__all__ = ["DERIVED", "format_line", "scalar_logs"]
+
+
+#: Logs `scalar_logs` derives for the callbacks that fit's history does not hold.
+DERIVED = ("error",)
 
 
 def scalar_logs(record: dict[str, Any]) -> dict[str, float]:

@@ -34,7 +34,7 @@ from tf_dynhp import batching, loop, memory, optim, storage, target
 from tf_dynhp import checkpoint as ckpt
 from tf_dynhp.convert import strip
 from tf_dynhp.data import FeatureSelection, epoch_order
-from tf_dynhp.logs import format_line, scalar_logs
+from tf_dynhp.logs import DERIVED, format_line, scalar_logs
 from tf_dynhp.model import GatedModel
 from tf_dynhp.pruning import compile_core, full_model, prune_plan, rebuild_core
 from tf_dynhp.state import TrainerState
@@ -141,10 +141,12 @@ class _SeenLogs(keras.callbacks.Callback):
 
 
 def _callback_logs(seen: dict[str, Any], given: dict[str, Any]) -> dict[str, float]:
-    """The scalar logs the callbacks added to `given` (the others, e.g. arrays, are left out)."""
+    """The scalar logs the callbacks added to `given` (the others, e.g. arrays, are left out),
+    and a log of `logs.DERIVED` (in the callbacks' logs only, not in fit's history) that a
+    callback set to a value of its own, which is then its column, as before fit logged it."""
     extra = {}
     for key, value in seen.items():
-        if key in given:
+        if key in given and not (key in DERIVED and value is not given[key]):
             continue
         try:
             extra[key] = float(np.asarray(value).item())
@@ -177,7 +179,7 @@ _FIRST = ("method", "model", "data")
 #: its evaluation); the others (model_kb, active_units, batch_size, ...) describe the model
 #: after it. An EarlyStopping restoring the best by one of these gets the model before the
 #: prune (`Trainer.track_best`).
-SCORED_BEFORE_PRUNE = ("loss", "data_loss", "accuracy", "val_loss", "val_error", "val_accuracy", "memory_kb", "memory_full_kb")
+SCORED_BEFORE_PRUNE = ("loss", "data_loss", "accuracy", "error", "val_loss", "val_error", "val_accuracy", "memory_kb", "memory_full_kb")
 
 #: Recorded in the checkpoint settings but not compared: whether the caller passed the
 #: seed (`fit` seeds Keras and TF op determinism then; a resume without `seed` from such a
