@@ -291,13 +291,13 @@ def _representative_array(data: Any, model: keras.Model, limit: int) -> np.ndarr
         raise ValueError("Invalid value received for argument `representative_data`. Expected finite values; received NaN or inf.")
     in_dtype = np.dtype(str(model.inputs[0].dtype))
     if np.issubdtype(in_dtype, np.integer):  # calibrated as the model's dtype: a cast would make [0, 1] pixels zeros and ones
-        info = np.iinfo(in_dtype)
-        if not np.all(arr == np.round(arr)) or arr.min() < info.min or arr.max() > info.max:
+        info, whole = np.iinfo(in_dtype), bool(np.all(arr == np.round(arr)))
+        if not whole or arr.min() < info.min or arr.max() > info.max:
             raise ValueError(
                 "Invalid value received for argument `representative_data`. The model's input is "
                 f"{in_dtype.name}: expected whole numbers in [{info.min}, {info.max}], the values as the model takes "
                 f"them (e.g. uint8 pixels as stored); received values in [{arr.min():g}, {arr.max():g}]"
-                f"{' that are not whole numbers (e.g. pixels scaled to [0, 1])' if not np.all(arr == np.round(arr)) else ''}.")
+                f"{'' if whole else ' that are not whole numbers (e.g. pixels scaled to [0, 1])'}.")
     return arr[:limit]
 
 

@@ -146,12 +146,13 @@ def _callback_logs(seen: dict[str, Any], given: dict[str, Any]) -> dict[str, flo
     callback set to a value of its own, which is then its column, as before fit logged it."""
     extra = {}
     for key, value in seen.items():
-        if key in given and not (key in DERIVED and value is not given[key]):
-            continue
         try:
-            extra[key] = float(np.asarray(value).item())
+            number = float(np.asarray(value).item())
         except (TypeError, ValueError):  # not one number
             continue
+        if key in given and not (key in DERIVED and number != given[key]):
+            continue
+        extra[key] = number
     return extra
 
 

@@ -936,6 +936,13 @@ def fit(
         seed = int(seed)
         keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
+    have_kb = memory.floats_to_kb(memory.weight_count(chain.weighted_layers))
+    if target_kb is not None and target_kb >= have_kb:  # decided before gating: to_l0 then gets the λ given
+        warnings.warn(
+            f"`target_kb`={target_kb} is not below the model's size ({have_kb:.1f} KB): plain "
+            f"method={method!r} training, no size target.", RuntimeWarning, stacklevel=2,
+        )
+        target_kb = None
     if method == "dense":
         gated = model
     else:
@@ -944,7 +951,6 @@ def fit(
             input_droprate_init=input_droprate_init, dataset_size=n_train, seed=seed,
         )
     core, features, input_shape = core_from(gated)
-    have_kb = memory.floats_to_kb(memory.weight_count(core.weighted_layers))
     lambda_start, size_shares = (l0_lambda if not per_layer else None), None  # the multiplier's start under a target
     if target_kb is not None:
         least = target.smallest_weights(core.body)
@@ -954,26 +960,16 @@ def fit(
                 f"`target_kb`={target_kb} is smaller than the smallest model hard pruning can leave of "
                 f"'{getattr(model, 'name', 'model')}' (one unit per layer): {least} weights, {least_kb:.4g} KB."
             )
-        if target_kb >= have_kb:
-            warnings.warn(
-                f"`target_kb`={target_kb} is not below the model's size ({have_kb:.1f} KB): plain "
-                f"method={method!r} training, no size target.", RuntimeWarning, stacklevel=2,
-            )
-            target_kb = None
-            # No target: the run is plain `method` training with the λ given (to_l0 had 0 for it).
-            for layer, lam in zip(core.gated_layers, layer_values or [l0_lambda] * len(core.gated_layers), strict=True):
-                layer.l0_lambda = float(lam)
-        elif per_layer:  # each layer's share of the one multiplier (tf_dynhp.target.relative_lambdas)
+        if per_layer:  # each layer's share of the one multiplier (tf_dynhp.target.relative_lambdas)
             lambda_start, size_shares = target.relative_lambdas(layer_values)
-        if target_kb is not None and target.deadline_epoch(target_deadline, epochs) >= epochs:
+        if target.deadline_epoch(target_deadline, epochs) >= epochs:
             warnings.warn(
                 f"`target_deadline`={target_deadline:g} of {epochs} epochs forces the size only at the end of the "
                 "last epoch: the returned model is never trained at that size, and the last epoch's logs score "
                 "the model before the cut. Leave epochs after the deadline (the default is 0.25).",
                 RuntimeWarning, stacklevel=2,
             )
-        if target_kb is not None and deterministic_epoch is not None and \
-                deterministic_epoch < target.deadline_epoch(target_deadline, epochs):
+        if deterministic_epoch is not None and deterministic_epoch < target.deadline_epoch(target_deadline, epochs):
             raise ValueError(
                 f"`deterministic_from`={deterministic_from:g} starts the deterministic gates before `target_deadline`="
                 f"{target_deadline:g}'s forced cut: their activation rates are all 1 there, so the cut could not rank "
@@ -1049,7 +1045,7 @@ def fit(
         alpha_bs=alpha_bs or 0.0, batch_growth=batch_growth, steps_per_execution=steps_per_execution,
         loss_fn=loss_fn, trace_once=trace_once, on_nonfinite=on_nonfinite, verbose=verbose, checkpoint_dir=checkpoint_dir,
         target_kb=target_kb, lambda_step=float(lambda_step), lambda_floor=float(lambda_floor),
-        size_penalty=size_penalty, size_shares=size_shares if target_kb is not None else None,
+        size_penalty=size_penalty, size_shares=size_shares,
         target_schedule=target_schedule, start_kb=have_kb, target_epoch=target.deadline_epoch(target_deadline, epochs),
         augment=augment,
         augment_epochs=augment_lib.augmented_epochs(augment_until, epochs) if final_phase else None,
