@@ -175,6 +175,14 @@ the final epoch; the test error is shown beside it for information and chooses n
   before the restart existed (a quarter unshifted won then). Fourteenth round, same rule
   fixed before the runs: the lowest validation mean over seeds 1-3 becomes the recipe; a
   candidate whose first seed loses by more than twice the recipe's spread (0.38) is stopped.
+* ``coc_dl50_sh1_clean25_restart_bs8`` / ``_bs32``: the recipe from a batch of 8 or 32
+  instead of the paper's 16 (`fit(batch_size=...)`, DynHP's initial batch; Eq. 8-10 grow
+  it from there under the same budget). The rounds so far found the noise of the gates'
+  samples a regularizer the model at its size needs (ninth round) and less of the other
+  regularizers better; the batch sets the gradient's own noise and the number of steps
+  per epoch (twice as many at 8, half at 32). Fifteenth round, same rule fixed before the
+  runs: the lowest validation mean over seeds 1-3 becomes the recipe; a candidate whose
+  first seed loses by more than twice the recipe's spread (0.38) is stopped.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -301,6 +309,8 @@ CANDIDATES = {
     "coc_dl60_sh1_clean25_restart": dict(_FASHION, lr_restart=True, target_deadline=0.6),
     "coc_dl50_sh1_clean50_restart": dict(_FASHION, lr_restart=True, augment_until=0.5),
     "coc_dl50_sh1_restart": dict(_FASHION, lr_restart=True, augment_until=1.0),
+    "coc_dl50_sh1_clean25_restart_bs8": dict(_FASHION, lr_restart=True, batch_size=8),
+    "coc_dl50_sh1_clean25_restart_bs32": dict(_FASHION, lr_restart=True, batch_size=32),
 }
 
 
@@ -331,7 +341,7 @@ def _one(name: str, seed: int, data) -> dict:
         label_smoothing=recipe.get("label_smoothing", 0.0))
     t0 = time.perf_counter()
     result = tf_dynhp.fit(
-        model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,
+        model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, batch_size=recipe.get("batch_size"), budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,
         target_kb=FLAGS.target_kb, l0_lambda=recipe.get("l0_lambda", 0.01), target_deadline=recipe["target_deadline"], gamma=recipe.get("gamma", 0.5),
         lambda_floor=recipe["lambda_floor"], lambda_step=recipe.get("lambda_step", 0.05),
         weight_decay=recipe.get("weight_decay_per_weight", 0.0) * len(x), size_penalty=recipe.get("size_penalty", "coupled"),
