@@ -64,6 +64,22 @@ def test_a_damaged_config_leaves_the_run_out_with_a_warning(runs_dir):
         assert run_folders.load_runs(runs_dir) == []
 
 
+def test_a_per_layer_l0_lambda_run_is_left_out_of_the_report_tables_by_name_and_summarized(runs_dir):
+    """tools/train.py --l0_lambda=a,b,c writes a list; the report's tables group runs by one
+    l0_lambda (float() of the list was a TypeError ending tools/report.py)."""
+    import json
+
+    config = json.loads((runs_dir / RUN / "config.json").read_text())
+    config["l0_lambda"] = [0.01, 0.005, 0.005]
+    (runs_dir / RUN / "config.json").write_text(json.dumps(config))
+    with pytest.warns(RuntimeWarning, match=r"per-layer l0_lambda \[0.01, 0.005, 0.005\].*left out"):
+        assert run_folders.load_runs(runs_dir) == []
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "summarize.py"), str(runs_dir / RUN)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "skipped" not in done.stderr, done.stderr[-2000:]
+    assert "| 0.01,0.005,0.005 |" in done.stdout, done.stdout
+
+
 def test_summarize_names_what_it_skips(runs_dir, tmp_path):
     (runs_dir / RUN / "metrics.json").write_text("{")
     done = subprocess.run([sys.executable, str(REPO / "tools" / "summarize.py"), str(runs_dir / RUN), str(tmp_path / "nothing")],

@@ -31,7 +31,9 @@ def train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     ("--batch_size=-3", "Expected a positive integer. Received: batch_size=-3"),
     ("--gamma=1", "Expected a float in (0, 1). Received: gamma=1.0"),
     ("--gamma=0", "Expected a float in (0, 1). Received: gamma=0.0"),
-    ("--l0_lambda=-0.5", "Expected a float >= 0. Received: l0_lambda=-0.5"),
+    ("--l0_lambda=-0.5", "Expected floats >= 0 (one, or one per gated layer). Received: l0_lambda='-0.5'"),
+    ("--l0_lambda=0.01,x,0.01", "Expected floats >= 0 (one, or one per gated layer). Received: l0_lambda='x'"),
+    ("--l0_lambda=", "Expected one float >= 0, or one per gated layer. Received: an empty list"),
     ("--droprate_init=1", "Expected a float in (0, 1). Received: droprate_init=1.0"),
     ("--hidden=300,0", "Expected comma-separated positive layer sizes"),
     ("--seed=-1", "Expected an integer in [0, 2**32). Received: seed=-1"),  # was NumPy's traceback after loading the data
@@ -293,3 +295,37 @@ def test_a_resume_whose_config_json_is_no_object_is_one_line(tmp_path):
     done = train(*flags, "--resume")
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "its config.json is not readable (expected a JSON object of the run's settings, received a list)" in done.stderr
+
+
+def test_per_layer_l0_lambda_reaches_fit_and_resumes(tmp_path):
+    """--l0_lambda took one number only, where fit takes one per gated layer (the size
+    multiplier's shares under --target_kb, issue 16 item 1)."""
+    import json
+
+    if not DATA_ROOT.exists():
+        pytest.skip("datasets not found")
+    out = tmp_path / "run"
+    flags = (f"--data_dir={DATA_ROOT / 'mnist'}", "--method=hp", "--epochs=2", "--train_limit=300", "--test_limit=100",
+             "--hidden=16,8", "--verbose=0", "--target_kb=8", "--l0_lambda=0.02,0,0.01", f"--out_dir={out}")
+    done = train(*flags)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["l0_lambda"] == [0.02, 0.0, 0.01]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model_kb"] <= 8
+    # the middle layer has no share of the multiplier: its inputs (the first hidden layer's units) stay
+    # until the size's forced cut at the deadline, so the first layer's inputs went first
+    again = train(*flags, "--resume")  # the same list: the finished run is accepted
+    assert again.returncode == 0, again.stderr[-2000:]
+    other = train(*flags[:-2], "--l0_lambda=0.02,0.01,0.01", f"--out_dir={out}", "--resume")
+    assert other.returncode == 1 and "Traceback" not in other.stderr and "l0_lambda" in other.stderr, other.stderr[-2000:]
+
+
+def test_per_layer_l0_lambda_of_the_wrong_length_is_one_line_and_leaves_no_folder(tmp_path):
+    if not DATA_ROOT.exists():
+        pytest.skip("datasets not found")
+    out = tmp_path / "new" / "run"
+    done = train(f"--data_dir={DATA_ROOT / 'mnist'}", "--method=hp", "--epochs=1", "--train_limit=100", "--hidden=8",
+                 "--l0_lambda=0.01,0.01,0.01", f"--out_dir={out}", timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "error: " in done.stderr and "l0_lambda" in done.stderr and not (tmp_path / "new").exists()

@@ -60,7 +60,7 @@ class RunConfig:
     method: str = "dynhp"
     epochs: int = 20
     batch_size: int | None = None
-    l0_lambda: float = 0.01
+    l0_lambda: float | list[float] = 0.01  # one value, or one per gated layer (fit's per-layer shares)
     learning_rate: float = 1e-3
     alpha_bs: float | None = None
     budget_kb: float | None = None

@@ -88,11 +88,16 @@ def _row(folder: str) -> str | None:
     return (
         f"| {os.path.basename(folder.rstrip('/'))} | {c['method']} | {c.get('batch_growth', '') if c['method'] == 'dynhp' else ''} "
         f"| {c['alpha_bs'] if c['method'] == 'dynhp' and c.get('alpha_bs') is not None else ''} "  # 0.0 shown; unused by sp/hp
-        f"| {c['l0_lambda']} | {m['epochs_run']} | {m['test_error']:.2f} | {m['model_kb']:.1f} "
+        f"| {_lambda_text(c['l0_lambda'])} | {m['epochs_run']} | {m['test_error']:.2f} | {m['model_kb']:.1f} "
         f"({_pct(m['model_kb'], dense)}) | {sizes} | {batches[0]}→{batches[-1]} "
         f"| {m['mean_memory_kb']:.1f} ({_pct(m['mean_memory_kb'], sp)}) | {m['max_memory_kb']:.1f} "
         f"| {budget} | {m['train_seconds']:.0f} |"
     )
+
+
+def _lambda_text(value) -> str:
+    """l0_lambda as tools/train.py's flag takes it: one number, or one per gated layer comma-separated."""
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
 
 
 def main(argv):

@@ -141,6 +141,8 @@ def _normalize(config: dict[str, Any]) -> dict[str, Any]:
                          ("batch_growth", PAPER_GROWTH), ("budget_on", "paper"), ("seed", 1)):
         if c.get(key) is None:
             c[key] = default
+    if isinstance(c["l0_lambda"], (list, tuple, dict)):  # tools/train.py --l0_lambda=a,b,c (fit's per-layer shares)
+        raise ValueError(f"per-layer l0_lambda {c['l0_lambda']!r}: the report's tables compare runs of one l0_lambda")
     c.setdefault("train_limit", None)
     c.setdefault("test_limit", None)
     if c.get("alpha_bs") is None and c["method"] == "dynhp":  # null: fit's default (config.json of before a8ab8a0)
@@ -158,7 +160,7 @@ def _flag(name: str, value: Any) -> str:
     if isinstance(value, bool):
         return f"--{name}" if value else f"--no{name}"
     if isinstance(value, (list, tuple)):
-        return f"--{name}={','.join(str(int(v)) for v in value)}"
+        return f"--{name}={','.join(str(int(v)) if name == 'hidden' else str(float(v)) for v in value)}"
     if name == "ema_momentum" and value is None:
         return "--ema_momentum=0"  # tools/train.py's "none"
     return f"--{name}={value}"  # a float as its shortest exact repr

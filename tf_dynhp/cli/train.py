@@ -32,7 +32,10 @@ flags.DEFINE_enum("arch", "mlp", ["mlp", "lenet5"], "Model: the paper's MLP (--h
 flags.DEFINE_enum("method", "dynhp", ["dense", "sp", "hp", "dynhp"], "Training method.")
 flags.DEFINE_integer("epochs", 20, "Number of epochs.")
 flags.DEFINE_integer("batch_size", None, "(Initial) batch size; default 16 for dynhp, 100 otherwise.")
-flags.DEFINE_float("l0_lambda", 0.01, "Lambda of the expected-L0 penalty (reference scale, see L0Dense).")
+flags.DEFINE_list("l0_lambda", ["0.01"], "Lambda of the expected-L0 penalty (reference scale, see L0Dense): one value, "
+                  "or one per gated layer, comma-separated (e.g. 0.01,0.003,0.003 for the MLP's three Dense layers; "
+                  "with --target_kb the largest starts the size multiplier and each layer's share of it is its value's "
+                  "ratio to the largest, fit(l0_lambda=[...])).")
 flags.DEFINE_float("learning_rate", 1e-3, "Learning rate of Adam (AdamW with --decoupled_weight_decay); fixed, or the "
                    "start of --lr_decay's schedule (with --target_kb the recipe's, a cosine).")
 flags.DEFINE_float("alpha_bs", None, "Eq. 8 smoothing of dynhp (the paper's best: 0.972 MNIST, 0.980 Fashion-MNIST; "
@@ -116,7 +119,9 @@ expect("learning_rate", "a positive float", lambda v: v > 0 and math.isfinite(v)
 expect("budget_kb", "a positive number of KB (1024 bytes)", lambda v: v > 0 and math.isfinite(v))
 expect("alpha_bs", "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 expect("gamma", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
-expect("l0_lambda", "a float >= 0", lambda v: v >= 0 and math.isfinite(v))
+expect("l0_lambda", "floats >= 0 (one, or one per gated layer)", lambda v: v >= 0 and math.isfinite(v))
+flags.register_validator("l0_lambda", lambda v: bool(v), message="Invalid value received for --l0_lambda. Expected one "
+                         "float >= 0, or one per gated layer. Received: an empty list")
 expect("droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
 expect("input_droprate_init", "a float in (0, 1)", lambda v: 0.0 < v < 1.0)
 expect("verbose", "0, 1 or 2", lambda v: v in (0, 1, 2))
@@ -182,7 +187,7 @@ def main(argv):
     from tf_dynhp.checkpoint import CheckpointError
     from tf_dynhp.trainer import NonFiniteError
 
-    config = runs.RunConfig(**{name: FLAGS[name].value for name in _CONFIG_FLAGS})
+    config = runs.RunConfig(**{name: FLAGS[name].value for name in _CONFIG_FLAGS}, l0_lambda=l0_lambda_value(FLAGS.l0_lambda))
     from tf_dynhp.cli.paper import PLAIN_RECIPE, recipe_for
 
     for name, value in recipe_for(FLAGS.target_kb, dataset=FLAGS.dataset, **{field: FLAGS[field].value for field in PLAIN_RECIPE}).items():
@@ -225,8 +230,15 @@ def _os_message(err: OSError) -> str:
     return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
 
 
+def l0_lambda_value(items: list[str]) -> float | list[float]:
+    """--l0_lambda as fit takes it: one value as a float (config.json keeps the number, as
+    before per-layer values existed, so such a run folder resumes), several as a list."""
+    values = [float(item) for item in items]  # checked when the flags are parsed: numbers >= 0, at least one
+    return values[0] if len(values) == 1 else values
+
+
 _CONFIG_FLAGS = (
-    "dataset", "arch", "method", "epochs", "batch_size", "l0_lambda", "learning_rate", "alpha_bs", "budget_kb",
+    "dataset", "arch", "method", "epochs", "batch_size", "learning_rate", "alpha_bs", "budget_kb",
     "budget_batch", "budget_on", "gamma", "batch_growth", "train_limit", "test_limit", "seed", "steps_per_execution",
     "droprate_init", "input_droprate_init", "on_nonfinite", "gate_kernel", "target_kb", "validation_split",
 )
