@@ -130,7 +130,7 @@ FIT_CASES = [
     ("alpha_bs above 1", dict(alpha_bs=1.5), ValueError, r"`alpha_bs`"),
     ("gamma 0", dict(gamma=0.0), ValueError, r"`gamma`"),
     ("gamma 1", dict(gamma=1.0), ValueError, r"`gamma`"),
-    ("checkpoint_dir is a file", dict(checkpoint_dir="FILE"), OSError, r"checkpoint_dir '.*model.tflite/ck' is not writable"),
+    ("checkpoint_dir is a file", dict(checkpoint_dir="FILE"), OSError, r"checkpoint_dir '.*model.tflite/ck' is not writable: .*model.tflite is a file, not a folder"),
     ("one-hot loss name", dict(loss="categorical_crossentropy"), ValueError, r"`loss`.*integer class labels"),
     ("one-hot loss object", dict(loss=keras.losses.CategoricalCrossentropy()), ValueError, r"`loss`.*integer class labels"),
     # The step averages Loss.call's per-example values: a sum or a class mask was dropped

@@ -231,6 +231,35 @@ def test_the_models_returned_keep_the_name_of_the_users_input(mnist, tmp_path, m
     assert keras.models.load_model(tmp_path / "m.keras").inputs[0].name == "pixels"
 
 
+@pytest.mark.parametrize("kind", ["sequential", "functional", "cnn"])
+def test_x_and_y_in_a_list_of_one_for_a_model_on_bare_tensors_train_as_the_arrays(mnist, kind):
+    """keras.Model.fit([x], y) trains a Sequential or a functional model on a bare input (with
+    a warning); fit read the list as one example of n images ("x has 1 examples but y has 300
+    labels"). A list of one example stays one example."""
+    (x, y), (xt, yt) = mnist
+    if kind == "cnn":
+        x, xt = x[..., None], xt[..., None]
+    shape = x.shape[1:]
+
+    def build():
+        keras.utils.set_random_seed(0)
+        first = [keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Flatten()] if kind == "cnn" else [keras.layers.Flatten()]
+        if kind == "functional":
+            inp = keras.Input(shape)
+            return keras.Model(inp, keras.layers.Dense(10)(keras.layers.Dense(16, activation="relu")(first[0](inp))))
+        return keras.Sequential([keras.Input(shape), *first, keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10)])
+
+    kw = dict(method="hp", epochs=2, batch_size=50, seed=1, verbose=0)
+    w = np.linspace(0.5, 2.0, 300).astype(np.float32)
+    listed = tf_dynhp.fit(build(), [x[:300]], [y[:300]], sample_weight=[w], validation_data=([xt[:100]], [yt[:100]]), **kw)
+    bare = tf_dynhp.fit(build(), x[:300], y[:300], sample_weight=w, validation_data=(xt[:100], yt[:100]), **kw)
+    assert listed.history["loss"] == bare.history["loss"] and listed.history["val_error"] == bare.history["val_error"]
+    one = tf_dynhp.fit(build(), [x[0]], [y[0]], **{**kw, "batch_size": 1, "epochs": 1})  # one image, one label
+    assert len(one.history["loss"]) == 1
+    with pytest.raises(ValueError, match=r"x has 1 examples but y has 2 labels|1 example.*2 label"):
+        tf_dynhp.fit(build(), [x[0]], y[:2], **kw)
+
+
 @pytest.mark.parametrize("wrap", ["dict", "list", "nested"])
 def test_data_in_the_structure_the_model_takes_and_gives_trains_as_bare_arrays(mnist, wrap):
     """keras.Model.fit takes `[x]`, `[y]` for keras.Model([img], [logits]) (and
@@ -841,6 +870,23 @@ def test_a_compiled_model_hears_that_fit_trains_with_its_own_optimizer_and_loss(
     model.compile(optimizer="adam", loss=tf_dynhp.losses.SparseCategoricalCrossentropy(label_smoothing=0.2))
     with pytest.warns(RuntimeWarning, match="compiled with loss <tf_dynhp.losses.SparseCategoricalCrossentropy"):
         tf_dynhp.fit(model, x[:64], y[:64], **QUICK)  # the smoothing is not what fit trains with
+
+
+def test_fit_with_the_compiled_optimizer_leaves_it_to_the_users_own_keras_fit(mnist):
+    """fit(..., optimizer=model.optimizer), as the warning above advises, built the user's
+    (unbuilt) optimizer on fit's gated variables: the user's model.fit afterwards failed with
+    Keras' "Unknown variable ... can only be called for the variables it was originally
+    built with". The run is the same as with an equal, separate optimizer."""
+    (x, y), _ = mnist
+    keras.utils.set_random_seed(1)
+    model = _mlp()
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    runs = [tf_dynhp.fit(model, x[:256], y[:256], **{**QUICK, "method": "hp", "epochs": 2}, optimizer=opt)
+            for opt in (model.optimizer, keras.optimizers.Adam(1e-3))]
+    assert not model.optimizer.built and int(model.optimizer.iterations.numpy()) == 0
+    for a, b in zip(*(r.model.get_weights() for r in runs)):
+        np.testing.assert_array_equal(a, b)
+    model.fit(x[:64], y[:64], epochs=1, verbose=0)  # the user's own training goes on with it
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])

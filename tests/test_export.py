@@ -272,6 +272,22 @@ def test_int8_needs_representative_data(models, tmp_path, no_conversion):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_int8_refuses_stored_pixels_for_a_float_input_model(models, tmp_path, no_conversion):
+    """uint8 pixels as stored (0-255) calibrated a model fed [0, 1] floats without a word:
+    a probe's int8 file then scored 9.5% where Keras scored 81.5%."""
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 28, 28)).astype(np.uint8)
+    with pytest.raises(ValueError, match=r"`representative_data`. The model's input is float32: expected the values as "
+                                         r"the model takes them.*received uint8 values in \[\d+, 2\d\d\].*astype\('float32'\)"):
+        export.to_tflite(models[1], tmp_path / "m.tflite", "int8", pixels)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_takes_whole_zero_one_values_and_floats_for_a_float_input_model(models):
+    """Binary images as integers (0/1) are the values a float model takes; floats are taken as given."""
+    for data in (np.random.default_rng(0).integers(0, 2, (5, 28, 28)), np.full((5, 28, 28), 200.0, np.float32)):
+        assert export._representative_array(data, models[1], 10).dtype == np.float32
+
+
 def test_missing_output_folder(models, tmp_path, no_conversion):
     target = tmp_path / "no_such_folder" / "m.tflite"
     with pytest.raises(FileNotFoundError, match="no_such_folder.*does not exist"):

@@ -76,7 +76,7 @@ def test_a_run_folder_whose_checkpoints_is_a_file_is_one_error_line(tmp_path):
     (tmp_path / "run" / "checkpoints").write_text("")
     done = _tool("train.py", f"--data_dir={DATA_ROOT / 'mnist'}", "--method=sp", "--epochs=1", "--train_limit=100",
                  "--hidden=8", f"--out_dir={tmp_path / 'run'}")
-    _refused(done, f"error: checkpoint_dir '{tmp_path / 'run' / 'checkpoints'}' is not writable: File exists")
+    _refused(done, f"error: checkpoint_dir '{tmp_path / 'run' / 'checkpoints'}' is not writable: it is a file, not a folder")
     assert done.returncode == 1 and "[Errno" not in done.stderr
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]
 

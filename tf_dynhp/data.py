@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from tf_dynhp import augment as aug
 
-__all__ = ["as_arrays", "unwrap_structure", "example_weights", "require_some_weight", "reshape_to_input", "epoch_order", "fingerprint", "FeatureSelection"]
+__all__ = ["as_arrays", "unwrap_structure", "unwrap_listed", "example_weights", "require_some_weight", "reshape_to_input", "epoch_order", "fingerprint", "FeatureSelection"]
 
 
 def _memory_bytes() -> int:
@@ -275,6 +275,18 @@ def unwrap_structure(value: Any, form: Any) -> Any:
     as it is (a list whose one entry is a single value is data, not a structure)."""
     path = _path_in(value, form, is_data=lambda first: not isinstance(first, dict) and np.ndim(first) < 1)
     return value if path is None else _pick(value, path)
+
+
+def unwrap_listed(value: Any, example_rank: int) -> Any:
+    """`[x]` for a model that takes a bare tensor is `x`, as `keras.Model.fit` reads it: a
+    list (or tuple) of one array whose rank is one more than one example's (`example_rank`:
+    2 for (28, 28) images; 0 for labels, any rank >= 1 then). A list of one example (`[img]`,
+    `[3]`) is data, returned as it is."""
+    if isinstance(value, (list, tuple)) and len(value) == 1 and not isinstance(value[0], (dict, list, tuple)):
+        rank = np.ndim(value[0]) if hasattr(value[0], "shape") else -1
+        if rank == example_rank + 1 or (example_rank == 0 and rank >= 1):
+            return value[0]
+    return value
 
 
 def reshape_to_input(x: np.ndarray, input_shape: tuple[int, ...], what: str = "x") -> np.ndarray:

@@ -45,7 +45,7 @@ from tf_dynhp._checks import positive_int as _positive_int
 from tf_dynhp._checks import real_number
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.convert import layer_lambdas, to_l0
-from tf_dynhp.data import as_arrays, example_weights, fingerprint, require_some_weight, unwrap_structure
+from tf_dynhp.data import as_arrays, example_weights, fingerprint, require_some_weight, unwrap_listed, unwrap_structure
 from tf_dynhp.kinds import CONV_TYPES, GATED_TYPES, PLAIN_SETTINGS
 from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import classifier_head
@@ -225,9 +225,10 @@ def _resolve_optimizer(optimizer: Any, learning_rate: float) -> keras.optimizers
         )
     if isinstance(optimizer, keras.optimizers.Optimizer):
         check_weight_decay_exclusions(optimizer)
-        if optimizer.built:
-            return clone_optimizer(optimizer)
-        return optimizer
+        # Always a copy: fit builds its optimizer on the gated model's variables, and the
+        # user's object (often `model.optimizer`, as the compiled-settings warning advises)
+        # built on them refused the user's own `model.fit` afterwards ("Unknown variable").
+        return clone_optimizer(optimizer)
     raise _invalid("optimizer", "a Keras optimizer or its name ('adam', 'sgd', ...)", optimizer)
 
 
@@ -879,6 +880,11 @@ def fit(
     in_form, out_form = io_structure(model)  # and [x] / [y] for keras.Model([inp], [out]), as Keras
     x, y = unwrap_structure(x, in_form), unwrap_structure(y, out_form)
     sample_weight = unwrap_structure(sample_weight, out_form)  # Keras nests the weights as the outputs
+    rank = len(chain.input_shape)
+    if in_form is None:  # [x] for a model on a bare tensor, as Keras takes it (it was one example of n images)
+        x = unwrap_listed(x, rank)
+    if out_form is None:
+        y, sample_weight = unwrap_listed(y, 0), unwrap_listed(sample_weight, 0)
     x_train, y_train, w_data = as_arrays(x, y, chain.input_shape, num_classes, "x", input_name, (in_form, out_form))
     _check_integer_input_values(model, x_train, "x")
     w_train = example_weights(sample_weight, class_weight, x, y_train, num_classes, w_data)
@@ -895,8 +901,10 @@ def fit(
                                  "validation unweighted (val_loss, val_accuracy count every example once): give "
                                  "(features, label) pairs, e.g. `.map(lambda x, y, w: (x, y))`.")
         elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
-            val = as_arrays(unwrap_structure(validation_data[0], in_form), unwrap_structure(validation_data[1], out_form),
-                            chain.input_shape, num_classes, "validation_data", input_name)[:2]
+            x_val, y_val = unwrap_structure(validation_data[0], in_form), unwrap_structure(validation_data[1], out_form)
+            x_val = unwrap_listed(x_val, rank) if in_form is None else x_val
+            y_val = unwrap_listed(y_val, 0) if out_form is None else y_val
+            val = as_arrays(x_val, y_val, chain.input_shape, num_classes, "validation_data", input_name)[:2]
         elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 3:
             raise ValueError("`validation_data` is a tuple of 3, (x_val, y_val, sample_weight_val); fit scores validation "
                              "unweighted (val_loss, val_accuracy count every example once): give (x_val, y_val).")
