@@ -183,6 +183,16 @@ the final epoch; the test error is shown beside it for information and chooses n
   per epoch (twice as many at 8, half at 32). Fifteenth round, same rule fixed before the
   runs: the lowest validation mean over seeds 1-3 becomes the recipe; a candidate whose
   first seed loses by more than twice the recipe's spread (0.38) is stopped.
+* ``coc_dl50_sh1_clean25_restart_in05``: the recipe with the input features' gates started
+  as the hidden units' are (`fit(input_droprate_init=0.5)` instead of the L0 reference's
+  0.2): more noise on the pixels from the first epoch, and the pixels' gates start nearer
+  Eq. 7's threshold. ``coc_dl50_sh1_clean25_peak2``: the recipe with its restart
+  from twice the paper's rate (`segmented_cosine` with `((0.5, 2.0),)`): the twelfth round
+  found the restart wins by a whole anneal at the final size, and a reanneal from half the
+  rate tied it; this asks whether the cut model gains from a larger step. Sixteenth round,
+  same rule fixed before the runs: the lowest validation mean over seeds 1-3 becomes the
+  recipe; a candidate whose first seed loses by more than twice the recipe's spread (0.38)
+  is stopped.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -311,6 +321,8 @@ CANDIDATES = {
     "coc_dl50_sh1_restart": dict(_FASHION, lr_restart=True, augment_until=1.0),
     "coc_dl50_sh1_clean25_restart_bs8": dict(_FASHION, lr_restart=True, batch_size=8),
     "coc_dl50_sh1_clean25_restart_bs32": dict(_FASHION, lr_restart=True, batch_size=32),
+    "coc_dl50_sh1_clean25_restart_in05": dict(_FASHION, lr_restart=True, input_droprate_init=0.5),
+    "coc_dl50_sh1_clean25_peak2": dict(_FASHION, cosine_segments=((0.5, 2.0),)),
 }
 
 
@@ -341,7 +353,8 @@ def _one(name: str, seed: int, data) -> dict:
         label_smoothing=recipe.get("label_smoothing", 0.0))
     t0 = time.perf_counter()
     result = tf_dynhp.fit(
-        model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, batch_size=recipe.get("batch_size"), budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,
+        model, x, y, method="dynhp", alpha_bs=FLAGS.alpha_bs, batch_size=recipe.get("batch_size"),
+        input_droprate_init=recipe.get("input_droprate_init", 0.2), budget_kb=sp_mo_kb(FLAGS.dataset), epochs=FLAGS.epochs,
         target_kb=FLAGS.target_kb, l0_lambda=recipe.get("l0_lambda", 0.01), target_deadline=recipe["target_deadline"], gamma=recipe.get("gamma", 0.5),
         lambda_floor=recipe["lambda_floor"], lambda_step=recipe.get("lambda_step", 0.05),
         weight_decay=recipe.get("weight_decay_per_weight", 0.0) * len(x), size_penalty=recipe.get("size_penalty", "coupled"),
