@@ -888,6 +888,13 @@ def test_fit_with_the_compiled_optimizer_leaves_it_to_the_users_own_keras_fit(mn
         np.testing.assert_array_equal(a, b)
     model.fit(x[:64], y[:64], epochs=1, verbose=0)  # the user's own training goes on with it
 
+    class Scaled(keras.optimizers.SGD):  # its get_config lacks `factor`: from_config cannot make one
+        def __init__(self, factor, **kwargs):
+            super().__init__(learning_rate=0.01 * factor, **kwargs)
+
+    with pytest.raises(ValueError, match=r"optimizer: fit trains a copy .*Scaled's failed: TypeError.*get_config"):
+        tf_dynhp.fit(model, x[:64], y[:64], **QUICK, optimizer=Scaled(2.0))
+
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_a_sequential_model_loaded_from_a_keras_file_trains_as_the_one_saved(mnist, tmp_path, kind):

@@ -228,7 +228,14 @@ def _resolve_optimizer(optimizer: Any, learning_rate: float) -> keras.optimizers
         # Always a copy: fit builds its optimizer on the gated model's variables, and the
         # user's object (often `model.optimizer`, as the compiled-settings warning advises)
         # built on them refused the user's own `model.fit` afterwards ("Unknown variable").
-        return clone_optimizer(optimizer)
+        try:
+            return clone_optimizer(optimizer)
+        except Exception as err:  # a subclass whose get_config lacks an argument of its __init__, ...
+            raise ValueError(
+                f"optimizer: fit trains a copy of the optimizer given, made from its config "
+                f"(type(optimizer).from_config(optimizer.get_config())), and {type(optimizer).__name__}'s failed: "
+                f"{type(err).__name__}: {err}. Make its get_config return every argument of its __init__."
+            ) from err
     raise _invalid("optimizer", "a Keras optimizer or its name ('adam', 'sgd', ...)", optimizer)
 
 
