@@ -14,7 +14,8 @@ their names, ``kernel_0``, ``bias_0``, ..., and the optimizer slots under
 ``optimizer/<name>``). `--restore` loads such a file first and continues from
 it. Labels outside the model's classes (e.g. 200 or -1 for 10 classes) are refused:
 the loss would not see them. So are, before any training, a `--weights` path whose
-folder is missing or not writable (or that is a folder), a `--restore` file holding
+folder is missing or not writable (or that is a folder, or one of the input files:
+`--model`, the images, the labels), a `--restore` file holding
 NaN or infinite values (named with the array), and float images outside [0, 1]
 (uint8 pixels are divided by 255; float images are taken as stored). Bad input
 exits with status 2 and one `error:` line.
@@ -163,9 +164,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def check_not_an_input(args: argparse.Namespace) -> None:
+    """Refuses a `--weights` path that is one of the run's input files (`--model`, the
+    images or labels): the .npz written over it after training destroyed the model, without
+    a word. `--restore` may be the same file: it is read before the run and written after."""
+    target = Path(args.weights)
+    for flag in ("model", "images", "labels", "eval_images", "eval_labels"):
+        given = getattr(args, flag)
+        if given is not None and target.exists() and Path(given).exists() and os.path.samefile(target, given):
+            raise ValueError(f"--weights {args.weights}: expected a new .npz file (or the --restore file); that is "
+                             f"the --{flag} file, which the weights would overwrite")
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.weights is not None:
         check_output("weights", args.weights)
+        check_not_an_input(args)
     trainer = lr.Trainer(args.model, num_threads=args.threads)
     raw = trainer.takes_integers  # a uint8-input model was trained on the pixels as stored
     x, y = lr.load_images_labels(args.images, args.labels, args.limit, raw=raw)

@@ -312,6 +312,31 @@ def test_truncated_gzip_stream(tmp_path):
         ds.read_idx(path)
 
 
+def test_a_gzip_stream_breaking_off_says_how_far_it_got(tmp_path):
+    """It said "after 16 decompressed bytes" (the header) of a file cut after megabytes."""
+    pixels = np.random.default_rng(0).integers(0, 256, (3000, 28, 28), dtype=np.uint8)  # incompressible
+    payload = gzip.compress(idx_bytes(pixels))
+    path = tmp_path / "cut-idx3-ubyte.gz"
+    path.write_bytes(payload[: len(payload) * 3 // 4])
+    with pytest.raises(ValueError, match=r"broke off after at least (\d+) decompressed bytes") as info:
+        ds.read_idx(path)
+    got = int(re.search(r"at least (\d+) decompressed", str(info.value)).group(1))
+    assert 1 << 20 <= got <= pixels.size * 3 // 4, got
+
+
+def test_a_damaged_npz_found_by_the_search_is_named(tmp_path, places, monkeypatch):
+    """A truncated mnist.npz under $TF_DYNHP_DATA (or the Keras cache) ended the tools in a
+    bare zipfile.BadZipFile: the search's check for the other data set let it through."""
+    make_fake_npz(tmp_path / "full.npz")
+    data = (tmp_path / "full.npz").read_bytes()
+    folder = tmp_path / "env"
+    folder.mkdir()
+    (folder / "mnist.npz").write_bytes(data[: len(data) // 2])
+    monkeypatch.setenv("TF_DYNHP_DATA", str(folder))
+    with pytest.raises(ValueError, match=re.escape(str(folder / "mnist.npz")) + r": not a readable \.npz archive"):
+        ds.load("mnist", download=False, **places)
+
+
 @pytest.mark.parametrize(
     "magic, received",
     [

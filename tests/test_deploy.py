@@ -379,6 +379,24 @@ def unwritable_folder(tmp_path: Path) -> Path:
     pytest.skip("no folder here in which creating a file fails (root, and no sysfs)")
 
 
+@pytest.mark.parametrize("flag", ["--model", "--labels"])
+def test_weights_over_an_input_file_is_refused_before_training(device, tmp_path, flag):
+    """--weights naming the --model file wrote the .npz over it after training (exit 0, the
+    model gone); the probe then found "not a TFLite model" in its place."""
+    import shutil
+
+    files = device["files"]
+    inputs = {"--model": files["trainable"], "--images": files["train_images"], "--labels": files["train_labels"]}
+    victim = tmp_path / Path(inputs[flag]).name
+    shutil.copy(inputs[flag], victim)
+    before = victim.read_bytes()
+    inputs[flag] = victim
+    args = [part for pair in inputs.items() for part in pair]
+    result = run_device(device, "train_on_device.py", *args, "--steps", "1", "--weights", victim, expect=2)
+    one_error_line(result, f"--weights {victim}", f"that is the {flag} file")
+    assert victim.read_bytes() == before and "accuracy before" not in result.stdout
+
+
 @pytest.mark.parametrize("content", ["garbage", "npy", "folder", "under_file", "unwritable"])
 def test_a_broken_restore_or_weights_file_is_one_error_line_before_training(device, tmp_path, content):
     """--restore of a damaged .npz or of a .npy, and a --weights path that cannot be written

@@ -78,6 +78,7 @@ def dump(runs):
 out = {
     "paper": dump(rp.build_grid()),
     "seeds": dump(rp.build_grid(seeds=3, seeds_rows=["sp", "dynhp_best"])),
+    "dynhp_seeds": dump(rp.build_grid(["mnist"], methods=["dynhp"], seeds=2, seeds_rows=["dynhp"])),
     "full": dump(rp.build_grid(grid="full")),
     "override": dump(rp.build_grid(["mnist"], "full", alphas=[0.9, 0.95], sp_batch_sizes=[32], hp_batch_sizes=[],
                                    l0_lambdas=[0.1], batch_growth=["epoch"], epochs=7, train_limit=100)),
@@ -204,6 +205,16 @@ def test_seeds_apply_to_the_named_rows_only(grids):
     assert seeds[("mnist", "dynhp", 16, 0.971)] == [1]
     assert len(grids["seeds"]) == 18
     assert len({r["name"] for r in grids["seeds"]}) == 18
+
+
+def test_seeds_of_every_dynhp_row_include_the_best_alphas_row(grids):
+    """--seeds_rows=dynhp ("every DynHP row") left the row at the best alpha, labelled
+    dynhp_best, at seed 1."""
+    seeds: dict[float, list[int]] = {}
+    for r in grids["dynhp_seeds"]:
+        seeds.setdefault(r["alpha_bs"], []).append(r["seed"])
+    assert len(seeds) > 1 and all(s == [1, 2] for s in seeds.values()), seeds
+    assert 0.972 in seeds
 
 
 def test_full_grid_covers_every_axis(grids):
@@ -409,6 +420,21 @@ def test_report_writes_tables_and_figures(report_input, tmp_path):
         assert png.read_bytes()[:8] == PNG_MAGIC, name
         assert png.stat().st_size > 10_000
         assert f"](figures/{name}.png)" in text
+
+
+def test_report_removes_only_the_figures_it_draws(tmp_path):
+    """It removed every fig[1-7]_*.png and frontier_*.png of --figures, a user's
+    fig1_my_own_sketch.png too, saying "a figure of an earlier report"."""
+    (tmp_path / "runs").mkdir()
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    mine = [figures / "fig1_my_own_sketch.png", figures / "frontier_draft.png", figures / "fig3_error_by_batch_cifar.png"]
+    earlier = [figures / "fig1_active_units_mnist.png", figures / "frontier_fashion_mnist.png"]
+    for path in mine + earlier:
+        path.write_bytes(b"x")
+    stdout = _ok(_run("report.py", f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'R.md'}", f"--figures={figures}"))
+    assert all(p.exists() for p in mine) and not any(p.exists() for p in earlier)
+    assert stdout.count("a figure of an earlier report") == 2
 
 
 def test_report_on_an_empty_folder_says_so(tmp_path):

@@ -251,6 +251,11 @@ def test_plot_history(mnist_small, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     with pytest.raises(ValueError, match="batch_size"):
         tf_dynhp.plot_history({"loss": [1.0]}, tmp_path / "x.png")
+    (tmp_path / "afile").write_text("keep me")  # a file where a folder of the path would go: was a bare FileExistsError
+    for path in (tmp_path / "afile" / "x.png", tmp_path / "afile" / "sub" / "x.png"):
+        with pytest.raises(ValueError, match=r"its folder cannot be made, '.*afile' is a file"):
+            tf_dynhp.plot_history(result.history, path)
+    assert (tmp_path / "afile").read_text() == "keep me"
 
 
 def test_plot_history_of_a_cnn_result_names_its_axes_marks_one_epoch_and_returns_the_file(mnist_small, tmp_path, monkeypatch):

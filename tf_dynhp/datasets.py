@@ -80,7 +80,7 @@ _IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
-_CHUNK = 1 << 24  # bytes read per call while decompressing
+_CHUNK = 1 << 20  # bytes read per call while decompressing (a stream breaking off is told to within one)
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _MNIST_NPZ = "mnist.npz"
 # SHA-256 Keras pins for mnist.npz (keras/src/datasets/mnist.py).
@@ -209,8 +209,8 @@ def read_idx(path: PathLike) -> np.ndarray:
                 if not part:
                     break
                 buf += part
+                received += len(part)  # here, not after the loop: a stream breaking off in it says how far it got
             got = len(buf)
-            received += got
             if got > expected:
                 while part := stream.read(_CHUNK):
                     got += len(part)
@@ -218,7 +218,7 @@ def read_idx(path: PathLike) -> np.ndarray:
         except (EOFError, zlib.error, gzip.BadGzipFile) as err:
             raise ValueError(
                 f"{path}: truncated or corrupt gzip data: expected a complete gzip "
-                f"stream, received one that broke off after {received} "
+                f"stream, received one that broke off after at least {received} "
                 f"decompressed bytes ({err})"
             ) from err
     finally:
@@ -711,7 +711,7 @@ def _holds_the_other(name: str, path: Path, is_npz: bool) -> str | None:
                 labels = np.asarray(data["y_train"])
         else:
             labels = read_idx(_idx_file(path, TRAIN_LABELS))
-    except (OSError, ValueError, KeyError, EOFError, TypeError):
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile):  # a damaged .npz: load names it
         return None
     other = _other_data_set(name, labels)
     return None if other is None else f"holds the {other} data set"

@@ -38,7 +38,7 @@ from absl import app, flags
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from paper import DATASET_TITLES, DYNHP_BATCH, PAPER_GAMMA, PAPER_GROWTH, PAPER_LAMBDA, PAPER_TABLES, sp_mo_kb  # noqa: E402
-from report_figures import figures_for  # noqa: E402
+from report_figures import figures_for, is_report_figure  # noqa: E402
 from report_tables import (  # noqa: E402
     all_runs_table,
     commands,
@@ -192,11 +192,10 @@ def build_report(runs_dir: Path, out: Path, figures_dir: Path, benchmark: Path |
     # runs) would sit beside the new ones as if current: removed. Other files are left alone.
     drawn = {Path(p).resolve() for p in summary["figures"]}
     summary["removed"] = []
-    for pattern in ("fig[1-7]_*.png", "frontier_*.png"):
-        for stale in sorted(figures_dir.glob(pattern)):
-            if stale.resolve() not in drawn:
-                stale.unlink()
-                summary["removed"].append(str(stale))
+    for stale in sorted(figures_dir.glob("*.png")):  # only names this report draws (a user's fig1_sketch.png stays)
+        if is_report_figure(stale.name) and stale.resolve() not in drawn:
+            stale.unlink()
+            summary["removed"].append(str(stale))
     return summary
 
 

@@ -20,6 +20,16 @@ __all__ = ["figures_for"]
 
 #: The paper's figure of the error per batch size: Fig. 3 (MNIST), Fig. 4 (Fashion-MNIST).
 PAPER_FIGURE_OF_BATCH_GRID = {"mnist": 3, "fashion_mnist": 4}
+#: The names of every figure this module draws, before "_<data set>.png".
+FIGURE_STEMS = ("fig1_active_units", "fig2_memory_sp_hp", "fig3_error_by_batch", "fig4_error_by_batch", "fig5_error_dynhp",
+                "fig6_batch_size", "fig7_memory_dynhp", "frontier")
+
+
+def is_report_figure(name: str) -> bool:
+    """Whether a file name is one this module draws (`FIGURE_STEMS` of a data set the
+    report covers): what the report may remove as an earlier report's figure. A user's
+    `fig1_my_sketch.png` beside them is not."""
+    return any(name == f"{stem}_{dataset}.png" for stem in FIGURE_STEMS for dataset in PAPER)
 NUM_CLASSES = 10
 
 

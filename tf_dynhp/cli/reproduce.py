@@ -281,6 +281,8 @@ def build_grid(
         raise invalid("seeds_rows", f"'all' or names from {list(ROW_KINDS)}", ",".join(seeds_rows))
     if "all" in rows:
         rows = set(ROW_KINDS)
+    if "dynhp" in rows:  # "every DynHP row": the best alpha's row too (it was left at seed 1)
+        rows.add("dynhp_best")
     if epochs < 1 or seeds < 1:
         raise invalid("epochs/seeds", "positive integers", (epochs, seeds))
     growths = list(batch_growth) if batch_growth is not None else (list(BATCH_GROWTHS) if grid == "full" else ["step_mean"])
