@@ -181,6 +181,8 @@ def _tool(script: str, *args: str) -> subprocess.CompletedProcess:
     ("train.py", ["--lambda_floor=0.1", "--size_penalty=outgoing"],
      "error: --lambda_floor, --size_penalty: no effect without --target_kb"),
     ("train.py", ["--target_deadline=0.5"], "error: --target_deadline: no effect without --target_kb"),
+    ("train.py", ["--arch=lenet5", "--hidden=16,8"], "error: --hidden: no effect with --arch=lenet5"),
+    ("train.py", ["--method=dense", "--l0_lambda=0.5"], "error: --l0_lambda: no effect with --method=dense"),
     ("reproduce.py", ["--methods=sp", "--target_kb=200", "--dry_run"], "error: --target_kb: no effect with --methods=sp"),
     # the other data set (or a damaged file) in --data_dir: every worker started, then failed in its train.log
     ("reproduce.py", ["--datasets=mnist", "--methods=sp", "--epochs=1", f"--data_dir={DATA_ROOT / 'fashion-mnist'}"],

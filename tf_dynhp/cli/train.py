@@ -158,6 +158,12 @@ def _check_no_effect(values: dict) -> None:
             f"{', '.join('--' + n for n in given)}: no effect without --target_kb (settings of its size multiplier"
             + ("; --target_deadline also starts --lr_decay=cosine_restart's second cosine" if "target_deadline" in given else "")
             + f"). Received: {', '.join(f'{n}={values[n]!r}' for n in given)}")
+    if values.get("arch") == "lenet5" and values.get("hidden_given"):
+        raise app.UsageError(f"--hidden: no effect with --arch=lenet5 (LeNet-5-Caffe's widths are fixed; --hidden sets "
+                             f"the MLP's). Received: hidden={values['hidden']!r}")
+    if values.get("method") == "dense" and values.get("l0_lambda_given"):
+        raise app.UsageError(f"--l0_lambda: no effect with --method=dense (no gates, no L0 penalty). "
+                             f"Received: l0_lambda={','.join(values['l0_lambda'])}")
     dynhp_only = [name for name in ("alpha_bs",) if values[name] is not None]
     if values["batch_growth"] != "step_mean":
         dynhp_only.append("batch_growth")
@@ -174,8 +180,9 @@ flags.register_multi_flags_validator(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]} (every setting is a --flag)")
-    _check_no_effect({name: FLAGS[name].value for name in (
-        "target_kb", "target_deadline", "lr_decay", "method", "alpha_bs", "batch_growth", *_TARGET_ONLY)})
+    _check_no_effect({**{name: FLAGS[name].value for name in (
+        "target_kb", "target_deadline", "lr_decay", "method", "alpha_bs", "batch_growth", "arch", "hidden", "l0_lambda",
+        *_TARGET_ONLY)}, "hidden_given": FLAGS["hidden"].present, "l0_lambda_given": FLAGS["l0_lambda"].present})
     out_dir = FLAGS.out_dir
     if out_dir is None:
         if FLAGS.resume:
