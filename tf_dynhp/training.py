@@ -587,8 +587,8 @@ def fit(
             then Flatten or GlobalAveragePooling2D/GlobalMaxPooling2D and the dense
             part; see `tf_dynhp.parse_chain`).
             It is not modified.
-        x: inputs (NumPy array shaped like the model input, or
-            `{input name: array}`) or a `tf.data.Dataset` of `(features, label)`
+        x: inputs (NumPy array shaped like the model input, `{input name: array}`,
+            or `[array]` as Keras takes them) or a `tf.data.Dataset` of `(features, label)`
             pairs or `(features, label, sample_weight)` triples, examples or
             batches, features also as `{input name: tensor}` (then `y` is None).
         y: integer labels.
