@@ -892,8 +892,20 @@ def test_fit_with_the_compiled_optimizer_leaves_it_to_the_users_own_keras_fit(mn
         def __init__(self, factor, **kwargs):
             super().__init__(learning_rate=0.01 * factor, **kwargs)
 
-    with pytest.raises(ValueError, match=r"optimizer: fit trains a copy .*Scaled's failed: TypeError.*get_config"):
-        tf_dynhp.fit(model, x[:64], y[:64], **QUICK, optimizer=Scaled(2.0))
+    tf_dynhp.fit(model, x[:64], y[:64], **QUICK, optimizer=Scaled(2.0))  # sp: trained as given, as before the copies
+    with pytest.raises(ValueError, match=r"optimizer: the methods that remove units rebuild .*Scaled's failed: TypeError"):
+        tf_dynhp.fit(model, x[:64], y[:64], **{**QUICK, "method": "hp"}, optimizer=Scaled(2.0))
+
+    class Constant(keras.optimizers.schedules.LearningRateSchedule):  # not registered with Keras
+        def __call__(self, step):
+            return 1e-3
+
+        def get_config(self):
+            return {}
+
+    for rate in (Constant(), lambda: 1e-3):  # their configs do not rebuild: the copy takes the schedule itself
+        for method in ("sp", "hp"):
+            tf_dynhp.fit(model, x[:64], y[:64], **{**QUICK, "method": method}, optimizer=keras.optimizers.Adam(rate))
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])

@@ -324,14 +324,25 @@ def test_a_gzip_stream_breaking_off_says_how_far_it_got(tmp_path):
     assert 1 << 20 <= got <= pixels.size * 3 // 4, got
 
 
-def test_a_damaged_npz_found_by_the_search_is_named(tmp_path, places, monkeypatch):
+@pytest.mark.parametrize("damage", ["truncated", "corrupt member"])
+def test_a_damaged_npz_found_by_the_search_is_named(tmp_path, places, monkeypatch, damage):
     """A truncated mnist.npz under $TF_DYNHP_DATA (or the Keras cache) ended the tools in a
-    bare zipfile.BadZipFile: the search's check for the other data set let it through."""
-    make_fake_npz(tmp_path / "full.npz")
-    data = (tmp_path / "full.npz").read_bytes()
+    bare zipfile.BadZipFile, a compressed one with a damaged member in a bare zlib.error:
+    the search's check for the other data set let them through."""
     folder = tmp_path / "env"
     folder.mkdir()
-    (folder / "mnist.npz").write_bytes(data[: len(data) // 2])
+    if damage == "truncated":
+        make_fake_npz(tmp_path / "full.npz")
+        data = (tmp_path / "full.npz").read_bytes()
+        (folder / "mnist.npz").write_bytes(data[: len(data) // 2])
+    else:  # the training labels' member (read by the search) damaged, as Keras' compressed mnist.npz could be
+        np.savez_compressed(tmp_path / "full.npz", y_train=np.arange(5000, dtype=np.uint8) % 10,
+                            x_train=np.zeros((5000, 28, 28), np.uint8), x_test=np.zeros((5, 28, 28), np.uint8),
+                            y_test=np.zeros(5, np.uint8))
+        data = bytearray((tmp_path / "full.npz").read_bytes())
+        for i in range(100, 140):
+            data[i] ^= 0xFF
+        (folder / "mnist.npz").write_bytes(bytes(data))
     monkeypatch.setenv("TF_DYNHP_DATA", str(folder))
     with pytest.raises(ValueError, match=re.escape(str(folder / "mnist.npz")) + r": not a readable \.npz archive"):
         ds.load("mnist", download=False, **places)

@@ -72,7 +72,7 @@ def test_a_per_layer_l0_lambda_run_is_left_out_of_the_report_tables_by_name_and_
     config = json.loads((runs_dir / RUN / "config.json").read_text())
     config["l0_lambda"] = [0.01, 0.005, 0.005]
     (runs_dir / RUN / "config.json").write_text(json.dumps(config))
-    with pytest.warns(RuntimeWarning, match=r"per-layer l0_lambda \[0.01, 0.005, 0.005\].*left out"):
+    with pytest.warns(RuntimeWarning, match=r"config.json: per-layer l0_lambda \[0.01, 0.005, 0.005\].*left out \(tools/summarize"):
         assert run_folders.load_runs(runs_dir) == []
     done = subprocess.run([sys.executable, str(REPO / "tools" / "summarize.py"), str(runs_dir / RUN)],
                           capture_output=True, text=True, timeout=120)
@@ -230,3 +230,14 @@ def test_the_report_removes_its_own_figures_it_no_longer_draws(runs_dir, tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     assert not (figures / "fig1_active_units_cifar10.png").exists() and (figures / "notes.png").exists()
     assert "removed" in done.stdout and "fig1_active_units_cifar10.png" in done.stdout
+
+
+def test_the_rebuilt_command_leaves_out_settings_without_effect(runs_dir):
+    """A dense run of an l0_lambda or a LeNet-5 run of --hidden (folders of before tools/train.py
+    refused them) got a rebuilt command that tools/train.py refuses."""
+    import json
+
+    config = json.loads((runs_dir / RUN / "config.json").read_text())
+    for change, flag in (({"method": "dense", "l0_lambda": 0.5}, "--l0_lambda"), ({"arch": "lenet5", "hidden": [16, 8]}, "--hidden")):
+        command = run_folders._train_command("r", run_folders._normalize({**config, **change}))
+        assert flag not in command, command

@@ -711,7 +711,7 @@ def _holds_the_other(name: str, path: Path, is_npz: bool) -> str | None:
                 labels = np.asarray(data["y_train"])
         else:
             labels = read_idx(_idx_file(path, TRAIN_LABELS))
-    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile):  # a damaged .npz: load names it
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile, zlib.error):  # a damaged .npz: load names it
         return None
     other = _other_data_set(name, labels)
     return None if other is None else f"holds the {other} data set"

@@ -49,7 +49,13 @@ def clone_optimizer(optimizer: Any) -> Any:
     """A fresh, unbuilt copy of `optimizer`: its config, plus what `get_config` leaves out
     and a rebuilt model must keep, the `exclude_from_weight_decay(var_names=...)` pattern
     (AdamW and every optimizer with `weight_decay`)."""
-    new = type(optimizer).from_config(optimizer.get_config())
+    config = optimizer.get_config()
+    rate = getattr(optimizer, "_learning_rate", None)
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule) or (callable(rate) and not isinstance(rate, keras.Variable)):
+        # the schedule itself (stateless: called with the step), not its serialized form,
+        # which from_config cannot rebuild for a class or function not registered with Keras
+        config["learning_rate"] = rate
+    new = type(optimizer).from_config(config)
     pattern = getattr(optimizer, "_exclude_from_weight_decay_pattern", None)
     if pattern is not None:
         new._exclude_from_weight_decay_pattern = pattern

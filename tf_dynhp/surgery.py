@@ -406,7 +406,15 @@ def check_prunable_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
         ValueError: naming the optimizer and the slot.
     """
     probe = [keras.Variable(np.zeros((3, 5), "float32"), name="kernel"), keras.Variable(np.zeros((5,), "float32"), name="bias")]
-    copy = clone_optimizer(optimizer)
+    try:
+        copy = clone_optimizer(optimizer)
+    except Exception as err:  # was the bare TypeError of Keras' from_config
+        raise ValueError(
+            f"optimizer: the methods that remove units rebuild the optimizer from its config at every prune "
+            f"(type(optimizer).from_config(optimizer.get_config())), and {type(optimizer).__name__}'s failed: "
+            f"{type(err).__name__}: {err}. Make its get_config return every argument of its __init__ (and register "
+            "a custom class with keras.saving.register_keras_serializable)."
+        ) from err
     copy.build(probe)
     owners = _slot_owners(probe)
     for slot in copy.variables:

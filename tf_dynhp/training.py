@@ -231,10 +231,13 @@ def _resolve_optimizer(optimizer: Any, learning_rate: float) -> keras.optimizers
         try:
             return clone_optimizer(optimizer)
         except Exception as err:  # a subclass whose get_config lacks an argument of its __init__, ...
+            if not optimizer.built:  # trained as given, as before copies were made (the removing methods copy it
+                return optimizer     # at every prune: `surgery.check_prunable_optimizer` says why it cannot)
             raise ValueError(
                 f"optimizer: fit trains a copy of the optimizer given, made from its config "
                 f"(type(optimizer).from_config(optimizer.get_config())), and {type(optimizer).__name__}'s failed: "
-                f"{type(err).__name__}: {err}. Make its get_config return every argument of its __init__."
+                f"{type(err).__name__}: {err}. Make its get_config return every argument of its __init__ (and "
+                "register a custom class with keras.saving.register_keras_serializable), or pass an unbuilt optimizer."
             ) from err
     raise _invalid("optimizer", "a Keras optimizer or its name ('adam', 'sgd', ...)", optimizer)
 
@@ -616,6 +619,9 @@ def fit(
         batch_growth: reading of Eq. 8: "step_mean" (default), "step" or "epoch"
             (see `tf_dynhp.batching`).
         optimizer: name or Keras optimizer (default Adam, as the reference L0 code).
+            An optimizer object is copied from its config (its learning-rate schedule
+            itself kept), so the object given, e.g. `model.optimizer`, stays unbuilt for
+            the user's own `model.fit`.
         learning_rate: used when `optimizer` is a name; fixed, as in the paper.
         loss: None for sparse categorical cross-entropy on the logits (the last
             layer may be softmax or linear), or a loss giving per-example values.

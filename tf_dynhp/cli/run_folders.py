@@ -127,6 +127,11 @@ def history_problem(h: dict[str, list[Any]]) -> str | None:
     return None
 
 
+class PerLayerLambda(ValueError):
+    """A run of per-layer `l0_lambda` values (tools/train.py --l0_lambda=a,b,c): valid, but
+    the report's tables group runs by one value."""
+
+
 def _normalize(config: dict[str, Any]) -> dict[str, Any]:
     """A config.json (of any version) with every key the report reads, defaults filled in."""
     c = dict(config)
@@ -142,7 +147,7 @@ def _normalize(config: dict[str, Any]) -> dict[str, Any]:
         if c.get(key) is None:
             c[key] = default
     if isinstance(c["l0_lambda"], (list, tuple, dict)):  # tools/train.py --l0_lambda=a,b,c (fit's per-layer shares)
-        raise ValueError(f"per-layer l0_lambda {c['l0_lambda']!r}: the report's tables compare runs of one l0_lambda")
+        raise PerLayerLambda(f"per-layer l0_lambda {c['l0_lambda']!r}: the report's tables compare runs of one l0_lambda")
     c.setdefault("train_limit", None)
     c.setdefault("test_limit", None)
     if c.get("alpha_bs") is None and c["method"] == "dynhp":  # null: fit's default (config.json of before a8ab8a0)
@@ -179,6 +184,8 @@ def _train_command(name: str, c: dict[str, Any]) -> str:
     for key, value in c.items():
         if key in ("dataset", "method", "epochs", "seed") or key not in default:
             continue
+        if (key == "l0_lambda" and c["method"] == "dense") or (key == "hidden" and c.get("arch") == "lenet5"):
+            continue  # no effect there, and tools/train.py refuses them as such
         base = recipe[key] if key in PLAIN_RECIPE else default[key]
         if key == "hidden":
             same = [int(v) for v in value] == [int(v) for v in base]
@@ -227,6 +234,10 @@ def load_runs(runs_dir: Path) -> list[RunInfo]:
         try:  # a field of another kind ("hidden": "abc", no "epochs"): the run is left out, named, as a damaged file is
             config = _normalize(raw)
             state = run_status(path, int(config["epochs"]))
+        except PerLayerLambda as err:  # a valid run the tables cannot place
+            warnings.warn(f"{path / 'config.json'}: {err}: run {name} left out (tools/summarize.py {path} shows it)",
+                          RuntimeWarning, stacklevel=2)
+            continue
         except (KeyError, TypeError, ValueError) as err:
             warnings.warn(f"{path / 'config.json'} is not a run's configuration ({type(err).__name__}: {err}): "
                           f"run {name} left out", RuntimeWarning, stacklevel=2)
