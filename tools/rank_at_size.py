@@ -201,6 +201,15 @@ the final epoch; the test error is shown beside it for information and chooses n
   other way, on each axis. Seventeenth round, same rule fixed before the runs: the lowest
   validation mean over seeds 1-3 becomes the recipe; a candidate whose first seed loses by
   more than twice the recipe's spread (0.38) is stopped.
+* ``coc_dl50_sh1_clean25_restart_constant`` / ``_coupled``: the recipe with the size aimed
+  at from the first epoch (`target_schedule="constant"` instead of Zhu & Gupta's cubic), or
+  with the multiplier pressing a unit's incoming and outgoing weights (`size_penalty=
+  "coupled"` instead of Eq. 5's outgoing count). Both were ranked before the restart
+  existed (the cubic schedule on MNIST at 60 epochs, the coupled penalty in the first
+  Fashion-MNIST round); the restart changed what the model at its size gets, not how it
+  gets there. Eighteenth round, same rule fixed before the runs: the lowest validation
+  mean over seeds 1-3 becomes the recipe; a candidate whose first seed loses by more than
+  twice the recipe's spread (0.38) is stopped.
 
 It prints (and writes to `--out`) a Markdown table: final size, validation and test
 error mean ± std over the seeds, mean MO, seconds, with the command that made it.
@@ -333,6 +342,8 @@ CANDIDATES = {
     "coc_dl50_sh1_clean25_peak2": dict(_FASHION, cosine_segments=((0.5, 2.0),)),
     "coc_dl50_sh1_clean25_restart_in01": dict(_FASHION, lr_restart=True, input_droprate_init=0.1),
     "coc_dl50_sh1_clean25_restart_hd03": dict(_FASHION, lr_restart=True, droprate_init=0.3),
+    "coc_dl50_sh1_clean25_restart_constant": dict(_FASHION, lr_restart=True, target_schedule="constant"),
+    "coc_dl50_sh1_clean25_restart_coupled": dict(_FASHION, lr_restart=True, size_penalty="coupled"),
 }
 
 
