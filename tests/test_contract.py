@@ -884,7 +884,7 @@ def test_fit_with_the_compiled_optimizer_leaves_it_to_the_users_own_keras_fit(mn
     runs = [tf_dynhp.fit(model, x[:256], y[:256], **{**QUICK, "method": "hp", "epochs": 2}, optimizer=opt)
             for opt in (model.optimizer, keras.optimizers.Adam(1e-3))]
     assert not model.optimizer.built and int(model.optimizer.iterations.numpy()) == 0
-    for a, b in zip(*(r.model.get_weights() for r in runs)):
+    for a, b in zip(*(r.model.get_weights() for r in runs), strict=True):
         np.testing.assert_array_equal(a, b)
     model.fit(x[:64], y[:64], epochs=1, verbose=0)  # the user's own training goes on with it
 
