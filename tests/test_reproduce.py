@@ -146,8 +146,9 @@ def test_frontier_grid_targets_the_papers_sizes(grids):
     # what the rankings chose (WORKSPACE.md "Accuracy at a given size"), pinned
     assert {k: target_recipe("mnist")[k] for k in ("augment_shift", "augment_until", "decoupled_weight_decay")} == {
         "augment_shift": 2, "augment_until": 1.0, "decoupled_weight_decay": 0.01}
-    assert {k: target_recipe("fashion_mnist")[k] for k in ("augment_shift", "augment_until", "decoupled_weight_decay", "lr_decay")} == {
-        "augment_shift": 1, "augment_until": 0.75, "decoupled_weight_decay": 0.0, "lr_decay": "cosine_restart"}
+    assert {k: target_recipe("fashion_mnist")[k] for k in ("augment_shift", "augment_until", "decoupled_weight_decay", "lr_decay",
+                                                          "size_penalty")} == {
+        "augment_shift": 1, "augment_until": 0.75, "decoupled_weight_decay": 0.0, "lr_decay": "cosine_restart", "size_penalty": "coupled"}
     assert target_recipe("mnist")["lr_decay"] == "cosine"
     plain = {"lr_decay": "none", "lambda_floor": 0.0, "size_penalty": "coupled", "target_schedule": "constant", "ema_momentum": None,
              "weight_decay_per_weight": 0.0, "decoupled_weight_decay": 0.0}
