@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["invalid", "positive_int", "real_number", "write_atomic", "fsync_dir"]
+__all__ = ["invalid", "positive_int", "real_number", "write_atomic", "fsync_dir", "file_in_the_way"]
 
 
 def invalid(name: str, expected: str, value: Any) -> ValueError:
@@ -84,6 +84,16 @@ def _default_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def file_in_the_way(folder: str | os.PathLike) -> Path | None:
+    """The nearest of `folder` and its parents that exists and is not a folder (a file
+    where a folder of the path must be), or None. Never raises (`os.path` asks the system
+    and answers False on any error), so it can name the cause inside an `except OSError`."""
+    for part in (Path(folder), *Path(folder).parents):
+        if os.path.exists(part):
+            return None if os.path.isdir(part) else part
+    return None
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str | Callable[[Any], None], *, mode: int | None = None) -> Path:

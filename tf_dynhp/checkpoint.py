@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from tf_dynhp._checks import fsync_dir, positive_int, write_atomic
+from tf_dynhp._checks import file_in_the_way, fsync_dir, positive_int, write_atomic
 
 __all__ = [
     "CheckpointError",
@@ -95,7 +95,7 @@ def probe_writable(folder: str | os.PathLike) -> Path:
             os.fsync(f.fileno())
     except OSError as err:
         # A file at the path, or at a parent, was "is not writable: File exists".
-        blocking = next((p for p in (path, *path.parents) if os.path.exists(p) and not os.path.isdir(p)), None)  # never raise
+        blocking = file_in_the_way(path)
         why = (f"{'it' if blocking == path else str(blocking)} is a file, not a folder" if blocking is not None
                else err.strerror or str(err))
         raise OSError(err.errno, f"checkpoint_dir '{path}' is not writable: {why}") from err

@@ -267,12 +267,15 @@ def as_arrays(x: Any, y: Any, input_shape: tuple[int, ...], num_classes: int, wh
     return x, y.astype(np.int32), weights
 
 
-def unwrap_structure(value: Any, form: Any) -> Any:
+def unwrap_structure(value: Any, form: Any, example_rank: int | None = None) -> Any:
     """`value` given in the structure a model takes or gives (`form`, from
     `tf_dynhp.surgery.io_structure`: a dict / list nesting its one tensor, with 0 at the
     tensor) is the one array inside, as `keras.Model.fit` reads `[x]` or
     `{"logits": y}` for `keras.Model([inp], {"logits": out})`; anything else is returned
-    as it is (a list whose one entry is a single value is data, not a structure)."""
+    as it is (a list whose one entry is a single value is data, not a structure). For a
+    bare tensor (`form` None), `[x]` too when `example_rank` is given (`unwrap_listed`)."""
+    if form is None and example_rank is not None:
+        return unwrap_listed(value, example_rank)
     path = _path_in(value, form, is_data=lambda first: not isinstance(first, dict) and np.ndim(first) < 1)
     return value if path is None else _pick(value, path)
 

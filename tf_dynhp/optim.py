@@ -28,7 +28,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-__all__ = ["fused_adam_supported", "apply_gradients", "clone_optimizer", "check_weight_decay_exclusions",
+__all__ = ["fused_adam_supported", "apply_gradients", "clone_optimizer", "uncopyable", "check_weight_decay_exclusions",
            "weight_decay_exclusions", "set_weight_decay_exclusions"]
 
 
@@ -60,6 +60,16 @@ def clone_optimizer(optimizer: Any) -> Any:
     if pattern is not None:
         new._exclude_from_weight_decay_pattern = pattern
     return new
+
+
+def uncopyable(optimizer: Any, err: Exception, why: str) -> ValueError:
+    """The error for an optimizer `clone_optimizer` could not copy (`err`), `why` saying
+    who copies it: what failed and how to make its config rebuild it."""
+    return ValueError(
+        f"optimizer: {why} (type(optimizer).from_config(optimizer.get_config())), and {type(optimizer).__name__}'s "
+        f"failed: {type(err).__name__}: {err}. Make its get_config return every argument of its __init__ (and register "
+        "a custom class with keras.saving.register_keras_serializable)"
+    )
 
 
 def weight_decay_exclusions(optimizer: Any) -> str | None:

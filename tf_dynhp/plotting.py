@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
+from tf_dynhp._checks import file_in_the_way
+
 __all__ = ["plot_history"]
 
 REQUIRED_KEYS = ("active_units", "batch_size", "memory_kb", "val_error")
@@ -144,11 +146,9 @@ def _image_path(path: str) -> str:
         path += ".png"  # what savefig writes without an extension: the path returned is the file written
     folder = os.path.dirname(path)
     if folder:
-        existing = folder
-        while existing and not os.path.exists(existing) and os.path.dirname(existing) != existing:
-            existing = os.path.dirname(existing)  # the nearest part of the folder that exists
-        if existing and os.path.exists(existing) and not os.path.isdir(existing):  # was a bare FileExistsError
-            raise ValueError(f"`path`={path!r}: its folder cannot be made, {existing!r} is a file; expected the path "
+        blocking = file_in_the_way(folder)
+        if blocking is not None:  # was a bare FileExistsError
+            raise ValueError(f"`path`={path!r}: its folder cannot be made, {str(blocking)!r} is a file; expected the path "
                              "of an image file in a folder.")
         os.makedirs(folder, exist_ok=True)
     return path

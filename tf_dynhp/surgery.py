@@ -44,7 +44,7 @@ from tf_dynhp.kinds import (
     layer_kind,
 )
 from tf_dynhp.layers import L0Conv2D, L0Dense, SelectFeatures
-from tf_dynhp.optim import clone_optimizer
+from tf_dynhp.optim import clone_optimizer, uncopyable
 from tf_dynhp.units import IndexRun, UnitAxis, effective_keep, index_run, unit_axes
 
 __all__ = [
@@ -409,12 +409,7 @@ def check_prunable_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
     try:
         copy = clone_optimizer(optimizer)
     except Exception as err:  # was the bare TypeError of Keras' from_config
-        raise ValueError(
-            f"optimizer: the methods that remove units rebuild the optimizer from its config at every prune "
-            f"(type(optimizer).from_config(optimizer.get_config())), and {type(optimizer).__name__}'s failed: "
-            f"{type(err).__name__}: {err}. Make its get_config return every argument of its __init__ (and register "
-            "a custom class with keras.saving.register_keras_serializable)."
-        ) from err
+        raise uncopyable(optimizer, err, "the methods that remove units rebuild the optimizer from its config at every prune") from err
     copy.build(probe)
     owners = _slot_owners(probe)
     for slot in copy.variables:

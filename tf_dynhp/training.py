@@ -45,11 +45,11 @@ from tf_dynhp._checks import positive_int as _positive_int
 from tf_dynhp._checks import real_number
 from tf_dynhp.chain import parse_chain
 from tf_dynhp.convert import layer_lambdas, to_l0
-from tf_dynhp.data import as_arrays, example_weights, fingerprint, require_some_weight, unwrap_listed, unwrap_structure
+from tf_dynhp.data import as_arrays, example_weights, fingerprint, require_some_weight, unwrap_structure
 from tf_dynhp.kinds import CONV_TYPES, GATED_TYPES, PLAIN_SETTINGS
 from tf_dynhp.layers import L0Dense
 from tf_dynhp.model import classifier_head
-from tf_dynhp.optim import check_weight_decay_exclusions, clone_optimizer, weight_decay_exclusions
+from tf_dynhp.optim import check_weight_decay_exclusions, clone_optimizer, uncopyable, weight_decay_exclusions
 from tf_dynhp.pruning import compile_core, core_from
 from tf_dynhp.state import TrainerState
 from tf_dynhp.surgery import check_prunable_optimizer, io_structure
@@ -233,12 +233,8 @@ def _resolve_optimizer(optimizer: Any, learning_rate: float) -> keras.optimizers
         except Exception as err:  # a subclass whose get_config lacks an argument of its __init__, ...
             if not optimizer.built:  # trained as given, as before copies were made (the removing methods copy it
                 return optimizer     # at every prune: `surgery.check_prunable_optimizer` says why it cannot)
-            raise ValueError(
-                f"optimizer: fit trains a copy of the optimizer given, made from its config "
-                f"(type(optimizer).from_config(optimizer.get_config())), and {type(optimizer).__name__}'s failed: "
-                f"{type(err).__name__}: {err}. Make its get_config return every argument of its __init__ (and "
-                "register a custom class with keras.saving.register_keras_serializable), or pass an unbuilt optimizer."
-            ) from err
+            raise uncopyable(optimizer, err, "fit trains a copy of a built optimizer (an unbuilt one that cannot be copied is "
+                                             "trained as given), made from its config") from err
     raise _invalid("optimizer", "a Keras optimizer or its name ('adam', 'sgd', ...)", optimizer)
 
 
@@ -891,13 +887,9 @@ def fit(
     # -------------------------------------------------------------------- data
     input_name = model.inputs[0].name  # x may be {input_name: images}, as keras.Model.fit takes it
     in_form, out_form = io_structure(model)  # and [x] / [y] for keras.Model([inp], [out]), as Keras
-    x, y = unwrap_structure(x, in_form), unwrap_structure(y, out_form)
-    sample_weight = unwrap_structure(sample_weight, out_form)  # Keras nests the weights as the outputs
-    rank = len(chain.input_shape)
-    if in_form is None:  # [x] for a model on a bare tensor, as Keras takes it (it was one example of n images)
-        x = unwrap_listed(x, rank)
-    if out_form is None:
-        y, sample_weight = unwrap_listed(y, 0), unwrap_listed(sample_weight, 0)
+    rank = len(chain.input_shape)  # [x] for a model on a bare tensor too, as Keras takes it (it was one example of n images)
+    x, y = unwrap_structure(x, in_form, rank), unwrap_structure(y, out_form, 0)
+    sample_weight = unwrap_structure(sample_weight, out_form, 0)  # Keras nests the weights as the outputs
     x_train, y_train, w_data = as_arrays(x, y, chain.input_shape, num_classes, "x", input_name, (in_form, out_form))
     _check_integer_input_values(model, x_train, "x")
     w_train = example_weights(sample_weight, class_weight, x, y_train, num_classes, w_data)
@@ -914,10 +906,8 @@ def fit(
                                  "validation unweighted (val_loss, val_accuracy count every example once): give "
                                  "(features, label) pairs, e.g. `.map(lambda x, y, w: (x, y))`.")
         elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
-            x_val, y_val = unwrap_structure(validation_data[0], in_form), unwrap_structure(validation_data[1], out_form)
-            x_val = unwrap_listed(x_val, rank) if in_form is None else x_val
-            y_val = unwrap_listed(y_val, 0) if out_form is None else y_val
-            val = as_arrays(x_val, y_val, chain.input_shape, num_classes, "validation_data", input_name)[:2]
+            val = as_arrays(unwrap_structure(validation_data[0], in_form, rank), unwrap_structure(validation_data[1], out_form, 0),
+                            chain.input_shape, num_classes, "validation_data", input_name)[:2]
         elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 3:
             raise ValueError("`validation_data` is a tuple of 3, (x_val, y_val, sample_weight_val); fit scores validation "
                              "unweighted (val_loss, val_accuracy count every example once): give (x_val, y_val).")
